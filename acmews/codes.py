@@ -1,0 +1,98 @@
+"""oneM2M enumerations: operations, response status codes, resource types (TS-0004)."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Operation(IntEnum):
+    CREATE = 1
+    RETRIEVE = 2
+    UPDATE = 3
+    DELETE = 4
+    NOTIFY = 5
+
+
+class RSC(IntEnum):
+    """Response status codes used by acmews."""
+
+    ACCEPTED = 1000
+    ACCEPTED_NON_BLOCKING_SYNC = 1001
+    ACCEPTED_NON_BLOCKING_ASYNC = 1002
+    OK = 2000
+    CREATED = 2001
+    DELETED = 2002
+    UPDATED = 2004
+    BAD_REQUEST = 4000
+    RELEASE_VERSION_NOT_SUPPORTED = 4001
+    NOT_FOUND = 4004
+    OPERATION_NOT_ALLOWED = 4005
+    REQUEST_TIMEOUT = 4008
+    UNSUPPORTED_MEDIA_TYPE = 4015
+    SUBSCRIPTION_CREATOR_HAS_NO_PRIVILEGE = 4101
+    CONTENTS_UNACCEPTABLE = 4102
+    ORIGINATOR_HAS_NO_PRIVILEGE = 4103
+    CONFLICT = 4105
+    ORIGINATOR_NOT_AUTHENTICATED = 4106
+    INVALID_CHILD_RESOURCE_TYPE = 4108
+    ORIGINATOR_HAS_ALREADY_REGISTERED = 4117
+    INTERNAL_SERVER_ERROR = 5000
+    NOT_IMPLEMENTED = 5001
+    TARGET_NOT_REACHABLE = 5103
+    RECEIVER_HAS_NO_PRIVILEGE = 5105
+    ALREADY_EXISTS = 5106
+    TARGET_NOT_SUBSCRIBABLE = 5203
+    SUBSCRIPTION_VERIFICATION_INITIATION_FAILED = 5204
+    NOT_ACCEPTABLE = 5207
+
+
+def is_success(rsc: int) -> bool:
+    """True for the 1xxx (accepted) and 2xxx (success) classes."""
+    return 1000 <= rsc < 3000
+
+
+class ResourceType(IntEnum):
+    ACP = 1
+    AE = 2
+    CNT = 3
+    CIN = 4
+    CSEBASE = 5
+    GRP = 9
+    CSR = 16
+    SUB = 23
+    FCNT = 28
+    TS = 29
+    TSI = 30
+
+
+class ResultContent(IntEnum):
+    NOTHING = 0
+    ATTRIBUTES = 1
+    HIERARCHICAL_ADDRESS = 2
+    HIERARCHICAL_ADDRESS_AND_ATTRIBUTES = 3
+    ATTRIBUTES_AND_CHILD_RESOURCES = 4
+    ATTRIBUTES_AND_CHILD_RESOURCE_REFERENCES = 5
+    CHILD_RESOURCE_REFERENCES = 6
+    ORIGINAL_RESOURCE = 7
+    CHILD_RESOURCES = 8
+    MODIFIED_ATTRIBUTES = 9
+
+
+class ResponseType(IntEnum):
+    NON_BLOCKING_SYNC = 1
+    NON_BLOCKING_ASYNC = 2
+    BLOCKING = 3
+    FLEX_BLOCKING = 4
+    NO_RESPONSE = 5
+
+
+class NotificationEventType(IntEnum):
+    UPDATE = 1
+    DELETE = 2
+    CREATE_CHILD = 3
+    DELETE_CHILD = 4
+
+
+#: Release version indicators acmews accepts; it answers with DEFAULT_RELEASE.
+SUPPORTED_RELEASES = frozenset({"2a", "3", "4", "5"})
+DEFAULT_RELEASE = "4"

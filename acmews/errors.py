@@ -1,0 +1,108 @@
+"""The exception hierarchy: every error that becomes a oneM2M response maps to its rsc here.
+
+Code anywhere in acmews raises one of these; the single place that turns an exception into a
+response primitive is :func:`acmews.primitive.error_response`, which reads ``rsc`` and
+``reason`` off the exception.
+"""
+
+from __future__ import annotations
+
+from acmews.codes import RSC
+
+
+class OneM2MError(Exception):
+    """An error with a oneM2M response status code and a human-readable reason."""
+
+    rsc: RSC = RSC.INTERNAL_SERVER_ERROR
+
+    def __init__(self, reason: str, *, rqi: str | None = None, rsc: RSC | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.rqi = rqi
+        if rsc is not None:
+            self.rsc = rsc
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({int(self.rsc)}, {self.reason!r})"
+
+
+class BadRequest(OneM2MError):
+    """rsc 4000: the primitive is malformed."""
+
+    rsc = RSC.BAD_REQUEST
+
+
+class ReleaseVersionNotSupported(OneM2MError):
+    """rsc 4001: ``rvi`` missing or not one we speak."""
+
+    rsc = RSC.RELEASE_VERSION_NOT_SUPPORTED
+
+
+class NotFound(OneM2MError):
+    """rsc 4004: the target does not exist."""
+
+    rsc = RSC.NOT_FOUND
+
+
+class OperationNotAllowed(OneM2MError):
+    """rsc 4005."""
+
+    rsc = RSC.OPERATION_NOT_ALLOWED
+
+
+class RequestTimeout(OneM2MError):
+    """rsc 4008: no response in time."""
+
+    rsc = RSC.REQUEST_TIMEOUT
+
+
+class ContentsUnacceptable(OneM2MError):
+    """rsc 4102."""
+
+    rsc = RSC.CONTENTS_UNACCEPTABLE
+
+
+class OriginatorHasNoPrivilege(OneM2MError):
+    """rsc 4103."""
+
+    rsc = RSC.ORIGINATOR_HAS_NO_PRIVILEGE
+
+
+class Conflict(OneM2MError):
+    """rsc 4105."""
+
+    rsc = RSC.CONFLICT
+
+
+class InternalServerError(OneM2MError):
+    """rsc 5000."""
+
+    rsc = RSC.INTERNAL_SERVER_ERROR
+
+
+class NotImplementedOp(OneM2MError):
+    """rsc 5001."""
+
+    rsc = RSC.NOT_IMPLEMENTED
+
+
+class TargetNotReachable(OneM2MError):
+    """rsc 5103: nothing delivered the request (connection lost, no route)."""
+
+    rsc = RSC.TARGET_NOT_REACHABLE
+
+
+class SubscriptionVerificationInitiationFailed(OneM2MError):
+    """rsc 5204."""
+
+    rsc = RSC.SUBSCRIPTION_VERIFICATION_INITIATION_FAILED
+
+
+class PrimitiveError(BadRequest):
+    """A message that is not a valid primitive; carries the rsc to answer (4000 or 4001).
+
+    ``is_response`` is set when the message had an ``rsc``: a broken response is logged and
+    dropped, never answered (two peers would otherwise answer each other's errors forever).
+    """
+
+    is_response: bool = False

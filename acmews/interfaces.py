@@ -1,0 +1,130 @@
+"""Every extension point of acmews, as zope interfaces, in one place.
+
+Providers carry ``@implementer``; tests check them with ``verifyObject``. Nothing here imports
+the reactor (or anything that does).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from twisted.internet.defer import Deferred
+
+    from acmews.primitive import Primitive, Request, Response
+
+
+class ICodec(Interface):
+    """A serialization of primitives, named after its WebSocket subprotocol."""
+
+    name: str = Attribute("The subprotocol name, e.g. 'oneM2M.json'.")
+    is_binary: bool = Attribute("True if messages go in binary frames, False for text frames.")
+
+    def decode(data: bytes) -> Primitive:
+        """Bytes to a validated primitive; raises PrimitiveError and nothing else."""
+
+    def encode(primitive: Primitive) -> bytes:
+        """A primitive to bytes."""
+
+    def loads(data: bytes) -> Any:
+        """Bytes to a plain value; raises PrimitiveError and nothing else."""
+
+    def dumps(obj: Any) -> bytes:
+        """A plain value to bytes."""
+
+
+class IConnection(Interface):
+    """One live oneM2M connection (a WebSocket, whichever side opened it)."""
+
+    originator: str | None = Attribute(
+        "The originator the connection is bound to (X-M2M-Origin or the AE-ID assigned by "
+        "an AE CREATE on it), or None while unbound."
+    )
+    subprotocol: str = Attribute("The negotiated subprotocol, e.g. 'oneM2M.json'.")
+    peer: str = Attribute("A printable description of the remote end, for logs.")
+
+    def request(request: Request, timeout: float | None = None) -> Deferred[Response]:
+        """Send a request and return a Deferred that fires with the peer's response.
+
+        It fails with RequestTimeout (4008) when no response arrives in time and with
+        TargetNotReachable (5103) when the connection is lost first. Cancelling it forgets
+        the request.
+        """
+
+    def close(code: int = 1000, reason: str = "") -> None:
+        """Close the connection; every pending request fails with 5103."""
+
+
+class IRequestHandler(Interface):
+    """What answers incoming requests: the embedded CSE, or a gateway's own code."""
+
+    def handle_request(request: Request, connection: IConnection) -> Deferred[Response] | Response:
+        """Answer ``request`` that arrived on ``connection``.
+
+        ``connection.originator`` is the originator the connection is bound to (None for an
+        unbound connection, which only ever passes on an AE CREATE). Raising, or failing the
+        Deferred, with a OneM2MError answers with its rsc; anything else answers 5000.
+        """
+
+
+class IOriginatorObserver(Interface):
+    """Told when an originator gains or loses its live connection."""
+
+    def originator_connected(originator: str, connection: IConnection) -> None:
+        """``connection`` is now the route to ``originator``."""
+
+    def originator_disconnected(originator: str, connection: IConnection) -> None:
+        """``connection`` is no longer the route to ``originator``."""
+
+
+class IOriginatorMap(Interface):
+    """Originator -> live connection, newest connection wins."""
+
+    def bind(originator: str, connection: IConnection) -> None:
+        """Route ``originator`` to ``connection``; an older connection for it is closed."""
+
+    def unbind(originator: str, connection: IConnection) -> bool:
+        """Remove the route only if it still points at ``connection``; True if removed."""
+
+    def lookup(originator: str) -> IConnection | None:
+        """The live connection for ``originator``, or None."""
+
+    def add_observer(observer: IOriginatorObserver) -> None:
+        """Tell ``observer`` about every connect and disconnect from now on."""
+
+    def remove_observer(observer: IOriginatorObserver) -> None:
+        """Stop telling ``observer``."""
+
+
+class IPoaConnector(Interface):
+    """How a poa URL scheme is reached (ws, wss, http, ..., or a gateway's own)."""
+
+    schemes: Sequence[str] = Attribute("The URL schemes handled, e.g. ('ws', 'wss').")
+
+    def send(url: str, request: Request, timeout: float) -> Deferred[Response]:
+        """Deliver ``request`` to ``url`` and fire with the response.
+
+        Fail with TargetNotReachable (5103) or RequestTimeout (4008) when it cannot be
+        delivered or answered, so that the poa chain goes on with the next entry.
+        """
+
+
+class IRequestSender(Interface):
+    """Sends a request the CSE originates (notification, verification, forwarding)."""
+
+    def send(
+        target: str,
+        request: Request,
+        poa: Sequence[str] = (),
+        store: bool = False,
+    ) -> Deferred[Response]:
+        """Deliver ``request`` to ``target``: an originator ID (AE-ID, CSE-ID) or a URL.
+
+        ``poa`` lists the target's points of access in order. With ``store`` a request that
+        cannot be delivered now is kept for later delivery and the Deferred fires with an
+        ACCEPTED (1000) response; otherwise it fails with TargetNotReachable (5103).
+        """

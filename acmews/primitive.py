@@ -1,0 +1,387 @@
+"""oneM2M request and response primitives (TS-0004), validated on the way in.
+
+Pure data: nothing here knows of Twisted or of a wire format. A primitive is parsed from the
+mapping a codec decoded (:meth:`Request.from_mapping`, :meth:`Response.from_mapping`) and turned
+back into one with ``to_dict()``. Parameters that are not modelled as attributes are kept in
+``extra`` so that a primitive can be forwarded unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from acmews.codes import (
+    DEFAULT_RELEASE,
+    RSC,
+    SUPPORTED_RELEASES,
+    Operation,
+    ResourceType,
+    ResponseType,
+)
+from acmews.errors import OneM2MError, PrimitiveError
+
+__all__ = [
+    "Primitive",
+    "Request",
+    "Response",
+    "error_response",
+    "primitive_from_object",
+]
+
+#: Request parameters modelled as attributes, in wire order (all short names of ONEM2M.md).
+REQUEST_PARAMETERS = (
+    "op",
+    "to",
+    "fr",
+    "rqi",
+    "rvi",
+    "ty",
+    "pc",
+    "rcn",
+    "rt",
+    "rqet",
+    "rset",
+    "oet",
+    "ot",
+    "fc",
+    "drt",
+    "ec",
+    "da",
+    "gid",
+    "tids",
+    "ltids",
+    "tkns",
+    "vsi",
+    "rids",
+)
+RESPONSE_PARAMETERS = (
+    "rsc",
+    "rqi",
+    "rvi",
+    "pc",
+    "to",
+    "fr",
+    "ot",
+    "rset",
+    "ec",
+    "vsi",
+    "cnst",
+    "cnot",
+)
+_REQUEST_KEYS = frozenset(REQUEST_PARAMETERS)
+_RESPONSE_KEYS = frozenset(RESPONSE_PARAMETERS)
+_OPERATIONS = {int(o): o for o in Operation}
+_RSCS = {int(r): r for r in RSC}
+
+
+def _is_int(value: object) -> bool:
+    return type(value) is int or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _readable_rqi(m: Mapping[Any, Any]) -> str | None:
+    rqi = m.get("rqi")
+    return rqi if isinstance(rqi, str) else None
+
+
+def _fail(reason: str, rqi: str | None, rsc: RSC = RSC.BAD_REQUEST) -> PrimitiveError:
+    return PrimitiveError(reason, rqi=rqi, rsc=rsc)
+
+
+def _opt_int(m: Mapping[Any, Any], key: str, rqi: str | None) -> int | None:
+    value = m.get(key)
+    if value is None or _is_int(value):
+        return value
+    raise _fail(f"'{key}' must be an integer", rqi)
+
+
+def _opt_str(m: Mapping[Any, Any], key: str, rqi: str | None) -> str | None:
+    value = m.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise _fail(f"'{key}' must be a string", rqi)
+
+
+def _opt_map(m: Mapping[Any, Any], key: str, rqi: str | None) -> dict[str, Any] | None:
+    value = m.get(key)
+    if value is None or isinstance(value, dict):
+        return value
+    raise _fail(f"'{key}' must be an object", rqi)
+
+
+def _opt_time(m: Mapping[Any, Any], key: str, rqi: str | None) -> str | int | None:
+    """A timestamp (``YYYYMMDDThhmmss``) or a duration in ms."""
+    value = m.get(key)
+    if value is None or isinstance(value, str) or _is_int(value):
+        return value
+    raise _fail(f"'{key}' must be a timestamp string or milliseconds", rqi)
+
+
+def _check_rvi(m: Mapping[Any, Any], rqi: str | None, required: bool) -> str | None:
+    rvi = m.get("rvi")
+    if rvi is None:
+        if required:
+            raise _fail(
+                "'rvi' (release version indicator) is missing",
+                rqi,
+                RSC.RELEASE_VERSION_NOT_SUPPORTED,
+            )
+        return None
+    if not isinstance(rvi, str):
+        raise _fail("'rvi' must be a string", rqi)
+    if rvi not in SUPPORTED_RELEASES:
+        raise _fail(
+            f"release version {rvi!r} is not supported (supported: "
+            f"{', '.join(sorted(SUPPORTED_RELEASES))})",
+            rqi,
+            RSC.RELEASE_VERSION_NOT_SUPPORTED,
+        )
+    return rvi
+
+
+@dataclass(slots=True, eq=True)
+class Request:
+    """A request primitive. ``fr`` may be ``None`` only for an AE CREATE."""
+
+    op: Operation
+    to: str
+    rqi: str
+    rvi: str = DEFAULT_RELEASE
+    fr: str | None = None
+    ty: int | None = None
+    pc: Any = None
+    rcn: int | None = None
+    rt: dict[str, Any] | None = None
+    rqet: str | int | None = None
+    rset: str | int | None = None
+    oet: str | int | None = None
+    ot: str | None = None
+    fc: dict[str, Any] | None = None
+    drt: int | None = None
+    ec: Any = None
+    da: Any = None
+    gid: Any = None
+    tids: Any = None
+    ltids: Any = None
+    tkns: Any = None
+    vsi: Any = None
+    rids: Any = None
+    #: parameters not modelled above, kept for forwarding
+    extra: dict[Any, Any] = field(default_factory=dict)
+
+    @property
+    def is_ae_create(self) -> bool:
+        return self.op == Operation.CREATE and self.ty == ResourceType.AE
+
+    @property
+    def wants_no_response(self) -> bool:
+        """``rt.rtv`` is 5 (noResponse): the receiver sends nothing back."""
+        rt = self.rt
+        return rt is not None and rt.get("rtv") == ResponseType.NO_RESPONSE
+
+    def to_dict(self) -> dict[Any, Any]:
+        d: dict[Any, Any] = {"op": int(self.op), "to": self.to}
+        if self.fr is not None:
+            d["fr"] = self.fr
+        d["rqi"] = self.rqi
+        d["rvi"] = self.rvi
+        for name in REQUEST_PARAMETERS[5:]:
+            value = getattr(self, name)
+            if value is not None:
+                d[name] = value
+        if self.extra:
+            d.update(self.extra)
+        return d
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[Any, Any]) -> Request:
+        """Validate a decoded mapping as a request; raise :class:`PrimitiveError` if invalid."""
+        rqi = _readable_rqi(m)
+        op = m.get("op")
+        if not _is_int(op) or op not in _OPERATIONS:
+            raise _fail(f"'op' must be an integer 1-5, not {op!r}"[:200], rqi)
+        operation = _OPERATIONS[op]
+        if "rqi" not in m:
+            raise _fail("'rqi' (request identifier) is missing", None)
+        if rqi is None:
+            raise _fail("'rqi' must be a string", None)
+        to = m.get("to")
+        if not isinstance(to, str) or not to:
+            raise _fail("'to' must be a non-empty string" if "to" in m else "'to' is missing", rqi)
+        rvi = _check_rvi(m, rqi, required=True)
+        assert rvi is not None
+        ty = _opt_int(m, "ty", rqi)
+        if operation == Operation.CREATE:
+            if ty is None:
+                raise _fail("'ty' (resource type) is mandatory on CREATE", rqi)
+        elif ty is not None:
+            raise _fail("'ty' is only allowed on CREATE", rqi)
+        fr = _opt_str(m, "fr", rqi)
+        if not fr and not (operation == Operation.CREATE and ty == ResourceType.AE):
+            raise _fail("'fr' (originator) is missing", rqi)
+        pc = m.get("pc")
+        if operation in (Operation.CREATE, Operation.UPDATE):
+            if not isinstance(pc, dict) or not pc:
+                raise _fail(f"'pc' (content) must be a non-empty object on {operation.name}", rqi)
+        elif operation == Operation.NOTIFY and pc is None:
+            raise _fail("'pc' (content) is mandatory on NOTIFY", rqi)
+        rt = _opt_map(m, "rt", rqi)
+        if rt is not None:
+            rtv = rt.get("rtv")
+            if rtv is not None and (not _is_int(rtv) or not 1 <= rtv <= 5):
+                raise _fail("'rt.rtv' must be an integer 1-5", rqi)
+        request = cls(
+            operation,
+            to,
+            rqi,
+            rvi,
+            fr,
+            ty,
+            pc,
+            _opt_int(m, "rcn", rqi),
+            rt,
+            _opt_time(m, "rqet", rqi),
+            _opt_time(m, "rset", rqi),
+            _opt_time(m, "oet", rqi),
+            _opt_str(m, "ot", rqi),
+            _opt_map(m, "fc", rqi),
+            _opt_int(m, "drt", rqi),
+            m.get("ec"),
+            m.get("da"),
+            m.get("gid"),
+            m.get("tids"),
+            m.get("ltids"),
+            m.get("tkns"),
+            m.get("vsi"),
+            m.get("rids"),
+        )
+        if len(m) > 5:
+            extra = {k: v for k, v in m.items() if k not in _REQUEST_KEYS}
+            if extra:
+                request.extra = extra
+        return request
+
+
+@dataclass(slots=True, eq=True)
+class Response:
+    """A response primitive."""
+
+    rsc: int
+    rqi: str
+    rvi: str | None = DEFAULT_RELEASE
+    pc: Any = None
+    to: str | None = None
+    fr: str | None = None
+    ot: str | None = None
+    rset: str | int | None = None
+    ec: Any = None
+    vsi: Any = None
+    cnst: Any = None
+    cnot: Any = None
+    extra: dict[Any, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """The rsc is in the 1xxx or 2xxx class."""
+        return 1000 <= self.rsc < 3000
+
+    @property
+    def debug(self) -> str | None:
+        """The ``m2m:dbg`` reason of an error response, if any."""
+        pc = self.pc
+        if isinstance(pc, dict):
+            dbg = pc.get("m2m:dbg")
+            return dbg if isinstance(dbg, str) else None
+        return None
+
+    def to_dict(self) -> dict[Any, Any]:
+        d: dict[Any, Any] = {"rsc": int(self.rsc), "rqi": self.rqi}
+        for name in RESPONSE_PARAMETERS[2:]:
+            value = getattr(self, name)
+            if value is not None:
+                d[name] = value
+        if self.extra:
+            d.update(self.extra)
+        return d
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[Any, Any]) -> Response:
+        """Validate a decoded mapping as a response; raise :class:`PrimitiveError` if invalid."""
+        rqi = _readable_rqi(m)
+        rsc: int = m.get("rsc")  # type: ignore[assignment]
+        if not _is_int(rsc):
+            raise _fail("'rsc' must be an integer", rqi)
+        if "rqi" not in m:
+            raise _fail("'rqi' (request identifier) is missing", None)
+        if rqi is None:
+            raise _fail("'rqi' must be a string", None)
+        response = cls(
+            _RSCS.get(rsc) or rsc,
+            rqi,
+            _check_rvi(m, rqi, required=False),
+            m.get("pc"),
+            _opt_str(m, "to", rqi),
+            _opt_str(m, "fr", rqi),
+            _opt_str(m, "ot", rqi),
+            _opt_time(m, "rset", rqi),
+            m.get("ec"),
+            m.get("vsi"),
+            m.get("cnst"),
+            m.get("cnot"),
+        )
+        if len(m) > 3:
+            extra = {k: v for k, v in m.items() if k not in _RESPONSE_KEYS}
+            if extra:
+                response.extra = extra
+        return response
+
+
+Primitive = Request | Response
+
+
+def primitive_from_object(obj: object) -> Primitive:
+    """Classify a decoded value: ``rsc`` makes a response, ``op`` a request, else 4000."""
+    if not isinstance(obj, dict):
+        raise _fail(f"a primitive must be an object, not {type(obj).__name__}", None)
+    is_response = "rsc" in obj
+    try:
+        if is_response:
+            return Response.from_mapping(obj)
+        if "op" in obj:
+            return Request.from_mapping(obj)
+    except PrimitiveError as e:
+        e.is_response = is_response
+        raise
+    except Exception as e:  # unhashable oddities from CBOR and the like
+        error = _fail(f"invalid primitive: {type(e).__name__}", _readable_rqi(obj))
+        error.is_response = is_response
+        raise error from e
+    raise _fail("neither 'op' (request) nor 'rsc' (response) is present", _readable_rqi(obj))
+
+
+def error_response(
+    rqi: str | None,
+    error: OneM2MError | RSC,
+    reason: str | None = None,
+    *,
+    rvi: str | None = None,
+    fr: str | None = None,
+    to: str | None = None,
+) -> Response:
+    """The response that answers a request with an error: rsc plus ``m2m:dbg`` reason."""
+    if isinstance(error, OneM2MError):
+        rsc = error.rsc
+        reason = reason or error.reason
+    else:
+        rsc = error
+    if rvi not in SUPPORTED_RELEASES:
+        rvi = DEFAULT_RELEASE
+    return Response(
+        rsc,
+        rqi if rqi is not None else "",
+        rvi,
+        {"m2m:dbg": reason or RSC(rsc).name.lower().replace("_", " ")},
+        to=to,
+        fr=fr,
+    )
