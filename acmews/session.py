@@ -1,0 +1,337 @@
+"""One connection's oneM2M state, free of any transport.
+
+A :class:`Session` is given a ``send(data, is_binary)`` callable, a codec, a clock and an
+:class:`IRequestHandler`; the protocol feeds it whole messages (:meth:`Session.message_received`)
+and tells it when the connection is gone (:meth:`Session.connection_lost`). It matches responses
+to outstanding requests by ``rqi`` (any number in flight, answered in any order), times them
+out, answers incoming requests through the handler, and applies the originator rules of the
+binding (X-M2M-Origin, ``fr`` checks). It never raises into the protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from acmews.codes import RSC, Operation
+from acmews.errors import (
+    BadRequest,
+    InternalServerError,
+    OneM2MError,
+    OriginatorHasNoPrivilege,
+    PrimitiveError,
+    RequestTimeout,
+    TargetNotReachable,
+)
+from acmews.interfaces import ICodec, IConnection, IRequestHandler
+from acmews.primitive import Request, Response, error_response
+from acmews.timestamps import expiry_delay
+
+__all__ = ["DEFAULT_REQUEST_TIMEOUT", "Session", "fr_allowed"]
+
+DEFAULT_REQUEST_TIMEOUT = 10.0
+
+SendFunction = Callable[[bytes, bool], None]
+CloseFunction = Callable[[int, str], None]
+BoundCallback = Callable[["Session", str], None]
+
+
+def fr_allowed(originator: str, fr: str) -> bool:
+    """May a connection bound to ``originator`` send a request with this ``fr``?
+
+    An AE connection only its own AE-ID; a CSE connection (``/cse-id``) its own CSE-ID or an
+    originator under it (``/cse-id/...``, forwarded traffic).
+    """
+    if fr == originator:
+        return True
+    return originator.startswith("/") and fr.startswith(originator + "/")
+
+
+def registered_ae_id(response: Response) -> str | None:
+    """The AE-ID from a successful AE CREATE response (``pc`` ``m2m:ae`` ``aei``)."""
+    if response.rsc != RSC.CREATED or not isinstance(response.pc, dict):
+        return None
+    ae = response.pc.get("m2m:ae")
+    if not isinstance(ae, dict):
+        return None
+    aei = ae.get("aei")
+    return aei if isinstance(aei, str) and aei else None
+
+
+@implementer(IConnection)
+class Session:
+    """The oneM2M side of one WebSocket connection (either role)."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        send: SendFunction,
+        codec: ICodec,
+        clock: IReactorTime,
+        handler: IRequestHandler | None = None,
+        *,
+        originator: str | None = None,
+        enforce_originator: bool = True,
+        close: CloseFunction | None = None,
+        peer: str = "",
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        on_bound: BoundCallback | None = None,
+    ) -> None:
+        """
+        @param originator: the remote end's originator (X-M2M-Origin), if known.
+        @param enforce_originator: apply the binding's originator rules to incoming requests
+            (the accepting side does; a client trusts the CSE it connected to).
+        @param on_bound: called when an unbound connection becomes bound by an AE CREATE.
+        """
+        self._send = send
+        self.codec = codec
+        self.subprotocol = codec.name
+        self._binary = codec.is_binary
+        self.clock = clock
+        self.handler = handler
+        self.originator = originator
+        self.enforce_originator = enforce_originator
+        self._close = close
+        self.peer = peer
+        self.request_timeout = request_timeout
+        self.on_bound = on_bound
+        self.connected = True
+        #: rqi -> (Deferred, timeout call) for requests we sent
+        self._pending: dict[str, tuple[Deferred[Response], IDelayedCall]] = {}
+        #: rqis of incoming requests still being answered
+        self._serving: set[str] = set()
+        self._closed_waiters: list[Deferred[None]] = []
+
+    # -- IConnection --------------------------------------------------------------------
+
+    def request(self, request: Request, timeout: float | None = None) -> Deferred[Response]:
+        """Send ``request``; the Deferred fires with the response (see IConnection)."""
+        if not self.connected:
+            return fail(TargetNotReachable(f"connection to {self.peer} is closed"))
+        rqi = request.rqi
+        if rqi in self._pending:
+            return fail(BadRequest(f"a request with rqi {rqi!r} is already pending", rqi=rqi))
+        try:
+            data = self.codec.encode(request)
+        except OneM2MError as e:
+            return fail(e)
+        delay = self.request_timeout if timeout is None else timeout
+        if request.rqet is not None:
+            until = expiry_delay(request.rqet, self.clock.seconds())
+            if until is not None:
+                delay = max(0.0, min(delay, until))
+        d: Deferred[Response] = Deferred(self._cancel_request)
+        # the canceller finds the entry by identity, so that it needs no closure per request
+        call = self.clock.callLater(delay, self._request_timed_out, rqi, delay)
+        self._pending[rqi] = (d, call)
+        self._send(data, self._binary)
+        return d
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        if self._close is not None and self.connected:
+            self._close(code, reason)
+
+    # -- state -------------------------------------------------------------------------
+
+    @property
+    def pending_count(self) -> int:
+        """How many requests we sent are still unanswered."""
+        return len(self._pending)
+
+    def when_closed(self) -> Deferred[None]:
+        """A Deferred that fires once the connection is gone."""
+        d: Deferred[None] = Deferred()
+        if self.connected:
+            self._closed_waiters.append(d)
+        else:
+            d.callback(None)
+        return d
+
+    def _cancel_request(self, d: Deferred[Response]) -> None:
+        for rqi, (pending, call) in self._pending.items():
+            if pending is d:
+                del self._pending[rqi]
+                if call.active():
+                    call.cancel()
+                return
+
+    def _request_timed_out(self, rqi: str, delay: float) -> None:
+        entry = self._pending.pop(rqi, None)
+        if entry is not None:
+            self.log.info(
+                "no response to {rqi} from {peer} within {delay}s",
+                rqi=rqi,
+                peer=self.peer,
+                delay=delay,
+            )
+            entry[0].errback(RequestTimeout(f"no response within {delay:g}s", rqi=rqi))
+
+    def connection_lost(self, reason: str = "connection lost") -> None:
+        """Fail every pending request with 5103 at once; forget everything."""
+        if not self.connected:
+            return
+        self.connected = False
+        pending, self._pending = self._pending, {}
+        for rqi, (d, call) in pending.items():
+            if call.active():
+                call.cancel()
+            d.errback(TargetNotReachable(f"{reason} before the response", rqi=rqi))
+        waiters, self._closed_waiters = self._closed_waiters, []
+        for w in waiters:
+            w.callback(None)
+
+    # -- incoming ------------------------------------------------------------------------
+
+    def message_received(self, data: bytes) -> None:
+        """One whole WebSocket message: a request or a response primitive."""
+        try:
+            primitive = self.codec.decode(data)
+        except PrimitiveError as e:
+            if e.is_response:
+                self.log.warn(
+                    "dropping an invalid response from {peer}: {reason}",
+                    peer=self.peer,
+                    reason=e.reason,
+                )
+            else:
+                self.log.warn("bad message from {peer}: {reason}", peer=self.peer, reason=e.reason)
+                self._reply(error_response(e.rqi, e))
+            return
+        if type(primitive) is Response:
+            self._response_received(primitive)
+        else:
+            assert type(primitive) is Request
+            self._request_received(primitive)
+
+    def _response_received(self, response: Response) -> None:
+        entry = self._pending.pop(response.rqi, None)
+        if entry is None:
+            self.log.warn(
+                "dropping a response with unknown rqi {rqi} (rsc {rsc}) from {peer}",
+                rqi=response.rqi,
+                rsc=response.rsc,
+                peer=self.peer,
+            )
+            return
+        d, call = entry
+        call.cancel()
+        d.callback(response)
+
+    def _request_received(self, request: Request) -> None:
+        rqi = request.rqi
+        try:
+            self._check_originator(request)
+            if rqi in self._serving:
+                raise BadRequest(f"a request with rqi {rqi!r} is still being answered")
+            if self.handler is None:
+                raise OriginatorHasNoPrivilege("this endpoint accepts no requests")
+            result = self.handler.handle_request(request, self)
+        except OneM2MError as e:
+            self.log.info(
+                "{op} {to} from {fr}: {rsc} {reason}",
+                op=request.op.name,
+                to=request.to,
+                fr=request.fr,
+                rsc=int(e.rsc),
+                reason=e.reason,
+            )
+            self._answer(request, error_response(rqi, e, rvi=request.rvi))
+            return
+        except Exception:
+            self.log.failure("request handler failed for {rqi}", rqi=rqi)
+            self._answer(
+                request,
+                error_response(rqi, InternalServerError("internal error"), rvi=request.rvi),
+            )
+            return
+        if isinstance(result, Deferred):
+            self._serving.add(rqi)
+            result.addCallbacks(
+                self._answer_later,
+                self._handler_failed,
+                callbackArgs=(request,),
+                errbackArgs=(request,),
+            )
+        else:
+            self._answer(request, result)
+
+    def _check_originator(self, request: Request) -> None:
+        if not self.enforce_originator:
+            return
+        originator = self.originator
+        if originator is None:
+            if not request.is_ae_create:
+                raise OriginatorHasNoPrivilege(
+                    "no X-M2M-Origin on this connection: only an AE CREATE is accepted "
+                    "until an AE registers on it"
+                )
+            return
+        fr = request.fr
+        if fr and not fr_allowed(originator, fr):
+            raise OriginatorHasNoPrivilege(
+                f"'fr' {fr!r} does not match this connection's originator {originator!r}"
+            )
+
+    def _answer_later(self, response: Response, request: Request) -> None:
+        self._serving.discard(request.rqi)
+        self._answer(request, response)
+
+    def _handler_failed(self, failure: Failure, request: Request) -> None:
+        self._serving.discard(request.rqi)
+        error = failure.value
+        if isinstance(error, OneM2MError):
+            response = error_response(request.rqi, error, rvi=request.rvi)
+        elif isinstance(error, CancelledError):
+            response = error_response(
+                request.rqi, TargetNotReachable("the request was cancelled"), rvi=request.rvi
+            )
+        else:
+            self.log.failure("request handler failed for {rqi}", failure, rqi=request.rqi)
+            response = error_response(
+                request.rqi, InternalServerError("internal error"), rvi=request.rvi
+            )
+        self._answer(request, response)
+
+    def _answer(self, request: Request, response: Response) -> None:
+        if response.rqi != request.rqi:
+            response.rqi = request.rqi
+        if (
+            self.originator is None
+            and request.op == Operation.CREATE
+            and (aei := registered_ae_id(response)) is not None
+        ):
+            self.originator = aei
+            self.log.info(
+                "connection from {peer} bound to {aei} by AE CREATE", peer=self.peer, aei=aei
+            )
+            if self.on_bound is not None:
+                self.on_bound(self, aei)
+        if request.wants_no_response:
+            return
+        self._reply(response)
+
+    def _reply(self, response: Response) -> None:
+        if not self.connected:
+            self.log.info(
+                "connection to {peer} gone; dropping the response to {rqi}",
+                peer=self.peer,
+                rqi=response.rqi,
+            )
+            return
+        try:
+            data = self.codec.encode(response)
+        except OneM2MError as e:
+            self.log.error(
+                "cannot encode the response to {rqi}: {reason}", rqi=response.rqi, reason=e.reason
+            )
+            data = self.codec.encode(error_response(response.rqi, e, rvi=response.rvi))
+        self._send(data, self._binary)
+
+    def __repr__(self) -> str:
+        return f"<Session {self.originator or '(unbound)'} {self.subprotocol} {self.peer}>"

@@ -1,0 +1,46 @@
+"""oneM2M timestamps (``YYYYMMDDThhmmss[,ffffff]``, UTC) and expiry arithmetic. Pure functions."""
+
+from __future__ import annotations
+
+import calendar
+import time
+
+__all__ = ["expiry_delay", "format_timestamp", "parse_timestamp"]
+
+
+def format_timestamp(seconds: float) -> str:
+    """``seconds`` since the epoch as a oneM2M timestamp with microseconds."""
+    whole = int(seconds)
+    micro = round((seconds - whole) * 1_000_000)
+    if micro >= 1_000_000:
+        whole, micro = whole + 1, micro - 1_000_000
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(whole)) + f",{micro:06d}"
+
+
+def parse_timestamp(value: str) -> float:
+    """A oneM2M timestamp to seconds since the epoch; ValueError if it is not one."""
+    main, _, fraction = value.partition(",")
+    if len(main) != 15 or main[8] != "T" or not (main[:8] + main[9:]).isdigit():
+        raise ValueError(f"not a oneM2M timestamp: {value!r}")
+    if fraction and not fraction.isdigit():
+        raise ValueError(f"not a oneM2M timestamp: {value!r}")
+    parsed = time.strptime(main, "%Y%m%dT%H%M%S")
+    return calendar.timegm(parsed) + (float("0." + fraction) if fraction else 0.0)
+
+
+def expiry_delay(value: str | int | None, now: float) -> float | None:
+    """Seconds from ``now`` until ``value`` (a timestamp, or a duration in ms), or None.
+
+    Used for ``rqet``/``rset``: an absolute timestamp, or a relative time in milliseconds
+    given as an integer or a string of digits. Unreadable values give None (no limit).
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value / 1000.0
+    if value.isdigit():
+        return int(value) / 1000.0
+    try:
+        return parse_timestamp(value) - now
+    except ValueError:
+        return None

@@ -1,0 +1,547 @@
+"""The binding over in-memory connections (iosim): negotiation, originator rules, pipelining,
+timeouts, connection loss and bad input."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import cbor2
+import orjson
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+from zope.interface.verify import verifyObject
+
+from acmews.codes import RSC
+from acmews.errors import RequestTimeout, TargetNotReachable
+from acmews.interfaces import IConnection, IOriginatorMap
+from acmews.originators import OriginatorMap
+from acmews.primitive import Request, Response
+from acmews.protocol import choose_subprotocol
+from acmews.session import Session
+
+from .helpers import Pair, RecordingHandler, make_client_factory, make_server_factory, pair
+
+
+def retrieve(rqi: str, fr: str = "Cae1", to: str = "cse-in") -> Request:
+    return Request(2, to, rqi, "4", fr)  # type: ignore[arg-type]
+
+
+def ae_create(rqi: str = "reg", fr: str | None = None) -> Request:
+    return Request(1, "cse-in", rqi, "4", fr, ty=2, pc={"m2m:ae": {"api": "Nx", "rr": True}})  # type: ignore[arg-type]
+
+
+class Raw:
+    """Replaces a client session to see every message the client receives, undecoded."""
+
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+        self.lost: list[str] = []
+
+    def message_received(self, data: bytes) -> None:
+        self.messages.append(data)
+
+    def connection_lost(self, reason: str = "") -> None:
+        self.lost.append(reason)
+
+    def decoded(self) -> list[Any]:
+        out = []
+        for m in self.messages:
+            try:
+                out.append(orjson.loads(m))
+            except orjson.JSONDecodeError:
+                out.append(cbor2.loads(m))
+        return out
+
+
+class BindingTestCase(TestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.originators = OriginatorMap()
+        self.handler = RecordingHandler()
+        self.server_factory = make_server_factory(self.handler, self.clock, self.originators)
+
+    def tearDown(self) -> None:
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def connect(self, originator: str | None = "Cae1", **kw: Any) -> Pair:
+        p = pair(self.server_factory, make_client_factory(self.clock, originator, **kw))
+        return p
+
+    def raw(self, p: Pair) -> Raw:
+        raw = Raw()
+        p.client.session = raw
+        return raw
+
+    def send_raw(self, p: Pair, data: bytes, binary: bool = False) -> None:
+        p.client.sendMessage(data, binary)
+        p.flush()
+
+
+class NegotiationTests(BindingTestCase):
+    def test_choose_subprotocol_uses_client_order(self) -> None:
+        both = ["oneM2M.json", "oneM2M.cbor"]
+        self.assertEqual(choose_subprotocol(["oneM2M.cbor", "oneM2M.json"], both), "oneM2M.cbor")
+        self.assertEqual(choose_subprotocol(["oneM2M.json", "oneM2M.cbor"], both), "oneM2M.json")
+        self.assertIsNone(choose_subprotocol(["onem2m.json", "oneM2M.xml"], both))
+        self.assertIsNone(choose_subprotocol([], both))
+
+    def test_json(self) -> None:
+        p = self.connect(subprotocols=["oneM2M.json"])
+        self.assertEqual(p.server_session.subprotocol, "oneM2M.json")
+        self.assertEqual(p.client.websocket_protocol_in_use, "oneM2M.json")
+        d = p.client_session.request(retrieve("j1"))
+        p.flush()
+        self.assertEqual(self.successResultOf(d).rsc, RSC.OK)
+        # text frames from the server
+        raw = self.raw(p)
+        p.client_session_request = None
+        self.send_raw(p, b'{"op":2,"to":"cse-in","fr":"Cae1","rqi":"j2","rvi":"4"}')
+        self.assertEqual(orjson.loads(raw.messages[0])["rqi"], "j2")
+        self.assertFalse(p.client.message_is_binary)
+
+    def test_cbor(self) -> None:
+        p = self.connect(subprotocols=["oneM2M.cbor"])
+        self.assertEqual(p.server_session.subprotocol, "oneM2M.cbor")
+        raw = self.raw(p)
+        self.send_raw(p, cbor2.dumps(retrieve("c1").to_dict()), binary=True)
+        self.assertEqual(cbor2.loads(raw.messages[0])["rsc"], 2000)
+        self.assertTrue(p.client.message_is_binary)
+
+    def test_client_preference_both_ways(self) -> None:
+        p = self.connect(subprotocols=["oneM2M.cbor", "oneM2M.json"])
+        self.assertEqual(p.server_session.subprotocol, "oneM2M.cbor")
+        p = self.connect(originator="Cae2", subprotocols=["oneM2M.json", "oneM2M.cbor"])
+        self.assertEqual(p.server_session.subprotocol, "oneM2M.json")
+
+    def test_none_acceptable_is_400(self) -> None:
+        for offer in (["oneM2M.xml"], ["onem2m.json"]):
+            cf = make_client_factory(self.clock, "Cae1", subprotocols=offer)
+            p = pair(self.server_factory, cf)
+            failure = self.failureResultOf(cf.ready, TargetNotReachable)
+            self.assertIn("400", failure.value.reason)
+            self.assertIn("no acceptable WebSocket subprotocol", failure.value.reason)
+            self.assertIsNone(p.server.session)
+        self.assertEqual(len(self.originators), 0)
+
+    def test_no_offer_is_400(self) -> None:
+        cf = make_client_factory(self.clock, "Cae1", subprotocols=[])
+        pair(self.server_factory, cf)
+        failure = self.failureResultOf(cf.ready, TargetNotReachable)
+        self.assertIn("offered: none", failure.value.reason)
+
+    def test_invalid_origin_header_is_400(self) -> None:
+        cf = make_client_factory(self.clock, "Ca, Cb")
+        pair(self.server_factory, cf)
+        self.assertIn("X-M2M-Origin", self.failureResultOf(cf.ready).value.reason)
+
+    def test_accept_originator_hook_403(self) -> None:
+        self.server_factory.accept_originator = lambda o: o != "Cbad"
+        cf = make_client_factory(self.clock, "Cbad")
+        pair(self.server_factory, cf)
+        self.assertIn("403", self.failureResultOf(cf.ready).value.reason)
+        self.assertIsNotNone(self.connect("Cgood").server.session)
+
+    def test_interfaces(self) -> None:
+        p = self.connect()
+        verifyObject(IConnection, p.server_session)
+        verifyObject(IOriginatorMap, self.originators)
+
+
+class OriginatorRuleTests(BindingTestCase):
+    def test_header_binds_at_once(self) -> None:
+        p = self.connect("Cae1")
+        self.assertIs(self.originators.lookup("Cae1"), p.server_session)
+        self.assertEqual(p.server_session.originator, "Cae1")
+
+    def test_no_header_only_ae_create(self) -> None:
+        def answer(request: Request, connection: IConnection) -> Response:
+            return Response(2001, request.rqi, "4", {"m2m:ae": {"aei": "Cnew", "api": "Nx"}})
+
+        self.handler.answer = answer
+        p = self.connect(None)
+        self.assertIsNone(p.server_session.originator)
+        self.assertEqual(len(self.originators), 0)
+        d = p.client_session.request(retrieve("r1", fr="Cnew"))
+        p.flush()
+        r = self.successResultOf(d)
+        self.assertEqual(r.rsc, RSC.ORIGINATOR_HAS_NO_PRIVILEGE)
+        self.assertIn("only an AE CREATE", r.debug or "")
+        self.assertEqual(self.handler.requests, [])
+        # an AE CREATE passes, and binds the connection to the new AE-ID
+        d = p.client_session.request(ae_create())
+        p.flush()
+        self.assertEqual(self.successResultOf(d).rsc, RSC.CREATED)
+        self.assertEqual(p.server_session.originator, "Cnew")
+        self.assertIs(self.originators.lookup("Cnew"), p.server_session)
+        # fully usable in both directions now
+        self.handler.answer = None
+        d = p.client_session.request(retrieve("r2", fr="Cnew"))
+        p.flush()
+        self.assertEqual(self.successResultOf(d).rsc, RSC.OK)
+        got: list[Request] = []
+        p.client_session.handler = RecordingHandler(
+            lambda rq, c: (got.append(rq), Response(2000, rq.rqi, "4"))[1]
+        )
+        d = p.server_session.request(
+            Request(5, "Cnew", "n1", "4", "/id-in", pc={"m2m:sgn": {}})  # type: ignore[arg-type]
+        )
+        p.flush()
+        self.assertEqual(self.successResultOf(d).rsc, RSC.OK)
+        self.assertEqual(got[0].rqi, "n1")
+
+    def test_failed_ae_create_leaves_unbound(self) -> None:
+        self.handler.answer = lambda rq, c: Response(4117, rq.rqi, "4", {"m2m:dbg": "taken"})
+        p = self.connect(None)
+        d = p.client_session.request(ae_create())
+        p.flush()
+        self.assertEqual(self.successResultOf(d).rsc, 4117)
+        self.assertIsNone(p.server_session.originator)
+
+    def test_fr_mismatch_is_4103(self) -> None:
+        p = self.connect("Cae1")
+        d = p.client_session.request(retrieve("r1", fr="Cother"))
+        p.flush()
+        r = self.successResultOf(d)
+        self.assertEqual(r.rsc, RSC.ORIGINATOR_HAS_NO_PRIVILEGE)
+        self.assertIn("Cother", r.debug or "")
+        self.assertEqual(self.handler.requests, [])
+
+    def test_cse_connection_may_forward(self) -> None:
+        p = self.connect("/id-mn")
+        results = []
+        for i, fr in enumerate(["/id-mn", "/id-mn/CAdmin", "/id-mnx", "/id-other/C1", "Cae"]):
+            d = p.client_session.request(retrieve(f"r{i}", fr=fr))
+            p.flush()
+            results.append(self.successResultOf(d).rsc)
+        self.assertEqual(results, [2000, 2000, 4103, 4103, 4103])
+
+    def test_newest_connection_wins(self) -> None:
+        first = self.connect("Cae1", handler=RecordingHandler(lambda rq, c: Deferred()))
+        pending = first.server_session.request(
+            Request(5, "Cae1", "n1", "4", "/id-in", pc={"x": 1})  # type: ignore[arg-type]
+        )
+        second = self.connect("Cae1")
+        self.assertIs(self.originators.lookup("Cae1"), second.server_session)
+        first.flush()
+        # the old connection was closed with 1000 and a reason
+        self.assertEqual(first.server.localCloseCode, 1000)
+        self.assertIn("replaced", first.server.localCloseReason.decode())
+        self.assertFalse(first.server_session.connected)
+        self.failureResultOf(pending, TargetNotReachable)
+        # a late close of the old connection does not unbind the new one
+        self.assertFalse(self.originators.unbind("Cae1", first.server_session))
+        self.originators.remove_connection(first.server_session)
+        self.assertIs(self.originators.lookup("Cae1"), second.server_session)
+        second.client_session.close()
+        second.flush()
+        self.assertIsNone(self.originators.lookup("Cae1"))
+
+
+class PipeliningTests(BindingTestCase):
+    def test_1000_in_flight_each_direction_out_of_order(self) -> None:
+        # server side answers client requests only when told, in a shuffled order
+        held: dict[str, Deferred[Response]] = {}
+
+        def hold(request: Request, connection: IConnection) -> Deferred[Response]:
+            d: Deferred[Response] = Deferred()
+            held[request.rqi] = d
+            return d
+
+        self.handler.answer = hold
+        client_held: dict[str, Deferred[Response]] = {}
+
+        def client_hold(request: Request, connection: IConnection) -> Deferred[Response]:
+            d: Deferred[Response] = Deferred()
+            client_held[request.rqi] = d
+            return d
+
+        p = self.connect("Cae1", handler=RecordingHandler(client_hold))
+        up = {f"u{i}": p.client_session.request(retrieve(f"u{i}")) for i in range(1000)}
+        down = {
+            f"d{i}": p.server_session.request(
+                Request(5, "Cae1", f"d{i}", "4", "/id-in", pc={"n": i})  # type: ignore[arg-type]
+            )
+            for i in range(1000)
+        }
+        p.flush()
+        self.assertEqual((len(held), len(client_held)), (1000, 1000))
+        self.assertEqual(
+            (p.client_session.pending_count, p.server_session.pending_count), (1000, 1000)
+        )
+        order = list(held)
+        random.Random(4).shuffle(order)
+        for rqi in order:
+            held[rqi].callback(Response(2000, rqi, "4", {"echo": rqi}))
+        order = list(client_held)
+        random.Random(5).shuffle(order)
+        for rqi in order:
+            client_held[rqi].callback(Response(2001, rqi, "4", {"echo": rqi}))
+        p.flush()
+        for rqi, d in up.items():
+            self.assertEqual(self.successResultOf(d).pc, {"echo": rqi})
+        for rqi, d in down.items():
+            r = self.successResultOf(d)
+            self.assertEqual((r.rsc, r.pc), (2001, {"echo": rqi}))
+        self.assertEqual((p.client_session.pending_count, p.server_session.pending_count), (0, 0))
+
+    def test_notification_before_the_response(self) -> None:
+        events: list[str] = []
+
+        def answer(request: Request, connection: IConnection) -> Deferred[Response]:
+            # the CSE notifies first, then answers the request that caused the notification
+            d: Deferred[Response] = Deferred()
+            n = connection.request(
+                Request(5, "Cae1", "n1", "4", "/id-in", pc={"m2m:sgn": {}})  # type: ignore[arg-type]
+            )
+            n.addCallback(lambda r: events.append(f"notify answered {r.rsc}"))
+            d.callback(Response(2001, request.rqi, "4"))
+            return d
+
+        def on_notify(request: Request, connection: IConnection) -> Response:
+            events.append(f"notified {request.rqi}")
+            return Response(2000, request.rqi, "4")
+
+        self.handler.answer = answer
+        p = self.connect("Cae1", handler=RecordingHandler(on_notify))
+        d = p.client_session.request(
+            Request(1, "cse-in", "c1", "4", "Cae1", ty=4, pc={"m2m:cin": {"con": 1}})  # type: ignore[arg-type]
+        )
+        d.addCallback(lambda r: events.append(f"response {r.rsc}"))
+        p.flush()
+        self.assertEqual(events, ["notified n1", "response 2001", "notify answered 2000"])
+
+    def test_duplicate_pending_rqi(self) -> None:
+        self.handler.answer = lambda rq, c: Deferred()
+        p = self.connect("Cae1")
+        d1 = p.client_session.request(retrieve("same"))
+        d2 = p.client_session.request(retrieve("same"))
+        self.assertIn("already pending", self.failureResultOf(d2).value.reason)
+        # the server refuses a second incoming request with a pending rqi too
+        raw = self.raw(p)
+        self.send_raw(p, orjson.dumps(retrieve("same").to_dict()))
+        self.assertEqual(raw.decoded()[0]["rsc"], 4000)
+        self.assertIn("still being answered", raw.decoded()[0]["pc"]["m2m:dbg"])
+        d1.cancel()
+        self.failureResultOf(d1)
+
+    def test_unknown_rqi_response_dropped(self) -> None:
+        p = self.connect("Cae1")
+        raw = self.raw(p)
+        self.send_raw(p, b'{"rsc":2000,"rqi":"nobody","rvi":"4"}')
+        self.send_raw(p, b'{"rsc":"x","rqi":"nobody"}')  # an invalid response: not answered
+        self.assertEqual(raw.messages, [])
+        self.assertTrue(p.server_session.connected)
+        self.assertTrue(self.flushLoggedErrors() == [])
+
+
+class TimeoutAndLossTests(BindingTestCase):
+    def test_timeout_4008(self) -> None:
+        self.handler.answer = lambda rq, c: Deferred()
+        p = self.connect("Cae1", request_timeout=5.0)
+        d = p.client_session.request(retrieve("t1"))
+        d2 = p.client_session.request(retrieve("t2"), timeout=1.0)
+        p.flush()
+        self.clock.advance(1.0)
+        f2 = self.failureResultOf(d2, RequestTimeout)
+        self.assertEqual(f2.value.rsc, RSC.REQUEST_TIMEOUT)
+        self.assertNoResult(d)
+        self.clock.advance(4.0)
+        self.assertEqual(self.failureResultOf(d, RequestTimeout).value.rsc, 4008)
+        self.assertEqual(p.client_session.pending_count, 0)
+        # a late answer is dropped without harm
+        self.handler.requests[0][1]  # the server still holds the request; nothing blows up
+        p.client_session.close()
+        p.flush()
+
+    def test_rqet_shortens_the_timeout(self) -> None:
+        self.handler.answer = lambda rq, c: Deferred()
+        p = self.connect("Cae1")
+        r = retrieve("e1")
+        r.rqet = 2000  # ms
+        d = p.client_session.request(r)
+        self.clock.advance(2.0)
+        self.failureResultOf(d, RequestTimeout)
+        p.client_session.close()
+        p.flush()
+
+    def test_cancel_cleans_up(self) -> None:
+        self.handler.answer = lambda rq, c: Deferred()
+        p = self.connect("Cae1")
+        d = p.client_session.request(retrieve("x1"))
+        d.cancel()
+        self.failureResultOf(d)
+        self.assertEqual(p.client_session.pending_count, 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        # the rqi is free again
+        d = p.client_session.request(retrieve("x1"))
+        d.cancel()
+        self.failureResultOf(d)
+
+    def test_connection_lost_fails_all_pending_with_5103(self) -> None:
+        self.handler.answer = lambda rq, c: Deferred()
+        p = self.connect("Cae1", handler=RecordingHandler(lambda rq, c: Deferred()))
+        ds = [p.client_session.request(retrieve(f"l{i}")) for i in range(50)]
+        sd = p.server_session.request(
+            Request(5, "Cae1", "n", "4", "/id-in", pc={"x": 1})  # type: ignore[arg-type]
+        )
+        p.flush()
+        p.client.transport.loseConnection()
+        p.flush()
+        for d in ds:
+            self.assertEqual(self.failureResultOf(d, TargetNotReachable).value.rsc, 5103)
+        self.failureResultOf(sd, TargetNotReachable)
+        self.assertIsNone(self.originators.lookup("Cae1"))
+        d = p.client_session.request(retrieve("after"))
+        self.failureResultOf(d, TargetNotReachable)
+
+    def test_handler_answer_after_loss_is_dropped(self) -> None:
+        held: list[Deferred[Response]] = []
+        self.handler.answer = lambda rq, c: held.append(Deferred()) or held[-1]
+        p = self.connect("Cae1")
+        p.client_session.request(retrieve("z")).addErrback(lambda f: None)
+        p.flush()
+        p.client.transport.loseConnection()
+        p.flush()
+        held[0].callback(Response(2000, "z", "4"))  # must not raise
+
+
+class HandlerErrorTests(BindingTestCase):
+    def test_handler_exception_is_5000(self) -> None:
+        def boom(request: Request, connection: IConnection) -> Response:
+            raise ZeroDivisionError("oops")
+
+        self.handler.answer = boom
+        p = self.connect("Cae1")
+        d = p.client_session.request(retrieve("b1"))
+        p.flush()
+        r = self.successResultOf(d)
+        self.assertEqual(r.rsc, RSC.INTERNAL_SERVER_ERROR)
+        self.assertTrue(r.debug)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertTrue(p.server_session.connected)
+
+    def test_handler_deferred_failure_is_5000(self) -> None:
+        self.handler.answer = lambda rq, c: Deferred.fromCoroutine(_raise())
+        p = self.connect("Cae1")
+        d = p.client_session.request(retrieve("b2"))
+        p.flush()
+        self.assertEqual(self.successResultOf(d).rsc, 5000)
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+
+    def test_handler_onem2m_error_keeps_rsc(self) -> None:
+        from acmews.errors import NotFound
+
+        def nf(request: Request, connection: IConnection) -> Response:
+            raise NotFound("no such thing")
+
+        self.handler.answer = nf
+        p = self.connect("Cae1")
+        d = p.client_session.request(retrieve("b3"))
+        p.flush()
+        r = self.successResultOf(d)
+        self.assertEqual((r.rsc, r.debug, r.rqi), (4004, "no such thing", "b3"))
+
+    def test_no_response_requested(self) -> None:
+        p = self.connect("Cae1")
+        raw = self.raw(p)
+        self.send_raw(p, b'{"op":2,"to":"cse-in","fr":"Cae1","rqi":"nr","rvi":"4","rt":{"rtv":5}}')
+        self.assertEqual(len(self.handler.requests), 1)
+        self.assertEqual(raw.messages, [])
+
+
+async def _raise() -> Response:
+    raise KeyError("k")
+
+
+class BadInputTests(BindingTestCase):
+    CASES: list[tuple[bytes, int, str | None, str]] = [
+        (b"{not json", 4000, None, "invalid JSON"),
+        (b"[1,2]", 4000, None, "object"),
+        (b"42", 4000, None, "object"),
+        (b'{"x":1,"rqi":"q1"}', 4000, "q1", "neither"),
+        (b'{"op":2,"to":"cse-in","fr":"Cae1","rvi":"4"}', 4000, None, "'rqi'"),
+        (b'{"op":2,"to":"cse-in","fr":"Cae1","rqi":7,"rvi":"4"}', 4000, None, "'rqi'"),
+        (b'{"op":2,"to":"cse-in","fr":"Cae1","rqi":"q2"}', 4001, "q2", "'rvi'"),
+        (b'{"op":9,"to":"cse-in","fr":"Cae1","rqi":"q3","rvi":"4"}', 4000, "q3", "'op'"),
+    ]
+
+    def test_each_bad_json_input(self) -> None:
+        p = self.connect("Cae1")
+        raw = self.raw(p)
+        for data, _, _, _ in self.CASES:
+            self.send_raw(p, data)
+        answers = raw.decoded()
+        self.assertEqual(len(answers), len(self.CASES))
+        for answer, (_, rsc, rqi, text) in zip(answers, self.CASES, strict=True):
+            self.assertEqual(answer["rsc"], rsc)
+            self.assertEqual(answer["rqi"], rqi or "")
+            self.assertEqual(answer["rvi"], "4")
+            self.assertIn(text, answer["pc"]["m2m:dbg"])
+        self.assertEqual(self.handler.requests, [])
+        # the connection is still healthy
+        self.assertTrue(p.server_session.connected)
+        self.send_raw(p, orjson.dumps(retrieve("ok").to_dict()))
+        self.assertEqual(raw.decoded()[-1]["rsc"], 2000)
+
+    def test_garbage_cbor_and_json_in_binary_frame(self) -> None:
+        p = self.connect("Cae1", subprotocols=["oneM2M.cbor"])
+        raw = self.raw(p)
+        self.send_raw(p, b"\xff\xfe\x00garbage", binary=True)
+        self.send_raw(p, orjson.dumps(retrieve("j").to_dict()), binary=True)
+        answers = raw.decoded()
+        self.assertEqual([a["rsc"] for a in answers], [4000, 4000])
+        self.assertIn("invalid CBOR", answers[0]["pc"]["m2m:dbg"])
+        self.assertTrue(all(m[:1] != b"{" for m in raw.messages))  # answered in CBOR
+        self.assertTrue(p.server_session.connected)
+
+    def test_json_connection_decodes_binary_frames_too(self) -> None:
+        p = self.connect("Cae1")
+        raw = self.raw(p)
+        self.send_raw(p, orjson.dumps(retrieve("bin").to_dict()), binary=True)
+        self.assertEqual(raw.decoded()[0]["rsc"], 2000)
+
+    def test_oversized_message_closes_1009(self) -> None:
+        p = self.connect("Cae1", max_message_size=4 * 1024 * 1024)
+        pending = p.server_session.request(
+            Request(5, "Cae1", "n", "4", "/id-in", pc={"x": 1})  # type: ignore[arg-type]
+        )
+        raw = self.raw(p)
+        big = (
+            b'{"op":2,"to":"cse-in","fr":"Cae1","rqi":"big","rvi":"4","pc":"'
+            + b"x" * (2 * 1024 * 1024)
+            + b'"}'
+        )
+        self.send_raw(p, big)
+        self.assertEqual(p.server.localCloseCode, 1009)
+        self.assertEqual(
+            raw.messages[:1],
+            [b'{"op":5,"to":"Cae1","fr":"/id-in","rqi":"n","rvi":"4","pc":{"x":1}}'],
+        )
+        self.failureResultOf(pending, TargetNotReachable)
+        self.assertEqual(self.handler.requests, [])
+        self.assertIsNone(self.originators.lookup("Cae1"))
+
+
+class SessionUnitTests(TestCase):
+    """The session without any protocol: a send callable and a clock."""
+
+    def test_invalid_utf8_in_json_is_4000(self) -> None:
+        sent: list[tuple[bytes, bool]] = []
+        from acmews.codec import JSON
+
+        s = Session(
+            lambda d, b: sent.append((d, b)), JSON, Clock(), RecordingHandler(), originator="Cae1"
+        )
+        s.message_received(b'{"op":2,"to":"\xff"}')
+        self.assertEqual(orjson.loads(sent[0][0])["rsc"], 4000)
+        self.assertFalse(sent[0][1])
+
+    def test_no_handler_refuses(self) -> None:
+        sent: list[bytes] = []
+        from acmews.codec import CBOR
+
+        s = Session(lambda d, b: sent.append(d), CBOR, Clock(), None, originator="Cae1")
+        s.message_received(cbor2.dumps(retrieve("q").to_dict()))
+        self.assertEqual(cbor2.loads(sent[0])["rsc"], 4103)
