@@ -1,0 +1,269 @@
+"""The AE/CSE side: connect to a CSE, send requests, receive notifications, or listen.
+
+Typical use (inside a running reactor)::
+
+    client = await connect("ws://127.0.0.1:8180", originator="Cmyae", handler=on_notify)
+    await client.create("cse-in", ResourceType.AE, {"m2m:ae": {"api": "Nmy", "rr": True}})
+    response = await client.retrieve("cse-in/Cmyae")
+    await client.close()
+
+``handler`` is an :class:`IRequestHandler` or a plain callable ``(request) -> Response``
+(or a Deferred/coroutine of one) that answers requests the CSE sends (notifications).
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.endpoints import HostnameEndpoint, clientFromString, serverFromString
+from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from acmews.codec import SHORT_NAMES
+from acmews.codes import DEFAULT_RELEASE, Operation, ResourceType
+from acmews.interfaces import IConnection, IRequestHandler
+from acmews.originators import OriginatorMap
+from acmews.primitive import Request, Response
+from acmews.protocol import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_PING_INTERVAL,
+    DEFAULT_PING_TIMEOUT,
+    OneM2MClientFactory,
+    OneM2MServerFactory,
+)
+from acmews.session import DEFAULT_REQUEST_TIMEOUT, Session, registered_ae_id
+
+__all__ = ["Client", "FunctionHandler", "connect", "listen", "subprotocols_for"]
+
+HandlerFunction = Callable[[Request], "Response | Deferred[Response] | Awaitable[Response]"]
+
+
+@implementer(IRequestHandler)
+class FunctionHandler:
+    """Adapts a plain callable ``(request) -> Response`` to IRequestHandler."""
+
+    def __init__(self, function: HandlerFunction) -> None:
+        self.function = function
+
+    def handle_request(
+        self, request: Request, connection: IConnection
+    ) -> Deferred[Response] | Response:
+        result = self.function(request)
+        if isinstance(result, Response | Deferred):
+            return result
+        if inspect.isawaitable(result):
+            return ensureDeferred(result)  # type: ignore[arg-type]
+        raise TypeError(f"handler returned {type(result).__name__}, not a Response")
+
+
+def as_handler(handler: IRequestHandler | HandlerFunction | None) -> IRequestHandler | None:
+    if handler is None or IRequestHandler.providedBy(handler):
+        return handler
+    return FunctionHandler(handler)
+
+
+def subprotocols_for(serialization: str | Sequence[str]) -> list[str]:
+    """``"json"``/``"cbor"``/a subprotocol name, or a list of them, as subprotocol names."""
+    names = [serialization] if isinstance(serialization, str) else list(serialization)
+    return [SHORT_NAMES.get(n, n) for n in names]
+
+
+class Client:
+    """An open connection to a CSE (or to any oneM2M WebSocket endpoint)."""
+
+    log = Logger()
+
+    def __init__(self, session: Session, originator: str | None, release: str = DEFAULT_RELEASE):
+        self.session = session
+        #: the originator used as ``fr``; set from the AE-ID after an AE registration
+        self.originator = originator
+        self.release = release
+        self._prefix = os.urandom(4).hex() + "-"
+        self._counter = itertools.count(1)
+
+    @property
+    def subprotocol(self) -> str:
+        return self.session.subprotocol
+
+    @property
+    def connected(self) -> bool:
+        return self.session.connected
+
+    def next_rqi(self) -> str:
+        return f"{self._prefix}{next(self._counter)}"
+
+    def request(self, request: Request, timeout: float | None = None) -> Deferred[Response]:
+        """Send a prepared request; fires with the response (any rsc).
+
+        Fails with RequestTimeout (4008) or TargetNotReachable (5103) when no response came.
+        """
+        d = self.session.request(request, timeout)
+        if request.is_ae_create and self.originator is None:
+            d.addCallback(self._registered)
+        return d
+
+    def _registered(self, response: Response) -> Response:
+        aei = registered_ae_id(response)
+        if aei is not None and self.originator is None:
+            self.originator = aei
+        return response
+
+    def _build(self, op: Operation, to: str, **params: Any) -> Request:
+        fr = params.pop("fr", self.originator)
+        rqi = params.pop("rqi", None) or self.next_rqi()
+        rvi = params.pop("rvi", self.release)
+        request = Request(op, to, rqi, rvi, fr)
+        for name, value in params.items():
+            if name in Request.__dataclass_fields__ and name != "extra":
+                setattr(request, name, value)
+            else:
+                request.extra[name] = value
+        return request
+
+    def create(
+        self,
+        to: str,
+        ty: int | ResourceType,
+        content: dict[str, Any],
+        timeout: float | None = None,
+        **params: Any,
+    ) -> Deferred[Response]:
+        """CREATE a resource of type ``ty`` with ``content`` (e.g. ``{"m2m:cnt": {...}}``)."""
+        return self.request(
+            self._build(Operation.CREATE, to, ty=int(ty), pc=content, **params), timeout
+        )
+
+    def retrieve(self, to: str, timeout: float | None = None, **params: Any) -> Deferred[Response]:
+        return self.request(self._build(Operation.RETRIEVE, to, **params), timeout)
+
+    def update(
+        self, to: str, content: dict[str, Any], timeout: float | None = None, **params: Any
+    ) -> Deferred[Response]:
+        return self.request(self._build(Operation.UPDATE, to, pc=content, **params), timeout)
+
+    def delete(self, to: str, timeout: float | None = None, **params: Any) -> Deferred[Response]:
+        return self.request(self._build(Operation.DELETE, to, **params), timeout)
+
+    def notify(
+        self, to: str, content: Any, timeout: float | None = None, **params: Any
+    ) -> Deferred[Response]:
+        return self.request(self._build(Operation.NOTIFY, to, pc=content, **params), timeout)
+
+    def close(self, code: int = 1000, reason: str = "") -> Deferred[None]:
+        """Close cleanly; fires when the connection is gone."""
+        d = self.session.when_closed()
+        self.session.close(code, reason)
+        return d
+
+
+def connect(
+    url: str,
+    *,
+    originator: str | None = None,
+    serialization: str | Sequence[str] = "json",
+    handler: IRequestHandler | HandlerFunction | None = None,
+    endpoint: str | None = None,
+    reactor: Any = None,
+    clock: IReactorTime | None = None,
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    ping_interval: float = DEFAULT_PING_INTERVAL,
+    ping_timeout: float = DEFAULT_PING_TIMEOUT,
+    remote_originator: str | None = None,
+    release: str = DEFAULT_RELEASE,
+) -> Deferred[Client]:
+    """Open a oneM2M WebSocket connection to ``url`` (``ws://`` or ``wss://``).
+
+    @param originator: sent as ``X-M2M-Origin``; omit it only to register an AE on this
+        connection (the client then adopts the AE-ID the CSE assigns).
+    @param serialization: ``json``, ``cbor``, or a list in order of preference.
+    @param handler: answers requests the other side sends (notifications).
+    @param endpoint: a client endpoint string (``tcp:host:port``, ``unix:path`` ...) used
+        instead of the URL's host and port.
+    @return: a Deferred that fires with a :class:`Client` once the WebSocket is open, or fails
+        with TargetNotReachable.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"not a ws:// or wss:// URL: {url!r}")
+    factory = OneM2MClientFactory(
+        url,
+        originator=originator,
+        handler=as_handler(handler),
+        subprotocols=subprotocols_for(serialization),
+        reactor=reactor,
+        clock=clock,
+        remote_originator=remote_originator,
+        request_timeout=request_timeout,
+        max_message_size=max_message_size,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
+    )
+    if endpoint is not None:
+        ep = clientFromString(reactor, endpoint)
+    else:
+        port = parts.port or (443 if parts.scheme == "wss" else 80)
+        ep = HostnameEndpoint(reactor, parts.hostname, port)
+        if parts.scheme == "wss":
+            from twisted.internet.endpoints import wrapClientTLS
+            from twisted.internet.ssl import optionsForClientTLS
+
+            ep = wrapClientTLS(optionsForClientTLS(parts.hostname), ep)
+    connecting = ep.connect(factory)
+    connecting.addErrback(lambda failure: factory.fail(_unreachable(url, failure)))
+    return factory.ready.addCallback(lambda session: Client(session, originator, release))
+
+
+def _unreachable(url: str, failure: Any) -> Exception:
+    from acmews.errors import TargetNotReachable
+
+    return TargetNotReachable(f"cannot connect to {url}: {failure.getErrorMessage()}")
+
+
+def listen(
+    endpoint: str,
+    handler: IRequestHandler | HandlerFunction,
+    *,
+    reactor: Any = None,
+    originators: OriginatorMap | None = None,
+    serialization: Sequence[str] | None = None,
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    ping_interval: float = DEFAULT_PING_INTERVAL,
+    ping_timeout: float = DEFAULT_PING_TIMEOUT,
+) -> Deferred[IListeningPort]:
+    """Run a oneM2M WebSocket server for an AE or CSE, so a registrar can connect to it.
+
+    The same negotiation and originator rules apply as on the CSE side: the registrar names
+    itself with ``X-M2M-Origin`` (its CSE-ID) and may then send requests (notifications) that
+    ``handler`` answers. ``endpoint`` is a server endpoint string, e.g.
+    ``tcp:9000:interface=127.0.0.1``. The connections are in ``originators`` (a fresh map if
+    None), so the AE can also send requests back over them.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    factory = OneM2MServerFactory(
+        as_handler(handler),
+        originators,
+        reactor=reactor,
+        subprotocols=subprotocols_for(serialization) if serialization else None,
+        request_timeout=request_timeout,
+        max_message_size=max_message_size,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
+    )
+    d: Deferred[IListeningPort] = serverFromString(reactor, endpoint).listen(factory)
+    return d
