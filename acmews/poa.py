@@ -27,7 +27,11 @@ Queue policies:
   next. An answer (any rsc) removes the entry. A transport failure (connection lost, timeout)
   stops the flush and keeps that entry and the rest queued for the next connection: delivery is
   at-least-once, bounded by the expiry. While a queue is non-empty and its originator connected
-  (or being flushed), new stored notifications join the queue so that order holds.
+  (or being flushed), new stored notifications join the queue so that order holds. While it
+  is not connected, a new notification still tries the chain (a reachable ``http://`` poa gets
+  it at once rather than after older, undeliverable ones have expired).
+- a queued request is sent unchanged; a relative ``rqet`` is therefore read again by the
+  receiver from the moment it arrives.
 - the queue lives in memory: :meth:`PoaChain.stop` cancels timers and flushes but keeps it; a
   process exit loses it.
 """

@@ -463,6 +463,13 @@ class QueueTests(ChainTestCase):
         conn.answer()
         self.assertEqual(self.chain.queued(AE), [])
 
+    def test_queue_does_not_block_a_reachable_poa_while_disconnected(self) -> None:
+        self.successResultOf(self.chain.send(AE, notify("n0"), store=True))
+        self.http.results.append(Response(RSC.OK, "n1"))
+        d = self.chain.send(AE, notify("n1"), ["http://h:2"], store=True)
+        self.assertEqual(self.successResultOf(d).rsc, RSC.OK)
+        self.assertEqual([r.rqi for r in self.chain.queued(AE)], ["n0"])
+
     def test_bound_drops_oldest(self) -> None:
         chain = PoaChain(self.map, self.clock, queue_size=3)
         self.addCleanup(chain.stop)
