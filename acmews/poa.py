@@ -109,7 +109,8 @@ def parse_expiry(rqet: object, now: float) -> float | None:
     """The absolute expiry (clock seconds) of a ``rqet``, or None if it is absent or unreadable.
 
     ``rqet`` is a UTC timestamp ``YYYYMMDDThhmmss[,ffffff]`` or a duration in milliseconds (an
-    int or a string of digits), which counts from ``now``.
+    int or a string of digits), which counts from ``now``. Timestamps assume the clock counts
+    seconds since the epoch, as the reactor does.
     """
     if rqet is None or isinstance(rqet, bool):
         return None
@@ -687,7 +688,9 @@ class WebSocketConnector:
 
     ``connect`` is injected (the client layer provides the real one); it must send
     ``X-M2M-Origin: cse_id`` and offer ``serializations`` in order. ``ws://default`` never
-    reaches it: the chain skips that entry.
+    reaches it: the chain skips that entry. ``timeout`` covers connecting and the answer
+    together. The connection serves this one request and is closed with 1000 afterwards,
+    whatever happened.
     """
 
     log = Logger()
@@ -709,6 +712,8 @@ class WebSocketConnector:
         return Deferred.fromCoroutine(self._send(url, request, timeout))
 
     async def _send(self, url: str, request: Request, timeout: float) -> Response:
+        # one budget for connecting and answering, as the chain allows a step ``timeout``
+        deadline = self._clock.seconds() + timeout
         try:
             connecting = self._connect(url, self.cse_id, self.subprotocols)
             connecting.addTimeout(timeout, self._clock)
@@ -725,7 +730,8 @@ class WebSocketConnector:
             raise TargetNotReachable(f"{url}: cannot connect: {reason}", rqi=request.rqi) from e
         self.log.debug("connected to {url} ({peer})", url=url, peer=connection.peer)
         try:
-            return await connection.request(request, timeout)
+            remaining = max(deadline - self._clock.seconds(), 0.001)
+            return await connection.request(request, remaining)
         except DeferTimeoutError:
             raise RequestTimeout(f"{url}: no response in time", rqi=request.rqi) from None
         finally:

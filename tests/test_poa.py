@@ -610,6 +610,15 @@ class WebSocketConnectorTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d).rsc, RSC.NOT_FOUND)
         self.assertEqual([c for c, _ in conn.closed], [1000])
 
+    def test_timeout_covers_connect_and_answer(self) -> None:
+        d = self.connector.send("ws://h:1", notify(), 7)
+        self.clock.advance(3)
+        conn = FakeConnection(originator=None)
+        self.connects[0][3].callback(conn)
+        self.assertEqual(conn.sent[0][1], 4)
+        conn.answer()
+        self.successResultOf(d)
+
     def test_closed_when_request_fails(self) -> None:
         d, conn = self.open(notify())
         conn.sent[0][2].errback(RequestTimeout("no response"))
