@@ -1,0 +1,822 @@
+"""The poa chain (order, first success, queue) and its HTTP and WebSocket connectors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from treq.testing import StubTreq
+from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Request as WebRequest
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from acmews.codes import RSC, Operation
+from acmews.errors import RequestTimeout, TargetNotReachable
+from acmews.interfaces import (
+    IConnection,
+    IOriginatorMap,
+    IOriginatorObserver,
+    IPoaConnector,
+    IRequestSender,
+)
+from acmews.poa import HttpConnector, PoaChain, WebSocketConnector, http_url, parse_expiry
+from acmews.primitive import Request, Response
+
+AE = "Cae1"
+
+
+def notify(rqi: str = "n1", **kw: Any) -> Request:
+    return Request(Operation.NOTIFY, AE, rqi, fr="/id-in", pc={"m2m:sgn": {"sur": "sub1"}}, **kw)
+
+
+def retrieve(rqi: str = "r1") -> Request:
+    return Request(Operation.RETRIEVE, "cse-in/ae1", rqi, fr="/id-in")
+
+
+def ok(request: Request, rsc: int = RSC.OK) -> Response:
+    return Response(rsc, request.rqi)
+
+
+@implementer(IConnection)
+class FakeConnection:
+    subprotocol = "oneM2M.json"
+
+    def __init__(self, originator: str | None = AE, peer: str = "peer") -> None:
+        self.originator = originator
+        self.peer = peer
+        self.sent: list[tuple[Request, float | None, Deferred[Response]]] = []
+        self.cancelled: list[Request] = []
+        self.closed: list[tuple[int, str]] = []
+
+    def request(self, request: Request, timeout: float | None = None) -> Deferred[Response]:
+        d: Deferred[Response] = Deferred(lambda _: self.cancelled.append(request))
+        self.sent.append((request, timeout, d))
+        return d
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        self.closed.append((code, reason))
+
+    def answer(self, index: int = -1, rsc: int = RSC.OK) -> None:
+        request, _, d = self.sent[index]
+        d.callback(ok(request, rsc))
+
+    def rqis(self) -> list[str]:
+        return [r.rqi for r, _, _ in self.sent]
+
+
+@implementer(IOriginatorMap)
+class FakeMap:
+    def __init__(self) -> None:
+        self.routes: dict[str, IConnection] = {}
+        self.observers: list[IOriginatorObserver] = []
+
+    def bind(self, originator: str, connection: IConnection) -> None:
+        self.routes[originator] = connection
+        for o in list(self.observers):
+            o.originator_connected(originator, connection)
+
+    def unbind(self, originator: str, connection: IConnection) -> bool:
+        if self.routes.get(originator) is not connection:
+            return False
+        del self.routes[originator]
+        for o in list(self.observers):
+            o.originator_disconnected(originator, connection)
+        return True
+
+    def lookup(self, originator: str) -> IConnection | None:
+        return self.routes.get(originator)
+
+    def add_observer(self, observer: IOriginatorObserver) -> None:
+        self.observers.append(observer)
+
+    def remove_observer(self, observer: IOriginatorObserver) -> None:
+        self.observers.remove(observer)
+
+
+@implementer(IPoaConnector)
+class FakeConnector:
+    """Records calls; each returns a Deferred the test fires (or a preset result)."""
+
+    def __init__(self, *schemes: str) -> None:
+        self.schemes = schemes
+        self.calls: list[tuple[str, Request, float, Deferred[Response]]] = []
+        self.cancelled: list[str] = []
+        self.results: list[Response | Exception] = []
+
+    def send(self, url: str, request: Request, timeout: float) -> Deferred[Response]:
+        d: Deferred[Response] = Deferred(lambda _: self.cancelled.append(url))
+        self.calls.append((url, request, timeout, d))
+        if self.results:
+            result = self.results.pop(0)
+            if isinstance(result, Exception):
+                d.errback(result)
+            else:
+                d.callback(result)
+        return d
+
+    def urls(self) -> list[str]:
+        return [c[0] for c in self.calls]
+
+
+class ChainTestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.map = FakeMap()
+        self.ws = FakeConnector("ws", "wss")
+        self.http = FakeConnector("http", "https")
+        self.chain = PoaChain(self.map, self.clock, [self.ws, self.http])
+        self.addCleanup(self.check_clean)
+
+    def check_clean(self) -> None:
+        self.chain.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.map.observers, [])
+
+
+class ProvidersTests(ChainTestCase):
+    def test_interfaces(self) -> None:
+        self.assertTrue(verifyObject(IRequestSender, self.chain))
+        self.assertTrue(verifyObject(IOriginatorObserver, self.chain))
+        self.assertTrue(
+            verifyObject(IPoaConnector, HttpConnector(self.clock, StubTreq(Resource())))
+        )
+        self.assertTrue(
+            verifyObject(
+                IPoaConnector, WebSocketConnector(lambda *a: Deferred(), "/id-in", self.clock)
+            )
+        )
+        for fake, iface in (
+            (FakeConnection(), IConnection),
+            (self.map, IOriginatorMap),
+            (self.ws, IPoaConnector),
+        ):
+            self.assertTrue(verifyObject(iface, fake))
+
+    def test_registers_as_observer(self) -> None:
+        self.assertEqual(self.map.observers, [self.chain])
+
+    def test_add_connector_registers_each_scheme(self) -> None:
+        mqtt = FakeConnector("mqtt", "mqtts")
+        self.chain.add_connector(mqtt)
+        self.assertIs(self.chain.connector_for("mqtt"), mqtt)
+        self.assertIs(self.chain.connector_for("MQTTS"), mqtt)
+        mqtt.results.append(Response(RSC.OK, "n1"))
+        d = self.chain.send(AE, notify(), ["mqtt://broker/ae1"])
+        self.assertEqual(self.successResultOf(d).rsc, RSC.OK)
+        self.assertEqual(mqtt.urls(), ["mqtt://broker/ae1"])
+
+    def test_connectors_as_mapping(self) -> None:
+        chain = PoaChain(self.map, self.clock, {"coap": self.http})
+        self.addCleanup(chain.stop)
+        self.assertIs(chain.connector_for("coap"), self.http)
+        self.assertIsNone(chain.connector_for("http"))
+
+
+class OrderTests(ChainTestCase):
+    def test_live_connection_first(self) -> None:
+        conn = FakeConnection()
+        self.map.bind(AE, conn)
+        request = notify()
+        d = self.chain.send(AE, request, ["ws://h:1", "http://h:2"])
+        self.assertNoResult(d)
+        self.assertEqual(conn.sent[0][:2], (request, 10.0))
+        conn.answer()
+        self.assertEqual(self.successResultOf(d), ok(request))
+        self.assertEqual(self.ws.calls, [])
+        self.assertEqual(self.http.calls, [])
+
+    def test_live_connection_failure_moves_on_to_poa_in_order(self) -> None:
+        conn = FakeConnection()
+        self.map.bind(AE, conn)
+        request = notify()
+        d = self.chain.send(AE, request, ["http://h:2/a", "ws://h:1"])
+        conn.sent[0][2].errback(TargetNotReachable("connection lost"))
+        self.assertEqual(self.http.urls(), ["http://h:2/a"])
+        self.assertEqual(self.ws.calls, [])
+        self.http.calls[0][3].errback(TargetNotReachable("refused"))
+        self.assertEqual(self.ws.urls(), ["ws://h:1"])
+        self.assertEqual(self.ws.calls[0][1:3], (request, 10.0))
+        self.ws.calls[0][3].callback(ok(request))
+        self.assertEqual(self.successResultOf(d).rsc, RSC.OK)
+
+    def test_first_success_stops_the_chain(self) -> None:
+        self.ws.results.append(Response(RSC.OK, "n1"))
+        d = self.chain.send(AE, notify(), ["ws://h:1", "http://h:2", "wss://h:3"])
+        self.assertEqual(self.successResultOf(d).rsc, RSC.OK)
+        self.assertEqual(self.ws.urls(), ["ws://h:1"])
+        self.assertEqual(self.http.calls, [])
+
+    def test_error_rsc_ends_the_chain_as_is(self) -> None:
+        answer = Response(RSC.NOT_FOUND, "n1", pc={"m2m:dbg": "no such thing"})
+        self.ws.results.append(answer)
+        d = self.chain.send(AE, notify(), ["ws://h:1", "http://h:2"], store=True)
+        self.assertIs(self.successResultOf(d), answer)
+        self.assertEqual(self.http.calls, [])
+        self.assertEqual(self.chain.queued(AE), [])
+
+    def test_error_rsc_on_live_connection_ends_the_chain(self) -> None:
+        conn = FakeConnection()
+        self.map.bind(AE, conn)
+        d = self.chain.send(AE, notify(), ["ws://h:1"])
+        conn.answer(rsc=RSC.ORIGINATOR_HAS_NO_PRIVILEGE)
+        self.assertEqual(self.successResultOf(d).rsc, RSC.ORIGINATOR_HAS_NO_PRIVILEGE)
+        self.assertEqual(self.ws.calls, [])
+
+    def test_ws_default_opens_no_connection(self) -> None:
+        self.http.results.append(Response(RSC.OK, "n1"))
+        d = self.chain.send(AE, notify(), ["ws://default", "http://h:2"])
+        self.assertEqual(self.successResultOf(d).rsc, RSC.OK)
+        self.assertEqual(self.ws.calls, [])
+        self.assertEqual(self.http.urls(), ["http://h:2"])
+
+    def test_ws_default_alone_is_not_reachable(self) -> None:
+        f = self.failureResultOf(self.chain.send(AE, retrieve(), ["WS://default/"]))
+        f.trap(TargetNotReachable)
+        self.assertEqual(f.value.rsc, RSC.TARGET_NOT_REACHABLE)
+        self.assertIn("ws://default", f.value.reason.lower())
+        self.assertEqual(f.value.rqi, "r1")
+        self.assertEqual(self.ws.calls, [])
+
+    def test_transport_failures_move_on_and_reason_lists_them(self) -> None:
+        self.ws.results.append(TargetNotReachable("refused"))
+        self.http.results.append(RequestTimeout("slow"))
+        d = self.chain.send(AE, retrieve(), ["ws://h:1", "mqtt://b", "http://h:2"])
+        f = self.failureResultOf(d, TargetNotReachable)
+        reason = f.value.reason
+        for part in (
+            "no live connection",
+            "ws://h:1",
+            "refused",
+            "mqtt://b",
+            "http://h:2",
+            "4008",
+        ):
+            self.assertIn(part, reason)
+
+    def test_unexpected_exception_moves_on_and_is_logged(self) -> None:
+        self.ws.results.append(ConnectionRefusedError())
+        self.http.results.append(Response(RSC.OK, "n1"))
+        d = self.chain.send(AE, notify(), ["ws://h:1", "http://h:2"])
+        self.assertEqual(self.successResultOf(d).rsc, RSC.OK)
+        self.assertEqual(len(self.flushLoggedErrors(ConnectionRefusedError)), 1)
+
+    def test_step_that_never_answers_times_out_and_moves_on(self) -> None:
+        chain = PoaChain(self.map, self.clock, [self.ws, self.http], timeout=5)
+        self.addCleanup(chain.stop)
+        d = chain.send(AE, notify(), ["ws://h:1", "http://h:2"])
+        self.assertEqual(self.ws.calls[0][2], 5)
+        self.clock.advance(4.9)
+        self.assertEqual(self.http.calls, [])
+        self.clock.advance(0.1)
+        self.assertEqual(self.ws.cancelled, ["ws://h:1"])
+        self.assertEqual(self.http.urls(), ["http://h:2"])
+        self.clock.advance(5)
+        f = self.failureResultOf(d, TargetNotReachable)
+        self.assertIn("4008", f.value.reason)
+
+    def test_live_connection_that_never_answers_times_out(self) -> None:
+        conn = FakeConnection()
+        self.map.bind(AE, conn)
+        self.http.results.append(Response(RSC.OK, "n1"))
+        d = self.chain.send(AE, notify(), ["http://h:2"])
+        self.clock.advance(10)
+        self.assertEqual(conn.cancelled, [conn.sent[0][0]])
+        self.assertEqual(self.successResultOf(d).rsc, RSC.OK)
+
+    def test_cancel_cancels_step_in_flight_and_ends_chain(self) -> None:
+        d = self.chain.send(AE, notify(), ["ws://h:1", "http://h:2"], store=True)
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(self.ws.cancelled, ["ws://h:1"])
+        self.assertEqual(self.http.calls, [])
+        self.assertEqual(self.chain.queued(AE), [])
+
+    def test_cancel_on_live_connection(self) -> None:
+        conn = FakeConnection()
+        self.map.bind(AE, conn)
+        d = self.chain.send(AE, retrieve(), ["ws://h:1"])
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(len(conn.cancelled), 1)
+        self.assertEqual(self.ws.calls, [])
+
+    def test_stop_cancels_sends_in_flight(self) -> None:
+        d = self.chain.send(AE, notify(), ["ws://h:1"])
+        self.chain.stop()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(self.ws.cancelled, ["ws://h:1"])
+
+
+class UrlTargetTests(ChainTestCase):
+    def test_ws_url_goes_to_connector_and_response_is_awaited(self) -> None:
+        request = notify()
+        d = self.chain.send("ws://127.0.0.1:9000", request, store=True)
+        self.assertNoResult(d)
+        self.assertEqual(self.ws.urls(), ["ws://127.0.0.1:9000"])
+        self.ws.calls[0][3].callback(ok(request, RSC.NOT_FOUND))
+        self.assertEqual(self.successResultOf(d).rsc, RSC.NOT_FOUND)
+
+    def test_http_url(self) -> None:
+        self.http.results.append(Response(RSC.OK, "n1"))
+        d = self.chain.send("http://host/path", notify(), ["ws://x:1"])
+        self.assertEqual(self.successResultOf(d).rsc, RSC.OK)
+        self.assertEqual(self.http.urls(), ["http://host/path"])
+        self.assertEqual(self.ws.calls, [])
+
+    def test_url_target_failure_is_not_queued(self) -> None:
+        self.ws.results.append(TargetNotReachable("refused"))
+        d = self.chain.send("ws://127.0.0.1:9000", notify(), store=True)
+        self.failureResultOf(d, TargetNotReachable)
+        self.assertEqual(self.chain.queued("ws://127.0.0.1:9000"), [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_url_target_timeout_is_4008(self) -> None:
+        d = self.chain.send("http://host/path", notify())
+        self.clock.advance(10)
+        f = self.failureResultOf(d, RequestTimeout)
+        self.assertEqual(f.value.rsc, RSC.REQUEST_TIMEOUT)
+
+    def test_url_with_unknown_scheme(self) -> None:
+        self.failureResultOf(self.chain.send("coap://h/x", notify()), TargetNotReachable)
+        self.failureResultOf(self.chain.send("ws://default", notify()), TargetNotReachable)
+        self.assertEqual(self.ws.calls, [])
+
+    def test_live_connection_map_not_consulted_for_url(self) -> None:
+        conn = FakeConnection(originator="ws://h:1")
+        self.map.bind("ws://h:1", conn)
+        self.ws.results.append(Response(RSC.OK, "n1"))
+        self.successResultOf(self.chain.send("ws://h:1", notify()))
+        self.assertEqual(conn.sent, [])
+
+
+class QueueTests(ChainTestCase):
+    def test_notify_queued_and_delivered_in_order_on_connect(self) -> None:
+        requests = [notify(f"n{i}") for i in range(3)]
+        for request in requests:
+            d = self.chain.send(AE, request, ["ws://default"], store=True)
+            response = self.successResultOf(d)
+            self.assertEqual((response.rsc, response.rqi), (RSC.ACCEPTED, request.rqi))
+        self.assertEqual(self.chain.queued(AE), requests)
+        conn = FakeConnection()
+        self.map.bind(AE, conn)
+        # one at a time: the next is sent only when the previous one is answered
+        self.assertEqual(conn.rqis(), ["n0"])
+        conn.answer()
+        self.assertEqual(conn.rqis(), ["n0", "n1"])
+        conn.answer(rsc=RSC.NOT_FOUND)  # an answer, even an error, counts as delivered
+        conn.answer()
+        self.assertEqual(conn.rqis(), ["n0", "n1", "n2"])
+        self.assertEqual(self.chain.queued(AE), [])
+
+    def test_unreachable_poa_then_queued(self) -> None:
+        self.ws.results.append(TargetNotReachable("refused"))
+        d = self.chain.send(AE, notify(), ["ws://h:1"], store=True)
+        self.assertEqual(self.successResultOf(d).rsc, RSC.ACCEPTED)
+        self.assertEqual(len(self.chain.queued(AE)), 1)
+
+    def test_only_notify_with_store_is_queued(self) -> None:
+        f = self.failureResultOf(self.chain.send(AE, retrieve(), store=True), TargetNotReachable)
+        self.assertEqual(f.value.rsc, RSC.TARGET_NOT_REACHABLE)
+        self.failureResultOf(self.chain.send(AE, notify(), store=False), TargetNotReachable)
+        self.assertEqual(self.chain.queued(AE), [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_other_originators_not_flushed(self) -> None:
+        self.successResultOf(self.chain.send(AE, notify(), store=True))
+        other = FakeConnection("Cother")
+        self.map.bind("Cother", other)
+        self.assertEqual(other.sent, [])
+        self.assertEqual(len(self.chain.queued(AE)), 1)
+
+    def test_connection_lost_mid_flush_keeps_the_rest(self) -> None:
+        for i in range(3):
+            self.successResultOf(self.chain.send(AE, notify(f"n{i}"), store=True))
+        first = FakeConnection(peer="first")
+        self.map.bind(AE, first)
+        first.answer()
+        first.sent[1][2].errback(TargetNotReachable("connection lost"))
+        self.assertEqual(first.rqis(), ["n0", "n1"])
+        self.assertEqual([r.rqi for r in self.chain.queued(AE)], ["n1", "n2"])
+        self.map.unbind(AE, first)
+        second = FakeConnection(peer="second")
+        self.map.bind(AE, second)
+        self.assertEqual(second.rqis(), ["n1"])
+        second.answer()
+        second.answer()
+        self.assertEqual(second.rqis(), ["n1", "n2"])
+        self.assertEqual(self.chain.queued(AE), [])
+
+    def test_replaced_connection_mid_flush_resumes_on_new_one(self) -> None:
+        for i in range(2):
+            self.successResultOf(self.chain.send(AE, notify(f"n{i}"), store=True))
+        first = FakeConnection(peer="first")
+        self.map.bind(AE, first)
+        second = FakeConnection(peer="second")
+        self.map.bind(AE, second)  # newest wins; the old one is then closed by the map
+        self.assertEqual(second.sent, [])
+        first.sent[0][2].errback(TargetNotReachable("closed"))
+        self.assertEqual(second.rqis(), ["n0"])
+        second.answer()
+        second.answer()
+        self.assertEqual(self.chain.queued(AE), [])
+
+    def test_flush_timeout_keeps_entry(self) -> None:
+        self.successResultOf(self.chain.send(AE, notify("n0"), store=True))
+        conn = FakeConnection()
+        self.map.bind(AE, conn)
+        self.clock.advance(10)
+        self.assertEqual(conn.cancelled, [conn.sent[0][0]])
+        self.assertEqual([r.rqi for r in self.chain.queued(AE)], ["n0"])
+
+    def test_new_notification_waits_behind_queue_while_flushing(self) -> None:
+        self.successResultOf(self.chain.send(AE, notify("n0"), store=True))
+        conn = FakeConnection()
+        self.map.bind(AE, conn)
+        d = self.chain.send(AE, notify("n1"), store=True)
+        self.assertEqual(self.successResultOf(d).rsc, RSC.ACCEPTED)
+        self.assertEqual(conn.rqis(), ["n0"])
+        conn.answer()
+        self.assertEqual(conn.rqis(), ["n0", "n1"])
+        conn.answer()
+        # queue empty: the next one goes straight on the live connection, with its answer
+        d = self.chain.send(AE, notify("n2"), store=True)
+        self.assertNoResult(d)
+        conn.answer(rsc=RSC.OK)
+        self.assertEqual(self.successResultOf(d).rsc, RSC.OK)
+
+    def test_new_notification_restarts_stopped_flush(self) -> None:
+        self.successResultOf(self.chain.send(AE, notify("n0"), store=True))
+        conn = FakeConnection()
+        self.map.bind(AE, conn)
+        self.clock.advance(10)  # n0 timed out, stays queued, connection still live
+        self.successResultOf(self.chain.send(AE, notify("n1"), store=True))
+        self.assertEqual(conn.rqis(), ["n0", "n0"])
+        conn.answer()
+        self.assertEqual(conn.rqis(), ["n0", "n0", "n1"])
+        conn.answer()
+        self.assertEqual(self.chain.queued(AE), [])
+
+    def test_queue_does_not_block_a_reachable_poa_while_disconnected(self) -> None:
+        self.successResultOf(self.chain.send(AE, notify("n0"), store=True))
+        self.http.results.append(Response(RSC.OK, "n1"))
+        d = self.chain.send(AE, notify("n1"), ["http://h:2"], store=True)
+        self.assertEqual(self.successResultOf(d).rsc, RSC.OK)
+        self.assertEqual([r.rqi for r in self.chain.queued(AE)], ["n0"])
+
+    def test_bound_drops_oldest(self) -> None:
+        chain = PoaChain(self.map, self.clock, queue_size=3)
+        self.addCleanup(chain.stop)
+        for i in range(5):
+            self.successResultOf(chain.send(AE, notify(f"n{i}"), store=True))
+        self.assertEqual([r.rqi for r in chain.queued(AE)], ["n2", "n3", "n4"])
+
+    def test_full_queue_drops_expired_before_oldest(self) -> None:
+        chain = PoaChain(self.map, self.clock, queue_size=2)
+        self.addCleanup(chain.stop)
+        self.successResultOf(chain.send(AE, notify("old"), store=True))
+        self.successResultOf(chain.send(AE, notify("short", rqet=1000), store=True))
+        self.clock.advance(2)
+        self.successResultOf(chain.send(AE, notify("new"), store=True))
+        self.assertEqual([r.rqi for r in chain.queued(AE)], ["old", "new"])
+
+    def test_stop_keeps_queue_and_cancels_flush(self) -> None:
+        self.successResultOf(self.chain.send(AE, notify("n0"), store=True))
+        conn = FakeConnection()
+        self.map.bind(AE, conn)
+        self.chain.stop()
+        self.assertEqual(len(conn.cancelled), 1)
+        self.assertEqual([r.rqi for r in self.chain.queued(AE)], ["n0"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class ExpiryTests(ChainTestCase):
+    def connect(self) -> FakeConnection:
+        conn = FakeConnection()
+        self.map.bind(AE, conn)
+        return conn
+
+    def test_default_expiry(self) -> None:
+        chain = PoaChain(self.map, self.clock, default_expiry=100, purge_interval=1000)
+        self.addCleanup(chain.stop)
+        self.successResultOf(chain.send(AE, notify("n0"), store=True))
+        self.clock.advance(50)
+        self.successResultOf(chain.send(AE, notify("n1"), store=True))
+        self.clock.advance(51)  # n0 expired, n1 not
+        conn = self.connect()
+        self.assertEqual(conn.rqis(), ["n1"])
+        conn.answer()
+
+    def test_relative_rqet_int_and_string(self) -> None:
+        self.successResultOf(self.chain.send(AE, notify("n0", rqet=5000), store=True))
+        self.successResultOf(self.chain.send(AE, notify("n1", rqet="20000"), store=True))
+        self.successResultOf(self.chain.send(AE, notify("n2"), store=True))
+        self.clock.advance(10)
+        conn = self.connect()
+        self.assertEqual(conn.rqis(), ["n1"])
+        conn.answer()
+        conn.answer()
+        self.assertEqual(conn.rqis(), ["n1", "n2"])
+
+    def test_absolute_rqet(self) -> None:
+        now = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC).timestamp()
+        self.clock.advance(now)
+        self.successResultOf(self.chain.send(AE, notify("n0", rqet="20300101T120030"), store=True))
+        self.successResultOf(
+            self.chain.send(AE, notify("n1", rqet="20300101T120100,5"), store=True)
+        )
+        self.clock.advance(45)
+        conn = self.connect()
+        self.assertEqual(conn.rqis(), ["n1"])
+        conn.answer()
+
+    def test_already_expired_is_not_queued(self) -> None:
+        self.clock.advance(datetime(2030, 1, 1, tzinfo=UTC).timestamp())
+        d = self.chain.send(AE, notify(rqet="20291231T235959"), store=True)
+        self.failureResultOf(d, TargetNotReachable)
+        self.assertEqual(self.chain.queued(AE), [])
+
+    def test_unreadable_rqet_uses_default(self) -> None:
+        self.successResultOf(self.chain.send(AE, notify("n0", rqet="soon"), store=True))
+        self.clock.advance(3599)
+        self.assertEqual(len(self.chain.queued(AE)), 1)
+        self.clock.advance(61)  # past 3600 s and a purge run
+        self.assertEqual(self.chain.queued(AE), [])
+
+    def test_periodic_purge_drops_expired_and_stops_when_empty(self) -> None:
+        self.successResultOf(self.chain.send(AE, notify("n0", rqet=30_000), store=True))
+        self.successResultOf(self.chain.send(AE, notify("n1", rqet=90_000), store=True))
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.successResultOf(self.chain.send("Cother", notify("n2", rqet=30_000), store=True))
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)  # one timer for everything
+        self.clock.advance(60)
+        self.assertEqual([r.rqi for r in self.chain.queued(AE)], ["n1"])
+        self.assertEqual(self.chain.queued("Cother"), [])
+        self.clock.advance(60)
+        self.assertEqual(self.chain.queued(AE), [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_parse_expiry(self) -> None:
+        self.assertEqual(parse_expiry(1500, 10.0), 11.5)
+        self.assertEqual(parse_expiry("1500", 10.0), 11.5)
+        stamp = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC).timestamp()
+        self.assertEqual(parse_expiry("20300102T030405", 0), stamp)
+        self.assertEqual(parse_expiry("20300102T030405,250000", 0), stamp + 0.25)
+        for bad in (None, True, "tomorrow", "20301302T030405", 1.5, "20300102T030405,x"):
+            self.assertIsNone(parse_expiry(bad, 0))
+
+
+# -- WebSocket connector -------------------------------------------------------------------
+
+
+class WebSocketConnectorTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.connects: list[tuple[str, str, Sequence[str], Deferred[IConnection]]] = []
+        self.cancelled: list[str] = []
+        self.connector = WebSocketConnector(
+            self.connect, "/id-in", self.clock, serializations=["cbor", "oneM2M.json"]
+        )
+        self.addCleanup(lambda: self.assertEqual(self.clock.getDelayedCalls(), []))
+
+    def connect(self, url: str, originator: str, subprotocols: Sequence[str]) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred(lambda _: self.cancelled.append(url))
+        self.connects.append((url, originator, subprotocols, d))
+        return d
+
+    def open(self, request: Request) -> tuple[Deferred[Response], FakeConnection]:
+        d = self.connector.send("ws://h:1", request, 7)
+        conn = FakeConnection(originator=None)
+        self.connects[-1][3].callback(conn)
+        return d, conn
+
+    def test_connect_send_response_close(self) -> None:
+        request = notify()
+        d = self.connector.send("ws://h:1", request, 7)
+        url, originator, subprotocols, connecting = self.connects[0]
+        self.assertEqual((url, originator), ("ws://h:1", "/id-in"))
+        self.assertEqual(list(subprotocols), ["oneM2M.cbor", "oneM2M.json"])
+        conn = FakeConnection(originator=None)
+        connecting.callback(conn)
+        self.assertEqual(conn.sent[0][:2], (request, 7))
+        self.assertEqual(conn.closed, [])
+        conn.answer(rsc=RSC.NOT_FOUND)
+        self.assertEqual(self.successResultOf(d).rsc, RSC.NOT_FOUND)
+        self.assertEqual([c for c, _ in conn.closed], [1000])
+
+    def test_timeout_covers_connect_and_answer(self) -> None:
+        d = self.connector.send("ws://h:1", notify(), 7)
+        self.clock.advance(3)
+        conn = FakeConnection(originator=None)
+        self.connects[0][3].callback(conn)
+        self.assertEqual(conn.sent[0][1], 4)
+        conn.answer()
+        self.successResultOf(d)
+
+    def test_closed_when_request_fails(self) -> None:
+        d, conn = self.open(notify())
+        conn.sent[0][2].errback(RequestTimeout("no response"))
+        self.failureResultOf(d, RequestTimeout)
+        self.assertEqual([c for c, _ in conn.closed], [1000])
+
+    def test_closed_when_cancelled(self) -> None:
+        d, conn = self.open(notify())
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(len(conn.cancelled), 1)
+        self.assertEqual([c for c, _ in conn.closed], [1000])
+
+    def test_connect_failure_is_5103(self) -> None:
+        d = self.connector.send("ws://h:1", notify(), 7)
+        self.connects[0][3].errback(ConnectionRefusedError())
+        f = self.failureResultOf(d, TargetNotReachable)
+        self.assertIn("ws://h:1", f.value.reason)
+
+    def test_connect_raising_is_5103(self) -> None:
+        def broken(url: str, originator: str, subprotocols: Sequence[str]) -> Deferred[Any]:
+            raise ValueError("bad url")
+
+        connector = WebSocketConnector(broken, "/id-in", self.clock)
+        self.failureResultOf(connector.send("ws://[", notify(), 7), TargetNotReachable)
+
+    def test_connect_timeout_is_5103(self) -> None:
+        d = self.connector.send("ws://h:1", notify(), 7)
+        self.clock.advance(7)
+        f = self.failureResultOf(d, TargetNotReachable)
+        self.assertIn("no connection within 7 s", f.value.reason)
+
+    def test_cancel_while_connecting(self) -> None:
+        d = self.connector.send("ws://h:1", notify(), 7)
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(self.cancelled, ["ws://h:1"])
+
+    def test_in_chain_ws_default_never_connects(self) -> None:
+        omap = FakeMap()
+        chain = PoaChain(omap, self.clock, [self.connector])
+        self.addCleanup(chain.stop)
+        d = chain.send(AE, notify(), ["ws://default", "ws://h:1"])
+        self.assertEqual([c[0] for c in self.connects], ["ws://h:1"])
+        conn = FakeConnection(originator=None)
+        self.connects[0][3].callback(conn)
+        conn.answer()
+        self.assertEqual(self.successResultOf(d).rsc, RSC.OK)
+        self.assertEqual(len(conn.closed), 1)
+
+
+# -- HTTP connector --------------------------------------------------------------------------
+
+
+class OneM2MResource(Resource):
+    """Records each request and answers as told."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[dict[str, Any]] = []
+        self.status = 200
+        self.rsc: str | None = "2000"
+        self.body = b'{"m2m:ae": {"rn": "ae1"}}'
+
+    def render(self, request: WebRequest) -> bytes:
+        def h(name: str) -> str | None:
+            v = request.getHeader(name)
+            return v.decode() if isinstance(v, bytes) else v
+
+        assert request.method is not None and request.content is not None
+        self.seen.append(
+            {
+                "method": request.method.decode(),
+                "uri": request.uri.decode(),
+                "origin": h("X-M2M-Origin"),
+                "ri": h("X-M2M-RI"),
+                "rvi": h("X-M2M-RVI"),
+                "ctype": h("Content-Type"),
+                "accept": h("Accept"),
+                "body": request.content.read(),
+            }
+        )
+        request.setResponseCode(self.status)
+        if self.rsc is not None:
+            request.setHeader(b"X-M2M-RSC", self.rsc.encode())
+            request.setHeader(b"X-M2M-RI", (h("X-M2M-RI") or "").encode())
+        return self.body
+
+
+class HttpConnectorTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.resource = OneM2MResource()
+        self.connector = HttpConnector(self.clock, StubTreq(self.resource))
+        self.addCleanup(lambda: self.assertEqual(self.clock.getDelayedCalls(), []))
+
+    def test_create_posts_with_ty(self) -> None:
+        request = Request(
+            Operation.CREATE, "cse-in", "c1", fr="Cae1", ty=2, pc={"m2m:ae": {"api": "Nx"}}
+        )
+        self.resource.rsc = "2001"
+        response = self.successResultOf(self.connector.send("http://h:8080", request, 5))
+        seen = self.resource.seen[0]
+        self.assertEqual((seen["method"], seen["uri"]), ("POST", "/cse-in"))
+        self.assertEqual(seen["ctype"], "application/json;ty=2")
+        self.assertEqual(
+            (seen["origin"], seen["ri"], seen["rvi"], seen["accept"]),
+            ("Cae1", "c1", "4", "application/json"),
+        )
+        self.assertEqual(json.loads(seen["body"]), {"m2m:ae": {"api": "Nx"}})
+        self.assertEqual((response.rsc, response.rqi), (2001, "c1"))
+        self.assertEqual(response.pc, {"m2m:ae": {"rn": "ae1"}})
+
+    def test_notify_posts_to_the_poa_itself(self) -> None:
+        request = notify()
+        self.resource.body = b""
+        response = self.successResultOf(
+            self.connector.send("http://h:8080/notify/here?x=1", request, 5)
+        )
+        seen = self.resource.seen[0]
+        self.assertEqual((seen["method"], seen["uri"]), ("POST", "/notify/here?x=1"))
+        self.assertEqual(seen["ctype"], "application/json")
+        self.assertEqual((seen["origin"], seen["ri"]), ("/id-in", "n1"))
+        self.assertEqual(json.loads(seen["body"]), {"m2m:sgn": {"sur": "sub1"}})
+        self.assertEqual((response.rsc, response.pc), (2000, None))
+
+    def test_retrieve_gets(self) -> None:
+        request = Request(Operation.RETRIEVE, "/id-mn/cse-mn/ae1", "g1", fr="/id-in")
+        self.successResultOf(self.connector.send("http://h:8080", request, 5))
+        seen = self.resource.seen[0]
+        self.assertEqual(
+            (seen["method"], seen["uri"], seen["body"]), ("GET", "/~/id-mn/cse-mn/ae1", b"")
+        )
+
+    def test_update_and_delete(self) -> None:
+        update = Request(Operation.UPDATE, "cse-in/ae1", "u1", fr="C1", pc={"m2m:ae": {"lbl": []}})
+        delete = Request(Operation.DELETE, "cse-in/ae1", "d1", fr="C1")
+        self.successResultOf(self.connector.send("http://h:8080/", update, 5))
+        self.successResultOf(self.connector.send("http://h:8080", delete, 5))
+        self.assertEqual([s["method"] for s in self.resource.seen], ["PUT", "DELETE"])
+
+    def test_missing_rsc_maps_http_status(self) -> None:
+        self.resource.rsc = None
+        self.resource.body = b"not json"
+        for status, rsc in (
+            (200, 2000),
+            (201, 2000),
+            (400, 4000),
+            (403, 4103),
+            (404, 4004),
+            (502, 5000),
+        ):
+            self.resource.status = status
+            response = self.successResultOf(self.connector.send("http://h:8080", retrieve(), 5))
+            self.assertEqual((response.rsc, response.rqi, response.pc), (rsc, "r1", None))
+
+    def test_url_helper(self) -> None:
+        self.assertEqual(http_url("http://h:1", retrieve()), "http://h:1/cse-in/ae1")
+        abs_req = Request(Operation.RETRIEVE, "//sp/id-in/x", "r", fr="C")
+        self.assertEqual(http_url("https://h/", abs_req), "https://h/_/sp/id-in/x")
+        self.assertEqual(http_url("http://h:1/base", retrieve()), "http://h:1/base")
+
+    def test_connection_error_is_5103(self) -> None:
+        class Refusing:
+            def request(self, method: str, url: str, **kw: Any) -> Deferred[Any]:
+                return fail(ConnectionRefusedError())
+
+            def content(self, response: Any) -> Deferred[bytes]:
+                raise AssertionError("not reached")
+
+        connector = HttpConnector(self.clock, Refusing())
+        f = self.failureResultOf(connector.send("http://h:1", notify(), 5), TargetNotReachable)
+        self.assertEqual(f.value.rqi, "n1")
+
+    def test_timeout_is_4008_and_cancels(self) -> None:
+        pending: list[Deferred[Any]] = []
+        cancelled: list[str] = []
+
+        class Silent:
+            def request(self, method: str, url: str, **kw: Any) -> Deferred[Any]:
+                pending.append(Deferred(lambda _: cancelled.append(url)))
+                return pending[-1]
+
+            def content(self, response: Any) -> Deferred[bytes]:
+                raise AssertionError("not reached")
+
+        connector = HttpConnector(self.clock, Silent())
+        d = connector.send("http://h:1", notify(), 5)
+        self.clock.advance(5)
+        self.failureResultOf(d, RequestTimeout)
+        self.assertEqual(cancelled, ["http://h:1"])
+
+    def test_chain_falls_back_to_http(self) -> None:
+        omap = FakeMap()
+        chain = PoaChain(omap, self.clock, [self.connector])
+        self.addCleanup(chain.stop)
+        d = chain.send(AE, notify(), ["ws://default", "http://h:8080/n"])
+        self.assertEqual(self.successResultOf(d).rsc, RSC.OK)
+        self.assertEqual(self.resource.seen[0]["uri"], "/n")
