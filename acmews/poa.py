@@ -41,7 +41,6 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Protocol, cast
 from urllib.parse import urlsplit, urlunsplit
 
@@ -63,6 +62,7 @@ from acmews.interfaces import (
     IRequestSender,
 )
 from acmews.primitive import Request, Response
+from acmews.timestamps import expiry_delay
 
 __all__ = [
     "ConnectFunction",
@@ -112,23 +112,10 @@ def parse_expiry(rqet: object, now: float) -> float | None:
     int or a string of digits), which counts from ``now``. Timestamps assume the clock counts
     seconds since the epoch, as the reactor does.
     """
-    if rqet is None or isinstance(rqet, bool):
+    if not isinstance(rqet, str | int):
         return None
-    if isinstance(rqet, int):
-        return now + rqet / 1000.0
-    if not isinstance(rqet, str):
-        return None
-    text = rqet.strip()
-    if text.isdigit():
-        return now + int(text) / 1000.0
-    whole, _, fraction = text.replace(".", ",").partition(",")
-    try:
-        stamp = datetime.strptime(whole, "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
-    except ValueError:
-        return None
-    if fraction and not fraction.isdigit():
-        return None
-    return stamp.timestamp() + (float(f"0.{fraction}") if fraction else 0.0)
+    delay = expiry_delay(rqet.strip() if isinstance(rqet, str) else rqet, now)
+    return None if delay is None else now + delay
 
 
 async def _await_step(step: Deferred[Response], timeout: float, clock: IReactorTime) -> Response:
