@@ -175,6 +175,9 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
             request_timeout=factory.request_timeout,
             on_bound=factory.session_bound,
         )
+        # the handshake text is not needed any more: about 1 KiB per idle connection
+        self.http_request_data = self.http_response_data = None
+        self.http_headers = {}
         factory.session_opened(session)
 
     @override
