@@ -778,17 +778,21 @@ class CSE:
             self._delete_tree(sub, subject)
 
     def _schedule(self, nus: Sequence[str], pc: dict[str, Any]) -> None:
-        """Send ``pc`` to every ``nu`` after the current request has been answered."""
-        self._clock.callLater(0, self._deliver, tuple(nus), pc)
+        """Send ``pc`` to every ``nu`` after the current request has been answered.
 
-    def _deliver(self, nus: tuple[str, ...], pc: dict[str, Any]) -> None:
-        for nu in nus:
+        The targets are resolved now: an AE being deleted (with its subscriptions) is still
+        known, so its ``sud`` still finds its poa.
+        """
+        targets = [self._resolve_nu(nu) for nu in nus]
+        self._clock.callLater(0, self._deliver, targets, pc)
+
+    def _deliver(self, targets: list[tuple[str, tuple[str, ...]]], pc: dict[str, Any]) -> None:
+        for target, poa in targets:
             try:
-                target, poa = self._resolve_nu(nu)
                 request = self._notification(target, pc)
                 d = self._sender.send(target, request, poa=poa, store=True)
             except Exception:
-                self.log.failure("could not send a notification to {nu}", nu=nu)
+                self.log.failure("could not send a notification to {target}", target=target)
                 continue
             d.addCallbacks(
                 self._delivered,
