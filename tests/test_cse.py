@@ -113,6 +113,11 @@ class RegistrationTests(CSETestCase):
             pc={"m2m:ae": {"api": "Nx", "rr": True, "rn": "other"}},
         )
 
+    def test_admin_id_cannot_be_registered(self) -> None:
+        body = {"m2m:ae": {"api": "Nx", "rr": True, "rn": "a"}}
+        self.fails(RSC.ORIGINATOR_HAS_ALREADY_REGISTERED, 1, "cse-in", ADMIN, ty=2, pc=body)
+        self.assertIsNone(self.cse.store.get(ADMIN))
+
     def test_invalid_ae_is_4000(self) -> None:
         for body in (
             {"api": "Xapp", "rr": True},

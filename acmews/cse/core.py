@@ -547,6 +547,9 @@ class CSE:
             raise BadRequest(
                 f"an AE originator must be empty, 'C', or an AE-ID starting with C or S: {fr!r}"
             )
+        if fr == self._admin:
+            # the protocol layer binds a connection to the aei it gets: never to the admin
+            raise OriginatorHasAlreadyRegistered(f"the AE-ID {fr!r} is reserved")
         if self.store.get(fr) is not None:
             raise OriginatorHasAlreadyRegistered(f"the AE-ID {fr!r} is already registered")
         return fr
