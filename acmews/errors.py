@@ -74,6 +74,18 @@ class Conflict(OneM2MError):
     rsc = RSC.CONFLICT
 
 
+class InvalidChildResourceType(OneM2MError):
+    """rsc 4108: the parent does not accept a child of that resource type."""
+
+    rsc = RSC.INVALID_CHILD_RESOURCE_TYPE
+
+
+class OriginatorHasAlreadyRegistered(OneM2MError):
+    """rsc 4117: an AE asked for an AE-ID that is already registered."""
+
+    rsc = RSC.ORIGINATOR_HAS_ALREADY_REGISTERED
+
+
 class InternalServerError(OneM2MError):
     """rsc 5000."""
 
@@ -90,6 +102,12 @@ class TargetNotReachable(OneM2MError):
     """rsc 5103: nothing delivered the request (connection lost, no route)."""
 
     rsc = RSC.TARGET_NOT_REACHABLE
+
+
+class NotAcceptable(OneM2MError):
+    """rsc 5207: e.g. a contentInstance larger than its container's ``mbs``."""
+
+    rsc = RSC.NOT_ACCEPTABLE
 
 
 class SubscriptionVerificationInitiationFailed(OneM2MError):

@@ -1,0 +1,157 @@
+"""Test doubles and a base TestCase for the embedded CSE tests (no sockets)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from acmews.codes import RSC, Operation
+from acmews.cse import CSE, CSEConfig
+from acmews.interfaces import IConnection, IRequestSender
+from acmews.primitive import Request, Response
+
+ADMIN = "CAdmin"
+#: 2023-11-14T22:13:20.25 UTC
+START = 1_700_000_000.25
+
+
+@implementer(IConnection)
+class FakeConnection:
+    def __init__(self, originator: str | None = None) -> None:
+        self.originator = originator
+        self.subprotocol = "oneM2M.json"
+        self.peer = "fake"
+        self.closed: tuple[int, str] | None = None
+
+    def request(self, request: Request, timeout: float | None = None) -> Deferred[Response]:
+        raise AssertionError("the CSE must send through its IRequestSender")
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        self.closed = (code, reason)
+
+
+@dataclass
+class Sent:
+    target: str
+    request: Request
+    poa: tuple[str, ...]
+    store: bool
+    deferred: Deferred[Response]
+
+    def answer(self, rsc: int = RSC.OK, pc: Any = None) -> None:
+        self.deferred.callback(Response(rsc, self.request.rqi, "4", pc))
+
+    def fail(self, error: Exception) -> None:
+        self.deferred.errback(error)
+
+
+@implementer(IRequestSender)
+class FakeSender:
+    """Records every send and hands back a Deferred the test fires."""
+
+    def __init__(self) -> None:
+        self.sent: list[Sent] = []
+
+    def send(
+        self,
+        target: str,
+        request: Request,
+        poa: Sequence[str] = (),
+        store: bool = False,
+    ) -> Deferred[Response]:
+        d: Deferred[Response] = Deferred()
+        self.sent.append(Sent(target, request, tuple(poa), store, d))
+        return d
+
+    def take(self) -> list[Sent]:
+        sent, self.sent = self.sent, []
+        return sent
+
+
+class CSETestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(START)
+        self.sender = FakeSender()
+        self.cse = CSE(CSEConfig(poa=("ws://127.0.0.1:8180",)), self.sender, self.clock)
+        self.connection = FakeConnection()
+        self._n = 0
+        self.addCleanup(self._no_delayed_calls)
+
+    def _no_delayed_calls(self) -> None:
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def handle(
+        self, op: int, to: str, fr: str | None = ADMIN, **kw: Any
+    ) -> Deferred[Response] | Response:
+        self._n += 1
+        rqi = kw.pop("rqi", f"rq{self._n}")
+        rvi = kw.pop("rvi", "4")
+        return self.cse.handle_request(
+            Request(Operation(op), to, rqi, rvi, fr, **kw), self.connection
+        )
+
+    def call(self, op: int, to: str, fr: str | None = ADMIN, **kw: Any) -> Response:
+        result = self.handle(op, to, fr, **kw)
+        if isinstance(result, Deferred):
+            return self.successResultOf(result)
+        return result
+
+    def ok(self, op: int, to: str, fr: str | None = ADMIN, **kw: Any) -> Response:
+        response = self.call(op, to, fr, **kw)
+        self.assertTrue(response.ok, f"{response.rsc} {response.debug}")
+        return response
+
+    def fails(self, rsc: RSC, op: int, to: str, fr: str | None = ADMIN, **kw: Any) -> Response:
+        response = self.call(op, to, fr, **kw)
+        self.assertEqual(response.rsc, rsc, response.debug)
+        self.assertIsInstance(response.debug, str)
+        self.assertTrue(response.debug)
+        return response
+
+    # --- shortcuts ----------------------------------------------------------------------------
+
+    def retrieve(self, to: str, fr: str | None = ADMIN, **kw: Any) -> Response:
+        return self.call(2, to, fr, **kw)
+
+    def register(self, fr: str | None = None, poa: list[str] | None = None, **attrs: Any) -> str:
+        body: dict[str, Any] = {"api": "Nmyapp", "rr": True, "srv": ["4"]}
+        if poa is not None:
+            body["poa"] = poa
+        body.update(attrs)
+        response = self.ok(1, "cse-in", fr, ty=2, pc={"m2m:ae": body})
+        self.assertEqual(response.rsc, RSC.CREATED)
+        aei: str = response.pc["m2m:ae"]["aei"]
+        return aei
+
+    def create(self, to: str, ty: int, key: str, fr: str = ADMIN, **attrs: Any) -> dict[str, Any]:
+        response = self.call(1, to, fr, ty=ty, pc={key: attrs})
+        self.assertEqual(response.rsc, RSC.CREATED, response.debug)
+        body: dict[str, Any] = response.pc[key]
+        return body
+
+    def subscribe(
+        self, to: str, fr: str = ADMIN, verify: bool = True, **attrs: Any
+    ) -> dict[str, Any]:
+        """Create a subscription, answering every verification request with 2000."""
+        d = self.handle(1, to, fr, ty=23, pc={"m2m:sub": attrs})
+        if verify:
+            for sent in self.sender.take():
+                self.assertFalse(sent.store)
+                sent.answer(RSC.OK)
+        assert isinstance(d, Deferred)
+        response = self.successResultOf(d)
+        self.assertEqual(response.rsc, RSC.CREATED, response.debug)
+        body: dict[str, Any] = response.pc["m2m:sub"]
+        return body
+
+    def flush(self) -> list[Sent]:
+        """Run the scheduled notifications; return what they sent."""
+        self.clock.advance(0)
+        return self.sender.take()
