@@ -176,7 +176,8 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
             on_bound=factory.session_bound,
         )
         # the handshake text is not needed any more: about 1 KiB per idle connection
-        self.http_request_data = self.http_response_data = None
+        self.http_request_data = b""
+        self.http_response_data = ""
         self.http_headers = {}
         factory.session_opened(session)
 

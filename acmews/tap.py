@@ -1,0 +1,257 @@
+"""``twistd acmews``: a small, real CSE on the oneM2M WebSocket binding.
+
+Wires the pieces together: the originator map (a service), the poa resolution chain (live
+connection, ``ws://default``, ``ws://``/``wss://`` poa, ``http://`` poa, store-and-forward) as
+the CSE's way of sending notifications, the embedded CSE as the request handler, and one
+listening endpoint per ``--listen``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python import usage
+
+from acmews.client import connect
+from acmews.cse import CSE, CSEConfig
+from acmews.originators import OriginatorMap
+from acmews.poa import HttpConnector, PoaChain, WebSocketConnector
+from acmews.protocol import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_PING_INTERVAL,
+    DEFAULT_PING_TIMEOUT,
+    OneM2MServerFactory,
+)
+
+__all__ = ["Options", "makeService", "poa_for_endpoint"]
+
+log = Logger()
+
+DEFAULT_LISTEN = "tcp:8180:interface=127.0.0.1"
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if number < 0:
+        raise ValueError("must not be negative")
+    return number
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise ValueError("must be positive")
+    return number
+
+
+class Options(usage.Options):
+    """Command-line options of ``twistd acmews``."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Runs a oneM2M CSE (IN-CSE) on the WebSocket binding TS-0020 with the ACME "
+        "extensions: X-M2M-Origin on the opening handshake, connections in either direction, "
+        "and poa resolution (live connection, ws://default, ws:// or wss:// poa, http:// poa, "
+        "store-and-forward for notifications). Defaults match ACME's."
+    )
+    optParameters: list[Any] = [
+        ["cse-id", None, "/id-in", "The CSE-ID (with its leading slash)."],
+        ["cse-name", None, "cse-in", "The resource name of the CSEBase."],
+        ["sp-id", None, "//acmews.example.com", "The M2M Service Provider ID."],
+        ["admin", None, "CAdmin", "The admin originator, allowed to do everything."],
+        [
+            "request-timeout",
+            None,
+            10.0,
+            "Seconds to wait for the answer to a request the CSE sends (notification, "
+            "verification, poa delivery).",
+            _positive_float,
+        ],
+        [
+            "max-message-size",
+            None,
+            DEFAULT_MAX_MESSAGE_SIZE,
+            "Largest WebSocket message in bytes; a larger one closes the connection (1009).",
+            _positive_int,
+        ],
+        [
+            "ping-interval",
+            None,
+            DEFAULT_PING_INTERVAL,
+            "Seconds between WebSocket pings (0 turns keep-alive off).",
+            _positive_float,
+        ],
+        [
+            "ping-timeout",
+            None,
+            DEFAULT_PING_TIMEOUT,
+            "Seconds without a pong before the connection is closed.",
+            _positive_float,
+        ],
+        [
+            "queue-size",
+            None,
+            1000,
+            "Notifications kept per unreachable originator (store-and-forward); the oldest is "
+            "dropped beyond that.",
+            _positive_int,
+        ],
+        [
+            "notification-expiry",
+            None,
+            3600.0,
+            "Seconds a stored notification without its own rqet is kept.",
+            _positive_float,
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["poa"] = []
+
+    def opt_listen(self, endpoint: str) -> None:
+        """A server endpoint to listen on, e.g. tcp:8180:interface=127.0.0.1, or an ssl:
+        endpoint for wss:// (repeatable; default tcp:8180:interface=127.0.0.1)."""
+        self["listen"].append(endpoint)
+
+    def opt_poa(self, poa: str) -> None:
+        """A point of access the CSEBase advertises, e.g. ws://cse.example.com:8180
+        (repeatable; default: derived from the --listen endpoints)."""
+        self["poa"].append(poa)
+
+    def postOptions(self) -> None:
+        if not self["listen"]:
+            self["listen"] = [DEFAULT_LISTEN]
+        if not self["cse-id"].startswith("/") or self["cse-id"].startswith("//"):
+            raise usage.UsageError("--cse-id must look like /id-in")
+        if not self["sp-id"].startswith("//"):
+            raise usage.UsageError("--sp-id must look like //acmews.example.com")
+        if "/" in self["cse-name"] or not self["cse-name"]:
+            raise usage.UsageError("--cse-name must be a plain resource name")
+
+
+def poa_for_endpoint(description: str) -> str | None:
+    """The ws:// or wss:// URL a client would use for a tcp:/ssl: server endpoint string."""
+    parts = [p.replace("\\:", ":") for p in re.split(r"(?<!\\):", description)]
+    kind = parts[0]
+    if kind not in ("tcp", "ssl", "tls") or len(parts) < 2:
+        return None
+    positional = [p for p in parts[1:] if "=" not in p]
+    keywords = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+    port = keywords.get("port") or (positional[0] if positional else "")
+    if not port.isdigit() or port == "0":
+        return None
+    host = keywords.get("interface", "127.0.0.1")
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    scheme = "ws" if kind == "tcp" else "wss"
+    return f"{scheme}://{host}:{port}"
+
+
+class _ChainService(Service):
+    """Stops the poa chain (timers, flushes in flight) with the application."""
+
+    def __init__(self, chain: PoaChain) -> None:
+        self.chain = chain
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.chain.stop()
+
+
+def warn_without_nvx() -> bool:
+    """Autobahn's NVX (C UTF-8 validation and masking) is worth about 2x: say if it is off."""
+    try:
+        from autobahn.websocket import USES_NVX
+    except ImportError:  # pragma: no cover
+        USES_NVX = False
+    if not USES_NVX:
+        log.warn(
+            "Autobahn runs without its NVX acceleration (set AUTOBAHN_USE_NVX=1 and install "
+            "a wheel with cffi); WebSocket framing will be about 2x slower"
+        )
+    return bool(USES_NVX)
+
+
+def makeService(options: Options | dict[str, Any], reactor: Any = None) -> MultiService:
+    """The whole CSE as a MultiService; ``reactor`` is the global one when None."""
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    warn_without_nvx()
+    listen: Sequence[str] = options["listen"] or [DEFAULT_LISTEN]
+    poa = list(options["poa"]) or [p for p in map(poa_for_endpoint, listen) if p is not None]
+    request_timeout = float(options["request-timeout"])
+    max_message_size = int(options["max-message-size"])
+
+    top = MultiService()
+    originators = OriginatorMap()
+    originators.setServiceParent(top)
+
+    def ws_connect(url: str, originator: str, subprotocols: Sequence[str]) -> Deferred[Any]:
+        """An outbound connection to a registree's ws:// poa (the chain closes it)."""
+        connecting = connect(
+            url,
+            originator=originator,
+            serialization=subprotocols,
+            reactor=reactor,
+            request_timeout=request_timeout,
+            max_message_size=max_message_size,
+            ping_interval=0,
+        )
+        return connecting.addCallback(lambda client: client.session)
+
+    chain = PoaChain(
+        originators,
+        reactor,
+        [
+            WebSocketConnector(ws_connect, options["cse-id"], reactor),
+            HttpConnector(reactor),
+        ],
+        timeout=request_timeout,
+        queue_size=int(options["queue-size"]),
+        default_expiry=float(options["notification-expiry"]),
+    )
+    _ChainService(chain).setServiceParent(top)
+    config = CSEConfig(
+        cse_id=options["cse-id"],
+        cse_name=options["cse-name"],
+        sp_id=options["sp-id"],
+        admin=options["admin"],
+        poa=tuple(poa),
+        verification_timeout=request_timeout,
+    )
+    cse = CSE(config, chain, reactor)
+    factory = OneM2MServerFactory(
+        cse,
+        originators,
+        reactor=reactor,
+        request_timeout=request_timeout,
+        max_message_size=max_message_size,
+        ping_interval=float(options["ping-interval"]),
+        ping_timeout=float(options["ping-timeout"]),
+    )
+    for description in listen:
+        service: IService = strports.service(description, factory, reactor=reactor)
+        service.setServiceParent(top)
+    top.cse = cse  # type: ignore[attr-defined]
+    top.factory = factory  # type: ignore[attr-defined]
+    top.chain = chain  # type: ignore[attr-defined]
+    log.info(
+        "acmews CSE {cse_id} ({cse_name}) listening on {listen}, poa {poa}",
+        cse_id=config.cse_id,
+        cse_name=config.cse_name,
+        listen=", ".join(listen),
+        poa=", ".join(poa) or "(none)",
+    )
+    return top

@@ -1,0 +1,171 @@
+"""twistd acmews: plugin discovery, options and the service tree (no sockets)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IServiceMaker, MultiService
+from twisted.internet.testing import MemoryReactorClock
+from twisted.plugin import getPlugins
+from twisted.python import usage
+from twisted.trial.unittest import TestCase
+from zope.interface.verify import verifyObject
+
+from acmews.cse import CSE
+from acmews.interfaces import IOriginatorMap, IRequestHandler, IRequestSender
+from acmews.poa import PoaChain
+from acmews.protocol import OneM2MServerFactory
+from acmews.tap import Options, makeService, poa_for_endpoint
+
+
+def parse(*argv: str) -> Options:
+    options = Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+class PluginTests(TestCase):
+    def test_plugin_is_found(self) -> None:
+        import twisted.plugins
+
+        makers = {m.tapname: m for m in getPlugins(IServiceMaker, twisted.plugins)}
+        self.assertIn("acmews", makers)
+        maker: Any = makers["acmews"]
+        verifyObject(IServiceMaker, maker)
+        self.assertIsInstance(maker.options(), Options)
+
+    def test_plugin_module_does_not_import_the_reactor(self) -> None:
+        import subprocess
+        import sys
+
+        code = (
+            "import sys, importlib.util\n"
+            "path = 'twisted/plugins/acmews_plugin.py'\n"
+            "spec = importlib.util.spec_from_file_location('p', path)\n"
+            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+            "import acmews.tap, acmews.client, acmews.cse, acmews.poa, acmews.protocol\n"
+            "print('twisted.internet.reactor' in sys.modules)\n"
+        )
+        import os
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        out = subprocess.run(
+            [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+        )
+        self.assertEqual(out.stdout.strip(), "False", out.stderr)
+
+
+class OptionsTests(TestCase):
+    def test_defaults(self) -> None:
+        o = parse()
+        self.assertEqual(o["listen"], ["tcp:8180:interface=127.0.0.1"])
+        self.assertEqual(
+            (o["cse-id"], o["cse-name"], o["sp-id"], o["admin"]),
+            ("/id-in", "cse-in", "//acmews.example.com", "CAdmin"),
+        )
+        self.assertEqual((o["request-timeout"], o["max-message-size"]), (10.0, 1048576))
+        self.assertEqual((o["ping-interval"], o["ping-timeout"]), (20.0, 20.0))
+        self.assertEqual((o["queue-size"], o["notification-expiry"]), (1000, 3600.0))
+
+    def test_repeatable_and_typed(self) -> None:
+        o = parse(
+            "--listen",
+            "tcp:9000",
+            "--listen",
+            "tcp:9001:interface=127.0.0.2",
+            "--poa",
+            "ws://a:1",
+            "--request-timeout",
+            "2.5",
+            "--queue-size",
+            "7",
+        )
+        self.assertEqual(o["listen"], ["tcp:9000", "tcp:9001:interface=127.0.0.2"])
+        self.assertEqual((o["poa"], o["request-timeout"], o["queue-size"]), (["ws://a:1"], 2.5, 7))
+
+    def test_bad_values(self) -> None:
+        for argv in (
+            ["--cse-id", "id-in"],
+            ["--sp-id", "x"],
+            ["--cse-name", "a/b"],
+            ["--queue-size", "0"],
+            ["--request-timeout", "-1"],
+            ["--max-message-size", "big"],
+        ):
+            self.assertRaises(usage.UsageError, parse, *argv)
+
+    def test_help_documents_every_option(self) -> None:
+        text = str(Options())
+        for name in (
+            "listen",
+            "cse-id",
+            "cse-name",
+            "sp-id",
+            "admin",
+            "poa",
+            "request-timeout",
+            "max-message-size",
+            "ping-interval",
+            "ping-timeout",
+            "queue-size",
+            "notification-expiry",
+        ):
+            self.assertIn(f"--{name}", text)
+
+    def test_poa_for_endpoint(self) -> None:
+        self.assertEqual(poa_for_endpoint("tcp:8180:interface=127.0.0.1"), "ws://127.0.0.1:8180")
+        self.assertEqual(poa_for_endpoint("tcp:port=80"), "ws://127.0.0.1:80")
+        self.assertEqual(
+            poa_for_endpoint(r"ssl:8443:privateKey=k.pem:interface=\:\:1"), "wss://[::1]:8443"
+        )
+        self.assertIsNone(poa_for_endpoint("unix:/tmp/s"))
+        self.assertIsNone(poa_for_endpoint("tcp:0"))
+
+
+class MakeServiceTests(TestCase):
+    def test_service_tree(self) -> None:
+        reactor = MemoryReactorClock()
+        o = parse(
+            "--listen",
+            "tcp:9100:interface=127.0.0.1",
+            "--listen",
+            "tcp:9101",
+            "--cse-id",
+            "/id-x",
+            "--ping-interval",
+            "0",
+        )
+        service: Any = makeService(o, reactor)
+        self.assertIsInstance(service, MultiService)
+        verifyObject(IRequestHandler, service.cse)
+        verifyObject(IRequestSender, service.chain)
+        self.assertIsInstance(service.chain, PoaChain)
+        self.assertIsInstance(service.cse, CSE)
+        self.assertIsInstance(service.factory, OneM2MServerFactory)
+        verifyObject(IOriginatorMap, service.factory.originators)
+        self.assertEqual(service.cse.config.poa, ("ws://127.0.0.1:9100", "ws://127.0.0.1:9101"))
+        service.startService()
+        self.assertEqual(
+            [(p[0], p[3]) for p in reactor.tcpServers], [(9100, "127.0.0.1"), (9101, "")]
+        )
+        self.assertIs(reactor.tcpServers[0][1], service.factory)
+        d = service.stopService()
+        self.successResultOf(d)
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_explicit_poa(self) -> None:
+        o = parse("--poa", "ws://cse.example.com:8180")
+        service: Any = makeService(o, MemoryReactorClock())
+        self.assertEqual(service.cse.config.poa, ("ws://cse.example.com:8180",))
+
+    def test_port_in_use_fails_loudly(self) -> None:
+        from twisted.internet.error import CannotListenError
+
+        class Busy(MemoryReactorClock):
+            def listenTCP(
+                self, port: int, factory: Any, backlog: int = 50, interface: str = ""
+            ) -> Any:
+                raise CannotListenError(interface, port, OSError("in use"))
+
+        service: Any = makeService(parse(), Busy())
+        self.assertRaises(CannotListenError, service.privilegedStartService)
