@@ -48,6 +48,8 @@ DEFAULT_PING_INTERVAL = 20.0
 DEFAULT_PING_TIMEOUT = 20.0
 ORIGIN_HEADER = "x-m2m-origin"
 
+_log = Logger(namespace="acmews.protocol")
+
 _STATE_OPEN = WebSocketProtocol.STATE_OPEN
 _SHORT = struct.Struct("!BBH")
 _LONG = struct.Struct("!BBQ")
@@ -77,9 +79,12 @@ def _frame_header(opcode: int, length: int) -> bytes:
 
 
 class _OneM2MProtocolMixin:
-    """What both roles share: the session, the lean message path and closing."""
+    """What both roles share: the session, the lean message path and closing.
 
-    log = Logger()
+    ``self.log`` stays Autobahn's txaio logger, whose debug calls are no-ops below its
+    level; our own messages go to ``_log`` (a Twisted logger on the same namespace).
+    """
+
     session: Session | None = None
     codec: ICodec
     # from Autobahn:
@@ -139,7 +144,7 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
         chosen = choose_subprotocol(request.protocols, factory.codecs)
         if chosen is None:
             offered = ", ".join(request.protocols) or "none"
-            self.log.info(
+            _log.info(
                 "refused {peer}: no acceptable subprotocol (offered: {offered})",
                 peer=self.peer,
                 offered=offered,
@@ -204,7 +209,6 @@ class OneM2MServerFactory(WebSocketServerFactory):
     """Accepts oneM2M WebSocket connections and hands their requests to ``handler``."""
 
     protocol = OneM2MServerProtocol  # type: ignore[assignment]
-    log = Logger()
 
     def __init__(
         self,
@@ -250,7 +254,7 @@ class OneM2MServerFactory(WebSocketServerFactory):
         )
 
     def session_opened(self, session: Session) -> None:
-        self.log.info(
+        _log.info(
             "connection from {peer}: originator {originator}, {subprotocol}",
             peer=session.peer,
             originator=session.originator or "(none: AE registration only)",

@@ -545,3 +545,22 @@ class SessionUnitTests(TestCase):
         s = Session(lambda d, b: sent.append(d), CBOR, Clock(), None, originator="Cae1")
         s.message_received(cbor2.dumps(retrieve("q").to_dict()))
         self.assertEqual(cbor2.loads(sent[0])["rsc"], 4103)
+
+
+class LoggingTests(BindingTestCase):
+    def test_autobahn_debug_logging_stays_off(self) -> None:
+        """Autobahn's per-message debug calls must stay no-ops (they cost CPU and flood
+        twistd's log): our classes must not replace its txaio logger."""
+        from twisted.logger import globalLogPublisher
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        p = self.connect("Cae1")
+        d = p.client_session.request(retrieve("l1"))
+        p.flush()
+        self.successResultOf(d)
+        from twisted.logger import LogLevel
+
+        self.assertEqual([e for e in events if e.get("log_level") == LogLevel.debug], [])
+        self.assertTrue(any("Cae1" in str(e.get("originator")) for e in events))
