@@ -701,6 +701,7 @@ class BenchOptions:
     compare: str | None = None
     compare_pid: int | None = None
     rounds: int = 3
+    register: bool = False
 
     @property
     def effective_window(self) -> int:
@@ -769,6 +770,24 @@ def _progress_printer(out: TextIO, total: int) -> Callable[[int], None]:
     return show
 
 
+def ae_create(parent: str, aei: str) -> dict[str, Any]:
+    """An AE CREATE asking for the AE-ID ``aei`` (also its resource name)."""
+    return {
+        "op": 1,
+        "to": parent,
+        "ty": 2,
+        "pc": {
+            "m2m:ae": {
+                "rn": aei,
+                "api": "Nbench",
+                "rr": True,
+                "srv": [RVI],
+                "poa": ["ws://default"],
+            }
+        },
+    }
+
+
 async def admin_requests(
     reactor: Any,
     opts: BenchOptions,
@@ -794,29 +813,39 @@ async def run_requests(
     cleanup: list[str] = []
     first = opts.originator.replace("{k}", "0")
     request: dict[str, Any] = {"op": 2, "to": opts.target, "fr": first, "rvi": RVI}
-    if opts.scenario == "create-cin":
-        # set-up and clean-up on their own short connections: a server closes an older
-        # connection of the same originator when the load connections open
-        rn = f"bench{tag}"
-        resp = await admin_requests(
-            reactor,
-            opts,
-            target,
-            first,
-            [{"op": 1, "to": opts.target, "ty": 3, "pc": {"m2m:cnt": {"rn": rn, "mni": 10}}}],
-        )
-        if resp[0].get("rsc") != 2001:
-            raise BenchError(f"cannot create the container {opts.target}/{rn}: {resp[0]}")
-        cleanup.append(f"{opts.target}/{rn}")
-        request = {
-            "op": 1,
-            "to": f"{opts.target}/{rn}",
-            "fr": first,
-            "rvi": RVI,
-            "ty": 4,
-            "pc": {"m2m:cin": {"con": "bench", "cnf": "text/plain:0"}},
-        }
+    registered: list[str] = []
     try:
+        if opts.register:
+            for k in range(max(opts.connections, opts.processes)):
+                aei = opts.originator.replace("{k}", str(k))
+                [resp] = await admin_requests(
+                    reactor, opts, target, aei, [ae_create(opts.target, aei)]
+                )
+                if resp.get("rsc") != 2001:
+                    raise BenchError(f"cannot register the AE {aei}: {resp}")
+                registered.append(aei)
+        if opts.scenario == "create-cin":
+            # set-up and clean-up on their own short connections: a server closes an older
+            # connection of the same originator when the load connections open
+            rn = f"bench{tag}"
+            [resp] = await admin_requests(
+                reactor,
+                opts,
+                target,
+                first,
+                [{"op": 1, "to": opts.target, "ty": 3, "pc": {"m2m:cnt": {"rn": rn, "mni": 10}}}],
+            )
+            if resp.get("rsc") != 2001:
+                raise BenchError(f"cannot create the container {opts.target}/{rn}: {resp}")
+            cleanup.append(f"{opts.target}/{rn}")
+            request = {
+                "op": 1,
+                "to": f"{opts.target}/{rn}",
+                "fr": first,
+                "rvi": RVI,
+                "ty": 4,
+                "pc": {"m2m:cin": {"con": "bench", "cnf": "text/plain:0"}},
+            }
         n_proc = max(1, opts.processes)
         conns = split_evenly(max(opts.connections, n_proc), n_proc)
         reqs = split_evenly(opts.requests, n_proc)
@@ -865,6 +894,15 @@ async def run_requests(
                         out.write(f"  warning: could not delete {path}: {r}\n")
             except Exception as e:
                 out.write(f"  warning: clean-up failed: {e}\n")
+        for aei in registered:  # an AE may delete itself
+            try:
+                [r] = await admin_requests(
+                    reactor, opts, target, aei, [{"op": 4, "to": f"{opts.target}/{aei}"}]
+                )
+                if r.get("rsc") != 2002:
+                    out.write(f"  warning: could not delete the AE {aei}: {r}\n")
+            except Exception as e:
+                out.write(f"  warning: could not delete the AE {aei}: {e}\n")
     server: dict[str, Any] = {}
     if before is not None and after is not None:
         server = {"cpu_s": after.cpu - before.cpu, "rss_kib": after.rss_kib}
@@ -940,22 +978,7 @@ async def run_fanout(
             client = await open_client(reactor, target, opts.serialization, aei, t)
             s = Session(client, opts.serialization, reactor, aei, t)
             sessions.append(s)
-            resp = await s.request(
-                {
-                    "op": 1,
-                    "to": opts.target,
-                    "ty": 2,
-                    "pc": {
-                        "m2m:ae": {
-                            "rn": aei,
-                            "api": "Nbench",
-                            "rr": True,
-                            "srv": [RVI],
-                            "poa": ["ws://default"],
-                        }
-                    },
-                }
-            )
+            resp = await s.request(ae_create(opts.target, aei))
             if resp.get("rsc") != 2001:
                 raise BenchError(f"AE CREATE for {aei} failed: {resp}")
             created_aes.append(aei)
@@ -1236,6 +1259,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--compare", metavar="URL2", help="alternate runs against a second server")
     p.add_argument("--compare-pid", type=int, metavar="PID2", help="server pid of URL2")
+    p.add_argument(
+        "--register",
+        action="store_true",
+        help="retrieve/create-cin: first register one AE per connection as --originator "
+        "(use '{k}', e.g. Cbench{k}), delete them at the end",
+    )
     p.add_argument("--rounds", type=int, default=3, help="A/B pairs with --compare (3)")
     return p
 
@@ -1249,6 +1278,17 @@ def parse_options(argv: Sequence[str]) -> BenchOptions:
             parser.error(f"--{name} must be at least 1")
     if opts.duration <= 0 or opts.timeout <= 0:
         parser.error("--duration and --timeout must be positive")
+    if (
+        (opts.register or opts.scenario in ("retrieve", "create-cin"))
+        and max(opts.connections, opts.processes) > 1
+        and "{k}" not in opts.originator
+    ):
+        sys.stderr.write(
+            "bench: warning: several connections share the originator "
+            f"{opts.originator}; servers close the older ones (use '{{k}}' and --register)\n"
+        )
+    if opts.register and opts.scenario not in ("retrieve", "create-cin"):
+        parser.error("--register is for retrieve and create-cin")
     try:
         Target.parse(opts.url)
         if opts.compare:
