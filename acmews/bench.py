@@ -1083,7 +1083,7 @@ async def run_idle(
                 )
             )
         hold: Deferred[None] = Deferred()
-        reactor.callLater(min(opts.duration, 2.0), hold.callback, None)
+        reactor.callLater(opts.duration, hold.callback, None)
         await hold
         after = sample_server(pid)
         result.ended = time.time()
@@ -1126,9 +1126,10 @@ def report(opts: BenchOptions, url: str, result: Result, server: dict[str, Any])
         processes=opts.processes,
         server=server,
     )
-    if server.get("cpu_s") is not None:
+    if server.get("cpu_s") is not None and opts.scenario != "idle":
         n = result.sent if opts.scenario != "fanout" else result.answered
-        d["server_cpu_us_per_request"] = server["cpu_s"] / n * 1e6 if n else 0.0
+        if n:
+            d["server_cpu_us_per_request"] = server["cpu_s"] / n * 1e6
     return d
 
 
@@ -1187,7 +1188,13 @@ def format_report(d: dict[str, Any]) -> str:
     for e in d["errors"]:
         lines.append(f"  error: {e}")
     if d["correct"]:
-        lines.append("  correctness       OK: every request answered exactly once, own rqi")
+        lines.append(
+            "  correctness       OK: "
+            + {
+                "idle": "every connection opened and stayed open",
+                "fanout": "every NOTIFY arrived exactly once, every request answered once",
+            }.get(d["scenario"], "every request answered exactly once, with its own rqi")
+        )
     else:
         lines.append(
             f"  !!! CORRECTNESS FAILURE: {d['unanswered']} never answered, "
