@@ -1,0 +1,648 @@
+"""The load generator's pieces: frames, handshake, client protocol, accounting, options.
+
+No sockets, no sleeps: the lean client is driven with ``StringTransport`` and ``task.Clock``.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import sys
+from typing import Any
+
+import cbor2
+import orjson
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from acmews import bench
+from acmews.bench import (
+    Budget,
+    Ledger,
+    LoadConnection,
+    Result,
+    Template,
+    parse_options,
+    percentile,
+    ratio_summary,
+)
+from acmews.leanws import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONTINUATION,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    FrameParser,
+    HandshakeError,
+    LeanWebSocketClient,
+    Masker,
+    WebSocketProtocolError,
+    accept_key,
+    build_handshake,
+    encode_frame,
+    frame_header,
+    parse_handshake,
+)
+
+KEY = b"dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455's example key
+MASK = b"\x37\xfa\x21\x3d"  # RFC 6455 5.7's example mask
+
+
+def server_101(key: bytes = KEY, subprotocol: str | None = "oneM2M.json") -> bytes:
+    lines = [
+        "HTTP/1.1 101 Switching Protocols",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Accept: {accept_key(key).decode()}",
+    ]
+    if subprotocol is not None:
+        lines.append(f"Sec-WebSocket-Protocol: {subprotocol}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def server_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    return encode_frame(opcode, payload, None, fin=fin)
+
+
+class FrameTests(SynchronousTestCase):
+    def test_rfc_example_masked_hello(self) -> None:
+        """RFC 6455 5.7: a masked text "Hello"."""
+        frame = encode_frame(OP_TEXT, b"Hello", Masker(MASK))
+        self.assertEqual(frame, bytes.fromhex("818537fa213d7f9f4d5158"))
+
+    def test_mask_roundtrip_and_cache(self) -> None:
+        m = Masker(b"\x01\x02\x03\x04")
+        for n in (0, 1, 3, 4, 5, 127, 1000):
+            data = bytes(range(256)) * 4
+            data = data[:n]
+            masked = m.mask(data)
+            self.assertEqual(len(masked), n)
+            self.assertEqual(masked, bytes(b ^ (1, 2, 3, 4)[i % 4] for i, b in enumerate(data)))
+            self.assertEqual(m.mask(masked), data)
+        self.assertRaises(ValueError, Masker, b"abc")
+
+    def test_header_lengths(self) -> None:
+        self.assertEqual(frame_header(OP_TEXT, 125, masked=False), b"\x81\x7d")
+        self.assertEqual(frame_header(OP_TEXT, 126, masked=False), b"\x81\x7e\x00\x7e")
+        self.assertEqual(frame_header(OP_BINARY, 65535, masked=True), b"\x82\xfe\xff\xff")
+        self.assertEqual(
+            frame_header(OP_BINARY, 65536, masked=True), b"\x82\xff" + struct.pack("!Q", 65536)
+        )
+        self.assertEqual(frame_header(OP_CONTINUATION, 1, masked=False, fin=False), b"\x00\x01")
+
+    def test_parse_lengths(self) -> None:
+        for n in (0, 125, 126, 65535, 65536):
+            payload = bytes(i % 251 for i in range(n))
+            p = FrameParser()
+            self.assertEqual(p.feed(server_frame(OP_BINARY, payload)), [(OP_BINARY, payload)])
+
+    def test_parse_byte_by_byte(self) -> None:
+        data = server_frame(OP_TEXT, b"x" * 300) + server_frame(OP_TEXT, b"y")
+        p = FrameParser()
+        events = []
+        for i in range(len(data)):
+            events += p.feed(data[i : i + 1])
+        self.assertEqual(events, [(OP_TEXT, b"x" * 300), (OP_TEXT, b"y")])
+
+    def test_many_frames_in_one_chunk(self) -> None:
+        data = b"".join(server_frame(OP_TEXT, b"%d" % i) for i in range(100))
+        events = FrameParser().feed(data)
+        self.assertEqual([e[1] for e in events], [b"%d" % i for i in range(100)])
+
+    def test_fragmented_message_with_ping_between(self) -> None:
+        data = (
+            server_frame(OP_TEXT, b"Hel", fin=False)
+            + server_frame(OP_PING, b"p")
+            + server_frame(OP_CONTINUATION, b"lo, ", fin=False)
+            + server_frame(OP_CONTINUATION, b"world")
+        )
+        self.assertEqual(FrameParser().feed(data), [(OP_PING, b"p"), (OP_TEXT, b"Hello, world")])
+
+    def test_masked_server_frame_is_unmasked(self) -> None:
+        self.assertEqual(
+            FrameParser().feed(encode_frame(OP_TEXT, b"Hello", Masker(MASK))),
+            [(OP_TEXT, b"Hello")],
+        )
+
+    def test_protocol_errors(self) -> None:
+        bad = [
+            b"\x80\x00",  # continuation without a message
+            b"\xc1\x00",  # RSV1
+            b"\x83\x00",  # unknown opcode
+            b"\x09\x00",  # fragmented ping
+            b"\x89\x7e\x00\x7e" + b"x" * 126,  # ping over 125 bytes
+            server_frame(OP_TEXT, b"a", fin=False) + server_frame(OP_TEXT, b"b"),
+            b"\x82\x7f" + struct.pack("!Q", 1 << 63),
+        ]
+        for data in bad:
+            self.assertRaises(WebSocketProtocolError, FrameParser().feed, data)
+
+    def test_message_size_limit(self) -> None:
+        p = FrameParser(max_message=10)
+        self.assertRaises(WebSocketProtocolError, p.feed, server_frame(OP_TEXT, b"x" * 11))
+        p = FrameParser(max_message=10)
+        p.feed(server_frame(OP_TEXT, b"x" * 6, fin=False))
+        self.assertRaises(WebSocketProtocolError, p.feed, server_frame(OP_CONTINUATION, b"x" * 6))
+
+
+class HandshakeTests(SynchronousTestCase):
+    def test_accept_key(self) -> None:
+        self.assertEqual(accept_key(KEY), b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+
+    def test_request(self) -> None:
+        req = build_handshake("127.0.0.1", 8180, "/", KEY, "oneM2M.cbor", "CAdmin").decode()
+        self.assertTrue(req.startswith("GET / HTTP/1.1\r\n"))
+        self.assertTrue(req.endswith("\r\n\r\n"))
+        for line in (
+            "Host: 127.0.0.1:8180",
+            "Upgrade: websocket",
+            "Sec-WebSocket-Version: 13",
+            "Sec-WebSocket-Protocol: oneM2M.cbor",
+            "X-M2M-Origin: CAdmin",
+            f"Sec-WebSocket-Key: {KEY.decode()}",
+        ):
+            self.assertIn(line + "\r\n", req)
+        no_origin = build_handshake("h", 1, "", KEY, "oneM2M.json", None).decode()
+        self.assertNotIn("X-M2M-Origin", no_origin)
+
+    def test_101(self) -> None:
+        data = server_101() + b"\x81\x01x"
+        self.assertEqual(parse_handshake(data, KEY, "oneM2M.json"), ("oneM2M.json", len(data) - 3))
+
+    def test_incomplete(self) -> None:
+        self.assertIsNone(parse_handshake(server_101()[:-2], KEY, "oneM2M.json"))
+
+    def test_not_101(self) -> None:
+        data = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 20\r\n\r\nno subprotocol given"
+        with self.assertRaises(HandshakeError) as cm:
+            parse_handshake(data, KEY, "oneM2M.json")
+        self.assertEqual(cm.exception.status, 400)
+        self.assertIn("400 Bad Request", cm.exception.reason)
+        self.assertIn("no subprotocol given", cm.exception.reason)
+
+    def test_wrong_or_missing_subprotocol(self) -> None:
+        with self.assertRaises(HandshakeError) as cm:
+            parse_handshake(server_101(subprotocol="oneM2M.cbor"), KEY, "oneM2M.json")
+        self.assertIn("oneM2M.cbor", cm.exception.reason)
+        with self.assertRaises(HandshakeError) as cm:
+            parse_handshake(server_101(subprotocol=None), KEY, "oneM2M.json")
+        self.assertIn("no subprotocol", cm.exception.reason)
+
+    def test_wrong_accept(self) -> None:
+        with self.assertRaises(HandshakeError) as cm:
+            parse_handshake(server_101(key=b"other"), KEY, "oneM2M.json")
+        self.assertIn("Accept", cm.exception.reason)
+
+    def test_garbage(self) -> None:
+        self.assertRaises(HandshakeError, parse_handshake, b"SSH-2.0\r\n\r\n", KEY, "x")
+
+
+class ClientProtocolTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.transport = StringTransport()
+        self.client = LeanWebSocketClient(
+            host="127.0.0.1",
+            port=8180,
+            path="/",
+            subprotocol="oneM2M.json",
+            originator="CAdmin",
+            clock=self.clock,
+            handshake_timeout=5,
+            key=KEY,
+            mask_key=MASK,
+        )
+        self.messages: list[bytes] = []
+        self.client.on_message = self.messages.append
+        self.client.makeConnection(self.transport)
+        self.addCleanup(lambda: self.assertEqual(self.clock.getDelayedCalls(), []))
+
+    def sent_frames(self) -> list[tuple[int, bytes]]:
+        """Frames the client wrote since the handshake (FrameParser unmasks them)."""
+        data = self.transport.value()
+        self.transport.clear()
+        return FrameParser().feed(data)
+
+    def open(self) -> None:
+        self.assertIn(b"X-M2M-Origin: CAdmin\r\n", self.transport.value())
+        self.transport.clear()
+        self.client.dataReceived(server_101())
+        self.assertEqual(self.successResultOf(self.client.opened), "oneM2M.json")
+
+    def test_open_then_messages_in_same_chunk(self) -> None:
+        self.transport.clear()
+        self.client.dataReceived(
+            server_101() + server_frame(OP_TEXT, b"one") + server_frame(OP_TEXT, b"tw")
+        )
+        self.client.dataReceived(b"\x81\x01o")
+        self.assertTrue(self.client.is_open)
+        self.assertEqual(self.messages, [b"one", b"tw", b"o"])
+
+    def test_send_is_masked_text(self) -> None:
+        self.open()
+        self.client.send(b"Hello")
+        self.assertEqual(self.transport.value(), bytes.fromhex("818537fa213d7f9f4d5158"))
+        self.transport.clear()
+        self.client.send(b"z" * 70000)
+        self.assertEqual(self.sent_frames(), [(OP_TEXT, b"z" * 70000)])
+
+    def test_ping_pong(self) -> None:
+        self.open()
+        self.client.dataReceived(server_frame(OP_PING, b"are you there"))
+        self.assertEqual(self.sent_frames(), [(OP_PONG, b"are you there")])
+        self.client.dataReceived(server_frame(OP_PONG, b"unsolicited"))
+        self.assertEqual(self.sent_frames(), [])
+        self.assertEqual(self.messages, [])
+
+    def test_server_close(self) -> None:
+        self.open()
+        self.client.dataReceived(server_frame(OP_CLOSE, struct.pack("!H", 1000) + b"bye"))
+        self.assertEqual(self.sent_frames(), [(OP_CLOSE, struct.pack("!H", 1000))])
+        self.assertTrue(self.transport.disconnecting)
+        self.assertFalse(self.client.is_open)
+        self.client.connectionLost()
+        self.assertEqual(self.successResultOf(self.client.closed), "close 1000 bye")
+
+    def test_client_close(self) -> None:
+        self.open()
+        self.client.close(1000, "done")
+        self.assertEqual(self.sent_frames(), [(OP_CLOSE, struct.pack("!H", 1000) + b"done")])
+        self.client.send(b"late")  # after close: dropped
+        self.assertEqual(self.sent_frames(), [])
+        self.client.dataReceived(server_frame(OP_CLOSE, struct.pack("!H", 1000)))
+        self.assertEqual(self.sent_frames(), [])  # no second close frame
+        self.client.connectionLost()
+        self.successResultOf(self.client.closed)
+
+    def test_protocol_error_closes_1002(self) -> None:
+        self.open()
+        self.client.dataReceived(b"\x83\x00")
+        frames = self.sent_frames()
+        self.assertEqual(frames[0][0], OP_CLOSE)
+        self.assertEqual(frames[0][1][:2], struct.pack("!H", 1002))
+        self.assertTrue(self.transport.disconnecting or self.client.transport is None)
+
+    def test_refused_upgrade(self) -> None:
+        self.client.dataReceived(b"HTTP/1.1 400 Bad Request\r\n\r\nunsupported subprotocol")
+        err = self.failureResultOf(self.client.opened, HandshakeError)
+        self.assertIn("400", err.value.reason)
+        self.assertIn("unsupported subprotocol", err.value.reason)
+        self.assertFalse(self.client.is_open)
+
+    def test_handshake_timeout(self) -> None:
+        self.clock.advance(5)
+        err = self.failureResultOf(self.client.opened, HandshakeError)
+        self.assertIn("no handshake answer", err.value.reason)
+
+    def test_connection_lost_before_open(self) -> None:
+        self.client.connectionLost()
+        self.failureResultOf(self.client.opened)
+        self.successResultOf(self.client.closed)
+
+
+class LedgerTests(SynchronousTestCase):
+    def test_accounting(self) -> None:
+        ledger = Ledger("p.")
+        for i in range(5):
+            self.assertEqual(ledger.send(float(i)), i)
+        self.assertEqual(ledger.rqi(3), "p.0000000003")
+        self.assertEqual(ledger.outstanding, 5)
+        ledger.answer("p.0000000000", 2000, 0.5)
+        ledger.answer("p.0000000001", 4004, 2.0)
+        ledger.answer("p.0000000001", 2000, 2.5)  # twice
+        ledger.answer("p.0000000099", 2000, 3.0)  # never sent
+        ledger.answer("q.0000000002", 2000, 3.0)  # other connection's
+        ledger.answer("p.12", 2000, 3.0)  # wrong shape
+        ledger.answer(42, 2000, 3.0)  # not a string
+        ledger.answer(None, 2000, 3.0)
+        self.assertEqual(ledger.outstanding, 3)
+        self.assertEqual(ledger.duplicates, 1)
+        self.assertEqual(ledger.unknown, 5)
+        self.assertEqual(list(ledger.latencies), [0.5, 1.0])
+        self.assertEqual(ledger.rsc, {2000: 1, 4004: 1})
+        # requests 2, 3, 4 were sent at t=2,3,4; with a timeout of 1.5 at t=4, 2 expires
+        self.assertEqual(ledger.expire(4.0, 1.5), 1)
+        self.assertEqual(ledger.outstanding, 2)
+        ledger.answer("p.0000000002", 2000, 5.0)  # late
+        self.assertEqual(ledger.late, 1)
+        ledger.answer("p.0000000002", 2000, 5.0)  # late and twice
+        self.assertEqual(ledger.duplicates, 2)
+        ledger.answer("p.0000000003", 2000, 5.0)
+        self.assertEqual(ledger.expire_all(), 1)  # 4 never answered
+        self.assertEqual(ledger.unanswered, 1)
+        r = Result.from_ledger(ledger)
+        self.assertEqual(
+            (r.sent, r.answered, r.unanswered, r.duplicates, r.unknown, r.late),
+            (5, 4, 1, 2, 5, 1),
+        )
+        self.assertFalse(r.correct)
+
+    def test_clean_run_is_correct(self) -> None:
+        ledger = Ledger("x")
+        for i in range(3):
+            ledger.send(0.0)
+            ledger.answer(ledger.rqi(i), 2000, 0.001)
+        r = Result.from_ledger(ledger)
+        self.assertTrue(r.correct)
+        self.assertEqual(r.rsc, {"2000": 3})
+
+    def test_merge(self) -> None:
+        a = Result(
+            sent=2,
+            answered=2,
+            rsc={"2000": 2},
+            latencies=[0.1, 0.2],
+            started=10,
+            ended=12,
+            client_cpu=0.5,
+            connections=1,
+        )
+        b = Result(
+            sent=3,
+            answered=2,
+            unanswered=1,
+            rsc={"2000": 1, "4004": 1},
+            latencies=[0.3],
+            started=11,
+            ended=13,
+            client_cpu=0.25,
+            connections=2,
+        )
+        m = a.merge(b)
+        self.assertEqual((m.sent, m.answered, m.unanswered, m.connections), (5, 4, 1, 3))
+        self.assertEqual(m.rsc, {"2000": 3, "4004": 1})
+        self.assertEqual((m.started, m.ended, m.elapsed), (10, 13, 3))
+        self.assertEqual(m.client_cpu, 0.75)
+        self.assertEqual(sorted(m.latencies), [0.1, 0.2, 0.3])
+        self.assertFalse(m.correct)
+        self.assertEqual(Result.from_dict(bench.asdict(m)), m)
+
+    def test_report_says_so_loudly(self) -> None:
+        opts = parse_options(["ws://127.0.0.1:8180"])
+        bad = Result(
+            sent=3,
+            answered=2,
+            unanswered=1,
+            duplicates=1,
+            unknown=1,
+            started=1,
+            ended=2,
+            latencies=[0.1, 0.2],
+        )
+        text = bench.format_report(bench.report(opts, opts.url, bad, {}))
+        self.assertIn("CORRECTNESS FAILURE", text)
+        self.assertIn("1 never answered, 1 answered twice, 1 with an rqi never sent", text)
+        good = Result(sent=2, answered=2, started=1, ended=2, latencies=[0.1, 0.2])
+        d = bench.report(opts, opts.url, good, {"cpu_s": 0.001})
+        self.assertNotIn("FAILURE", bench.format_report(d))
+        self.assertAlmostEqual(d["server_cpu_us_per_request"], 500.0)
+        self.assertEqual(d["requests_per_second"], 2.0)
+
+
+class StatisticsTests(SynchronousTestCase):
+    def test_percentile(self) -> None:
+        values = [float(i) for i in range(1, 101)]
+        self.assertEqual(percentile(values, 50), 50.0)
+        self.assertEqual(percentile(values, 90), 90.0)
+        self.assertEqual(percentile(values, 99), 99.0)
+        self.assertEqual(percentile(values, 100), 100.0)
+        self.assertEqual(percentile([7.0], 99), 7.0)
+        self.assertEqual(percentile([1.0, 2.0], 50), 1.0)
+        self.assertEqual(percentile([1.0, 2.0], 51), 2.0)
+        self.assertEqual(percentile([], 50), 0.0)
+
+    def test_ratio_summary(self) -> None:
+        ratios, median = ratio_summary([200.0, 300.0, 100.0], [100.0, 100.0, 100.0])
+        self.assertEqual(ratios, [2.0, 3.0, 1.0])
+        self.assertEqual(median, 2.0)
+        ratios, median = ratio_summary([1.0, 4.0], [0.0, 2.0])  # zero skipped
+        self.assertEqual((ratios, median), ([2.0], 2.0))
+        self.assertNotEqual(*ratio_summary([], [])[1:] * 2)  # NaN
+
+    def test_compare_summary(self) -> None:
+        pairs = [
+            (
+                {"requests_per_second": 200.0, "server_cpu_us_per_request": 50.0},
+                {"requests_per_second": 100.0, "server_cpu_us_per_request": 100.0},
+            ),
+            (
+                {"requests_per_second": 300.0, "server_cpu_us_per_request": 30.0},
+                {"requests_per_second": 100.0, "server_cpu_us_per_request": 120.0},
+            ),
+        ]
+        c = bench.compare_summary(pairs)
+        self.assertEqual(c["rate_ratios"], [2.0, 3.0])
+        self.assertEqual(c["rate_ratio_median"], 2.5)
+        self.assertEqual(c["cpu_ratios"], [0.5, 0.25])
+        self.assertIn("median 2.50", bench.format_compare(c))
+
+    def test_split_evenly(self) -> None:
+        self.assertEqual(bench.split_evenly(10, 3), [4, 3, 3])
+        self.assertEqual(bench.split_evenly(2, 2), [1, 1])
+
+    def test_parse_proc(self) -> None:
+        stat = b"1234 (twistd (x) y) S " + b" ".join(b"%d" % i for i in range(4, 53))
+        # fields 14 and 15 (utime, stime) are the numbers 14 and 15 here
+        status = b"Name:\tx\nVmRSS:\t  2048 kB\nThreads:\t1\n"
+        s = bench.parse_proc(stat, status, 100)
+        self.assertAlmostEqual(s.cpu, 0.29)
+        self.assertEqual(s.rss_kib, 2048)
+
+
+class OptionTests(SynchronousTestCase):
+    def test_defaults(self) -> None:
+        o = parse_options(["ws://127.0.0.1:8180"])
+        self.assertEqual(
+            (o.originator, o.target, o.scenario, o.mode, o.window, o.serialization, o.rounds),
+            ("CAdmin", "cse-in", "retrieve", "sequential", 64, "json", 3),
+        )
+        self.assertEqual(o.effective_window, 1)
+        self.assertIsNone(o.server_pid)
+
+    def test_all(self) -> None:
+        o = parse_options(
+            [
+                "ws://127.0.0.1:8180/x",
+                "--originator",
+                "Cx{k}",
+                "--target",
+                "cse-in/a",
+                "--scenario",
+                "create-cin",
+                "--mode",
+                "pipelined",
+                "--window",
+                "8",
+                "--connections",
+                "4",
+                "--processes",
+                "2",
+                "--requests",
+                "100",
+                "--duration",
+                "2",
+                "--serialization",
+                "cbor",
+                "--json",
+                "out.json",
+                "--server-pid",
+                "42",
+                "--compare",
+                "ws://127.0.0.1:8181",
+                "--compare-pid",
+                "43",
+                "--rounds",
+                "5",
+                "--timeout",
+                "1",
+            ]
+        )
+        self.assertEqual(o.effective_window, 8)
+        self.assertEqual((o.connections, o.processes, o.requests, o.duration), (4, 2, 100, 2.0))
+        self.assertEqual((o.json_file, o.server_pid, o.compare_pid), ("out.json", 42, 43))
+        self.assertEqual(o.compare, "ws://127.0.0.1:8181")
+        cfg = bench.LoadConfig(
+            url=o.url,
+            serialization="json",
+            originator=o.originator,
+            request={},
+            connections=2,
+            window=1,
+            requests=1,
+            duration=1,
+            timeout=1,
+            tag="t",
+            first_connection=2,
+        )
+        self.assertEqual(cfg.originator_for(1), "Cx3")
+
+    def test_bad(self) -> None:
+        stderr = io.StringIO()
+        self.patch(sys, "stderr", stderr)
+        for argv in (
+            [],
+            ["ws://h:1", "--scenario", "delete-all"],
+            ["ws://h:1", "--mode", "burst"],
+            ["ws://h:1", "--window", "0"],
+            ["ws://h:1", "--serialization", "xml"],
+            ["http://h:1"],
+            ["ws://h:1", "--duration", "0"],
+        ):
+            with self.assertRaises(SystemExit) as cm:
+                parse_options(argv)
+            self.assertEqual(cm.exception.code, 2)
+        self.assertIn("only ws://", stderr.getvalue())
+
+
+def open_client(serialization: str = "json") -> tuple[LeanWebSocketClient, StringTransport]:
+    client = LeanWebSocketClient(
+        host="127.0.0.1",
+        port=8180,
+        path="/",
+        subprotocol=bench.SUBPROTOCOLS[serialization],
+        originator="CAdmin",
+        clock=Clock(),
+        handshake_timeout=0,
+        key=KEY,
+        mask_key=MASK,
+    )
+    transport = StringTransport()
+    client.makeConnection(transport)
+    client.dataReceived(server_101(subprotocol=bench.SUBPROTOCOLS[serialization]))
+    transport.clear()
+    return client, transport
+
+
+def requests_sent(transport: StringTransport, serialization: str = "json") -> list[Any]:
+    data = transport.value()
+    transport.clear()
+    loads = orjson.loads if serialization == "json" else cbor2.loads
+    return [loads(p) for _, p in FrameParser().feed(data)]
+
+
+class TemplateTests(SynchronousTestCase):
+    def test_json_and_cbor(self) -> None:
+        req = {"op": 2, "to": "cse-in", "fr": "CAdmin", "rvi": "4"}
+        for ser, loads in (("json", orjson.loads), ("cbor", cbor2.loads)):
+            t = Template(req, ser, "b1.0.")
+            self.assertEqual(loads(t.build(7)), {**req, "rqi": "b1.0.0000000007"})
+            self.assertEqual(loads(t.build(1234567890))["rqi"], "b1.0.1234567890")
+
+
+class LoadConnectionTests(SynchronousTestCase):
+    def make(
+        self, window: int, requests: int, ser: str = "json"
+    ) -> tuple[LoadConnection, StringTransport]:
+        client, transport = open_client(ser)
+        ledger = Ledger("b.0.")
+        lc = LoadConnection(
+            client,
+            Template({"op": 2, "to": "cse-in", "fr": "CAdmin", "rvi": "4"}, ser, "b.0."),
+            ledger,
+            window,
+            Budget(requests),
+            ser,
+            timer=lambda: 1.0,
+        )
+        return lc, transport
+
+    def answer(self, lc: LoadConnection, rqi: Any, ser: str = "json") -> None:
+        msg = {"rsc": 2000, "rqi": rqi, "rvi": "4", "pc": {"m2m:cb": {}}}
+        payload = orjson.dumps(msg) if ser == "json" else cbor2.dumps(msg)
+        op = OP_TEXT if ser == "json" else OP_BINARY
+        lc.client.dataReceived(server_frame(op, payload))
+
+    def test_pipelined_window(self) -> None:
+        lc, transport = self.make(window=4, requests=6)
+        lc.fill()
+        sent = requests_sent(transport)
+        self.assertEqual([r["rqi"] for r in sent], [f"b.0.{i:010d}" for i in range(4)])
+        self.assertEqual(sent[0]["op"], 2)
+        self.answer(lc, sent[2]["rqi"])  # out of order is fine
+        self.answer(lc, sent[0]["rqi"])
+        more = requests_sent(transport)
+        self.assertEqual([r["rqi"] for r in more], ["b.0.0000000004", "b.0.0000000005"])
+        self.assertNoResult(lc.done)
+        for r in [sent[1], sent[3], *more]:
+            self.answer(lc, r["rqi"])
+        self.assertEqual(requests_sent(transport), [])  # budget used up
+        self.successResultOf(lc.done)
+        result = Result.from_ledger(lc.ledger)
+        self.assertTrue(result.correct)
+        self.assertEqual(result.answered, 6)
+
+    def test_mixed_up_answers_are_caught(self) -> None:
+        """What ACME does with several requests in flight: one answered twice, one never."""
+        lc, transport = self.make(window=2, requests=2, ser="cbor")
+        lc.fill()
+        sent = requests_sent(transport, "cbor")
+        self.answer(lc, sent[0]["rqi"], "cbor")
+        self.answer(lc, sent[0]["rqi"], "cbor")
+        self.answer(lc, "someone-else's", "cbor")
+        self.assertNoResult(lc.done)
+        lc.ledger.expire(10.0, 5.0)  # what the run's ticker does after --timeout
+        lc.check_done()
+        self.successResultOf(lc.done)
+        r = Result.from_ledger(lc.ledger)
+        self.assertEqual((r.answered, r.unanswered, r.duplicates, r.unknown), (1, 1, 1, 1))
+        self.assertFalse(r.correct)
+
+    def test_server_request_is_answered_and_garbage_counted(self) -> None:
+        lc, transport = self.make(window=1, requests=1)
+        lc.client.dataReceived(
+            server_frame(OP_TEXT, b'{"op":5,"to":"CAdmin","fr":"/id-in","rqi":"n1","rvi":"4"}')
+        )
+        self.assertEqual(requests_sent(transport), [{"rsc": 2000, "rqi": "n1", "rvi": "4"}])
+        lc.client.dataReceived(server_frame(OP_TEXT, b"not json"))
+        lc.client.dataReceived(server_frame(OP_TEXT, b'{"neither":1}'))
+        self.assertEqual(lc.ledger.malformed, 2)
+
+    def test_connection_lost_ends_the_connection(self) -> None:
+        lc, _ = self.make(window=4, requests=10)
+        lc.fill()
+        lc.client.connectionLost()
+        self.successResultOf(lc.done)
+        self.assertEqual(lc.ledger.unanswered, 4)
+        self.assertTrue(lc.budget.errors)
