@@ -214,7 +214,19 @@ class PoaChain:
 
         Cancelling the returned Deferred cancels the step in flight and ends the chain.
         """
-        d = Deferred.fromCoroutine(self._send(target, request, tuple(poa), store))
+        poa = tuple(poa)
+        if not (store and self._queues.get(target)) and not _is_url(target):
+            connection = self._originators.lookup(target)
+            if connection is not None:
+                # the common case (a notification to a connected AE) without a coroutine
+                live = connection.request(request, self.timeout)
+                live.addTimeout(self.timeout, self._clock)
+                live.addErrback(self._live_failed, target, request, poa, store, connection)
+                return self._track(live)
+        return self._track(Deferred.fromCoroutine(self._send(target, request, poa, store)))
+
+    def _track(self, d: Deferred[Response]) -> Deferred[Response]:
+        """Remember ``d`` until it fires, so that :meth:`stop` can cancel it."""
         if not d.called:
             self._in_flight.add(d)
 
@@ -225,8 +237,33 @@ class PoaChain:
             d.addBoth(forget)
         return d
 
+    def _live_failed(
+        self,
+        failure: Failure,
+        target: str,
+        request: Request,
+        poa: tuple[str, ...],
+        store: bool,
+        connection: IConnection,
+    ) -> Deferred[Response] | Failure:
+        if isinstance(failure.value, CancelledError):
+            return failure
+        error = _unwrap(failure.value or Exception("unknown failure"))
+        assert isinstance(error, Exception)
+        self._log_step_failed(target, request, "live connection", error)
+        tried = [f"live connection {connection.peer}: {_reason(error)}"]
+        return Deferred.fromCoroutine(
+            self._send(target, request, poa, store, tried=tried, skip_live=True)
+        )
+
     async def _send(
-        self, target: str, request: Request, poa: tuple[str, ...], store: bool
+        self,
+        target: str,
+        request: Request,
+        poa: tuple[str, ...],
+        store: bool,
+        tried: list[str] | None = None,
+        skip_live: bool = False,
     ) -> Response:
         if _is_url(target):
             return await self._send_url(target, request)
@@ -239,8 +276,9 @@ class PoaChain:
                 if connection is not None:
                     self._start_flush(target, connection)
                 return response
-        tried: list[str] = []
-        connection = self._originators.lookup(target)
+        if tried is None:
+            tried = []
+        connection = None if skip_live else self._originators.lookup(target)
         if connection is not None:
             self.log.debug(
                 "sending {rqi} to {target} on its live connection {peer}",
@@ -257,7 +295,7 @@ class PoaChain:
             except Exception as e:
                 tried.append(f"live connection {connection.peer}: {_reason(e)}")
                 self._log_step_failed(target, request, "live connection", e)
-        else:
+        elif not skip_live:
             tried.append("no live connection")
         for url in poa:
             if _is_default_poa(url):

@@ -24,8 +24,13 @@ def parse_timestamp(value: str) -> float:
         raise ValueError(f"not a oneM2M timestamp: {value!r}")
     if fraction and not fraction.isdigit():
         raise ValueError(f"not a oneM2M timestamp: {value!r}")
-    parsed = time.strptime(main, "%Y%m%dT%H%M%S")
-    return calendar.timegm(parsed) + (float("0." + fraction) if fraction else 0.0)
+    # by hand: time.strptime costs about 10 us, and every notification's rqet is parsed
+    month, day = int(main[4:6]), int(main[6:8])
+    hour, minute, second = int(main[9:11]), int(main[11:13]), int(main[13:15])
+    if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second < 62):
+        raise ValueError(f"not a oneM2M timestamp: {value!r}")
+    whole = calendar.timegm((int(main[:4]), month, day, hour, minute, second, 0, 0, 0))
+    return whole + (float("0." + fraction) if fraction else 0.0)
 
 
 def expiry_delay(value: str | int | None, now: float) -> float | None:

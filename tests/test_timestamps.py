@@ -14,7 +14,16 @@ class TimestampTests(SynchronousTestCase):
         self.assertEqual(format_timestamp(0.9999999), "19700101T000001,000000")
 
     def test_parse_rejects(self) -> None:
-        for bad in ("2026", "20261117X092640", "20261117T09264a", "20261117T092640,x", ""):
+        for bad in (
+            "20261317T092640",
+            "20261117T252640",
+            "20261100T092640",
+            "2026",
+            "20261117X092640",
+            "20261117T09264a",
+            "20261117T092640,x",
+            "",
+        ):
             self.assertRaises(ValueError, parse_timestamp, bad)
 
     def test_expiry_delay(self) -> None:
