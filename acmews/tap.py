@@ -43,6 +43,13 @@ def _positive_float(value: str) -> float:
     return number
 
 
+def _nonzero_float(value: str) -> float:
+    number = float(value)
+    if number <= 0:
+        raise ValueError("must be positive")
+    return number
+
+
 def _positive_int(value: str) -> int:
     number = int(value)
     if number <= 0:
@@ -230,6 +237,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
         admin=options["admin"],
         poa=tuple(poa),
         verification_timeout=request_timeout,
+        notification_expiry=float(options["notification-expiry"]),
     )
     cse = CSE(config, chain, reactor)
     factory = OneM2MServerFactory(

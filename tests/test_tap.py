@@ -144,6 +144,10 @@ class MakeServiceTests(TestCase):
         self.assertIsInstance(service.factory, OneM2MServerFactory)
         verifyObject(IOriginatorMap, service.factory.originators)
         self.assertEqual(service.cse.config.poa, ("ws://127.0.0.1:9100", "ws://127.0.0.1:9101"))
+        o2 = parse("--notification-expiry", "90", "--request-timeout", "3")
+        s2: Any = makeService(o2, MemoryReactorClock())
+        self.assertEqual(s2.cse.config.notification_expiry, 90.0)
+        self.assertEqual((s2.cse.config.verification_timeout, s2.chain.timeout), (3.0, 3.0))
         service.startService()
         self.assertEqual(
             [(p[0], p[3]) for p in reactor.tcpServers], [(9100, "127.0.0.1"), (9101, "")]

@@ -81,7 +81,7 @@ class CSEConfig:
     release: str = DEFAULT_RELEASE
     poa: tuple[str, ...] = ()
     #: seconds a notification may wait in store-and-forward (sent as its ``rqet``)
-    notification_expiry: float = 600.0
+    notification_expiry: float = 3600.0
     #: seconds until a new resource's default ``et``
     resource_expiry: float = 5 * 365 * 86400.0
     #: seconds to wait for the answer to a subscription verification request
