@@ -279,6 +279,17 @@ class CSE:
             resource = child
         return resource, None
 
+    def _find(self, address: str) -> Resource | None:
+        """A resource by ``ri`` or by any address form (``acpi`` entries), or None."""
+        found = self.store.get(address)
+        if found is not None or not isinstance(address, str) or not address:
+            return found
+        try:
+            resource, virtual = self._locate(address)
+        except OneM2MError:
+            return None
+        return resource if virtual is None else None
+
     def _virtual(self, container: Resource, which: str) -> Resource:
         if which == "la":
             cin = self.store.latest_child(container.ri, _CIN)
@@ -323,8 +334,8 @@ class CSE:
         while r is not None:
             acpi = r.attrs.get("acpi")
             if acpi:
-                for acp_ri in acpi:
-                    acp = self.store.get(acp_ri)
+                for acp_id in acpi:
+                    acp = self._find(acp_id)
                     if (
                         acp is not None
                         and acp.ty == _ACP
