@@ -564,3 +564,55 @@ class LoggingTests(BindingTestCase):
 
         self.assertEqual([e for e in events if e.get("log_level") == LogLevel.debug], [])
         self.assertTrue(any("Cae1" in str(e.get("originator")) for e in events))
+
+
+class LeanPathTests(BindingTestCase):
+    def test_no_observer_deferred_per_message(self) -> None:
+        """Autobahn's onMessageEnd fires a 'message' observer event (a Deferred) per message;
+        ours does not, and still delivers every message."""
+        p = self.connect("Cae1")
+        fired: list[str] = []
+        original = p.server.fire
+        p.server.fire = lambda name, *a, **kw: (fired.append(name), original(name, *a, **kw))[1]
+        d = p.client_session.request(retrieve("m1"))
+        p.flush()
+        self.assertEqual(self.successResultOf(d).rsc, 2000)
+        self.assertNotIn("message", fired)
+
+    def test_server_frames_of_every_length_class(self) -> None:
+        """The server writes its frames itself: 7-bit, 16-bit and 64-bit payload lengths, text
+        and binary, must all decode in a standard client (Autobahn's), whole and in order."""
+        sizes = [0, 50, 200, 70000]
+
+        def answer(request: Request, connection: IConnection) -> Response:
+            return Response(2000, request.rqi, "4", {"x": "y" * sizes[int(request.rqi[1:])]})
+
+        self.handler.answer = answer
+        for serialization in ("oneM2M.json", "oneM2M.cbor"):
+            p = self.connect(f"C{serialization[-4:]}", subprotocols=[serialization])
+            ds = [
+                p.client_session.request(retrieve(f"s{i}", fr=f"C{serialization[-4:]}"))
+                for i in range(len(sizes))
+            ]
+            p.flush()
+            for i, d in enumerate(ds):
+                self.assertEqual(len(self.successResultOf(d).pc["x"]), sizes[i])
+            self.assertEqual(p.client.message_is_binary, serialization == "oneM2M.cbor")
+
+    def test_nvx_warning(self) -> None:
+        import autobahn.websocket
+
+        from acmews.tap import warn_without_nvx
+
+        events: list[dict[str, Any]] = []
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.patch(autobahn.websocket, "USES_NVX", False)
+        self.assertFalse(warn_without_nvx())
+        self.assertTrue(any("NVX" in e.get("log_format", "") for e in events))
+        self.patch(autobahn.websocket, "USES_NVX", True)
+        events.clear()
+        self.assertTrue(warn_without_nvx())
+        self.assertFalse(any("NVX" in e.get("log_format", "") for e in events))
