@@ -97,6 +97,11 @@ class _OneM2MProtocolMixin:
     send_queue: Any
     _perMessageCompress: Any
 
+    def dataReceived(self, data: bytes) -> None:
+        """Autobahn's own version formats debug-log arguments (hltype/hlval) on every read,
+        even when debug logging is off: skipped."""
+        self._dataReceived(data)  # type: ignore[attr-defined]
+
     def onMessageEnd(self) -> None:
         """Autobahn's own version also fires an observer Deferred per message: skipped."""
         if not self.failedByMe:

@@ -579,6 +579,20 @@ class LeanPathTests(BindingTestCase):
         self.assertEqual(self.successResultOf(d).rsc, 2000)
         self.assertNotIn("message", fired)
 
+    def test_no_debug_argument_formatting_per_read(self) -> None:
+        """Autobahn's dataReceived formats hltype()/hlval() debug arguments on every read even
+        with debug logging off; ours goes straight to the frame parser."""
+        import autobahn.twisted.websocket as tws
+
+        p = self.connect("Cae1")
+        calls: list[object] = []
+        self.patch(tws, "hltype", lambda *a: calls.append(a) or "")
+        self.patch(tws, "hlval", lambda *a: calls.append(a) or "")
+        d = p.client_session.request(retrieve("h1"))
+        p.flush()
+        self.assertEqual(self.successResultOf(d).rsc, 2000)
+        self.assertEqual(calls, [])
+
     def test_server_frames_of_every_length_class(self) -> None:
         """The server writes its frames itself: 7-bit, 16-bit and 64-bit payload lengths, text
         and binary, must all decode in a standard client (Autobahn's), whole and in order."""
