@@ -70,6 +70,27 @@ def _codecs(names: Sequence[str] | None) -> dict[str, ICodec]:
     return {name: CODECS[name] for name in names}
 
 
+def _options(
+    max_message_size: int,
+    ping_interval: float,
+    ping_timeout: float,
+    open_handshake_timeout: float,
+    close_handshake_timeout: float,
+) -> dict[str, Any]:
+    """Autobahn protocol options, the same for both roles. ``failByDrop`` off: a peer that
+    breaks the rules (e.g. an oversized message) gets a close frame with the code (1009)."""
+    return {
+        "maxMessagePayloadSize": max_message_size,
+        "maxFramePayloadSize": max_message_size,
+        "autoPingInterval": ping_interval,
+        "autoPingTimeout": ping_timeout if ping_interval else 0,
+        "autoPingRestartOnAnyTraffic": True,
+        "failByDrop": False,
+        "openHandshakeTimeout": open_handshake_timeout,
+        "closeHandshakeTimeout": close_handshake_timeout,
+    }
+
+
 def _frame_header(opcode: int, length: int) -> bytes:
     if length < 126:
         return bytes((opcode, length))
@@ -248,14 +269,13 @@ class OneM2MServerFactory(WebSocketServerFactory):
         self.request_timeout = request_timeout
         self.accept_originator = accept_originator
         self.setProtocolOptions(
-            maxMessagePayloadSize=max_message_size,
-            maxFramePayloadSize=max_message_size,
-            autoPingInterval=ping_interval,
-            autoPingTimeout=ping_timeout if ping_interval else 0,
-            autoPingRestartOnAnyTraffic=True,
-            failByDrop=False,
-            openHandshakeTimeout=open_handshake_timeout,
-            closeHandshakeTimeout=close_handshake_timeout,
+            **_options(
+                max_message_size,
+                ping_interval,
+                ping_timeout,
+                open_handshake_timeout,
+                close_handshake_timeout,
+            )
         )
 
     def session_opened(self, session: Session) -> None:
@@ -356,14 +376,13 @@ class OneM2MClientFactory(WebSocketClientFactory):
         self.request_timeout = request_timeout
         self.ready: Deferred[Session] = Deferred()
         self.setProtocolOptions(
-            maxMessagePayloadSize=max_message_size,
-            maxFramePayloadSize=max_message_size,
-            autoPingInterval=ping_interval,
-            autoPingTimeout=ping_timeout if ping_interval else 0,
-            autoPingRestartOnAnyTraffic=True,
-            failByDrop=False,
-            openHandshakeTimeout=open_handshake_timeout,
-            closeHandshakeTimeout=close_handshake_timeout,
+            **_options(
+                max_message_size,
+                ping_interval,
+                ping_timeout,
+                open_handshake_timeout,
+                close_handshake_timeout,
+            )
         )
 
     def opened(self, session: Session) -> None:
