@@ -141,6 +141,28 @@ class _OneM2MProtocolMixin:
         if session is not None:
             session.message_received(payload)
 
+    def _start_session(
+        self,
+        factory: Any,
+        originator: str | None,
+        enforce_originator: bool,
+        on_bound: Any = None,
+    ) -> Session:
+        """The session for this connection, now that the handshake is done."""
+        self.session = Session(
+            self._send_message,
+            self.codec,
+            factory.clock,
+            factory.handler,
+            originator=originator,
+            enforce_originator=enforce_originator,
+            close=self._close,
+            peer=self.peer,
+            request_timeout=factory.request_timeout,
+            on_bound=on_bound,
+        )
+        return self.session
+
     def _send_message(self, data: bytes, binary: bool) -> None:
         """Send one whole message; a closed connection drops it (the session knows)."""
         if self.state != _STATE_OPEN:
@@ -194,17 +216,8 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
     @override
     def onOpen(self) -> None:
         factory = self.factory
-        self.session = session = Session(
-            self._send_message,
-            self.codec,
-            factory.clock,
-            factory.handler,
-            originator=self.originator,
-            enforce_originator=True,
-            close=self._close,
-            peer=self.peer,
-            request_timeout=factory.request_timeout,
-            on_bound=factory.session_bound,
+        session = self._start_session(
+            factory, self.originator, enforce_originator=True, on_bound=factory.session_bound
         )
         # the handshake text is not needed any more: about 1 KiB per idle connection
         self.http_request_data = b""
@@ -317,16 +330,8 @@ class OneM2MClientProtocol(_OneM2MProtocolMixin, WebSocketClientProtocol):  # ty
     @override
     def onOpen(self) -> None:
         factory = self.factory
-        self.session = session = Session(
-            self._send_message,
-            self.codec,
-            factory.clock,
-            factory.handler,
-            originator=factory.remote_originator,
-            enforce_originator=factory.enforce_originator,
-            close=self._close,
-            peer=self.peer,
-            request_timeout=factory.request_timeout,
+        session = self._start_session(
+            factory, factory.remote_originator, enforce_originator=factory.enforce_originator
         )
         factory.opened(session)
 
