@@ -233,14 +233,6 @@ class Session:
                 raise OriginatorHasNoPrivilege("this endpoint accepts no requests")
             result = self.handler.handle_request(request, self)
         except OneM2MError as e:
-            self.log.info(
-                "{op} {to} from {fr}: {rsc} {reason}",
-                op=request.op.name,
-                to=request.to,
-                fr=request.fr,
-                rsc=int(e.rsc),
-                reason=e.reason,
-            )
             self._answer(request, error_response(rqi, e, rvi=request.rvi))
             return
         except Exception:
@@ -301,6 +293,17 @@ class Session:
     def _answer(self, request: Request, response: Response) -> None:
         if response.rqi != request.rqi:
             response.rqi = request.rqi
+        if response.rsc >= 4000:
+            # one log line per error answered, whoever produced it (handler or binding)
+            self.log.info(
+                "{op} {to} from {fr} ({peer}): {rsc} {reason}",
+                op=request.op.name,
+                to=request.to,
+                fr=request.fr,
+                peer=self.peer,
+                rsc=int(response.rsc),
+                reason=response.debug or "",
+            )
         if (
             self.originator is None
             and request.op == Operation.CREATE

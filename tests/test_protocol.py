@@ -630,3 +630,23 @@ class LeanPathTests(BindingTestCase):
         events.clear()
         self.assertTrue(warn_without_nvx())
         self.assertFalse(any("NVX" in e.get("log_format", "") for e in events))
+
+
+class ErrorLoggingTests(BindingTestCase):
+    def test_one_log_line_per_error_response(self) -> None:
+        from twisted.logger import globalLogPublisher
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.handler.answer = lambda rq, c: Response(4004, rq.rqi, "4", {"m2m:dbg": "gone"})
+        p = self.connect("Cae1")
+        d1 = p.client_session.request(retrieve("e1"))
+        d2 = p.client_session.request(retrieve("e2", fr="Cother"))  # refused by the binding
+        p.flush()
+        self.assertEqual(
+            (self.successResultOf(d1).rsc, self.successResultOf(d2).rsc), (4004, 4103)
+        )
+        errors = [e for e in events if e.get("rsc") in (4004, 4103)]
+        self.assertEqual([(e["rsc"], e["fr"]) for e in errors], [(4004, "Cae1"), (4103, "Cother")])
+        self.assertEqual(errors[0]["reason"], "gone")
