@@ -650,3 +650,55 @@ class ErrorLoggingTests(BindingTestCase):
         errors = [e for e in events if e.get("rsc") in (4004, 4103)]
         self.assertEqual([(e["rsc"], e["fr"]) for e in errors], [(4004, "Cae1"), (4103, "Cother")])
         self.assertEqual(errors[0]["reason"], "gone")
+
+
+class KeepAliveTests(TestCase):
+    """Autobahn schedules its ping timers on txaio's loop: point it at our Clock."""
+
+    def setUp(self) -> None:
+        import txaio
+
+        self.clock = Clock()
+        old = txaio.config.loop
+        txaio.config.loop = self.clock
+        self.addCleanup(setattr, txaio.config, "loop", old)
+        self.originators = OriginatorMap()
+        self.factory = make_server_factory(
+            RecordingHandler(),
+            self.clock,
+            self.originators,
+            ping_interval=20.0,
+            ping_timeout=20.0,
+        )
+
+    def connect(self, answer_pings: bool) -> Pair:
+        p = pair(self.factory, make_client_factory(self.clock, "Cping"))
+        if not answer_pings:
+            p.client.onPing = lambda payload: None  # a peer gone half-open answers nothing
+        return p
+
+    def test_no_pong_closes_the_connection(self) -> None:
+        p = self.connect(answer_pings=False)
+        for _ in range(39):
+            self.clock.advance(1)
+            p.flush()
+        self.assertTrue(p.server_session.connected)
+        for _ in range(3):
+            self.clock.advance(1)
+            p.flush()
+        self.assertFalse(p.server_session.connected)
+        self.assertIsNone(self.originators.lookup("Cping"))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_pong_keeps_it_open(self) -> None:
+        p = self.connect(answer_pings=True)
+        for _ in range(100):
+            self.clock.advance(1)
+            p.flush()
+        self.assertTrue(p.server_session.connected)
+        self.assertIsNotNone(self.originators.lookup("Cping"))
+        p.client_session.close()
+        p.flush()
+        self.clock.advance(30)
+        p.flush()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
