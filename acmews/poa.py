@@ -62,6 +62,7 @@ from acmews.interfaces import (
     IRequestSender,
 )
 from acmews.primitive import Request, Response
+from acmews.session import Session
 from acmews.timestamps import expiry_delay
 
 __all__ = [
@@ -220,7 +221,9 @@ class PoaChain:
             if connection is not None:
                 # the common case (a notification to a connected AE) without a coroutine
                 live = connection.request(request, self.timeout)
-                live.addTimeout(self.timeout, self._clock)
+                if not isinstance(connection, Session):
+                    # a Session times its requests out itself; another IConnection may not
+                    live.addTimeout(self.timeout, self._clock)
                 live.addErrback(self._live_failed, target, request, poa, store, connection)
                 return self._track(live)
         return self._track(Deferred.fromCoroutine(self._send(target, request, poa, store)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import functools
 import time
 
 __all__ = ["expiry_delay", "format_timestamp", "parse_timestamp"]
@@ -17,6 +18,7 @@ def format_timestamp(seconds: float) -> str:
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime(whole)) + f",{micro:06d}"
 
 
+@functools.lru_cache(maxsize=256)
 def parse_timestamp(value: str) -> float:
     """A oneM2M timestamp to seconds since the epoch; ValueError if it is not one."""
     main, _, fraction = value.partition(",")

@@ -282,6 +282,23 @@ class SubscriptionTests(StackTestCase):
         self.assertEqual([e["nev"]["rep"]["m2m:cin"]["con"] for e in inbox.events()], [0, 1, 2])
         self.assertEqual(self.chain.queued("Cwatch"), [])
 
+    def test_silent_connection_times_out_then_stores(self) -> None:
+        """A connected AE that never answers: the session's own timeout (the chain's, 5 s)
+        ends the live step, and the notification goes to store-and-forward."""
+        self.assertEqual(self.subscribe().rsc, RSC.CREATED)
+        silent: list[Deferred[Response]] = []
+        watcher = self.pairs[1].client_session
+        watcher.handler = as_handler(lambda rq: silent.append(Deferred()) or silent[-1])
+        self.call(self.owner.create("cse-in/cowner/c", ResourceType.CIN, {"m2m:cin": {"con": 1}}))
+        self.assertEqual(len(silent), 1)
+        self.assertEqual(self.chain.queued("Cwatch"), [])
+        self.clock.advance(5)
+        self.flush()
+        self.assertEqual(len(self.chain.queued("Cwatch")), 1)
+        for d in silent:
+            d.callback(Response(2000, "late", "4"))
+        self.flush()
+
     def test_notify_to_an_ae_is_forwarded(self) -> None:
         r = self.call(self.owner.notify("cse-in/cwatch", {"m2m:sgn": {"x": 1}}))
         self.assertEqual(r.rsc, RSC.ORIGINATOR_HAS_NO_PRIVILEGE)  # not Cowner's to notify
