@@ -24,7 +24,8 @@ class SubscriptionTestCase(CSETestCase):
         self.assertEqual(request.to, sent.target)
         self.assertEqual(request.fr, "/id-in")
         self.assertEqual(request.rvi, "4")
-        self.assertTrue(sent.store)
+        # store-and-forward only for a registered AE, never for a URL
+        self.assertEqual(sent.store, "://" not in sent.target)
         self.assertIsNotNone(request.rqet)
         sgn = request.pc["m2m:sgn"]
         self.assertEqual(sgn["sur"], f"/id-in/{sub['ri']}")
@@ -215,7 +216,8 @@ class NotificationTests(SubscriptionTestCase):
         self.assertEqual(
             sud.request.pc, {"m2m:sgn": {"sud": True, "sur": f"/id-in/{cnt_sub['ri']}"}}
         )
-        self.assertEqual((sud.request.op, sud.request.fr, sud.store), (5, "/id-in", True))
+        # su is a URL here: tried once, not stored
+        self.assertEqual((sud.request.op, sud.request.fr, sud.store), (5, "/id-in", False))
         self.assertEqual(len(sent), 3)
 
     def test_net_filter(self) -> None:
@@ -274,18 +276,19 @@ class NotificationTests(SubscriptionTestCase):
         ]
         self.subscribe("cse-in/Cmyae/c", ADMIN, nu=nus, enc={"net": [3]})
         self.create("cse-in/Cmyae/c", 4, "m2m:cin", self.aei, con="1")
-        got = [(s.target, s.poa) for s in self.flush()]
+        got = [(s.target, s.poa, s.store) for s in self.flush()]
         poa = ("http://other:1", "ws://default")
+        # only a registered AE's notifications may wait in store-and-forward
         self.assertEqual(
             got,
             [
-                (other, poa),
-                (other, poa),
-                (other, poa),
-                (other, poa),
-                ("ws://host:1/path", ()),
-                ("Cnobody", ()),
-                ("cse-in/Cmyae/c", ()),
+                (other, poa, True),
+                (other, poa, True),
+                (other, poa, True),
+                (other, poa, True),
+                ("ws://host:1/path", (), False),
+                ("Cnobody", (), False),
+                ("cse-in/Cmyae/c", (), False),
             ],
         )
 

@@ -738,16 +738,25 @@ class CSE:
 
     def _resolve_nu(self, nu: str) -> tuple[str, tuple[str, ...]]:
         """(target, poa) for a notification URI: a URL as is, an AE by its aei and poa."""
+        target, poa, _ = self._resolve_target(nu)
+        return target, poa
+
+    def _resolve_target(self, nu: str) -> tuple[str, tuple[str, ...], bool]:
+        """(target, poa, registered): ``registered`` when ``nu`` names an AE registered here.
+
+        Only notifications to a registered AE (or, later, CSE) may wait in store-and-forward;
+        a URL or an unknown originator is tried once.
+        """
         if "://" in nu:
-            return nu, ()
+            return nu, (), False
         try:
             if self._foreign_cse(nu) is None:
                 resource, virtual = self._locate(nu)
                 if virtual is None and resource.ty == _AE:
-                    return resource.ri, tuple(resource.attrs.get("poa", ()))
+                    return resource.ri, tuple(resource.attrs.get("poa", ())), True
         except OneM2MError:
             pass
-        return nu, ()
+        return nu, (), False
 
     def _event(
         self,
@@ -797,14 +806,16 @@ class CSE:
         The targets are resolved now: an AE being deleted (with its subscriptions) is still
         known, so its ``sud`` still finds its poa.
         """
-        targets = [self._resolve_nu(nu) for nu in nus]
+        targets = [self._resolve_target(nu) for nu in nus]
         self._clock.callLater(0, self._deliver, targets, pc)
 
-    def _deliver(self, targets: list[tuple[str, tuple[str, ...]]], pc: dict[str, Any]) -> None:
-        for target, poa in targets:
+    def _deliver(
+        self, targets: list[tuple[str, tuple[str, ...], bool]], pc: dict[str, Any]
+    ) -> None:
+        for target, poa, registered in targets:
             try:
                 request = self._notification(target, pc)
-                d = self._sender.send(target, request, poa=poa, store=True)
+                d = self._sender.send(target, request, poa=poa, store=registered)
             except Exception:
                 self.log.failure("could not send a notification to {target}", target=target)
                 continue
