@@ -139,7 +139,10 @@ class LoopbackTests(TestCase):
             self.assertEqual(c.subprotocol, f"oneM2M.{serialization}")
             r = yield c.retrieve("cse-in", pc={"q": "ü"})
             self.assertEqual((r.rsc, r.pc), (2000, {"q": "ü"}))
+            server_side = originators.lookup("Cloop")
+            assert server_side is not None
             yield c.close()
+            yield server_side.when_closed()  # type: ignore[attr-defined]
         # the server can reach a connected originator
         c = yield connect(url, originator="Cloop", handler=on_notify, ping_interval=0)
         session = originators.lookup("Cloop")
@@ -150,6 +153,7 @@ class LoopbackTests(TestCase):
         self.assertEqual(r.rsc, 2000)
         self.assertEqual((yield notified).rqi, "n1")
         yield c.close()
+        yield session.when_closed()  # type: ignore[attr-defined]
         self.assertEqual(len(originators), 0)
 
     @inlineCallbacks
@@ -178,7 +182,10 @@ class LoopbackTests(TestCase):
         # the same originator rules: a foreign fr is refused
         r = yield c.notify("Cae1", {"m2m:sgn": {}}, fr="/id-other")
         self.assertEqual(r.rsc, 4103)
+        server_side = originators.lookup("/id-in")
+        assert server_side is not None
         yield c.close()
+        yield server_side.when_closed()  # type: ignore[attr-defined]
 
     @inlineCallbacks
     def test_connect_refused(self) -> Any:
