@@ -330,7 +330,7 @@ class Response:
             m.get("cnst"),
             m.get("cnot"),
         )
-        if len(m) > 3:
+        if len(m) > 2:  # rsc and rqi are the only mandatory keys
             extra = {k: v for k, v in m.items() if k not in _RESPONSE_KEYS}
             if extra:
                 response.extra = extra

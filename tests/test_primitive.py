@@ -175,6 +175,12 @@ class ResponseValidationTests(SynchronousTestCase):
     def test_response_with_op_is_a_response(self) -> None:
         self.assertIsInstance(primitive_from_object({"rsc": 2000, "rqi": "a", "op": 1}), Response)
 
+    def test_extra_kept_without_rvi(self) -> None:
+        # found by hypothesis: with rvi absent, a third key was dropped
+        m = {"rsc": 2000, "rqi": "a", "op": 0}
+        r = primitive_from_object(m)
+        self.assertEqual(r.to_dict(), m)
+
     def test_round_trip_keeps_extra(self) -> None:
         m = {"rsc": 2001, "rqi": "a", "rvi": "3", "pc": {}, "to": "x", "fr": "y", "drt": 1}
         self.assertEqual(primitive_from_object(m).to_dict(), m)
