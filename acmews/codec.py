@@ -8,6 +8,7 @@ nothing else escapes it, whatever the bytes.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -30,6 +31,14 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    """As orjson does: a number too large for a double is an error, not infinity."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:20]} is infinity when parsed as double")
+    return value
+
+
 @implementer(ICodec)
 class JsonCodec:
     """``oneM2M.json``: UTF-8 JSON in text frames."""
@@ -41,7 +50,7 @@ class JsonCodec:
         try:
             if _LONG_DIGITS.search(data) is None:
                 return orjson.loads(data)
-            return json.loads(data, parse_constant=_reject_constant)
+            return json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
         except RecursionError:
             raise PrimitiveError("invalid JSON: nested too deeply") from None
         except Exception as e:

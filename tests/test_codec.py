@@ -111,6 +111,8 @@ class CodecTests(SynchronousTestCase):
             (JSON, b"NaN", "invalid JSON"),
             (JSON, b'{"n": 123456789012345678901234, "x": NaN}', "invalid JSON"),
             (JSON, b"[" * 100000, "invalid JSON"),
+            (JSON, b'{"a":1e400}', "infinity"),
+            (JSON, b'{"a":1e400,"b":"12345678901234567890"}', "infinity"),  # exact-int path
             (CBOR, b"\xff\x00garbage", "invalid CBOR"),
             (CBOR, b'{"op":1}', "invalid CBOR"),
             (CBOR, cbor2.dumps([1, 2]), "object"),
