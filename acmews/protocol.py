@@ -240,8 +240,10 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         session = self.session
         if session is not None:
-            self._session_closed(reason or f"connection closed ({code})")
+            # the route goes first: whoever is told of the loss (pending requests failing
+            # with 5103, when_closed waiters) must not find this connection in the map
             self.factory.session_closed(session)
+            self._session_closed(reason or f"connection closed ({code})")
 
 
 class OneM2MServerFactory(WebSocketServerFactory):

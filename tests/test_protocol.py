@@ -396,6 +396,21 @@ class TimeoutAndLossTests(BindingTestCase):
         d = p.client_session.request(retrieve("after"))
         self.failureResultOf(d, TargetNotReachable)
 
+    def test_route_removed_before_pending_requests_fail(self) -> None:
+        p = self.connect("Cae1", handler=RecordingHandler(lambda rq, c: Deferred()))
+        seen: list[object] = []
+        d = p.server_session.request(
+            Request(5, "Cae1", "n", "4", "/id-in", pc={"x": 1})  # type: ignore[arg-type]
+        )
+        d.addErrback(lambda f: seen.append(self.originators.lookup("Cae1")))
+        p.server_session.when_closed().addCallback(
+            lambda _: seen.append(self.originators.lookup("Cae1"))
+        )
+        p.flush()
+        p.client.transport.loseConnection()
+        p.flush()
+        self.assertEqual(seen, [None, None])
+
     def test_handler_answer_after_loss_is_dropped(self) -> None:
         held: list[Deferred[Response]] = []
         self.handler.answer = lambda rq, c: held.append(Deferred()) or held[-1]
