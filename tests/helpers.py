@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.test.iosim import FakeTransport, IOPump, connect
 from zope.interface import implementer
@@ -127,7 +127,3 @@ def pair(server_factory: OneM2MServerFactory, client_factory: OneM2MClientFactor
     pump = connect(server, server_transport, client, client_transport, greet=True)
     pump.flush()
     return Pair(server_factory, client_factory, pump, server, client)
-
-
-def always(response: Response) -> Deferred[Response]:
-    return succeed(response)

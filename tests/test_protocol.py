@@ -96,7 +96,6 @@ class NegotiationTests(BindingTestCase):
         self.assertEqual(self.successResultOf(d).rsc, RSC.OK)
         # text frames from the server
         raw = self.raw(p)
-        p.client_session_request = None
         self.send_raw(p, b'{"op":2,"to":"cse-in","fr":"Cae1","rqi":"j2","rvi":"4"}')
         self.assertEqual(orjson.loads(raw.messages[0])["rqi"], "j2")
         self.assertFalse(p.client.message_is_binary)
