@@ -216,17 +216,25 @@ class PoaChain:
         Cancelling the returned Deferred cancels the step in flight and ends the chain.
         """
         poa = tuple(poa)
-        if not (store and self._queues.get(target)) and not _is_url(target):
-            connection = self._originators.lookup(target)
-            if connection is not None:
-                # the common case (a notification to a connected AE) without a coroutine
-                live = connection.request(request, self.timeout)
-                if not isinstance(connection, Session):
-                    # a Session times its requests out itself; another IConnection may not
-                    live.addTimeout(self.timeout, self._clock)
-                live.addErrback(self._live_failed, target, request, poa, store, connection)
-                return self._track(live)
-        return self._track(Deferred.fromCoroutine(self._send(target, request, poa, store)))
+        if _is_url(target):
+            return self._track(Deferred.fromCoroutine(self._send_url(target, request)))
+        if store and request.op == Operation.NOTIFY and self._queues.get(target):
+            # older notifications are waiting: this one may have to go behind them
+            return self._track(Deferred.fromCoroutine(self._send_queued(target, request, poa)))
+        connection = self._originators.lookup(target)
+        if connection is None:
+            return self._track(
+                Deferred.fromCoroutine(
+                    self._send_poa(target, request, poa, store, ["no live connection"])
+                )
+            )
+        # the common case, a notification to a connected AE, needs no coroutine
+        live = connection.request(request, self.timeout)
+        if not isinstance(connection, Session):
+            # a Session times its requests out itself; another IConnection may not
+            live.addTimeout(self.timeout, self._clock)
+        live.addErrback(self._live_failed, target, request, poa, store, connection)
+        return self._track(live)
 
     def _track(self, d: Deferred[Response]) -> Deferred[Response]:
         """Remember ``d`` until it fires, so that :meth:`stop` can cancel it."""
@@ -255,51 +263,28 @@ class PoaChain:
         assert isinstance(error, Exception)
         self._log_step_failed(target, request, "live connection", error)
         tried = [f"live connection {connection.peer}: {_reason(error)}"]
-        return Deferred.fromCoroutine(
-            self._send(target, request, poa, store, tried=tried, skip_live=True)
-        )
+        return Deferred.fromCoroutine(self._send_poa(target, request, poa, store, tried))
 
-    async def _send(
+    async def _send_queued(self, target: str, request: Request, poa: tuple[str, ...]) -> Response:
+        """A NOTIFY for an originator with a non-empty queue: keep the order."""
+        connection = self._originators.lookup(target)
+        if connection is not None or target in self._flushing_now:
+            response = self._enqueue(target, request)
+            if connection is not None:
+                self._start_flush(target, connection)
+            return response
+        return await self._send_poa(target, request, poa, True, ["no live connection"])
+
+    async def _send_poa(
         self,
         target: str,
         request: Request,
         poa: tuple[str, ...],
         store: bool,
-        tried: list[str] | None = None,
-        skip_live: bool = False,
+        tried: list[str],
     ) -> Response:
-        if _is_url(target):
-            return await self._send_url(target, request)
+        """The steps after the live connection: the poa entries, then the queue or 5103."""
         storable = store and request.op == Operation.NOTIFY
-        if storable and self._queues.get(target):
-            connection = self._originators.lookup(target)
-            if connection is not None or target in self._flushing_now:
-                # Older notifications are still waiting: go behind them to keep the order.
-                response = self._enqueue(target, request)
-                if connection is not None:
-                    self._start_flush(target, connection)
-                return response
-        if tried is None:
-            tried = []
-        connection = None if skip_live else self._originators.lookup(target)
-        if connection is not None:
-            self.log.debug(
-                "sending {rqi} to {target} on its live connection {peer}",
-                rqi=request.rqi,
-                target=target,
-                peer=connection.peer,
-            )
-            try:
-                return await _await_step(
-                    connection.request(request, self.timeout), self.timeout, self._clock
-                )
-            except CancelledError:
-                raise
-            except Exception as e:
-                tried.append(f"live connection {connection.peer}: {_reason(e)}")
-                self._log_step_failed(target, request, "live connection", e)
-        elif not skip_live:
-            tried.append("no live connection")
         for url in poa:
             if _is_default_poa(url):
                 self.log.debug(
