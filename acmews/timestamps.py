@@ -6,16 +6,30 @@ import calendar
 import functools
 import time
 
-__all__ = ["expiry_delay", "format_timestamp", "parse_timestamp"]
+__all__ = ["Timestamps", "expiry_delay", "parse_timestamp"]
 
 
-def format_timestamp(seconds: float) -> str:
-    """``seconds`` since the epoch as a oneM2M timestamp with microseconds."""
-    whole = int(seconds)
-    micro = round((seconds - whole) * 1_000_000)
-    if micro >= 1_000_000:
-        whole, micro = whole + 1, micro - 1_000_000
-    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(whole)) + f",{micro:06d}"
+class Timestamps:
+    """Formats oneM2M timestamps (``YYYYMMDDThhmmss,ffffff``, UTC), caching the seconds part.
+
+    Many responses fall in the same second, so ``strftime`` runs about once a second.
+    """
+
+    __slots__ = ("_base", "_whole")
+
+    def __init__(self) -> None:
+        self._whole = -1
+        self._base = ""
+
+    def format(self, seconds: float) -> str:
+        whole = int(seconds // 1)
+        micro = int((seconds - whole) * 1_000_000)
+        if micro > 999_999:  # float rounding
+            micro = 999_999
+        if whole != self._whole:
+            self._base = time.strftime("%Y%m%dT%H%M%S", time.gmtime(whole))
+            self._whole = whole
+        return f"{self._base},{micro:06d}"
 
 
 @functools.lru_cache(maxsize=256)

@@ -2,16 +2,18 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from acmews.timestamps import expiry_delay, format_timestamp, parse_timestamp
+from acmews.timestamps import Timestamps, expiry_delay, parse_timestamp
 
 
 class TimestampTests(SynchronousTestCase):
     def test_format_and_parse(self) -> None:
-        self.assertEqual(format_timestamp(0), "19700101T000000,000000")
-        self.assertEqual(format_timestamp(1794907600.25), "20261117T092640,250000")
+        ts = Timestamps()
+        self.assertEqual(ts.format(0), "19700101T000000,000000")
+        self.assertEqual(ts.format(1794907600.25), "20261117T092640,250000")
+        self.assertEqual(ts.format(1794907600.5), "20261117T092640,500000")  # cached second
         self.assertEqual(parse_timestamp("20261117T092640,250000"), 1794907600.25)
         self.assertEqual(parse_timestamp("20261117T092640"), 1794907600.0)
-        self.assertEqual(format_timestamp(0.9999999), "19700101T000001,000000")
+        self.assertEqual(ts.format(0.9999999), "19700101T000000,999999")  # never rounds up
 
     def test_parse_rejects(self) -> None:
         for bad in (

@@ -27,7 +27,7 @@ from acmews.codes import (
     Operation,
     ResourceType,
 )
-from acmews.cse.resource import KINDS, Resource, ResourceKind, Timestamps, content_size
+from acmews.cse.resource import KINDS, Resource, ResourceKind, content_size
 from acmews.cse.store import MemoryResourceStore
 from acmews.errors import (
     BadRequest,
@@ -46,6 +46,7 @@ from acmews.errors import (
 )
 from acmews.interfaces import IConnection, IRequestHandler, IRequestSender, IResourceStore
 from acmews.primitive import Request, Response, error_response
+from acmews.timestamps import Timestamps
 
 __all__ = ["CSE", "CSEConfig"]
 

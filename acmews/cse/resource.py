@@ -12,7 +12,6 @@ in :data:`KINDS`.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,35 +21,12 @@ import orjson
 from acmews.codes import ResourceType
 from acmews.errors import BadRequest
 
-__all__ = ["KINDS", "Resource", "ResourceKind", "Timestamps", "content_size"]
+__all__ = ["KINDS", "Resource", "ResourceKind", "content_size"]
 
 Validator = Callable[[str, Any], Any]
 
 _TIMESTAMP = re.compile(r"^\d{8}T\d{6}(,\d{1,6})?$")
 RESERVED_NAMES = frozenset({"la", "ol", "-"})
-
-
-class Timestamps:
-    """Formats oneM2M timestamps (``YYYYMMDDThhmmss,ffffff``, UTC), caching the seconds part.
-
-    Many responses fall in the same second, so ``strftime`` runs about once a second.
-    """
-
-    __slots__ = ("_base", "_whole")
-
-    def __init__(self) -> None:
-        self._whole = -1
-        self._base = ""
-
-    def format(self, seconds: float) -> str:
-        whole = int(seconds // 1)
-        micro = int((seconds - whole) * 1_000_000)
-        if micro > 999_999:  # float rounding
-            micro = 999_999
-        if whole != self._whole:
-            self._base = time.strftime("%Y%m%dT%H%M%S", time.gmtime(whole))
-            self._whole = whole
-        return f"{self._base},{micro:06d}"
 
 
 # --- validators: (attribute name, value) -> value, or BadRequest ------------------------------
