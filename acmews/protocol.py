@@ -9,7 +9,6 @@ AE CREATE is served until one succeeds on the connection. Everything about oneM2
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -29,6 +28,7 @@ from typing_extensions import override
 from acmews.codec import CODECS
 from acmews.errors import TargetNotReachable
 from acmews.interfaces import ICodec, IRequestHandler
+from acmews.leanws import frame_header
 from acmews.originators import OriginatorMap
 from acmews.session import DEFAULT_REQUEST_TIMEOUT, Session
 
@@ -51,8 +51,6 @@ ORIGIN_HEADER = "x-m2m-origin"
 _log = Logger(namespace="acmews.protocol")
 
 _STATE_OPEN = WebSocketProtocol.STATE_OPEN
-_SHORT = struct.Struct("!BBH")
-_LONG = struct.Struct("!BBQ")
 
 
 def choose_subprotocol(offered: Iterable[str], supported: Iterable[str]) -> str | None:
@@ -89,14 +87,6 @@ def _options(
         "openHandshakeTimeout": open_handshake_timeout,
         "closeHandshakeTimeout": close_handshake_timeout,
     }
-
-
-def _frame_header(opcode: int, length: int) -> bytes:
-    if length < 126:
-        return bytes((opcode, length))
-    if length < 65536:
-        return _SHORT.pack(opcode, 126, length)
-    return _LONG.pack(opcode, 127, length)
 
 
 class _OneM2MProtocolMixin:
@@ -232,7 +222,7 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
         if self.state != _STATE_OPEN:
             return
         if self._perMessageCompress is None and not self.send_queue:
-            self.transport.write(_frame_header(0x82 if binary else 0x81, len(data)) + data)
+            self.transport.write(frame_header(2 if binary else 1, len(data), masked=False) + data)
         else:
             self.sendMessage(data, binary)
 
