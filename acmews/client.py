@@ -28,6 +28,7 @@ from zope.interface import implementer
 
 from acmews.codec import SHORT_NAMES
 from acmews.codes import DEFAULT_RELEASE, Operation, ResourceType
+from acmews.errors import TargetNotReachable
 from acmews.interfaces import IConnection, IRequestHandler
 from acmews.originators import OriginatorMap
 from acmews.primitive import Request, Response
@@ -226,8 +227,6 @@ def connect(
 
 
 def _unreachable(url: str, failure: Any) -> Exception:
-    from acmews.errors import TargetNotReachable
-
     return TargetNotReachable(f"cannot connect to {url}: {failure.getErrorMessage()}")
 
 
