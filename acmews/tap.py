@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from twisted.application import strports
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python import usage
@@ -164,17 +164,6 @@ def poa_for_endpoint(description: str) -> str | None:
     return f"{scheme}://{host}:{port}"
 
 
-class _ChainService(Service):
-    """Stops the poa chain (timers, flushes in flight) with the application."""
-
-    def __init__(self, chain: PoaChain) -> None:
-        self.chain = chain
-
-    def stopService(self) -> None:
-        super().stopService()
-        self.chain.stop()
-
-
 def warn_without_nvx() -> bool:
     """Autobahn's NVX (C UTF-8 validation and masking) is worth about 2x: say if it is off."""
     try:
@@ -229,7 +218,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
         queue_size=int(options["queue-size"]),
         default_expiry=float(options["notification-expiry"]),
     )
-    _ChainService(chain).setServiceParent(top)
+    chain.setServiceParent(top)
     config = CSEConfig(
         cse_id=options["cse-id"],
         cse_name=options["cse-name"],

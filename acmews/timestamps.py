@@ -6,7 +6,7 @@ import calendar
 import functools
 import time
 
-__all__ = ["Timestamps", "expiry_delay", "parse_timestamp"]
+__all__ = ["Timestamps", "expiry_delay", "parse_expiry", "parse_timestamp"]
 
 
 class Timestamps:
@@ -65,3 +65,16 @@ def expiry_delay(value: str | int | None, now: float) -> float | None:
         return parse_timestamp(value) - now
     except ValueError:
         return None
+
+
+def parse_expiry(rqet: object, now: float) -> float | None:
+    """The absolute expiry (clock seconds) of a ``rqet``, or None if it is absent or unreadable.
+
+    ``rqet`` is a UTC timestamp ``YYYYMMDDThhmmss[,ffffff]`` or a duration in milliseconds (an
+    int or a string of digits), which counts from ``now``. Timestamps assume the clock counts
+    seconds since the epoch, as the reactor does.
+    """
+    if not isinstance(rqet, str | int):
+        return None
+    delay = expiry_delay(rqet.strip() if isinstance(rqet, str) else rqet, now)
+    return None if delay is None else now + delay

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from treq.testing import StubTreq
+from twisted.application.service import MultiService
 from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
@@ -26,8 +27,16 @@ from acmews.interfaces import (
     IPoaConnector,
     IRequestSender,
 )
-from acmews.poa import HttpConnector, PoaChain, WebSocketConnector, http_url, parse_expiry
+from acmews.poa import (
+    HttpConnector,
+    INotificationQueue,
+    MemoryNotificationQueue,
+    PoaChain,
+    WebSocketConnector,
+    http_url,
+)
 from acmews.primitive import Request, Response
+from acmews.timestamps import parse_expiry
 
 AE = "Cae1"
 
@@ -48,16 +57,28 @@ def ok(request: Request, rsc: int = RSC.OK) -> Response:
 class FakeConnection:
     subprotocol = "oneM2M.json"
 
-    def __init__(self, originator: str | None = AE, peer: str = "peer") -> None:
+    def __init__(
+        self, originator: str | None = AE, peer: str = "peer", clock: Clock | None = None
+    ) -> None:
         self.originator = originator
         self.peer = peer
+        self.clock = clock
         self.sent: list[tuple[Request, float | None, Deferred[Response]]] = []
         self.cancelled: list[Request] = []
+        self.timed_out: list[Request] = []
         self.closed: list[tuple[int, str]] = []
 
     def request(self, request: Request, timeout: float | None = None) -> Deferred[Response]:
         d: Deferred[Response] = Deferred(lambda _: self.cancelled.append(request))
         self.sent.append((request, timeout, d))
+        if self.clock is not None and timeout is not None:
+            # as IConnection promises (and Session does): 4008 once ``timeout`` has passed
+            def expire() -> None:
+                self.timed_out.append(request)
+                d.errback(RequestTimeout("no response in time"))
+
+            timer = self.clock.callLater(timeout, expire)
+            d.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
         return d
 
     def close(self, code: int = 1000, reason: str = "") -> None:
@@ -282,13 +303,28 @@ class OrderTests(ChainTestCase):
         self.assertIn("4008", f.value.reason)
 
     def test_live_connection_that_never_answers_times_out(self) -> None:
+        conn = FakeConnection(clock=self.clock)
+        self.map.bind(AE, conn)
+        self.http.results.append(Response(RSC.OK, "n1"))
+        d = self.chain.send(AE, notify(), ["http://h:2"])
+        self.assertEqual(conn.sent[0][1], 10)  # the chain's timeout, which the connection keeps
+        self.assertEqual(self.http.calls, [])
+        self.clock.advance(10)
+        self.assertEqual(conn.timed_out, [conn.sent[0][0]])
+        self.assertEqual(self.http.urls(), ["http://h:2"])
+        self.assertEqual(self.successResultOf(d).rsc, RSC.OK)
+
+    def test_live_connection_failing_with_any_exception_moves_on(self) -> None:
+        # a connection reset is not a oneM2M error: the chain must still go on to the poa
+        # (it used to fail with NoCurrentExceptionError from log.failure outside an except)
         conn = FakeConnection()
         self.map.bind(AE, conn)
         self.http.results.append(Response(RSC.OK, "n1"))
         d = self.chain.send(AE, notify(), ["http://h:2"])
-        self.clock.advance(10)
-        self.assertEqual(conn.cancelled, [conn.sent[0][0]])
+        conn.sent[0][2].errback(ConnectionResetError("reset by peer"))
+        self.assertEqual(self.http.urls(), ["http://h:2"])
         self.assertEqual(self.successResultOf(d).rsc, RSC.OK)
+        self.assertEqual(len(self.flushLoggedErrors(ConnectionResetError)), 1)
 
     def test_cancel_cancels_step_in_flight_and_ends_chain(self) -> None:
         d = self.chain.send(AE, notify(), ["ws://h:1", "http://h:2"], store=True)
@@ -573,6 +609,85 @@ class ExpiryTests(ChainTestCase):
 
 
 # -- WebSocket connector -------------------------------------------------------------------
+
+
+class MemoryQueueTests(SynchronousTestCase):
+    """The store-and-forward seam on its own: what a durable queue must do too."""
+
+    def setUp(self) -> None:
+        self.queue = MemoryNotificationQueue(size=3)
+
+    def test_provides_interface(self) -> None:
+        self.assertTrue(verifyObject(INotificationQueue, self.queue))
+
+    def test_take_leaves_the_entry_until_acknowledged(self) -> None:
+        self.assertEqual(self.queue.enqueue(AE, notify("n0"), 100.0, 0.0), 1)
+        self.assertEqual(self.queue.enqueue(AE, notify("n1"), 100.0, 0.0), 2)
+        first = self.queue.take(AE)
+        assert first is not None
+        self.assertEqual(first.request.rqi, "n0")
+        self.assertIs(self.queue.take(AE), first)
+        self.queue.acknowledge(AE, first)
+        self.queue.acknowledge(AE, first)  # twice: nothing happens
+        second = self.queue.take(AE)
+        assert second is not None
+        self.assertEqual(second.request.rqi, "n1")
+        self.assertGreater(second.seq, first.seq)
+        self.queue.acknowledge(AE, second)
+        self.assertIsNone(self.queue.take(AE))
+        self.assertEqual((self.queue.count(AE), self.queue.total()), (0, 0))
+
+    def test_pending_is_per_originator_in_order(self) -> None:
+        for rqi, who in (("a", AE), ("b", "Cother"), ("c", AE)):
+            self.queue.enqueue(who, notify(rqi), 100.0, 0.0)
+        self.assertEqual([e.request.rqi for e in self.queue.pending(AE)], ["a", "c"])
+        self.assertEqual([e.request.rqi for e in self.queue.pending("Cother")], ["b"])
+        self.assertEqual(self.queue.total(), 3)
+
+    def test_bound_drops_expired_first_then_oldest(self) -> None:
+        self.queue.enqueue(AE, notify("old"), 100.0, 0.0)
+        self.queue.enqueue(AE, notify("soon"), 5.0, 0.0)
+        self.queue.enqueue(AE, notify("mid"), 100.0, 0.0)
+        self.queue.enqueue(AE, notify("new"), 100.0, 10.0)  # "soon" has expired by now
+        self.assertEqual([e.request.rqi for e in self.queue.pending(AE)], ["old", "mid", "new"])
+        self.queue.enqueue(AE, notify("newer"), 100.0, 10.0)  # full: the oldest goes
+        self.assertEqual([e.request.rqi for e in self.queue.pending(AE)], ["mid", "new", "newer"])
+
+    def test_purge_expired(self) -> None:
+        self.queue.enqueue(AE, notify("a"), 5.0, 0.0)
+        self.queue.enqueue("Cother", notify("b"), 50.0, 0.0)
+        self.assertEqual(self.queue.purge_expired(5.0), 1)
+        self.assertEqual(self.queue.count(AE), 0)
+        self.assertEqual(self.queue.count("Cother"), 1)
+
+    def test_size_must_be_positive(self) -> None:
+        self.assertRaises(ValueError, MemoryNotificationQueue, 0)
+
+
+class ChainServiceTests(SynchronousTestCase):
+    def test_stopping_the_service_stops_the_chain(self) -> None:
+        clock = Clock()
+        originators = FakeMap()
+        parent = MultiService()
+        chain = PoaChain(originators, clock, [FakeConnector("http")])
+        chain.setServiceParent(parent)
+        parent.startService()
+        self.assertEqual(originators.observers, [chain])
+        self.successResultOf(chain.send(AE, notify("n0"), store=True))
+        self.assertEqual(len(clock.getDelayedCalls()), 1)  # the purge timer
+        pending = chain.send(AE, notify("n1"), ["http://h:1"])
+        parent.stopService()
+        self.failureResultOf(pending, CancelledError)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(originators.observers, [])
+        self.assertEqual(chain.queued(AE)[0].rqi, "n0")  # the queue is kept
+
+    def test_a_given_queue_is_used(self) -> None:
+        queue = MemoryNotificationQueue()
+        chain = PoaChain(FakeMap(), Clock(), queue=queue)
+        self.addCleanup(chain.stop)
+        self.successResultOf(chain.send(AE, notify("n0"), store=True))
+        self.assertEqual([e.request.rqi for e in queue.pending(AE)], ["n0"])
 
 
 class WebSocketConnectorTests(SynchronousTestCase):

@@ -1,0 +1,26 @@
+"""How the CSE reaches an originator: the poa chain, its store-and-forward queue and connectors.
+
+- :mod:`acmews.poa.chain`: :class:`PoaChain` (live connection, poa entries, queue);
+- :mod:`acmews.poa.queue`: :class:`INotificationQueue` and :class:`MemoryNotificationQueue`;
+- :mod:`acmews.poa.websocket` and :mod:`acmews.poa.http`: the ``ws``/``wss`` and
+  ``http``/``https`` connectors.
+"""
+
+from acmews.poa.chain import PoaChain
+from acmews.poa.http import HttpClient, HttpConnector, http_url
+from acmews.poa.queue import INotificationQueue, MemoryNotificationQueue, QueuedNotification
+from acmews.poa.steps import DEFAULT_POA
+from acmews.poa.websocket import ConnectFunction, WebSocketConnector
+
+__all__ = [
+    "DEFAULT_POA",
+    "ConnectFunction",
+    "HttpClient",
+    "HttpConnector",
+    "INotificationQueue",
+    "MemoryNotificationQueue",
+    "PoaChain",
+    "QueuedNotification",
+    "WebSocketConnector",
+    "http_url",
+]

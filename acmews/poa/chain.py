@@ -1,0 +1,473 @@
+"""The poa resolution Deferred chain: how the CSE reaches an originator.
+
+:class:`PoaChain` sends a request the CSE originates (a notification, a verification request, a
+forwarded request) to an AE or CSE, stopping at the **first** step that gets an answer:
+
+1. the originator's live connection in the originator map;
+2. its ``poa`` entries in order: ``ws://default`` opens nothing (only the live connection could
+   have been used), every other URL goes to the :class:`~acmews.interfaces.IPoaConnector`
+   registered for its scheme (``ws``/``wss``: :class:`~acmews.poa.websocket.WebSocketConnector`,
+   ``http``/``https``: :class:`~acmews.poa.http.HttpConnector`, or a gateway's own);
+3. nothing reachable: a NOTIFY sent with ``store=True`` waits in the
+   :class:`~acmews.poa.queue.INotificationQueue` and is delivered, in order, when the
+   originator connects; anything else fails with 5103.
+
+A transport failure (5103, 4008, any exception) moves on to the next step; any answer, whatever
+its rsc, ends the chain (ACME sends to every poa and so duplicates requests; we do not).
+
+Queue policies:
+
+- bound: the queue's own (``queue_size`` entries per originator for the memory queue); a full
+  queue first drops its expired entries, then its oldest entry (logged).
+- expiry: the request's ``rqet`` (timestamp ``YYYYMMDDThhmmss[,ffffff]`` UTC, or a duration in
+  ms counted from the moment it is queued), else ``default_expiry``. Expired entries are dropped
+  when a flush reaches them and by one chain-wide purge timer that runs every
+  ``purge_interval`` seconds only while something is queued.
+- flush: on connect, entries go one at a time on the new connection, each awaited before the
+  next. An answer (any rsc) acknowledges the entry. A transport failure (connection lost,
+  timeout) stops the flush and keeps that entry and the rest queued for the next connection:
+  delivery is at-least-once, bounded by the expiry. While a queue is non-empty and its
+  originator connected (or being flushed), new stored notifications join the queue so that
+  order holds. While it is not connected, a new notification still tries the chain (a
+  reachable ``http://`` poa gets it at once rather than after older, undeliverable ones have
+  expired).
+- a queued request is sent unchanged; a relative ``rqet`` is therefore read again by the
+  receiver from the moment it arrives.
+- stopping the chain (it is a Twisted service) cancels timers, flushes and sends in flight but
+  keeps the queue; the memory queue is lost when the process exits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from acmews.codes import RSC, Operation
+from acmews.errors import OneM2MError, TargetNotReachable
+from acmews.interfaces import (
+    IConnection,
+    IOriginatorMap,
+    IOriginatorObserver,
+    IPoaConnector,
+    IRequestSender,
+)
+from acmews.poa.queue import INotificationQueue, MemoryNotificationQueue
+from acmews.poa.steps import (
+    await_step,
+    is_default_poa,
+    is_url,
+    reason,
+    scheme_of,
+    unwrap_timeout,
+)
+from acmews.primitive import Request, Response
+from acmews.timestamps import parse_expiry
+
+__all__ = ["PoaChain"]
+
+
+@implementer(IRequestSender, IOriginatorObserver)
+class PoaChain(Service):
+    """Sends requests to originators: live connection, then poa entries, then the queue.
+
+    A Twisted service: stopping it stops observing the originator map and cancels the purge
+    timer, flushes and sends in flight (the queue itself is kept).
+    """
+
+    log = Logger()
+    name = "poa-chain"
+
+    def __init__(
+        self,
+        originators: IOriginatorMap,
+        clock: IReactorTime,
+        connectors: Iterable[IPoaConnector] | Mapping[str, IPoaConnector] = (),
+        *,
+        timeout: float = 10.0,
+        queue: INotificationQueue | None = None,
+        queue_size: int = 1000,
+        default_expiry: float = 3600.0,
+        purge_interval: float = 60.0,
+    ) -> None:
+        """
+        @param queue: where undeliverable notifications wait; a
+            :class:`~acmews.poa.queue.MemoryNotificationQueue` of ``queue_size`` entries per
+            originator when None.
+        """
+        self._originators = originators
+        self._clock = clock
+        self._connectors: dict[str, IPoaConnector] = {}
+        if isinstance(connectors, Mapping):
+            for name, connector in connectors.items():
+                self._connectors[name.lower()] = connector
+        else:
+            for connector in connectors:
+                self.add_connector(connector)
+        self.timeout = timeout
+        self.queue: INotificationQueue = (
+            queue if queue is not None else MemoryNotificationQueue(queue_size)
+        )
+        self.default_expiry = default_expiry
+        self.purge_interval = purge_interval
+        self._flushing: dict[str, Deferred[bool]] = {}
+        self._flushing_now: set[str] = set()
+        self._in_flight: set[Deferred[Response]] = set()
+        self._purge_call: IDelayedCall | None = None
+        self._stopped = False
+        originators.add_observer(self)
+
+    # -- registry ---------------------------------------------------------------------------
+
+    def add_connector(self, connector: IPoaConnector) -> None:
+        """Register ``connector`` for each of its schemes (replacing an earlier one)."""
+        for name in connector.schemes:
+            self._connectors[name.lower()] = connector
+
+    def connector_for(self, scheme: str) -> IPoaConnector | None:
+        return self._connectors.get(scheme.lower())
+
+    def queued(self, originator: str) -> list[Request]:
+        """The requests waiting for ``originator``, oldest first (expired ones included)."""
+        return [entry.request for entry in self.queue.pending(originator)]
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop observing, cancel timers, flushes and sends in flight; keep the queue."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._originators.remove_observer(self)
+        if self._purge_call is not None and self._purge_call.active():
+            self._purge_call.cancel()
+        self._purge_call = None
+        for d in list(self._flushing.values()):
+            d.cancel()
+        for sent in list(self._in_flight):
+            sent.cancel()
+
+    # -- IRequestSender ---------------------------------------------------------------------
+
+    def send(
+        self,
+        target: str,
+        request: Request,
+        poa: Sequence[str] = (),
+        store: bool = False,
+    ) -> Deferred[Response]:
+        """Deliver ``request`` to ``target`` (an originator ID or a URL); see the module doc.
+
+        Cancelling the returned Deferred cancels the step in flight and ends the chain.
+        """
+        poa = tuple(poa)
+        if is_url(target):
+            return self._track(Deferred.fromCoroutine(self._send_url(target, request)))
+        if store and request.op == Operation.NOTIFY and self.queue.count(target):
+            # older notifications are waiting: this one may have to go behind them
+            return self._track(Deferred.fromCoroutine(self._send_queued(target, request, poa)))
+        connection = self._originators.lookup(target)
+        if connection is None:
+            return self._track(
+                Deferred.fromCoroutine(
+                    self._send_poa(target, request, poa, store, ["no live connection"])
+                )
+            )
+        # The common case, a notification to a connected AE, needs no coroutine and no
+        # second timer: an IConnection times its requests out itself (4008).
+        live = connection.request(request, self.timeout)
+        live.addErrback(self._live_failed, target, request, poa, store, connection)
+        return self._track(live)
+
+    def _track(self, d: Deferred[Response]) -> Deferred[Response]:
+        """Remember ``d`` until it fires, so that :meth:`stop` can cancel it."""
+        if not d.called:
+            self._in_flight.add(d)
+
+            def forget(result: object) -> object:
+                self._in_flight.discard(d)
+                return result
+
+            d.addBoth(forget)
+        return d
+
+    def _live_failed(
+        self,
+        failure: Failure,
+        target: str,
+        request: Request,
+        poa: tuple[str, ...],
+        store: bool,
+        connection: IConnection,
+    ) -> Deferred[Response] | Failure:
+        if isinstance(failure.value, CancelledError):
+            return failure
+        error = unwrap_timeout(failure.value or Exception("unknown failure"))
+        assert isinstance(error, Exception)
+        self._log_step_failed(target, request, "live connection", error, failure)
+        tried = [f"live connection {connection.peer}: {reason(error)}"]
+        return Deferred.fromCoroutine(self._send_poa(target, request, poa, store, tried))
+
+    async def _send_queued(self, target: str, request: Request, poa: tuple[str, ...]) -> Response:
+        """A NOTIFY for an originator with a non-empty queue: keep the order."""
+        connection = self._originators.lookup(target)
+        if connection is not None or target in self._flushing_now:
+            response = self._enqueue(target, request)
+            if connection is not None:
+                self._start_flush(target, connection)
+            return response
+        return await self._send_poa(target, request, poa, True, ["no live connection"])
+
+    async def _send_poa(
+        self,
+        target: str,
+        request: Request,
+        poa: tuple[str, ...],
+        store: bool,
+        tried: list[str],
+    ) -> Response:
+        """The steps after the live connection: the poa entries, then the queue or 5103."""
+        for url in poa:
+            if is_default_poa(url):
+                self.log.debug(
+                    "{target}: poa {url} skipped, it opens no new connection",
+                    target=target,
+                    url=url,
+                )
+                tried.append(f"{url}: no new connection")
+                continue
+            connector = self._connectors.get(scheme_of(url))
+            if connector is None:
+                self.log.warn(
+                    "{target}: poa {url} skipped, no connector for scheme {scheme!r}",
+                    target=target,
+                    url=url,
+                    scheme=scheme_of(url),
+                )
+                tried.append(f"{url}: unsupported scheme")
+                continue
+            self.log.debug(
+                "sending {rqi} to {target} via poa {url}", rqi=request.rqi, target=target, url=url
+            )
+            try:
+                return await self._through(connector, url, request)
+            except CancelledError:
+                raise
+            except Exception as e:
+                tried.append(f"{url}: {reason(e)}")
+                self._log_step_failed(target, request, url, e)
+        if not poa:
+            tried.append("no poa")
+        if store and request.op == Operation.NOTIFY:
+            return self._enqueue(target, request)
+        self.log.info(
+            "request {rqi} to {target} failed: not reachable: {tried}",
+            rqi=request.rqi,
+            target=target,
+            tried=tried,
+        )
+        raise TargetNotReachable(
+            f"{target} is not reachable ({'; '.join(tried)})", rqi=request.rqi
+        )
+
+    async def _send_url(self, url: str, request: Request) -> Response:
+        """A URL target (an ``nu``) is used as is, through the connector for its scheme."""
+        scheme = scheme_of(url)
+        connector = None if is_default_poa(url) else self._connectors.get(scheme)
+        if connector is None:
+            self.log.warn(
+                "request {rqi} to {url}: no connector for scheme {scheme!r}",
+                rqi=request.rqi,
+                url=url,
+                scheme=scheme,
+            )
+            raise TargetNotReachable(
+                f"{url} is not reachable (unsupported scheme {scheme!r})", rqi=request.rqi
+            )
+        self.log.debug("sending {rqi} to URL {url}", rqi=request.rqi, url=url)
+        try:
+            return await self._through(connector, url, request)
+        except (CancelledError, OneM2MError):
+            raise
+        except Exception as e:
+            self._log_step_failed(url, request, url, e)
+            raise TargetNotReachable(
+                f"{url} is not reachable ({reason(e)})", rqi=request.rqi
+            ) from e
+
+    def _through(self, connector: IPoaConnector, url: str, request: Request) -> Deferred[Response]:
+        """The one step both a poa entry and a URL target take: the scheme's connector,
+        awaited under the chain's timeout (which fires whatever the connector does)."""
+        return Deferred.fromCoroutine(
+            await_step(connector.send(url, request, self.timeout), self.timeout, self._clock)
+        )
+
+    def _log_step_failed(
+        self,
+        target: str,
+        request: Request,
+        step: str,
+        e: Exception,
+        failure: Failure | None = None,
+    ) -> None:
+        if isinstance(e, OneM2MError):
+            self.log.info(
+                "request {rqi} to {target}: {step} failed ({reason}), trying the next",
+                rqi=request.rqi,
+                target=target,
+                step=step,
+                reason=reason(e),
+            )
+        else:
+            # ``failure`` is None only inside an ``except`` block, where log.failure finds the
+            # exception itself; an errback must hand its Failure over
+            self.log.failure(
+                "request {rqi} to {target}: {step} failed unexpectedly, trying the next",
+                failure,
+                rqi=request.rqi,
+                target=target,
+                step=step,
+            )
+
+    # -- store and forward ------------------------------------------------------------------
+
+    def _enqueue(self, originator: str, request: Request) -> Response:
+        now = self._clock.seconds()
+        expires = parse_expiry(request.rqet, now)
+        if expires is None:
+            if request.rqet is not None:
+                self.log.warn(
+                    "notification {rqi} for {originator}: unreadable rqet {rqet!r}, "
+                    "keeping it for the default {expiry} s",
+                    rqi=request.rqi,
+                    originator=originator,
+                    rqet=request.rqet,
+                    expiry=self.default_expiry,
+                )
+            expires = now + self.default_expiry
+        if expires <= now:
+            self.log.info(
+                "notification {rqi} for {originator} not reachable and already expired",
+                rqi=request.rqi,
+                originator=originator,
+            )
+            raise TargetNotReachable(
+                f"{originator} is not reachable and the notification has expired",
+                rqi=request.rqi,
+            )
+        count = self.queue.enqueue(originator, request, expires, now)
+        self.log.info(
+            "notification {rqi} for {originator} queued ({count} waiting) until it expires "
+            "in {ttl:.0f} s",
+            rqi=request.rqi,
+            originator=originator,
+            count=count,
+            ttl=expires - now,
+        )
+        self._schedule_purge()
+        return Response(RSC.ACCEPTED, request.rqi, request.rvi)
+
+    def _schedule_purge(self) -> None:
+        if self._stopped or self._purge_call is not None:
+            return
+        self._purge_call = self._clock.callLater(self.purge_interval, self._purge_timer)
+
+    def _purge_timer(self) -> None:
+        self._purge_call = None
+        self.queue.purge_expired(self._clock.seconds())
+        if self.queue.total():
+            self._schedule_purge()
+
+    # -- IOriginatorObserver ----------------------------------------------------------------
+
+    def originator_connected(self, originator: str, connection: IConnection) -> None:
+        """Deliver what waits for ``originator``, in order, on its new connection."""
+        self._start_flush(originator, connection)
+
+    def originator_disconnected(self, originator: str, connection: IConnection) -> None:
+        """Nothing to do: a flush in progress learns of it when its request fails."""
+
+    def _start_flush(self, originator: str, connection: IConnection) -> None:
+        if self._stopped or originator in self._flushing_now or not self.queue.count(originator):
+            return
+        d = Deferred.fromCoroutine(self._flush(originator, connection))
+        if not d.called:
+            self._flushing[originator] = d
+
+        def done(result: bool | Failure) -> None:
+            self._flushing.pop(originator, None)
+            if isinstance(result, Failure):
+                if not isinstance(result.value, CancelledError):
+                    self.log.failure(
+                        "flush for {originator} failed", result, originator=originator
+                    )
+                return
+            if result:
+                return
+            # Stopped on a transport failure: a newer connection may have arrived meanwhile.
+            current = self._originators.lookup(originator)
+            if current is not None and current is not connection:
+                self._start_flush(originator, current)
+
+        d.addBoth(done)
+
+    async def _flush(self, originator: str, connection: IConnection) -> bool:
+        """Send the queue in order; True once empty, False if a transport failure stopped it."""
+        self._flushing_now.add(originator)
+        queue = self.queue
+        delivered = 0
+        try:
+            while True:
+                entry = queue.take(originator)
+                if entry is None:
+                    break
+                if entry.expires <= self._clock.seconds():
+                    queue.acknowledge(originator, entry)
+                    self.log.info(
+                        "queued notification {rqi} for {originator} expired, dropped",
+                        rqi=entry.request.rqi,
+                        originator=originator,
+                    )
+                    continue
+                try:
+                    response = await await_step(
+                        connection.request(entry.request, self.timeout),
+                        self.timeout,
+                        self._clock,
+                    )
+                except CancelledError:
+                    raise
+                except Exception as e:
+                    self.log.info(
+                        "flush to {originator} on {peer} stopped ({reason}); "
+                        "{count} notifications stay queued",
+                        originator=originator,
+                        peer=connection.peer,
+                        reason=reason(unwrap_timeout(e)),
+                        count=queue.count(originator),
+                    )
+                    return False
+                queue.acknowledge(originator, entry)  # nothing if it was dropped meanwhile
+                delivered += 1
+                self.log.debug(
+                    "queued notification {rqi} delivered to {originator}: rsc {rsc}",
+                    rqi=entry.request.rqi,
+                    originator=originator,
+                    rsc=response.rsc,
+                )
+        finally:
+            self._flushing_now.discard(originator)
+        if delivered:
+            self.log.info(
+                "delivered {count} queued notifications to {originator}",
+                count=delivered,
+                originator=originator,
+            )
+        return True

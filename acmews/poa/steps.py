@@ -1,0 +1,58 @@
+"""What the chain and the connectors share: URL tests, failure reasons, and one awaited step."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from twisted.internet.defer import TimeoutError as DeferTimeoutError
+from twisted.internet.interfaces import IReactorTime
+
+from acmews.errors import OneM2MError, RequestTimeout
+from acmews.primitive import Response
+
+__all__ = [
+    "DEFAULT_POA",
+    "await_step",
+    "is_default_poa",
+    "is_url",
+    "reason",
+    "scheme_of",
+    "unwrap_timeout",
+]
+
+DEFAULT_POA = "ws://default"
+
+
+def is_url(target: str) -> bool:
+    return "://" in target
+
+
+def scheme_of(url: str) -> str:
+    """The lower-case scheme of ``url`` ('' for something that is not a URL)."""
+    return url.split("://", 1)[0].strip().lower() if is_url(url) else ""
+
+
+def is_default_poa(url: str) -> bool:
+    return url.strip().rstrip("/").lower() == DEFAULT_POA
+
+
+def reason(error: BaseException) -> str:
+    """A one-line description of a failed step, for logs and ``m2m:dbg``."""
+    if isinstance(error, OneM2MError):
+        return f"{int(error.rsc)} {error.reason}"
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+def unwrap_timeout(error: BaseException) -> BaseException:
+    """Twisted's ``addTimeout`` error becomes our 4008, so every caller sees one type."""
+    if isinstance(error, DeferTimeoutError):
+        return RequestTimeout("no response in time")
+    return error
+
+
+async def await_step(step: Deferred[Response], timeout: float, clock: IReactorTime) -> Response:
+    """Await one step with a guard timeout, so that a step that never answers cannot stall."""
+    step.addTimeout(timeout, clock)
+    try:
+        return await step
+    except DeferTimeoutError:
+        raise RequestTimeout(f"no response within {timeout:g} s") from None

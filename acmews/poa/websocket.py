@@ -1,0 +1,82 @@
+"""The ``ws``/``wss`` poa connector: open a connection, send, await the answer, close."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import TimeoutError as DeferTimeoutError
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from acmews.codec import SHORT_NAMES
+from acmews.errors import RequestTimeout, TargetNotReachable
+from acmews.interfaces import IConnection, IPoaConnector
+from acmews.poa.steps import reason as _reason
+from acmews.primitive import Request, Response
+
+__all__ = ["ConnectFunction", "WebSocketConnector"]
+
+#: ``(url, originator, subprotocols) -> Deferred[IConnection]``: opens an outbound WebSocket
+#: that sends ``X-M2M-Origin: originator`` and offers ``subprotocols`` in order.
+ConnectFunction = Callable[[str, str, Sequence[str]], Deferred[IConnection]]
+
+
+@implementer(IPoaConnector)
+class WebSocketConnector:
+    """``ws``/``wss`` poa: open a connection, send, await the response, close.
+
+    ``connect`` is injected (the client layer provides the real one); it must send
+    ``X-M2M-Origin: cse_id`` and offer ``serializations`` in order. ``ws://default`` never
+    reaches it: the chain skips that entry. ``timeout`` covers connecting and the answer
+    together. The connection serves this one request and is closed with 1000 afterwards,
+    whatever happened.
+    """
+
+    log = Logger()
+    schemes: Sequence[str] = ("ws", "wss")
+
+    def __init__(
+        self,
+        connect: ConnectFunction,
+        cse_id: str,
+        clock: IReactorTime,
+        serializations: Sequence[str] = ("oneM2M.json", "oneM2M.cbor"),
+    ) -> None:
+        self._connect = connect
+        self.cse_id = cse_id
+        self._clock = clock
+        self.subprotocols: tuple[str, ...] = tuple(SHORT_NAMES.get(s, s) for s in serializations)
+
+    def send(self, url: str, request: Request, timeout: float) -> Deferred[Response]:
+        return Deferred.fromCoroutine(self._send(url, request, timeout))
+
+    async def _send(self, url: str, request: Request, timeout: float) -> Response:
+        # one budget for connecting and answering, as the chain allows a step ``timeout``
+        deadline = self._clock.seconds() + timeout
+        try:
+            connecting = self._connect(url, self.cse_id, self.subprotocols)
+            connecting.addTimeout(timeout, self._clock)
+            connection = await connecting
+        except CancelledError:
+            raise
+        except Exception as e:
+            reason = (
+                f"no connection within {timeout:g} s"
+                if isinstance(e, DeferTimeoutError)
+                else _reason(e)
+            )
+            self.log.info("cannot connect to {url}: {reason}", url=url, reason=reason)
+            raise TargetNotReachable(f"{url}: cannot connect: {reason}", rqi=request.rqi) from e
+        self.log.debug("connected to {url} ({peer})", url=url, peer=connection.peer)
+        try:
+            remaining = max(deadline - self._clock.seconds(), 0.001)
+            return await connection.request(request, remaining)
+        except DeferTimeoutError:
+            raise RequestTimeout(f"{url}: no response in time", rqi=request.rqi) from None
+        finally:
+            try:
+                connection.close(1000, "poa delivery done")
+            except Exception:
+                self.log.failure("closing the connection to {url} failed", url=url)
