@@ -46,11 +46,6 @@ class RSC(IntEnum):
     NOT_ACCEPTABLE = 5207
 
 
-def is_success(rsc: int) -> bool:
-    """True for the 1xxx (accepted) and 2xxx (success) classes."""
-    return 1000 <= rsc < 3000
-
-
 class ResourceType(IntEnum):
     ACP = 1
     AE = 2

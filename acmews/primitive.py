@@ -30,7 +30,7 @@ __all__ = [
     "primitive_from_object",
 ]
 
-#: Request parameters modelled as attributes, in wire order (all short names of ONEM2M.md).
+#: Request parameters modelled as attributes, in wire order (TS-0004's short names).
 REQUEST_PARAMETERS = (
     "op",
     "to",
