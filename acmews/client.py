@@ -29,17 +29,11 @@ from zope.interface import implementer
 from acmews.codec import SHORT_NAMES
 from acmews.codes import DEFAULT_RELEASE, Operation, ResourceType
 from acmews.errors import TargetNotReachable
-from acmews.interfaces import IConnection, IRequestHandler
-from acmews.originators import OriginatorMap
+from acmews.interfaces import IConnection, IHandshakeAuthorizer, IOriginatorMap, IRequestHandler
+from acmews.options import ConnectionOptions
 from acmews.primitive import Request, Response
-from acmews.protocol import (
-    DEFAULT_MAX_MESSAGE_SIZE,
-    DEFAULT_PING_INTERVAL,
-    DEFAULT_PING_TIMEOUT,
-    OneM2MClientFactory,
-    OneM2MServerFactory,
-)
-from acmews.session import DEFAULT_REQUEST_TIMEOUT, Session, registered_ae_id
+from acmews.protocol import OneM2MClientFactory, OneM2MServerFactory
+from acmews.session import Session, registered_ae_id
 
 __all__ = ["Client", "FunctionHandler", "connect", "listen", "subprotocols_for"]
 
@@ -173,10 +167,7 @@ def connect(
     endpoint: str | None = None,
     reactor: Any = None,
     clock: IReactorTime | None = None,
-    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
-    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-    ping_interval: float = DEFAULT_PING_INTERVAL,
-    ping_timeout: float = DEFAULT_PING_TIMEOUT,
+    options: ConnectionOptions | None = None,
     remote_originator: str | None = None,
     release: str = DEFAULT_RELEASE,
 ) -> Deferred[Client]:
@@ -188,6 +179,7 @@ def connect(
     @param handler: answers requests the other side sends (notifications).
     @param endpoint: a client endpoint string (``tcp:host:port``, ``unix:path`` ...) used
         instead of the URL's host and port.
+    @param options: timeouts, message size and keep-alive (defaults when None).
     @return: a Deferred that fires with a :class:`Client` once the WebSocket is open, or fails
         with TargetNotReachable.
     """
@@ -206,10 +198,7 @@ def connect(
         reactor=reactor,
         clock=clock,
         remote_originator=remote_originator,
-        request_timeout=request_timeout,
-        max_message_size=max_message_size,
-        ping_interval=ping_interval,
-        ping_timeout=ping_timeout,
+        options=options,
     )
     if endpoint is not None:
         ep = clientFromString(reactor, endpoint)
@@ -235,12 +224,10 @@ def listen(
     handler: IRequestHandler | HandlerFunction,
     *,
     reactor: Any = None,
-    originators: OriginatorMap | None = None,
+    originators: IOriginatorMap | None = None,
     serialization: Sequence[str] | None = None,
-    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
-    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-    ping_interval: float = DEFAULT_PING_INTERVAL,
-    ping_timeout: float = DEFAULT_PING_TIMEOUT,
+    options: ConnectionOptions | None = None,
+    authorizer: IHandshakeAuthorizer | None = None,
 ) -> Deferred[IListeningPort]:
     """Run a oneM2M WebSocket server for an AE or CSE, so a registrar can connect to it.
 
@@ -248,7 +235,8 @@ def listen(
     itself with ``X-M2M-Origin`` (its CSE-ID) and may then send requests (notifications) that
     ``handler`` answers. ``endpoint`` is a server endpoint string, e.g.
     ``tcp:9000:interface=127.0.0.1``. The connections are in ``originators`` (a fresh map if
-    None), so the AE can also send requests back over them.
+    None), so the AE can also send requests back over them. ``authorizer`` decides which
+    originator a connection speaks for (default: its X-M2M-Origin, any claim accepted).
     """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
@@ -259,10 +247,8 @@ def listen(
         originators,
         reactor=reactor,
         subprotocols=subprotocols_for(serialization) if serialization else None,
-        request_timeout=request_timeout,
-        max_message_size=max_message_size,
-        ping_interval=ping_interval,
-        ping_timeout=ping_timeout,
+        options=options,
+        authorizer=authorizer,
     )
     d: Deferred[IListeningPort] = serverFromString(reactor, endpoint).listen(factory)
     return d

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
     from acmews.cse.resource import Resource
+    from acmews.handshake import Handshake
     from acmews.primitive import Primitive, Request, Response
 
 
@@ -59,6 +60,9 @@ class IConnection(Interface):
     def close(code: int = 1000, reason: str = "") -> None:
         """Close the connection; every pending request fails with 5103."""
 
+    def when_closed() -> Deferred[None]:
+        """A Deferred that fires (with None) once the connection is gone."""
+
 
 class IRequestHandler(Interface):
     """What answers incoming requests: the embedded CSE, or a gateway's own code."""
@@ -99,6 +103,25 @@ class IOriginatorMap(Interface):
 
     def remove_observer(observer: IOriginatorObserver) -> None:
         """Stop telling ``observer``."""
+
+    def add_connection(connection: IConnection) -> None:
+        """Track a live connection that is not bound (yet), so that stopping closes it too."""
+
+    def remove_connection(connection: IConnection) -> None:
+        """Forget a connection that is gone, and its route if it still has one."""
+
+
+class IHandshakeAuthorizer(Interface):
+    """Decides, at the opening handshake, which originator a connection speaks for."""
+
+    def authorize(handshake: Handshake) -> Deferred[str | None] | str | None:
+        """The originator to bind the connection to, or None to leave it unbound (it may
+        then only register an AE).
+
+        Refuse by raising (or failing the Deferred with)
+        :class:`~acmews.handshake.HandshakeRefused`, which carries the HTTP status and reason;
+        any other exception refuses with 500. Nothing is bound before the decision.
+        """
 
 
 class IPoaConnector(Interface):

@@ -111,8 +111,6 @@ class OriginatorMap(Service):
             return succeed(None)
         waits: list[Deferred[None]] = []
         for connection in connections:
-            when_closed = getattr(connection, "when_closed", None)
-            if when_closed is not None:
-                waits.append(when_closed())
+            waits.append(connection.when_closed())
             connection.close(1001, "the CSE is shutting down")
         return DeferredList(waits, consumeErrors=True)  # type: ignore[return-value]

@@ -10,7 +10,7 @@ AE CREATE is served until one succeeds on the connection. Everything about oneM2
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from autobahn.twisted.websocket import (
     WebSocketClientFactory,
@@ -21,16 +21,24 @@ from autobahn.twisted.websocket import (
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest, ConnectionResponse
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorTime, ISSLTransport
 from twisted.logger import Logger
 from typing_extensions import override
 
+from acmews.authorizers import DefaultAuthorizer
 from acmews.codec import CODECS
 from acmews.errors import TargetNotReachable
-from acmews.interfaces import ICodec, IRequestHandler
+from acmews.handshake import Handshake, HandshakeRefused
+from acmews.interfaces import ICodec, IHandshakeAuthorizer, IOriginatorMap, IRequestHandler
 from acmews.leanws import frame_header
+from acmews.options import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_PING_INTERVAL,
+    DEFAULT_PING_TIMEOUT,
+    ConnectionOptions,
+)
 from acmews.originators import OriginatorMap
-from acmews.session import DEFAULT_REQUEST_TIMEOUT, Session
+from acmews.session import Session
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -43,14 +51,13 @@ __all__ = [
     "choose_subprotocol",
 ]
 
-DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
-DEFAULT_PING_INTERVAL = 20.0
-DEFAULT_PING_TIMEOUT = 20.0
-ORIGIN_HEADER = "x-m2m-origin"
+#: bytes a client may send while its handshake is being authorized (its first frames)
+MAX_EARLY_DATA = 64 * 1024
 
 _log = Logger(namespace="acmews.protocol")
 
 _STATE_OPEN = WebSocketProtocol.STATE_OPEN
+_STATE_CLOSED = WebSocketProtocol.STATE_CLOSED
 
 
 def choose_subprotocol(offered: Iterable[str], supported: Iterable[str]) -> str | None:
@@ -68,53 +75,60 @@ def _codecs(names: Sequence[str] | None) -> dict[str, ICodec]:
     return {name: CODECS[name] for name in names}
 
 
-def _options(
-    max_message_size: int,
-    ping_interval: float,
-    ping_timeout: float,
-    open_handshake_timeout: float,
-    close_handshake_timeout: float,
-) -> dict[str, Any]:
-    """Autobahn protocol options, the same for both roles. ``failByDrop`` off: a peer that
-    breaks the rules (e.g. an oversized message) gets a close frame with the code (1009)."""
-    return {
-        "maxMessagePayloadSize": max_message_size,
-        "maxFramePayloadSize": max_message_size,
-        "autoPingInterval": ping_interval,
-        "autoPingTimeout": ping_timeout if ping_interval else 0,
-        "autoPingRestartOnAnyTraffic": True,
-        "failByDrop": False,
-        "openHandshakeTimeout": open_handshake_timeout,
-        "closeHandshakeTimeout": close_handshake_timeout,
-    }
+def _peer_certificate(transport: Any) -> Any:
+    """The peer's TLS certificate when ``transport`` is a TLS connection that has one."""
+    if ISSLTransport.providedBy(transport):
+        return transport.getPeerCertificate()
+    return None
 
 
-class _OneM2MProtocolMixin:
-    """What both roles share: the session, the lean message path and closing.
+class _AutobahnFastPath:
+    """Every override of Autobahn internals, in one place (checked against Autobahn 26.10.2).
 
-    ``self.log`` stays Autobahn's txaio logger, whose debug calls are no-ops below its
-    level; our own messages go to ``_log`` (a Twisted logger on the same namespace).
+    Privates touched, and why:
+
+    - ``_dataReceived`` (called instead of Autobahn's ``dataReceived``, which formats its
+      debug-log arguments with ``hltype``/``hlval`` on every read even when debug logging is
+      off); ``data`` (its receive buffer: while an asynchronous authorizer decides, bytes are
+      only buffered, because Autobahn would parse the HTTP request again on the next read);
+    - ``message_data``, ``failedByMe`` (``onMessageEnd`` without Autobahn's per-message
+      observer Deferred: the joined payload goes straight to the session);
+    - ``_perMessageCompress``, ``send_queue``, ``state`` (the server writes its own unmasked
+      frames when no compression and nothing queued would reorder them);
+    - ``http_request_data``, ``http_response_data``, ``http_headers`` (the handshake text,
+      about 1 KiB per idle connection, is dropped once open).
+
+    ``self.log`` stays Autobahn's txaio logger, whose debug calls are no-ops below its level;
+    our own messages go to ``_log`` (a Twisted logger on the same namespace).
     """
 
-    session: Session | None = None
-    codec: ICodec
     # from Autobahn:
     state: int
     peer: str
     failedByMe: bool
     message_data: list[bytes] | None
-    message_is_binary: bool
     transport: Any
     send_queue: Any
+    data: bytes
     _perMessageCompress: Any
+    session: Session | None = None
+    #: an asynchronous authorizer is deciding: incoming bytes are only buffered
+    _handshake_pending: bool = False
 
     def dataReceived(self, data: bytes) -> None:
-        """Autobahn's own version formats debug-log arguments (hltype/hlval) on every read,
-        even when debug logging is off: skipped."""
+        if self._handshake_pending:
+            self.data += data
+            if len(self.data) > MAX_EARLY_DATA:
+                _log.info(
+                    "{peer}: {size} bytes sent before the handshake was answered, dropped",
+                    peer=self.peer,
+                    size=len(self.data),
+                )
+                self.transport.abortConnection()
+            return
         self._dataReceived(data)  # type: ignore[attr-defined]
 
     def onMessageEnd(self) -> None:
-        """Autobahn's own version also fires an observer Deferred per message: skipped."""
         if not self.failedByMe:
             assert self.message_data is not None
             data = self.message_data
@@ -126,10 +140,23 @@ class _OneM2MProtocolMixin:
             return
         self.message_data = None
 
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        session = self.session
-        if session is not None:
-            session.message_received(payload)
+    def _write_server_frame(self, data: bytes, binary: bool) -> bool:
+        """Write one unmasked frame directly; False when Autobahn's path must be taken."""
+        if self._perMessageCompress is None and not self.send_queue:
+            self.transport.write(frame_header(2 if binary else 1, len(data), masked=False) + data)
+            return True
+        return False
+
+    def _forget_handshake_text(self) -> None:
+        self.http_request_data = b""
+        self.http_response_data = ""
+        self.http_headers: dict[str, str] = {}
+
+
+class _OneM2MProtocolMixin(_AutobahnFastPath):
+    """What both roles share: the session and closing."""
+
+    codec: ICodec
 
     def _start_session(
         self,
@@ -148,7 +175,7 @@ class _OneM2MProtocolMixin:
             enforce_originator=enforce_originator,
             close=self._close,
             peer=self.peer,
-            request_timeout=factory.request_timeout,
+            request_timeout=factory.options.request_timeout,
             on_bound=on_bound,
         )
         return self.session
@@ -175,9 +202,12 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
 
     factory: OneM2MServerFactory
     originator: str | None = None
+    _refusal_headers: Any = None
 
     @override
-    def onConnect(self, request: ConnectionRequest) -> str:
+    def onConnect(  # type: ignore[override]  # Autobahn awaits a Deferred (txaio.as_future)
+        self, request: ConnectionRequest
+    ) -> str | Deferred[str]:
         factory = self.factory
         chosen = choose_subprotocol(request.protocols, factory.codecs)
         if chosen is None:
@@ -185,23 +215,62 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
             _log.info(
                 "refused {peer}: no acceptable subprotocol (offered: {offered})",
                 peer=self.peer,
-                offered=offered,
+                offered=offered[:200],
             )
             raise ConnectionDeny(
                 400,
-                f"no acceptable WebSocket subprotocol (offered: {offered}; supported: "
+                f"no acceptable WebSocket subprotocol (offered: {offered[:200]}; supported: "
                 f"{', '.join(factory.codecs)})",
             )
-        origin = request.headers.get(ORIGIN_HEADER)
-        if origin is not None:
-            origin = origin.strip()
-            if not origin or "," in origin or " " in origin:
-                raise ConnectionDeny(400, f"invalid X-M2M-Origin header: {origin!r}")
-            if factory.accept_originator is not None and not factory.accept_originator(origin):
-                raise ConnectionDeny(403, f"originator {origin!r} is not accepted here")
-        self.originator = origin
-        self.codec = factory.codecs[chosen]
+        handshake = Handshake(
+            headers=request.headers,
+            peer=self.transport.getPeer(),
+            peer_certificate=_peer_certificate(self.transport),
+            path=request.path,
+            subprotocol=chosen,
+        )
+        try:
+            decision = factory.authorizer.authorize(handshake)
+        except HandshakeRefused as refusal:
+            raise self._refuse(refusal) from None
+        if isinstance(decision, Deferred):
+            self._handshake_pending = True
+            return decision.addCallbacks(
+                self._authorized, self._not_authorized, callbackArgs=(chosen,)
+            )
+        return self._authorized(decision, chosen)
+
+    def _authorized(self, originator: str | None, chosen: str) -> str:
+        self._handshake_pending = False
+        if self.state == _STATE_CLOSED:
+            # the peer left while an asynchronous authorizer decided: bind nothing
+            raise ConnectionDeny(400, "connection closed during the handshake")
+        self.originator = originator
+        self.codec = self.factory.codecs[chosen]
         return chosen
+
+    def _not_authorized(self, failure: Any) -> NoReturn:
+        self._handshake_pending = False
+        if isinstance(failure.value, HandshakeRefused):
+            raise self._refuse(failure.value)
+        raise failure.value  # Autobahn logs it and answers 500
+
+    def _refuse(self, refusal: HandshakeRefused) -> ConnectionDeny:
+        _log.info(
+            "refused {peer}: {status} {reason}",
+            peer=self.peer,
+            status=refusal.status,
+            reason=refusal.reason[:300],
+        )
+        self._refusal_headers = list(refusal.headers.items()) or None
+        return ConnectionDeny(refusal.status, refusal.reason)
+
+    @override
+    def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
+        """Autobahn's, plus the headers of our refusal (e.g. ``WWW-Authenticate``)."""
+        if responseHeaders is None:
+            responseHeaders = self._refusal_headers
+        super().failHandshake(reason, code, responseHeaders)
 
     @override
     def onOpen(self) -> None:
@@ -209,10 +278,7 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
         session = self._start_session(
             factory, self.originator, enforce_originator=True, on_bound=factory.session_bound
         )
-        # the handshake text is not needed any more: about 1 KiB per idle connection
-        self.http_request_data = b""
-        self.http_response_data = ""
-        self.http_headers = {}
+        self._forget_handshake_text()
         factory.session_opened(session)
 
     @override
@@ -221,9 +287,7 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
         # per-send bookkeeping and eagerly formatted debug log arguments
         if self.state != _STATE_OPEN:
             return
-        if self._perMessageCompress is None and not self.send_queue:
-            self.transport.write(frame_header(2 if binary else 1, len(data), masked=False) + data)
-        else:
+        if not self._write_server_frame(data, binary):
             self.sendMessage(data, binary)
 
     @override
@@ -244,44 +308,35 @@ class OneM2MServerFactory(WebSocketServerFactory):
     def __init__(
         self,
         handler: IRequestHandler | None,
-        originators: OriginatorMap | None = None,
+        originators: IOriginatorMap | None = None,
         *,
         url: str | None = None,
         reactor: Any = None,
         clock: IReactorTime | None = None,
         subprotocols: Sequence[str] | None = None,
-        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
-        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-        ping_interval: float = DEFAULT_PING_INTERVAL,
-        ping_timeout: float = DEFAULT_PING_TIMEOUT,
-        open_handshake_timeout: float = 10.0,
-        close_handshake_timeout: float = 1.0,
-        accept_originator: Any = None,
+        options: ConnectionOptions | None = None,
+        authorizer: IHandshakeAuthorizer | None = None,
     ) -> None:
         """
         @param handler: answers incoming requests (the CSE, a gateway's own code).
         @param originators: where connections are bound; a fresh map when None.
         @param subprotocols: the supported subprotocol names (default: every codec).
-        @param accept_originator: optional callable refusing (403) an X-M2M-Origin at the
-            handshake when it returns False.
-        @param ping_interval: seconds between pings (0 disables keep-alive).
+        @param options: timeouts, message size and keep-alive (defaults when None).
+        @param authorizer: decides which originator a connection speaks for, or refuses it
+            (default: X-M2M-Origin as sent, any claim accepted).
         """
         self.codecs = _codecs(subprotocols)
         super().__init__(url, protocols=list(self.codecs), reactor=reactor)
         self.handler = handler
-        self.originators = originators if originators is not None else OriginatorMap()
-        self.clock: IReactorTime = clock if clock is not None else self.reactor
-        self.request_timeout = request_timeout
-        self.accept_originator = accept_originator
-        self.setProtocolOptions(
-            **_options(
-                max_message_size,
-                ping_interval,
-                ping_timeout,
-                open_handshake_timeout,
-                close_handshake_timeout,
-            )
+        self.originators: IOriginatorMap = (
+            originators if originators is not None else OriginatorMap()
         )
+        self.clock: IReactorTime = clock if clock is not None else self.reactor
+        self.options = options if options is not None else ConnectionOptions()
+        self.authorizer: IHandshakeAuthorizer = (
+            authorizer if authorizer is not None else DefaultAuthorizer()
+        )
+        self.setProtocolOptions(**self.options.autobahn())
 
     def session_opened(self, session: Session) -> None:
         _log.info(
@@ -350,17 +405,13 @@ class OneM2MClientFactory(WebSocketClientFactory):
         clock: IReactorTime | None = None,
         remote_originator: str | None = None,
         enforce_originator: bool = False,
-        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
-        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-        ping_interval: float = DEFAULT_PING_INTERVAL,
-        ping_timeout: float = DEFAULT_PING_TIMEOUT,
-        open_handshake_timeout: float = 10.0,
-        close_handshake_timeout: float = 1.0,
+        options: ConnectionOptions | None = None,
     ) -> None:
         """
         @param originator: sent as X-M2M-Origin (omit only to register an AE).
         @param subprotocols: offered in this order of preference.
         @param remote_originator: who is at the other end, when known (a CSE-ID).
+        @param options: timeouts, message size and keep-alive (defaults when None).
         """
         headers = {"X-M2M-Origin": originator} if originator else None
         self.codecs = {name: CODECS[name] for name in subprotocols if name in CODECS}
@@ -370,17 +421,9 @@ class OneM2MClientFactory(WebSocketClientFactory):
         self.clock: IReactorTime = clock if clock is not None else self.reactor
         self.remote_originator = remote_originator
         self.enforce_originator = enforce_originator
-        self.request_timeout = request_timeout
+        self.options = options if options is not None else ConnectionOptions()
         self.ready: Deferred[Session] = Deferred()
-        self.setProtocolOptions(
-            **_options(
-                max_message_size,
-                ping_interval,
-                ping_timeout,
-                open_handshake_timeout,
-                close_handshake_timeout,
-            )
-        )
+        self.setProtocolOptions(**self.options.autobahn())
 
     def opened(self, session: Session) -> None:
         if not self.ready.called:

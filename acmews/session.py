@@ -29,12 +29,11 @@ from acmews.errors import (
     TargetNotReachable,
 )
 from acmews.interfaces import ICodec, IConnection, IRequestHandler
+from acmews.options import DEFAULT_REQUEST_TIMEOUT
 from acmews.primitive import Request, Response, error_response
 from acmews.timestamps import expiry_delay
 
 __all__ = ["DEFAULT_REQUEST_TIMEOUT", "Session", "fr_allowed"]
-
-DEFAULT_REQUEST_TIMEOUT = 10.0
 
 SendFunction = Callable[[bytes, bool], None]
 CloseFunction = Callable[[int, str], None]

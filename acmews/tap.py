@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from twisted.application import strports
@@ -20,14 +21,15 @@ from twisted.python import usage
 
 from acmews.client import connect
 from acmews.cse import CSE, CSEConfig
-from acmews.originators import OriginatorMap
-from acmews.poa import HttpConnector, PoaChain, WebSocketConnector
-from acmews.protocol import (
+from acmews.options import (
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_PING_INTERVAL,
     DEFAULT_PING_TIMEOUT,
-    OneM2MServerFactory,
+    ConnectionOptions,
 )
+from acmews.originators import OriginatorMap
+from acmews.poa import HttpConnector, PoaChain, WebSocketConnector
+from acmews.protocol import OneM2MServerFactory
 
 __all__ = ["Options", "makeService", "poa_for_endpoint"]
 
@@ -188,7 +190,14 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
     listen: Sequence[str] = options["listen"] or [DEFAULT_LISTEN]
     poa = list(options["poa"]) or [p for p in map(poa_for_endpoint, listen) if p is not None]
     request_timeout = float(options["request-timeout"])
-    max_message_size = int(options["max-message-size"])
+    connection_options = ConnectionOptions(
+        request_timeout=request_timeout,
+        max_message_size=int(options["max-message-size"]),
+        ping_interval=float(options["ping-interval"]),
+        ping_timeout=float(options["ping-timeout"]),
+    )
+    # an outbound poa connection serves one request and is closed: no keep-alive
+    poa_options = replace(connection_options, ping_interval=0)
 
     top = MultiService()
     originators = OriginatorMap()
@@ -201,9 +210,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
             originator=originator,
             serialization=subprotocols,
             reactor=reactor,
-            request_timeout=request_timeout,
-            max_message_size=max_message_size,
-            ping_interval=0,
+            options=poa_options,
         )
         return connecting.addCallback(lambda client: client.session)
 
@@ -233,10 +240,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
         cse,
         originators,
         reactor=reactor,
-        request_timeout=request_timeout,
-        max_message_size=max_message_size,
-        ping_interval=float(options["ping-interval"]),
-        ping_timeout=float(options["ping-timeout"]),
+        options=connection_options,
     )
     for description in listen:
         service: IService = strports.service(description, factory, reactor=reactor)

@@ -35,6 +35,9 @@ class FakeConnection:
     def close(self, code: int = 1000, reason: str = "") -> None:
         self.closed = (code, reason)
 
+    def when_closed(self) -> Deferred[None]:
+        return Deferred()
+
 
 @dataclass
 class Sent:

@@ -11,7 +11,8 @@ from twisted.internet.task import Clock
 from twisted.test.iosim import FakeTransport, IOPump, connect
 from zope.interface import implementer
 
-from acmews.interfaces import IConnection, IRequestHandler
+from acmews.interfaces import IConnection, IHandshakeAuthorizer, IRequestHandler
+from acmews.options import ConnectionOptions
 from acmews.originators import OriginatorMap
 from acmews.primitive import Request, Response
 from acmews.protocol import (
@@ -23,6 +24,18 @@ from acmews.protocol import (
 from acmews.session import Session
 
 NO_TIMERS = {"open_handshake_timeout": 0, "close_handshake_timeout": 0, "ping_interval": 0}
+
+
+#: for loopback tests: no keep-alive pings (the handshake timers stay on the real reactor)
+NO_PING = ConnectionOptions(ping_interval=0)
+
+
+def options(**kw: Any) -> ConnectionOptions:
+    """Connection options without Autobahn's timers (they run on txaio's global loop),
+    changed by ``kw``."""
+    values: dict[str, Any] = dict(NO_TIMERS)
+    values.update(kw)
+    return ConnectionOptions(**values)
 
 
 @implementer(IRequestHandler)
@@ -79,12 +92,17 @@ def make_server_factory(
     handler: IRequestHandler | None,
     clock: Clock,
     originators: OriginatorMap | None = None,
+    authorizer: IHandshakeAuthorizer | None = None,
     **kw: Any,
 ) -> OneM2MServerFactory:
-    options = dict(NO_TIMERS)
-    options.update(kw)
     return OneM2MServerFactory(
-        handler, originators, url="ws://127.0.0.1:8180", clock=clock, reactor=clock, **options
+        handler,
+        originators,
+        url="ws://127.0.0.1:8180",
+        clock=clock,
+        reactor=clock,
+        options=options(**kw),
+        authorizer=authorizer,
     )
 
 
@@ -95,8 +113,6 @@ def make_client_factory(
     handler: IRequestHandler | None = None,
     **kw: Any,
 ) -> OneM2MClientFactory:
-    options = dict(NO_TIMERS)
-    options.update(kw)
     return OneM2MClientFactory(
         "ws://127.0.0.1:8180",
         originator=originator,
@@ -104,7 +120,7 @@ def make_client_factory(
         handler=handler,
         clock=clock,
         reactor=clock,
-        **options,
+        options=options(**kw),
     )
 
 

@@ -17,7 +17,13 @@ from acmews.originators import OriginatorMap
 from acmews.primitive import Request, Response
 from acmews.protocol import OneM2MServerFactory
 
-from .helpers import RecordingHandler, make_client_factory, make_server_factory, pair
+from .helpers import (
+    NO_PING,
+    RecordingHandler,
+    make_client_factory,
+    make_server_factory,
+    pair,
+)
 
 
 class ClientApiTests(TestCase):
@@ -118,7 +124,7 @@ class LoopbackTests(TestCase):
     def test_client_and_server_over_loopback(self) -> Any:
         originators = OriginatorMap()
         handler = RecordingHandler()
-        factory = OneM2MServerFactory(handler, originators, reactor=reactor, ping_interval=0)
+        factory = OneM2MServerFactory(handler, originators, reactor=reactor, options=NO_PING)
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         url = f"ws://127.0.0.1:{port.getHost().port}"
@@ -134,7 +140,7 @@ class LoopbackTests(TestCase):
                 originator="Cloop",
                 serialization=serialization,
                 handler=on_notify,
-                ping_interval=0,
+                options=NO_PING,
             )
             self.assertEqual(c.subprotocol, f"oneM2M.{serialization}")
             r = yield c.retrieve("cse-in", pc={"q": "ü"})
@@ -144,7 +150,7 @@ class LoopbackTests(TestCase):
             yield c.close()
             yield server_side.when_closed()  # type: ignore[attr-defined]
         # the server can reach a connected originator
-        c = yield connect(url, originator="Cloop", handler=on_notify, ping_interval=0)
+        c = yield connect(url, originator="Cloop", handler=on_notify, options=NO_PING)
         session = originators.lookup("Cloop")
         assert session is not None
         r = yield session.request(
@@ -170,11 +176,11 @@ class LoopbackTests(TestCase):
             on_request,
             reactor=reactor,
             originators=originators,
-            ping_interval=0,
+            options=NO_PING,
         )
         self.addCleanup(port.stopListening)
         url = f"ws://127.0.0.1:{port.getHost().port}"
-        c = yield connect(url, originator="/id-in", ping_interval=0)
+        c = yield connect(url, originator="/id-in", options=NO_PING)
         r = yield c.notify("Cae1", {"m2m:sgn": {"sur": "x"}}, fr="/id-in")
         self.assertEqual(r.rsc, 2000)
         self.assertEqual(got[0].fr, "/id-in")
@@ -193,7 +199,7 @@ class LoopbackTests(TestCase):
         number = port.getHost().port
         yield port.stopListening()
         try:
-            yield connect(f"ws://127.0.0.1:{number}", originator="Cx", ping_interval=0)
+            yield connect(f"ws://127.0.0.1:{number}", originator="Cx", options=NO_PING)
         except TargetNotReachable as e:
             self.assertIn("cannot connect", e.reason)
         else:

@@ -19,7 +19,7 @@ from acmews.poa import PoaChain
 from acmews.primitive import Request, Response
 from acmews.tap import Options, makeService
 
-from .helpers import Pair, make_client_factory, make_server_factory, pair
+from .helpers import NO_PING, Pair, make_client_factory, make_server_factory, pair
 
 
 class Notifications:
@@ -344,7 +344,7 @@ class LoopbackServiceTests(TestCase):
                 reactor.callLater(0, got.callback, request)
             return Response(2000, request.rqi, request.rvi)
 
-        ae = yield connect(url, handler=on_request, ping_interval=0)
+        ae = yield connect(url, handler=on_request, options=NO_PING)
         r = yield ae.create(
             "cse-in", ResourceType.AE, {"m2m:ae": {"rn": "lamp", "api": "Nl", "rr": True}}
         )
@@ -356,7 +356,7 @@ class LoopbackServiceTests(TestCase):
             {"m2m:sub": {"rn": "w", "nu": [ae.originator], "enc": {"net": [3]}}},
         )
         self.assertEqual(r.rsc, 2001)
-        admin = yield connect(url, originator="CAdmin", serialization="cbor", ping_interval=0)
+        admin = yield connect(url, originator="CAdmin", serialization="cbor", options=NO_PING)
         r = yield admin.create("cse-in/lamp/st", ResourceType.CIN, {"m2m:cin": {"con": "on"}})
         self.assertEqual(r.rsc, 2001)
         notification = yield got
@@ -404,11 +404,11 @@ class LoopbackServiceTests(TestCase):
             AEServer(),
             reactor=reactor,
             originators=ae_side,
-            ping_interval=0,
+            options=NO_PING,
         )
         self.addCleanup(port.stopListening)
         poa = f"ws://127.0.0.1:{port.getHost().port}"
-        ae = yield connect(url, originator="Cremote", ping_interval=0)
+        ae = yield connect(url, originator="Cremote", options=NO_PING)
         r = yield ae.create(
             "cse-in",
             ResourceType.AE,
@@ -423,7 +423,7 @@ class LoopbackServiceTests(TestCase):
         )
         self.assertEqual(r.rsc, 2001)
         yield ae.close()  # from now on the AE is reachable only through its poa
-        admin = yield connect(url, originator="CAdmin", ping_interval=0)
+        admin = yield connect(url, originator="CAdmin", options=NO_PING)
         r = yield admin.create("cse-in/remote/c", ResourceType.CIN, {"m2m:cin": {"con": 42}})
         self.assertEqual(r.rsc, 2001)
         yield arrived

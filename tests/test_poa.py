@@ -84,6 +84,9 @@ class FakeConnection:
     def close(self, code: int = 1000, reason: str = "") -> None:
         self.closed.append((code, reason))
 
+    def when_closed(self) -> Deferred[None]:
+        return Deferred()
+
     def answer(self, index: int = -1, rsc: int = RSC.OK) -> None:
         request, _, d = self.sent[index]
         d.callback(ok(request, rsc))
@@ -119,6 +122,13 @@ class FakeMap:
 
     def remove_observer(self, observer: IOriginatorObserver) -> None:
         self.observers.remove(observer)
+
+    def add_connection(self, connection: IConnection) -> None:
+        pass
+
+    def remove_connection(self, connection: IConnection) -> None:
+        if connection.originator is not None:
+            self.unbind(connection.originator, connection)
 
 
 @implementer(IPoaConnector)

@@ -10,15 +10,19 @@ import cbor2
 import orjson
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import TestCase
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from acmews.authorizers import DefaultAuthorizer
 from acmews.codes import RSC
 from acmews.errors import RequestTimeout, TargetNotReachable
-from acmews.interfaces import IConnection, IOriginatorMap
+from acmews.handshake import Handshake, HandshakeRefused
+from acmews.interfaces import IConnection, IHandshakeAuthorizer, IOriginatorMap
 from acmews.originators import OriginatorMap
 from acmews.primitive import Request, Response
-from acmews.protocol import choose_subprotocol
+from acmews.protocol import MAX_EARLY_DATA, choose_subprotocol
 from acmews.session import Session
 
 from .helpers import Pair, RecordingHandler, make_client_factory, make_server_factory, pair
@@ -26,6 +30,38 @@ from .helpers import Pair, RecordingHandler, make_client_factory, make_server_fa
 
 def retrieve(rqi: str, fr: str = "Cae1", to: str = "cse-in") -> Request:
     return Request(2, to, rqi, "4", fr)  # type: ignore[arg-type]
+
+
+@implementer(IHandshakeAuthorizer)
+class RefuseBad:
+    def authorize(self, handshake: Handshake) -> str | None:
+        origin = handshake.headers.get("x-m2m-origin")
+        if origin == "Cbad":
+            raise HandshakeRefused(403, f"originator {origin!r} is not accepted here")
+        return origin
+
+
+@implementer(IHandshakeAuthorizer)
+class Recording:
+    def __init__(self, seen: list[Handshake]) -> None:
+        self.seen = seen
+
+    def authorize(self, handshake: Handshake) -> str | None:
+        self.seen.append(handshake)
+        return DefaultAuthorizer().authorize(handshake)
+
+
+@implementer(IHandshakeAuthorizer)
+class Fixed:
+    """Answers every handshake with ``decision`` (raised when it is a refusal)."""
+
+    def __init__(self, decision: Any) -> None:
+        self.decision = decision
+
+    def authorize(self, handshake: Handshake) -> Any:
+        if isinstance(self.decision, HandshakeRefused):
+            raise self.decision
+        return self.decision
 
 
 def ae_create(rqi: str = "reg", fr: str | None = None) -> Request:
@@ -135,12 +171,97 @@ class NegotiationTests(BindingTestCase):
         pair(self.server_factory, cf)
         self.assertIn("X-M2M-Origin", self.failureResultOf(cf.ready).value.reason)
 
-    def test_accept_originator_hook_403(self) -> None:
-        self.server_factory.accept_originator = lambda o: o != "Cbad"
+    def test_authorizer_refusal_403(self) -> None:
+        self.server_factory.authorizer = RefuseBad()
         cf = make_client_factory(self.clock, "Cbad")
-        pair(self.server_factory, cf)
+        p = pair(self.server_factory, cf)
         self.assertIn("403", self.failureResultOf(cf.ready).value.reason)
+        self.assertIsNone(p.server.session)
+        self.assertNotIn("Cbad", self.originators)
         self.assertIsNotNone(self.connect("Cgood").server.session)
+
+    def test_authorizer_sees_headers_peer_and_no_certificate(self) -> None:
+        seen: list[Handshake] = []
+        self.server_factory.authorizer = Recording(seen)
+        p = self.connect("Cae1")
+        self.assertIs(self.originators.lookup("Cae1"), p.server_session)
+        (handshake,) = seen
+        self.assertEqual(handshake.headers["x-m2m-origin"], "Cae1")
+        self.assertEqual(
+            (handshake.peer.host, handshake.peer.port),
+            ("127.0.0.1", p.client.transport.getHost().port),
+        )
+        self.assertIsNone(handshake.peer_certificate)
+        self.assertEqual(handshake.subprotocol, "oneM2M.json")
+
+    def test_authorizer_picks_the_originator(self) -> None:
+        # the authorizer, not the header, decides what is bound (a credential may name it)
+        self.server_factory.authorizer = Fixed("Cfromcredential")
+        p = self.connect(None)
+        self.assertIs(self.originators.lookup("Cfromcredential"), p.server_session)
+
+    def test_refusal_headers_are_sent(self) -> None:
+        self.server_factory.authorizer = Fixed(
+            HandshakeRefused(401, "Unauthorized", {"WWW-Authenticate": 'Basic realm="acmews"'})
+        )
+        cf = make_client_factory(self.clock, "Cae1")
+        p = pair(self.server_factory, cf)
+        self.failureResultOf(cf.ready, TargetNotReachable)
+        self.assertIn("401", p.client.http_status_line)
+        self.assertEqual(p.client.http_headers.get("www-authenticate"), 'Basic realm="acmews"')
+
+    def test_asynchronous_authorizer(self) -> None:
+        pending: Deferred[str | None] = Deferred()
+        self.server_factory.authorizer = Fixed(pending)
+        cf = make_client_factory(self.clock, "Cae1")
+        p = pair(self.server_factory, cf)
+        self.assertNoResult(cf.ready)
+        self.assertIsNone(p.server.session)
+        self.assertNotIn("Cae1", self.originators)
+        pending.callback("Cae1")
+        p.flush()
+        session = self.successResultOf(cf.ready)
+        self.assertIs(self.originators.lookup("Cae1"), p.server_session)
+        d = session.request(retrieve("a1"))
+        p.flush()
+        self.assertEqual(self.successResultOf(d).rsc, 2000)
+
+    def test_asynchronous_refusal(self) -> None:
+        pending: Deferred[str | None] = Deferred()
+        self.server_factory.authorizer = Fixed(pending)
+        cf = make_client_factory(self.clock, "Cae1")
+        p = pair(self.server_factory, cf)
+        pending.errback(HandshakeRefused(403, "not you"))
+        p.flush()
+        self.assertIn("403", self.failureResultOf(cf.ready).value.reason)
+        self.assertNotIn("Cae1", self.originators)
+
+    def test_peer_gone_before_asynchronous_decision_binds_nothing(self) -> None:
+        pending: Deferred[str | None] = Deferred()
+        self.server_factory.authorizer = Fixed(pending)
+        cf = make_client_factory(self.clock, "Cae1")
+        p = pair(self.server_factory, cf)
+        p.client.transport.loseConnection()
+        p.flush()
+        pending.callback("Cae1")
+        p.flush()
+        self.assertIsNone(p.server.session)
+        self.assertNotIn("Cae1", self.originators)
+        self.failureResultOf(cf.ready, TargetNotReachable)
+
+    def test_data_before_asynchronous_decision_is_kept_and_bounded(self) -> None:
+        pending: Deferred[str | None] = Deferred()
+        self.server_factory.authorizer = Fixed(pending)
+        cf = make_client_factory(self.clock, "Cae1")
+        p = pair(self.server_factory, cf)
+        p.server.dataReceived(b"x" * 100)
+        self.assertTrue(p.server.data.endswith(b"x" * 100))  # buffered, not parsed again
+        p.server.dataReceived(b"x" * MAX_EARLY_DATA)
+        self.assertTrue(p.server.transport.disconnecting or p.server.transport.disconnected)
+        pending.callback("Cae1")
+        p.flush()
+        self.assertNotIn("Cae1", self.originators)
+        self.failureResultOf(cf.ready, TargetNotReachable)
 
     def test_interfaces(self) -> None:
         p = self.connect()
@@ -418,7 +539,10 @@ class TimeoutAndLossTests(BindingTestCase):
         p.flush()
         p.client.transport.loseConnection()
         p.flush()
-        held[0].callback(Response(2000, "z", "4"))  # must not raise
+        held[0].callback(Response(2000, "z", "4"))
+        # the session's callbacks on the handler's Deferred must not fail (a raise inside
+        # them would only show up as this Deferred's result)
+        self.assertIsNone(self.successResultOf(held[0]))
 
 
 class HandlerErrorTests(BindingTestCase):
@@ -565,16 +689,11 @@ class LoggingTests(BindingTestCase):
     def test_autobahn_debug_logging_stays_off(self) -> None:
         """Autobahn's per-message debug calls must stay no-ops (they cost CPU and flood
         twistd's log): our classes must not replace its txaio logger."""
-        from twisted.logger import globalLogPublisher
-
-        events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        p = self.connect("Cae1")
-        d = p.client_session.request(retrieve("l1"))
-        p.flush()
-        self.successResultOf(d)
-        from twisted.logger import LogLevel
+        with capturedLogs() as events:
+            p = self.connect("Cae1")
+            d = p.client_session.request(retrieve("l1"))
+            p.flush()
+            self.successResultOf(d)
 
         self.assertEqual([e for e in events if e.get("log_level") == LogLevel.debug], [])
         self.assertTrue(any("Cae1" in str(e.get("originator")) for e in events))
@@ -632,32 +751,24 @@ class LeanPathTests(BindingTestCase):
 
         from acmews.tap import warn_without_nvx
 
-        events: list[dict[str, Any]] = []
-        from twisted.logger import globalLogPublisher
-
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
         self.patch(autobahn.websocket, "USES_NVX", False)
-        self.assertFalse(warn_without_nvx())
+        with capturedLogs() as events:
+            self.assertFalse(warn_without_nvx())
         self.assertTrue(any("NVX" in e.get("log_format", "") for e in events))
         self.patch(autobahn.websocket, "USES_NVX", True)
-        events.clear()
-        self.assertTrue(warn_without_nvx())
+        with capturedLogs() as events:
+            self.assertTrue(warn_without_nvx())
         self.assertFalse(any("NVX" in e.get("log_format", "") for e in events))
 
 
 class ErrorLoggingTests(BindingTestCase):
     def test_one_log_line_per_error_response(self) -> None:
-        from twisted.logger import globalLogPublisher
-
-        events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
         self.handler.answer = lambda rq, c: Response(4004, rq.rqi, "4", {"m2m:dbg": "gone"})
         p = self.connect("Cae1")
-        d1 = p.client_session.request(retrieve("e1"))
-        d2 = p.client_session.request(retrieve("e2", fr="Cother"))  # refused by the binding
-        p.flush()
+        with capturedLogs() as events:
+            d1 = p.client_session.request(retrieve("e1"))
+            d2 = p.client_session.request(retrieve("e2", fr="Cother"))  # refused by the binding
+            p.flush()
         self.assertEqual(
             (self.successResultOf(d1).rsc, self.successResultOf(d2).rsc), (4004, 4103)
         )

@@ -1,0 +1,53 @@
+"""What the opening handshake tells an authorizer, and how it refuses (pure values)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["ORIGIN_HEADER", "Handshake", "HandshakeRefused", "origin_header"]
+
+#: header names arrive lower-cased
+ORIGIN_HEADER = "x-m2m-origin"
+
+
+@dataclass(frozen=True, slots=True)
+class Handshake:
+    """One opening handshake, as an :class:`~acmews.interfaces.IHandshakeAuthorizer` sees it."""
+
+    #: the request's headers, names lower-cased (a repeated header's values joined by ", ")
+    headers: Mapping[str, str]
+    #: the peer's address (an ``IAddress``: ``IPv4Address``, ``UNIXAddress``, ...)
+    peer: Any
+    #: the peer's TLS certificate (pyOpenSSL ``X509``) on a TLS connection that has one
+    peer_certificate: Any = None
+    #: the request path, e.g. ``/``
+    path: str = "/"
+    #: the subprotocol chosen for the connection, e.g. ``oneM2M.json``
+    subprotocol: str = ""
+
+
+@dataclass(slots=True)
+class HandshakeRefused(Exception):
+    """Refuse a connection with an HTTP ``status`` and ``reason`` (raised or returned)."""
+
+    status: int
+    reason: str
+    #: extra response headers, e.g. ``WWW-Authenticate`` for a 401
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.reason}"
+
+
+def origin_header(headers: Mapping[str, str]) -> str | None:
+    """The originator named by ``X-M2M-Origin``, None without the header; refuses (400) an
+    empty value or one that names several originators."""
+    origin = headers.get(ORIGIN_HEADER)
+    if origin is None:
+        return None
+    origin = origin.strip()
+    if not origin or "," in origin or " " in origin:
+        raise HandshakeRefused(400, f"invalid X-M2M-Origin header: {origin[:200]!r}")
+    return origin

@@ -1,0 +1,66 @@
+"""One set of connection options for every place a oneM2M WebSocket is made or accepted."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "DEFAULT_PING_INTERVAL",
+    "DEFAULT_PING_TIMEOUT",
+    "DEFAULT_REQUEST_TIMEOUT",
+    "ConnectionOptions",
+]
+
+DEFAULT_REQUEST_TIMEOUT = 10.0
+DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
+DEFAULT_PING_INTERVAL = 20.0
+DEFAULT_PING_TIMEOUT = 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionOptions:
+    """What ``connect``, ``listen``, both protocol factories and ``twistd acmews`` share.
+
+    Times are in seconds. ``ping_interval`` 0 turns keep-alive off; a handshake timeout of 0
+    turns that timer off (tests do, to keep Autobahn's timers off the global reactor).
+    """
+
+    #: how long a request we send may wait for its response (4008 after that)
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    #: the largest WebSocket message (and frame) accepted; larger closes with 1009
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    ping_interval: float = DEFAULT_PING_INTERVAL
+    #: seconds without a pong before the connection is closed
+    ping_timeout: float = DEFAULT_PING_TIMEOUT
+    open_handshake_timeout: float = 10.0
+    close_handshake_timeout: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.request_timeout > 0:
+            raise ValueError("request_timeout must be positive")
+        if self.max_message_size < 1:
+            raise ValueError("max_message_size must be positive")
+        for name in (
+            "ping_interval",
+            "ping_timeout",
+            "open_handshake_timeout",
+            "close_handshake_timeout",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+
+    def autobahn(self) -> dict[str, Any]:
+        """The Autobahn protocol options, the same for both roles. ``failByDrop`` off: a peer
+        that breaks the rules (e.g. an oversized message) gets a close frame with the code."""
+        return {
+            "maxMessagePayloadSize": self.max_message_size,
+            "maxFramePayloadSize": self.max_message_size,
+            "autoPingInterval": self.ping_interval,
+            "autoPingTimeout": self.ping_timeout if self.ping_interval else 0,
+            "autoPingRestartOnAnyTraffic": True,
+            "failByDrop": False,
+            "openHandshakeTimeout": self.open_handshake_timeout,
+            "closeHandshakeTimeout": self.close_handshake_timeout,
+        }
