@@ -28,9 +28,9 @@ from typing_extensions import override
 from acmews.codec import CODECS
 from acmews.errors import TargetNotReachable
 from acmews.interfaces import ICodec, IRequestHandler
-from acmews.leanws import frame_header
 from acmews.originators import OriginatorMap
 from acmews.session import DEFAULT_REQUEST_TIMEOUT, Session
+from acmews.wsframe import frame_header
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
