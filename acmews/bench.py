@@ -43,8 +43,8 @@ __all__ = [
     "BenchOptions",
     "Ledger",
     "LoadConnection",
+    "RequestChannel",
     "Result",
-    "Session",
     "Template",
     "main",
     "parse_options",
@@ -372,7 +372,7 @@ async def open_client(
     return client
 
 
-class Session:
+class RequestChannel:
     """One request at a time and its answer (for set-up, clean-up and fanout), plus answers
     to the server's own requests (verification requests, NOTIFYs) with rsc 2000."""
 
@@ -797,9 +797,9 @@ async def admin_requests(
 ) -> list[dict[str, Any]]:
     """Send requests one after the other on a connection of their own; their responses."""
     client = await open_client(reactor, target, opts.serialization, originator, opts.timeout)
-    session = Session(client, opts.serialization, reactor, originator, opts.timeout)
+    channel = RequestChannel(client, opts.serialization, reactor, originator, opts.timeout)
     try:
-        return [await session.request(r) for r in requests]
+        return [await channel.request(r) for r in requests]
     finally:
         await _close_all(reactor, [client])
 
@@ -955,8 +955,8 @@ async def run_fanout(
     target = Target.parse(url)
     t = opts.timeout
     admin_client = await open_client(reactor, target, opts.serialization, opts.originator, t)
-    admin = Session(admin_client, opts.serialization, reactor, opts.originator, t)
-    sessions: list[Session] = []
+    admin = RequestChannel(admin_client, opts.serialization, reactor, opts.originator, t)
+    channels: list[RequestChannel] = []
     created_aes: list[str] = []
     cnt = f"{opts.target}/benchfan{tag}"
     result = Result(connections=0)
@@ -976,8 +976,8 @@ async def run_fanout(
         for k in range(opts.connections):
             aei = f"Cbench{tag}x{k}"
             client = await open_client(reactor, target, opts.serialization, aei, t)
-            s = Session(client, opts.serialization, reactor, aei, t)
-            sessions.append(s)
+            s = RequestChannel(client, opts.serialization, reactor, aei, t)
+            channels.append(s)
             resp = await s.request(ae_create(opts.target, aei))
             if resp.get("rsc") != 2001:
                 raise BenchError(f"AE CREATE for {aei} failed: {resp}")
@@ -1016,7 +1016,7 @@ async def run_fanout(
 
             return handle
 
-        for k, s in enumerate(sessions):
+        for k, s in enumerate(channels):
             s.on_request = on_notify(k)
         before = sample_server(pid)
         result.started, cpu0 = time.time(), _cpu()
@@ -1044,7 +1044,7 @@ async def run_fanout(
         result.extra["notify_latencies_ms"] = sorted(
             v * 1000 for r in rounds.values() for v in r["got"].values()
         )
-        for s in [admin, *sessions]:
+        for s in [admin, *channels]:
             result.duplicates += s.ledger.duplicates
             result.unknown += s.ledger.unknown
             result.malformed += s.ledger.malformed
@@ -1058,7 +1058,7 @@ async def run_fanout(
             await admin.request({"op": 4, "to": cnt})
         except Exception as e:
             out.write(f"  warning: could not delete {cnt}: {e}\n")
-        await _close_all(reactor, [s.client for s in sessions] + [admin_client])
+        await _close_all(reactor, [s.client for s in channels] + [admin_client])
     result.connections = opts.connections
     server: dict[str, Any] = {}
     if before is not None and after is not None:
