@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import struct
 import sys
+from dataclasses import asdict
 from typing import Any
 
 import cbor2
@@ -16,24 +17,19 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from acmews import bench
-from acmews.bench import (
-    Budget,
-    Ledger,
-    LoadConnection,
-    Result,
-    Template,
-    parse_options,
-    percentile,
-    ratio_summary,
-)
-from acmews.leanws import (
+from acmews.bench.cli import parse_options
+from acmews.bench.connections import SUBPROTOCOLS, Template
+from acmews.bench.leanclient import (
     HandshakeError,
     LeanWebSocketClient,
     accept_key,
     build_handshake,
     parse_handshake,
 )
+from acmews.bench.ledger import Ledger, Result, percentile, ratio_summary
+from acmews.bench.load import Budget, LoadConfig, LoadConnection, split_evenly
+from acmews.bench.report import compare_summary, format_compare, format_report, report
+from acmews.bench.scenarios import parse_proc
 from acmews.wsframe import (
     OP_BINARY,
     OP_CLOSE,
@@ -294,7 +290,7 @@ class LedgerTests(SynchronousTestCase):
         self.assertEqual(m.client_cpu, 0.75)
         self.assertEqual(sorted(m.latencies), [0.1, 0.2, 0.3])
         self.assertFalse(m.correct)
-        self.assertEqual(Result.from_dict(bench.asdict(m)), m)
+        self.assertEqual(Result.from_dict(asdict(m)), m)
 
     def test_report_says_so_loudly(self) -> None:
         opts = parse_options(["ws://127.0.0.1:8180"])
@@ -308,12 +304,12 @@ class LedgerTests(SynchronousTestCase):
             ended=2,
             latencies=[0.1, 0.2],
         )
-        text = bench.format_report(bench.report(opts, opts.url, bad, {}))
+        text = format_report(report(opts, opts.url, bad, {}))
         self.assertIn("CORRECTNESS FAILURE", text)
         self.assertIn("1 never answered, 1 answered twice, 1 with an rqi never sent", text)
         good = Result(sent=2, answered=2, started=1, ended=2, latencies=[0.1, 0.2])
-        d = bench.report(opts, opts.url, good, {"cpu_s": 0.001})
-        self.assertNotIn("FAILURE", bench.format_report(d))
+        d = report(opts, opts.url, good, {"cpu_s": 0.001})
+        self.assertNotIn("FAILURE", format_report(d))
         self.assertAlmostEqual(d["server_cpu_us_per_request"], 500.0)
         self.assertEqual(d["requests_per_second"], 2.0)
 
@@ -349,21 +345,21 @@ class StatisticsTests(SynchronousTestCase):
                 {"requests_per_second": 100.0, "server_cpu_us_per_request": 120.0},
             ),
         ]
-        c = bench.compare_summary(pairs)
+        c = compare_summary(pairs)
         self.assertEqual(c["rate_ratios"], [2.0, 3.0])
         self.assertEqual(c["rate_ratio_median"], 2.5)
         self.assertEqual(c["cpu_ratios"], [0.5, 0.25])
-        self.assertIn("median 2.50", bench.format_compare(c))
+        self.assertIn("median 2.50", format_compare(c))
 
     def test_split_evenly(self) -> None:
-        self.assertEqual(bench.split_evenly(10, 3), [4, 3, 3])
-        self.assertEqual(bench.split_evenly(2, 2), [1, 1])
+        self.assertEqual(split_evenly(10, 3), [4, 3, 3])
+        self.assertEqual(split_evenly(2, 2), [1, 1])
 
     def test_parse_proc(self) -> None:
         stat = b"1234 (twistd (x) y) S " + b" ".join(b"%d" % i for i in range(4, 53))
         # fields 14 and 15 (utime, stime) are the numbers 14 and 15 here
         status = b"Name:\tx\nVmRSS:\t  2048 kB\nThreads:\t1\n"
-        s = bench.parse_proc(stat, status, 100)
+        s = parse_proc(stat, status, 100)
         self.assertAlmostEqual(s.cpu, 0.29)
         self.assertEqual(s.rss_kib, 2048)
 
@@ -420,7 +416,7 @@ class OptionTests(SynchronousTestCase):
         self.assertEqual((o.connections, o.processes, o.requests, o.duration), (4, 2, 100, 2.0))
         self.assertEqual((o.json_file, o.server_pid, o.compare_pid), ("out.json", 42, 43))
         self.assertEqual(o.compare, "ws://127.0.0.1:8181")
-        cfg = bench.LoadConfig(
+        cfg = LoadConfig(
             url=o.url,
             serialization="json",
             originator=o.originator,
@@ -458,7 +454,7 @@ def open_client(serialization: str = "json") -> tuple[LeanWebSocketClient, Strin
         host="127.0.0.1",
         port=8180,
         path="/",
-        subprotocol=bench.SUBPROTOCOLS[serialization],
+        subprotocol=SUBPROTOCOLS[serialization],
         originator="CAdmin",
         clock=Clock(),
         handshake_timeout=0,
@@ -467,7 +463,7 @@ def open_client(serialization: str = "json") -> tuple[LeanWebSocketClient, Strin
     )
     transport = StringTransport()
     client.makeConnection(transport)
-    client.dataReceived(server_101(subprotocol=bench.SUBPROTOCOLS[serialization]))
+    client.dataReceived(server_101(subprotocol=SUBPROTOCOLS[serialization]))
     transport.clear()
     return client, transport
 

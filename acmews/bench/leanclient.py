@@ -4,6 +4,7 @@ Autobahn costs more per message than the servers we want to measure, so ``acmews
 them with this instead: no extensions, no UTF-8 validation, one mask key per connection (the
 mask for a payload length is computed once and cached, masking is one big-integer XOR), and
 server frames parsed from one buffer. It is a client only; it is not a general-purpose library.
+The frames themselves (shared with the server's fast path) are in :mod:`acmews.wsframe`.
 """
 
 from __future__ import annotations
