@@ -30,7 +30,6 @@ from acmews.codec import CODECS
 from acmews.errors import TargetNotReachable
 from acmews.handshake import Handshake, HandshakeRefused
 from acmews.interfaces import ICodec, IHandshakeAuthorizer, IOriginatorMap, IRequestHandler
-from acmews.leanws import frame_header
 from acmews.options import (
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_PING_INTERVAL,
@@ -39,6 +38,7 @@ from acmews.options import (
 )
 from acmews.originators import OriginatorMap
 from acmews.session import Session
+from acmews.wsframe import frame_header
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",

@@ -1,4 +1,4 @@
-"""The load generator's pieces: frames, handshake, client protocol, accounting, options.
+"""The load generator's pieces: handshake, client protocol, accounting, options.
 
 No sockets, no sleeps: the lean client is driven with ``StringTransport`` and ``task.Clock``.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import struct
 import sys
+from dataclasses import asdict
 from typing import Any
 
 import cbor2
@@ -16,34 +17,27 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from acmews import bench
-from acmews.bench import (
-    Budget,
-    Ledger,
-    LoadConnection,
-    Result,
-    Template,
-    parse_options,
-    percentile,
-    ratio_summary,
+from acmews.bench.cli import parse_options
+from acmews.bench.connections import SUBPROTOCOLS, Template
+from acmews.bench.leanclient import (
+    HandshakeError,
+    LeanWebSocketClient,
+    accept_key,
+    build_handshake,
+    parse_handshake,
 )
-from acmews.leanws import (
+from acmews.bench.ledger import Ledger, Result, percentile, ratio_summary
+from acmews.bench.load import Budget, LoadConfig, LoadConnection, split_evenly
+from acmews.bench.report import compare_summary, format_compare, format_report, report
+from acmews.bench.scenarios import parse_proc
+from acmews.wsframe import (
     OP_BINARY,
     OP_CLOSE,
-    OP_CONTINUATION,
     OP_PING,
     OP_PONG,
     OP_TEXT,
     FrameParser,
-    HandshakeError,
-    LeanWebSocketClient,
-    Masker,
-    WebSocketProtocolError,
-    accept_key,
-    build_handshake,
     encode_frame,
-    frame_header,
-    parse_handshake,
 )
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455's example key
@@ -64,87 +58,6 @@ def server_101(key: bytes = KEY, subprotocol: str | None = "oneM2M.json") -> byt
 
 def server_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
     return encode_frame(opcode, payload, None, fin=fin)
-
-
-class FrameTests(SynchronousTestCase):
-    def test_rfc_example_masked_hello(self) -> None:
-        """RFC 6455 5.7: a masked text "Hello"."""
-        frame = encode_frame(OP_TEXT, b"Hello", Masker(MASK))
-        self.assertEqual(frame, bytes.fromhex("818537fa213d7f9f4d5158"))
-
-    def test_mask_roundtrip_and_cache(self) -> None:
-        m = Masker(b"\x01\x02\x03\x04")
-        for n in (0, 1, 3, 4, 5, 127, 1000):
-            data = bytes(range(256)) * 4
-            data = data[:n]
-            masked = m.mask(data)
-            self.assertEqual(len(masked), n)
-            self.assertEqual(masked, bytes(b ^ (1, 2, 3, 4)[i % 4] for i, b in enumerate(data)))
-            self.assertEqual(m.mask(masked), data)
-        self.assertRaises(ValueError, Masker, b"abc")
-
-    def test_header_lengths(self) -> None:
-        self.assertEqual(frame_header(OP_TEXT, 125, masked=False), b"\x81\x7d")
-        self.assertEqual(frame_header(OP_TEXT, 126, masked=False), b"\x81\x7e\x00\x7e")
-        self.assertEqual(frame_header(OP_BINARY, 65535, masked=True), b"\x82\xfe\xff\xff")
-        self.assertEqual(
-            frame_header(OP_BINARY, 65536, masked=True), b"\x82\xff" + struct.pack("!Q", 65536)
-        )
-        self.assertEqual(frame_header(OP_CONTINUATION, 1, masked=False, fin=False), b"\x00\x01")
-
-    def test_parse_lengths(self) -> None:
-        for n in (0, 125, 126, 65535, 65536):
-            payload = bytes(i % 251 for i in range(n))
-            p = FrameParser()
-            self.assertEqual(p.feed(server_frame(OP_BINARY, payload)), [(OP_BINARY, payload)])
-
-    def test_parse_byte_by_byte(self) -> None:
-        data = server_frame(OP_TEXT, b"x" * 300) + server_frame(OP_TEXT, b"y")
-        p = FrameParser()
-        events = []
-        for i in range(len(data)):
-            events += p.feed(data[i : i + 1])
-        self.assertEqual(events, [(OP_TEXT, b"x" * 300), (OP_TEXT, b"y")])
-
-    def test_many_frames_in_one_chunk(self) -> None:
-        data = b"".join(server_frame(OP_TEXT, b"%d" % i) for i in range(100))
-        events = FrameParser().feed(data)
-        self.assertEqual([e[1] for e in events], [b"%d" % i for i in range(100)])
-
-    def test_fragmented_message_with_ping_between(self) -> None:
-        data = (
-            server_frame(OP_TEXT, b"Hel", fin=False)
-            + server_frame(OP_PING, b"p")
-            + server_frame(OP_CONTINUATION, b"lo, ", fin=False)
-            + server_frame(OP_CONTINUATION, b"world")
-        )
-        self.assertEqual(FrameParser().feed(data), [(OP_PING, b"p"), (OP_TEXT, b"Hello, world")])
-
-    def test_masked_server_frame_is_unmasked(self) -> None:
-        self.assertEqual(
-            FrameParser().feed(encode_frame(OP_TEXT, b"Hello", Masker(MASK))),
-            [(OP_TEXT, b"Hello")],
-        )
-
-    def test_protocol_errors(self) -> None:
-        bad = [
-            b"\x80\x00",  # continuation without a message
-            b"\xc1\x00",  # RSV1
-            b"\x83\x00",  # unknown opcode
-            b"\x09\x00",  # fragmented ping
-            b"\x89\x7e\x00\x7e" + b"x" * 126,  # ping over 125 bytes
-            server_frame(OP_TEXT, b"a", fin=False) + server_frame(OP_TEXT, b"b"),
-            b"\x82\x7f" + struct.pack("!Q", 1 << 63),
-        ]
-        for data in bad:
-            self.assertRaises(WebSocketProtocolError, FrameParser().feed, data)
-
-    def test_message_size_limit(self) -> None:
-        p = FrameParser(max_message=10)
-        self.assertRaises(WebSocketProtocolError, p.feed, server_frame(OP_TEXT, b"x" * 11))
-        p = FrameParser(max_message=10)
-        p.feed(server_frame(OP_TEXT, b"x" * 6, fin=False))
-        self.assertRaises(WebSocketProtocolError, p.feed, server_frame(OP_CONTINUATION, b"x" * 6))
 
 
 class HandshakeTests(SynchronousTestCase):
@@ -377,7 +290,7 @@ class LedgerTests(SynchronousTestCase):
         self.assertEqual(m.client_cpu, 0.75)
         self.assertEqual(sorted(m.latencies), [0.1, 0.2, 0.3])
         self.assertFalse(m.correct)
-        self.assertEqual(Result.from_dict(bench.asdict(m)), m)
+        self.assertEqual(Result.from_dict(asdict(m)), m)
 
     def test_report_says_so_loudly(self) -> None:
         opts = parse_options(["ws://127.0.0.1:8180"])
@@ -391,12 +304,12 @@ class LedgerTests(SynchronousTestCase):
             ended=2,
             latencies=[0.1, 0.2],
         )
-        text = bench.format_report(bench.report(opts, opts.url, bad, {}))
+        text = format_report(report(opts, opts.url, bad, {}))
         self.assertIn("CORRECTNESS FAILURE", text)
         self.assertIn("1 never answered, 1 answered twice, 1 with an rqi never sent", text)
         good = Result(sent=2, answered=2, started=1, ended=2, latencies=[0.1, 0.2])
-        d = bench.report(opts, opts.url, good, {"cpu_s": 0.001})
-        self.assertNotIn("FAILURE", bench.format_report(d))
+        d = report(opts, opts.url, good, {"cpu_s": 0.001})
+        self.assertNotIn("FAILURE", format_report(d))
         self.assertAlmostEqual(d["server_cpu_us_per_request"], 500.0)
         self.assertEqual(d["requests_per_second"], 2.0)
 
@@ -432,21 +345,21 @@ class StatisticsTests(SynchronousTestCase):
                 {"requests_per_second": 100.0, "server_cpu_us_per_request": 120.0},
             ),
         ]
-        c = bench.compare_summary(pairs)
+        c = compare_summary(pairs)
         self.assertEqual(c["rate_ratios"], [2.0, 3.0])
         self.assertEqual(c["rate_ratio_median"], 2.5)
         self.assertEqual(c["cpu_ratios"], [0.5, 0.25])
-        self.assertIn("median 2.50", bench.format_compare(c))
+        self.assertIn("median 2.50", format_compare(c))
 
     def test_split_evenly(self) -> None:
-        self.assertEqual(bench.split_evenly(10, 3), [4, 3, 3])
-        self.assertEqual(bench.split_evenly(2, 2), [1, 1])
+        self.assertEqual(split_evenly(10, 3), [4, 3, 3])
+        self.assertEqual(split_evenly(2, 2), [1, 1])
 
     def test_parse_proc(self) -> None:
         stat = b"1234 (twistd (x) y) S " + b" ".join(b"%d" % i for i in range(4, 53))
         # fields 14 and 15 (utime, stime) are the numbers 14 and 15 here
         status = b"Name:\tx\nVmRSS:\t  2048 kB\nThreads:\t1\n"
-        s = bench.parse_proc(stat, status, 100)
+        s = parse_proc(stat, status, 100)
         self.assertAlmostEqual(s.cpu, 0.29)
         self.assertEqual(s.rss_kib, 2048)
 
@@ -503,7 +416,7 @@ class OptionTests(SynchronousTestCase):
         self.assertEqual((o.connections, o.processes, o.requests, o.duration), (4, 2, 100, 2.0))
         self.assertEqual((o.json_file, o.server_pid, o.compare_pid), ("out.json", 42, 43))
         self.assertEqual(o.compare, "ws://127.0.0.1:8181")
-        cfg = bench.LoadConfig(
+        cfg = LoadConfig(
             url=o.url,
             serialization="json",
             originator=o.originator,
@@ -541,7 +454,7 @@ def open_client(serialization: str = "json") -> tuple[LeanWebSocketClient, Strin
         host="127.0.0.1",
         port=8180,
         path="/",
-        subprotocol=bench.SUBPROTOCOLS[serialization],
+        subprotocol=SUBPROTOCOLS[serialization],
         originator="CAdmin",
         clock=Clock(),
         handshake_timeout=0,
@@ -550,7 +463,7 @@ def open_client(serialization: str = "json") -> tuple[LeanWebSocketClient, Strin
     )
     transport = StringTransport()
     client.makeConnection(transport)
-    client.dataReceived(server_101(subprotocol=bench.SUBPROTOCOLS[serialization]))
+    client.dataReceived(server_101(subprotocol=SUBPROTOCOLS[serialization]))
     transport.clear()
     return client, transport
 

@@ -1,0 +1,185 @@
+"""The command line: ``python -m acmews.bench URL [options]`` (and ``--worker`` for the
+load processes it starts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from twisted.internet.defer import Deferred
+
+from acmews.bench.connections import SUBPROTOCOLS, BenchError, Target
+from acmews.bench.report import compare_summary, format_compare, format_report, report
+from acmews.bench.scenarios import RUNNERS, BenchOptions
+from acmews.bench.workers import worker_main
+
+__all__ = [
+    "MODES",
+    "SCENARIOS",
+    "build_parser",
+    "main",
+    "parse_options",
+    "run",
+]
+
+
+SCENARIOS = ("retrieve", "create-cin", "fanout", "idle")
+MODES = ("sequential", "pipelined")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m acmews.bench",
+        description="Load generator for oneM2M over WebSocket (TS-0020). Exit code 1 when "
+        "any request was never answered, answered twice or answered with a foreign rqi; "
+        "2 when the run could not be done.",
+    )
+    p.add_argument("url", help="ws://host:port[/path] of the CSE")
+    p.add_argument(
+        "--originator",
+        default="CAdmin",
+        help="X-M2M-Origin and fr (CAdmin); '{k}' is replaced by the connection number - "
+        "servers close an older connection of the same originator (ACME does, acmews too)",
+    )
+    p.add_argument("--target", default="cse-in", help="target resource (the CSEBase, cse-in)")
+    p.add_argument("--scenario", choices=SCENARIOS, default="retrieve")
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        default="sequential",
+        help="sequential: one request in flight per connection; pipelined: --window",
+    )
+    p.add_argument("--window", type=int, default=64, help="in flight per connection (64)")
+    p.add_argument(
+        "--connections",
+        type=int,
+        default=1,
+        help="connections in all (for fanout: AEs; for idle: idle connections)",
+    )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="load processes (retrieve/create-cin only), each with its own reactor",
+    )
+    p.add_argument(
+        "--requests",
+        type=int,
+        default=2000,
+        help="stop after this many requests (fanout: rounds) (2000)",
+    )
+    p.add_argument("--duration", type=float, default=5.0, help="stop after this many s (5)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        help="a request unanswered after this many s counts as never answered (5)",
+    )
+    p.add_argument("--serialization", choices=tuple(SUBPROTOCOLS), default="json")
+    p.add_argument("--json", dest="json_file", metavar="FILE", help="write the result as JSON")
+    p.add_argument(
+        "--server-pid",
+        type=int,
+        metavar="PID",
+        help="local server process: report its CPU us/request (and RSS for idle)",
+    )
+    p.add_argument("--compare", metavar="URL2", help="alternate runs against a second server")
+    p.add_argument("--compare-pid", type=int, metavar="PID2", help="server pid of URL2")
+    p.add_argument(
+        "--register",
+        action="store_true",
+        help="retrieve/create-cin: first register one AE per connection as --originator "
+        "(use '{k}', e.g. Cbench{k}), delete them at the end",
+    )
+    p.add_argument("--rounds", type=int, default=3, help="A/B pairs with --compare (3)")
+    return p
+
+
+def parse_options(argv: Sequence[str]) -> BenchOptions:
+    parser = build_parser()
+    ns = parser.parse_args(list(argv))
+    opts = BenchOptions(**vars(ns))
+    for name in ("window", "connections", "processes", "requests", "rounds"):
+        if getattr(opts, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    if opts.duration <= 0 or opts.timeout <= 0:
+        parser.error("--duration and --timeout must be positive")
+    if (
+        (opts.register or opts.scenario in ("retrieve", "create-cin"))
+        and max(opts.connections, opts.processes) > 1
+        and "{k}" not in opts.originator
+    ):
+        sys.stderr.write(
+            "bench: warning: several connections share the originator "
+            f"{opts.originator}; servers close the older ones (use '{{k}}' and --register)\n"
+        )
+    if opts.register and opts.scenario not in ("retrieve", "create-cin"):
+        parser.error("--register is for retrieve and create-cin")
+    try:
+        Target.parse(opts.url)
+        if opts.compare:
+            Target.parse(opts.compare)
+    except BenchError as e:
+        parser.error(str(e))
+    return opts
+
+
+async def run(reactor: Any, opts: BenchOptions, out: TextIO) -> int:
+    """Run the whole benchmark (with --compare: A B A B ...); returns the exit code."""
+    runner = RUNNERS[opts.scenario]
+    runs: list[dict[str, Any]] = []
+    if opts.compare is None:
+        result, server = await runner(reactor, opts, opts.url, opts.server_pid, out)
+        d = report(opts, opts.url, result, server)
+        runs.append(d)
+        out.write(format_report(d) + "\n")
+        summary: dict[str, Any] = d
+    else:
+        pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        for i in range(opts.rounds):
+            pair = []
+            for url, pid in ((opts.url, opts.server_pid), (opts.compare, opts.compare_pid)):
+                result, server = await runner(reactor, opts, url, pid, out)
+                d = report(opts, url, result, server)
+                runs.append(d)
+                pair.append(d)
+                out.write(f"[round {i + 1} {'AB'[len(pair) - 1]}] " + format_report(d) + "\n")
+            pairs.append((pair[0], pair[1]))
+        summary = {"runs": runs, "compare": compare_summary(pairs)}
+        out.write(format_compare(summary["compare"]) + "\n")
+    if opts.json_file:
+        with open(opts.json_file, "w") as f:
+            json.dump(summary, f, indent=2)
+    if all(r["correct"] for r in runs):
+        return 0
+    out.write("bench: CORRECTNESS FAILURE (see above)\n")
+    return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--worker"]:
+        return worker_main(argv[1])
+    opts = parse_options(argv)
+    from twisted.internet import reactor
+
+    code = [2]
+
+    async def body() -> None:
+        try:
+            code[0] = await run(reactor, opts, sys.stdout)
+        except BenchError as e:
+            sys.stderr.write(f"bench: {e}\n")
+        except Exception:
+            traceback.print_exc()
+        finally:
+            reactor.stop()
+
+    reactor.callWhenRunning(lambda: Deferred.fromCoroutine(body()))
+    reactor.run()
+    return code[0]

@@ -1,0 +1,135 @@
+"""Reporting: the machine-readable summary of a run, its text form, and A/B comparisons."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from acmews.bench.ledger import Result, percentile, ratio_summary
+from acmews.bench.scenarios import BenchOptions
+
+__all__ = [
+    "compare_summary",
+    "format_compare",
+    "format_report",
+    "report",
+]
+
+
+def report(opts: BenchOptions, url: str, result: Result, server: dict[str, Any]) -> dict[str, Any]:
+    d = result.summary()
+    d.update(
+        url=url,
+        scenario=opts.scenario,
+        mode=opts.mode,
+        window=opts.effective_window,
+        serialization=opts.serialization,
+        processes=opts.processes,
+        server=server,
+    )
+    if server.get("cpu_s") is not None and opts.scenario != "idle":
+        n = result.sent if opts.scenario != "fanout" else result.answered
+        if n:
+            d["server_cpu_us_per_request"] = server["cpu_s"] / n * 1e6
+    return d
+
+
+def format_report(d: dict[str, Any]) -> str:
+    lines = [
+        f"{d['scenario']} {d['mode']} {d['serialization']} -> {d['url']}"
+        f"  ({d['processes']} proc, {d['connections']} conn, window {d['window']})"
+    ]
+    lat = d["latency_ms"]
+    pcts = (
+        f"p50 {lat['p50']:.2f}  p90 {lat['p90']:.2f}  p99 {lat['p99']:.2f}  max {lat['max']:.2f}"
+    )
+    rsc = ", ".join(f"{k}: {v}" for k, v in sorted(d["rsc"].items())) or "-"
+    unit = "request"
+    if d["scenario"] == "idle":
+        lines.append(f"  open connections  {d['extra'].get('open_connections', 0)}")
+    elif d["scenario"] == "fanout":
+        unit = "notification"
+        n = d["connections"] * d["extra"].get("rounds", 0)
+        lines.append(
+            f"  rounds            {d['extra'].get('rounds', 0)} CIN CREATEs (rsc {rsc}), "
+            f"{d['answered']}/{n} NOTIFYs in {d['elapsed']:.2f} s"
+            f" -> {d['requests_per_second']:.1f} notifications/s"
+        )
+        lines.append(f"  all N notified ms {pcts}")
+        per = d["extra"].get("notify_latencies_ms", [])
+        lines.append(
+            f"  each NOTIFY ms    p50 {percentile(per, 50):.2f}  p99 {percentile(per, 99):.2f}"
+            f"  max {(per[-1] if per else 0.0):.2f}"
+        )
+        lines.append(
+            f"  client CPU        {d['client_cpu'] / max(1, d['answered']) * 1e6:.0f}"
+            f" us/notification ({d['client_cpu']:.2f} s)"
+        )
+    else:
+        lines.append(
+            f"  requests          {d['sent']} sent, {d['answered']} answered in "
+            f"{d['elapsed']:.2f} s -> {d['requests_per_second']:.1f} req/s"
+        )
+        lines.append(f"  latency (ms)      {pcts}")
+        lines.append(f"  rsc               {rsc}")
+        lines.append(
+            f"  client CPU        {d['client_cpu_us_per_request']:.0f} us/request"
+            f" ({d['client_cpu']:.2f} s)"
+        )
+    if "server_cpu_us_per_request" in d:
+        lines.append(
+            f"  server CPU        {d['server_cpu_us_per_request']:.0f} us/{unit}"
+            f" ({d['server']['cpu_s']:.2f} s)"
+        )
+    if "rss_growth_kib" in d["server"]:
+        lines.append(
+            f"  server RSS        +{d['server']['rss_growth_kib']} KiB"
+            f" ({d['server']['rss_per_connection_kib']:.1f} KiB/connection)"
+        )
+    for e in d["errors"]:
+        lines.append(f"  error: {e}")
+    if d["correct"]:
+        lines.append(
+            "  correctness       OK: "
+            + {
+                "idle": "every connection opened and stayed open",
+                "fanout": "every NOTIFY arrived exactly once, every request answered once",
+            }.get(d["scenario"], "every request answered exactly once, with its own rqi")
+        )
+    else:
+        lines.append(
+            f"  !!! CORRECTNESS FAILURE: {d['unanswered']} never answered, "
+            f"{d['duplicates']} answered twice, {d['unknown']} with an rqi never sent, "
+            f"{d['malformed']} malformed (late answers: {d['late']}) !!!"
+        )
+    return "\n".join(lines)
+
+
+def compare_summary(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
+    """Ratios A/B per pair (requests/s, and server CPU/request when both are known)."""
+    rates, median = ratio_summary(
+        [a["requests_per_second"] for a, _ in pairs], [b["requests_per_second"] for _, b in pairs]
+    )
+    d: dict[str, Any] = {"rate_ratios": rates, "rate_ratio_median": median}
+    if all("server_cpu_us_per_request" in x for pair in pairs for x in pair):
+        cpu, cmed = ratio_summary(
+            [a["server_cpu_us_per_request"] for a, _ in pairs],
+            [b["server_cpu_us_per_request"] for _, b in pairs],
+        )
+        d.update(cpu_ratios=cpu, cpu_ratio_median=cmed)
+    return d
+
+
+def format_compare(c: dict[str, Any]) -> str:
+    lines = [
+        "compare A/B  requests/s ratios: "
+        + ", ".join(f"{r:.2f}" for r in c["rate_ratios"])
+        + f"  median {c['rate_ratio_median']:.2f}"
+    ]
+    if "cpu_ratios" in c:
+        lines.append(
+            "compare A/B  server CPU/request ratios: "
+            + ", ".join(f"{r:.2f}" for r in c["cpu_ratios"])
+            + f"  median {c['cpu_ratio_median']:.2f}"
+        )
+    return "\n".join(lines)

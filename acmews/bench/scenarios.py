@@ -1,0 +1,426 @@
+"""The scenarios: retrieve and create-cin (set up, load, clean up), fanout and idle; and the
+server's CPU time and RSS read from /proc around them.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from twisted.internet.defer import Deferred, TimeoutError
+
+from acmews.bench.connections import (
+    RVI,
+    BenchError,
+    RequestChannel,
+    Target,
+    close_all,
+    open_client,
+)
+from acmews.bench.leanclient import LeanWebSocketClient
+from acmews.bench.ledger import Result
+from acmews.bench.load import LoadConfig, cpu_time, run_load, split_evenly
+from acmews.bench.workers import run_workers
+
+__all__ = [
+    "RUNNERS",
+    "BenchOptions",
+    "ServerSample",
+    "admin_requests",
+    "ae_create",
+    "parse_proc",
+    "run_fanout",
+    "run_idle",
+    "run_requests",
+    "sample_server",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# the server process
+
+
+@dataclass
+class ServerSample:
+    cpu: float  # seconds, utime + stime
+    rss_kib: int
+
+
+def sample_server(pid: int | None) -> ServerSample | None:
+    """CPU time and RSS of a local process, from /proc (``None`` without a pid)."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        with open(f"/proc/{pid}/status", "rb") as f:
+            status = f.read()
+    except OSError as e:
+        raise BenchError(f"cannot read /proc/{pid}: {e}") from None
+    return parse_proc(stat, status, os.sysconf("SC_CLK_TCK"))
+
+
+def parse_proc(stat: bytes, status: bytes, ticks: int) -> ServerSample:
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    rss = 0
+    for line in status.splitlines():
+        if line.startswith(b"VmRSS:"):
+            rss = int(line.split()[1])
+    return ServerSample((utime + stime) / ticks, rss)
+
+
+# ---------------------------------------------------------------------------------------------
+# scenarios
+
+
+@dataclass
+class BenchOptions:
+    url: str
+    originator: str = "CAdmin"
+    target: str = "cse-in"
+    scenario: str = "retrieve"
+    mode: str = "sequential"
+    window: int = 64
+    connections: int = 1
+    processes: int = 1
+    requests: int = 2000
+    duration: float = 5.0
+    timeout: float = 5.0
+    serialization: str = "json"
+    json_file: str | None = None
+    server_pid: int | None = None
+    compare: str | None = None
+    compare_pid: int | None = None
+    rounds: int = 3
+    register: bool = False
+
+    @property
+    def effective_window(self) -> int:
+        return 1 if self.mode == "sequential" else self.window
+
+
+def _progress_printer(out: TextIO, total: int) -> Callable[[int], None]:
+    if not out.isatty():
+        return lambda n: None
+    last = [0.0]
+
+    def show(n: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 0.25:
+            last[0] = now
+            out.write(f"\r  {n}/{total} answered ")
+            out.flush()
+
+    return show
+
+
+def ae_create(parent: str, aei: str) -> dict[str, Any]:
+    """An AE CREATE asking for the AE-ID ``aei`` (also its resource name)."""
+    return {
+        "op": 1,
+        "to": parent,
+        "ty": 2,
+        "pc": {
+            "m2m:ae": {
+                "rn": aei,
+                "api": "Nbench",
+                "rr": True,
+                "srv": [RVI],
+                "poa": ["ws://default"],
+            }
+        },
+    }
+
+
+async def admin_requests(
+    reactor: Any,
+    opts: BenchOptions,
+    target: Target,
+    originator: str,
+    requests: Sequence[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """Send requests one after the other on a connection of their own; their responses."""
+    client = await open_client(reactor, target, opts.serialization, originator, opts.timeout)
+    channel = RequestChannel(client, opts.serialization, reactor, originator, opts.timeout)
+    try:
+        return [await channel.request(r) for r in requests]
+    finally:
+        await close_all(reactor, [client])
+
+
+async def run_requests(
+    reactor: Any, opts: BenchOptions, url: str, pid: int | None, out: TextIO
+) -> tuple[Result, dict[str, Any]]:
+    """retrieve / create-cin: set up, run the load (in-process or in workers), clean up."""
+    tag = secrets.token_hex(3)
+    target = Target.parse(url)
+    cleanup: list[str] = []
+    first = opts.originator.replace("{k}", "0")
+    request: dict[str, Any] = {"op": 2, "to": opts.target, "fr": first, "rvi": RVI}
+    registered: list[str] = []
+    try:
+        if opts.register:
+            for k in range(max(opts.connections, opts.processes)):
+                aei = opts.originator.replace("{k}", str(k))
+                [resp] = await admin_requests(
+                    reactor, opts, target, aei, [ae_create(opts.target, aei)]
+                )
+                if resp.get("rsc") != 2001:
+                    raise BenchError(f"cannot register the AE {aei}: {resp}")
+                registered.append(aei)
+        if opts.scenario == "create-cin":
+            # set-up and clean-up on their own short connections: a server closes an older
+            # connection of the same originator when the load connections open
+            rn = f"bench{tag}"
+            [resp] = await admin_requests(
+                reactor,
+                opts,
+                target,
+                first,
+                [{"op": 1, "to": opts.target, "ty": 3, "pc": {"m2m:cnt": {"rn": rn, "mni": 10}}}],
+            )
+            if resp.get("rsc") != 2001:
+                raise BenchError(f"cannot create the container {opts.target}/{rn}: {resp}")
+            cleanup.append(f"{opts.target}/{rn}")
+            request = {
+                "op": 1,
+                "to": f"{opts.target}/{rn}",
+                "fr": first,
+                "rvi": RVI,
+                "ty": 4,
+                "pc": {"m2m:cin": {"con": "bench", "cnf": "text/plain:0"}},
+            }
+        n_proc = max(1, opts.processes)
+        conns = split_evenly(max(opts.connections, n_proc), n_proc)
+        reqs = split_evenly(opts.requests, n_proc)
+        cfgs = [
+            LoadConfig(
+                url=url,
+                serialization=opts.serialization,
+                originator=opts.originator,
+                request=request,
+                connections=conns[i],
+                window=opts.effective_window,
+                requests=reqs[i],
+                duration=opts.duration,
+                timeout=opts.timeout,
+                tag=f"{tag}{i}",
+                first_connection=sum(conns[:i]),
+            )
+            for i in range(n_proc)
+        ]
+        show = _progress_printer(out, opts.requests)
+        before: ServerSample | None = None
+
+        def sample_before() -> Deferred[None]:
+            nonlocal before
+            before = sample_server(pid)
+            return Deferred.fromCoroutine(_noop())
+
+        if n_proc == 1:
+            result = await run_load(reactor, cfgs[0], go=sample_before, progress=show)
+        else:
+            result = await run_workers(reactor, cfgs, sample_before, show)
+        after = sample_server(pid)
+        if out.isatty():
+            out.write("\r" + " " * 40 + "\r")
+    finally:
+        if cleanup:
+            try:
+                for path, r in zip(
+                    cleanup,
+                    await admin_requests(
+                        reactor, opts, target, first, [{"op": 4, "to": p} for p in cleanup]
+                    ),
+                    strict=True,
+                ):
+                    if r.get("rsc") != 2002:
+                        out.write(f"  warning: could not delete {path}: {r}\n")
+            except Exception as e:
+                out.write(f"  warning: clean-up failed: {e}\n")
+        for aei in registered:  # an AE may delete itself
+            try:
+                [r] = await admin_requests(
+                    reactor, opts, target, aei, [{"op": 4, "to": f"{opts.target}/{aei}"}]
+                )
+                if r.get("rsc") != 2002:
+                    out.write(f"  warning: could not delete the AE {aei}: {r}\n")
+            except Exception as e:
+                out.write(f"  warning: could not delete the AE {aei}: {e}\n")
+    server: dict[str, Any] = {}
+    if before is not None and after is not None:
+        server = {"cpu_s": after.cpu - before.cpu, "rss_kib": after.rss_kib}
+    return result, server
+
+
+async def _noop() -> None:
+    return None
+
+
+async def run_fanout(
+    reactor: Any, opts: BenchOptions, url: str, pid: int | None, out: TextIO
+) -> tuple[Result, dict[str, Any]]:
+    """N AEs subscribe to one container; each CIN must reach all N (rounds, timed)."""
+    tag = secrets.token_hex(2)
+    target = Target.parse(url)
+    t = opts.timeout
+    admin_client = await open_client(reactor, target, opts.serialization, opts.originator, t)
+    admin = RequestChannel(admin_client, opts.serialization, reactor, opts.originator, t)
+    channels: list[RequestChannel] = []
+    created_aes: list[str] = []
+    cnt = f"{opts.target}/benchfan{tag}"
+    result = Result(connections=0)
+    rounds: dict[int, dict[str, Any]] = {}
+    before = after = None
+    try:
+        resp = await admin.request(
+            {
+                "op": 1,
+                "to": opts.target,
+                "ty": 3,
+                "pc": {"m2m:cnt": {"rn": cnt.rsplit("/")[-1], "mni": 10}},
+            }
+        )
+        if resp.get("rsc") != 2001:
+            raise BenchError(f"cannot create the container {cnt}: {resp}")
+        for k in range(opts.connections):
+            aei = f"Cbench{tag}x{k}"
+            client = await open_client(reactor, target, opts.serialization, aei, t)
+            s = RequestChannel(client, opts.serialization, reactor, aei, t)
+            channels.append(s)
+            resp = await s.request(ae_create(opts.target, aei))
+            if resp.get("rsc") != 2001:
+                raise BenchError(f"AE CREATE for {aei} failed: {resp}")
+            created_aes.append(aei)
+            aei = resp.get("pc", {}).get("m2m:ae", {}).get("aei") or aei
+            sub = {
+                "op": 1,
+                "to": cnt,
+                "ty": 23,
+                "pc": {"m2m:sub": {"rn": f"sub{k}", "nu": [aei], "enc": {"net": [3]}, "nct": 1}},
+            }
+            resp = await s.request(sub)
+            if resp.get("rsc") == 4103:
+                # the AE may not subscribe to the admin's container (ACME's default ACPs):
+                # the admin subscribes on its behalf; the CSE verifies with the AE (vrq)
+                resp = await admin.request(sub)
+            if resp.get("rsc") != 2001:
+                raise BenchError(f"subscription for {aei} failed: {resp}")
+
+        def on_notify(k: int) -> Callable[[dict[str, Any]], None]:
+            def handle(msg: dict[str, Any]) -> None:
+                sgn = (msg.get("pc") or {}).get("m2m:sgn") or {}
+                rep = (sgn.get("nev") or {}).get("rep") or {}
+                con = (rep.get("m2m:cin") or {}).get("con", "")
+                if not (isinstance(con, str) and con.startswith("r")):
+                    return  # verification request or other
+                r = rounds.get(int(con[1:]))
+                if r is None:
+                    result.unknown += 1
+                elif k in r["got"]:
+                    result.duplicates += 1
+                else:
+                    r["got"][k] = time.perf_counter() - r["t0"]
+                    if len(r["got"]) == opts.connections and not r["all"].called:
+                        r["all"].callback(None)
+
+            return handle
+
+        for k, s in enumerate(channels):
+            s.on_request = on_notify(k)
+        before = sample_server(pid)
+        result.started, cpu0 = time.time(), cpu_time()
+        end = time.perf_counter() + opts.duration
+        n = 0
+        while n < opts.requests and time.perf_counter() < end:
+            r = rounds[n] = {"t0": time.perf_counter(), "got": {}, "all": Deferred()}
+            cin = await admin.request(
+                {"op": 1, "to": cnt, "ty": 4, "pc": {"m2m:cin": {"con": f"r{n}"}}}
+            )
+            result.sent += 1
+            result.rsc[str(cin.get("rsc"))] = result.rsc.get(str(cin.get("rsc")), 0) + 1
+            if cin.get("rsc") == 2001:
+                try:
+                    await r["all"].addTimeout(t, reactor)
+                    result.latencies.append(time.perf_counter() - r["t0"])
+                except TimeoutError:
+                    pass
+            result.answered += len(r["got"])
+            result.unanswered += opts.connections - len(r["got"])
+            n += 1
+        result.ended, result.client_cpu = time.time(), cpu_time() - cpu0
+        after = sample_server(pid)
+        result.extra["rounds"] = n
+        result.extra["notify_latencies_ms"] = sorted(
+            v * 1000 for r in rounds.values() for v in r["got"].values()
+        )
+        for s in [admin, *channels]:
+            result.duplicates += s.ledger.duplicates
+            result.unknown += s.ledger.unknown
+            result.malformed += s.ledger.malformed
+    finally:
+        for rn in created_aes:
+            try:
+                await admin.request({"op": 4, "to": f"{opts.target}/{rn}"})
+            except Exception as e:
+                out.write(f"  warning: could not delete AE {rn}: {e}\n")
+        try:
+            await admin.request({"op": 4, "to": cnt})
+        except Exception as e:
+            out.write(f"  warning: could not delete {cnt}: {e}\n")
+        await close_all(reactor, [s.client for s in channels] + [admin_client])
+    result.connections = opts.connections
+    server: dict[str, Any] = {}
+    if before is not None and after is not None:
+        server = {"cpu_s": after.cpu - before.cpu, "rss_kib": after.rss_kib}
+    return result, server
+
+
+async def run_idle(
+    reactor: Any, opts: BenchOptions, url: str, pid: int | None, out: TextIO
+) -> tuple[Result, dict[str, Any]]:
+    """Open N connections (distinct originators), hold them, measure the server's RSS."""
+    tag = secrets.token_hex(2)
+    target = Target.parse(url)
+    before = sample_server(pid)
+    result = Result(started=time.time())
+    clients: list[LeanWebSocketClient] = []
+    try:
+        for k in range(opts.connections):
+            clients.append(
+                await open_client(
+                    reactor, target, opts.serialization, f"Cidle{tag}x{k}", opts.timeout
+                )
+            )
+        hold: Deferred[None] = Deferred()
+        reactor.callLater(opts.duration, hold.callback, None)
+        await hold
+        after = sample_server(pid)
+        result.ended = time.time()
+        result.connections = len(clients)
+        result.extra["open_connections"] = sum(c.is_open for c in clients)
+        result.unanswered = len(clients) - result.extra["open_connections"]
+    finally:
+        await close_all(reactor, clients)
+    server: dict[str, Any] = {}
+    if before is not None and after is not None:
+        server = {
+            "cpu_s": after.cpu - before.cpu,
+            "rss_kib": after.rss_kib,
+            "rss_growth_kib": after.rss_kib - before.rss_kib,
+            "rss_per_connection_kib": (after.rss_kib - before.rss_kib) / max(1, len(clients)),
+        }
+    return result, server
+
+
+RUNNERS = {
+    "retrieve": run_requests,
+    "create-cin": run_requests,
+    "fanout": run_fanout,
+    "idle": run_idle,
+}
