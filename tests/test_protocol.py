@@ -20,9 +20,15 @@ from acmews.codes import RSC
 from acmews.errors import RequestTimeout, TargetNotReachable
 from acmews.handshake import Handshake, HandshakeRefused
 from acmews.interfaces import IConnection, IHandshakeAuthorizer, IOriginatorMap
+from acmews.options import ConnectionOptions
 from acmews.originators import OriginatorMap
 from acmews.primitive import Request, Response
-from acmews.protocol import MAX_EARLY_DATA, choose_subprotocol
+from acmews.protocol import (
+    MAX_EARLY_DATA,
+    OneM2MClientFactory,
+    OneM2MServerFactory,
+    choose_subprotocol,
+)
 from acmews.session import Session
 
 from .helpers import Pair, RecordingHandler, make_client_factory, make_server_factory, pair
@@ -827,3 +833,59 @@ class KeepAliveTests(TestCase):
         self.clock.advance(30)
         p.flush()
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class ConnectionOptionsTests(TestCase):
+    def test_reach_autobahn_in_both_roles(self) -> None:
+        clock = Clock()
+        opts = ConnectionOptions(
+            max_message_size=1234,
+            ping_interval=7.0,
+            ping_timeout=3.0,
+            open_handshake_timeout=0,
+            close_handshake_timeout=0,
+            request_timeout=2.5,
+        )
+        server = OneM2MServerFactory(None, url="ws://x", reactor=clock, options=opts)
+        client = OneM2MClientFactory("ws://x", reactor=clock, options=opts)
+        for factory in (server, client):
+            self.assertIs(factory.options, opts)
+            self.assertEqual(factory.maxMessagePayloadSize, 1234)
+            self.assertEqual(factory.maxFramePayloadSize, 1234)
+            self.assertEqual((factory.autoPingInterval, factory.autoPingTimeout), (7.0, 3.0))
+
+    def test_request_timeout_reaches_the_session(self) -> None:
+        clock = Clock()
+        sf = make_server_factory(RecordingHandler(answer=lambda rq, c: Deferred()), clock)
+        p = pair(sf, make_client_factory(clock, "Cae1", request_timeout=2.5))
+        d = p.client_session.request(retrieve("o1"))
+        p.flush()
+        clock.advance(2.4)
+        self.assertNoResult(d)
+        clock.advance(0.1)
+        self.failureResultOf(d, RequestTimeout)
+
+    def test_no_ping_timeout_without_pings(self) -> None:
+        self.assertEqual(ConnectionOptions(ping_interval=0).autobahn()["autoPingTimeout"], 0)
+
+    def test_bad_values_refused(self) -> None:
+        for bad in (
+            {"request_timeout": 0},
+            {"request_timeout": -1},
+            {"max_message_size": 0},
+            {"ping_interval": -1},
+            {"ping_timeout": -1},
+            {"open_handshake_timeout": -1},
+        ):
+            self.assertRaises(ValueError, ConnectionOptions, **bad)
+
+    def test_default_authorizer(self) -> None:
+        authorizer = DefaultAuthorizer()
+        verifyObject(IHandshakeAuthorizer, authorizer)
+        shake = Handshake({"x-m2m-origin": " Cae1 "}, None)
+        self.assertEqual(authorizer.authorize(shake), "Cae1")
+        self.assertIsNone(authorizer.authorize(Handshake({}, None)))
+        for bad in ("", "Ca,Cb", "C a"):
+            with self.assertRaises(HandshakeRefused) as caught:
+                authorizer.authorize(Handshake({"x-m2m-origin": bad}, None))
+            self.assertEqual(caught.exception.status, 400)

@@ -148,6 +148,18 @@ class MakeServiceTests(TestCase):
         s2: Any = makeService(o2, MemoryReactorClock())
         self.assertEqual(s2.cse.config.notification_expiry, 90.0)
         self.assertEqual((s2.cse.config.verification_timeout, s2.chain.timeout), (3.0, 3.0))
+        self.assertEqual(s2.factory.options.request_timeout, 3.0)
+        o3 = parse("--max-message-size", "2048", "--ping-interval", "5", "--ping-timeout", "4")
+        s3: Any = makeService(o3, MemoryReactorClock())
+        self.assertEqual(
+            (
+                s3.factory.options.max_message_size,
+                s3.factory.options.ping_interval,
+                s3.factory.options.ping_timeout,
+            ),
+            (2048, 5.0, 4.0),
+        )
+        self.assertIs(service.chain.parent, service)  # stopped with the application
         service.startService()
         self.assertEqual(
             [(p[0], p[3]) for p in reactor.tcpServers], [(9100, "127.0.0.1"), (9101, "")]
