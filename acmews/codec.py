@@ -7,6 +7,7 @@ nothing else escapes it, whatever the bytes.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
@@ -20,11 +21,27 @@ from acmews.errors import InternalServerError, PrimitiveError
 from acmews.interfaces import ICodec
 from acmews.primitive import Primitive, primitive_from_object
 
-__all__ = ["CBOR", "CODECS", "JSON", "CborCodec", "JsonCodec", "get_codec", "register_codec"]
+__all__ = [
+    "CBOR",
+    "CODECS",
+    "JSON",
+    "MAX_NESTING",
+    "CborCodec",
+    "JsonCodec",
+    "check_data_model",
+    "get_codec",
+    "register_codec",
+]
 
-# orjson reads integers beyond 64 bits as floats; a run of 20+ digits sends the message
-# through the stdlib parser, which keeps them exact (rare, so the fast path stays fast).
-_LONG_DIGITS = re.compile(rb"\d{20}")
+#: the deepest nesting of objects and arrays accepted in a message (TS-0004 sets none). Both
+#: codecs, both JSON parser paths; orjson cannot write more than 254 levels, so anything
+#: accepted can be answered.
+MAX_NESTING = 64
+
+# orjson reads integers beyond 64 bits as floats; a run of 19+ digits (below -2**63 needs only
+# 19) sends the message through the stdlib parser, which keeps them exact (rare, so the fast
+# path stays fast).
+_LONG_DIGITS = re.compile(rb"\d{19}")
 
 
 def _reject_constant(name: str) -> Any:
@@ -39,6 +56,62 @@ def _finite_float(text: str) -> float:
     return value
 
 
+_CONTAINERS = (dict, list)
+
+
+def check_data_model(obj: Any, *, binary_content: bool, text_checked: bool) -> None:
+    """Raise :class:`PrimitiveError` unless ``obj`` stays inside the JSON data model.
+
+    Maps with text keys, arrays, text, integers, finite floats, booleans and null, at most
+    :data:`MAX_NESTING` levels deep; byte strings only inside ``pc`` when ``binary_content``
+    (CBOR). Unless ``text_checked``, text must also be valid Unicode (no lone surrogates).
+    Iterative, so neither deep nor cyclic input (CBOR shared references) can exhaust the stack.
+    """
+    stack: list[tuple[Any, int, bool]] = [([obj], 0, False)]
+    pop = stack.pop
+    push = stack.append
+    while stack:
+        value, depth, in_pc = pop()
+        if depth > MAX_NESTING:
+            raise PrimitiveError(f"nested deeper than {MAX_NESTING} levels")
+        if type(value) is dict:
+            items: Any = value.items()
+        else:
+            items = ((None, v) for v in value)
+        for key, item in items:
+            if key is not None:
+                if type(key) is not str:
+                    raise PrimitiveError(f"map keys must be text, not {type(key).__name__}")
+                if not text_checked and not key.isascii():
+                    _check_text(key)
+            child_in_pc = in_pc or (depth == 1 and key == "pc")
+            kind = type(item)
+            if kind is dict or kind is list:
+                push((item, depth + 1, child_in_pc))
+            elif kind is str:
+                if not text_checked and not item.isascii():
+                    _check_text(item)
+            elif kind is int or kind is bool or item is None:
+                pass
+            elif kind is float:
+                if not math.isfinite(item):
+                    raise PrimitiveError("numbers must be finite")
+            elif kind is bytes and binary_content and child_in_pc:
+                pass
+            else:
+                raise PrimitiveError(
+                    f"a {kind.__name__} is outside the JSON data model"
+                    + (" (byte strings only inside 'pc')" if kind is bytes else "")
+                )
+
+
+def _check_text(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PrimitiveError("text holds a lone surrogate (invalid Unicode)") from None
+
+
 @implementer(ICodec)
 class JsonCodec:
     """``oneM2M.json``: UTF-8 JSON in text frames."""
@@ -49,12 +122,25 @@ class JsonCodec:
     def loads(self, data: bytes) -> Any:
         try:
             if _LONG_DIGITS.search(data) is None:
-                return orjson.loads(data)
-            return json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
+                obj = orjson.loads(data)
+                # orjson checks the text and the numbers itself; the nesting only needs a
+                # walk when there are enough brackets to nest that deep
+                if data.count(b"[") + data.count(b"{") > MAX_NESTING:
+                    check_data_model(obj, binary_content=False, text_checked=True)
+                return obj
+            obj = json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
+        except PrimitiveError as e:
+            raise PrimitiveError(f"invalid JSON: {e.reason}") from None
         except RecursionError:
             raise PrimitiveError("invalid JSON: nested too deeply") from None
         except Exception as e:
             raise PrimitiveError(f"invalid JSON: {e}"[:300]) from None
+        try:
+            # the stdlib parser lets lone surrogates (\ud800) through
+            check_data_model(obj, binary_content=False, text_checked=False)
+        except PrimitiveError as e:
+            raise PrimitiveError(f"invalid JSON: {e.reason}") from None
+        return obj
 
     def dumps(self, obj: Any) -> bytes:
         try:
@@ -83,12 +169,22 @@ class CborCodec:
     is_binary = True
 
     def loads(self, data: bytes) -> Any:
+        """Exactly one CBOR item in the JSON data model (byte strings allowed in ``pc``)."""
         try:
-            return cbor2.loads(data)
+            fp = io.BytesIO(data)
+            obj = cbor2.CBORDecoder(fp).decode()
+            if fp.tell() != len(data):
+                raise PrimitiveError(
+                    f"{len(data) - fp.tell()} bytes after the CBOR item (one item per message)"
+                )
+            check_data_model(obj, binary_content=True, text_checked=True)
+        except PrimitiveError as e:
+            raise PrimitiveError(f"invalid CBOR: {e.reason}") from None
         except RecursionError:
             raise PrimitiveError("invalid CBOR: nested too deeply") from None
         except Exception as e:
             raise PrimitiveError(f"invalid CBOR: {e}"[:300]) from None
+        return obj
 
     def dumps(self, obj: Any) -> bytes:
         try:

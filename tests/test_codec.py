@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import struct
 from typing import Any
 
@@ -12,7 +11,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from acmews.codec import CBOR, CODECS, JSON, get_codec
+from acmews.codec import CBOR, CODECS, JSON, MAX_NESTING, get_codec
 from acmews.codes import RSC
 from acmews.errors import PrimitiveError
 from acmews.interfaces import ICodec
@@ -45,11 +44,16 @@ json_values = st.recursive(
     ),
     max_leaves=30,
 )
+#: CBOR values inside the JSON data model, plus byte strings (allowed inside ``pc``)
 cbor_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text() | st.binary(max_size=20) | st.floats(),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.text()
+    | st.binary(max_size=20)
+    | st.floats(allow_nan=False, allow_infinity=False),
     lambda children: (
-        st.lists(children, max_size=5)
-        | st.dictionaries(st.text(max_size=8) | st.integers(), children, max_size=5)
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=5)
     ),
     max_leaves=30,
 )
@@ -124,6 +128,88 @@ class CodecTests(SynchronousTestCase):
             self.assertEqual(e.rsc, RSC.BAD_REQUEST)
             self.assertIn(text, e.reason)
 
+    def test_outside_the_json_data_model_is_4000(self) -> None:
+        import datetime
+        import decimal
+        import fractions
+        import re
+        import uuid
+
+        def request(**pc: Any) -> dict[str, Any]:
+            return {"op": 5, "to": "cse-in", "fr": "Cx", "rqi": "r1", "rvi": "4", **pc}
+
+        shared = [1]
+        cyclic = cbor2.dumps(
+            cbor2.CBORTag(28, [cbor2.CBORTag(29, 0)])
+        )  # a list that contains itself
+        cases = [
+            cbor2.dumps(request(pc={"con": {1, 2}})),
+            cbor2.dumps(request(pc={"con": cbor2.undefined})),
+            cbor2.dumps(request(pc={"con": re.compile("a+")})),
+            cbor2.dumps(request(pc={"con": {1: "int key"}})),
+            cbor2.dumps(request(pc={"con": float("nan")})),
+            cbor2.dumps(request(pc={"con": float("inf")})),
+            cbor2.dumps(request(pc={"con": datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)})),
+            cbor2.dumps(request(pc={"con": decimal.Decimal("1.5")})),
+            cbor2.dumps(request(pc={"con": fractions.Fraction(1, 3)})),
+            cbor2.dumps(request(pc={"con": uuid.UUID(int=1)})),
+            cbor2.dumps(request(pc={"con": cbor2.CBORTag(999, "x")})),
+            cbor2.dumps(request(pc={"con": cbor2.CBORSimpleValue(99)})),
+            cbor2.dumps(request(pc={"con": shared}, rqi2=b"bytes outside pc")),
+            b"\xa1\x62pc" + cyclic,
+            cbor2.dumps(request(pc={"con": "x"})) + b"\x00",  # trailing garbage
+            cbor2.dumps(request(pc={"con": "x"})) * 2,  # two items
+        ]
+        for data in cases:
+            e = self.assertRaises(PrimitiveError, CBOR.decode, data)
+            self.assertEqual(e.rsc, RSC.BAD_REQUEST, data)
+            self.assertTrue(e.reason.startswith("invalid CBOR"), e.reason)
+        # byte strings are fine as content
+        self.assertEqual(
+            CBOR.decode(cbor2.dumps(request(pc={"con": b"\x00\x01"}))).pc["con"], b"\x00\x01"
+        )
+
+    def test_nesting_limit_is_the_same_everywhere(self) -> None:
+        def nested(depth: int) -> Any:
+            value: Any = "x"
+            for _ in range(depth):
+                value = {"a": value}
+            return value
+
+        def message(depth: int, big: bool = False) -> dict[str, Any]:
+            # a primitive is one level, pc another: ``depth`` levels of content below that
+            m = {"op": 5, "to": "cse-in", "fr": "Cx", "rqi": "r1", "rvi": "4", "pc": nested(depth)}
+            if big:
+                m["n"] = 10**30  # the stdlib JSON path
+            return m
+
+        ok = MAX_NESTING - 1  # the primitive itself is the first level
+        for codec in (JSON, CBOR):
+            for big in (False, True):
+                self.assertEqual(codec.decode(codec.dumps(message(ok, big))).pc, nested(ok))
+                for depth in (ok + 1, 300, 900):
+                    e = self.assertRaises(
+                        PrimitiveError, codec.decode, codec.dumps(message(depth, big))
+                    )
+                    self.assertEqual(e.rsc, RSC.BAD_REQUEST)
+                    self.assertIn("nest", e.reason)
+
+    def test_lone_surrogates_are_4000_on_both_json_paths(self) -> None:
+        for extra in (b"", b',"n":123456789012345678901'):
+            for field in (b'"rqi":"\\ud800"', b'"pc":{"lbl":["a\\udfffb"]}'):
+                data = (
+                    b'{"op":5,"to":"cse-in","fr":"Cx","rvi":"4","rqi":"r",' + field + extra + b"}"
+                )
+                data = data.replace(b'"rqi":"r",', b"") if field.startswith(b'"rqi"') else data
+                e = self.assertRaises(PrimitiveError, JSON.decode, data)
+                self.assertEqual(e.rsc, RSC.BAD_REQUEST)
+        # a proper pair is one character, on both paths
+        pair = JSON.loads(b'{"s":"\\ud83d\\ude00","n":123456789012345678901}')
+        self.assertEqual(pair["s"], "\U0001f600")
+
+    def test_json_19_digit_negatives_stay_exact(self) -> None:
+        self.assertEqual(JSON.loads(b"[-9223372036854775809]"), [-(2**63) - 1])
+
     def test_json_long_integers_exact(self) -> None:
         m = {"rsc": 2000, "rqi": "a", "pc": {"v": 10**30, "w": -(10**25), "s": "1" * 25}}
         self.assertEqual(JSON.decode(JSON.encode(Response.from_mapping(m))).to_dict(), m)
@@ -149,11 +235,10 @@ class CodecTests(SynchronousTestCase):
     @settings(max_examples=300, deadline=None)
     @given(cbor_values)
     def test_arbitrary_cbor_values_round_trip(self, value: Any) -> None:
-        back = CBOR.loads(CBOR.dumps(value))
-        if not _has_nan(value):
-            self.assertEqual(back, value)
+        wrapped = {"pc": value}  # byte strings are content: allowed inside pc only
+        self.assertEqual(CBOR.loads(CBOR.dumps(wrapped)), wrapped)
         try:
-            CBOR.decode(CBOR.dumps(value))
+            CBOR.decode(CBOR.dumps(wrapped))
         except PrimitiveError:
             pass
 
@@ -167,13 +252,3 @@ class CodecTests(SynchronousTestCase):
                 self.assertIn(e.rsc, (RSC.BAD_REQUEST, RSC.RELEASE_VERSION_NOT_SUPPORTED))
             else:
                 self.assertEqual(codec.decode(codec.encode(p)), p)
-
-
-def _has_nan(value: Any) -> bool:
-    if isinstance(value, float):
-        return math.isnan(value)
-    if isinstance(value, list):
-        return any(_has_nan(v) for v in value)
-    if isinstance(value, dict):
-        return any(_has_nan(v) for v in value.values())
-    return False
