@@ -20,10 +20,12 @@ from autobahn.twisted.websocket import (
 )
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest, ConnectionResponse
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime, ISSLTransport
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ISSLTransport
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from typing_extensions import override
+from zope.interface import implementer
 
 from acmews.authorizers import DefaultAuthorizer
 from acmews.codec import CODECS
@@ -82,6 +84,33 @@ def _peer_certificate(transport: Any) -> Any:
     return None
 
 
+@implementer(IPushProducer)
+class _WriteBackPressure:
+    """Registered on the transport, which pauses it once more than ``write_buffer_size``
+    bytes wait for a peer that does not read: the protocol then stops reading from that peer
+    (its requests, its pings) until they drain."""
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: _AutobahnFastPath) -> None:
+        self._protocol: _AutobahnFastPath | None = protocol
+
+    def pauseProducing(self) -> None:
+        if self._protocol is not None:
+            self._protocol._backed_up()
+
+    def resumeProducing(self) -> None:
+        if self._protocol is not None:
+            self._protocol._drained()
+
+    def stopProducing(self) -> None:
+        self._protocol = None
+
+
+def _dropped(*args: object) -> None:
+    """What a session's send and close become once its connection is gone."""
+
+
 class _AutobahnFastPath:
     """Every override of Autobahn internals, in one place (checked against Autobahn 26.10.2).
 
@@ -96,7 +125,17 @@ class _AutobahnFastPath:
     - ``_perMessageCompress``, ``send_queue``, ``state`` (the server writes its own unmasked
       frames when no compression and nothing queued would reorder them);
     - ``http_request_data``, ``http_response_data``, ``http_headers`` (the handshake text,
-      about 1 KiB per idle connection, is dropped once open).
+      about 1 KiB per idle connection, is dropped once open);
+    - ``is_closed`` (fired with the protocol itself: replaced by a fired Deferred of None
+      once closed, to cut that cycle);
+    - ``current_frame`` (is the first frame of a message its last?) and ``_fail_connection``
+      (close with a code and stop reading frames) for the bounds on fragmented messages.
+
+    Public hooks overridden: ``connectionMade`` (the write bound and the back-pressure
+    producer), ``onMessageFrameBegin`` (frames per message, time per message) and
+    ``connectionLost`` (timers cancelled, the session's references to this protocol cut, so
+    that a closed connection is freed by reference counting, without waiting for a garbage
+    collection).
 
     ``self.log`` stays Autobahn's txaio logger, whose debug calls are no-ops below its level;
     our own messages go to ``_log`` (a Twisted logger on the same namespace).
@@ -111,9 +150,117 @@ class _AutobahnFastPath:
     send_queue: Any
     data: bytes
     _perMessageCompress: Any
+    current_frame: Any
+    is_closed: Any
+    factory: Any
     session: Session | None = None
     #: an asynchronous authorizer is deciding: incoming bytes are only buffered
     _handshake_pending: bool = False
+    _backpressure: _WriteBackPressure | None = None
+    #: set while reading is paused because the peer does not read what we send
+    _stall_call: IDelayedCall | None = None
+    _message_frames: int = 0
+    _message_call: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()  # type: ignore[misc]
+        transport = self.transport
+        if hasattr(transport, "bufferSize"):  # a FileDescriptor: TCP, UNIX
+            transport.bufferSize = self.factory.options.write_buffer_size
+        self._backpressure = _WriteBackPressure(self)
+        transport.registerProducer(self._backpressure, True)
+
+    def connectionLost(self, reason: Failure) -> None:
+        try:
+            super().connectionLost(reason)  # type: ignore[misc]
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        for call in (self._stall_call, self._message_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._stall_call = self._message_call = None
+        if self._backpressure is not None:
+            self._backpressure.stopProducing()
+            self._backpressure = None
+        session = self.session
+        if session is not None:
+            session.detach_transport(_dropped, _dropped)
+        # A TLS transport keeps its wrapped protocol, and Autobahn's ``is_closed`` has fired
+        # with the protocol itself: with these edges gone, nothing of this connection (its
+        # buffers included) waits for a garbage collection.
+        self.transport = None
+        self.is_closed = succeed(None)
+
+    def _backed_up(self) -> None:
+        if self._stall_call is not None or self.state == _STATE_CLOSED:
+            return
+        options = self.factory.options
+        _log.info(
+            "{peer} does not read what is sent to it (over {size} bytes queued): "
+            "reading from it paused",
+            peer=self.peer,
+            size=options.write_buffer_size,
+        )
+        self.transport.pauseProducing()
+        self._stall_call = self.factory.clock.callLater(options.stall_timeout, self._stalled)
+
+    def _drained(self) -> None:
+        call = self._stall_call
+        if call is None:
+            return
+        self._stall_call = None
+        if call.active():
+            call.cancel()
+        _log.debug("{peer} caught up: reading from it again", peer=self.peer)
+        self.transport.resumeProducing()
+
+    def _stalled(self) -> None:
+        self._stall_call = None
+        timeout = self.factory.options.stall_timeout
+        _log.warn(
+            "closing {peer}: it has not read what was sent to it for {timeout} s",
+            peer=self.peer,
+            timeout=timeout,
+        )
+        # the close frame cannot reach a peer that does not read: say it, then abort
+        self._fail_connection(1008, "not reading")  # type: ignore[attr-defined]
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def onMessageFrameBegin(self, length: int) -> None:
+        super().onMessageFrameBegin(length)  # type: ignore[misc]  # Autobahn's size limits
+        frames = self._message_frames = self._message_frames + 1
+        if frames == 1:
+            if not self.current_frame.fin:
+                self._message_call = self.factory.clock.callLater(
+                    self.factory.options.message_timeout, self._message_too_slow
+                )
+        elif frames > self.factory.options.max_message_frames and not self.failedByMe:
+            limit = self.factory.options.max_message_frames
+            _log.info(
+                "closing {peer}: a message spans more than {limit} frames",
+                peer=self.peer,
+                limit=limit,
+            )
+            self._fail_connection(1008, f"a message may span at most {limit} frames")  # type: ignore[attr-defined]
+
+    def _message_too_slow(self) -> None:
+        self._message_call = None
+        timeout = self.factory.options.message_timeout
+        _log.info(
+            "closing {peer}: a message was not completed within {timeout} s",
+            peer=self.peer,
+            timeout=timeout,
+        )
+        self._fail_connection(1008, f"a message must be completed within {timeout:g} s")  # type: ignore[attr-defined]
+
+    def _message_timer_done(self) -> None:
+        call = self._message_call
+        self._message_call = None
+        if call is not None and call.active():
+            call.cancel()
 
     def dataReceived(self, data: bytes) -> None:
         if self._handshake_pending:
@@ -129,6 +276,9 @@ class _AutobahnFastPath:
         self._dataReceived(data)  # type: ignore[attr-defined]
 
     def onMessageEnd(self) -> None:
+        self._message_frames = 0
+        if self._message_call is not None:
+            self._message_timer_done()
         if not self.failedByMe:
             assert self.message_data is not None
             data = self.message_data
@@ -268,6 +418,8 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
     @override
     def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
         """Autobahn's, plus the headers of our refusal (e.g. ``WWW-Authenticate``)."""
+        if self.transport is None:
+            return  # the peer left while an asynchronous authorizer decided
         if responseHeaders is None:
             responseHeaders = self._refusal_headers
         super().failHandshake(reason, code, responseHeaders)

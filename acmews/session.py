@@ -171,6 +171,12 @@ class Session:
             )
             entry[0].errback(RequestTimeout(f"no response within {delay:g}s", rqi=rqi))
 
+    def detach_transport(self, send: SendFunction, close: CloseFunction) -> None:
+        """Replace the callables that reach the transport (the protocol cuts its reference
+        cycle with the session this way once the connection is gone)."""
+        self._send = send
+        self._close = close
+
     def connection_lost(self, reason: str = "connection lost") -> None:
         """Fail every pending request with 5103 at once; forget everything."""
         if not self.connected:

@@ -3,14 +3,19 @@ timeouts, connection loss and bad input."""
 
 from __future__ import annotations
 
+import gc
 import random
+import weakref
 from typing import Any
 
 import cbor2
 import orjson
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -86,6 +91,9 @@ class Raw:
 
     def connection_lost(self, reason: str = "") -> None:
         self.lost.append(reason)
+
+    def detach_transport(self, send: Any, close: Any) -> None:
+        pass
 
     def decoded(self) -> list[Any]:
         out = []
@@ -889,3 +897,139 @@ class ConnectionOptionsTests(TestCase):
             with self.assertRaises(HandshakeRefused) as caught:
                 authorizer.authorize(Handshake({"x-m2m-origin": bad}, None))
             self.assertEqual(caught.exception.status, 400)
+
+
+class FragmentationTests(BindingTestCase):
+    """A message may span at most max_message_frames frames and must complete in time."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.server_factory = make_server_factory(
+            self.handler, self.clock, self.originators, max_message_frames=10, message_timeout=5.0
+        )
+
+    def send_fragments(self, p: Pair, parts: list[bytes], finish: bool = True) -> None:
+        for i, part in enumerate(parts):
+            last = finish and i == len(parts) - 1
+            p.client.sendFrame(opcode=1 if i == 0 else 0, payload=part, fin=last)
+        p.flush()
+
+    def test_fragmented_message_within_bounds_is_answered(self) -> None:
+        p = self.connect("Cae1")
+        raw = self.raw(p)
+        data = orjson.dumps(retrieve("f1").to_dict())
+        self.send_fragments(p, [data[:5], b"", data[5:20], b"", data[20:]])
+        self.assertEqual(raw.decoded()[0]["rsc"], 2000)
+        self.assertIsNone(p.server._message_call)
+        # the count starts again with the next message: ten frames are fine
+        step = len(data) // 10 + 1
+        parts = [data[i : i + step] for i in range(0, len(data), step)]
+        self.assertEqual(len(parts), 10)
+        self.send_fragments(p, parts)
+        self.assertEqual([m["rsc"] for m in raw.decoded()], [2000, 2000])
+
+    def test_too_many_frames_closes_1008(self) -> None:
+        p = self.connect("Cae1")
+        with capturedLogs() as events:
+            self.send_fragments(p, [b"{"] + [b""] * 10, finish=False)
+        self.assertEqual(p.client.remoteCloseCode, 1008)
+        self.assertFalse(p.server_session.connected)
+        self.assertNotIn("Cae1", self.originators)
+        self.assertEqual(
+            len([e for e in events if "frames" in e.get("log_format", "")]), 1
+        )  # logged once
+
+    def test_zero_length_frames_count(self) -> None:
+        p = self.connect("Cae1")
+        self.send_fragments(p, [b""] * 12, finish=False)
+        self.assertEqual(p.client.remoteCloseCode, 1008)
+
+    def test_unfinished_message_closes_1008_after_the_timeout(self) -> None:
+        p = self.connect("Cae1")
+        self.send_fragments(p, [b'{"op":'], finish=False)
+        self.clock.advance(4.9)
+        p.flush()
+        self.assertTrue(p.server_session.connected)
+        self.clock.advance(0.1)
+        p.flush()
+        self.assertEqual(p.client.remoteCloseCode, 1008)
+        self.assertFalse(p.server_session.connected)
+
+    def test_single_frame_messages_start_no_timer(self) -> None:
+        p = self.connect("Cae1")
+        d = p.client_session.request(retrieve("s1"))
+        p.pump.pump()  # the request is in, its answer not yet read
+        self.assertIsNone(p.server._message_call)
+        p.flush()
+        self.successResultOf(d)
+
+
+class BackPressureTests(BindingTestCase):
+    """A peer that does not read: the transport pauses our producer, we stop reading."""
+
+    def paused_reading(self, p: Pair) -> list[str]:
+        calls: list[str] = []
+        self.patch(p.server.transport, "pauseProducing", lambda: calls.append("pause"))
+        self.patch(p.server.transport, "resumeProducing", lambda: calls.append("resume"))
+        return calls
+
+    def test_producer_registered_and_write_bound_set(self) -> None:
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+
+        factory = make_server_factory(self.handler, self.clock, write_buffer_size=12345)
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        transport = StringTransport()
+        transport.bufferSize = 1  # type: ignore[attr-defined]
+        protocol.makeConnection(transport)
+        self.assertEqual(transport.bufferSize, 12345)  # type: ignore[attr-defined]
+        self.assertTrue(IPushProducer.providedBy(transport.producer))
+        self.assertTrue(transport.streaming)
+        protocol.connectionLost(Failure(ConnectionDone()))
+
+    def test_backed_up_pauses_reading_until_drained(self) -> None:
+        p = self.connect("Cae1")
+        calls = self.paused_reading(p)
+        producer = p.server.transport.producer
+        producer.pauseProducing()  # what Twisted does past bufferSize
+        producer.pauseProducing()  # again: nothing more
+        self.assertEqual(calls, ["pause"])
+        self.clock.advance(19)
+        producer.resumeProducing()  # the buffer drained
+        self.assertEqual(calls, ["pause", "resume"])
+        self.assertTrue(p.server_session.connected)
+
+    def test_stuck_connection_is_closed_after_the_ping_timeout(self) -> None:
+        p = self.connect("Cae1")
+        self.paused_reading(p)
+        pending = p.server_session.request(
+            Request(5, "Cae1", "n", "4", "/id-in", pc={"x": 1}),  # type: ignore[arg-type]
+            timeout=60,
+        )
+        with capturedLogs() as events:
+            p.server.transport.producer.pauseProducing()
+            self.clock.advance(19.9)
+            self.assertTrue(p.server_session.connected)
+            self.clock.advance(0.1)
+            p.flush()
+        self.assertFalse(p.server_session.connected)
+        self.failureResultOf(pending, TargetNotReachable)  # nothing left pending
+        self.assertNotIn("Cae1", self.originators)
+        self.assertTrue(any("has not read" in e.get("log_format", "") for e in events))
+
+    def test_closed_connection_is_freed_without_a_garbage_collection(self) -> None:
+        p = self.connect("Cae1")
+        d = p.client_session.request(retrieve("g1"))
+        p.flush()
+        self.successResultOf(d)
+        server = weakref.ref(p.server)
+        session = weakref.ref(p.server_session)
+        p.client.transport.loseConnection()
+        p.flush()
+        self.handler.requests.clear()  # the test's own record of the connection
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        del p, d
+        self.assertIsNone(server())
+        self.assertIsNone(session())
