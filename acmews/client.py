@@ -23,13 +23,13 @@ from urllib.parse import urlsplit
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.endpoints import HostnameEndpoint, clientFromString, serverFromString
 from twisted.internet.interfaces import IListeningPort, IReactorTime
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from acmews.codec import SHORT_NAMES
 from acmews.codes import DEFAULT_RELEASE, Operation, ResourceType
 from acmews.errors import TargetNotReachable
 from acmews.interfaces import IConnection, IHandshakeAuthorizer, IOriginatorMap, IRequestHandler
+from acmews.logs import Logger
 from acmews.options import ConnectionOptions
 from acmews.primitive import Request, Response
 from acmews.protocol import OneM2MClientFactory, OneM2MServerFactory

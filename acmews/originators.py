@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from acmews.interfaces import IConnection, IOriginatorMap, IOriginatorObserver
+from acmews.logs import Logger
 
 __all__ = ["OriginatorMap"]
 

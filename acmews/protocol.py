@@ -22,7 +22,6 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest, ConnectionResponse
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ISSLTransport
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
@@ -32,6 +31,7 @@ from acmews.codec import CODECS
 from acmews.errors import TargetNotReachable
 from acmews.handshake import Handshake, HandshakeRefused
 from acmews.interfaces import ICodec, IHandshakeAuthorizer, IOriginatorMap, IRequestHandler
+from acmews.logs import Logger
 from acmews.options import (
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_PING_INTERVAL,
@@ -326,6 +326,7 @@ class _OneM2MProtocolMixin(_AutobahnFastPath):
             close=self._close,
             peer=self.peer,
             request_timeout=factory.options.request_timeout,
+            max_message_size=factory.options.max_message_size,
             on_bound=on_bound,
         )
         return self.session

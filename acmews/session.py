@@ -14,7 +14,6 @@ from collections.abc import Callable
 
 from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -22,6 +21,7 @@ from acmews.codes import RSC, Operation
 from acmews.errors import (
     BadRequest,
     InternalServerError,
+    NotAcceptable,
     OneM2MError,
     OriginatorHasNoPrivilege,
     PrimitiveError,
@@ -29,7 +29,8 @@ from acmews.errors import (
     TargetNotReachable,
 )
 from acmews.interfaces import ICodec, IConnection, IRequestHandler
-from acmews.options import DEFAULT_REQUEST_TIMEOUT
+from acmews.logs import Budget, Logger
+from acmews.options import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_REQUEST_TIMEOUT
 from acmews.primitive import Request, Response, error_response
 from acmews.timestamps import expiry_delay
 
@@ -80,6 +81,7 @@ class Session:
         close: CloseFunction | None = None,
         peer: str = "",
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         on_bound: BoundCallback | None = None,
     ) -> None:
         """
@@ -99,8 +101,12 @@ class Session:
         self._close = close
         self.peer = peer
         self.request_timeout = request_timeout
+        #: the largest message sent: the peer's limit (the same option on both sides)
+        self.max_message_size = max_message_size
         self.on_bound = on_bound
         self.connected = True
+        #: created when the peer first makes us log something (most connections never do)
+        self._log_budget: Budget | None = None
         #: rqi -> (Deferred, timeout call) for requests we sent
         self._pending: dict[str, tuple[Deferred[Response], IDelayedCall]] = {}
         #: rqis of incoming requests still being answered
@@ -120,6 +126,14 @@ class Session:
             data = self.codec.encode(request)
         except OneM2MError as e:
             return fail(e)
+        if len(data) > self.max_message_size:
+            return fail(
+                NotAcceptable(
+                    f"the request ({len(data)} bytes) exceeds the message size limit "
+                    f"({self.max_message_size} bytes)",
+                    rqi=rqi,
+                )
+            )
         delay = self.request_timeout if timeout is None else timeout
         if request.rqet is not None:
             until = expiry_delay(request.rqet, self.clock.seconds())
@@ -163,7 +177,8 @@ class Session:
     def _request_timed_out(self, rqi: str, delay: float) -> None:
         entry = self._pending.pop(rqi, None)
         if entry is not None:
-            self.log.info(
+            self._log_peer_event(
+                self.log.info,
                 "no response to {rqi} from {peer} within {delay}s",
                 rqi=rqi,
                 peer=self.peer,
@@ -190,6 +205,29 @@ class Session:
         waiters, self._closed_waiters = self._closed_waiters, []
         for w in waiters:
             w.callback(None)
+        if self._log_budget is not None:
+            self._log_left_out()
+
+    def _log_peer_event(self, emit: Callable[..., None], format: str, **kwargs: object) -> None:
+        """Log an event a peer can repeat at will: at most 20 lines a minute per connection;
+        the rest are counted and summed up in the next line that gets through."""
+        budget = self._log_budget
+        if budget is None:
+            budget = self._log_budget = Budget(20, 60.0)
+        if not budget.allow(self.clock.seconds()):
+            return
+        self._log_left_out()
+        emit(format, **kwargs)
+
+    def _log_left_out(self) -> None:
+        assert self._log_budget is not None
+        left_out = self._log_budget.take_suppressed()
+        if left_out:
+            self.log.info(
+                "{count} more events on the connection with {peer} were not logged",
+                count=left_out,
+                peer=self.peer,
+            )
 
     # -- incoming ------------------------------------------------------------------------
 
@@ -199,13 +237,19 @@ class Session:
             primitive = self.codec.decode(data)
         except PrimitiveError as e:
             if e.is_response:
-                self.log.warn(
+                self._log_peer_event(
+                    self.log.warn,
                     "dropping an invalid response from {peer}: {reason}",
                     peer=self.peer,
                     reason=e.reason,
                 )
             else:
-                self.log.warn("bad message from {peer}: {reason}", peer=self.peer, reason=e.reason)
+                self._log_peer_event(
+                    self.log.warn,
+                    "bad message from {peer}: {reason}",
+                    peer=self.peer,
+                    reason=e.reason,
+                )
                 self._reply(error_response(e.rqi, e))
             return
         if type(primitive) is Response:
@@ -217,7 +261,8 @@ class Session:
     def _response_received(self, response: Response) -> None:
         entry = self._pending.pop(response.rqi, None)
         if entry is None:
-            self.log.warn(
+            self._log_peer_event(
+                self.log.warn,
                 "dropping a response with unknown rqi {rqi} (rsc {rsc}) from {peer}",
                 rqi=response.rqi,
                 rsc=response.rsc,
@@ -299,8 +344,10 @@ class Session:
         if response.rqi != request.rqi:
             response.rqi = request.rqi
         if response.rsc >= 4000:
-            # one log line per error answered, whoever produced it (handler or binding)
-            self.log.info(
+            # one log line per error answered, whoever produced it (handler or binding),
+            # within the connection's budget
+            self._log_peer_event(
+                self.log.info,
                 "{op} {to} from {fr} ({peer}): {rsc} {reason}",
                 op=request.op.name,
                 to=request.to,
@@ -339,6 +386,20 @@ class Session:
                 "cannot encode the response to {rqi}: {reason}", rqi=response.rqi, reason=e.reason
             )
             data = self.codec.encode(error_response(response.rqi, e, rvi=response.rvi))
+        if len(data) > self.max_message_size:
+            # the peer would close the connection (1009) rather than take it
+            error = NotAcceptable(
+                f"the response ({len(data)} bytes) exceeds the message size limit "
+                f"({self.max_message_size} bytes); ask for less (e.g. fc lim, another rcn)"
+            )
+            self._log_peer_event(
+                self.log.info,
+                "response {rqi} to {peer} not sent: {reason}",
+                rqi=response.rqi,
+                peer=self.peer,
+                reason=error.reason,
+            )
+            data = self.codec.encode(error_response(response.rqi, error, rvi=response.rvi))
         self._send(data, self._binary)
 
     def __repr__(self) -> str:

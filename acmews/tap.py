@@ -16,11 +16,11 @@ from typing import Any
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from twisted.python import usage
 
 from acmews.client import connect
 from acmews.cse import CSE, CSEConfig
+from acmews.logs import Logger
 from acmews.options import (
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_PING_INTERVAL,
@@ -35,7 +35,11 @@ __all__ = ["Options", "makeService", "poa_for_endpoint"]
 
 log = Logger()
 
-DEFAULT_LISTEN = "tcp:8180:interface=127.0.0.1"
+_DEFAULTS = ConnectionOptions()
+
+#: a backlog of 1024 (Twisted's default is 50): a thousand clients connecting at once must not
+#: see refused connections
+DEFAULT_LISTEN = "tcp:8180:interface=127.0.0.1:backlog=1024"
 
 
 def _positive_float(value: str) -> float:
@@ -104,6 +108,28 @@ class Options(usage.Options):
             _positive_float,
         ],
         [
+            "write-buffer-size",
+            None,
+            _DEFAULTS.write_buffer_size,
+            "Bytes queued for a peer that does not read before the CSE stops reading from it; "
+            "still backed up after the ping timeout, it is closed (1008).",
+            _positive_int,
+        ],
+        [
+            "max-message-frames",
+            None,
+            _DEFAULTS.max_message_frames,
+            "Frames one WebSocket message may span (zero-length frames count); beyond: 1008.",
+            _positive_int,
+        ],
+        [
+            "message-timeout",
+            None,
+            _DEFAULTS.message_timeout,
+            "Seconds a message sent in several frames may take to complete; beyond: 1008.",
+            _nonzero_float,
+        ],
+        [
             "queue-size",
             None,
             1000,
@@ -126,8 +152,9 @@ class Options(usage.Options):
         self["poa"] = []
 
     def opt_listen(self, endpoint: str) -> None:
-        """A server endpoint to listen on, e.g. tcp:8180:interface=127.0.0.1, or an ssl:
-        endpoint for wss:// (repeatable; default tcp:8180:interface=127.0.0.1)."""
+        """A server endpoint to listen on, e.g. tcp:8180:interface=127.0.0.1:backlog=1024, or
+        an ssl: endpoint for wss:// (repeatable; default
+        tcp:8180:interface=127.0.0.1:backlog=1024)."""
         self["listen"].append(endpoint)
 
     def opt_poa(self, poa: str) -> None:
@@ -195,6 +222,9 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
         max_message_size=int(options["max-message-size"]),
         ping_interval=float(options["ping-interval"]),
         ping_timeout=float(options["ping-timeout"]),
+        write_buffer_size=int(options["write-buffer-size"]),
+        max_message_frames=int(options["max-message-frames"]),
+        message_timeout=float(options["message-timeout"]),
     )
     # an outbound poa connection serves one request and is closed: no keep-alive
     poa_options = replace(connection_options, ping_interval=0)

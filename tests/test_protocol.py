@@ -1033,3 +1033,37 @@ class BackPressureTests(BindingTestCase):
         del p, d
         self.assertIsNone(server())
         self.assertIsNone(session())
+
+
+class OutgoingSizeTests(BindingTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.server_factory = make_server_factory(
+            self.handler, self.clock, self.originators, max_message_size=4096
+        )
+
+    def test_oversized_response_becomes_an_error_response(self) -> None:
+        self.handler.answer = lambda rq, c: Response(2000, rq.rqi, "4", {"x": "y" * 10_000})
+        p = self.connect("Cae1")
+        d = p.client_session.request(retrieve("big"))
+        p.flush()
+        response = self.successResultOf(d)
+        self.assertEqual(response.rsc, RSC.NOT_ACCEPTABLE)
+        self.assertIn("exceeds the message size limit", response.debug or "")
+        self.assertTrue(p.server_session.connected)
+        # the connection goes on
+        self.handler.answer = None
+        d = p.client_session.request(retrieve("small"))
+        p.flush()
+        self.assertEqual(self.successResultOf(d).rsc, 2000)
+
+    def test_oversized_request_is_not_sent(self) -> None:
+        p = self.connect("Cae1")
+        raw = self.raw(p)
+        d = p.server_session.request(
+            Request(5, "Cae1", "n", "4", "/id-in", pc={"x": "y" * 10_000})  # type: ignore[arg-type]
+        )
+        p.flush()
+        self.assertEqual(self.failureResultOf(d).value.rsc, RSC.NOT_ACCEPTABLE)
+        self.assertEqual(raw.messages, [])
+        self.assertEqual(p.server_session.pending_count, 0)

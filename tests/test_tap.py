@@ -58,7 +58,7 @@ class PluginTests(TestCase):
 class OptionsTests(TestCase):
     def test_defaults(self) -> None:
         o = parse()
-        self.assertEqual(o["listen"], ["tcp:8180:interface=127.0.0.1"])
+        self.assertEqual(o["listen"], ["tcp:8180:interface=127.0.0.1:backlog=1024"])
         self.assertEqual(
             (o["cse-id"], o["cse-name"], o["sp-id"], o["admin"]),
             ("/id-in", "cse-in", "//acmews.example.com", "CAdmin"),
@@ -149,15 +149,32 @@ class MakeServiceTests(TestCase):
         self.assertEqual(s2.cse.config.notification_expiry, 90.0)
         self.assertEqual((s2.cse.config.verification_timeout, s2.chain.timeout), (3.0, 3.0))
         self.assertEqual(s2.factory.options.request_timeout, 3.0)
-        o3 = parse("--max-message-size", "2048", "--ping-interval", "5", "--ping-timeout", "4")
+        o3 = parse(
+            "--max-message-size",
+            "2048",
+            "--ping-interval",
+            "5",
+            "--ping-timeout",
+            "4",
+            "--write-buffer-size",
+            "65536",
+            "--max-message-frames",
+            "16",
+            "--message-timeout",
+            "2.5",
+        )
         s3: Any = makeService(o3, MemoryReactorClock())
+        opts = s3.factory.options
         self.assertEqual(
             (
-                s3.factory.options.max_message_size,
-                s3.factory.options.ping_interval,
-                s3.factory.options.ping_timeout,
+                opts.max_message_size,
+                opts.ping_interval,
+                opts.ping_timeout,
+                opts.write_buffer_size,
+                opts.max_message_frames,
+                opts.message_timeout,
             ),
-            (2048, 5.0, 4.0),
+            (2048, 5.0, 4.0, 65536, 16, 2.5),
         )
         self.assertIs(service.chain.parent, service)  # stopped with the application
         service.startService()
@@ -168,6 +185,14 @@ class MakeServiceTests(TestCase):
         d = service.stopService()
         self.successResultOf(d)
         self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_default_listener_backlog(self) -> None:
+        reactor = MemoryReactorClock()
+        service: Any = makeService(parse(), reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        ((port, _, backlog, interface),) = reactor.tcpServers
+        self.assertEqual((port, backlog, interface), (8180, 1024, "127.0.0.1"))
 
     def test_explicit_poa(self) -> None:
         o = parse("--poa", "ws://cse.example.com:8180")

@@ -44,7 +44,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -57,6 +56,7 @@ from acmews.interfaces import (
     IPoaConnector,
     IRequestSender,
 )
+from acmews.logs import Logger
 from acmews.poa.queue import INotificationQueue, MemoryNotificationQueue
 from acmews.poa.steps import (
     await_step,
@@ -363,7 +363,8 @@ class PoaChain(Service):
                 rqi=request.rqi,
             )
         count = self.queue.enqueue(originator, request, expires, now)
-        self.log.info(
+        # one line when an originator's queue starts; the flush sums up what it delivers
+        (self.log.info if count == 1 else self.log.debug)(
             "notification {rqi} for {originator} queued ({count} waiting) until it expires "
             "in {ttl:.0f} s",
             rqi=request.rqi,
@@ -422,7 +423,7 @@ class PoaChain(Service):
         """Send the queue in order; True once empty, False if a transport failure stopped it."""
         self._flushing_now.add(originator)
         queue = self.queue
-        delivered = 0
+        delivered = expired = 0
         try:
             while True:
                 entry = queue.take(originator)
@@ -430,11 +431,7 @@ class PoaChain(Service):
                     break
                 if entry.expires <= self._clock.seconds():
                     queue.acknowledge(originator, entry)
-                    self.log.info(
-                        "queued notification {rqi} for {originator} expired, dropped",
-                        rqi=entry.request.rqi,
-                        originator=originator,
-                    )
+                    expired += 1
                     continue
                 try:
                     response = await await_step(
@@ -464,10 +461,12 @@ class PoaChain(Service):
                 )
         finally:
             self._flushing_now.discard(originator)
-        if delivered:
-            self.log.info(
-                "delivered {count} queued notifications to {originator}",
-                count=delivered,
-                originator=originator,
-            )
+            if delivered or expired:
+                self.log.info(
+                    "delivered {count} queued notifications to {originator} "
+                    "({expired} had expired)",
+                    count=delivered,
+                    originator=originator,
+                    expired=expired,
+                )
         return True

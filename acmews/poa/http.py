@@ -9,13 +9,13 @@ from urllib.parse import urlsplit, urlunsplit
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.defer import TimeoutError as DeferTimeoutError
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from acmews.codec import JSON
 from acmews.codes import RSC, Operation
 from acmews.errors import OneM2MError, RequestTimeout, TargetNotReachable
 from acmews.interfaces import IPoaConnector
+from acmews.logs import Logger
 from acmews.poa.steps import reason as _reason
 from acmews.primitive import Request, Response
 

@@ -13,9 +13,9 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
+from acmews.logs import Logger
 from acmews.primitive import Request
 
 __all__ = ["INotificationQueue", "MemoryNotificationQueue", "QueuedNotification"]
@@ -71,6 +71,8 @@ class MemoryNotificationQueue:
         self.size = size
         self._queues: dict[str, deque[QueuedNotification]] = {}
         self._seq = itertools.count(1)
+        #: originators whose full queue has been reported; told again once it has drained
+        self._reported_full: set[str] = set()
 
     def __len__(self) -> int:
         return self.total()
@@ -84,12 +86,15 @@ class MemoryNotificationQueue:
             self._purge_queue(originator, queue, now)
         while len(queue) >= self.size:
             dropped = queue.popleft()
-            self.log.warn(
-                "queue for {originator} full ({size}): dropped the oldest notification {rqi}",
-                originator=originator,
-                size=self.size,
-                rqi=dropped.request.rqi,
-            )
+            if originator not in self._reported_full:
+                self._reported_full.add(originator)
+                self.log.warn(
+                    "queue for {originator} full ({size}): dropping the oldest notifications, "
+                    "starting with {rqi} (not logged again until it drains)",
+                    originator=originator,
+                    size=self.size,
+                    rqi=dropped.request.rqi,
+                )
         queue.append(QueuedNotification(request, expires, next(self._seq)))
         return len(queue)
 
@@ -117,6 +122,7 @@ class MemoryNotificationQueue:
                 pass  # dropped meanwhile (the bound, or a purge)
         if not queue:
             del self._queues[originator]
+            self._reported_full.discard(originator)
 
     def purge_expired(self, now: float) -> int:
         dropped = 0
@@ -124,20 +130,19 @@ class MemoryNotificationQueue:
             dropped += self._purge_queue(originator, queue, now)
             if not queue:
                 del self._queues[originator]
+                self._reported_full.discard(originator)
         return dropped
 
     def _purge_queue(self, originator: str, queue: deque[QueuedNotification], now: float) -> int:
         kept = [entry for entry in queue if entry.expires > now]
         if len(kept) == len(queue):
             return 0
-        for entry in queue:
-            if entry.expires <= now:
-                self.log.info(
-                    "queued notification {rqi} for {originator} expired, dropped",
-                    rqi=entry.request.rqi,
-                    originator=originator,
-                )
         dropped = len(queue) - len(kept)
+        self.log.info(
+            "{count} queued notifications for {originator} expired, dropped",
+            count=dropped,
+            originator=originator,
+        )
         queue.clear()
         queue.extend(kept)
         return dropped

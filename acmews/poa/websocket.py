@@ -7,12 +7,12 @@ from collections.abc import Callable, Sequence
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.defer import TimeoutError as DeferTimeoutError
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from acmews.codec import SHORT_NAMES
 from acmews.errors import RequestTimeout, TargetNotReachable
 from acmews.interfaces import IConnection, IPoaConnector
+from acmews.logs import Logger
 from acmews.poa.steps import reason as _reason
 from acmews.primitive import Request, Response
 

@@ -1,0 +1,100 @@
+"""Logs a peer cannot turn against the disk: values cut to size, repeated events summed up."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from acmews.codes import Operation
+from acmews.logs import MAX_VALUE, Budget, Logger, bounded, short
+from acmews.poa import MemoryNotificationQueue, PoaChain
+from acmews.primitive import Request
+
+from .helpers import RecordingHandler, make_client_factory, make_server_factory, pair
+from .test_poa import FakeMap
+
+
+def _longest_value(event: dict[str, Any]) -> int:
+    return max((len(str(v)) for k, v in event.items() if not k.startswith("log_")), default=0)
+
+
+class LoggerTests(SynchronousTestCase):
+    def test_values_are_cut(self) -> None:
+        log = Logger(namespace="test")
+        with capturedLogs() as events:
+            log.info("{to} {items} {n}", to="x" * 1_048_576, items=list(range(100_000)), n=7)
+        (event,) = events
+        self.assertLess(_longest_value(event), MAX_VALUE + 100)
+        self.assertIn("1048576 in all", event["to"])
+        self.assertIn("100000 items", event["items"])
+        self.assertEqual(event["n"], 7)
+
+    def test_short_values_untouched(self) -> None:
+        for value in ("abc", b"abc", [1, 2], {"a": 1}, None, 5):
+            self.assertEqual(short(value), value)
+
+    def test_budget(self) -> None:
+        budget = Budget(count=3, period=10.0)
+        self.assertEqual([budget.allow(0.0) for _ in range(5)], [True] * 3 + [False] * 2)
+        self.assertEqual(budget.take_suppressed(), 2)
+        self.assertEqual(budget.take_suppressed(), 0)
+        self.assertTrue(budget.allow(10.0))  # a new period
+
+    def test_bounded_observer_rotates_and_keeps_few_files(self) -> None:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        observer = bounded(os.path.join(directory, "acmews.log"), rotate_length=1000, max_files=2)
+        for i in range(200):
+            observer(
+                {
+                    "log_format": "line {i} {pad}",
+                    "i": i,
+                    "pad": "p" * 50,
+                    "log_level": LogLevel.info,
+                    "log_namespace": "t",
+                    "log_time": 0.0,
+                }
+            )
+        names = sorted(os.listdir(directory))
+        self.assertEqual(names, ["acmews.log", "acmews.log.1", "acmews.log.2"])
+        self.assertLessEqual(sum(os.path.getsize(os.path.join(directory, n)) for n in names), 4000)
+
+
+class PeerEventTests(TestCase):
+    def test_bad_messages_are_summed_up_per_connection(self) -> None:
+        clock = Clock()
+        factory = make_server_factory(RecordingHandler(), clock)
+        p = pair(factory, make_client_factory(clock, "Cae1"))
+        with capturedLogs() as events:
+            for _ in range(100):
+                p.client.sendMessage(b"not json " + b"x" * 5000)
+            p.flush()
+            p.client.transport.loseConnection()
+            p.flush()
+        server = [e for e in events if e.get("peer") == p.server_session.peer]
+        bad = [e for e in server if "bad message" in e.get("log_format", "")]
+        self.assertEqual(len(bad), 20)
+        summary = [e for e in server if "were not logged" in e.get("log_format", "")]
+        self.assertEqual([e["count"] for e in summary], [80])
+        self.assertTrue(all(_longest_value(e) < MAX_VALUE + 100 for e in events))
+
+
+class QueueLogTests(SynchronousTestCase):
+    def test_queueing_and_dropping_log_once(self) -> None:
+        clock = Clock()
+        chain = PoaChain(FakeMap(), clock, queue=MemoryNotificationQueue(size=10))
+        self.addCleanup(chain.stop)
+        with capturedLogs() as events:
+            for i in range(50):
+                request = Request(Operation.NOTIFY, "Cae1", f"n{i}", "4", fr="/id-in", pc={})
+                self.successResultOf(chain.send("Cae1", request, store=True))
+        info = [e for e in events if e["log_level"] >= LogLevel.info]
+        self.assertEqual(len(info), 2, [e["log_format"] for e in info])  # queued; full
+        clock.advance(3599)
+        with capturedLogs() as events:
+            clock.advance(61)  # they all expire: one line
+        self.assertEqual([e.get("count") for e in events], [10])
