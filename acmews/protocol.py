@@ -128,8 +128,10 @@ class _AutobahnFastPath:
       about 1 KiB per idle connection, is dropped once open);
     - ``is_closed`` (fired with the protocol itself: replaced by a fired Deferred of None
       once closed, to cut that cycle);
-    - ``current_frame`` (is the first frame of a message its last?) and ``_fail_connection``
-      (close with a code and stop reading frames) for the bounds on fragmented messages.
+    - ``current_frame`` (is the first frame of a message its last?) for the bounds on
+      fragmented messages;
+    - ``_fail_connection`` (close with a code: used for those bounds, and overridden so that
+      reading stops after any failure, 1009 and 1002 included).
 
     Public hooks overridden: ``connectionMade`` (the write bound and the back-pressure
     producer), ``onMessageFrameBegin`` (frames per message, time per message) and
@@ -225,9 +227,20 @@ class _AutobahnFastPath:
             timeout=timeout,
         )
         # the close frame cannot reach a peer that does not read: say it, then abort
-        self._fail_connection(1008, "not reading")  # type: ignore[attr-defined]
+        self._fail_connection(1008, "not reading")
         if self.transport is not None:
             self.transport.abortConnection()
+
+    def _fail_connection(self, code: int = 1001, reason: str = "going away") -> None:
+        """Autobahn's (a close frame with ``code``), then no more reading: Autobahn would
+        otherwise go on parsing (and paying for) every frame the peer sends until the close
+        handshake ends. The close frame is still flushed; Autobahn's close handshake timeout
+        aborts a peer that never reads it."""
+        super()._fail_connection(code, reason)  # type: ignore[misc]
+        self.data = b""  # what is already buffered is not parsed either
+        transport = self.transport
+        if transport is not None:
+            transport.loseConnection()
 
     def onMessageFrameBegin(self, length: int) -> None:
         super().onMessageFrameBegin(length)  # type: ignore[misc]  # Autobahn's size limits
@@ -244,7 +257,7 @@ class _AutobahnFastPath:
                 peer=self.peer,
                 limit=limit,
             )
-            self._fail_connection(1008, f"a message may span at most {limit} frames")  # type: ignore[attr-defined]
+            self._fail_connection(1008, f"a message may span at most {limit} frames")
 
     def _message_too_slow(self) -> None:
         self._message_call = None
@@ -254,7 +267,7 @@ class _AutobahnFastPath:
             peer=self.peer,
             timeout=timeout,
         )
-        self._fail_connection(1008, f"a message must be completed within {timeout:g} s")  # type: ignore[attr-defined]
+        self._fail_connection(1008, f"a message must be completed within {timeout:g} s")
 
     def _message_timer_done(self) -> None:
         call = self._message_call

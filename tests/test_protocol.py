@@ -944,6 +944,16 @@ class FragmentationTests(BindingTestCase):
         self.send_fragments(p, [b""] * 12, finish=False)
         self.assertEqual(p.client.remoteCloseCode, 1008)
 
+    def test_nothing_more_is_parsed_after_the_close(self) -> None:
+        # Autobahn would go on parsing every frame until the close handshake ends
+        p = self.connect("Cae1")
+        seen: list[int] = []
+        original = p.server.onMessageFrameBegin
+        p.server.onMessageFrameBegin = lambda n: (seen.append(n), original(n))[1]
+        self.send_fragments(p, [b""] * 5000, finish=False)  # one read on the server side
+        self.assertEqual(len(seen), 11)
+        self.assertEqual(p.client.remoteCloseCode, 1008)
+
     def test_unfinished_message_closes_1008_after_the_timeout(self) -> None:
         p = self.connect("Cae1")
         self.send_fragments(p, [b'{"op":'], finish=False)
