@@ -48,7 +48,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from acmews.codes import RSC, Operation
-from acmews.errors import OneM2MError, TargetNotReachable
+from acmews.errors import OneM2MError, RequestTimeout, TargetNotReachable
 from acmews.interfaces import (
     IConnection,
     IOriginatorMap,
@@ -261,7 +261,9 @@ class PoaChain(Service):
             except CancelledError:
                 raise
             except Exception as e:
-                tried.append(f"{url}: {reason(e)}")
+                # the same words whether refused, silent or reset: the reason reaches the
+                # client, which must not learn from it which ports are open (the log says)
+                tried.append(f"{url}: not reachable")
                 self._log_step_failed(target, request, url, e)
         if not poa:
             tried.append("no poa")
@@ -294,13 +296,16 @@ class PoaChain(Service):
         self.log.debug("sending {rqi} to URL {url}", rqi=request.rqi, url=url)
         try:
             return await self._through(connector, url, request)
-        except (CancelledError, OneM2MError):
+        except CancelledError:
             raise
+        except (TargetNotReachable, RequestTimeout) as e:
+            self._log_step_failed(url, request, url, e)
+            raise TargetNotReachable(f"{url} is not reachable", rqi=request.rqi) from e
+        except OneM2MError:
+            raise  # not about reaching it (a request too large for it, say)
         except Exception as e:
             self._log_step_failed(url, request, url, e)
-            raise TargetNotReachable(
-                f"{url} is not reachable ({reason(e)})", rqi=request.rqi
-            ) from e
+            raise TargetNotReachable(f"{url} is not reachable", rqi=request.rqi) from e
 
     def _through(self, connector: IPoaConnector, url: str, request: Request) -> Deferred[Response]:
         """The one step both a poa entry and a URL target take: the scheme's connector,

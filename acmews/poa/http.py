@@ -2,32 +2,129 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.defer import TimeoutError as DeferTimeoutError
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
 from zope.interface import implementer
 
 from acmews.codec import JSON
-from acmews.codes import RSC, Operation
+from acmews.codes import Operation
 from acmews.errors import OneM2MError, RequestTimeout, TargetNotReachable
 from acmews.interfaces import IPoaConnector
 from acmews.logs import Logger
 from acmews.poa.steps import reason as _reason
 from acmews.primitive import Request, Response
 
-__all__ = ["HttpClient", "HttpConnector", "http_url"]
+__all__ = ["AgentClient", "HttpClient", "HttpConnector", "http_url"]
+
+#: the largest HTTP answer body read (the WebSocket message size limit by default)
+DEFAULT_MAX_BODY = 1024 * 1024
 
 
 class HttpClient(Protocol):
-    """The part of treq the HTTP connector uses (the ``treq`` module or a ``StubTreq``)."""
+    """What the HTTP connector needs: ``request(method, url, headers=, data=)`` firing with a
+    ``twisted.web.iweb.IResponse`` (:class:`AgentClient`; in tests a ``treq`` ``StubTreq``)."""
 
     def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]: ...
 
-    def content(self, response: Any) -> Deferred[bytes]: ...
+
+class AgentClient:
+    """A plain ``twisted.web.client.Agent``: it follows no redirect and decodes no content
+    (treq always inflates gzip, so a 1 MB answer could become 1 GiB on the reactor thread)."""
+
+    def __init__(self, reactor: Any) -> None:
+        from twisted.web.client import Agent, HTTPConnectionPool
+
+        self._reactor = reactor
+        self._agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:
+        from twisted.web.client import FileBodyProducer
+        from twisted.web.http_headers import Headers
+
+        data = kwargs.get("data")
+        body = None
+        if data is not None:
+            body = FileBodyProducer(io.BytesIO(data), cooperator=_cooperator(self._reactor))
+        headers = Headers(
+            {k.encode(): [v.encode() for v in vs] for k, vs in kwargs["headers"].items()}
+        )
+        return self._agent.request(method.encode(), url.encode(), headers, body)
+
+
+def _cooperator(reactor: Any) -> Any:
+    from twisted.internet.task import Cooperator
+
+    return Cooperator(scheduler=lambda work: reactor.callLater(0, work))
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _BoundedBody(TwistedProtocol):
+    """Collects a response body of at most ``limit`` bytes; past it, stops the transfer."""
+
+    def __init__(self, finished: Deferred[bytes], limit: int) -> None:
+        self._finished = finished
+        self._limit = limit
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._done = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._done:
+            return
+        self._size += len(data)
+        if self._size > self._limit:
+            self._done = True
+            self._parts = []
+            self._stop_transfer()
+            self._finished.errback(_BodyTooLarge(f"answer body over {self._limit} bytes"))
+            return
+        self._parts.append(data)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if self._done:
+            return
+        self._done = True
+        if reason is None or isinstance(reason.value, ResponseDone | PotentialDataLoss):
+            self._finished.callback(b"".join(self._parts))
+        else:
+            self._finished.errback(reason)
+
+    def stop(self) -> None:
+        if not self._done:
+            self._done = True
+            self._stop_transfer()
+
+    def _stop_transfer(self) -> None:
+        transport: Any = self.transport  # an IPushProducer for a response body
+        if transport is not None:
+            transport.stopProducing()
+
+
+def read_body(response: Any, limit: int) -> Deferred[bytes]:
+    """The body of ``response`` (an ``IResponse``), failing once it passes ``limit`` bytes."""
+    reader: _BoundedBody | None = None
+
+    def cancel(d: Deferred[bytes]) -> None:
+        if reader is not None:
+            reader.stop()
+
+    finished: Deferred[bytes] = Deferred(cancel)
+    reader = _BoundedBody(finished, limit)
+    response.deliverBody(reader)
+    return finished
 
 
 _HTTP_METHODS = {
@@ -38,13 +135,13 @@ _HTTP_METHODS = {
     Operation.NOTIFY: "POST",
 }
 
-_HTTP_STATUS_RSC = {400: RSC.BAD_REQUEST, 403: RSC.ORIGINATOR_HAS_NO_PRIVILEGE, 404: RSC.NOT_FOUND}
 
-
-def _rsc_from_status(status: int) -> int:
-    if 200 <= status < 300:
-        return RSC.OK
-    return _HTTP_STATUS_RSC.get(status, RSC.INTERNAL_SERVER_ERROR)
+def _header(answer: Any, name: str) -> str | None:
+    values = answer.headers.getRawHeaders(name)
+    if not values:
+        return None
+    value = values[0]
+    return value.decode("latin-1") if isinstance(value, bytes) else str(value)
 
 
 def _http_path(to: str) -> str:
@@ -70,23 +167,34 @@ def http_url(poa: str, request: Request) -> str:
 
 @implementer(IPoaConnector)
 class HttpConnector:
-    """``http``/``https`` poa through treq, mapped per TS-0009 (the oneM2M HTTP binding).
+    """``http``/``https`` poa, mapped per TS-0009 (the oneM2M HTTP binding).
 
     Only ``X-M2M-Origin``, ``X-M2M-RI``, ``X-M2M-RVI`` and the JSON body (``pc``) are mapped;
     other request parameters (``rcn``, ``rqet``, filter criteria, ...) are not sent, which is
     enough for notifications, the case this connector exists for.
+
+    Every peer is hostile: an answer counts only when it carries ``X-M2M-RSC`` (anything else,
+    a plain web page, a redirect, fails the step with 5103 and nothing of it is relayed); its
+    body is read up to ``max_body`` bytes and never decompressed; redirects are not followed.
     """
 
     log = Logger()
     schemes: Sequence[str] = ("http", "https")
 
-    def __init__(self, clock: IReactorTime, client: HttpClient | None = None) -> None:
-        if client is None:
-            import treq  # does not import the reactor; treq uses the global one when called
-
-            client = cast(HttpClient, treq)
-        self._client: HttpClient = client
+    def __init__(
+        self,
+        clock: IReactorTime,
+        client: HttpClient | None = None,
+        *,
+        max_body: int = DEFAULT_MAX_BODY,
+    ) -> None:
+        """
+        @param clock: the reactor (the default client needs one to connect with).
+        @param client: sends the HTTP requests; an :class:`AgentClient` when None.
+        """
+        self._client: HttpClient = client if client is not None else AgentClient(clock)
         self._clock = clock
+        self.max_body = max_body
 
     def send(self, url: str, request: Request, timeout: float) -> Deferred[Response]:
         return Deferred.fromCoroutine(self._send_timed(url, request, timeout))
@@ -113,43 +221,64 @@ class HttpConnector:
             "X-M2M-RVI": [request.rvi],
             "Content-Type": [content_type],
             "Accept": ["application/json"],
+            "Accept-Encoding": ["identity"],
         }
         if request.fr is not None:
             headers["X-M2M-Origin"] = [request.fr]
-        kwargs: dict[str, Any] = {"headers": headers}
+        kwargs: dict[str, Any] = {"headers": headers, "allow_redirects": False}
         if request.pc is not None:
             kwargs["data"] = JSON.dumps(request.pc)
         try:
             answer = await self._client.request(method, target, **kwargs)
-            body = await self._client.content(answer)
         except CancelledError:
             raise
         except Exception as e:
             self.log.info(
                 "{method} {url} failed: {reason}", method=method, url=target, reason=_reason(e)
             )
-            raise TargetNotReachable(f"{target}: {_reason(e)}", rqi=request.rqi) from e
-        return self._response(answer, body, request, target)
-
-    def _response(self, answer: Any, body: bytes, request: Request, url: str) -> Response:
-        head = answer.headers
-
-        def header(name: str) -> str | None:
-            values = head.getRawHeaders(name)
-            if not values:
-                return None
-            value = values[0]
-            return value.decode("latin-1") if isinstance(value, bytes) else str(value)
-
-        raw_rsc = header("X-M2M-RSC")
-        rsc: int | None = None
-        if raw_rsc is not None:
-            try:
-                rsc = int(raw_rsc.strip())
-            except ValueError:
-                self.log.warn("{url}: unreadable X-M2M-RSC {rsc!r}", url=url, rsc=raw_rsc)
+            raise TargetNotReachable(f"{target}: no answer", rqi=request.rqi) from e
+        rsc = self._rsc(answer, target)
         if rsc is None:
-            rsc = _rsc_from_status(answer.code)
+            read_body(answer, 0).addErrback(lambda _: None)  # stop the transfer, read nothing
+            raise TargetNotReachable(
+                f"{target}: not a oneM2M endpoint (no X-M2M-RSC)", rqi=request.rqi
+            )
+        try:
+            body = await read_body(answer, self.max_body)
+        except CancelledError:
+            raise
+        except Exception as e:
+            self.log.info(
+                "{method} {url}: answer not read: {reason}",
+                method=method,
+                url=target,
+                reason=_reason(e),
+            )
+            raise TargetNotReachable(f"{target}: answer not readable", rqi=request.rqi) from e
+        return self._response(answer, rsc, body, request, target)
+
+    def _rsc(self, answer: Any, url: str) -> int | None:
+        """The answer's ``X-M2M-RSC``, or None when it has none (or an unreadable one)."""
+        raw = _header(answer, "X-M2M-RSC")
+        if raw is None:
+            self.log.info(
+                "{url} answered HTTP {code} without X-M2M-RSC: not a oneM2M answer",
+                url=url,
+                code=answer.code,
+            )
+            return None
+        try:
+            return int(raw.strip())
+        except ValueError:
+            self.log.warn("{url}: unreadable X-M2M-RSC {rsc!r}", url=url, rsc=raw)
+            return None
+
+    def _response(
+        self, answer: Any, rsc: int, body: bytes, request: Request, url: str
+    ) -> Response:
+        def header(name: str) -> str | None:
+            return _header(answer, name)
+
         pc: Any = None
         if body.strip():
             try:

@@ -68,7 +68,9 @@ class WebSocketConnector:
                 else _reason(e)
             )
             self.log.info("cannot connect to {url}: {reason}", url=url, reason=reason)
-            raise TargetNotReachable(f"{url}: cannot connect: {reason}", rqi=request.rqi) from e
+            # refused or silent: the same words for the client (no port-scan oracle); the log
+            # has the detail
+            raise TargetNotReachable(f"{url}: cannot connect", rqi=request.rqi) from e
         self.log.debug("connected to {url} ({peer})", url=url, peer=connection.peer)
         try:
             remaining = max(deadline - self._clock.seconds(), 0.001)
