@@ -28,7 +28,8 @@ from acmews.options import (
     ConnectionOptions,
 )
 from acmews.originators import OriginatorMap
-from acmews.poa import HttpConnector, PoaChain, WebSocketConnector
+from acmews.poa import HttpConnector, OutboundLimits, PoaChain, TargetPolicy, WebSocketConnector
+from acmews.poa.limits import DEFAULT_DENY, system_resolver
 from acmews.protocol import OneM2MServerFactory
 
 __all__ = ["Options", "makeService", "poa_for_endpoint"]
@@ -130,6 +131,21 @@ class Options(usage.Options):
             _nonzero_float,
         ],
         [
+            "max-outbound",
+            None,
+            256,
+            "Outbound poa/nu deliveries in flight at once (connections the CSE opens); "
+            "more wait their turn.",
+            _positive_int,
+        ],
+        [
+            "max-outbound-per-host",
+            None,
+            8,
+            "Outbound poa/nu deliveries in flight at once to one host.",
+            _positive_int,
+        ],
+        [
             "queue-size",
             None,
             1000,
@@ -150,6 +166,8 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self["poa"] = []
+        self["allow-targets"] = []
+        self["deny-targets"] = None
 
     def opt_listen(self, endpoint: str) -> None:
         """A server endpoint to listen on, e.g. tcp:8180:interface=127.0.0.1:backlog=1024, or
@@ -162,9 +180,30 @@ class Options(usage.Options):
         (repeatable; default: derived from the --listen endpoints)."""
         self["poa"].append(poa)
 
+    def opt_allow_targets(self, rules: str) -> None:
+        """Hosts the CSE may contact for a poa or an nu: comma-separated CIDR networks
+        (10.0.0.0/8) or host patterns (*.devices.example); repeatable. When given, every
+        other host is refused."""
+        self["allow-targets"].extend(r for r in rules.split(",") if r.strip())
+
+    def opt_deny_targets(self, rules: str) -> None:
+        """Hosts the CSE must never contact for a poa or an nu, in the same forms; repeatable
+        (default: 169.254.0.0/16,fe80::/10, the link-local addresses of cloud metadata
+        services; give 'none' to deny nothing)."""
+        if self["deny-targets"] is None or rules.strip().lower() == "none":
+            self["deny-targets"] = []
+        if rules.strip().lower() != "none":
+            self["deny-targets"].extend(r for r in rules.split(",") if r.strip())
+
     def postOptions(self) -> None:
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
+        if self["deny-targets"] is None:
+            self["deny-targets"] = list(DEFAULT_DENY)
+        try:
+            TargetPolicy(self["allow-targets"], self["deny-targets"])
+        except ValueError as e:
+            raise usage.UsageError(f"--allow-targets/--deny-targets: {e}") from None
         if not self["cse-id"].startswith("/") or self["cse-id"].startswith("//"):
             raise usage.UsageError("--cse-id must look like /id-in")
         if not self["sp-id"].startswith("//"):
@@ -254,6 +293,14 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
         timeout=request_timeout,
         queue_size=int(options["queue-size"]),
         default_expiry=float(options["notification-expiry"]),
+        policy=TargetPolicy(
+            options.get("allow-targets") or (),
+            DEFAULT_DENY if options.get("deny-targets") is None else options["deny-targets"],
+            resolve=system_resolver(reactor),
+        ),
+        limits=OutboundLimits(
+            int(options.get("max-outbound", 256)), int(options.get("max-outbound-per-host", 8))
+        ),
     )
     chain.setServiceParent(top)
     config = CSEConfig(

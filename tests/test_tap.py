@@ -14,6 +14,7 @@ from zope.interface.verify import verifyObject
 from acmews.cse import CSE
 from acmews.interfaces import IOriginatorMap, IRequestHandler, IRequestSender
 from acmews.poa import PoaChain
+from acmews.poa.limits import DEFAULT_DENY
 from acmews.protocol import OneM2MServerFactory
 from acmews.tap import Options, makeService, poa_for_endpoint
 
@@ -193,6 +194,35 @@ class MakeServiceTests(TestCase):
         self.addCleanup(service.stopService)
         ((port, _, backlog, interface),) = reactor.tcpServers
         self.assertEqual((port, backlog, interface), (8180, 1024, "127.0.0.1"))
+
+    def test_target_policy_and_limits(self) -> None:
+        default: Any = makeService(parse(), MemoryReactorClock())
+        self.assertEqual([str(n) for n in default.chain.policy.deny], list(DEFAULT_DENY))
+        self.assertEqual(default.chain.policy.allow, [])
+        self.assertEqual((default.chain.limits.total, default.chain.limits.per_host), (256, 8))
+        o = parse(
+            "--allow-targets",
+            "10.0.0.0/8,*.devices.example",
+            "--allow-targets",
+            "::1/128",
+            "--deny-targets",
+            "none",
+            "--max-outbound",
+            "5",
+            "--max-outbound-per-host",
+            "2",
+        )
+        service: Any = makeService(o, MemoryReactorClock())
+        policy = service.chain.policy
+        self.assertEqual(
+            [str(r) for r in policy.allow], ["10.0.0.0/8", "*.devices.example", "::1/128"]
+        )
+        self.assertEqual(policy.deny, [])
+        own: Any = makeService(parse("--deny-targets", "192.168.0.0/16"), MemoryReactorClock())
+        self.assertEqual([str(n) for n in own.chain.policy.deny], ["192.168.0.0/16"])
+        self.assertEqual((service.chain.limits.total, service.chain.limits.per_host), (5, 2))
+        for bad in ("10.0.0.0/33", "a:b", "x/y"):
+            self.assertRaises(usage.UsageError, parse, "--deny-targets", bad)
 
     def test_explicit_poa(self) -> None:
         o = parse("--poa", "ws://cse.example.com:8180")

@@ -7,20 +7,24 @@
 """
 
 from acmews.poa.chain import PoaChain
-from acmews.poa.http import HttpClient, HttpConnector, http_url
+from acmews.poa.http import AgentClient, HttpClient, HttpConnector, http_url
+from acmews.poa.limits import OutboundLimits, TargetPolicy
 from acmews.poa.queue import INotificationQueue, MemoryNotificationQueue, QueuedNotification
 from acmews.poa.steps import DEFAULT_POA
 from acmews.poa.websocket import ConnectFunction, WebSocketConnector
 
 __all__ = [
     "DEFAULT_POA",
+    "AgentClient",
     "ConnectFunction",
     "HttpClient",
     "HttpConnector",
     "INotificationQueue",
     "MemoryNotificationQueue",
+    "OutboundLimits",
     "PoaChain",
     "QueuedNotification",
+    "TargetPolicy",
     "WebSocketConnector",
     "http_url",
 ]

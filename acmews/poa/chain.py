@@ -57,6 +57,7 @@ from acmews.interfaces import (
     IRequestSender,
 )
 from acmews.logs import Logger
+from acmews.poa.limits import OutboundLimits, TargetDenied, TargetPolicy
 from acmews.poa.queue import INotificationQueue, MemoryNotificationQueue
 from acmews.poa.steps import (
     await_step,
@@ -94,11 +95,16 @@ class PoaChain(Service):
         queue_size: int = 1000,
         default_expiry: float = 3600.0,
         purge_interval: float = 60.0,
+        policy: TargetPolicy | None = None,
+        limits: OutboundLimits | None = None,
     ) -> None:
         """
         @param queue: where undeliverable notifications wait; a
             :class:`~acmews.poa.queue.MemoryNotificationQueue` of ``queue_size`` entries per
             originator when None.
+        @param policy: which hosts a poa or URL step may contact (default: any; ``twistd
+            acmews`` denies link-local addresses unless told otherwise).
+        @param limits: outbound steps in flight in all and per host (default 256 and 8).
         """
         self._originators = originators
         self._clock = clock
@@ -115,6 +121,8 @@ class PoaChain(Service):
         )
         self.default_expiry = default_expiry
         self.purge_interval = purge_interval
+        self.policy = policy if policy is not None else TargetPolicy(deny=())
+        self.limits = limits if limits is not None else OutboundLimits()
         self._flushing: dict[str, Deferred[bool]] = {}
         self._flushing_now: set[str] = set()
         self._in_flight: set[Deferred[Response]] = set()
@@ -308,11 +316,25 @@ class PoaChain(Service):
             raise TargetNotReachable(f"{url} is not reachable", rqi=request.rqi) from e
 
     def _through(self, connector: IPoaConnector, url: str, request: Request) -> Deferred[Response]:
-        """The one step both a poa entry and a URL target take: the scheme's connector,
-        awaited under the chain's timeout (which fires whatever the connector does)."""
-        return Deferred.fromCoroutine(
-            await_step(connector.send(url, request, self.timeout), self.timeout, self._clock)
-        )
+        """The one step both a poa entry and a URL target take: the policy, a slot within the
+        outbound limits, the scheme's connector; all of it under the chain's timeout (which
+        fires whatever the connector does, and counts the wait for a slot too)."""
+        step = Deferred.fromCoroutine(self._outbound(connector, url, request))
+        return Deferred.fromCoroutine(await_step(step, self.timeout, self._clock))
+
+    async def _outbound(self, connector: IPoaConnector, url: str, request: Request) -> Response:
+        try:
+            await self.policy.check(url)
+        except TargetDenied as e:
+            self.log.info(
+                "request {rqi}: {url} not contacted ({reason})",
+                rqi=request.rqi,
+                url=url,
+                reason=str(e),
+            )
+            raise TargetNotReachable(f"{url}: not reachable", rqi=request.rqi) from None
+        async with self.limits.slot(url):
+            return await connector.send(url, request, self.timeout)
 
     def _log_step_failed(
         self,
