@@ -28,7 +28,14 @@ from acmews.options import (
     ConnectionOptions,
 )
 from acmews.originators import OriginatorMap
-from acmews.poa import HttpConnector, OutboundLimits, PoaChain, TargetPolicy, WebSocketConnector
+from acmews.poa import (
+    HttpConnector,
+    MemoryNotificationQueue,
+    OutboundLimits,
+    PoaChain,
+    TargetPolicy,
+    WebSocketConnector,
+)
 from acmews.poa.limits import DEFAULT_DENY, system_resolver
 from acmews.protocol import OneM2MServerFactory
 
@@ -151,6 +158,20 @@ class Options(usage.Options):
             1000,
             "Notifications kept per unreachable originator (store-and-forward); the oldest is "
             "dropped beyond that.",
+            _positive_int,
+        ],
+        [
+            "queue-bytes",
+            None,
+            256 * 1024 * 1024,
+            "Bytes all stored notifications may hold together; beyond it new ones are refused.",
+            _positive_int,
+        ],
+        [
+            "queue-bytes-per-originator",
+            None,
+            16 * 1024 * 1024,
+            "Bytes the stored notifications of one originator may hold; the oldest go first.",
             _positive_int,
         ],
         [
@@ -291,7 +312,11 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
             HttpConnector(reactor),
         ],
         timeout=request_timeout,
-        queue_size=int(options["queue-size"]),
+        queue=MemoryNotificationQueue(
+            int(options["queue-size"]),
+            originator_bytes=int(options.get("queue-bytes-per-originator", 16 * 1024 * 1024)),
+            total_bytes=int(options.get("queue-bytes", 256 * 1024 * 1024)),
+        ),
         default_expiry=float(options["notification-expiry"]),
         policy=TargetPolicy(
             options.get("allow-targets") or (),

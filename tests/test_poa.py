@@ -19,7 +19,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from acmews.codes import RSC, Operation
-from acmews.errors import RequestTimeout, TargetNotReachable
+from acmews.errors import NotAcceptable, RequestTimeout, TargetNotReachable
 from acmews.interfaces import (
     IConnection,
     IOriginatorMap,
@@ -35,6 +35,7 @@ from acmews.poa import (
     WebSocketConnector,
     http_url,
 )
+from acmews.poa.queue import QueueFull
 from acmews.primitive import Request, Response
 from acmews.timestamps import parse_expiry
 
@@ -962,3 +963,56 @@ class HttpConnectorTests(SynchronousTestCase):
         d = chain.send(AE, notify(), ["ws://default", "http://h:8080/n"])
         self.assertEqual(self.successResultOf(d).rsc, RSC.OK)
         self.assertEqual(self.resource.seen[0]["uri"], "/n")
+
+
+class QueueBoundsTests(SynchronousTestCase):
+    def test_entries_hold_a_copy_of_their_encoded_size(self) -> None:
+        queue = MemoryNotificationQueue()
+        request = notify("n1")
+        request.pc = {"m2m:sgn": {"nev": {"rep": {"con": "x" * 1000}}}}
+        queue.enqueue(AE, request, 100.0, 0.0)
+        request.pc["m2m:sgn"]["nev"]["rep"]["con"] = "changed"
+        (entry,) = queue.pending(AE)
+        self.assertIsInstance(entry.data, bytes)
+        self.assertEqual(entry.request.pc["m2m:sgn"]["nev"]["rep"]["con"], "x" * 1000)
+        self.assertEqual(queue.bytes, entry.size)
+        self.assertLess(entry.size, 1400)
+        queue.acknowledge(AE, entry)
+        self.assertEqual(queue.bytes, 0)
+
+    def test_originator_bytes_drop_the_oldest(self) -> None:
+        queue = MemoryNotificationQueue(originator_bytes=3500)  # about 1100 bytes each
+        for i in range(5):
+            request = notify(f"n{i}")
+            request.pc = {"con": "x" * 800}
+            queue.enqueue(AE, request, 100.0, 0.0)
+        self.assertEqual([e.rqi for e in queue.pending(AE)], ["n2", "n3", "n4"])
+        self.assertLessEqual(queue.bytes, 3500)
+
+    def test_total_bytes_refuse_new_entries(self) -> None:
+        queue = MemoryNotificationQueue(total_bytes=3500)
+        for i in range(3):
+            request = notify(f"n{i}")
+            request.pc = {"con": "x" * 800}
+            queue.enqueue(f"C{i}", request, 100.0, 0.0)
+        late = notify("late")
+        late.pc = {"con": "x" * 800}
+        self.assertRaises(QueueFull, queue.enqueue, "Clate", late, 100.0, 0.0)
+        self.assertEqual(queue.count("Clate"), 0)
+        chain = PoaChain(FakeMap(), Clock(), queue=queue)
+        self.addCleanup(chain.stop)
+        self.failureResultOf(chain.send("Clate", late, store=True), TargetNotReachable)
+
+    def test_a_notification_the_connection_cannot_take_does_not_block_the_queue(self) -> None:
+        clock = Clock()
+        omap = FakeMap()
+        chain = PoaChain(omap, clock)
+        self.addCleanup(chain.stop)
+        for rqi in ("poison", "n1"):
+            self.successResultOf(chain.send(AE, notify(rqi), store=True))
+        conn = FakeConnection()
+        omap.bind(AE, conn)
+        conn.sent[0][2].errback(NotAcceptable("too large for this connection"))
+        self.assertEqual(conn.rqis(), ["poison", "n1"])
+        conn.answer()
+        self.assertEqual(chain.queued(AE), [])

@@ -221,6 +221,13 @@ class MakeServiceTests(TestCase):
         own: Any = makeService(parse("--deny-targets", "192.168.0.0/16"), MemoryReactorClock())
         self.assertEqual([str(n) for n in own.chain.policy.deny], ["192.168.0.0/16"])
         self.assertEqual((service.chain.limits.total, service.chain.limits.per_host), (5, 2))
+        q: Any = makeService(
+            parse(
+                "--queue-size", "7", "--queue-bytes", "9000", "--queue-bytes-per-originator", "800"
+            ),
+            MemoryReactorClock(),
+        ).chain.queue
+        self.assertEqual((q.size, q.total_bytes, q.originator_bytes), (7, 9000, 800))
         for bad in ("10.0.0.0/33", "a:b", "x/y"):
             self.assertRaises(usage.UsageError, parse, "--deny-targets", bad)
 

@@ -389,7 +389,22 @@ class PoaChain(Service):
                 f"{originator} is not reachable and the notification has expired",
                 rqi=request.rqi,
             )
-        count = self.queue.enqueue(originator, request, expires, now)
+        try:
+            count = self.queue.enqueue(originator, request, expires, now)
+        except TargetNotReachable:
+            raise  # QueueFull: the queue logged it
+        except OneM2MError as e:
+            # it could never be delivered: keep it out rather than let it block the queue
+            self.log.warn(
+                "notification {rqi} for {originator} cannot be stored: {reason}",
+                rqi=request.rqi,
+                originator=originator,
+                reason=e.reason,
+            )
+            raise TargetNotReachable(
+                f"{originator} is not reachable and the notification cannot be stored",
+                rqi=request.rqi,
+            ) from e
         # one line when an originator's queue starts; the flush sums up what it delivers
         (self.log.info if count == 1 else self.log.debug)(
             "notification {rqi} for {originator} queued ({count} waiting) until it expires "
@@ -469,12 +484,27 @@ class PoaChain(Service):
                 except CancelledError:
                     raise
                 except Exception as e:
+                    error = unwrap_timeout(e)
+                    if isinstance(error, OneM2MError) and not isinstance(
+                        error, TargetNotReachable | RequestTimeout
+                    ):
+                        # this connection can never take it (too large for it, say): a
+                        # poisoned entry must not block the ones behind it
+                        queue.acknowledge(originator, entry)
+                        self.log.warn(
+                            "queued notification {rqi} for {originator} cannot be sent "
+                            "({reason}): dropped",
+                            rqi=entry.rqi,
+                            originator=originator,
+                            reason=error.reason,
+                        )
+                        continue
                     self.log.info(
                         "flush to {originator} on {peer} stopped ({reason}); "
                         "{count} notifications stay queued",
                         originator=originator,
                         peer=connection.peer,
-                        reason=reason(unwrap_timeout(e)),
+                        reason=reason(error),
                         count=queue.count(originator),
                     )
                     return False
@@ -482,7 +512,7 @@ class PoaChain(Service):
                 delivered += 1
                 self.log.debug(
                     "queued notification {rqi} delivered to {originator}: rsc {rsc}",
-                    rqi=entry.request.rqi,
+                    rqi=entry.rqi,
                     originator=originator,
                     rsc=response.rsc,
                 )

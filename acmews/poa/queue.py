@@ -4,6 +4,10 @@
 Entries are kept per originator in arrival order. An entry stays at the head until it is
 acknowledged (delivered, or dropped because it expired), so a flush that fails half-way keeps
 it for the next connection: delivery is at-least-once, bounded by the expiry.
+
+An entry holds its request encoded (CBOR), so that it costs its encoded size and nothing more
+(a request object would keep, say, a 1 MB contentInstance alive long after its container
+evicted it), and so that a request that cannot be encoded never enters a queue.
 """
 
 from __future__ import annotations
@@ -11,30 +15,62 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from zope.interface import Interface, implementer
 
+from acmews.codec import CBOR
+from acmews.errors import TargetNotReachable
 from acmews.logs import Logger
 from acmews.primitive import Request
 
-__all__ = ["INotificationQueue", "MemoryNotificationQueue", "QueuedNotification"]
+__all__ = [
+    "INotificationQueue",
+    "MemoryNotificationQueue",
+    "QueueFull",
+    "QueuedNotification",
+]
+
+#: bytes an entry costs beyond its encoded request (the entry, its deque slot)
+ENTRY_OVERHEAD = 200
+
+
+class QueueFull(TargetNotReachable):
+    """The queue has no room for this notification (its bytes bound)."""
 
 
 @dataclass(slots=True, eq=False)
 class QueuedNotification:
-    """One waiting request; ``expires`` is in clock seconds, ``seq`` orders all entries."""
+    """One waiting request, encoded; ``expires`` is in clock seconds, ``seq`` orders all."""
 
-    request: Request
+    data: bytes
+    rqi: str
     expires: float
-    seq: int = field(default=0)
+    seq: int
+
+    @property
+    def request(self) -> Request:
+        """The request, decoded again (each call a new object)."""
+        request = CBOR.decode(self.data)
+        assert isinstance(request, Request)
+        return request
+
+    @property
+    def size(self) -> int:
+        return len(self.data) + ENTRY_OVERHEAD
+
+
+def encode_request(request: Request) -> bytes:
+    """``request`` as a queue stores it; OneM2MError when it cannot be encoded."""
+    return CBOR.encode(request)
 
 
 class INotificationQueue(Interface):
     """Notifications waiting for their originators, each originator's in order.
 
-    The queue enforces its own bound: it makes room by dropping expired entries first, then
-    the originator's oldest, and logs each drop.
+    The queue enforces its own bounds: it makes room by dropping expired entries first, then
+    the originator's oldest, and logs the drops; it raises :class:`QueueFull` when there is
+    no room even so, and a OneM2MError for a request it cannot store.
     """
 
     def enqueue(originator: str, request: Request, expires: float, now: float) -> int:
@@ -50,7 +86,7 @@ class INotificationQueue(Interface):
         """The oldest entry for ``originator``; it stays queued until acknowledged."""
 
     def acknowledge(originator: str, entry: QueuedNotification) -> None:
-        """Remove ``entry`` (delivered, or expired); nothing happens if it is gone already."""
+        """Remove ``entry`` (delivered, expired, or undeliverable); nothing if it is gone."""
 
     def purge_expired(now: float) -> int:
         """Drop every entry that expired at ``now`` (logged); return how many."""
@@ -61,41 +97,89 @@ class INotificationQueue(Interface):
 
 @implementer(INotificationQueue)
 class MemoryNotificationQueue:
-    """A deque per originator, at most ``size`` entries each; lost when the process exits."""
+    """A deque per originator; lost when the process exits.
+
+    Bounds: ``size`` entries and ``originator_bytes`` per originator (the oldest go first),
+    ``total_bytes`` for all originators together (beyond it a new entry is refused: one
+    originator's backlog cannot push out everyone else's).
+    """
 
     log = Logger()
 
-    def __init__(self, size: int = 1000) -> None:
+    def __init__(
+        self,
+        size: int = 1000,
+        *,
+        originator_bytes: int = 16 * 1024 * 1024,
+        total_bytes: int = 256 * 1024 * 1024,
+    ) -> None:
         if size < 1:
             raise ValueError("queue_size must be at least 1")
+        if originator_bytes < 1 or total_bytes < 1:
+            raise ValueError("queue byte bounds must be positive")
         self.size = size
+        self.originator_bytes = originator_bytes
+        self.total_bytes = total_bytes
         self._queues: dict[str, deque[QueuedNotification]] = {}
+        self._bytes: dict[str, int] = {}
+        self._all_bytes = 0
         self._seq = itertools.count(1)
         #: originators whose full queue has been reported; told again once it has drained
         self._reported_full: set[str] = set()
+        self._reported_total = False
 
     def __len__(self) -> int:
         return self.total()
 
-    def total(self) -> int:
-        return sum(len(q) for q in self._queues.values())
+    @property
+    def bytes(self) -> int:
+        """Bytes held by all entries together."""
+        return self._all_bytes
 
     def enqueue(self, originator: str, request: Request, expires: float, now: float) -> int:
+        data = encode_request(request)
+        entry = QueuedNotification(data, request.rqi, expires, 0)
+        if entry.size > self.originator_bytes:
+            raise QueueFull(
+                f"a notification of {len(data)} bytes exceeds the queue's bound", rqi=request.rqi
+            )
         queue = self._queues.setdefault(originator, deque())
-        if len(queue) >= self.size:
+        if len(queue) >= self.size or self._bytes.get(originator, 0) + entry.size > (
+            self.originator_bytes
+        ):
             self._purge_queue(originator, queue, now)
-        while len(queue) >= self.size:
+        while queue and (
+            len(queue) >= self.size
+            or self._bytes.get(originator, 0) + entry.size > self.originator_bytes
+        ):
             dropped = queue.popleft()
+            self._forget(originator, dropped)
             if originator not in self._reported_full:
                 self._reported_full.add(originator)
                 self.log.warn(
-                    "queue for {originator} full ({size}): dropping the oldest notifications, "
-                    "starting with {rqi} (not logged again until it drains)",
+                    "queue for {originator} full ({size} entries, {limit} bytes): dropping the "
+                    "oldest notifications, starting with {rqi} (not logged again until it "
+                    "drains)",
                     originator=originator,
                     size=self.size,
-                    rqi=dropped.request.rqi,
+                    limit=self.originator_bytes,
+                    rqi=dropped.rqi,
                 )
-        queue.append(QueuedNotification(request, expires, next(self._seq)))
+        if self._all_bytes + entry.size > self.total_bytes:
+            if not queue:
+                self._drop_empty(originator)
+            if not self._reported_total:
+                self._reported_total = True
+                self.log.warn(
+                    "store-and-forward holds {limit} bytes in all: new notifications are "
+                    "refused until it drains (not logged again until then)",
+                    limit=self.total_bytes,
+                )
+            raise QueueFull("the store-and-forward queue is full", rqi=request.rqi)
+        entry.seq = next(self._seq)
+        queue.append(entry)
+        self._bytes[originator] = self._bytes.get(originator, 0) + entry.size
+        self._all_bytes += entry.size
         return len(queue)
 
     def count(self, originator: str) -> int:
@@ -119,24 +203,41 @@ class MemoryNotificationQueue:
             try:
                 queue.remove(entry)
             except ValueError:
-                pass  # dropped meanwhile (the bound, or a purge)
+                return  # dropped meanwhile (the bound, or a purge)
+        self._forget(originator, entry)
         if not queue:
-            del self._queues[originator]
-            self._reported_full.discard(originator)
+            self._drop_empty(originator)
 
     def purge_expired(self, now: float) -> int:
         dropped = 0
         for originator, queue in list(self._queues.items()):
             dropped += self._purge_queue(originator, queue, now)
             if not queue:
-                del self._queues[originator]
-                self._reported_full.discard(originator)
+                self._drop_empty(originator)
         return dropped
+
+    def total(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    def _forget(self, originator: str, entry: QueuedNotification) -> None:
+        size = entry.size
+        self._bytes[originator] -= size
+        self._all_bytes -= size
+        if self._all_bytes <= self.total_bytes // 2:
+            self._reported_total = False
+
+    def _drop_empty(self, originator: str) -> None:
+        del self._queues[originator]
+        self._bytes.pop(originator, None)
+        self._reported_full.discard(originator)
 
     def _purge_queue(self, originator: str, queue: deque[QueuedNotification], now: float) -> int:
         kept = [entry for entry in queue if entry.expires > now]
         if len(kept) == len(queue):
             return 0
+        for entry in queue:
+            if entry.expires <= now:
+                self._forget(originator, entry)
         dropped = len(queue) - len(kept)
         self.log.info(
             "{count} queued notifications for {originator} expired, dropped",
