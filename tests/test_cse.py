@@ -364,6 +364,12 @@ class AccessControlTests(CSETestCase):
         self.assertEqual(self.retrieve("cse-in/Cowner/c", ADMIN).rsc, RSC.OK)
         response = self.fails(RSC.ORIGINATOR_HAS_NO_PRIVILEGE, 2, "cse-in/Cowner/c", self.other)
         self.assertIn("Cother", response.debug or "")
+        self.assertEqual(
+            response.debug,
+            "originator 'Cother' has no RETRIEVE privilege on 'cse-in/Cowner/c'",
+        )
+        response = self.fails(RSC.ORIGINATOR_HAS_NO_PRIVILEGE, 4, "cse-in/Cowner/c", self.other)
+        self.assertIn("has no DELETE privilege on", response.debug or "")
         self.fails(RSC.ORIGINATOR_HAS_NO_PRIVILEGE, 2, "cse-in/Cowner/c/la", self.other)
         self.fails(
             RSC.ORIGINATOR_HAS_NO_PRIVILEGE,

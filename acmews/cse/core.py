@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from acmews.codes import (
+    ACOP,
     DEFAULT_RELEASE,
     RSC,
     NotificationEventType,
@@ -49,15 +50,6 @@ from acmews.primitive import Request, Response, error_response
 from acmews.timestamps import Timestamps
 
 __all__ = ["CSE", "CSEConfig"]
-
-# access control operation bits (acop)
-ACOP_CREATE = 1
-ACOP_RETRIEVE = 2
-ACOP_UPDATE = 4
-ACOP_DELETE = 8
-ACOP_NOTIFY = 16
-ACOP_DISCOVERY = 32
-_ACOP_NAMES = {1: "CREATE", 2: "RETRIEVE", 4: "UPDATE", 8: "DELETE", 16: "NOTIFY", 32: "DISCOVERY"}
 
 _RCNS = frozenset({0, 1, 2, 3, 4, 5, 6, 8})
 _FC_KEYS = frozenset({"fu", "ty", "lbl", "lim", "cra", "crb", "lvl"})
@@ -306,23 +298,22 @@ class CSE:
 
     # --- access control -----------------------------------------------------------------------
 
-    def _check(self, originator: str | None, resource: Resource, acop: int) -> None:
+    def _check(self, originator: str | None, resource: Resource, acop: ACOP) -> None:
         if originator == self._admin:
             return
         if not self._allowed(originator, resource, acop):
             raise OriginatorHasNoPrivilege(
-                f"originator {originator!r} has no {_ACOP_NAMES[acop]} privilege on "
-                f"{resource.srn!r}"
+                f"originator {originator!r} has no {acop.name} privilege on {resource.srn!r}"
             )
 
-    def _allowed(self, originator: str | None, resource: Resource, acop: int) -> bool:
+    def _allowed(self, originator: str | None, resource: Resource, acop: ACOP) -> bool:
         """Admin; the owner of the subtree; else the ACPs (nearest ``acpi``, or ``pvs``)."""
         if originator is None:
             return False
         if originator == self._admin:
             return True
         base = self.base
-        if resource is base and acop == ACOP_RETRIEVE:
+        if resource is base and acop == ACOP.RETRIEVE:
             return True  # anyone may probe the CSEBase
         r: Resource | None = resource
         while r is not None and r is not base:
@@ -361,7 +352,7 @@ class CSE:
         children = self.store.children(resource.ri)
         if originator == self._admin:
             return list(children)
-        return [c for c in children if self._allowed(originator, c, ACOP_RETRIEVE)]
+        return [c for c in children if self._allowed(originator, c, ACOP.RETRIEVE)]
 
     def _tree(self, resource: Resource, originator: str | None) -> dict[str, Any]:
         attrs = dict(resource.attrs)
@@ -419,7 +410,7 @@ class CSE:
         if request.fc is not None:
             return self._discover(request, resource, request.fc)
         rcn = self._rcn(request, 1)
-        self._check(request.fr, resource, ACOP_RETRIEVE)
+        self._check(request.fr, resource, ACOP.RETRIEVE)
         return self._respond(request, RSC.OK, self._content(resource, rcn, request.fr))
 
     def _discover(self, request: Request, root: Resource, fc: dict[str, Any]) -> Response:
@@ -466,7 +457,7 @@ class CSE:
                 return False
             if crb is not None and not attrs["ct"] < crb:
                 return False
-            return self._allowed(originator, r, ACOP_DISCOVERY)
+            return self._allowed(originator, r, ACOP.DISCOVERY)
 
         stack: list[tuple[Resource, int]] = [
             (c, 1) for c in reversed(self.store.children(root.ri))
@@ -503,7 +494,7 @@ class CSE:
             ri = originator = self._register(request.fr)
         else:
             originator = request.fr
-            self._check(originator, parent, ACOP_CREATE)
+            self._check(originator, parent, ACOP.CREATE)
             ri = self._new_ri(kind)
         if kind.ty == _CNT:
             attrs["cni"] = 0
@@ -644,7 +635,7 @@ class CSE:
             raise OperationNotAllowed("a contentInstance cannot be updated")
         body = _body(request.pc, kind)
         rcn = self._rcn(request, 1)
-        self._check(request.fr, resource, ACOP_UPDATE)
+        self._check(request.fr, resource, ACOP.UPDATE)
         changes = kind.validate_update(body)
         if kind.ty == _SUB and "enc" in changes and changes["enc"] is None:
             changes["enc"] = {"net": [1]}
@@ -667,7 +658,7 @@ class CSE:
         if resource is self.base:
             raise OperationNotAllowed("the CSEBase cannot be deleted")
         rcn = self._rcn(request, 0)
-        self._check(request.fr, resource, ACOP_DELETE)
+        self._check(request.fr, resource, ACOP.DELETE)
         pc = self._content(resource, rcn, request.fr)
         parent = self._parent(resource)
         assert parent is not None
@@ -703,7 +694,7 @@ class CSE:
         resource, virtual = self._locate(request.to)
         if virtual is not None or resource.ty != _AE:
             raise OperationNotAllowed("NOTIFY is only accepted for an AE")
-        self._check(request.fr, resource, ACOP_NOTIFY)
+        self._check(request.fr, resource, ACOP.NOTIFY)
         aei = resource.ri
         outgoing = replace(request, to=aei, rqi=self._new_rqi())
         d = maybeDeferred(
@@ -845,9 +836,10 @@ class CSE:
             self.log.failure("notification to {target} failed", failure, target=target)
 
 
-def _rules_allow(privileges: dict[str, Any], originator: str, acop: int) -> bool:
+def _rules_allow(privileges: dict[str, Any], originator: str, acop: ACOP) -> bool:
+    bit = int(acop)  # int & int: an IntFlag operand would build a flag for every rule
     for rule in privileges.get("acr", ()):
-        if rule["acop"] & acop and ("*" in rule["acor"] or originator in rule["acor"]):
+        if rule["acop"] & bit and ("*" in rule["acor"] or originator in rule["acor"]):
             return True
     return False
 
