@@ -46,7 +46,7 @@ from acmews.errors import (
     TargetNotReachable,
 )
 from acmews.interfaces import IConnection, IRequestHandler, IRequestSender, IResourceStore
-from acmews.primitive import Request, Response, error_response
+from acmews.primitive import Request, Response, error_response, is_int_not_bool
 from acmews.timestamps import Timestamps
 
 __all__ = ["CSE", "CSEConfig"]
@@ -425,7 +425,7 @@ class CSE:
         tys = fc.get("ty")
         if tys is not None:
             tys = tys if isinstance(tys, list) else [tys]
-            if not all(isinstance(t, int) and not isinstance(t, bool) for t in tys):
+            if not all(is_int_not_bool(t) for t in tys):
                 raise BadRequest("'fc.ty' must be a resource type or a list of them")
         labels = fc.get("lbl")
         if labels is not None and (
@@ -858,6 +858,6 @@ def _fc_int(fc: dict[str, Any], name: str, minimum: int) -> int | None:
     value = fc.get(name)
     if value is None:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+    if not is_int_not_bool(value) or value < minimum:
         raise BadRequest(f"'fc.{name}' must be an integer >= {minimum}")
     return value

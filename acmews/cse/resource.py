@@ -20,6 +20,7 @@ import orjson
 
 from acmews.codes import ResourceType
 from acmews.errors import BadRequest
+from acmews.primitive import is_int_not_bool
 
 __all__ = ["KINDS", "Resource", "ResourceKind", "content_size"]
 
@@ -30,10 +31,6 @@ RESERVED_NAMES = frozenset({"la", "ol", "-"})
 
 
 # --- validators: (attribute name, value) -> value, or BadRequest ------------------------------
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def v_str(name: str, value: Any) -> Any:
@@ -49,13 +46,13 @@ def v_bool(name: str, value: Any) -> Any:
 
 
 def v_nonneg_int(name: str, value: Any) -> Any:
-    if not _is_int(value) or value < 0:
+    if not is_int_not_bool(value) or value < 0:
         raise BadRequest(f"attribute '{name}' must be a non-negative integer")
     return value
 
 
 def v_pos_int(name: str, value: Any) -> Any:
-    if not _is_int(value) or value < 1:
+    if not is_int_not_bool(value) or value < 1:
         raise BadRequest(f"attribute '{name}' must be a positive integer")
     return value
 
@@ -99,13 +96,17 @@ def v_enc(name: str, value: Any) -> Any:
     if not isinstance(value, dict) or set(value) - {"net"}:
         raise BadRequest(f"attribute '{name}' must be an object with only 'net'")
     net = value.get("net", [1])
-    if not isinstance(net, list) or not net or not all(_is_int(n) and 1 <= n <= 4 for n in net):
+    if (
+        not isinstance(net, list)
+        or not net
+        or not all(is_int_not_bool(n) and 1 <= n <= 4 for n in net)
+    ):
         raise BadRequest(f"'{name}.net' must be a non-empty list of event types 1-4")
     return {"net": net}
 
 
 def v_nct(name: str, value: Any) -> Any:
-    if not _is_int(value) or value not in (1, 2, 3):
+    if not is_int_not_bool(value) or value not in (1, 2, 3):
         raise BadRequest(f"attribute '{name}' must be 1, 2 or 3")
     return value
 
@@ -122,7 +123,7 @@ def v_privileges(name: str, value: Any) -> Any:
             raise BadRequest(f"each '{name}.acr' rule must have exactly 'acor' and 'acop'")
         v_nonempty_str_list(f"{name}.acr.acor", rule["acor"])
         acop = rule["acop"]
-        if not _is_int(acop) or not 1 <= acop <= 63:
+        if not is_int_not_bool(acop) or not 1 <= acop <= 63:
             raise BadRequest(f"'{name}.acr.acop' must be an integer 1-63")
     return {"acr": rules}
 
