@@ -631,7 +631,7 @@ class NotifyAndErrorTests(CSETestCase):
         def boom(*args: object) -> None:
             raise RuntimeError("kaputt")
 
-        self.patch(self.cse, "_locate", boom)
+        self.patch(self.cse.addressing, "locate", boom)
         response = self.fails(
             RSC.INTERNAL_SERVER_ERROR, 3, "cse-in", pc={"m2m:cb": {"lbl": []}}, rqi="q", rvi="5"
         )

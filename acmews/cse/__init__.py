@@ -1,6 +1,7 @@
 """The embedded CSE: resource tree, AE registration, subscriptions and notifications."""
 
-from acmews.cse.core import CSE, CSEConfig
+from acmews.cse.config import CSEConfig
+from acmews.cse.core import CSE
 from acmews.cse.resource import KINDS, Resource, ResourceKind
 from acmews.cse.store import MemoryResourceStore
 
