@@ -1,25 +1,23 @@
 """Access control: who may do what to a resource.
 
-The admin may do anything. The creator of a resource (an AE is its own creator) may do
-anything to it and to its subtree. Anyone may RETRIEVE the CSEBase. Otherwise the nearest
+The admin may do anything. The creator of a resource may do anything to it and to its
+subtree (an AE is its own creator). Anyone may RETRIEVE the CSEBase. Otherwise the nearest
 ``acpi`` (the resource's own, else its parent's, ...) decides: an ACP listed there grants the
 operations of its ``pv`` rules to their ``acor`` originators. An ACP resource itself is judged
-by its own ``pvs`` instead.
+by its own ``pvs`` instead. (Which attributes hold those privileges is for the kinds to say:
+:meth:`~acmews.cse.resource.ResourceKind.own_privileges` and ``granted_privileges``.)
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from acmews.codes import ACOP, ResourceType
+from acmews.codes import ACOP
 from acmews.cse.addressing import Addressing
 from acmews.cse.resource import Resource
 from acmews.errors import OriginatorHasNoPrivilege
 
 __all__ = ["AccessControl"]
-
-_AE = ResourceType.AE
-_ACP = ResourceType.ACP
 
 
 class AccessControl:
@@ -48,22 +46,22 @@ class AccessControl:
             return True  # anyone may probe the CSEBase
         r: Resource | None = resource
         while r is not None and r is not base:
-            if r.creator == originator or (r.ty == _AE and r.ri == originator):
+            if r.creator == originator or (r.kind.registrant and r.ri == originator):
                 return True
             r = addressing.parent(r)
-        if resource.ty == _ACP:
-            return rules_allow(resource.attrs["pvs"], originator, acop)
+        own = resource.kind.own_privileges(resource)
+        if own is not None:
+            return rules_allow(own, originator, acop)
         r = resource
         while r is not None:
             acpi = r.attrs.get("acpi")
             if acpi:
                 for acp_id in acpi:
                     acp = addressing.find(acp_id)
-                    if (
-                        acp is not None
-                        and acp.ty == _ACP
-                        and rules_allow(acp.attrs["pv"], originator, acop)
-                    ):
+                    if acp is None:
+                        continue
+                    granted = acp.kind.granted_privileges(acp)
+                    if granted is not None and rules_allow(granted, originator, acop):
                         return True
                 return False
             r = addressing.parent(r)

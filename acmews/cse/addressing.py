@@ -8,17 +8,12 @@ segment may name a virtual child (``la``/``ol`` of a container).
 
 from __future__ import annotations
 
-from acmews.codes import ResourceType
 from acmews.cse.config import CSEConfig
 from acmews.cse.resource import Resource
 from acmews.errors import NotFound, OneM2MError, TargetNotReachable
 from acmews.interfaces import IResourceStore
 
 __all__ = ["Addressing"]
-
-_VIRTUAL = frozenset({"la", "ol"})
-_CNT = ResourceType.CNT
-_CIN = ResourceType.CIN
 
 
 class Addressing:
@@ -95,7 +90,7 @@ class Addressing:
         last = len(segments) - 1
         for i in range(1, len(segments)):
             name = segments[i]
-            if i == last and name in _VIRTUAL and resource.ty == _CNT:
+            if i == last and name in resource.kind.virtual:
                 return resource, name
             child = store.child(resource.ri, name)
             if child is None:
@@ -114,15 +109,9 @@ class Addressing:
             return None
         return resource if virtual is None else None
 
-    def virtual(self, container: Resource, which: str) -> Resource:
-        """The instance the virtual child ``which`` (``la``/``ol``) of ``container`` stands for."""
-        if which == "la":
-            cin = self._store.latest_child(container.ri, _CIN)
-        else:
-            cin = self._store.oldest_child(container.ri, _CIN)
-        if cin is None:
-            raise NotFound(f"container {container.srn!r} has no contentInstance ({which})")
-        return cin
+    def virtual(self, resource: Resource, which: str) -> Resource:
+        """The resource the virtual child ``which`` (``la``/``ol``) of ``resource`` stands for."""
+        return resource.kind.virtual_child(self._store, resource, which)
 
     def parent(self, resource: Resource) -> Resource | None:
         pi = resource.attrs.get("pi")

@@ -13,6 +13,7 @@ and :class:`Notifier` (events, notifications, verification).
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -27,20 +28,19 @@ from acmews.cse.access import AccessControl
 from acmews.cse.addressing import Addressing
 from acmews.cse.config import CSEConfig
 from acmews.cse.content import Content
+from acmews.cse.kinds import CSE_BASE
 from acmews.cse.notifier import Notifier
-from acmews.cse.resource import KINDS, Resource, ResourceKind, content_size
+from acmews.cse.resource import KINDS, Resource, ResourceKind
 from acmews.cse.store import MemoryResourceStore
 from acmews.errors import (
     BadRequest,
     Conflict,
     InternalServerError,
     InvalidChildResourceType,
-    NotAcceptable,
     NotFound,
     NotImplementedOp,
     OneM2MError,
     OperationNotAllowed,
-    OriginatorHasAlreadyRegistered,
     TargetNotReachable,
 )
 from acmews.interfaces import IConnection, IRequestHandler, IRequestSender, IResourceStore
@@ -49,11 +49,6 @@ from acmews.timestamps import Timestamps
 
 __all__ = ["CSE", "CSEConfig"]
 
-_AE = ResourceType.AE
-_CNT = ResourceType.CNT
-_CIN = ResourceType.CIN
-_SUB = ResourceType.SUB
-_CB = ResourceType.CSEBASE
 _KNOWN_TYPES = frozenset(int(t) for t in ResourceType)
 
 
@@ -82,9 +77,9 @@ class CSE:
         if base is None:
             now = self._now()
             base = Resource(
-                KINDS[_CB],
+                CSE_BASE,
                 {
-                    "ty": int(_CB),
+                    "ty": int(CSE_BASE.ty),
                     "ri": base_ri,
                     "rn": config.cse_name,
                     "pi": "",
@@ -215,7 +210,7 @@ class CSE:
             raise OperationNotAllowed(f"cannot CREATE under the virtual resource {virtual!r}")
         ty = request.ty
         kind = KINDS.get(ty) if ty is not None else None
-        if kind is None or ty == _CB:
+        if kind is None or not kind.creatable:
             if ty in _KNOWN_TYPES:
                 raise NotImplementedOp(f"resource type {ty} is not supported by this CSE")
             raise BadRequest(f"unknown resource type {ty!r}")
@@ -226,24 +221,8 @@ class CSE:
                 f"a {kind.key} cannot be created under {parent.kind.key} {parent.srn!r}"
             )
         attrs = kind.validate_create(body)
-        originator: str | None
-        if kind.ty == _AE:
-            ri = originator = self._register(request.fr)
-        else:
-            originator = request.fr
-            self.access.check(originator, parent, ACOP.CREATE)
-            ri = self._new_ri(kind)
-        if kind.ty == _CNT:
-            attrs["cni"] = 0
-            attrs["cbs"] = 0
-        elif kind.ty == _CIN:
-            attrs["cs"] = cs = content_size(attrs["con"])
-            mbs = parent.attrs.get("mbs")
-            if mbs is not None and cs > mbs:
-                raise NotAcceptable(f"contentInstance size {cs} exceeds the container's mbs {mbs}")
-        elif kind.ty == _SUB:
-            attrs.setdefault("enc", {"net": [1]})
-            attrs.setdefault("nct", 1)
+        ri, creator = kind.identify(self, request.fr, parent)
+        kind.prepare_create(self, parent, attrs)
         rn = attrs.pop("rn", None) or ri
         if self.store.child(parent.ri, rn) is not None:
             raise Conflict(f"a resource named {rn!r} already exists under {parent.srn!r}")
@@ -258,93 +237,46 @@ class CSE:
             "et": attrs.pop("et", None)
             or self._ts.format(self._clock.seconds() + self.config.resource_expiry),
         }
-        if kind.ty == _AE:
-            full["aei"] = ri
+        id_attribute = kind.id_attribute
+        if id_attribute is not None:
+            full[id_attribute] = ri
         full.update(attrs)
-        resource = Resource(kind, full, f"{parent.srn}/{rn}", originator)
-        if kind.ty == _SUB:
+        resource = Resource(kind, full, f"{parent.srn}/{rn}", creator)
+        waiting = kind.confirm(self, request.fr, resource)
+        if waiting is not None:
             return Deferred.fromCoroutine(
-                self._create_subscription(request, parent, resource, rcn)
+                self._create_confirmed(request, parent, resource, rcn, waiting)
             )
         self._commit_create(parent, resource)
         return self._created(request, resource, rcn)
 
-    def _created(self, request: Request, resource: Resource, rcn: int) -> Response:
-        pc = self.content.content(resource, rcn, request.fr)
-        if pc is None and resource.ty == _AE:
-            # the protocol layer binds an unbound connection to the aei it reads here
-            pc = {"m2m:ae": {"aei": resource.ri}}
-        return self._respond(request, RSC.CREATED, pc)
-
-    def _register(self, fr: str | None) -> str:
-        """The AE-ID for an AE CREATE from ``fr``: assigned, or the requested one if free."""
-        if not fr or fr == "C":
-            while True:
-                aei = "C" + secrets.token_hex(8)
-                if self.store.get(aei) is None:
-                    return aei
-        if fr[0] not in "CS" or "/" in fr:
-            raise BadRequest(
-                f"an AE originator must be empty, 'C', or an AE-ID starting with C or S: {fr!r}"
-            )
-        if fr == self._admin:
-            # the protocol layer binds a connection to the aei it gets: never to the admin
-            raise OriginatorHasAlreadyRegistered(f"the AE-ID {fr!r} is reserved")
-        if self.store.get(fr) is not None:
-            raise OriginatorHasAlreadyRegistered(f"the AE-ID {fr!r} is already registered")
-        return fr
-
-    def _new_ri(self, kind: ResourceKind) -> str:
-        while True:
-            ri = kind.short + secrets.token_hex(6)
-            if self.store.get(ri) is None:
-                return ri
+    async def _create_confirmed(
+        self,
+        request: Request,
+        parent: Resource,
+        resource: Resource,
+        rcn: int,
+        waiting: Deferred[None],
+    ) -> Response:
+        """Create ``resource`` once ``waiting`` (a subscription's verification) has fired."""
+        await waiting
+        if self.store.get(parent.ri) is not parent:
+            raise NotFound(f"{parent.srn!r} was deleted during the subscription verification")
+        if self.store.child(parent.ri, resource.rn) is not None:
+            raise Conflict(f"a resource named {resource.rn!r} already exists under {parent.srn!r}")
+        self._commit_create(parent, resource)
+        return self._created(request, resource, rcn)
 
     def _commit_create(self, parent: Resource, resource: Resource) -> None:
         self.store.add(resource)
         self._event(parent, NotificationEventType.CREATE_CHILD, resource, exclude=resource)
-        if resource.ty == _CIN:
-            attrs = parent.attrs
-            parent.replace({"cni": attrs["cni"] + 1, "cbs": attrs["cbs"] + resource.attrs["cs"]})
-            self.store.update(parent)
-            self._enforce_limits(parent)
+        resource.kind.created(self, resource, parent)
 
-    async def _create_subscription(
-        self, request: Request, parent: Resource, sub: Resource, rcn: int
-    ) -> Response:
-        """Verify every ``nu`` that is not the originator, then create (or fail with 5204)."""
-        await self.notifier.verify(sub, request.fr)
-        if self.store.get(parent.ri) is not parent:
-            raise NotFound(f"{parent.srn!r} was deleted during the subscription verification")
-        if self.store.child(parent.ri, sub.rn) is not None:
-            raise Conflict(f"a resource named {sub.rn!r} already exists under {parent.srn!r}")
-        self._commit_create(parent, sub)
-        return self._created(request, sub, rcn)
-
-    def _event(
-        self,
-        subject: Resource,
-        net: NotificationEventType,
-        rep: Resource,
-        modified: dict[str, Any] | None = None,
-        exclude: Resource | None = None,
-    ) -> None:
-        """Notify the subscriptions of ``subject``; delete those that have expired (``exc``)."""
-        for sub in self.notifier.event(subject, net, rep, modified, exclude):
-            self._delete_tree(sub, subject)
-
-    def _enforce_limits(self, container: Resource) -> None:
-        """Delete the oldest instances until ``mni`` and ``mbs`` hold."""
-        while True:
-            attrs = container.attrs
-            mni = attrs.get("mni")
-            mbs = attrs.get("mbs")
-            if (mni is None or attrs["cni"] <= mni) and (mbs is None or attrs["cbs"] <= mbs):
-                return
-            oldest = self.store.oldest_child(container.ri, _CIN)
-            if oldest is None:
-                return
-            self._delete_tree(oldest, container)
+    def _created(self, request: Request, resource: Resource, rcn: int) -> Response:
+        pc = resource.kind.created_content(
+            resource, self.content.content(resource, rcn, request.fr)
+        )
+        return self._respond(request, RSC.CREATED, pc)
 
     # --- UPDATE -------------------------------------------------------------------------------
 
@@ -353,21 +285,17 @@ class CSE:
         if virtual is not None:
             raise OperationNotAllowed(f"the virtual resource {virtual!r} cannot be updated")
         kind = resource.kind
-        if kind.ty == _CIN:
-            raise OperationNotAllowed("a contentInstance cannot be updated")
+        if kind.immutable:
+            raise OperationNotAllowed(f"a {kind.name} cannot be updated")
         body = _body(request.pc, kind)
         rcn = self.content.rcn(request, 1)
         self.access.check(request.fr, resource, ACOP.UPDATE)
         changes = kind.validate_update(body)
-        if kind.ty == _SUB and "enc" in changes and changes["enc"] is None:
-            changes["enc"] = {"net": [1]}
-        if kind.ty == _SUB and "nct" in changes and changes["nct"] is None:
-            changes["nct"] = 1
+        kind.prepare_update(self, resource, changes)
         changes["lt"] = self._now()
         resource.replace(changes)
         self.store.update(resource)
-        if kind.ty == _CNT:
-            self._enforce_limits(resource)
+        kind.updated(self, resource)
         self._event(resource, NotificationEventType.UPDATE, resource, modified=changes)
         return self._respond(request, RSC.UPDATED, self.content.content(resource, rcn, request.fr))
 
@@ -377,17 +305,28 @@ class CSE:
         resource, virtual = self.addressing.locate(request.to)
         if virtual is not None:
             resource = self.addressing.virtual(resource, virtual)
-        if resource is self.base:
-            raise OperationNotAllowed("the CSEBase cannot be deleted")
+        if not resource.kind.deletable:
+            raise OperationNotAllowed(f"the {resource.kind.name} cannot be deleted")
         rcn = self.content.rcn(request, 0)
         self.access.check(request.fr, resource, ACOP.DELETE)
         pc = self.content.content(resource, rcn, request.fr)
         parent = self.addressing.parent(resource)
         assert parent is not None
-        self._delete_tree(resource, parent)
+        self.delete_tree(resource, parent)
         return self._respond(request, RSC.DELETED, pc)
 
-    def _delete_tree(self, resource: Resource, parent: Resource) -> None:
+    # --- what the hooks of the kinds use (CSEServices) ----------------------------------------
+
+    def check(self, originator: str | None, resource: Resource, acop: ACOP) -> None:
+        self.access.check(originator, resource, acop)
+
+    def new_ri(self, kind: ResourceKind) -> str:
+        while True:
+            ri = kind.short + secrets.token_hex(6)
+            if self.store.get(ri) is None:
+                return ri
+
+    def delete_tree(self, resource: Resource, parent: Resource) -> None:
         """Delete ``resource`` and its subtree; tell subscribers (net 2, net 4, sud)."""
         if self.store.get(resource.ri) is not resource:
             return  # already gone (an exc-expired subscription, say)
@@ -400,23 +339,36 @@ class CSE:
             stack.extend(self.store.children(r.ri))
         for r in reversed(doomed):  # children before their parents
             self.store.remove(r.ri)
-            if r.ty == _SUB:
-                su = r.attrs.get("su")
-                if su:
-                    self.notifier.schedule(
-                        [su], {"m2m:sgn": {"sud": True, "sur": self.notifier.sur(r)}}
-                    )
-        if resource.ty == _CIN and parent.ty == _CNT:
-            attrs = parent.attrs
-            parent.replace({"cni": attrs["cni"] - 1, "cbs": attrs["cbs"] - resource.attrs["cs"]})
-            self.store.update(parent)
+            r.kind.deleted(self, r)
+        resource.kind.detached(self, resource, parent)
         self._event(parent, NotificationEventType.DELETE_CHILD, resource)
+
+    def notify(self, nus: Sequence[str], pc: dict[str, Any]) -> None:
+        self.notifier.schedule(nus, pc)
+
+    def sur(self, sub: Resource) -> str:
+        return self.notifier.sur(sub)
+
+    def verify(self, sub: Resource, originator: str | None) -> Deferred[None]:
+        return Deferred.fromCoroutine(self.notifier.verify(sub, originator))
+
+    def _event(
+        self,
+        subject: Resource,
+        net: NotificationEventType,
+        rep: Resource,
+        modified: dict[str, Any] | None = None,
+        exclude: Resource | None = None,
+    ) -> None:
+        """Notify the subscriptions of ``subject``; delete those that have expired (``exc``)."""
+        for sub in self.notifier.event(subject, net, rep, modified, exclude):
+            self.delete_tree(sub, subject)
 
     # --- NOTIFY -------------------------------------------------------------------------------
 
     def _notify(self, request: Request) -> Deferred[Response]:
         resource, virtual = self.addressing.locate(request.to)
-        if virtual is not None or resource.ty != _AE:
+        if virtual is not None or not resource.kind.registrant:
             raise OperationNotAllowed("NOTIFY is only accepted for an AE")
         self.access.check(request.fr, resource, ACOP.NOTIFY)
         aei = resource.ri

@@ -28,7 +28,6 @@ from acmews.timestamps import Timestamps
 
 __all__ = ["Notifier"]
 
-_AE = ResourceType.AE
 _SUB = ResourceType.SUB
 
 #: a resolved notification target: (target, poa, registered)
@@ -98,7 +97,7 @@ class Notifier:
         try:
             if addressing.foreign_cse(nu) is None:
                 resource, virtual = addressing.locate(nu)
-                if virtual is None and resource.ty == _AE:
+                if virtual is None and resource.kind.registrant:
                     return resource.ri, tuple(resource.attrs.get("poa", ())), True
         except OneM2MError:
             pass

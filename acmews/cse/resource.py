@@ -1,4 +1,4 @@
-"""Resources of the embedded CSE and the per-type rules (a registry keyed by ``ty``).
+"""Resources of the embedded CSE, the validators and the registry of kinds keyed by ``ty``.
 
 A :class:`Resource` holds its oneM2M representation in ``attrs``. That mapping is never
 changed in place once stored: :meth:`Resource.replace` builds a new one. So a representation
@@ -6,23 +6,30 @@ handed out in a response (without copying, which keeps RETRIEVE cheap) never cha
 the encoder's feet.
 
 New resource types (remoteCSE, group, ...) are added by registering a :class:`ResourceKind`
-in :data:`KINDS`.
+(a subclass with the type's hooks) in :data:`KINDS`; :mod:`acmews.cse.kinds` registers the
+built-in ones.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import orjson
 
-from acmews.codes import ResourceType
-from acmews.errors import BadRequest
+from acmews.codes import ACOP, ResourceType
+from acmews.errors import BadRequest, NotFound
 from acmews.primitive import is_int_not_bool
 
-__all__ = ["KINDS", "Resource", "ResourceKind", "content_size"]
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from acmews.cse.config import CSEConfig
+    from acmews.interfaces import IResourceStore
+
+__all__ = ["KINDS", "CSEServices", "Resource", "ResourceKind", "content_size", "register_kind"]
 
 Validator = Callable[[str, Any], Any]
 
@@ -135,9 +142,9 @@ def content_size(con: Any) -> int:
     return len(orjson.dumps(con))
 
 
-# --- the registry ------------------------------------------------------------------------------
+# --- kinds ------------------------------------------------------------------------------------
 
-_COMMON: dict[str, Validator] = {
+COMMON: dict[str, Validator] = {
     "rn": v_rn,
     "lbl": v_str_list,
     "acpi": v_str_list,
@@ -145,9 +152,51 @@ _COMMON: dict[str, Validator] = {
 }
 
 
+class CSEServices(Protocol):
+    """What the CSE offers the hooks of a :class:`ResourceKind` (the CSE provides it)."""
+
+    @property
+    def store(self) -> IResourceStore: ...
+
+    @property
+    def config(self) -> CSEConfig: ...
+
+    def check(self, originator: str | None, resource: Resource, acop: ACOP) -> None:
+        """Raise 4103 unless ``originator`` may do ``acop`` to ``resource``."""
+
+    def new_ri(self, kind: ResourceKind) -> str:
+        """A fresh resource ID for a resource of ``kind``."""
+
+    def delete_tree(self, resource: Resource, parent: Resource) -> None:
+        """Delete ``resource`` (a child of ``parent``) and its subtree, with their events."""
+
+    def notify(self, nus: Sequence[str], pc: dict[str, Any]) -> None:
+        """Send the notification ``pc`` to ``nus`` once the current request has been answered."""
+
+    def sur(self, sub: Resource) -> str:
+        """The subscription reference of ``sub``."""
+
+    def verify(self, sub: Resource, originator: str | None) -> Deferred[None]:
+        """Verify the notification targets of ``sub``; fail with 5204."""
+
+
 @dataclass(frozen=True, slots=True)
 class ResourceKind:
-    """What the CSE must know about one resource type."""
+    """What the CSE must know about one resource type.
+
+    The fields say which attributes an originator may set and change, and which children a
+    resource of this kind may have. What is particular to a type beyond that is in the hooks
+    below, overridden by a subclass (see :mod:`acmews.cse.kinds`); the defaults are those of
+    an ordinary resource. The CSE calls them in this order:
+
+    - CREATE: :meth:`identify`, :meth:`prepare_create` (both may refuse; nothing has changed
+      yet), :meth:`confirm` (may make the CSE wait, or refuse), then the resource is stored and
+      :meth:`created` runs, then :meth:`created_content` shapes the response.
+    - UPDATE: :attr:`immutable` refuses, :meth:`prepare_update` may adjust the changes (or
+      refuse), then they are applied and :meth:`updated` runs.
+    - DELETE: :attr:`deletable` refuses; then for each resource of the subtree, children
+      first, :meth:`deleted`; then :meth:`detached` for the subtree's root and its parent.
+    """
 
     ty: ResourceType
     short: str
@@ -157,10 +206,29 @@ class ResourceKind:
     #: attributes an originator may change on UPDATE (a subset of ``attributes``)
     updatable: frozenset[str] = frozenset()
     children: frozenset[int] = frozenset()
+    #: the long name, for messages (``contentInstance``)
+    name: str = ""
     key: str = field(init=False)
+
+    #: an originator may CREATE one (False: the CSEBase, which exists from the start)
+    creatable: ClassVar[bool] = True
+    #: an originator may DELETE one
+    deletable: ClassVar[bool] = True
+    #: no UPDATE at all (4005), whatever the body
+    immutable: ClassVar[bool] = False
+    #: it stands for a registered originator (an AE): its ``ri`` is that originator's ID and
+    #: its ``poa`` the originator's points of access; it receives NOTIFY requests, and
+    #: notifications to it may wait in store-and-forward
+    registrant: ClassVar[bool] = False
+    #: an attribute that repeats the resource ID (an AE's ``aei``)
+    id_attribute: ClassVar[str | None] = None
+    #: names of virtual children (a container's ``la``/``ol``), see :meth:`virtual_child`
+    virtual: ClassVar[frozenset[str]] = frozenset()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", f"m2m:{self.short}")
+        if not self.name:
+            object.__setattr__(self, "name", self.short)
 
     def validate_create(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """The validated attributes of a CREATE body; 4000 for anything unknown or wrong."""
@@ -195,98 +263,98 @@ class ResourceKind:
             raise BadRequest(f"nothing to update in {self.key}")
         return out
 
+    # --- hooks --------------------------------------------------------------------------------
 
-def _kind(
+    def identify(
+        self, cse: CSEServices, originator: str | None, parent: Resource
+    ) -> tuple[str, str | None]:
+        """``(ri, creator)`` of the resource ``originator`` CREATEs under ``parent``.
+
+        By default the originator needs the CREATE privilege on the parent, the resource gets
+        a fresh ID and the originator becomes its creator.
+        """
+        cse.check(originator, parent, ACOP.CREATE)
+        return cse.new_ri(self), originator
+
+    def prepare_create(self, cse: CSEServices, parent: Resource, attrs: dict[str, Any]) -> None:
+        """Check and complete the validated ``attrs`` of a new resource under ``parent``."""
+
+    def confirm(
+        self, cse: CSEServices, originator: str | None, resource: Resource
+    ) -> Deferred[None] | None:
+        """A Deferred to wait for before ``resource`` is created (failing refuses), or None."""
+        return None
+
+    def created(self, cse: CSEServices, resource: Resource, parent: Resource) -> None:
+        """``resource`` was just created under ``parent``."""
+
+    def created_content(self, resource: Resource, pc: Any) -> Any:
+        """The ``pc`` of the CREATE response, given the one its ``rcn`` asked for."""
+        return pc
+
+    def prepare_update(
+        self, cse: CSEServices, resource: Resource, changes: dict[str, Any]
+    ) -> None:
+        """Check and complete the validated ``changes`` (``None`` removes) of ``resource``."""
+
+    def updated(self, cse: CSEServices, resource: Resource) -> None:
+        """``resource`` was just updated."""
+
+    def deleted(self, cse: CSEServices, resource: Resource) -> None:
+        """``resource`` is being deleted (with the subtree it belongs to)."""
+
+    def detached(self, cse: CSEServices, resource: Resource, parent: Resource) -> None:
+        """``resource``, the root of a deleted subtree, is no longer a child of ``parent``."""
+
+    def virtual_child(self, store: IResourceStore, resource: Resource, which: str) -> Resource:
+        """The resource the virtual child ``which`` (one of :attr:`virtual`) stands for."""
+        raise NotFound(f"{resource.srn!r} has no virtual child {which!r}")
+
+    def own_privileges(self, resource: Resource) -> dict[str, Any] | None:
+        """The privileges that decide who may access ``resource`` itself (an ACP's ``pvs``),
+        instead of the ``acpi`` of it and its ancestors; None for those."""
+        return None
+
+    def granted_privileges(self, resource: Resource) -> dict[str, Any] | None:
+        """The privileges ``resource`` grants when an ``acpi`` lists it (an ACP's ``pv``)."""
+        return None
+
+
+def make_kind(
+    cls: type[ResourceKind],
     ty: ResourceType,
     short: str,
+    name: str,
     own: Mapping[str, Validator],
     mandatory: frozenset[str],
     updatable: set[str],
     children: set[ResourceType],
     common: tuple[str, ...] = ("rn", "lbl", "acpi", "et"),
 ) -> ResourceKind:
-    attributes = {name: _COMMON[name] for name in common}
+    """A kind of class ``cls`` with the ``common`` attributes and its ``own``."""
+    attributes = {a: COMMON[a] for a in common}
     attributes.update(own)
-    return ResourceKind(
+    return cls(
         ty,
         short,
         attributes,
         mandatory,
         frozenset(updatable),
         frozenset(int(c) for c in children),
+        name,
     )
 
 
-_R = ResourceType
-KINDS: dict[int, ResourceKind] = {
-    k.ty: k
-    for k in (
-        _kind(
-            _R.CSEBASE,
-            "cb",
-            {"poa": v_str_list},
-            frozenset(),
-            {"lbl", "acpi", "poa"},
-            {_R.AE, _R.CNT, _R.ACP, _R.SUB},
-            ("lbl", "acpi"),
-        ),
-        _kind(
-            _R.AE,
-            "ae",
-            {
-                "api": v_api,
-                "apn": v_str,
-                "rr": v_bool,
-                "poa": v_str_list,
-                "srv": v_str_list,
-                "csz": v_str_list,
-            },
-            frozenset({"api", "rr"}),
-            {"lbl", "acpi", "et", "apn", "rr", "poa", "srv", "csz"},
-            {_R.CNT, _R.SUB, _R.ACP},
-        ),
-        _kind(
-            _R.CNT,
-            "cnt",
-            {"mni": v_nonneg_int, "mbs": v_nonneg_int},
-            frozenset(),
-            {"lbl", "acpi", "et", "mni", "mbs"},
-            {_R.CNT, _R.CIN, _R.SUB},
-        ),
-        _kind(
-            _R.CIN,
-            "cin",
-            {"con": v_any, "cnf": v_str},
-            frozenset({"con"}),
-            set(),
-            set(),
-            ("rn", "lbl", "et"),
-        ),
-        _kind(
-            _R.SUB,
-            "sub",
-            {
-                "nu": v_nonempty_str_list,
-                "enc": v_enc,
-                "nct": v_nct,
-                "su": v_str,
-                "exc": v_pos_int,
-            },
-            frozenset({"nu"}),
-            {"lbl", "acpi", "et", "nu", "enc", "nct", "su", "exc"},
-            set(),
-        ),
-        _kind(
-            _R.ACP,
-            "acp",
-            {"pv": v_privileges, "pvs": v_privileges},
-            frozenset({"pv", "pvs"}),
-            {"lbl", "et", "pv", "pvs"},
-            set(),
-            ("rn", "lbl", "et"),
-        ),
-    )
-}
+#: every resource type this CSE knows, by ``ty``; filled by :func:`register_kind`
+KINDS: dict[int, ResourceKind] = {}
+
+
+def register_kind(kind: ResourceKind) -> ResourceKind:
+    """Make ``kind`` known (the built-in kinds are registered by :mod:`acmews.cse.kinds`)."""
+    if kind.ty in KINDS:
+        raise ValueError(f"resource type {int(kind.ty)} is registered already")
+    KINDS[kind.ty] = kind
+    return kind
 
 
 class Resource:
