@@ -182,6 +182,18 @@ class ContainerTests(CSETestCase):
         cnt = self.retrieve("cse-in/Cmyae/c", self.aei).pc["m2m:cnt"]
         self.assertEqual((cnt["cni"], cnt["cbs"]), (2, 6 + len('{"v":1}')))
 
+    def test_content_json_cannot_carry_is_4000(self) -> None:
+        # what only oneM2M.cbor carries; these used to answer 5000 (orjson could not size them)
+        self.create("cse-in/Cmyae", 3, "m2m:cnt", self.aei, rn="c")
+        self.assertEqual(self.cin(2**70)["cs"], len(str(2**70)))  # oneM2M.json reads it too
+        self.assertEqual(self.cin({1: "x"})["cs"], len('{"1":"x"}'))
+        for con in (b"\x00\x01", {"a": [b"x"]}, {1, 2}):
+            response = self.fails(
+                RSC.BAD_REQUEST, 1, "cse-in/Cmyae/c", self.aei, ty=4, pc={"m2m:cin": {"con": con}}
+            )
+            self.assertIn("'con'", response.debug or "")
+        self.assertEqual(self.retrieve("cse-in/Cmyae/c").pc["m2m:cnt"]["cni"], 2)
+
     def test_mni_evicts_oldest(self) -> None:
         self.create("cse-in/Cmyae", 3, "m2m:cnt", self.aei, rn="c", mni=2)
         ris = [self.cin(str(i))["ri"] for i in range(4)]

@@ -20,10 +20,18 @@ scalars = (
     | st.integers(-3, 300)
     | st.text(max_size=6)
     | st.floats(allow_nan=False)
+    # what only oneM2M.cbor carries: byte strings, integers beyond 64 bits
+    | st.binary(max_size=3)
+    | st.sampled_from([2**64, -(2**70)])
 )
 values = st.recursive(
     scalars,
-    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
+    # (integer keys: oneM2M.cbor carries them too)
+    lambda c: (
+        st.lists(c, max_size=3)
+        | st.dictionaries(st.text(max_size=5), c, max_size=3)
+        | st.dictionaries(st.integers(0, 3), c, min_size=1, max_size=2)
+    ),
     max_leaves=8,
 )
 ATTRS = [

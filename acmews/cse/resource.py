@@ -12,6 +12,7 @@ built-in ones.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -136,10 +137,25 @@ def v_privileges(name: str, value: Any) -> Any:
 
 
 def content_size(con: Any) -> int:
-    """``cs``: the UTF-8 length of ``con`` (serialized as JSON when it is not a string)."""
+    """``cs``: the UTF-8 length of ``con`` (serialized as JSON when it is not a string).
+
+    The JSON is what ``oneM2M.json`` would send (integer keys, integers beyond 64 bits); 4000
+    for content JSON cannot carry at all (a CBOR byte string or tag, say).
+    """
     if isinstance(con, str):
         return len(con.encode("utf-8"))
-    return len(orjson.dumps(con))
+    try:
+        return len(orjson.dumps(con, option=orjson.OPT_NON_STR_KEYS))
+    except orjson.JSONEncodeError:
+        pass  # integers beyond 64 bits (the stdlib writes them), or no JSON at all
+    try:
+        text = json.dumps(con, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError):
+        raise BadRequest(
+            "attribute 'con' must be JSON-compatible content (a string, number, boolean, "
+            "null, list or object)"
+        ) from None
+    return len(text.encode("utf-8"))
 
 
 # --- kinds ------------------------------------------------------------------------------------
