@@ -30,7 +30,15 @@ if TYPE_CHECKING:
     from acmews.cse.config import CSEConfig
     from acmews.interfaces import IResourceStore
 
-__all__ = ["KINDS", "CSEServices", "Resource", "ResourceKind", "content_size", "register_kind"]
+__all__ = [
+    "KINDS",
+    "CSEServices",
+    "Record",
+    "Resource",
+    "ResourceKind",
+    "content_size",
+    "register_kind",
+]
 
 Validator = Callable[[str, Any], Any]
 
@@ -373,8 +381,22 @@ def register_kind(kind: ResourceKind) -> ResourceKind:
     return kind
 
 
+#: what a store persists of a resource: ``(ty, attrs, srn, creator)``
+Record = tuple[int, dict[str, Any], str, str | None]
+
+
 class Resource:
-    """One stored resource: its kind, representation, structured address and creator."""
+    """One stored resource: its kind, representation, structured address and creator.
+
+    What a store persists is :meth:`record`: ``ty``, ``attrs``, ``srn`` and ``creator``. That
+    is all there is to a resource: the CSE keeps nothing about it elsewhere (the cached ``pc``
+    is derived, the kind is found by ``ty``), so :meth:`from_record` rebuilds it from a stored
+    record. ``attrs`` holds what the codecs decode (strings, numbers, booleans, None, lists,
+    maps; a ``con`` may have integer map keys or integers beyond 64 bits), so a store writes it
+    the way a codec does (CBOR keeps all of it exactly). A store also keeps the children of a
+    resource in creation order (``children``, ``oldest_child`` and ``latest_child`` depend on
+    it), e.g. with a sequence number.
+    """
 
     __slots__ = ("_pc", "attrs", "creator", "kind", "srn")
 
@@ -425,6 +447,20 @@ class Resource:
                 attrs[name] = value
         self.attrs = attrs
         self._pc = None
+
+    def record(self) -> Record:
+        """``(ty, attrs, srn, creator)``: what a store persists (``attrs`` is not copied)."""
+        return int(self.kind.ty), self.attrs, self.srn, self.creator
+
+    @classmethod
+    def from_record(
+        cls, ty: int, attrs: dict[str, Any], srn: str, creator: str | None
+    ) -> Resource:
+        """The resource a store persisted with :meth:`record`; ValueError for an unknown ty."""
+        kind = KINDS.get(ty)
+        if kind is None:
+            raise ValueError(f"no resource kind is registered for ty {ty!r}")
+        return cls(kind, attrs, srn, creator)
 
     def __repr__(self) -> str:
         return f"<Resource {self.kind.short} {self.ri} {self.srn}>"
