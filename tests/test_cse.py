@@ -9,10 +9,10 @@ from twisted.internet.defer import Deferred
 from zope.interface.verify import verifyObject
 
 from acmews.codes import RSC
-from acmews.cse import CSE, CSEConfig, MemoryResourceStore, Resource
+from acmews.cse import CSE, Batch, CSEConfig, IResourceStore, MemoryResourceStore, Resource
 from acmews.cse.resource import Record
 from acmews.errors import TargetNotReachable
-from acmews.interfaces import IRequestHandler, IResourceStore
+from acmews.interfaces import IRequestHandler
 from acmews.primitive import Response
 from tests.cse_helpers import ADMIN, CSETestCase, FakeSender
 
@@ -123,8 +123,10 @@ class RecordTests(CSETestCase):
         sub = self.tree()
         stored = cbor2.dumps(self.records())  # what a durable store keeps
         store = MemoryResourceStore()
+        batch = Batch(store)
         for ty, attrs, srn, creator in cbor2.loads(stored):
-            store.add(Resource.from_record(ty, attrs, srn, creator))
+            batch.add(Resource.from_record(ty, attrs, srn, creator))
+        store.apply(batch)
         self.cse = CSE(CSEConfig(poa=("ws://127.0.0.1:8180",)), self.sender, self.clock, store)
         self.assertEqual(self.cse.base.record(), self.records()[0])
         self.assertEqual(self.retrieve("cse-in/Cmyae/c/la", "Cmyae").pc["m2m:cin"]["con"], "3")

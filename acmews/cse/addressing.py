@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from acmews.cse.config import CSEConfig
 from acmews.cse.resource import Resource
+from acmews.cse.store import IResourceReader, IResourceStore
 from acmews.errors import NotFound, OneM2MError, TargetNotReachable
-from acmews.interfaces import IResourceStore
 
 __all__ = ["Addressing"]
 
@@ -64,8 +64,14 @@ class Addressing:
             to = to[len(sp_id) :] or "/"
         return to
 
-    def locate(self, to: str) -> tuple[Resource, str | None]:
-        """The resource ``to`` addresses, and ``la``/``ol`` when it names a virtual child."""
+    def locate(
+        self, to: str, reader: IResourceReader | None = None
+    ) -> tuple[Resource, str | None]:
+        """The resource ``to`` addresses, and ``la``/``ol`` when it names a virtual child.
+
+        ``reader`` is the store by default; a request's :class:`~acmews.cse.store.Batch` while
+        it is changing resources.
+        """
         if to in self.base_targets:
             return self.base, None
         path = to
@@ -79,7 +85,7 @@ class Addressing:
         if not segments:
             raise NotFound(f"no resource at {to!r}")
         first = segments[0]
-        store = self._store
+        store = reader if reader is not None else self._store
         if first == self._cse_name or first == "-":
             resource = self.base
         else:

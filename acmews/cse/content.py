@@ -7,8 +7,8 @@ from typing import Any
 from acmews.codes import ACOP
 from acmews.cse.access import AccessControl
 from acmews.cse.resource import Resource
+from acmews.cse.store import IResourceReader
 from acmews.errors import BadRequest, NotImplementedOp
-from acmews.interfaces import IResourceStore
 from acmews.primitive import Request, is_int_not_bool
 
 __all__ = ["Content"]
@@ -20,7 +20,7 @@ _FC_KEYS = frozenset({"fu", "ty", "lbl", "lim", "cra", "crb", "lvl"})
 class Content:
     """Builds the ``pc`` of responses; children are shown only to who may RETRIEVE them."""
 
-    def __init__(self, store: IResourceStore, access: AccessControl, admin: str) -> None:
+    def __init__(self, store: IResourceReader, access: AccessControl, admin: str) -> None:
         self._store = store
         self._access = access
         self._admin = admin

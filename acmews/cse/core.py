@@ -1,9 +1,14 @@
 """The embedded CSE: a transport-free :class:`~acmews.interfaces.IRequestHandler`.
 
 Requests are answered synchronously (a plain :class:`Response`) whenever possible; only a
-subscription CREATE (which must wait for verification) and a NOTIFY forwarded to an AE return
-a Deferred. Notifications caused by a request are sent from ``callLater(0, ...)``, so they
-never delay the response to that request, and their failures are only logged.
+subscription CREATE (which must wait for verification), a NOTIFY forwarded to an AE, and any
+change while the store makes changes durable (its ``apply`` returns a Deferred) return a
+Deferred. Notifications caused by a request are sent from ``callLater(0, ...)`` once its
+changes are applied, so they never delay the response to that request, and their failures
+are only logged.
+
+A request that changes resources collects its changes in one :class:`Batch` (every check
+that may refuse it comes before the first change) and ends with one ``store.apply(batch)``.
 
 The CSE dispatches by operation and holds its collaborators: :class:`Addressing` (which
 resource a target names), :class:`AccessControl`, :class:`Content` (what a response carries)
@@ -31,7 +36,7 @@ from acmews.cse.content import Content
 from acmews.cse.kinds import CSE_BASE
 from acmews.cse.notifier import Notifier
 from acmews.cse.resource import KINDS, Resource, ResourceKind
-from acmews.cse.store import MemoryResourceStore
+from acmews.cse.store import Batch, IResourceStore, MemoryResourceStore
 from acmews.errors import (
     BadRequest,
     Conflict,
@@ -43,7 +48,7 @@ from acmews.errors import (
     OperationNotAllowed,
     TargetNotReachable,
 )
-from acmews.interfaces import IConnection, IRequestHandler, IRequestSender, IResourceStore
+from acmews.interfaces import IConnection, IRequestHandler, IRequestSender
 from acmews.primitive import Request, Response, error_response
 from acmews.timestamps import Timestamps
 
@@ -71,7 +76,6 @@ class CSE:
         self.store: IResourceStore = store if store is not None else MemoryResourceStore()
         self._ts = Timestamps()
         self._cse_id = config.cse_id
-        self._admin = config.admin
         base_ri = config.cse_id.lstrip("/")
         base = self.store.get(base_ri)
         if base is None:
@@ -93,12 +97,16 @@ class CSE:
                 config.cse_name,
                 None,
             )
-            self.store.add(base)
+            batch = Batch(self.store)
+            batch.add(base)
+            done = self.store.apply(batch)
+            if done is not None:
+                done.addErrback(self._log_failure, "could not store the CSEBase")
         self.base = base
         self.addressing = addressing = Addressing(config, self.store, base)
         self.access = access = AccessControl(addressing, config.admin)
         self.content = Content(self.store, access, config.admin)
-        self.notifier = Notifier(config, sender, clock, self._ts, addressing, self.store)
+        self.notifier = Notifier(config, sender, clock, self._ts, addressing)
         self._base_targets = addressing.base_targets
 
     # --- the IRequestHandler edge -------------------------------------------------------------
@@ -247,8 +255,9 @@ class CSE:
             return Deferred.fromCoroutine(
                 self._create_confirmed(request, parent, resource, rcn, waiting)
             )
-        self._commit_create(parent, resource)
-        return self._created(request, resource, rcn)
+        done = self._commit_create(parent, resource)
+        response = self._created(request, resource, rcn)
+        return response if done is None else done.addCallback(_answer, response)
 
     async def _create_confirmed(
         self,
@@ -264,13 +273,22 @@ class CSE:
             raise NotFound(f"{parent.srn!r} was deleted during the subscription verification")
         if self.store.child(parent.ri, resource.rn) is not None:
             raise Conflict(f"a resource named {resource.rn!r} already exists under {parent.srn!r}")
-        self._commit_create(parent, resource)
-        return self._created(request, resource, rcn)
+        done = self._commit_create(parent, resource)
+        response = self._created(request, resource, rcn)
+        if done is not None:
+            await done
+        return response
 
-    def _commit_create(self, parent: Resource, resource: Resource) -> None:
-        self.store.add(resource)
-        self._event(parent, NotificationEventType.CREATE_CHILD, resource, exclude=resource)
-        resource.kind.created(self, resource, parent)
+    def _commit_create(self, parent: Resource, resource: Resource) -> Deferred[None] | None:
+        batch = Batch(self.store)
+        try:
+            batch.add(resource)
+            self._event(batch, parent, NotificationEventType.CREATE_CHILD, resource, resource)
+            resource.kind.created(self, batch, resource, parent)
+        except BaseException:
+            self._apply_anyway(batch)
+            raise
+        return self._apply(batch)
 
     def _created(self, request: Request, resource: Resource, rcn: int) -> Response:
         pc = resource.kind.created_content(
@@ -280,7 +298,7 @@ class CSE:
 
     # --- UPDATE -------------------------------------------------------------------------------
 
-    def _update(self, request: Request) -> Response:
+    def _update(self, request: Request) -> Deferred[Response] | Response:
         resource, virtual = self.addressing.locate(request.to)
         if virtual is not None:
             raise OperationNotAllowed(f"the virtual resource {virtual!r} cannot be updated")
@@ -293,15 +311,24 @@ class CSE:
         changes = kind.validate_update(body)
         kind.prepare_update(self, resource, changes)
         changes["lt"] = self._now()
-        resource.replace(changes)
-        self.store.update(resource)
-        kind.updated(self, resource)
-        self._event(resource, NotificationEventType.UPDATE, resource, modified=changes)
-        return self._respond(request, RSC.UPDATED, self.content.content(resource, rcn, request.fr))
+        batch = Batch(self.store)
+        try:
+            resource.replace(changes)
+            batch.update(resource)
+            kind.updated(self, batch, resource)
+            self._event(batch, resource, NotificationEventType.UPDATE, resource, None, changes)
+        except BaseException:
+            self._apply_anyway(batch)
+            raise
+        done = self._apply(batch)
+        response = self._respond(
+            request, RSC.UPDATED, self.content.content(resource, rcn, request.fr)
+        )
+        return response if done is None else done.addCallback(_answer, response)
 
     # --- DELETE -------------------------------------------------------------------------------
 
-    def _delete(self, request: Request) -> Response:
+    def _delete(self, request: Request) -> Deferred[Response] | Response:
         resource, virtual = self.addressing.locate(request.to)
         if virtual is not None:
             resource = self.addressing.virtual(resource, virtual)
@@ -312,8 +339,43 @@ class CSE:
         pc = self.content.content(resource, rcn, request.fr)
         parent = self.addressing.parent(resource)
         assert parent is not None
-        self.delete_tree(resource, parent)
-        return self._respond(request, RSC.DELETED, pc)
+        batch = Batch(self.store)
+        try:
+            self.delete_tree(batch, resource, parent)
+        except BaseException:
+            self._apply_anyway(batch)
+            raise
+        done = self._apply(batch)
+        response = self._respond(request, RSC.DELETED, pc)
+        return response if done is None else done.addCallback(_answer, response)
+
+    # --- applying a request's changes ---------------------------------------------------------
+
+    def _apply(self, batch: Batch) -> Deferred[None] | None:
+        """Hand ``batch`` to the store (one call); release its notifications once applied.
+
+        A durable store's Deferred fires when the changes are durable; the caller answers
+        only then, and the notifications go out only then.
+        """
+        notifier = self.notifier
+        if not batch:
+            notifier.release()
+            return None
+        done = self.store.apply(batch)
+        if done is None:
+            notifier.release()
+            return None
+        return done.addCallback(notifier.release_held, notifier.hold())
+
+    def _apply_anyway(self, batch: Batch) -> None:
+        """A request failed unexpectedly half-way: what it changed in memory still reaches
+        the store, so that the two agree. (Every refusal comes before the first change.)"""
+        done = self._apply(batch)
+        if done is not None:
+            done.addErrback(self._log_failure, "could not store a failed request's changes")
+
+    def _log_failure(self, failure: Failure, what: str) -> None:
+        self.log.failure(what, failure)
 
     # --- what the hooks of the kinds use (CSEServices) ----------------------------------------
 
@@ -326,25 +388,25 @@ class CSE:
             if self.store.get(ri) is None:
                 return ri
 
-    def delete_tree(self, resource: Resource, parent: Resource) -> None:
+    def delete_tree(self, batch: Batch, resource: Resource, parent: Resource) -> None:
         """Delete ``resource`` and its subtree; tell subscribers (net 2, net 4, sud)."""
-        if self.store.get(resource.ri) is not resource:
+        if batch.gone(resource):
             return  # already gone (an exc-expired subscription, say)
-        self._event(resource, NotificationEventType.DELETE, resource)
+        self._event(batch, resource, NotificationEventType.DELETE, resource)
         doomed: list[Resource] = []
         stack = [resource]
         while stack:
             r = stack.pop()
             doomed.append(r)
-            stack.extend(self.store.children(r.ri))
+            stack.extend(batch.children(r.ri))
         for r in reversed(doomed):  # children before their parents
-            self.store.remove(r.ri)
-            r.kind.deleted(self, r)
-        resource.kind.detached(self, resource, parent)
-        self._event(parent, NotificationEventType.DELETE_CHILD, resource)
+            batch.remove(r)
+            r.kind.deleted(self, batch, r)
+        resource.kind.detached(self, batch, resource, parent)
+        self._event(batch, parent, NotificationEventType.DELETE_CHILD, resource)
 
-    def notify(self, nus: Sequence[str], pc: dict[str, Any]) -> None:
-        self.notifier.schedule(nus, pc)
+    def notify(self, batch: Batch, nus: Sequence[str], pc: dict[str, Any]) -> None:
+        self.notifier.schedule(batch, nus, pc)
 
     def sur(self, sub: Resource) -> str:
         return self.notifier.sur(sub)
@@ -354,15 +416,18 @@ class CSE:
 
     def _event(
         self,
+        batch: Batch,
         subject: Resource,
         net: NotificationEventType,
         rep: Resource,
-        modified: dict[str, Any] | None = None,
         exclude: Resource | None = None,
+        modified: dict[str, Any] | None = None,
     ) -> None:
         """Notify the subscriptions of ``subject``; delete those that have expired (``exc``)."""
-        for sub in self.notifier.event(subject, net, rep, modified, exclude):
-            self.delete_tree(sub, subject)
+        expired = self.notifier.event(batch, subject, net, rep, modified, exclude)
+        if expired is not None:
+            for sub in expired:
+                self.delete_tree(batch, sub, subject)
 
     # --- NOTIFY -------------------------------------------------------------------------------
 
@@ -391,3 +456,8 @@ def _body(pc: Any, kind: ResourceKind) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest(f"'{kind.key}' must be an object")
     return body
+
+
+def _answer(_: None, response: Response) -> Response:
+    """The response, once the store has made the request's changes durable."""
+    return response

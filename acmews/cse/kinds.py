@@ -32,8 +32,8 @@ from acmews.cse.resource import (
     v_str,
     v_str_list,
 )
+from acmews.cse.store import Batch, IResourceReader
 from acmews.errors import BadRequest, NotAcceptable, NotFound, OriginatorHasAlreadyRegistered
-from acmews.interfaces import IResourceStore
 
 __all__ = [
     "BUILTIN_KINDS",
@@ -109,10 +109,10 @@ class ContainerKind(ResourceKind):
         attrs["cni"] = 0
         attrs["cbs"] = 0
 
-    def updated(self, cse: CSEServices, resource: Resource) -> None:
-        enforce_limits(cse, resource)  # a smaller mni or mbs
+    def updated(self, cse: CSEServices, batch: Batch, resource: Resource) -> None:
+        enforce_limits(cse, batch, resource)  # a smaller mni or mbs
 
-    def virtual_child(self, store: IResourceStore, resource: Resource, which: str) -> Resource:
+    def virtual_child(self, store: IResourceReader, resource: Resource, which: str) -> Resource:
         if which == "la":
             cin = store.latest_child(resource.ri, _CIN)
         else:
@@ -122,19 +122,18 @@ class ContainerKind(ResourceKind):
         return cin
 
 
-def enforce_limits(cse: CSEServices, container: Resource) -> None:
+def enforce_limits(cse: CSEServices, batch: Batch, container: Resource) -> None:
     """Delete the oldest instances of ``container`` until ``mni`` and ``mbs`` hold."""
-    store = cse.store
     while True:
         attrs = container.attrs
         mni = attrs.get("mni")
         mbs = attrs.get("mbs")
         if (mni is None or attrs["cni"] <= mni) and (mbs is None or attrs["cbs"] <= mbs):
             return
-        oldest = store.oldest_child(container.ri, _CIN)
+        oldest = batch.oldest_child(container.ri, _CIN)  # not one the batch removed already
         if oldest is None:
             return
-        cse.delete_tree(oldest, container)
+        cse.delete_tree(batch, oldest, container)
 
 
 class InstanceKind(ResourceKind):
@@ -149,16 +148,20 @@ class InstanceKind(ResourceKind):
         if mbs is not None and cs > mbs:
             raise NotAcceptable(f"contentInstance size {cs} exceeds the container's mbs {mbs}")
 
-    def created(self, cse: CSEServices, resource: Resource, parent: Resource) -> None:
+    def created(
+        self, cse: CSEServices, batch: Batch, resource: Resource, parent: Resource
+    ) -> None:
         attrs = parent.attrs
         parent.replace({"cni": attrs["cni"] + 1, "cbs": attrs["cbs"] + resource.attrs["cs"]})
-        cse.store.update(parent)
-        enforce_limits(cse, parent)
+        batch.update(parent)
+        enforce_limits(cse, batch, parent)
 
-    def detached(self, cse: CSEServices, resource: Resource, parent: Resource) -> None:
+    def detached(
+        self, cse: CSEServices, batch: Batch, resource: Resource, parent: Resource
+    ) -> None:
         attrs = parent.attrs
         parent.replace({"cni": attrs["cni"] - 1, "cbs": attrs["cbs"] - resource.attrs["cs"]})
-        cse.store.update(parent)
+        batch.update(parent)
 
 
 class SubscriptionKind(ResourceKind):
@@ -185,10 +188,10 @@ class SubscriptionKind(ResourceKind):
         if "nct" in changes and changes["nct"] is None:
             changes["nct"] = 1
 
-    def deleted(self, cse: CSEServices, resource: Resource) -> None:
+    def deleted(self, cse: CSEServices, batch: Batch, resource: Resource) -> None:
         su = resource.attrs.get("su")
         if su:
-            cse.notify([su], {"m2m:sgn": {"sud": True, "sur": cse.sur(resource)}})
+            cse.notify(batch, [su], {"m2m:sgn": {"sud": True, "sur": cse.sur(resource)}})
 
 
 class ACPKind(ResourceKind):

@@ -1,8 +1,10 @@
 """Notifications: subscription events, their delivery, and subscription verification.
 
-Events are found synchronously while a request changes resources; the notifications they cause
-are sent from ``callLater(0, ...)``, so they never delay the response to that request, and
-their failures are only logged.
+Events are found synchronously while a request changes resources (through the request's
+:class:`~acmews.cse.store.Batch`). The notifications they cause wait in the notifier until the
+batch has been applied (:meth:`Notifier.release`); then they are sent from
+``callLater(0, ...)``, so they never delay the response to that request, and their failures
+are only logged.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from acmews.codes import RSC, NotificationEventType, Operation, ResourceType
 from acmews.cse.addressing import Addressing
 from acmews.cse.config import CSEConfig
 from acmews.cse.resource import Resource
+from acmews.cse.store import Batch, IResourceReader
 from acmews.errors import OneM2MError, SubscriptionVerificationInitiationFailed
-from acmews.interfaces import IRequestSender, IResourceStore
+from acmews.interfaces import IRequestSender
 from acmews.primitive import Request, Response
 from acmews.timestamps import Timestamps
 
@@ -46,7 +49,6 @@ class Notifier:
         clock: IReactorTime,
         timestamps: Timestamps,
         addressing: Addressing,
-        store: IResourceStore,
     ) -> None:
         self._config = config
         self._cse_id = config.cse_id
@@ -54,7 +56,8 @@ class Notifier:
         self._clock = clock
         self._ts = timestamps
         self._addressing = addressing
-        self._store = store
+        #: what the current request's events will send, once its batch is applied
+        self._held: list[tuple[list[Target], dict[str, Any]]] = []
         self._rqis = itertools.count(1)
         self._rqi_prefix = f"acmews-{secrets.token_hex(3)}-"
 
@@ -85,18 +88,18 @@ class Notifier:
         target, poa, _ = self.resolve_target(nu)
         return target, poa
 
-    def resolve_target(self, nu: str) -> Target:
+    def resolve_target(self, nu: str, reader: IResourceReader | None = None) -> Target:
         """(target, poa, registered): ``registered`` when ``nu`` names an AE registered here.
 
         Only notifications to a registered AE (or, later, CSE) may wait in store-and-forward;
-        a URL or an unknown originator is tried once.
+        a URL or an unknown originator is tried once. ``reader`` is the store by default.
         """
         if "://" in nu:
             return nu, (), False
         addressing = self._addressing
         try:
             if addressing.foreign_cse(nu) is None:
-                resource, virtual = addressing.locate(nu)
+                resource, virtual = addressing.locate(nu, reader)
                 if virtual is None and resource.kind.registrant:
                     return resource.ri, tuple(resource.attrs.get("poa", ())), True
         except OneM2MError:
@@ -107,20 +110,22 @@ class Notifier:
 
     def event(
         self,
+        batch: Batch,
         subject: Resource,
         net: NotificationEventType,
         rep: Resource,
         modified: dict[str, Any] | None = None,
         exclude: Resource | None = None,
-    ) -> list[Resource]:
+    ) -> list[Resource] | None:
         """Notify the subscriptions that are children of ``subject`` about event ``net``.
 
-        Counts down their ``exc``; returns the subscriptions whose last notification this was
-        (the caller deletes them).
+        Only those still there: a subscription ``batch`` removed hears nothing. Counts down
+        their ``exc`` (in ``batch``); returns the subscriptions whose last notification this
+        was (the caller deletes them), or None.
         """
-        expired: list[Resource] = []
-        for sub in self._store.children(subject.ri):
-            if sub.ty != _SUB or sub is exclude:
+        expired: list[Resource] | None = None
+        for sub in batch.children(subject.ri, _SUB):
+            if sub is exclude:
                 continue
             attrs = sub.attrs
             if net not in attrs["enc"]["net"]:
@@ -133,6 +138,7 @@ class Notifier:
             else:
                 representation = rep.pc
             self.schedule(
+                batch,
                 attrs["nu"],
                 {
                     "m2m:sgn": {
@@ -143,23 +149,52 @@ class Notifier:
             )
             exc = attrs.get("exc")
             if exc is not None:
-                if exc <= 1:
-                    expired.append(sub)
-                else:
+                if exc > 1:
                     sub.replace({"exc": exc - 1})
-                    self._store.update(sub)
+                    batch.update(sub)
+                elif expired is None:
+                    expired = [sub]
+                else:
+                    expired.append(sub)
         return expired
 
     # --- delivery -----------------------------------------------------------------------------
 
-    def schedule(self, nus: Sequence[str], pc: dict[str, Any]) -> None:
-        """Send ``pc`` to every ``nu`` after the current request has been answered.
+    def schedule(self, batch: Batch, nus: Sequence[str], pc: dict[str, Any]) -> None:
+        """Send ``pc`` to every ``nu`` once ``batch`` has been applied (:meth:`release`).
 
-        The targets are resolved now: an AE being deleted (with its subscriptions) is still
-        known, so its ``sud`` still finds its poa.
+        The targets are resolved now, as ``batch`` leaves the resources at this point: an AE
+        being deleted (with its subscriptions) is still known, so its ``sud`` still finds its
+        poa; an AE the batch removed already is not.
         """
-        targets = [self.resolve_target(nu) for nu in nus]
-        self._clock.callLater(0, self._deliver, targets, pc)
+        self._held.append(([self.resolve_target(nu, batch) for nu in nus], pc))
+
+    def release(self) -> None:
+        """The current request's batch has been applied: send what its events caused.
+
+        Each notification goes from its own ``callLater(0, ...)``, after the response.
+        """
+        held = self._held
+        if held:
+            call_later = self._clock.callLater
+            for targets, pc in held:
+                call_later(0, self._deliver, targets, pc)
+            held.clear()
+
+    def hold(self) -> list[tuple[list[Target], dict[str, Any]]]:
+        """Take what the current request's events caused, to :meth:`release_held` later
+        (once a durable store has made the request's batch durable)."""
+        held = self._held
+        if not held:
+            return []
+        self._held = []
+        return held
+
+    def release_held(self, _: object, held: list[tuple[list[Target], dict[str, Any]]]) -> None:
+        """Send ``held`` (from :meth:`hold`) as :meth:`release` would; a Deferred callback."""
+        call_later = self._clock.callLater
+        for targets, pc in held:
+            call_later(0, self._deliver, targets, pc)
 
     def _deliver(self, targets: list[Target], pc: dict[str, Any]) -> None:
         for target, poa, registered in targets:

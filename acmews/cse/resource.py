@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
     from acmews.cse.config import CSEConfig
-    from acmews.interfaces import IResourceStore
+    from acmews.cse.store import Batch, IResourceReader, IResourceStore
 
 __all__ = [
     "KINDS",
@@ -177,10 +177,15 @@ COMMON: dict[str, Validator] = {
 
 
 class CSEServices(Protocol):
-    """What the CSE offers the hooks of a :class:`ResourceKind` (the CSE provides it)."""
+    """What the CSE offers the hooks of a :class:`ResourceKind` (the CSE provides it).
+
+    A hook that changes resources records the change in the request's ``batch`` (and reads
+    through it, which sees those changes); the store gets the whole batch at the end.
+    """
 
     @property
-    def store(self) -> IResourceStore: ...
+    def store(self) -> IResourceStore:
+        """The store (for reads before the first change; after it, read through the batch)."""
 
     @property
     def config(self) -> CSEConfig: ...
@@ -191,11 +196,11 @@ class CSEServices(Protocol):
     def new_ri(self, kind: ResourceKind) -> str:
         """A fresh resource ID for a resource of ``kind``."""
 
-    def delete_tree(self, resource: Resource, parent: Resource) -> None:
+    def delete_tree(self, batch: Batch, resource: Resource, parent: Resource) -> None:
         """Delete ``resource`` (a child of ``parent``) and its subtree, with their events."""
 
-    def notify(self, nus: Sequence[str], pc: dict[str, Any]) -> None:
-        """Send the notification ``pc`` to ``nus`` once the current request has been answered."""
+    def notify(self, batch: Batch, nus: Sequence[str], pc: dict[str, Any]) -> None:
+        """Send the notification ``pc`` to ``nus`` once ``batch`` has been applied."""
 
     def sur(self, sub: Resource) -> str:
         """The subscription reference of ``sub``."""
@@ -214,12 +219,16 @@ class ResourceKind:
     an ordinary resource. The CSE calls them in this order:
 
     - CREATE: :meth:`identify`, :meth:`prepare_create` (both may refuse; nothing has changed
-      yet), :meth:`confirm` (may make the CSE wait, or refuse), then the resource is stored and
-      :meth:`created` runs, then :meth:`created_content` shapes the response.
+      yet), :meth:`confirm` (may make the CSE wait, or refuse), then the resource is added to
+      the request's batch and :meth:`created` runs, then the batch is applied and
+      :meth:`created_content` shapes the response.
     - UPDATE: :attr:`immutable` refuses, :meth:`prepare_update` may adjust the changes (or
-      refuse), then they are applied and :meth:`updated` runs.
+      refuse), then they are made and :meth:`updated` runs.
     - DELETE: :attr:`deletable` refuses; then for each resource of the subtree, children
       first, :meth:`deleted`; then :meth:`detached` for the subtree's root and its parent.
+
+    A hook may refuse (raise a :class:`~acmews.errors.OneM2MError`) only before the first
+    change; the ones that run after it record what they change in the request's batch.
     """
 
     ty: ResourceType
@@ -309,8 +318,10 @@ class ResourceKind:
         """A Deferred to wait for before ``resource`` is created (failing refuses), or None."""
         return None
 
-    def created(self, cse: CSEServices, resource: Resource, parent: Resource) -> None:
-        """``resource`` was just created under ``parent``."""
+    def created(
+        self, cse: CSEServices, batch: Batch, resource: Resource, parent: Resource
+    ) -> None:
+        """``resource`` was just created under ``parent`` (``batch`` adds it)."""
 
     def created_content(self, resource: Resource, pc: Any) -> Any:
         """The ``pc`` of the CREATE response, given the one its ``rcn`` asked for."""
@@ -321,16 +332,19 @@ class ResourceKind:
     ) -> None:
         """Check and complete the validated ``changes`` (``None`` removes) of ``resource``."""
 
-    def updated(self, cse: CSEServices, resource: Resource) -> None:
-        """``resource`` was just updated."""
+    def updated(self, cse: CSEServices, batch: Batch, resource: Resource) -> None:
+        """``resource`` was just updated (``batch`` updates it)."""
 
-    def deleted(self, cse: CSEServices, resource: Resource) -> None:
-        """``resource`` is being deleted (with the subtree it belongs to)."""
+    def deleted(self, cse: CSEServices, batch: Batch, resource: Resource) -> None:
+        """``resource`` is being deleted with the subtree it belongs to (``batch`` removes
+        it)."""
 
-    def detached(self, cse: CSEServices, resource: Resource, parent: Resource) -> None:
+    def detached(
+        self, cse: CSEServices, batch: Batch, resource: Resource, parent: Resource
+    ) -> None:
         """``resource``, the root of a deleted subtree, is no longer a child of ``parent``."""
 
-    def virtual_child(self, store: IResourceStore, resource: Resource, which: str) -> Resource:
+    def virtual_child(self, store: IResourceReader, resource: Resource, which: str) -> Resource:
         """The resource the virtual child ``which`` (one of :attr:`virtual`) stands for."""
         raise NotFound(f"{resource.srn!r} has no virtual child {which!r}")
 
