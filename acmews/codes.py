@@ -1,8 +1,9 @@
-"""oneM2M enumerations: operations, response status codes, resource types (TS-0004)."""
+"""oneM2M enumerations: operations, response status codes, resource types, access control
+operations (TS-0004)."""
 
 from __future__ import annotations
 
-from enum import IntEnum
+from enum import IntEnum, IntFlag
 
 
 class Operation(IntEnum):
@@ -79,6 +80,17 @@ class ResponseType(IntEnum):
     BLOCKING = 3
     FLEX_BLOCKING = 4
     NO_RESPONSE = 5
+
+
+class ACOP(IntFlag):
+    """Access control operations (``acop`` of an access control rule), a bit each."""
+
+    CREATE = 1
+    RETRIEVE = 2
+    UPDATE = 4
+    DELETE = 8
+    NOTIFY = 16
+    DISCOVERY = 32
 
 
 class NotificationEventType(IntEnum):

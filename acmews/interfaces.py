@@ -1,7 +1,8 @@
-"""Every extension point of acmews, as zope interfaces, in one place.
+"""The extension points of the binding and its originator/poa machinery, as zope interfaces.
 
 Providers carry ``@implementer``; tests check them with ``verifyObject``. Nothing here imports
-the reactor (or anything that does).
+the reactor (or anything that does), nor the embedded CSE: its resource store interface is
+:class:`acmews.cse.store.IResourceStore`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ if TYPE_CHECKING:
 
     from twisted.internet.defer import Deferred
 
-    from acmews.cse.resource import Resource
     from acmews.handshake import Handshake
     from acmews.primitive import Primitive, Request, Response
 
@@ -152,37 +152,3 @@ class IRequestSender(Interface):
         cannot be delivered now is kept for later delivery and the Deferred fires with an
         ACCEPTED (1000) response; otherwise it fails with TargetNotReachable (5103).
         """
-
-
-class IResourceStore(Interface):
-    """Where the embedded CSE keeps its resources.
-
-    Synchronous on purpose: the CSE answers most requests without a Deferred. A persistent
-    store must therefore keep an in-memory index and write behind (in a thread or a queue),
-    never block the reactor. Resources are handed out by reference; the CSE replaces a
-    resource's ``attrs`` mapping (copy on write) and then calls :meth:`update`.
-    """
-
-    def get(ri: str) -> Resource | None:
-        """The resource with resource ID ``ri``, or None."""
-
-    def child(pi: str, rn: str) -> Resource | None:
-        """The child of ``pi`` named ``rn``, or None."""
-
-    def children(pi: str) -> Sequence[Resource]:
-        """The children of ``pi`` in creation order (a snapshot)."""
-
-    def oldest_child(pi: str, ty: int) -> Resource | None:
-        """The first-created child of ``pi`` with resource type ``ty``."""
-
-    def latest_child(pi: str, ty: int) -> Resource | None:
-        """The last-created child of ``pi`` with resource type ``ty``."""
-
-    def add(resource: Resource) -> None:
-        """Store a new resource (its parent is stored already, its name is free)."""
-
-    def update(resource: Resource) -> None:
-        """``resource.attrs`` was replaced; persist it."""
-
-    def remove(ri: str) -> None:
-        """Forget the resource ``ri`` (its children are removed first by the CSE)."""

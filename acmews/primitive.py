@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from typing_extensions import TypeIs
+
 from acmews.codes import (
     DEFAULT_RELEASE,
     RSC,
@@ -76,7 +78,8 @@ _OPERATIONS = {int(o): o for o in Operation}
 _RSCS = {int(r): r for r in RSC}
 
 
-def _is_int(value: object) -> bool:
+def is_int_not_bool(value: object) -> TypeIs[int]:
+    """True for an int (an IntEnum too) that is not a bool: JSON ``true`` is no ``1`` here."""
     return type(value) is int or (isinstance(value, int) and not isinstance(value, bool))
 
 
@@ -91,7 +94,7 @@ def _fail(reason: str, rqi: str | None, rsc: RSC = RSC.BAD_REQUEST) -> Primitive
 
 def _opt_int(m: Mapping[Any, Any], key: str, rqi: str | None) -> int | None:
     value = m.get(key)
-    if value is None or _is_int(value):
+    if value is None or is_int_not_bool(value):
         return value
     raise _fail(f"'{key}' must be an integer", rqi)
 
@@ -113,7 +116,7 @@ def _opt_map(m: Mapping[Any, Any], key: str, rqi: str | None) -> dict[str, Any] 
 def _opt_time(m: Mapping[Any, Any], key: str, rqi: str | None) -> str | int | None:
     """A timestamp (``YYYYMMDDThhmmss``) or a duration in ms."""
     value = m.get(key)
-    if value is None or isinstance(value, str) or _is_int(value):
+    if value is None or isinstance(value, str) or is_int_not_bool(value):
         return value
     raise _fail(f"'{key}' must be a timestamp string or milliseconds", rqi)
 
@@ -199,7 +202,7 @@ class Request:
         """Validate a decoded mapping as a request; raise :class:`PrimitiveError` if invalid."""
         rqi = _readable_rqi(m)
         op = m.get("op")
-        if not _is_int(op) or op not in _OPERATIONS:
+        if not is_int_not_bool(op) or op not in _OPERATIONS:
             raise _fail(f"'op' must be an integer 1-5, not {op!r}"[:200], rqi)
         operation = _OPERATIONS[op]
         if "rqi" not in m:
@@ -229,7 +232,7 @@ class Request:
         rt = _opt_map(m, "rt", rqi)
         if rt is not None:
             rtv = rt.get("rtv")
-            if rtv is not None and (not _is_int(rtv) or not 1 <= rtv <= 5):
+            if rtv is not None and (not is_int_not_bool(rtv) or not 1 <= rtv <= 5):
                 raise _fail("'rt.rtv' must be an integer 1-5", rqi)
         request = cls(
             operation,
@@ -310,7 +313,7 @@ class Response:
         """Validate a decoded mapping as a response; raise :class:`PrimitiveError` if invalid."""
         rqi = _readable_rqi(m)
         rsc: int = m.get("rsc")  # type: ignore[assignment]
-        if not _is_int(rsc):
+        if not is_int_not_bool(rsc):
             raise _fail("'rsc' must be an integer", rqi)
         if "rqi" not in m:
             raise _fail("'rqi' (request identifier) is missing", None)

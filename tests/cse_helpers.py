@@ -79,13 +79,17 @@ class FakeSender:
 
 class CSETestCase(SynchronousTestCase):
     def setUp(self) -> None:
+        self.new_cse()
+        self.addCleanup(self._no_delayed_calls)
+
+    def new_cse(self) -> None:
+        """A new clock, sender and CSE (an empty resource tree)."""
         self.clock = Clock()
         self.clock.advance(START)
         self.sender = FakeSender()
         self.cse = CSE(CSEConfig(poa=("ws://127.0.0.1:8180",)), self.sender, self.clock)
         self.connection = FakeConnection()
         self._n = 0
-        self.addCleanup(self._no_delayed_calls)
 
     def _no_delayed_calls(self) -> None:
         self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import cbor2
 from twisted.internet.defer import Deferred
 from zope.interface.verify import verifyObject
 
 from acmews.codes import RSC
-from acmews.cse import CSE, CSEConfig, MemoryResourceStore
+from acmews.cse import CSE, Batch, CSEConfig, IResourceStore, MemoryResourceStore, Resource
+from acmews.cse.resource import Record
 from acmews.errors import TargetNotReachable
-from acmews.interfaces import IRequestHandler, IResourceStore
+from acmews.interfaces import IRequestHandler
 from acmews.primitive import Response
 from tests.cse_helpers import ADMIN, CSETestCase, FakeSender
 
@@ -68,6 +70,92 @@ class CSEBaseTests(CSETestCase):
         self.assertIsNotNone(store.get("id-in"))
         # a second CSE on the same store finds the CSEBase instead of making another
         self.assertIs(CSE(CSEConfig(), FakeSender(), self.clock, store).base, cse.base)
+        self.assertEqual(len(store), 1)
+
+
+class RecordTests(CSETestCase):
+    """Everything a store persists is a resource's record: a store rebuilt from the records
+    serves a new CSE exactly like the old one."""
+
+    def tree(self) -> dict[str, Any]:
+        aei = self.register("Cmyae", poa=["ws://device:9000"])
+        self.create("cse-in/Cmyae", 3, "m2m:cnt", aei, rn="c", mni=3)
+        for con in ("1", {1: "x"}, "3"):
+            self.create("cse-in/Cmyae/c", 4, "m2m:cin", aei, con=con)
+        self.create(
+            "cse-in/Cmyae",
+            1,
+            "m2m:acp",
+            aei,
+            rn="acp",
+            pv={"acr": [{"acor": ["Cother"], "acop": 2}]},
+            pvs={"acr": [{"acor": [aei], "acop": 63}]},
+        )
+        return self.subscribe(
+            "cse-in/Cmyae/c", aei, nu=[aei], enc={"net": [3]}, exc=5, su="http://su"
+        )
+
+    def records(self) -> list[Record]:
+        """Every record, parents before children and siblings in creation order."""
+        out: list[Record] = []
+        stack = [self.cse.base]
+        while stack:
+            resource = stack.pop()
+            out.append(resource.record())
+            stack.extend(reversed(self.cse.store.children(resource.ri)))
+        return out
+
+    def test_round_trip(self) -> None:
+        self.tree()
+        records = self.records()
+        self.assertEqual(len(records), len(self.cse.store))  # type: ignore[arg-type]
+        for ty, attrs, srn, creator in records:
+            self.assertIsInstance(ty, int)
+            resource = Resource.from_record(ty, attrs, srn, creator)
+            stored = self.cse.store.get(attrs["ri"])
+            assert stored is not None
+            self.assertIs(resource.kind, stored.kind)
+            self.assertEqual(resource.record(), stored.record())
+            self.assertEqual(resource.pc, stored.pc)
+        self.assertRaises(ValueError, Resource.from_record, 99, {"ri": "x"}, "cse-in/x", None)
+
+    def test_reloaded_store_serves_a_new_cse(self) -> None:
+        sub = self.tree()
+        stored = cbor2.dumps(self.records())  # what a durable store keeps
+        store = MemoryResourceStore()
+        batch = Batch(store)
+        for ty, attrs, srn, creator in cbor2.loads(stored):
+            batch.add(Resource.from_record(ty, attrs, srn, creator))
+        store.apply(batch)
+        self.cse = CSE(CSEConfig(poa=("ws://127.0.0.1:8180",)), self.sender, self.clock, store)
+        self.assertEqual(self.cse.base.record(), self.records()[0])
+        self.assertEqual(self.retrieve("cse-in/Cmyae/c/la", "Cmyae").pc["m2m:cin"]["con"], "3")
+        self.assertEqual(self.retrieve("cse-in/Cmyae/c/ol").pc["m2m:cin"]["con"], "1")
+        self.assertEqual(
+            self.retrieve("cse-in/Cmyae/c", "Cother").rsc, RSC.ORIGINATOR_HAS_NO_PRIVILEGE
+        )
+        self.ok(3, "cse-in/Cmyae/c", "Cmyae", pc={"m2m:cnt": {"acpi": ["cse-in/Cmyae/acp"]}})
+        self.assertEqual(self.retrieve("cse-in/Cmyae/c", "Cother").rsc, RSC.OK)
+        self.fails(
+            RSC.ORIGINATOR_HAS_ALREADY_REGISTERED,
+            1,
+            "cse-in",
+            "Cmyae",
+            ty=2,
+            pc={"m2m:ae": {"api": "Nx", "rr": True, "rn": "again"}},
+        )
+        # the container's counters and limit, the subscription's exc and su
+        self.create("cse-in/Cmyae/c", 4, "m2m:cin", "Cmyae", con="4")
+        cnt = self.retrieve("cse-in/Cmyae/c").pc["m2m:cnt"]
+        self.assertEqual((cnt["cni"], cnt["cbs"]), (3, 1 + len('{"1":"x"}') + 1))
+        self.assertEqual(self.retrieve(sub["ri"]).pc["m2m:sub"]["exc"], 4)
+        [sent] = self.flush()
+        self.assertEqual(
+            (sent.target, sent.poa, sent.store), ("Cmyae", ("ws://device:9000",), True)
+        )
+        self.ok(4, "cse-in/Cmyae", "Cmyae")
+        [sud] = self.flush()
+        self.assertEqual(sud.target, "http://su")
         self.assertEqual(len(store), 1)
 
 
@@ -181,6 +269,18 @@ class ContainerTests(CSETestCase):
         self.cin({"v": 1}, to=cnt["ri"])
         cnt = self.retrieve("cse-in/Cmyae/c", self.aei).pc["m2m:cnt"]
         self.assertEqual((cnt["cni"], cnt["cbs"]), (2, 6 + len('{"v":1}')))
+
+    def test_content_json_cannot_carry_is_4000(self) -> None:
+        # what only oneM2M.cbor carries; these used to answer 5000 (orjson could not size them)
+        self.create("cse-in/Cmyae", 3, "m2m:cnt", self.aei, rn="c")
+        self.assertEqual(self.cin(2**70)["cs"], len(str(2**70)))  # oneM2M.json reads it too
+        self.assertEqual(self.cin({1: "x"})["cs"], len('{"1":"x"}'))
+        for con in (b"\x00\x01", {"a": [b"x"]}, {1, 2}):
+            response = self.fails(
+                RSC.BAD_REQUEST, 1, "cse-in/Cmyae/c", self.aei, ty=4, pc={"m2m:cin": {"con": con}}
+            )
+            self.assertIn("'con'", response.debug or "")
+        self.assertEqual(self.retrieve("cse-in/Cmyae/c").pc["m2m:cnt"]["cni"], 2)
 
     def test_mni_evicts_oldest(self) -> None:
         self.create("cse-in/Cmyae", 3, "m2m:cnt", self.aei, rn="c", mni=2)
@@ -364,6 +464,12 @@ class AccessControlTests(CSETestCase):
         self.assertEqual(self.retrieve("cse-in/Cowner/c", ADMIN).rsc, RSC.OK)
         response = self.fails(RSC.ORIGINATOR_HAS_NO_PRIVILEGE, 2, "cse-in/Cowner/c", self.other)
         self.assertIn("Cother", response.debug or "")
+        self.assertEqual(
+            response.debug,
+            "originator 'Cother' has no RETRIEVE privilege on 'cse-in/Cowner/c'",
+        )
+        response = self.fails(RSC.ORIGINATOR_HAS_NO_PRIVILEGE, 4, "cse-in/Cowner/c", self.other)
+        self.assertIn("has no DELETE privilege on", response.debug or "")
         self.fails(RSC.ORIGINATOR_HAS_NO_PRIVILEGE, 2, "cse-in/Cowner/c/la", self.other)
         self.fails(
             RSC.ORIGINATOR_HAS_NO_PRIVILEGE,
@@ -625,7 +731,7 @@ class NotifyAndErrorTests(CSETestCase):
         def boom(*args: object) -> None:
             raise RuntimeError("kaputt")
 
-        self.patch(self.cse, "_locate", boom)
+        self.patch(self.cse.addressing, "locate", boom)
         response = self.fails(
             RSC.INTERNAL_SERVER_ERROR, 3, "cse-in", pc={"m2m:cb": {"lbl": []}}, rqi="q", rvi="5"
         )

@@ -249,6 +249,48 @@ class NotificationTests(SubscriptionTestCase):
         self.assertEqual([s.target for s in sent], ["http://x", "http://x", "http://su"])
         self.assertIs(sent[2].request.pc["m2m:sgn"]["sud"], True)
 
+    def test_subscriptions_expiring_together(self) -> None:
+        """Both hear the CREATE_CHILD that ends them; when the first is deleted the second
+        (not yet deleted) hears of it; the first, gone by then, hears nothing more."""
+        for rn in ("a", "b"):  # first both (net 1), then what makes them hear each other
+            self.subscribe("cse-in/Cmyae/c", self.aei, nu=[f"http://{rn}"], rn=rn)
+        change = {"enc": {"net": [3, 4]}, "su": "http://su", "exc": 1}
+        a, b = (
+            self.ok(3, f"cse-in/Cmyae/c/{rn}", self.aei, pc={"m2m:sub": change}).pc["m2m:sub"]
+            for rn in ("a", "b")
+        )
+        self.assertEqual(self.flush(), [])
+        cin = self.create("cse-in/Cmyae/c", 4, "m2m:cin", self.aei, con="1")
+        sent = self.flush()
+        got = [(s.target, s.request.pc["m2m:sgn"].get("nev", {}).get("net")) for s in sent]
+        su = ("http://su", None)
+        self.assertEqual(got, [("http://a", 3), ("http://b", 3), su, ("http://b", 4), su])
+        rep = self.assert_notification(sent[1], b, 3)
+        self.assertEqual(rep["m2m:cin"]["ri"], cin["ri"])  # type: ignore[index]
+        rep = self.assert_notification(sent[3], b, 4)
+        self.assertEqual(rep["m2m:sub"]["ri"], a["ri"])  # type: ignore[index]
+        self.assertEqual(
+            [s.request.pc["m2m:sgn"]["sur"] for s in (sent[2], sent[4])],
+            [f"/id-in/{a['ri']}", f"/id-in/{b['ri']}"],
+        )
+        for sub in (a, b):
+            self.fails(RSC.NOT_FOUND, 2, sub["ri"])
+
+    def test_a_subscription_may_end_with_the_creation_of_another(self) -> None:
+        a = self.subscribe("cse-in/Cmyae/c", self.aei, nu=["http://a"], enc={"net": [3, 4]},
+                           exc=1, su="http://su", rn="a")  # fmt: skip
+        b = self.subscribe("cse-in/Cmyae/c", self.aei, nu=["http://b"], enc={"net": [3, 4]},
+                           exc=1, su="http://su", rn="b")  # fmt: skip
+        sent = self.flush()
+        got = [(s.target, s.request.pc["m2m:sgn"].get("nev", {}).get("net")) for s in sent]
+        # b's creation is a's last event; a's deletion is b's
+        self.assertEqual(
+            got, [("http://a", 3), ("http://su", None), ("http://b", 4), ("http://su", None)]
+        )
+        self.assertEqual(self.assert_notification(sent[0], a, 3), {"m2m:sub": b})
+        for sub in (a, b):
+            self.fails(RSC.NOT_FOUND, 2, sub["ri"])
+
     def test_sud_on_subscription_delete_and_parent_delete(self) -> None:
         sub = self.subscribe("cse-in/Cmyae/c", self.aei, nu=["http://x"], su="http://su", rn="s")
         quiet = self.subscribe("cse-in/Cmyae/c", self.aei, nu=["http://y"], rn="q")  # no su

@@ -8,13 +8,27 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from acmews.codes import RSC, Operation, ResourceType
 from acmews.errors import OneM2MError, PrimitiveError, TargetNotReachable
-from acmews.primitive import Request, Response, error_response, primitive_from_object
+from acmews.primitive import (
+    Request,
+    Response,
+    error_response,
+    is_int_not_bool,
+    primitive_from_object,
+)
 
 
 def req(**kw: Any) -> dict[str, Any]:
     base: dict[str, Any] = {"op": 2, "to": "cse-in", "fr": "CAdmin", "rqi": "r1", "rvi": "4"}
     base.update(kw)
     return {k: v for k, v in base.items() if v is not None}
+
+
+class IntCheckTests(SynchronousTestCase):
+    def test_int_not_bool(self) -> None:
+        for value in (0, -3, 2**70, RSC.OK, Operation.CREATE):
+            self.assertTrue(is_int_not_bool(value), value)
+        for value in (True, False, 1.0, "1", None, [1]):
+            self.assertFalse(is_int_not_bool(value), value)
 
 
 class RequestValidationTests(SynchronousTestCase):

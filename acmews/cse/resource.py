@@ -1,4 +1,4 @@
-"""Resources of the embedded CSE and the per-type rules (a registry keyed by ``ty``).
+"""Resources of the embedded CSE, the validators and the registry of kinds keyed by ``ty``.
 
 A :class:`Resource` holds its oneM2M representation in ``attrs``. That mapping is never
 changed in place once stored: :meth:`Resource.replace` builds a new one. So a representation
@@ -6,22 +6,39 @@ handed out in a response (without copying, which keeps RETRIEVE cheap) never cha
 the encoder's feet.
 
 New resource types (remoteCSE, group, ...) are added by registering a :class:`ResourceKind`
-in :data:`KINDS`.
+(a subclass with the type's hooks) in :data:`KINDS`; :mod:`acmews.cse.kinds` registers the
+built-in ones.
 """
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import orjson
 
-from acmews.codes import ResourceType
-from acmews.errors import BadRequest
+from acmews.codes import ACOP, ResourceType
+from acmews.errors import BadRequest, NotFound
+from acmews.primitive import is_int_not_bool
 
-__all__ = ["KINDS", "Resource", "ResourceKind", "content_size"]
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from acmews.cse.config import CSEConfig
+    from acmews.cse.store import Batch, IResourceReader, IResourceStore
+
+__all__ = [
+    "KINDS",
+    "CSEServices",
+    "Record",
+    "Resource",
+    "ResourceKind",
+    "content_size",
+    "register_kind",
+]
 
 Validator = Callable[[str, Any], Any]
 
@@ -30,10 +47,6 @@ RESERVED_NAMES = frozenset({"la", "ol", "-"})
 
 
 # --- validators: (attribute name, value) -> value, or BadRequest ------------------------------
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def v_str(name: str, value: Any) -> Any:
@@ -49,13 +62,13 @@ def v_bool(name: str, value: Any) -> Any:
 
 
 def v_nonneg_int(name: str, value: Any) -> Any:
-    if not _is_int(value) or value < 0:
+    if not is_int_not_bool(value) or value < 0:
         raise BadRequest(f"attribute '{name}' must be a non-negative integer")
     return value
 
 
 def v_pos_int(name: str, value: Any) -> Any:
-    if not _is_int(value) or value < 1:
+    if not is_int_not_bool(value) or value < 1:
         raise BadRequest(f"attribute '{name}' must be a positive integer")
     return value
 
@@ -99,13 +112,17 @@ def v_enc(name: str, value: Any) -> Any:
     if not isinstance(value, dict) or set(value) - {"net"}:
         raise BadRequest(f"attribute '{name}' must be an object with only 'net'")
     net = value.get("net", [1])
-    if not isinstance(net, list) or not net or not all(_is_int(n) and 1 <= n <= 4 for n in net):
+    if (
+        not isinstance(net, list)
+        or not net
+        or not all(is_int_not_bool(n) and 1 <= n <= 4 for n in net)
+    ):
         raise BadRequest(f"'{name}.net' must be a non-empty list of event types 1-4")
     return {"net": net}
 
 
 def v_nct(name: str, value: Any) -> Any:
-    if not _is_int(value) or value not in (1, 2, 3):
+    if not is_int_not_bool(value) or value not in (1, 2, 3):
         raise BadRequest(f"attribute '{name}' must be 1, 2 or 3")
     return value
 
@@ -122,21 +139,36 @@ def v_privileges(name: str, value: Any) -> Any:
             raise BadRequest(f"each '{name}.acr' rule must have exactly 'acor' and 'acop'")
         v_nonempty_str_list(f"{name}.acr.acor", rule["acor"])
         acop = rule["acop"]
-        if not _is_int(acop) or not 1 <= acop <= 63:
+        if not is_int_not_bool(acop) or not 1 <= acop <= 63:
             raise BadRequest(f"'{name}.acr.acop' must be an integer 1-63")
     return {"acr": rules}
 
 
 def content_size(con: Any) -> int:
-    """``cs``: the UTF-8 length of ``con`` (serialized as JSON when it is not a string)."""
+    """``cs``: the UTF-8 length of ``con`` (serialized as JSON when it is not a string).
+
+    The JSON is what ``oneM2M.json`` would send (integer keys, integers beyond 64 bits); 4000
+    for content JSON cannot carry at all (a CBOR byte string or tag, say).
+    """
     if isinstance(con, str):
         return len(con.encode("utf-8"))
-    return len(orjson.dumps(con))
+    try:
+        return len(orjson.dumps(con, option=orjson.OPT_NON_STR_KEYS))
+    except orjson.JSONEncodeError:
+        pass  # integers beyond 64 bits (the stdlib writes them), or no JSON at all
+    try:
+        text = json.dumps(con, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError):
+        raise BadRequest(
+            "attribute 'con' must be JSON-compatible content (a string, number, boolean, "
+            "null, list or object)"
+        ) from None
+    return len(text.encode("utf-8"))
 
 
-# --- the registry ------------------------------------------------------------------------------
+# --- kinds ------------------------------------------------------------------------------------
 
-_COMMON: dict[str, Validator] = {
+COMMON: dict[str, Validator] = {
     "rn": v_rn,
     "lbl": v_str_list,
     "acpi": v_str_list,
@@ -144,9 +176,60 @@ _COMMON: dict[str, Validator] = {
 }
 
 
+class CSEServices(Protocol):
+    """What the CSE offers the hooks of a :class:`ResourceKind` (the CSE provides it).
+
+    A hook that changes resources records the change in the request's ``batch`` (and reads
+    through it, which sees those changes); the store gets the whole batch at the end.
+    """
+
+    @property
+    def store(self) -> IResourceStore:
+        """The store (for reads before the first change; after it, read through the batch)."""
+
+    @property
+    def config(self) -> CSEConfig: ...
+
+    def check(self, originator: str | None, resource: Resource, acop: ACOP) -> None:
+        """Raise 4103 unless ``originator`` may do ``acop`` to ``resource``."""
+
+    def new_ri(self, kind: ResourceKind) -> str:
+        """A fresh resource ID for a resource of ``kind``."""
+
+    def delete_tree(self, batch: Batch, resource: Resource, parent: Resource) -> None:
+        """Delete ``resource`` (a child of ``parent``) and its subtree, with their events."""
+
+    def notify(self, batch: Batch, nus: Sequence[str], pc: dict[str, Any]) -> None:
+        """Send the notification ``pc`` to ``nus`` once ``batch`` has been applied."""
+
+    def sur(self, sub: Resource) -> str:
+        """The subscription reference of ``sub``."""
+
+    def verify(self, sub: Resource, originator: str | None) -> Deferred[None]:
+        """Verify the notification targets of ``sub``; fail with 5204."""
+
+
 @dataclass(frozen=True, slots=True)
 class ResourceKind:
-    """What the CSE must know about one resource type."""
+    """What the CSE must know about one resource type.
+
+    The fields say which attributes an originator may set and change, and which children a
+    resource of this kind may have. What is particular to a type beyond that is in the hooks
+    below, overridden by a subclass (see :mod:`acmews.cse.kinds`); the defaults are those of
+    an ordinary resource. The CSE calls them in this order:
+
+    - CREATE: :meth:`identify`, :meth:`prepare_create` (both may refuse; nothing has changed
+      yet), :meth:`confirm` (may make the CSE wait, or refuse), then the resource is added to
+      the request's batch and :meth:`created` runs, then the batch is applied and
+      :meth:`created_content` shapes the response.
+    - UPDATE: :attr:`immutable` refuses, :meth:`prepare_update` may adjust the changes (or
+      refuse), then they are made and :meth:`updated` runs.
+    - DELETE: :attr:`deletable` refuses; then for each resource of the subtree, children
+      first, :meth:`deleted`; then :meth:`detached` for the subtree's root and its parent.
+
+    A hook may refuse (raise a :class:`~acmews.errors.OneM2MError`) only before the first
+    change; the ones that run after it record what they change in the request's batch.
+    """
 
     ty: ResourceType
     short: str
@@ -156,10 +239,29 @@ class ResourceKind:
     #: attributes an originator may change on UPDATE (a subset of ``attributes``)
     updatable: frozenset[str] = frozenset()
     children: frozenset[int] = frozenset()
+    #: the long name, for messages (``contentInstance``)
+    name: str = ""
     key: str = field(init=False)
+
+    #: an originator may CREATE one (False: the CSEBase, which exists from the start)
+    creatable: ClassVar[bool] = True
+    #: an originator may DELETE one
+    deletable: ClassVar[bool] = True
+    #: no UPDATE at all (4005), whatever the body
+    immutable: ClassVar[bool] = False
+    #: it stands for a registered originator (an AE): its ``ri`` is that originator's ID and
+    #: its ``poa`` the originator's points of access; it receives NOTIFY requests, and
+    #: notifications to it may wait in store-and-forward
+    registrant: ClassVar[bool] = False
+    #: an attribute that repeats the resource ID (an AE's ``aei``)
+    id_attribute: ClassVar[str | None] = None
+    #: names of virtual children (a container's ``la``/``ol``), see :meth:`virtual_child`
+    virtual: ClassVar[frozenset[str]] = frozenset()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", f"m2m:{self.short}")
+        if not self.name:
+            object.__setattr__(self, "name", self.short)
 
     def validate_create(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """The validated attributes of a CREATE body; 4000 for anything unknown or wrong."""
@@ -194,102 +296,121 @@ class ResourceKind:
             raise BadRequest(f"nothing to update in {self.key}")
         return out
 
+    # --- hooks --------------------------------------------------------------------------------
 
-def _kind(
+    def identify(
+        self, cse: CSEServices, originator: str | None, parent: Resource
+    ) -> tuple[str, str | None]:
+        """``(ri, creator)`` of the resource ``originator`` CREATEs under ``parent``.
+
+        By default the originator needs the CREATE privilege on the parent, the resource gets
+        a fresh ID and the originator becomes its creator.
+        """
+        cse.check(originator, parent, ACOP.CREATE)
+        return cse.new_ri(self), originator
+
+    def prepare_create(self, cse: CSEServices, parent: Resource, attrs: dict[str, Any]) -> None:
+        """Check and complete the validated ``attrs`` of a new resource under ``parent``."""
+
+    def confirm(
+        self, cse: CSEServices, originator: str | None, resource: Resource
+    ) -> Deferred[None] | None:
+        """A Deferred to wait for before ``resource`` is created (failing refuses), or None."""
+        return None
+
+    def created(
+        self, cse: CSEServices, batch: Batch, resource: Resource, parent: Resource
+    ) -> None:
+        """``resource`` was just created under ``parent`` (``batch`` adds it)."""
+
+    def created_content(self, resource: Resource, pc: Any) -> Any:
+        """The ``pc`` of the CREATE response, given the one its ``rcn`` asked for."""
+        return pc
+
+    def prepare_update(
+        self, cse: CSEServices, resource: Resource, changes: dict[str, Any]
+    ) -> None:
+        """Check and complete the validated ``changes`` (``None`` removes) of ``resource``."""
+
+    def updated(self, cse: CSEServices, batch: Batch, resource: Resource) -> None:
+        """``resource`` was just updated (``batch`` updates it)."""
+
+    def deleted(self, cse: CSEServices, batch: Batch, resource: Resource) -> None:
+        """``resource`` is being deleted with the subtree it belongs to (``batch`` removes
+        it)."""
+
+    def detached(
+        self, cse: CSEServices, batch: Batch, resource: Resource, parent: Resource
+    ) -> None:
+        """``resource``, the root of a deleted subtree, is no longer a child of ``parent``."""
+
+    def virtual_child(self, store: IResourceReader, resource: Resource, which: str) -> Resource:
+        """The resource the virtual child ``which`` (one of :attr:`virtual`) stands for."""
+        raise NotFound(f"{resource.srn!r} has no virtual child {which!r}")
+
+    def own_privileges(self, resource: Resource) -> dict[str, Any] | None:
+        """The privileges that decide who may access ``resource`` itself (an ACP's ``pvs``),
+        instead of the ``acpi`` of it and its ancestors; None for those."""
+        return None
+
+    def granted_privileges(self, resource: Resource) -> dict[str, Any] | None:
+        """The privileges ``resource`` grants when an ``acpi`` lists it (an ACP's ``pv``)."""
+        return None
+
+
+def make_kind(
+    cls: type[ResourceKind],
     ty: ResourceType,
     short: str,
+    name: str,
     own: Mapping[str, Validator],
     mandatory: frozenset[str],
     updatable: set[str],
     children: set[ResourceType],
     common: tuple[str, ...] = ("rn", "lbl", "acpi", "et"),
 ) -> ResourceKind:
-    attributes = {name: _COMMON[name] for name in common}
+    """A kind of class ``cls`` with the ``common`` attributes and its ``own``."""
+    attributes = {a: COMMON[a] for a in common}
     attributes.update(own)
-    return ResourceKind(
+    return cls(
         ty,
         short,
         attributes,
         mandatory,
         frozenset(updatable),
         frozenset(int(c) for c in children),
+        name,
     )
 
 
-_R = ResourceType
-KINDS: dict[int, ResourceKind] = {
-    k.ty: k
-    for k in (
-        _kind(
-            _R.CSEBASE,
-            "cb",
-            {"poa": v_str_list},
-            frozenset(),
-            {"lbl", "acpi", "poa"},
-            {_R.AE, _R.CNT, _R.ACP, _R.SUB},
-            ("lbl", "acpi"),
-        ),
-        _kind(
-            _R.AE,
-            "ae",
-            {
-                "api": v_api,
-                "apn": v_str,
-                "rr": v_bool,
-                "poa": v_str_list,
-                "srv": v_str_list,
-                "csz": v_str_list,
-            },
-            frozenset({"api", "rr"}),
-            {"lbl", "acpi", "et", "apn", "rr", "poa", "srv", "csz"},
-            {_R.CNT, _R.SUB, _R.ACP},
-        ),
-        _kind(
-            _R.CNT,
-            "cnt",
-            {"mni": v_nonneg_int, "mbs": v_nonneg_int},
-            frozenset(),
-            {"lbl", "acpi", "et", "mni", "mbs"},
-            {_R.CNT, _R.CIN, _R.SUB},
-        ),
-        _kind(
-            _R.CIN,
-            "cin",
-            {"con": v_any, "cnf": v_str},
-            frozenset({"con"}),
-            set(),
-            set(),
-            ("rn", "lbl", "et"),
-        ),
-        _kind(
-            _R.SUB,
-            "sub",
-            {
-                "nu": v_nonempty_str_list,
-                "enc": v_enc,
-                "nct": v_nct,
-                "su": v_str,
-                "exc": v_pos_int,
-            },
-            frozenset({"nu"}),
-            {"lbl", "acpi", "et", "nu", "enc", "nct", "su", "exc"},
-            set(),
-        ),
-        _kind(
-            _R.ACP,
-            "acp",
-            {"pv": v_privileges, "pvs": v_privileges},
-            frozenset({"pv", "pvs"}),
-            {"lbl", "et", "pv", "pvs"},
-            set(),
-            ("rn", "lbl", "et"),
-        ),
-    )
-}
+#: every resource type this CSE knows, by ``ty``; filled by :func:`register_kind`
+KINDS: dict[int, ResourceKind] = {}
+
+
+def register_kind(kind: ResourceKind) -> ResourceKind:
+    """Make ``kind`` known (the built-in kinds are registered by :mod:`acmews.cse.kinds`)."""
+    if kind.ty in KINDS:
+        raise ValueError(f"resource type {int(kind.ty)} is registered already")
+    KINDS[kind.ty] = kind
+    return kind
+
+
+#: what a store persists of a resource: ``(ty, attrs, srn, creator)``
+Record = tuple[int, dict[str, Any], str, str | None]
 
 
 class Resource:
-    """One stored resource: its kind, representation, structured address and creator."""
+    """One stored resource: its kind, representation, structured address and creator.
+
+    What a store persists is :meth:`record`: ``ty``, ``attrs``, ``srn`` and ``creator``. That
+    is all there is to a resource: the CSE keeps nothing about it elsewhere (the cached ``pc``
+    is derived, the kind is found by ``ty``), so :meth:`from_record` rebuilds it from a stored
+    record. ``attrs`` holds what the codecs decode (strings, numbers, booleans, None, lists,
+    maps; a ``con`` may have integer map keys or integers beyond 64 bits), so a store writes it
+    the way a codec does (CBOR keeps all of it exactly). A store also keeps the children of a
+    resource in creation order (``children``, ``oldest_child`` and ``latest_child`` depend on
+    it), e.g. with a sequence number.
+    """
 
     __slots__ = ("_pc", "attrs", "creator", "kind", "srn")
 
@@ -340,6 +461,20 @@ class Resource:
                 attrs[name] = value
         self.attrs = attrs
         self._pc = None
+
+    def record(self) -> Record:
+        """``(ty, attrs, srn, creator)``: what a store persists (``attrs`` is not copied)."""
+        return int(self.kind.ty), self.attrs, self.srn, self.creator
+
+    @classmethod
+    def from_record(
+        cls, ty: int, attrs: dict[str, Any], srn: str, creator: str | None
+    ) -> Resource:
+        """The resource a store persisted with :meth:`record`; ValueError for an unknown ty."""
+        kind = KINDS.get(ty)
+        if kind is None:
+            raise ValueError(f"no resource kind is registered for ty {ty!r}")
+        return cls(kind, attrs, srn, creator)
 
     def __repr__(self) -> str:
         return f"<Resource {self.kind.short} {self.ri} {self.srn}>"

@@ -1,0 +1,27 @@
+"""The configuration of the embedded CSE."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from acmews.codes import DEFAULT_RELEASE
+
+__all__ = ["CSEConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class CSEConfig:
+    """Identity and policy of the embedded CSE (ACME-compatible defaults)."""
+
+    cse_id: str = "/id-in"
+    cse_name: str = "cse-in"
+    sp_id: str = "//acmews.example.com"
+    admin: str = "CAdmin"
+    release: str = DEFAULT_RELEASE
+    poa: tuple[str, ...] = ()
+    #: seconds a notification may wait in store-and-forward (sent as its ``rqet``)
+    notification_expiry: float = 3600.0
+    #: seconds until a new resource's default ``et``
+    resource_expiry: float = 5 * 365 * 86400.0
+    #: seconds to wait for the answer to a subscription verification request
+    verification_timeout: float = 10.0

@@ -1,0 +1,294 @@
+"""The built-in resource types and what is particular to each (the :class:`ResourceKind`
+hooks): AE registration, container limits, contentInstance size and counters, subscription
+defaults, verification and deletion notice, ACP self-privileges.
+
+Importing this module registers them in :data:`~acmews.cse.resource.KINDS`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from acmews.codes import ResourceType
+from acmews.cse.resource import (
+    CSEServices,
+    Resource,
+    ResourceKind,
+    content_size,
+    make_kind,
+    register_kind,
+    v_any,
+    v_api,
+    v_bool,
+    v_enc,
+    v_nct,
+    v_nonempty_str_list,
+    v_nonneg_int,
+    v_pos_int,
+    v_privileges,
+    v_str,
+    v_str_list,
+)
+from acmews.cse.store import Batch, IResourceReader
+from acmews.errors import BadRequest, NotAcceptable, NotFound, OriginatorHasAlreadyRegistered
+
+__all__ = [
+    "BUILTIN_KINDS",
+    "CSE_BASE",
+    "ACPKind",
+    "AEKind",
+    "CSEBaseKind",
+    "ContainerKind",
+    "InstanceKind",
+    "SubscriptionKind",
+]
+
+_CIN = ResourceType.CIN
+
+
+class CSEBaseKind(ResourceKind):
+    """The CSEBase: exists from the start, is never created or deleted by a request."""
+
+    __slots__ = ()
+    creatable = False
+    deletable = False
+
+
+class AEKind(ResourceKind):
+    """An AE: its CREATE registers the originator, and the AE-ID is its ``ri`` and ``aei``."""
+
+    __slots__ = ()
+    registrant = True
+    id_attribute = "aei"
+
+    def identify(
+        self, cse: CSEServices, originator: str | None, parent: Resource
+    ) -> tuple[str, str | None]:
+        """The AE-ID for an AE CREATE from ``originator``: assigned, or the requested one if
+        free. The AE is its own creator (so it may do anything to its subtree)."""
+        aei = _register(cse, originator)
+        return aei, aei
+
+    def created_content(self, resource: Resource, pc: Any) -> Any:
+        if pc is None:
+            # the protocol layer binds an unbound connection to the aei it reads here
+            pc = {self.key: {"aei": resource.ri}}
+        return pc
+
+
+def _register(cse: CSEServices, fr: str | None) -> str:
+    store = cse.store
+    if not fr or fr == "C":
+        while True:
+            aei = "C" + secrets.token_hex(8)
+            if store.get(aei) is None:
+                return aei
+    if fr[0] not in "CS" or "/" in fr:
+        raise BadRequest(
+            f"an AE originator must be empty, 'C', or an AE-ID starting with C or S: {fr!r}"
+        )
+    if fr == cse.config.admin:
+        # the protocol layer binds a connection to the aei it gets: never to the admin
+        raise OriginatorHasAlreadyRegistered(f"the AE-ID {fr!r} is reserved")
+    if store.get(fr) is not None:
+        raise OriginatorHasAlreadyRegistered(f"the AE-ID {fr!r} is already registered")
+    return fr
+
+
+class ContainerKind(ResourceKind):
+    """A container: counts its instances (``cni``, ``cbs``) and keeps them within ``mni`` and
+    ``mbs`` by deleting the oldest; ``la``/``ol`` name its latest and oldest instance."""
+
+    __slots__ = ()
+    virtual = frozenset({"la", "ol"})
+
+    def prepare_create(self, cse: CSEServices, parent: Resource, attrs: dict[str, Any]) -> None:
+        attrs["cni"] = 0
+        attrs["cbs"] = 0
+
+    def updated(self, cse: CSEServices, batch: Batch, resource: Resource) -> None:
+        enforce_limits(cse, batch, resource)  # a smaller mni or mbs
+
+    def virtual_child(self, store: IResourceReader, resource: Resource, which: str) -> Resource:
+        if which == "la":
+            cin = store.latest_child(resource.ri, _CIN)
+        else:
+            cin = store.oldest_child(resource.ri, _CIN)
+        if cin is None:
+            raise NotFound(f"container {resource.srn!r} has no contentInstance ({which})")
+        return cin
+
+
+def enforce_limits(cse: CSEServices, batch: Batch, container: Resource) -> None:
+    """Delete the oldest instances of ``container`` until ``mni`` and ``mbs`` hold."""
+    while True:
+        attrs = container.attrs
+        mni = attrs.get("mni")
+        mbs = attrs.get("mbs")
+        if (mni is None or attrs["cni"] <= mni) and (mbs is None or attrs["cbs"] <= mbs):
+            return
+        oldest = batch.oldest_child(container.ri, _CIN)  # not one the batch removed already
+        if oldest is None:
+            return
+        cse.delete_tree(batch, oldest, container)
+
+
+class InstanceKind(ResourceKind):
+    """A contentInstance: never updated; its size ``cs`` counts in its container."""
+
+    __slots__ = ()
+    immutable = True
+
+    def prepare_create(self, cse: CSEServices, parent: Resource, attrs: dict[str, Any]) -> None:
+        attrs["cs"] = cs = content_size(attrs["con"])
+        mbs = parent.attrs.get("mbs")
+        if mbs is not None and cs > mbs:
+            raise NotAcceptable(f"contentInstance size {cs} exceeds the container's mbs {mbs}")
+
+    def created(
+        self, cse: CSEServices, batch: Batch, resource: Resource, parent: Resource
+    ) -> None:
+        attrs = parent.attrs
+        parent.replace({"cni": attrs["cni"] + 1, "cbs": attrs["cbs"] + resource.attrs["cs"]})
+        batch.update(parent)
+        enforce_limits(cse, batch, parent)
+
+    def detached(
+        self, cse: CSEServices, batch: Batch, resource: Resource, parent: Resource
+    ) -> None:
+        attrs = parent.attrs
+        parent.replace({"cni": attrs["cni"] - 1, "cbs": attrs["cbs"] - resource.attrs["cs"]})
+        batch.update(parent)
+
+
+class SubscriptionKind(ResourceKind):
+    """A subscription: ``enc`` and ``nct`` default to net 1 and 1; its notification targets
+    are verified before it is created; ``su`` hears of its deletion."""
+
+    __slots__ = ()
+
+    def prepare_create(self, cse: CSEServices, parent: Resource, attrs: dict[str, Any]) -> None:
+        attrs.setdefault("enc", {"net": [1]})
+        attrs.setdefault("nct", 1)
+
+    def confirm(
+        self, cse: CSEServices, originator: str | None, resource: Resource
+    ) -> Deferred[None] | None:
+        return cse.verify(resource, originator)
+
+    def prepare_update(
+        self, cse: CSEServices, resource: Resource, changes: dict[str, Any]
+    ) -> None:
+        # removing enc or nct restores its default
+        if "enc" in changes and changes["enc"] is None:
+            changes["enc"] = {"net": [1]}
+        if "nct" in changes and changes["nct"] is None:
+            changes["nct"] = 1
+
+    def deleted(self, cse: CSEServices, batch: Batch, resource: Resource) -> None:
+        su = resource.attrs.get("su")
+        if su:
+            cse.notify(batch, [su], {"m2m:sgn": {"sud": True, "sur": cse.sur(resource)}})
+
+
+class ACPKind(ResourceKind):
+    """An accessControlPolicy: grants its ``pv``; is itself accessed under its ``pvs``."""
+
+    __slots__ = ()
+
+    def own_privileges(self, resource: Resource) -> dict[str, Any] | None:
+        pvs: dict[str, Any] = resource.attrs["pvs"]
+        return pvs
+
+    def granted_privileges(self, resource: Resource) -> dict[str, Any] | None:
+        pv: dict[str, Any] = resource.attrs["pv"]
+        return pv
+
+
+_R = ResourceType
+#: the CSEBase kind (the CSE makes its CSEBase of it)
+CSE_BASE = make_kind(
+    CSEBaseKind,
+    _R.CSEBASE,
+    "cb",
+    "CSEBase",
+    {"poa": v_str_list},
+    frozenset(),
+    {"lbl", "acpi", "poa"},
+    {_R.AE, _R.CNT, _R.ACP, _R.SUB},
+    ("lbl", "acpi"),
+)
+#: the kinds registered by importing this module
+BUILTIN_KINDS: tuple[ResourceKind, ...] = (
+    CSE_BASE,
+    make_kind(
+        AEKind,
+        _R.AE,
+        "ae",
+        "AE",
+        {
+            "api": v_api,
+            "apn": v_str,
+            "rr": v_bool,
+            "poa": v_str_list,
+            "srv": v_str_list,
+            "csz": v_str_list,
+        },
+        frozenset({"api", "rr"}),
+        {"lbl", "acpi", "et", "apn", "rr", "poa", "srv", "csz"},
+        {_R.CNT, _R.SUB, _R.ACP},
+    ),
+    make_kind(
+        ContainerKind,
+        _R.CNT,
+        "cnt",
+        "container",
+        {"mni": v_nonneg_int, "mbs": v_nonneg_int},
+        frozenset(),
+        {"lbl", "acpi", "et", "mni", "mbs"},
+        {_R.CNT, _R.CIN, _R.SUB},
+    ),
+    make_kind(
+        InstanceKind,
+        _R.CIN,
+        "cin",
+        "contentInstance",
+        {"con": v_any, "cnf": v_str},
+        frozenset({"con"}),
+        set(),
+        set(),
+        ("rn", "lbl", "et"),
+    ),
+    make_kind(
+        SubscriptionKind,
+        _R.SUB,
+        "sub",
+        "subscription",
+        {
+            "nu": v_nonempty_str_list,
+            "enc": v_enc,
+            "nct": v_nct,
+            "su": v_str,
+            "exc": v_pos_int,
+        },
+        frozenset({"nu"}),
+        {"lbl", "acpi", "et", "nu", "enc", "nct", "su", "exc"},
+        set(),
+    ),
+    make_kind(
+        ACPKind,
+        _R.ACP,
+        "acp",
+        "accessControlPolicy",
+        {"pv": v_privileges, "pvs": v_privileges},
+        frozenset({"pv", "pvs"}),
+        {"lbl", "et", "pv", "pvs"},
+        set(),
+        ("rn", "lbl", "et"),
+    ),
+)
+for _kind in BUILTIN_KINDS:
+    register_kind(_kind)

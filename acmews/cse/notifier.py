@@ -1,0 +1,264 @@
+"""Notifications: subscription events, their delivery, and subscription verification.
+
+Events are found synchronously while a request changes resources (through the request's
+:class:`~acmews.cse.store.Batch`). The notifications they cause wait in the notifier until the
+batch has been applied (:meth:`Notifier.release`); then they are sent from
+``callLater(0, ...)``, so they never delay the response to that request, and their failures
+are only logged.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from acmews.codes import RSC, NotificationEventType, Operation, ResourceType
+from acmews.cse.addressing import Addressing
+from acmews.cse.config import CSEConfig
+from acmews.cse.resource import Resource
+from acmews.cse.store import Batch, IResourceReader
+from acmews.errors import OneM2MError, SubscriptionVerificationInitiationFailed
+from acmews.interfaces import IRequestSender
+from acmews.primitive import Request, Response
+from acmews.timestamps import Timestamps
+
+__all__ = ["Notifier"]
+
+_SUB = ResourceType.SUB
+
+#: a resolved notification target: (target, poa, registered)
+Target = tuple[str, tuple[str, ...], bool]
+
+
+class Notifier:
+    """Builds and sends the notifications (and verification requests) the CSE originates."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        config: CSEConfig,
+        sender: IRequestSender,
+        clock: IReactorTime,
+        timestamps: Timestamps,
+        addressing: Addressing,
+    ) -> None:
+        self._config = config
+        self._cse_id = config.cse_id
+        self._sender = sender
+        self._clock = clock
+        self._ts = timestamps
+        self._addressing = addressing
+        #: what the current request's events will send, once its batch is applied
+        self._held: list[tuple[list[Target], dict[str, Any]]] = []
+        self._rqis = itertools.count(1)
+        self._rqi_prefix = f"acmews-{secrets.token_hex(3)}-"
+
+    def sur(self, sub: Resource) -> str:
+        """The subscription reference of ``sub`` (its SP-relative resource ID)."""
+        return f"{self._cse_id}/{sub.ri}"
+
+    def new_rqi(self) -> str:
+        """A request identifier for a request the CSE originates."""
+        return f"{self._rqi_prefix}{next(self._rqis)}"
+
+    def notification(self, target: str, pc: dict[str, Any], expires: bool = True) -> Request:
+        rqet = None
+        if expires:
+            rqet = self._ts.format(self._clock.seconds() + self._config.notification_expiry)
+        return Request(
+            Operation.NOTIFY,
+            target,
+            self.new_rqi(),
+            self._config.release,
+            fr=self._cse_id,
+            pc=pc,
+            rqet=rqet,
+        )
+
+    def resolve_nu(self, nu: str) -> tuple[str, tuple[str, ...]]:
+        """(target, poa) for a notification URI: a URL as is, an AE by its aei and poa."""
+        target, poa, _ = self.resolve_target(nu)
+        return target, poa
+
+    def resolve_target(self, nu: str, reader: IResourceReader | None = None) -> Target:
+        """(target, poa, registered): ``registered`` when ``nu`` names an AE registered here.
+
+        Only notifications to a registered AE (or, later, CSE) may wait in store-and-forward;
+        a URL or an unknown originator is tried once. ``reader`` is the store by default.
+        """
+        if "://" in nu:
+            return nu, (), False
+        addressing = self._addressing
+        try:
+            if addressing.foreign_cse(nu) is None:
+                resource, virtual = addressing.locate(nu, reader)
+                if virtual is None and resource.kind.registrant:
+                    return resource.ri, tuple(resource.attrs.get("poa", ())), True
+        except OneM2MError:
+            pass
+        return nu, (), False
+
+    # --- events -------------------------------------------------------------------------------
+
+    def event(
+        self,
+        batch: Batch,
+        subject: Resource,
+        net: NotificationEventType,
+        rep: Resource,
+        modified: dict[str, Any] | None = None,
+        exclude: Resource | None = None,
+    ) -> list[Resource] | None:
+        """Notify the subscriptions that are children of ``subject`` about event ``net``.
+
+        Only those still there: a subscription ``batch`` removed hears nothing. Counts down
+        their ``exc`` (in ``batch``); returns the subscriptions whose last notification this
+        was (the caller deletes them), or None.
+        """
+        expired: list[Resource] | None = None
+        for sub in batch.children(subject.ri, _SUB):
+            if sub is exclude:
+                continue
+            attrs = sub.attrs
+            if net not in attrs["enc"]["net"]:
+                continue
+            nct = attrs["nct"]
+            if nct == 3:
+                representation: Any = {"m2m:uri": rep.ri}
+            elif nct == 2 and modified is not None:
+                representation = {rep.kind.key: {k: rep.attrs.get(k) for k in modified}}
+            else:
+                representation = rep.pc
+            self.schedule(
+                batch,
+                attrs["nu"],
+                {
+                    "m2m:sgn": {
+                        "nev": {"rep": representation, "net": int(net)},
+                        "sur": self.sur(sub),
+                    }
+                },
+            )
+            exc = attrs.get("exc")
+            if exc is not None:
+                if exc > 1:
+                    sub.replace({"exc": exc - 1})
+                    batch.update(sub)
+                elif expired is None:
+                    expired = [sub]
+                else:
+                    expired.append(sub)
+        return expired
+
+    # --- delivery -----------------------------------------------------------------------------
+
+    def schedule(self, batch: Batch, nus: Sequence[str], pc: dict[str, Any]) -> None:
+        """Send ``pc`` to every ``nu`` once ``batch`` has been applied (:meth:`release`).
+
+        The targets are resolved now, as ``batch`` leaves the resources at this point: an AE
+        being deleted (with its subscriptions) is still known, so its ``sud`` still finds its
+        poa; an AE the batch removed already is not.
+        """
+        self._held.append(([self.resolve_target(nu, batch) for nu in nus], pc))
+
+    def release(self) -> None:
+        """The current request's batch has been applied: send what its events caused.
+
+        Each notification goes from its own ``callLater(0, ...)``, after the response.
+        """
+        held = self._held
+        if held:
+            call_later = self._clock.callLater
+            for targets, pc in held:
+                call_later(0, self._deliver, targets, pc)
+            held.clear()
+
+    def hold(self) -> list[tuple[list[Target], dict[str, Any]]]:
+        """Take what the current request's events caused, to :meth:`release_held` later
+        (once a durable store has made the request's batch durable)."""
+        held = self._held
+        if not held:
+            return []
+        self._held = []
+        return held
+
+    def release_held(self, _: object, held: list[tuple[list[Target], dict[str, Any]]]) -> None:
+        """Send ``held`` (from :meth:`hold`) as :meth:`release` would; a Deferred callback."""
+        call_later = self._clock.callLater
+        for targets, pc in held:
+            call_later(0, self._deliver, targets, pc)
+
+    def _deliver(self, targets: list[Target], pc: dict[str, Any]) -> None:
+        for target, poa, registered in targets:
+            try:
+                request = self.notification(target, pc)
+                d = self._sender.send(target, request, poa=poa, store=registered)
+            except Exception:
+                self.log.failure("could not send a notification to {target}", target=target)
+                continue
+            d.addCallbacks(
+                self._delivered,
+                self._not_delivered,
+                callbackArgs=(target,),
+                errbackArgs=(target,),
+            )
+
+    def _delivered(self, response: Response, target: str) -> None:
+        if not response.ok:
+            self.log.warn(
+                "notification to {target} answered {rsc}: {reason}",
+                target=target,
+                rsc=response.rsc,
+                reason=response.debug,
+            )
+
+    def _not_delivered(self, failure: Failure, target: str) -> None:
+        if isinstance(failure.value, OneM2MError):
+            self.log.warn(
+                "notification to {target} failed: {error!r}", target=target, error=failure.value
+            )
+        else:
+            self.log.failure("notification to {target} failed", failure, target=target)
+
+    # --- verification -------------------------------------------------------------------------
+
+    async def verify(self, sub: Resource, originator: str | None) -> None:
+        """Verify every ``nu`` of ``sub`` that is not ``originator``; 5204 if one fails.
+
+        The verification requests are sent at once (before the first ``await``).
+        """
+        sur = self.sur(sub)
+        pending: list[tuple[str, Deferred[Response]]] = []
+        for nu in sub.attrs["nu"]:
+            target, poa = self.resolve_nu(nu)
+            if target == originator:
+                continue
+            verification = self.notification(
+                target, {"m2m:sgn": {"vrq": True, "sur": sur, "cr": originator}}, expires=False
+            )
+            d = maybeDeferred(self._sender.send, target, verification, poa=poa, store=False)
+            d.addTimeout(self._config.verification_timeout, self._clock)
+            pending.append((nu, d))
+        problems: list[str] = []
+        for nu, d in pending:
+            try:
+                answer = await d
+            except OneM2MError as e:
+                problems.append(f"{nu}: {int(e.rsc)} {e.reason}")
+            except Exception as e:
+                problems.append(f"{nu}: {type(e).__name__}")
+            else:
+                if answer.rsc != RSC.OK:
+                    problems.append(f"{nu}: answered {int(answer.rsc)}")
+        if problems:
+            raise SubscriptionVerificationInitiationFailed(
+                "subscription verification failed for " + "; ".join(problems)
+            )
