@@ -9,8 +9,8 @@ segment may name a virtual child (``la``/``ol`` of a container).
 from __future__ import annotations
 
 from acmews.cse.config import CSEConfig
-from acmews.cse.resource import Resource
-from acmews.cse.store import IResourceReader, IResourceStore
+from acmews.cse.resource import Resource, ResourceReader
+from acmews.cse.store import IResourceStore
 from acmews.errors import NotFound, OneM2MError, TargetNotReachable
 
 __all__ = ["Addressing"]
@@ -64,9 +64,7 @@ class Addressing:
             to = to[len(sp_id) :] or "/"
         return to
 
-    def locate(
-        self, to: str, reader: IResourceReader | None = None
-    ) -> tuple[Resource, str | None]:
+    def locate(self, to: str, reader: ResourceReader | None = None) -> tuple[Resource, str | None]:
         """The resource ``to`` addresses, and ``la``/``ol`` when it names a virtual child.
 
         ``reader`` is the store by default; a request's :class:`~acmews.cse.store.Batch` while

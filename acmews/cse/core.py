@@ -35,7 +35,7 @@ from acmews.cse.config import CSEConfig
 from acmews.cse.content import Content
 from acmews.cse.kinds import CSE_BASE
 from acmews.cse.notifier import Notifier
-from acmews.cse.resource import KINDS, Resource, ResourceKind
+from acmews.cse.resource import KINDS, Changes, Resource, ResourceKind
 from acmews.cse.store import Batch, IResourceStore, MemoryResourceStore
 from acmews.errors import (
     BadRequest,
@@ -388,7 +388,7 @@ class CSE:
             if self.store.get(ri) is None:
                 return ri
 
-    def delete_tree(self, batch: Batch, resource: Resource, parent: Resource) -> None:
+    def delete_tree(self, batch: Changes, resource: Resource, parent: Resource) -> None:
         """Delete ``resource`` and its subtree; tell subscribers (net 2, net 4, sud)."""
         if batch.gone(resource):
             return  # already gone (an exc-expired subscription, say)
@@ -405,7 +405,7 @@ class CSE:
         resource.kind.detached(self, batch, resource, parent)
         self._event(batch, parent, NotificationEventType.DELETE_CHILD, resource)
 
-    def notify(self, batch: Batch, nus: Sequence[str], pc: dict[str, Any]) -> None:
+    def notify(self, batch: Changes, nus: Sequence[str], pc: dict[str, Any]) -> None:
         self.notifier.schedule(batch, nus, pc)
 
     def sur(self, sub: Resource) -> str:
@@ -416,7 +416,7 @@ class CSE:
 
     def _event(
         self,
-        batch: Batch,
+        batch: Changes,
         subject: Resource,
         net: NotificationEventType,
         rep: Resource,

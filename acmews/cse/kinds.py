@@ -14,9 +14,11 @@ from twisted.internet.defer import Deferred
 
 from acmews.codes import ResourceType
 from acmews.cse.resource import (
+    Changes,
     CSEServices,
     Resource,
     ResourceKind,
+    ResourceReader,
     content_size,
     make_kind,
     register_kind,
@@ -32,7 +34,6 @@ from acmews.cse.resource import (
     v_str,
     v_str_list,
 )
-from acmews.cse.store import Batch, IResourceReader
 from acmews.errors import BadRequest, NotAcceptable, NotFound, OriginatorHasAlreadyRegistered
 
 __all__ = [
@@ -109,10 +110,10 @@ class ContainerKind(ResourceKind):
         attrs["cni"] = 0
         attrs["cbs"] = 0
 
-    def updated(self, cse: CSEServices, batch: Batch, resource: Resource) -> None:
+    def updated(self, cse: CSEServices, batch: Changes, resource: Resource) -> None:
         enforce_limits(cse, batch, resource)  # a smaller mni or mbs
 
-    def virtual_child(self, store: IResourceReader, resource: Resource, which: str) -> Resource:
+    def virtual_child(self, store: ResourceReader, resource: Resource, which: str) -> Resource:
         if which == "la":
             cin = store.latest_child(resource.ri, _CIN)
         else:
@@ -122,7 +123,7 @@ class ContainerKind(ResourceKind):
         return cin
 
 
-def enforce_limits(cse: CSEServices, batch: Batch, container: Resource) -> None:
+def enforce_limits(cse: CSEServices, batch: Changes, container: Resource) -> None:
     """Delete the oldest instances of ``container`` until ``mni`` and ``mbs`` hold."""
     while True:
         attrs = container.attrs
@@ -149,7 +150,7 @@ class InstanceKind(ResourceKind):
             raise NotAcceptable(f"contentInstance size {cs} exceeds the container's mbs {mbs}")
 
     def created(
-        self, cse: CSEServices, batch: Batch, resource: Resource, parent: Resource
+        self, cse: CSEServices, batch: Changes, resource: Resource, parent: Resource
     ) -> None:
         attrs = parent.attrs
         parent.replace({"cni": attrs["cni"] + 1, "cbs": attrs["cbs"] + resource.attrs["cs"]})
@@ -157,7 +158,7 @@ class InstanceKind(ResourceKind):
         enforce_limits(cse, batch, parent)
 
     def detached(
-        self, cse: CSEServices, batch: Batch, resource: Resource, parent: Resource
+        self, cse: CSEServices, batch: Changes, resource: Resource, parent: Resource
     ) -> None:
         attrs = parent.attrs
         parent.replace({"cni": attrs["cni"] - 1, "cbs": attrs["cbs"] - resource.attrs["cs"]})
@@ -188,7 +189,7 @@ class SubscriptionKind(ResourceKind):
         if "nct" in changes and changes["nct"] is None:
             changes["nct"] = 1
 
-    def deleted(self, cse: CSEServices, batch: Batch, resource: Resource) -> None:
+    def deleted(self, cse: CSEServices, batch: Changes, resource: Resource) -> None:
         su = resource.attrs.get("su")
         if su:
             cse.notify(batch, [su], {"m2m:sgn": {"sud": True, "sur": cse.sur(resource)}})

@@ -22,8 +22,7 @@ from twisted.python.failure import Failure
 from acmews.codes import RSC, NotificationEventType, Operation, ResourceType
 from acmews.cse.addressing import Addressing
 from acmews.cse.config import CSEConfig
-from acmews.cse.resource import Resource
-from acmews.cse.store import Batch, IResourceReader
+from acmews.cse.resource import Changes, Resource, ResourceReader
 from acmews.errors import OneM2MError, SubscriptionVerificationInitiationFailed
 from acmews.interfaces import IRequestSender
 from acmews.primitive import Request, Response
@@ -88,7 +87,7 @@ class Notifier:
         target, poa, _ = self.resolve_target(nu)
         return target, poa
 
-    def resolve_target(self, nu: str, reader: IResourceReader | None = None) -> Target:
+    def resolve_target(self, nu: str, reader: ResourceReader | None = None) -> Target:
         """(target, poa, registered): ``registered`` when ``nu`` names an AE registered here.
 
         Only notifications to a registered AE (or, later, CSE) may wait in store-and-forward;
@@ -110,7 +109,7 @@ class Notifier:
 
     def event(
         self,
-        batch: Batch,
+        batch: Changes,
         subject: Resource,
         net: NotificationEventType,
         rep: Resource,
@@ -160,7 +159,7 @@ class Notifier:
 
     # --- delivery -----------------------------------------------------------------------------
 
-    def schedule(self, batch: Batch, nus: Sequence[str], pc: dict[str, Any]) -> None:
+    def schedule(self, batch: Changes, nus: Sequence[str], pc: dict[str, Any]) -> None:
         """Send ``pc`` to every ``nu`` once ``batch`` has been applied (:meth:`release`).
 
         The targets are resolved now, as ``batch`` leaves the resources at this point: an AE

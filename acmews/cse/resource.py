@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
     from acmews.cse.config import CSEConfig
-    from acmews.cse.store import Batch, IResourceReader, IResourceStore
 
 __all__ = [
     "KINDS",
@@ -176,6 +175,33 @@ COMMON: dict[str, Validator] = {
 }
 
 
+class ResourceReader(Protocol):
+    """Reads of the resource tree (a store, or a batch that sees its own changes)."""
+
+    def get(self, ri: str) -> Resource | None: ...
+
+    def child(self, pi: str, rn: str) -> Resource | None: ...
+
+    def children(self, pi: str, ty: int | None = None) -> Sequence[Resource]: ...
+
+    def oldest_child(self, pi: str, ty: int) -> Resource | None: ...
+
+    def latest_child(self, pi: str, ty: int) -> Resource | None: ...
+
+
+class Changes(ResourceReader, Protocol):
+    """One request's changes as the hooks see them (an :class:`acmews.cse.store.Batch`);
+    defined here, beside the hooks, so that this module needs nothing from the store."""
+
+    def add(self, resource: Resource) -> None: ...
+
+    def update(self, resource: Resource) -> None: ...
+
+    def remove(self, resource: Resource) -> None: ...
+
+    def gone(self, resource: Resource) -> bool: ...
+
+
 class CSEServices(Protocol):
     """What the CSE offers the hooks of a :class:`ResourceKind` (the CSE provides it).
 
@@ -184,7 +210,7 @@ class CSEServices(Protocol):
     """
 
     @property
-    def store(self) -> IResourceStore:
+    def store(self) -> ResourceReader:
         """The store (for reads before the first change; after it, read through the batch)."""
 
     @property
@@ -196,10 +222,10 @@ class CSEServices(Protocol):
     def new_ri(self, kind: ResourceKind) -> str:
         """A fresh resource ID for a resource of ``kind``."""
 
-    def delete_tree(self, batch: Batch, resource: Resource, parent: Resource) -> None:
+    def delete_tree(self, batch: Changes, resource: Resource, parent: Resource) -> None:
         """Delete ``resource`` (a child of ``parent``) and its subtree, with their events."""
 
-    def notify(self, batch: Batch, nus: Sequence[str], pc: dict[str, Any]) -> None:
+    def notify(self, batch: Changes, nus: Sequence[str], pc: dict[str, Any]) -> None:
         """Send the notification ``pc`` to ``nus`` once ``batch`` has been applied."""
 
     def sur(self, sub: Resource) -> str:
@@ -319,7 +345,7 @@ class ResourceKind:
         return None
 
     def created(
-        self, cse: CSEServices, batch: Batch, resource: Resource, parent: Resource
+        self, cse: CSEServices, batch: Changes, resource: Resource, parent: Resource
     ) -> None:
         """``resource`` was just created under ``parent`` (``batch`` adds it)."""
 
@@ -332,19 +358,19 @@ class ResourceKind:
     ) -> None:
         """Check and complete the validated ``changes`` (``None`` removes) of ``resource``."""
 
-    def updated(self, cse: CSEServices, batch: Batch, resource: Resource) -> None:
+    def updated(self, cse: CSEServices, batch: Changes, resource: Resource) -> None:
         """``resource`` was just updated (``batch`` updates it)."""
 
-    def deleted(self, cse: CSEServices, batch: Batch, resource: Resource) -> None:
+    def deleted(self, cse: CSEServices, batch: Changes, resource: Resource) -> None:
         """``resource`` is being deleted with the subtree it belongs to (``batch`` removes
         it)."""
 
     def detached(
-        self, cse: CSEServices, batch: Batch, resource: Resource, parent: Resource
+        self, cse: CSEServices, batch: Changes, resource: Resource, parent: Resource
     ) -> None:
         """``resource``, the root of a deleted subtree, is no longer a child of ``parent``."""
 
-    def virtual_child(self, store: IResourceReader, resource: Resource, which: str) -> Resource:
+    def virtual_child(self, store: ResourceReader, resource: Resource, which: str) -> Resource:
         """The resource the virtual child ``which`` (one of :attr:`virtual`) stands for."""
         raise NotFound(f"{resource.srn!r} has no virtual child {which!r}")
 
