@@ -24,7 +24,6 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -49,6 +48,7 @@ from acmews.errors import (
     TargetNotReachable,
 )
 from acmews.interfaces import IConnection, IRequestHandler, IRequestSender
+from acmews.logs import Logger
 from acmews.primitive import Request, Response, error_response
 from acmews.timestamps import Timestamps
 

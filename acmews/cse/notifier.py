@@ -16,7 +16,6 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from acmews.codes import RSC, NotificationEventType, Operation, ResourceType
@@ -25,6 +24,7 @@ from acmews.cse.config import CSEConfig
 from acmews.cse.resource import Changes, Resource, ResourceReader
 from acmews.errors import OneM2MError, SubscriptionVerificationInitiationFailed
 from acmews.interfaces import IRequestSender
+from acmews.logs import Logger
 from acmews.primitive import Request, Response
 from acmews.timestamps import Timestamps
 
