@@ -359,3 +359,36 @@ class DurableStoreTests(CSETestCase):
         self.assertEqual(response.rsc, RSC.INTERNAL_SERVER_ERROR)
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
         self.assertEqual(self.flush(), [])
+
+
+class NewKindTests(CSETestCase):
+    """A new resource type is one registered kind: nothing else changes."""
+
+    def test_one_registered_kind_is_enough(self) -> None:
+        from acmews.codes import ResourceType
+        from acmews.cse.resource import ResourceKind, make_kind, register_kind, v_str
+
+        kind = make_kind(
+            ResourceKind,
+            ResourceType.FCNT,
+            "fcnt",
+            "flexContainer",
+            {"cnd": v_str},
+            frozenset({"cnd"}),
+            {"lbl", "cnd"},
+            set(),
+            parents={ResourceType.AE},
+        )
+        self.assertNotIn(int(ResourceType.FCNT), KINDS)
+        register_kind(kind)
+        self.addCleanup(KINDS.pop, int(ResourceType.FCNT))
+        aei = self.register("Cflex")
+        body = self.create(f"cse-in/{aei}", 28, "m2m:fcnt", "Cflex", rn="f", cnd="org.x")
+        self.assertEqual((body["cnd"], body["ty"]), ("org.x", 28))
+        self.assertEqual(self.retrieve(f"cse-in/{aei}/f", "Cflex").pc["m2m:fcnt"]["cnd"], "org.x")
+        self.ok(3, f"cse-in/{aei}/f", "Cflex", pc={"m2m:fcnt": {"cnd": "org.y"}})
+        # only where it was declared: not under the CSEBase
+        self.fails(
+            RSC.INVALID_CHILD_RESOURCE_TYPE, 1, "cse-in", ty=28, pc={"m2m:fcnt": {"cnd": "x"}}
+        )
+        self.ok(4, f"cse-in/{aei}/f", "Cflex")

@@ -224,7 +224,7 @@ class CSE:
             raise BadRequest(f"unknown resource type {ty!r}")
         body = _body(request.pc, kind)
         rcn = self.content.rcn(request, 1)
-        if kind.ty not in parent.kind.children:
+        if not kind.may_be_created_under(parent.kind):
             raise InvalidChildResourceType(
                 f"a {kind.key} cannot be created under {parent.kind.key} {parent.srn!r}"
             )

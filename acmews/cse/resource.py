@@ -267,6 +267,9 @@ class ResourceKind:
     children: frozenset[int] = frozenset()
     #: the long name, for messages (``contentInstance``)
     name: str = ""
+    #: types it may be created under, besides those that list it in their ``children``: a
+    #: new kind (remoteCSE under the CSEBase, say) is added without touching its parents
+    parents: frozenset[int] = frozenset()
     key: str = field(init=False)
 
     #: an originator may CREATE one (False: the CSEBase, which exists from the start)
@@ -283,6 +286,9 @@ class ResourceKind:
     id_attribute: ClassVar[str | None] = None
     #: names of virtual children (a container's ``la``/``ol``), see :meth:`virtual_child`
     virtual: ClassVar[frozenset[str]] = frozenset()
+
+    def may_be_created_under(self, parent: ResourceKind) -> bool:
+        return self.ty in parent.children or parent.ty in self.parents
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", f"m2m:{self.short}")
@@ -394,6 +400,7 @@ def make_kind(
     updatable: set[str],
     children: set[ResourceType],
     common: tuple[str, ...] = ("rn", "lbl", "acpi", "et"),
+    parents: frozenset[ResourceType] | set[ResourceType] = frozenset(),
 ) -> ResourceKind:
     """A kind of class ``cls`` with the ``common`` attributes and its ``own``."""
     attributes = {a: COMMON[a] for a in common}
@@ -406,6 +413,7 @@ def make_kind(
         frozenset(updatable),
         frozenset(int(c) for c in children),
         name,
+        frozenset(int(p) for p in parents),
     )
 
 
