@@ -23,6 +23,7 @@ from acmews.codes import (
     ResponseType,
 )
 from acmews.errors import OneM2MError, PrimitiveError
+from acmews.timestamps import parse_timestamp
 
 __all__ = [
     "Primitive",
@@ -92,11 +93,17 @@ def _fail(reason: str, rqi: str | None, rsc: RSC = RSC.BAD_REQUEST) -> Primitive
     return PrimitiveError(reason, rqi=rqi, rsc=rsc)
 
 
-def _opt_int(m: Mapping[Any, Any], key: str, rqi: str | None) -> int | None:
+def _opt_int(
+    m: Mapping[Any, Any], key: str, rqi: str | None, low: int = 0, high: int = 0xFFFF
+) -> int | None:
+    """An integer parameter within ``low``..``high`` (a CBOR bignum ``ty`` is no resource
+    type: every integer parameter of TS-0004 is small)."""
     value = m.get(key)
-    if value is None or is_int_not_bool(value):
+    if value is None:
+        return None
+    if is_int_not_bool(value) and low <= value <= high:
         return value
-    raise _fail(f"'{key}' must be an integer", rqi)
+    raise _fail(f"'{key}' must be an integer from {low} to {high}", rqi)
 
 
 def _opt_str(m: Mapping[Any, Any], key: str, rqi: str | None) -> str | None:
@@ -113,12 +120,35 @@ def _opt_map(m: Mapping[Any, Any], key: str, rqi: str | None) -> dict[str, Any] 
     raise _fail(f"'{key}' must be an object", rqi)
 
 
+#: the longest relative time accepted, in ms (about 300 years)
+MAX_DURATION_MS = 10**13
+
+
 def _opt_time(m: Mapping[Any, Any], key: str, rqi: str | None) -> str | int | None:
-    """A timestamp (``YYYYMMDDThhmmss``) or a duration in ms."""
+    """A timestamp (``YYYYMMDDThhmmss[,ffffff]``) or a duration in ms (an integer, or a
+    string of digits), 0 to :data:`MAX_DURATION_MS`."""
     value = m.get(key)
-    if value is None or isinstance(value, str) or is_int_not_bool(value):
-        return value
-    raise _fail(f"'{key}' must be a timestamp string or milliseconds", rqi)
+    if value is None:
+        return None
+    if is_int_not_bool(value):
+        if 0 <= value <= MAX_DURATION_MS:
+            return value
+    elif isinstance(value, str):
+        if value.isascii() and value.isdigit():
+            if int(value) <= MAX_DURATION_MS:
+                return value
+        else:
+            try:
+                parse_timestamp(value)
+            except ValueError:
+                pass
+            else:
+                return value
+    raise _fail(
+        f"'{key}' must be a timestamp YYYYMMDDThhmmss[,ffffff] or a duration in ms "
+        f"(0 to {MAX_DURATION_MS})",
+        rqi,
+    )
 
 
 def _check_rvi(m: Mapping[Any, Any], rqi: str | None, required: bool) -> str | None:
@@ -209,6 +239,8 @@ class Request:
             raise _fail("'rqi' (request identifier) is missing", None)
         if rqi is None:
             raise _fail("'rqi' must be a string", None)
+        if not rqi:
+            raise _fail("'rqi' must not be empty", None)
         to = m.get("to")
         if not isinstance(to, str) or not to:
             raise _fail("'to' must be a non-empty string" if "to" in m else "'to' is missing", rqi)
@@ -242,14 +274,14 @@ class Request:
             fr,
             ty,
             pc,
-            _opt_int(m, "rcn", rqi),
+            _opt_int(m, "rcn", rqi, 0, 99),
             rt,
             _opt_time(m, "rqet", rqi),
             _opt_time(m, "rset", rqi),
             _opt_time(m, "oet", rqi),
             _opt_str(m, "ot", rqi),
             _opt_map(m, "fc", rqi),
-            _opt_int(m, "drt", rqi),
+            _opt_int(m, "drt", rqi, 1, 2),
             m.get("ec"),
             m.get("da"),
             m.get("gid"),
@@ -313,8 +345,8 @@ class Response:
         """Validate a decoded mapping as a response; raise :class:`PrimitiveError` if invalid."""
         rqi = _readable_rqi(m)
         rsc: int = m.get("rsc")  # type: ignore[assignment]
-        if not is_int_not_bool(rsc):
-            raise _fail("'rsc' must be an integer", rqi)
+        if not is_int_not_bool(rsc) or not 1000 <= rsc <= 6999:
+            raise _fail("'rsc' must be an integer from 1000 to 6999", rqi)
         if "rqi" not in m:
             raise _fail("'rqi' (request identifier) is missing", None)
         if rqi is None:

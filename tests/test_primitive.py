@@ -164,6 +164,42 @@ class RequestValidationTests(SynchronousTestCase):
         self.assertEqual(primitive_from_object(m).to_dict(), m)
 
 
+class ParameterTypeTests(SynchronousTestCase):
+    """Every parameter as TS-0004 types it (the hostile run found these accepted)."""
+
+    assert_rejected = RequestValidationTests.assert_rejected
+
+    def test_rqi_must_not_be_empty(self) -> None:
+        self.assert_rejected(req(rqi=""), RSC.BAD_REQUEST, rqi=None, text="'rqi'")
+
+    def test_times(self) -> None:
+        for key in ("rqet", "rset", "oet"):
+            for bad in ("garbage", -5, "-5", 10**400, 1.5, "²", "20301302T030405", [1], True):
+                self.assert_rejected(req(**{key: bad}), RSC.BAD_REQUEST, text=f"'{key}'")
+            for good in ("20300102T030405", "20300102T030405,25", 0, 1500, "1500"):
+                r = primitive_from_object(req(**{key: good}))
+                self.assertEqual(getattr(r, key), good)
+
+    def test_small_integers(self) -> None:
+        for key, bad in (
+            ("drt", 3),
+            ("drt", 0),
+            ("rcn", 2**70),
+            ("rcn", -1),
+            ("ty", 2**64),
+        ):
+            extra: dict[str, Any] = {"op": 1, "pc": {"x": 1}} if key == "ty" else {}
+            self.assert_rejected(req(**{key: bad, **extra}), RSC.BAD_REQUEST, text=f"'{key}'")
+        self.assertEqual(primitive_from_object(req(drt=2)).drt, 2)  # type: ignore[union-attr]
+
+    def test_response_rsc_range(self) -> None:
+        for rsc in (2**70, 42, -2000):
+            e = self.assertRaises(
+                PrimitiveError, primitive_from_object, {"rsc": rsc, "rqi": "r1", "rvi": "4"}
+            )
+            self.assertEqual(e.rsc, RSC.BAD_REQUEST)
+
+
 class ResponseValidationTests(SynchronousTestCase):
     def test_valid_response(self) -> None:
         r = primitive_from_object({"rsc": 2000, "rqi": "a", "rvi": "4", "pc": {"m2m:cb": {}}})

@@ -17,12 +17,14 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import cbor2
 from zope.interface import Interface, implementer
 
 from acmews.codec import CBOR
+from acmews.codes import Operation
 from acmews.errors import TargetNotReachable
 from acmews.logs import Logger
-from acmews.primitive import Request
+from acmews.primitive import REQUEST_PARAMETERS, Request
 
 __all__ = [
     "INotificationQueue",
@@ -51,9 +53,7 @@ class QueuedNotification:
     @property
     def request(self) -> Request:
         """The request, decoded again (each call a new object)."""
-        request = CBOR.decode(self.data)
-        assert isinstance(request, Request)
-        return request
+        return decode_request(self.data)
 
     @property
     def size(self) -> int:
@@ -63,6 +63,16 @@ class QueuedNotification:
 def encode_request(request: Request) -> bytes:
     """``request`` as a queue stores it; OneM2MError when it cannot be encoded."""
     return CBOR.encode(request)
+
+
+def decode_request(data: bytes) -> Request:
+    """What :func:`encode_request` wrote, as it was: the queue's own bytes are not checked
+    again as if a peer had sent them."""
+    mapping = cbor2.loads(data)
+    fields = {k: mapping[k] for k in REQUEST_PARAMETERS if k in mapping}
+    fields["op"] = Operation(fields["op"])
+    extra = {k: v for k, v in mapping.items() if k not in REQUEST_PARAMETERS}
+    return Request(**fields, extra=extra)
 
 
 class INotificationQueue(Interface):
