@@ -159,6 +159,9 @@ class CSETestCase(SynchronousTestCase):
         return body
 
     def flush(self) -> list[Sent]:
-        """Run the scheduled notifications; return what they sent."""
+        """Run the scheduled notifications (every batch of them); return what they sent."""
         self.clock.advance(0)
+        now = self.clock.seconds()
+        while any(call.getTime() <= now for call in self.clock.getDelayedCalls()):
+            self.clock.advance(0)
         return self.sender.take()

@@ -8,12 +8,15 @@ from acmews.codes import ACOP
 from acmews.cse.access import AccessControl
 from acmews.cse.resource import Resource
 from acmews.cse.store import IResourceReader
-from acmews.errors import BadRequest, NotImplementedOp
+from acmews.errors import BadRequest, NotAcceptable, NotImplementedOp
 from acmews.primitive import Request, is_int_not_bool
 
 __all__ = ["Content"]
 
 _RCNS = frozenset({0, 1, 2, 3, 4, 5, 6, 8})
+#: resources one rcn 4/8 answer may hold, and resources one discovery may visit or return
+MAX_TREE = 10_000
+MAX_VISITED = 200_000
 _FC_KEYS = frozenset({"fu", "ty", "lbl", "lim", "cra", "crb", "lvl"})
 
 
@@ -42,11 +45,29 @@ class Content:
         allowed = self._access.allowed
         return [c for c in children if allowed(originator, c, ACOP.RETRIEVE)]
 
-    def _tree(self, resource: Resource, originator: str | None) -> dict[str, Any]:
-        attrs = dict(resource.attrs)
-        for child in self._visible_children(resource, originator):
-            attrs.setdefault(child.kind.key, []).append(self._tree(child, originator))
-        return attrs
+    def _tree(
+        self, resource: Resource, originator: str | None, budget: list[int] | None = None
+    ) -> dict[str, Any]:
+        """``resource`` with its visible subtree, at most :data:`MAX_TREE` resources in all
+        (5207 beyond: the answer would be too large anyway). Iterative: no depth can exhaust
+        the stack."""
+        if budget is None:
+            budget = [MAX_TREE]
+        top = dict(resource.attrs)
+        stack: list[tuple[Resource, dict[str, Any]]] = [(resource, top)]
+        while stack:
+            node, attrs = stack.pop()
+            for child in self._visible_children(node, originator):
+                budget[0] -= 1
+                if budget[0] < 0:
+                    raise NotAcceptable(
+                        f"the answer would hold more than {MAX_TREE} resources: use rcn 5 or "
+                        "6, or discovery with fc.lim"
+                    )
+                child_attrs = dict(child.attrs)
+                attrs.setdefault(child.kind.key, []).append(child_attrs)
+                stack.append((child, child_attrs))
+        return top
 
     @staticmethod
     def _reference(resource: Resource) -> dict[str, Any]:
@@ -71,8 +92,14 @@ class Content:
         if rcn == 6:
             return {"m2m:rrl": {"rrf": [self._reference(c) for c in children]}}
         grouped: dict[str, list[dict[str, Any]]] = {}  # rcn 8: the child resources only
+        budget = [MAX_TREE - len(children)]
+        if budget[0] < 0:
+            raise NotAcceptable(
+                f"the answer would hold more than {MAX_TREE} resources: use rcn 6, or "
+                "discovery with fc.lim"
+            )
         for child in children:
-            grouped.setdefault(child.kind.key, []).append(self._tree(child, originator))
+            grouped.setdefault(child.kind.key, []).append(self._tree(child, originator, budget))
         return grouped
 
     def discover(self, request: Request, root: Resource, fc: dict[str, Any]) -> dict[str, Any]:
@@ -124,13 +151,26 @@ class Content:
             return allowed(originator, r, ACOP.DISCOVERY)
 
         store = self._store
+        # without a lim, one more than allowed is looked for: finding it means "too many"
+        limit = MAX_TREE + 1 if lim is None else min(lim, MAX_TREE)
+        visited = 0
         stack: list[tuple[Resource, int]] = [(c, 1) for c in reversed(store.children(root.ri))]
-        while stack and (lim is None or len(found) < lim):
+        while stack and len(found) < limit:
             resource, level = stack.pop()
+            visited += 1
+            if visited > MAX_VISITED:
+                raise NotAcceptable(
+                    f"the discovery would look at more than {MAX_VISITED} resources: narrow it "
+                    "(fc.lvl, a deeper target)"
+                )
             if matches(resource):
                 found.append(resource.srn if drt == 1 else resource.ri)
             if lvl is None or level < lvl:
                 stack.extend((c, level + 1) for c in reversed(store.children(resource.ri)))
+        if len(found) > MAX_TREE:
+            raise NotAcceptable(
+                f"the discovery found more than {MAX_TREE} resources: narrow it with fc.lim"
+            )
         return {"m2m:uril": found}
 
 

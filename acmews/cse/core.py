@@ -21,6 +21,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
@@ -34,7 +35,7 @@ from acmews.cse.config import CSEConfig
 from acmews.cse.content import Content
 from acmews.cse.kinds import CSE_BASE
 from acmews.cse.notifier import Notifier
-from acmews.cse.resource import KINDS, Changes, Resource, ResourceKind
+from acmews.cse.resource import KINDS, MAX_DEPTH, Changes, Resource, ResourceKind
 from acmews.cse.store import Batch, IResourceStore, MemoryResourceStore
 from acmews.errors import (
     BadRequest,
@@ -45,14 +46,18 @@ from acmews.errors import (
     NotImplementedOp,
     OneM2MError,
     OperationNotAllowed,
+    OriginatorHasNoPrivilege,
     TargetNotReachable,
 )
 from acmews.interfaces import IConnection, IRequestHandler, IRequestSender
-from acmews.logs import Logger
+from acmews.logs import Budget, Logger
 from acmews.primitive import Request, Response, error_response
 from acmews.timestamps import Timestamps
 
 __all__ = ["CSE", "CSEConfig"]
+
+#: AE registrations one connection may make per minute
+REGISTRATIONS_PER_MINUTE = 30
 
 _KNOWN_TYPES = frozenset(int(t) for t in ResourceType)
 
@@ -108,6 +113,19 @@ class CSE:
         self.content = Content(self.store, access, config.admin)
         self.notifier = Notifier(config, sender, clock, self._ts, addressing)
         self._base_targets = addressing.base_targets
+        self._registrations: WeakKeyDictionary[IConnection, Budget] = WeakKeyDictionary()
+
+    def _count_registration(self, connection: IConnection) -> None:
+        """At most :data:`REGISTRATIONS_PER_MINUTE` AE registrations per connection (a CSE's
+        connection may register AEs with any AE-ID: that must not be a flood)."""
+        budget = self._registrations.get(connection)
+        if budget is None:
+            budget = self._registrations[connection] = Budget(REGISTRATIONS_PER_MINUTE, 60.0)
+        if not budget.allow(self._clock.seconds()):
+            raise OriginatorHasNoPrivilege(
+                f"more than {REGISTRATIONS_PER_MINUTE} AE registrations a minute on this "
+                "connection: try again later"
+            )
 
     # --- the IRequestHandler edge -------------------------------------------------------------
 
@@ -124,7 +142,7 @@ class CSE:
                 if foreign is not None:
                     result = self.forward(request, foreign)
                 elif op == Operation.CREATE:
-                    result = self._create(request)
+                    result = self._create(request, connection)
                 elif op == Operation.UPDATE:
                     result = self._update(request)
                 elif op == Operation.DELETE:
@@ -212,7 +230,9 @@ class CSE:
 
     # --- CREATE -------------------------------------------------------------------------------
 
-    def _create(self, request: Request) -> Deferred[Response] | Response:
+    def _create(
+        self, request: Request, connection: IConnection | None = None
+    ) -> Deferred[Response] | Response:
         parent, virtual = self.addressing.locate(request.to)
         if virtual is not None:
             raise OperationNotAllowed(f"cannot CREATE under the virtual resource {virtual!r}")
@@ -228,6 +248,10 @@ class CSE:
             raise InvalidChildResourceType(
                 f"a {kind.key} cannot be created under {parent.kind.key} {parent.srn!r}"
             )
+        if parent.srn.count("/") >= MAX_DEPTH:
+            raise BadRequest(f"the resource tree may be at most {MAX_DEPTH} levels deep")
+        if kind.registrant and connection is not None:
+            self._count_registration(connection)
         attrs = kind.validate_create(body)
         ri, creator = kind.identify(self, request.fr, parent)
         kind.prepare_create(self, parent, attrs)

@@ -27,8 +27,8 @@ from acmews.cse.resource import (
     v_bool,
     v_enc,
     v_nct,
-    v_nonempty_str_list,
     v_nonneg_int,
+    v_nu,
     v_pos_int,
     v_privileges,
     v_str,
@@ -269,7 +269,7 @@ BUILTIN_KINDS: tuple[ResourceKind, ...] = (
         "sub",
         "subscription",
         {
-            "nu": v_nonempty_str_list,
+            "nu": v_nu,
             "enc": v_enc,
             "nct": v_nct,
             "su": v_str,

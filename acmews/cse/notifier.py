@@ -28,6 +28,9 @@ from acmews.logs import Logger
 from acmews.primitive import Request, Response
 from acmews.timestamps import Timestamps
 
+#: notifications sent per reactor turn in a fan-out
+DELIVERY_BATCH = 64
+
 __all__ = ["Notifier"]
 
 _SUB = ResourceType.SUB
@@ -166,19 +169,19 @@ class Notifier:
         being deleted (with its subscriptions) is still known, so its ``sud`` still finds its
         poa; an AE the batch removed already is not.
         """
-        self._held.append(([self.resolve_target(nu, batch) for nu in nus], pc))
+        targets: dict[str, Target] = {}
+        for nu in nus:
+            target = self.resolve_target(nu, batch)
+            targets.setdefault(target[0], target)  # duplicates in nu collapse
+        self._held.append((list(targets.values()), pc))
 
     def release(self) -> None:
-        """The current request's batch has been applied: send what its events caused.
-
-        Each notification goes from its own ``callLater(0, ...)``, after the response.
-        """
+        """The current request's batch has been applied: send what its events caused, after
+        the response (from ``callLater(0, ...)``)."""
         held = self._held
         if held:
-            call_later = self._clock.callLater
-            for targets, pc in held:
-                call_later(0, self._deliver, targets, pc)
-            held.clear()
+            self._held = []
+            self.release_held(None, held)
 
     def hold(self) -> list[tuple[list[Target], dict[str, Any]]]:
         """Take what the current request's events caused, to :meth:`release_held` later
@@ -191,12 +194,16 @@ class Notifier:
 
     def release_held(self, _: object, held: list[tuple[list[Target], dict[str, Any]]]) -> None:
         """Send ``held`` (from :meth:`hold`) as :meth:`release` would; a Deferred callback."""
-        call_later = self._clock.callLater
-        for targets, pc in held:
-            call_later(0, self._deliver, targets, pc)
+        deliveries = [(target, pc) for targets, pc in held for target in targets]
+        self._clock.callLater(0, self._deliver, deliveries, 0)
 
-    def _deliver(self, targets: list[Target], pc: dict[str, Any]) -> None:
-        for target, poa, registered in targets:
+    def _deliver(self, deliveries: list[tuple[Target, dict[str, Any]]], start: int) -> None:
+        """Send ``deliveries[start:]``, :data:`DELIVERY_BATCH` at a time: however large the
+        fan-out, the reactor gets back between batches (to read, to answer others)."""
+        end = start + DELIVERY_BATCH
+        if end < len(deliveries):
+            self._clock.callLater(0, self._deliver, deliveries, end)
+        for (target, poa, registered), pc in deliveries[start:end]:
             try:
                 request = self.notification(target, pc)
                 d = self._sender.send(target, request, poa=poa, store=registered)
@@ -236,10 +243,12 @@ class Notifier:
         """
         sur = self.sur(sub)
         pending: list[tuple[str, Deferred[Response]]] = []
+        verified: set[str] = set()
         for nu in sub.attrs["nu"]:
             target, poa = self.resolve_nu(nu)
-            if target == originator:
-                continue
+            if target == originator or target in verified:
+                continue  # the same target named twice is asked once
+            verified.add(target)
             verification = self.notification(
                 target, {"m2m:sgn": {"vrq": True, "sur": sur, "cr": originator}}, expires=False
             )

@@ -72,9 +72,30 @@ def v_pos_int(name: str, value: Any) -> Any:
     return value
 
 
+#: TS-0004 leaves these to the implementation; beyond them a request gets 4000
+MAX_NAME = 255
+MAX_LIST = 256
+MAX_LIST_ITEM = 2048
+MAX_NU = 64
+#: levels of resources below the CSEBase (rcn 4/8, discovery and DELETE walk no deeper)
+MAX_DEPTH = 32
+
+
 def v_str_list(name: str, value: Any) -> Any:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise BadRequest(f"attribute '{name}' must be a list of strings")
+    if len(value) > MAX_LIST or any(len(v) > MAX_LIST_ITEM for v in value):
+        raise BadRequest(
+            f"attribute '{name}' may hold at most {MAX_LIST} strings of at most "
+            f"{MAX_LIST_ITEM} characters"
+        )
+    return value
+
+
+def v_nu(name: str, value: Any) -> Any:
+    v_nonempty_str_list(name, value)
+    if len(value) > MAX_NU:
+        raise BadRequest(f"attribute '{name}' may hold at most {MAX_NU} targets")
     return value
 
 
@@ -94,6 +115,8 @@ def v_timestamp(name: str, value: Any) -> Any:
 def v_rn(name: str, value: Any) -> Any:
     if not isinstance(value, str) or not value or "/" in value or value in RESERVED_NAMES:
         raise BadRequest(f"attribute '{name}' must be a non-empty name without '/' (not la/ol)")
+    if len(value) > MAX_NAME:
+        raise BadRequest(f"attribute '{name}' may be at most {MAX_NAME} characters long")
     return value
 
 
