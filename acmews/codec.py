@@ -25,6 +25,7 @@ __all__ = [
     "CBOR",
     "CODECS",
     "JSON",
+    "MAX_CONTAINERS",
     "MAX_NESTING",
     "CborCodec",
     "JsonCodec",
@@ -37,6 +38,9 @@ __all__ = [
 #: codecs, both JSON parser paths; orjson cannot write more than 254 levels, so anything
 #: accepted can be answered.
 MAX_NESTING = 64
+#: the most objects and arrays one message may hold: content is bounded by what it costs in
+#: memory (an empty map is one CBOR byte but about 64 bytes in Python), not only by its size
+MAX_CONTAINERS = 100_000
 
 # orjson reads integers beyond 64 bits as floats; a run of 19+ digits (below -2**63 needs only
 # 19) sends the message through the stdlib parser, which keeps them exact (rare, so the fast
@@ -63,13 +67,15 @@ def check_data_model(obj: Any, *, binary_content: bool, text_checked: bool) -> N
     """Raise :class:`PrimitiveError` unless ``obj`` stays inside the JSON data model.
 
     Maps with text keys, arrays, text, integers, finite floats, booleans and null, at most
-    :data:`MAX_NESTING` levels deep; byte strings only inside ``pc`` when ``binary_content``
-    (CBOR). Unless ``text_checked``, text must also be valid Unicode (no lone surrogates).
-    Iterative, so neither deep nor cyclic input (CBOR shared references) can exhaust the stack.
+    :data:`MAX_NESTING` levels deep and :data:`MAX_CONTAINERS` maps and arrays; byte strings
+    only inside ``pc`` when ``binary_content`` (CBOR). Unless ``text_checked``, text must
+    also be valid Unicode (no lone surrogates). Iterative, so neither deep nor cyclic input
+    (CBOR shared references) can exhaust the stack.
     """
     stack: list[tuple[Any, int, bool]] = [([obj], 0, False)]
     pop = stack.pop
     push = stack.append
+    containers = 0
     while stack:
         value, depth, in_pc = pop()
         if depth > MAX_NESTING:
@@ -87,6 +93,9 @@ def check_data_model(obj: Any, *, binary_content: bool, text_checked: bool) -> N
             child_in_pc = in_pc or (depth == 1 and key == "pc")
             kind = type(item)
             if kind is dict or kind is list:
+                containers += 1
+                if containers > MAX_CONTAINERS:
+                    raise PrimitiveError(f"more than {MAX_CONTAINERS} objects and arrays")
                 push((item, depth + 1, child_in_pc))
             elif kind is str:
                 if not text_checked and not item.isascii():

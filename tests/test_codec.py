@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from acmews.codec import CBOR, CODECS, JSON, MAX_NESTING, get_codec
+from acmews.codec import CBOR, CODECS, JSON, MAX_CONTAINERS, MAX_NESTING, get_codec
 from acmews.codes import RSC
 from acmews.errors import PrimitiveError
 from acmews.interfaces import ICodec
@@ -193,6 +193,30 @@ class CodecTests(SynchronousTestCase):
                     )
                     self.assertEqual(e.rsc, RSC.BAD_REQUEST)
                     self.assertIn("nest", e.reason)
+
+    def test_containers_are_counted_in_both_codecs(self) -> None:
+        # an empty map is one CBOR byte, about 64 bytes of memory: 1 M of them in one CIN
+        # held 39 MB
+        def message(count: int) -> dict[str, Any]:
+            pc = {"m2m:cin": {"con": [{} for _ in range(count)]}}
+            return {
+                "op": 1,
+                "to": "cse-in/c",
+                "fr": "Cx",
+                "rqi": "r",
+                "rvi": "4",
+                "ty": 4,
+                "pc": pc,
+            }
+
+        for codec in (JSON, CBOR):
+            # the primitive, pc, m2m:cin and con are four of them
+            self.assertIsInstance(codec.decode(codec.dumps(message(MAX_CONTAINERS - 4))), Request)
+            e = self.assertRaises(
+                PrimitiveError, codec.decode, codec.dumps(message(MAX_CONTAINERS))
+            )
+            self.assertEqual(e.rsc, RSC.BAD_REQUEST)
+            self.assertIn("objects and arrays", e.reason)
 
     def test_lone_surrogates_are_4000_on_both_json_paths(self) -> None:
         for extra in (b"", b',"n":123456789012345678901'):
