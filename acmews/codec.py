@@ -134,7 +134,9 @@ class JsonCodec:
                 obj = orjson.loads(data)
                 # orjson checks the text and the numbers itself; the nesting only needs a
                 # walk when there are enough brackets to nest that deep
-                if data.count(b"[") + data.count(b"{") > MAX_NESTING:
+                if len(data) > 2 * MAX_NESTING and (
+                    data.count(b"[") + data.count(b"{") > MAX_NESTING
+                ):
                     check_data_model(obj, binary_content=False, text_checked=True)
                 return obj
             obj = json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)

@@ -133,8 +133,11 @@ class _AutobahnFastPath:
     - ``_fail_connection`` (close with a code: used for those bounds, and overridden so that
       reading stops after any failure, 1009 and 1002 included).
 
+    ``_onMessageFrameBegin`` (the Twisted adapter's, which only calls ``onMessageFrameBegin``)
+    counts frames per message and times fragmented ones.
+
     Public hooks overridden: ``connectionMade`` (the write bound and the back-pressure
-    producer), ``onMessageFrameBegin`` (frames per message, time per message) and
+    producer) and
     ``connectionLost`` (timers cancelled, the session's references to this protocol cut, so
     that a closed connection is freed by reference counting, without waiting for a garbage
     collection).
@@ -242,8 +245,10 @@ class _AutobahnFastPath:
         if transport is not None:
             transport.loseConnection()
 
-    def onMessageFrameBegin(self, length: int) -> None:
-        super().onMessageFrameBegin(length)  # type: ignore[misc]  # Autobahn's size limits
+    def _onMessageFrameBegin(self, length: int) -> None:
+        # in place of Autobahn's adapter method, which only calls this hook: no extra call
+        # per frame for the count
+        self.onMessageFrameBegin(length)  # type: ignore[attr-defined]  # its size limits
         frames = self._message_frames = self._message_frames + 1
         if frames == 1:
             if not self.current_frame.fin:
