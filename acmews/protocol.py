@@ -86,9 +86,10 @@ def _peer_certificate(transport: Any) -> Any:
 
 @implementer(IPushProducer)
 class _WriteBackPressure:
-    """Registered on the transport, which pauses it once more than ``write_buffer_size``
-    bytes wait for a peer that does not read: the protocol then stops reading from that peer
-    (its requests, its pings) until they drain."""
+    """Registered on the transport, which pauses it once more than its ``bufferSize`` (64 KiB
+    for TCP) waits for a peer that does not read: the protocol then stops reading from that
+    peer (its requests, its pings) until they drain. (The transport's ``bufferSize`` is left
+    alone: TCP reads ``bufferSize`` bytes at a time, so a larger one makes every read dearer.)"""
 
     __slots__ = ("_protocol",)
 
@@ -169,11 +170,8 @@ class _AutobahnFastPath:
 
     def connectionMade(self) -> None:
         super().connectionMade()  # type: ignore[misc]
-        transport = self.transport
-        if hasattr(transport, "bufferSize"):  # a FileDescriptor: TCP, UNIX
-            transport.bufferSize = self.factory.options.write_buffer_size
         self._backpressure = _WriteBackPressure(self)
-        transport.registerProducer(self._backpressure, True)
+        self.transport.registerProducer(self._backpressure, True)
 
     def connectionLost(self, reason: Failure) -> None:
         try:
@@ -201,15 +199,13 @@ class _AutobahnFastPath:
     def _backed_up(self) -> None:
         if self._stall_call is not None or self.state == _STATE_CLOSED:
             return
-        options = self.factory.options
         _log.info(
-            "{peer} does not read what is sent to it (over {size} bytes queued): "
-            "reading from it paused",
-            peer=self.peer,
-            size=options.write_buffer_size,
+            "{peer} does not read what is sent to it: reading from it paused", peer=self.peer
         )
         self.transport.pauseProducing()
-        self._stall_call = self.factory.clock.callLater(options.stall_timeout, self._stalled)
+        self._stall_call = self.factory.clock.callLater(
+            self.factory.options.stall_timeout, self._stalled
+        )
 
     def _drained(self) -> None:
         call = self._stall_call

@@ -983,16 +983,17 @@ class BackPressureTests(BindingTestCase):
         self.patch(p.server.transport, "resumeProducing", lambda: calls.append("resume"))
         return calls
 
-    def test_producer_registered_and_write_bound_set(self) -> None:
+    def test_producer_registered_and_read_size_untouched(self) -> None:
         from twisted.internet.address import IPv4Address
         from twisted.internet.testing import StringTransport
 
-        factory = make_server_factory(self.handler, self.clock, write_buffer_size=12345)
+        factory = make_server_factory(self.handler, self.clock)
         protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
         transport = StringTransport()
-        transport.bufferSize = 1  # type: ignore[attr-defined]
+        transport.bufferSize = 65536  # type: ignore[attr-defined]
         protocol.makeConnection(transport)
-        self.assertEqual(transport.bufferSize, 12345)  # type: ignore[attr-defined]
+        # TCP reads bufferSize bytes at a time: raising it made every read dearer
+        self.assertEqual(transport.bufferSize, 65536)  # type: ignore[attr-defined]
         self.assertTrue(IPushProducer.providedBy(transport.producer))
         self.assertTrue(transport.streaming)
         protocol.connectionLost(Failure(ConnectionDone()))
