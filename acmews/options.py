@@ -36,6 +36,9 @@ class ConnectionOptions:
     ping_timeout: float = DEFAULT_PING_TIMEOUT
     open_handshake_timeout: float = 10.0
     close_handshake_timeout: float = 1.0
+    #: bytes queued for a peer that does not read before acmews stops reading from it; a
+    #: connection still above it after the ping timeout is closed (1008)
+    write_buffer_size: int = 4 * 1024 * 1024
     #: frames one message may span (zero-length frames count); beyond: closed with 1008
     max_message_frames: int = 2048
     #: seconds a message split over several frames may take to complete; beyond: 1008
@@ -44,7 +47,7 @@ class ConnectionOptions:
     def __post_init__(self) -> None:
         if not self.request_timeout > 0:
             raise ValueError("request_timeout must be positive")
-        for name in ("max_message_size", "max_message_frames"):
+        for name in ("max_message_size", "write_buffer_size", "max_message_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
         if not self.message_timeout > 0:
@@ -60,8 +63,8 @@ class ConnectionOptions:
 
     @property
     def stall_timeout(self) -> float:
-        """Seconds a connection whose peer does not read may stay backed up (more than its
-        transport's buffer bound queued) before it is closed: the ping timeout."""
+        """Seconds a connection whose peer does not read may stay above
+        ``write_buffer_size`` before it is closed: the ping timeout."""
         return self.ping_timeout or self.request_timeout
 
     def autobahn(self) -> dict[str, Any]:

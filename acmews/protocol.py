@@ -87,9 +87,11 @@ def _peer_certificate(transport: Any) -> Any:
 @implementer(IPushProducer)
 class _WriteBackPressure:
     """Registered on the transport, which pauses it once more than its ``bufferSize`` (64 KiB
-    for TCP) waits for a peer that does not read: the protocol then stops reading from that
-    peer (its requests, its pings) until they drain. (The transport's ``bufferSize`` is left
-    alone: TCP reads ``bufferSize`` bytes at a time, so a larger one makes every read dearer.)"""
+    for TCP) waits for the peer and resumes it when all of that has been sent. From the pause
+    on, the protocol counts what it writes; past ``write_buffer_size`` it stops reading from
+    the peer (its requests, its pings) until the transport has drained. (The transport's own
+    ``bufferSize`` is left alone: TCP reads ``bufferSize`` bytes at a time, so a larger one
+    makes every read dearer.)"""
 
     __slots__ = ("_protocol",)
 
@@ -163,6 +165,8 @@ class _AutobahnFastPath:
     #: an asynchronous authorizer is deciding: incoming bytes are only buffered
     _handshake_pending: bool = False
     _backpressure: _WriteBackPressure | None = None
+    #: bytes written since the transport passed its own bound (None: it is below it)
+    _behind: int | None = None
     #: set while reading is paused because the peer does not read what we send
     _stall_call: IDelayedCall | None = None
     _message_frames: int = 0
@@ -197,17 +201,29 @@ class _AutobahnFastPath:
         self.is_closed = succeed(None)
 
     def _backed_up(self) -> None:
-        if self._stall_call is not None or self.state == _STATE_CLOSED:
-            return
-        _log.info(
-            "{peer} does not read what is sent to it: reading from it paused", peer=self.peer
-        )
-        self.transport.pauseProducing()
-        self._stall_call = self.factory.clock.callLater(
-            self.factory.options.stall_timeout, self._stalled
-        )
+        """The transport holds more than its own bound: count what is written from now on."""
+        if self._behind is None:
+            self._behind = 0
+
+    def _count_behind(self, size: int) -> None:
+        behind = self._behind = (self._behind or 0) + size
+        if behind > self.factory.options.write_buffer_size and self._stall_call is None:
+            if self.state == _STATE_CLOSED or self.transport is None:
+                return
+            _log.info(
+                "{peer} does not read what is sent to it (over {size} bytes queued): "
+                "reading from it paused",
+                peer=self.peer,
+                size=self.factory.options.write_buffer_size,
+            )
+            self.transport.pauseProducing()
+            self._stall_call = self.factory.clock.callLater(
+                self.factory.options.stall_timeout, self._stalled
+            )
 
     def _drained(self) -> None:
+        """The transport has sent everything: read again if reading was paused."""
+        self._behind = None
         call = self._stall_call
         if call is None:
             return
@@ -215,7 +231,15 @@ class _AutobahnFastPath:
         if call.active():
             call.cancel()
         _log.debug("{peer} caught up: reading from it again", peer=self.peer)
-        self.transport.resumeProducing()
+        if self.transport is not None:
+            self.transport.resumeProducing()
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        """Autobahn's way out for every frame but the server's own fast path (pongs, close
+        frames, the client role): counted while the peer is behind."""
+        if self._behind is not None:
+            self._count_behind(len(data))
+        super().sendData(data, sync, chopsize)  # type: ignore[misc]
 
     def _stalled(self) -> None:
         self._stall_call = None
@@ -307,7 +331,10 @@ class _AutobahnFastPath:
     def _write_server_frame(self, data: bytes, binary: bool) -> bool:
         """Write one unmasked frame directly; False when Autobahn's path must be taken."""
         if self._perMessageCompress is None and not self.send_queue:
-            self.transport.write(frame_header(2 if binary else 1, len(data), masked=False) + data)
+            frame = frame_header(2 if binary else 1, len(data), masked=False) + data
+            if self._behind is not None:
+                self._count_behind(len(frame))
+            self.transport.write(frame)
             return True
         return False
 

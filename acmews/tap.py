@@ -116,6 +116,14 @@ class Options(usage.Options):
             _positive_float,
         ],
         [
+            "write-buffer-size",
+            None,
+            _DEFAULTS.write_buffer_size,
+            "Bytes queued for a peer that does not read before the CSE stops reading from it; "
+            "still backed up after the ping timeout, it is closed (1008).",
+            _positive_int,
+        ],
+        [
             "max-message-frames",
             None,
             _DEFAULTS.max_message_frames,
@@ -274,6 +282,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
         max_message_size=int(options["max-message-size"]),
         ping_interval=float(options["ping-interval"]),
         ping_timeout=float(options["ping-timeout"]),
+        write_buffer_size=int(options["write-buffer-size"]),
         max_message_frames=int(options["max-message-frames"]),
         message_timeout=float(options["message-timeout"]),
     )

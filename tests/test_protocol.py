@@ -998,35 +998,77 @@ class BackPressureTests(BindingTestCase):
         self.assertTrue(transport.streaming)
         protocol.connectionLost(Failure(ConnectionDone()))
 
-    def test_backed_up_pauses_reading_until_drained(self) -> None:
+    def small_bound(self) -> None:
+        self.server_factory = make_server_factory(
+            self.handler, self.clock, self.originators, write_buffer_size=1000
+        )
+
+    def notify(self, p: Pair, rqi: str, size: int = 600) -> Deferred[Response]:
+        return p.server_session.request(
+            Request(5, "Cae1", rqi, "4", "/id-in", pc={"x": "y" * size}),  # type: ignore[arg-type]
+            timeout=60,
+        )
+
+    def test_reading_pauses_past_the_bound_until_drained(self) -> None:
+        self.small_bound()
         p = self.connect("Cae1")
         calls = self.paused_reading(p)
         producer = p.server.transport.producer
-        producer.pauseProducing()  # what Twisted does past bufferSize
-        producer.pauseProducing()  # again: nothing more
-        self.assertEqual(calls, ["pause"])
+        self.notify(p, "n0")  # below the transport's own bound: not counted
+        producer.pauseProducing()  # what Twisted does past its bufferSize
+        self.notify(p, "n1")
+        self.assertEqual(calls, [])  # 600 bytes behind: under 1000
+        self.notify(p, "n2")
+        self.notify(p, "n3")
+        self.assertEqual(calls, ["pause"])  # once
         self.clock.advance(19)
-        producer.resumeProducing()  # the buffer drained
+        producer.resumeProducing()  # everything was sent
         self.assertEqual(calls, ["pause", "resume"])
         self.assertTrue(p.server_session.connected)
+        self.notify(p, "n4")  # counting starts again only at the next pause
+        self.assertEqual(calls, ["pause", "resume"])
+        p.flush()
+
+    def test_pongs_count_too(self) -> None:
+        # a ping flood from a peer that never reads: the pongs are what piles up
+        self.small_bound()
+        p = self.connect("Cae1")
+        calls = self.paused_reading(p)
+        p.server.transport.producer.pauseProducing()
+        for _ in range(20):
+            p.server.sendPong(b"p" * 100)
+        self.assertEqual(calls, ["pause"])
+        p.server.transport.producer.resumeProducing()
+        p.flush()
 
     def test_stuck_connection_is_closed_after_the_ping_timeout(self) -> None:
+        self.small_bound()
         p = self.connect("Cae1")
         self.paused_reading(p)
-        pending = p.server_session.request(
-            Request(5, "Cae1", "n", "4", "/id-in", pc={"x": 1}),  # type: ignore[arg-type]
-            timeout=60,
-        )
         with capturedLogs() as events:
             p.server.transport.producer.pauseProducing()
+            pending = [self.notify(p, f"n{i}") for i in range(3)]
             self.clock.advance(19.9)
             self.assertTrue(p.server_session.connected)
             self.clock.advance(0.1)
             p.flush()
         self.assertFalse(p.server_session.connected)
-        self.failureResultOf(pending, TargetNotReachable)  # nothing left pending
+        for d in pending:
+            self.failureResultOf(d, TargetNotReachable)  # nothing left pending
         self.assertNotIn("Cae1", self.originators)
         self.assertTrue(any("has not read" in e.get("log_format", "") for e in events))
+
+    def test_a_slow_reader_under_the_bound_is_not_closed(self) -> None:
+        self.small_bound()
+        p = self.connect("Cae1")
+        self.paused_reading(p)
+        p.server.transport.producer.pauseProducing()
+        d = self.notify(p, "n1", size=100)
+        self.clock.advance(59)
+        self.assertTrue(p.server_session.connected)
+        p.server.transport.producer.resumeProducing()
+        p.flush()
+        self.successResultOf(d)
 
     def test_closed_connection_is_freed_without_a_garbage_collection(self) -> None:
         p = self.connect("Cae1")

@@ -157,6 +157,8 @@ class MakeServiceTests(TestCase):
             "5",
             "--ping-timeout",
             "4",
+            "--write-buffer-size",
+            "65536",
             "--max-message-frames",
             "16",
             "--message-timeout",
@@ -169,10 +171,11 @@ class MakeServiceTests(TestCase):
                 opts.max_message_size,
                 opts.ping_interval,
                 opts.ping_timeout,
+                opts.write_buffer_size,
                 opts.max_message_frames,
                 opts.message_timeout,
             ),
-            (2048, 5.0, 4.0, 16, 2.5),
+            (2048, 5.0, 4.0, 65536, 16, 2.5),
         )
         self.assertIs(service.chain.parent, service)  # stopped with the application
         service.startService()
