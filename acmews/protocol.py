@@ -244,13 +244,8 @@ class _AutobahnFastPath:
     def _stalled(self) -> None:
         self._stall_call = None
         timeout = self.factory.options.stall_timeout
-        _log.warn(
-            "closing {peer}: it has not read what was sent to it for {timeout} s",
-            peer=self.peer,
-            timeout=timeout,
-        )
         # the close frame cannot reach a peer that does not read: say it, then abort
-        self._fail_connection(1008, "not reading")
+        self._close_for_policy(f"it has not read what was sent to it for {timeout:g} s")
         if self.transport is not None:
             self.transport.abortConnection()
 
@@ -277,22 +272,17 @@ class _AutobahnFastPath:
                 )
         elif frames > self.factory.options.max_message_frames and not self.failedByMe:
             limit = self.factory.options.max_message_frames
-            _log.info(
-                "closing {peer}: a message spans more than {limit} frames",
-                peer=self.peer,
-                limit=limit,
-            )
-            self._fail_connection(1008, f"a message may span at most {limit} frames")
+            self._close_for_policy(f"a message may span at most {limit} frames")
 
     def _message_too_slow(self) -> None:
         self._message_call = None
         timeout = self.factory.options.message_timeout
-        _log.info(
-            "closing {peer}: a message was not completed within {timeout} s",
-            peer=self.peer,
-            timeout=timeout,
-        )
-        self._fail_connection(1008, f"a message must be completed within {timeout:g} s")
+        self._close_for_policy(f"a message must be completed within {timeout:g} s")
+
+    def _close_for_policy(self, reason: str) -> None:
+        """Close with 1008 (policy violation), logged once with the reason."""
+        _log.info("closing {peer} (1008): {reason}", peer=self.peer, reason=reason)
+        self._fail_connection(1008, reason)
 
     def _message_timer_done(self) -> None:
         call = self._message_call
