@@ -188,6 +188,7 @@ class Options(usage.Options):
         self["listen"] = []
         self["poa"] = []
         self["allow-targets"] = []
+        self["allowed-csr-originators"] = []
         self["deny-targets"] = None
 
     def opt_listen(self, endpoint: str) -> None:
@@ -200,6 +201,11 @@ class Options(usage.Options):
         """A point of access the CSEBase advertises, e.g. ws://cse.example.com:8180
         (repeatable; default: derived from the --listen endpoints)."""
         self["poa"].append(poa)
+
+    def opt_allowed_csr_originators(self, patterns: str) -> None:
+        """CSE-IDs that may register a remoteCSE here: comma-separated glob patterns
+        (/id-mn*); repeatable (default: any CSE-ID, /*)."""
+        self["allowed-csr-originators"].extend(p for p in patterns.split(",") if p.strip())
 
     def opt_allow_targets(self, rules: str) -> None:
         """Hosts the CSE may contact for a poa or an nu: comma-separated CIDR networks
@@ -336,6 +342,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
         poa=tuple(poa),
         verification_timeout=request_timeout,
         notification_expiry=float(options["notification-expiry"]),
+        allowed_csr_originators=tuple(options.get("allowed-csr-originators") or ("/*",)),
     )
     cse = CSE(config, chain, reactor)
     factory = OneM2MServerFactory(

@@ -231,6 +231,13 @@ class MakeServiceTests(TestCase):
         for bad in ("10.0.0.0/33", "a:b", "x/y"):
             self.assertRaises(usage.UsageError, parse, "--deny-targets", bad)
 
+    def test_allowed_csr_originators(self) -> None:
+        default: Any = makeService(parse(), MemoryReactorClock())
+        self.assertEqual(default.cse.config.allowed_csr_originators, ("/*",))
+        o = parse("--allowed-csr-originators", "/id-mn*,/id-gw", "--allowed-csr-originators", "/x")
+        service: Any = makeService(o, MemoryReactorClock())
+        self.assertEqual(service.cse.config.allowed_csr_originators, ("/id-mn*", "/id-gw", "/x"))
+
     def test_explicit_poa(self) -> None:
         o = parse("--poa", "ws://cse.example.com:8180")
         service: Any = makeService(o, MemoryReactorClock())

@@ -46,7 +46,9 @@ class AccessControl:
             return True  # anyone may probe the CSEBase
         r: Resource | None = resource
         while r is not None and r is not base:
-            if r.creator == originator or (r.kind.registrant and r.ri == originator):
+            if r.creator == originator or (
+                r.kind.registrant and r.kind.originator_of(r) == originator
+            ):
                 return True
             r = addressing.parent(r)
         own = resource.kind.own_privileges(resource)
@@ -69,9 +71,17 @@ class AccessControl:
 
 
 def rules_allow(privileges: dict[str, Any], originator: str, acop: ACOP) -> bool:
-    """True if a rule of ``privileges`` (``{"acr": [...]}``) grants ``acop`` to ``originator``."""
+    """True if a rule of ``privileges`` (``{"acr": [...]}``) grants ``acop`` to ``originator``.
+
+    An ``acor`` entry is an originator, ``*`` (anyone), or a pattern ending in ``*`` (a
+    prefix: ``/id-mn/*`` names every originator forwarded by the CSE ``/id-mn``)."""
     bit = int(acop)  # int & int: an IntFlag operand would build a flag for every rule
     for rule in privileges.get("acr", ()):
-        if rule["acop"] & bit and ("*" in rule["acor"] or originator in rule["acor"]):
-            return True
+        if not rule["acop"] & bit:
+            continue
+        for acor in rule["acor"]:
+            if acor == originator or acor == "*":
+                return True
+            if acor.endswith("*") and originator.startswith(acor[:-1]):
+                return True
     return False

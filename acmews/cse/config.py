@@ -25,3 +25,7 @@ class CSEConfig:
     resource_expiry: float = 5 * 365 * 86400.0
     #: seconds to wait for the answer to a subscription verification request
     verification_timeout: float = 10.0
+    #: CSE-IDs (glob patterns) that may register a remoteCSE here
+    allowed_csr_originators: tuple[str, ...] = ("/*",)
+    #: this CSE's registrar, the route for CSEs it knows no other way to (None: it has none)
+    registrar_cse_id: str | None = None

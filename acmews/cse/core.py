@@ -136,11 +136,11 @@ class CSE:
         try:
             op = request.op
             if op == Operation.RETRIEVE:
-                result = self._retrieve(request)
+                result = self._retrieve(request, connection)
             else:
                 foreign = self.addressing.foreign_cse(request.to)
                 if foreign is not None:
-                    result = self.forward(request, foreign)
+                    result = self.forward(request, foreign, connection)
                 elif op == Operation.CREATE:
                     result = self._create(request, connection)
                 elif op == Operation.UPDATE:
@@ -164,11 +164,53 @@ class CSE:
             return result.addErrback(self._failed, request)
         return result
 
-    def forward(self, request: Request, cse_id: str) -> Deferred[Response] | Response:
-        """Hook for CSE-to-CSE forwarding: a target under another CSE. Not supported yet."""
-        raise TargetNotReachable(
-            f"target {request.to!r} is on another CSE ({cse_id}); forwarding is not supported"
-        )
+    def route(self, cse_id: str) -> tuple[str, tuple[str, ...], bool] | None:
+        """The next hop towards CSE ``cse_id``: ``(originator, poa, registered)``.
+
+        A remoteCSE registered here with that CSE-ID; else the remoteCSE whose ``dcse`` lists
+        it; else this CSE's registrar, when it has one; else None.
+        """
+        remotes = self.store.children(self.base.ri, ResourceType.CSR)
+        for csr in remotes:
+            if csr.attrs["csi"] == cse_id:
+                return cse_id, tuple(csr.attrs.get("poa", ())), True
+        for csr in remotes:
+            if cse_id in csr.attrs.get("dcse", ()):
+                return csr.attrs["csi"], tuple(csr.attrs.get("poa", ())), True
+        registrar = self.config.registrar_cse_id
+        if registrar is not None:
+            return registrar, (), True
+        return None
+
+    def forward(
+        self, request: Request, cse_id: str, connection: IConnection | None = None
+    ) -> Deferred[Response] | Response:
+        """Send ``request`` (for a target on CSE ``cse_id``) to the next hop and relay its
+        answer with the originator's own ``rqi``; 5103 when there is no route or the route
+        leads back where the request came from."""
+        route = self.route(cse_id)
+        if route is None:
+            raise TargetNotReachable(
+                f"target {request.to!r} is on {cse_id}, which is not registered here "
+                "(and this CSE has no registrar)"
+            )
+        hop, poa, registered = route
+        if connection is not None and connection.originator == hop:
+            raise TargetNotReachable(
+                f"target {request.to!r} is on {cse_id}: its route leads back to {hop}, "
+                "where the request came from"
+            )
+        fr = request.fr
+        if fr and not fr.startswith("/"):
+            fr = f"{self._cse_id}/{fr}"  # SP-relative: CAdmin -> /id-in/CAdmin
+        outgoing = replace(request, fr=fr, rqi=self.notifier.new_rqi())
+        store = registered and request.op == Operation.NOTIFY
+        d = maybeDeferred(self._sender.send, hop, outgoing, poa=poa, store=store)
+
+        def relayed(response: Response) -> Response:
+            return replace(response, rqi=request.rqi)
+
+        return d.addCallback(relayed)
 
     def _failed(self, failure: Failure, request: Request) -> Response:
         error = failure.value
@@ -201,7 +243,9 @@ class CSE:
 
     # --- RETRIEVE -----------------------------------------------------------------------------
 
-    def _retrieve(self, request: Request) -> Deferred[Response] | Response:
+    def _retrieve(
+        self, request: Request, connection: IConnection | None = None
+    ) -> Deferred[Response] | Response:
         to = request.to
         if to in self._base_targets and request.fc is None and request.rcn in (None, 1):
             # the hot path (probes, benchmarks): a cached representation, no ACL walk
@@ -216,7 +260,7 @@ class CSE:
             )
         foreign = self.addressing.foreign_cse(to)
         if foreign is not None:
-            return self.forward(request, foreign)
+            return self.forward(request, foreign, connection)
         resource, virtual = self.addressing.locate(to)
         if virtual is not None:
             resource = self.addressing.virtual(resource, virtual)
@@ -460,7 +504,7 @@ class CSE:
         if virtual is not None or not resource.kind.registrant:
             raise OperationNotAllowed("NOTIFY is only accepted for an AE")
         self.access.check(request.fr, resource, ACOP.NOTIFY)
-        aei = resource.ri
+        aei = resource.kind.originator_of(resource)
         outgoing = replace(request, to=aei, rqi=self.notifier.new_rqi())
         d = maybeDeferred(
             self._sender.send, aei, outgoing, poa=tuple(resource.attrs.get("poa", ())), store=False

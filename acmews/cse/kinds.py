@@ -7,6 +7,7 @@ Importing this module registers them in :data:`~acmews.cse.resource.KINDS`.
 
 from __future__ import annotations
 
+import fnmatch
 import secrets
 from typing import Any
 
@@ -34,7 +35,14 @@ from acmews.cse.resource import (
     v_str,
     v_str_list,
 )
-from acmews.errors import BadRequest, NotAcceptable, NotFound, OriginatorHasAlreadyRegistered
+from acmews.errors import (
+    BadRequest,
+    Conflict,
+    NotAcceptable,
+    NotFound,
+    OriginatorHasAlreadyRegistered,
+    OriginatorHasNoPrivilege,
+)
 
 __all__ = [
     "BUILTIN_KINDS",
@@ -165,6 +173,67 @@ class InstanceKind(ResourceKind):
         batch.update(parent)
 
 
+def v_cse_id(name: str, value: Any) -> Any:
+    if (
+        not isinstance(value, str)
+        or not value.startswith("/")
+        or value.startswith("//")
+        or len(value) < 2
+        or len(value) > 255
+        or any(c.isspace() for c in value)
+    ):
+        raise BadRequest(f"attribute '{name}' must be a CSE-ID like /id-mn")
+    return value
+
+
+def v_cse_type(name: str, value: Any) -> Any:
+    if not isinstance(value, int) or isinstance(value, bool) or value not in (1, 2, 3):
+        raise BadRequest(f"attribute '{name}' must be 1 (IN), 2 (MN) or 3 (ASN)")
+    return value
+
+
+class RemoteCSEKind(ResourceKind):
+    """A remoteCSE: another CSE registered here. Its CREATE comes from that CSE (its CSE-ID
+    as the originator, which must be ``csi``, and allowed by ``allowed_csr_originators``);
+    its resource ID and default name are the CSE-ID without its slash. The same CSE
+    registering again gets 4105: it UPDATEs its registration (or DELETEs and CREATEs it).
+    Requests for that CSE, or for a CSE in its ``dcse``, are forwarded to it."""
+
+    __slots__ = ()
+    registrant = True
+
+    def identify(
+        self, cse: CSEServices, originator: str | None, parent: Resource
+    ) -> tuple[str, str | None]:
+        if not originator or not originator.startswith("/") or originator.startswith("//"):
+            raise OriginatorHasNoPrivilege("only a CSE (originator /cse-id) registers a remoteCSE")
+        patterns = cse.config.allowed_csr_originators
+        if not any(fnmatch.fnmatchcase(originator, p) for p in patterns):
+            raise OriginatorHasNoPrivilege(f"{originator!r} may not register here")
+        ri = originator[1:]
+        if "/" in ri:
+            raise BadRequest(f"a CSE-ID has one slash: {originator!r}")
+        if cse.store.get(ri) is not None:
+            raise Conflict(
+                f"{originator} is registered already: UPDATE {cse.config.cse_name}/{ri} "
+                "(or DELETE it and register again)"
+            )
+        return ri, originator
+
+    def confirm(
+        self, cse: CSEServices, originator: str | None, resource: Resource
+    ) -> Deferred[None] | None:
+        if resource.attrs["csi"] != originator:
+            raise OriginatorHasNoPrivilege(
+                f"csi {resource.attrs['csi']!r} must be the originator {originator!r}"
+            )
+        return None
+
+    def originator_of(self, resource: Resource) -> str:
+        csi: str = resource.attrs["csi"]
+        return csi
+
+
 class SubscriptionKind(ResourceKind):
     """A subscription: ``enc`` and ``nct`` default to net 1 and 1; its notification targets
     are verified before it is created; ``su`` hears of its deletion."""
@@ -278,6 +347,27 @@ BUILTIN_KINDS: tuple[ResourceKind, ...] = (
         frozenset({"nu"}),
         {"lbl", "acpi", "et", "nu", "enc", "nct", "su", "exc"},
         set(),
+    ),
+    make_kind(
+        RemoteCSEKind,
+        _R.CSR,
+        "csr",
+        "remoteCSE",
+        {
+            "csi": v_cse_id,
+            "cb": v_str,
+            "rr": v_bool,
+            "poa": v_str_list,
+            "srv": v_str_list,
+            "cst": v_cse_type,
+            "dcse": v_str_list,
+            "nl": v_str,
+            "csz": v_str_list,
+        },
+        frozenset({"csi", "rr"}),
+        {"lbl", "acpi", "et", "rr", "poa", "srv", "dcse", "nl", "csz"},
+        {_R.CNT, _R.SUB, _R.ACP},
+        parents={_R.CSEBASE},
     ),
     make_kind(
         ACPKind,

@@ -103,7 +103,8 @@ class Notifier:
             if addressing.foreign_cse(nu) is None:
                 resource, virtual = addressing.locate(nu, reader)
                 if virtual is None and resource.kind.registrant:
-                    return resource.ri, tuple(resource.attrs.get("poa", ())), True
+                    originator = resource.kind.originator_of(resource)
+                    return originator, tuple(resource.attrs.get("poa", ())), True
         except OneM2MError:
             pass
         return nu, (), False

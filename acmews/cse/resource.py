@@ -310,6 +310,10 @@ class ResourceKind:
     #: names of virtual children (a container's ``la``/``ol``), see :meth:`virtual_child`
     virtual: ClassVar[frozenset[str]] = frozenset()
 
+    def originator_of(self, resource: Resource) -> str:
+        """The originator a registrant resource stands for (an AE: its ``ri``, the AE-ID)."""
+        return resource.ri
+
     def may_be_created_under(self, parent: ResourceKind) -> bool:
         return self.ty in parent.children or parent.ty in self.parents
 
