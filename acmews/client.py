@@ -200,19 +200,27 @@ def connect(
         remote_originator=remote_originator,
         options=options,
     )
-    if endpoint is not None:
-        ep = clientFromString(reactor, endpoint)
-    else:
-        port = parts.port or (443 if parts.scheme == "wss" else 80)
-        ep = HostnameEndpoint(reactor, parts.hostname, port)
-        if parts.scheme == "wss":
-            from twisted.internet.endpoints import wrapClientTLS
-            from twisted.internet.ssl import optionsForClientTLS
-
-            ep = wrapClientTLS(optionsForClientTLS(parts.hostname), ep)
-    connecting = ep.connect(factory)
+    connecting = client_endpoint(url, reactor, endpoint).connect(factory)
     connecting.addErrback(lambda failure: factory.fail(_unreachable(url, failure)))
     return factory.ready.addCallback(lambda session: Client(session, originator, release))
+
+
+def client_endpoint(url: str, reactor: Any, endpoint: str | None = None) -> Any:
+    """The client endpoint for a ``ws://``/``wss://`` URL (TLS for ``wss``), or the endpoint
+    string ``endpoint`` when given."""
+    if endpoint is not None:
+        return clientFromString(reactor, endpoint)
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"not a ws:// or wss:// URL: {url!r}")
+    port = parts.port or (443 if parts.scheme == "wss" else 80)
+    ep: Any = HostnameEndpoint(reactor, parts.hostname, port)
+    if parts.scheme == "wss":
+        from twisted.internet.endpoints import wrapClientTLS
+        from twisted.internet.ssl import optionsForClientTLS
+
+        ep = wrapClientTLS(optionsForClientTLS(parts.hostname), ep)
+    return ep
 
 
 def _unreachable(url: str, failure: Any) -> Exception:

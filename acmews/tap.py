@@ -20,6 +20,7 @@ from twisted.python import usage
 
 from acmews.client import connect
 from acmews.cse import CSE, CSEConfig
+from acmews.link import RegistrarLink
 from acmews.logs import Logger
 from acmews.options import (
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -81,7 +82,34 @@ class Options(usage.Options):
         "and poa resolution (live connection, ws://default, ws:// or wss:// poa, http:// poa, "
         "store-and-forward for notifications). Defaults match ACME's."
     )
+    optFlags: list[Any] = [
+        [
+            "keep-registration",
+            None,
+            "With --registrar: keep this CSE's remoteCSE at the registrar when it stops.",
+        ],
+    ]
     optParameters: list[Any] = [
+        [
+            "registrar",
+            None,
+            None,
+            "ws:// or wss:// URL of this CSE's registrar (an IN-CSE): register there at "
+            "start and keep one WebSocket to it (this CSE is then an MN-CSE, cst 2).",
+        ],
+        ["registrar-cse-id", None, "/id-in", "With --registrar: the registrar's CSE-ID."],
+        [
+            "registrar-cse-name",
+            None,
+            "cse-in",
+            "With --registrar: the resource name of the registrar's CSEBase.",
+        ],
+        [
+            "registrar-serialization",
+            None,
+            "json",
+            "With --registrar: json or cbor on the link to the registrar.",
+        ],
         ["cse-id", None, "/id-in", "The CSE-ID (with its leading slash)."],
         ["cse-name", None, "cse-in", "The resource name of the CSEBase."],
         ["sp-id", None, "//acmews.example.com", "The M2M Service Provider ID."],
@@ -225,6 +253,16 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
+        registrar = self["registrar"]
+        if registrar is not None and not registrar.startswith(("ws://", "wss://")):
+            raise usage.UsageError("--registrar must be a ws:// or wss:// URL")
+        if self["registrar-serialization"] not in ("json", "cbor"):
+            raise usage.UsageError("--registrar-serialization must be json or cbor")
+        rid = self["registrar-cse-id"]
+        if registrar is not None and (
+            not rid.startswith("/") or rid.startswith("//") or rid == self["cse-id"]
+        ):
+            raise usage.UsageError("--registrar-cse-id must look like /id-in (not this CSE's)")
         if self["deny-targets"] is None:
             self["deny-targets"] = list(DEFAULT_DENY)
         try:
@@ -343,8 +381,24 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
         verification_timeout=request_timeout,
         notification_expiry=float(options["notification-expiry"]),
         allowed_csr_originators=tuple(options.get("allowed-csr-originators") or ("/*",)),
+        registrar_cse_id=options["registrar-cse-id"] if options.get("registrar") else None,
+        cse_type=2 if options.get("registrar") else 1,
     )
     cse = CSE(config, chain, reactor)
+    if options.get("registrar"):
+        link = RegistrarLink(
+            cse,
+            originators,
+            options["registrar"],
+            options["registrar-cse-id"],
+            options["registrar-cse-name"],
+            reactor=reactor,
+            serialization=options.get("registrar-serialization", "json"),
+            options=connection_options,
+            keep_registration=bool(options.get("keep-registration")),
+        )
+        link.setServiceParent(top)
+        top.link = link  # type: ignore[attr-defined]
     factory = OneM2MServerFactory(
         cse,
         originators,

@@ -29,3 +29,5 @@ class CSEConfig:
     allowed_csr_originators: tuple[str, ...] = ("/*",)
     #: this CSE's registrar, the route for CSEs it knows no other way to (None: it has none)
     registrar_cse_id: str | None = None
+    #: the CSEBase's cst: 1 IN-CSE, 2 MN-CSE (one with a registrar), 3 ASN-CSE
+    cse_type: int = 1

@@ -95,7 +95,7 @@ class CSE:
                     "ct": now,
                     "lt": now,
                     "csi": config.cse_id,
-                    "cst": 1,
+                    "cst": config.cse_type,
                     "srv": ["2a", "3", "4", "5"],
                     "poa": list(config.poa),
                 },
@@ -111,7 +111,7 @@ class CSE:
         self.addressing = addressing = Addressing(config, self.store, base)
         self.access = access = AccessControl(addressing, config.admin)
         self.content = Content(self.store, access, config.admin)
-        self.notifier = Notifier(config, sender, clock, self._ts, addressing)
+        self.notifier = Notifier(config, sender, clock, self._ts, addressing, self.route)
         self._base_targets = addressing.base_targets
         self._registrations: WeakKeyDictionary[IConnection, Budget] = WeakKeyDictionary()
 
@@ -164,6 +164,15 @@ class CSE:
             return result.addErrback(self._failed, request)
         return result
 
+    def _is_peer_cse(self, originator: str | None) -> bool:
+        """Is ``originator`` a CSE registered here, or this CSE's registrar?"""
+        if not originator or not originator.startswith("/") or "/" in originator[1:]:
+            return False
+        if originator == self.config.registrar_cse_id:
+            return True
+        csr = self.store.get(originator[1:])
+        return csr is not None and csr.ty == ResourceType.CSR
+
     def route(self, cse_id: str) -> tuple[str, tuple[str, ...], bool] | None:
         """The next hop towards CSE ``cse_id``: ``(originator, poa, registered)``.
 
@@ -173,6 +182,8 @@ class CSE:
         remotes = self.store.children(self.base.ri, ResourceType.CSR)
         for csr in remotes:
             if csr.attrs["csi"] == cse_id:
+                if cse_id == self.config.registrar_cse_id:
+                    return cse_id, (), True  # the link is the way, up or down
                 return cse_id, tuple(csr.attrs.get("poa", ())), True
         for csr in remotes:
             if cse_id in csr.attrs.get("dcse", ()):
@@ -503,7 +514,8 @@ class CSE:
         resource, virtual = self.addressing.locate(request.to)
         if virtual is not None or not resource.kind.registrant:
             raise OperationNotAllowed("NOTIFY is only accepted for an AE")
-        self.access.check(request.fr, resource, ACOP.NOTIFY)
+        if not self._is_peer_cse(request.fr):  # a peer CSE relays its notifications
+            self.access.check(request.fr, resource, ACOP.NOTIFY)
         aei = resource.kind.originator_of(resource)
         outgoing = replace(request, to=aei, rqi=self.notifier.new_rqi())
         d = maybeDeferred(

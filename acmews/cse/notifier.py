@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -35,8 +35,11 @@ __all__ = ["Notifier"]
 
 _SUB = ResourceType.SUB
 
-#: a resolved notification target: (target, poa, registered)
-Target = tuple[str, tuple[str, ...], bool]
+#: a resolved notification target: (next hop, its poa, registered, the request's ``to``);
+#: the hop is the target itself except for an ``nu`` on another CSE
+Target = tuple[str, tuple[str, ...], bool, str]
+#: the next hop towards a CSE: (originator, poa, registered), or None (see CSE.route)
+Route = Callable[[str], "tuple[str, tuple[str, ...], bool] | None"]
 
 
 class Notifier:
@@ -51,8 +54,10 @@ class Notifier:
         clock: IReactorTime,
         timestamps: Timestamps,
         addressing: Addressing,
+        route: Route | None = None,
     ) -> None:
         self._config = config
+        self._route = route
         self._cse_id = config.cse_id
         self._sender = sender
         self._clock = clock
@@ -85,29 +90,30 @@ class Notifier:
             rqet=rqet,
         )
 
-    def resolve_nu(self, nu: str) -> tuple[str, tuple[str, ...]]:
-        """(target, poa) for a notification URI: a URL as is, an AE by its aei and poa."""
-        target, poa, _ = self.resolve_target(nu)
-        return target, poa
-
     def resolve_target(self, nu: str, reader: ResourceReader | None = None) -> Target:
-        """(target, poa, registered): ``registered`` when ``nu`` names an AE registered here.
-
-        Only notifications to a registered AE (or, later, CSE) may wait in store-and-forward;
-        a URL or an unknown originator is tried once. ``reader`` is the store by default.
-        """
+        """Where a notification for ``nu`` goes: a URL as is; an AE (or remote CSE)
+        registered here by its originator and poa (``registered``: it may wait in
+        store-and-forward); an ``nu`` on another CSE (``/id-mn/Cxyz``) to the next hop
+        towards that CSE, addressed to ``nu``; anything else tried once as an originator.
+        ``reader`` is the store by default."""
         if "://" in nu:
-            return nu, (), False
+            return nu, (), False, nu
         addressing = self._addressing
         try:
-            if addressing.foreign_cse(nu) is None:
+            foreign = addressing.foreign_cse(nu)
+            if foreign is None:
                 resource, virtual = addressing.locate(nu, reader)
                 if virtual is None and resource.kind.registrant:
                     originator = resource.kind.originator_of(resource)
-                    return originator, tuple(resource.attrs.get("poa", ())), True
+                    return originator, tuple(resource.attrs.get("poa", ())), True, originator
+            elif self._route is not None:
+                route = self._route(foreign)
+                if route is not None:
+                    hop, poa, registered = route
+                    return hop, poa, registered, nu
         except OneM2MError:
             pass
-        return nu, (), False
+        return nu, (), False, nu
 
     # --- events -------------------------------------------------------------------------------
 
@@ -173,7 +179,7 @@ class Notifier:
         targets: dict[str, Target] = {}
         for nu in nus:
             target = self.resolve_target(nu, batch)
-            targets.setdefault(target[0], target)  # duplicates in nu collapse
+            targets.setdefault(target[3], target)  # duplicates in nu collapse
         self._held.append((list(targets.values()), pc))
 
     def release(self) -> None:
@@ -204,9 +210,9 @@ class Notifier:
         end = start + DELIVERY_BATCH
         if end < len(deliveries):
             self._clock.callLater(0, self._deliver, deliveries, end)
-        for (target, poa, registered), pc in deliveries[start:end]:
+        for (target, poa, registered, to), pc in deliveries[start:end]:
             try:
-                request = self.notification(target, pc)
+                request = self.notification(to, pc)
                 d = self._sender.send(target, request, poa=poa, store=registered)
             except Exception:
                 self.log.failure("could not send a notification to {target}", target=target)
@@ -246,12 +252,12 @@ class Notifier:
         pending: list[tuple[str, Deferred[Response]]] = []
         verified: set[str] = set()
         for nu in sub.attrs["nu"]:
-            target, poa = self.resolve_nu(nu)
-            if target == originator or target in verified:
+            target, poa, _, to = self.resolve_target(nu)
+            if to == originator or to in verified:
                 continue  # the same target named twice is asked once
-            verified.add(target)
+            verified.add(to)
             verification = self.notification(
-                target, {"m2m:sgn": {"vrq": True, "sur": sur, "cr": originator}}, expires=False
+                to, {"m2m:sgn": {"vrq": True, "sur": sur, "cr": originator}}, expires=False
             )
             d = maybeDeferred(self._sender.send, target, verification, poa=poa, store=False)
             d.addTimeout(self._config.verification_timeout, self._clock)
