@@ -113,6 +113,16 @@ class RegistrarLink(Service):
         self.registered = False
         self.state = "stopped"
         self._rqis = itertools.count(1)
+        self._registered_waiters: list[Deferred[None]] = []
+
+    def when_registered(self) -> Deferred[None]:
+        """Fires once this CSE is registered at its registrar (at once when it is)."""
+        d: Deferred[None] = Deferred()
+        if self.registered:
+            d.callback(None)
+        else:
+            self._registered_waiters.append(d)
+        return d
 
     # -- state ------------------------------------------------------------------------------
 
@@ -230,6 +240,9 @@ class RegistrarLink(Service):
         await self._registrar_csr(session, cb)
         self.registered = True
         self._state("registered")
+        waiters, self._registered_waiters = self._registered_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
 
     async def _registrar_csr(self, session: Session, cb: dict[str, Any]) -> None:
         """Create (or refresh) the registrar's remoteCSE in this CSE."""

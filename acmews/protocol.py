@@ -370,8 +370,11 @@ class _OneM2MProtocolMixin(_AutobahnFastPath):
 
     def _close(self, code: int, reason: str) -> None:
         if self.state == _STATE_OPEN:
-            reason = reason.encode()[:120].decode("utf-8", "ignore")
-            self.sendClose(code, reason)  # type: ignore[attr-defined]
+            data = reason.encode()[:120].decode("utf-8", "ignore").encode()
+            # Autobahn's sendClose takes only 1000 and 3000-4999 from applications; 1001
+            # (going away, when the CSE stops) is a protocol code it must still be able to
+            # send: its sendCloseFrame does, with the same state handling
+            self.sendCloseFrame(code=code, reasonUtf8=data, isReply=False)  # type: ignore[attr-defined]
 
     def _session_closed(self, reason: str) -> None:
         session = self.session

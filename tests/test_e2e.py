@@ -436,3 +436,30 @@ class LoopbackServiceTests(TestCase):
         yield closed
         self.assertIsNone(ae_side.lookup("/id-loop"))
         yield admin.close()
+
+
+class LoopbackCSEToCSETests(LoopbackServiceTests):
+    """Two makeService CSEs on real sockets: the MN registers to the IN over one WebSocket."""
+
+    @inlineCallbacks
+    def test_mn_registers_and_requests_are_forwarded(self) -> Any:
+        _, in_url = yield self.start()
+        mn, mn_url = yield self.start(
+            "--cse-id", "/id-mn", "--cse-name", "cse-mn", "--registrar", in_url
+        )
+        yield mn.link.when_registered()
+        admin = yield connect(in_url, originator="CAdmin", options=NO_PING)
+        r = yield admin.retrieve("/id-mn/cse-mn")
+        self.assertEqual(
+            (r.rsc, r.pc["m2m:cb"]["csi"], r.pc["m2m:cb"]["cst"]), (2000, "/id-mn", 2)
+        )
+        r = yield admin.retrieve("cse-in/id-mn")
+        self.assertEqual(r.pc["m2m:csr"]["poa"], ["ws://default"])  # port 0: no poa to derive
+        mn_admin = yield connect(mn_url, originator="CAdmin", options=NO_PING)
+        r = yield mn_admin.retrieve("/id-in/cse-in")
+        self.assertEqual((r.rsc, r.pc["m2m:cb"]["csi"]), (2000, "/id-in"))
+        yield mn_admin.close()
+        yield mn.stopService()  # deregisters
+        r = yield admin.retrieve("cse-in/id-mn")
+        self.assertEqual(r.rsc, 4004)
+        yield admin.close()

@@ -1120,3 +1120,14 @@ class OutgoingSizeTests(BindingTestCase):
         self.assertEqual(self.failureResultOf(d).value.rsc, RSC.NOT_ACCEPTABLE)
         self.assertEqual(raw.messages, [])
         self.assertEqual(p.server_session.pending_count, 0)
+
+
+class ShutdownTests(BindingTestCase):
+    def test_stopping_the_map_closes_with_1001(self) -> None:
+        # Autobahn's sendClose refuses 1001 from applications: it raised here before
+        p = self.connect("Cae1")
+        d = self.originators.stopService()
+        p.flush()
+        self.successResultOf(d)
+        self.assertEqual(p.client.remoteCloseCode, 1001)
+        self.assertFalse(p.server_session.connected)

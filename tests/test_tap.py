@@ -238,6 +238,37 @@ class MakeServiceTests(TestCase):
         service: Any = makeService(o, MemoryReactorClock())
         self.assertEqual(service.cse.config.allowed_csr_originators, ("/id-mn*", "/id-gw", "/x"))
 
+    def test_registrar_options(self) -> None:
+        plain: Any = makeService(parse(), MemoryReactorClock())
+        self.assertFalse(hasattr(plain, "link"))
+        self.assertEqual((plain.cse.config.registrar_cse_id, plain.cse.config.cse_type), (None, 1))
+        o = parse(
+            "--cse-id",
+            "/id-mn",
+            "--registrar",
+            "ws://in.example:8180",
+            "--registrar-cse-id",
+            "/id-up",
+            "--registrar-cse-name",
+            "cse-up",
+            "--registrar-serialization",
+            "cbor",
+            "--keep-registration",
+        )
+        service: Any = makeService(o, MemoryReactorClock())
+        self.assertEqual(
+            (service.link.registrar_cse_id, service.link.registrar_cse_name), ("/id-up", "cse-up")
+        )
+        self.assertTrue(service.link.keep_registration)
+        self.assertEqual(service.cse.config.registrar_cse_id, "/id-up")
+        self.assertEqual(service.cse.config.cse_type, 2)
+        for bad in (
+            ("--registrar", "http://x"),
+            ("--registrar", "ws://x", "--registrar-serialization", "xml"),
+            ("--registrar", "ws://x", "--registrar-cse-id", "/id-in"),  # this CSE's own
+        ):
+            self.assertRaises(usage.UsageError, parse, *bad)
+
     def test_explicit_poa(self) -> None:
         o = parse("--poa", "ws://cse.example.com:8180")
         service: Any = makeService(o, MemoryReactorClock())
