@@ -1016,3 +1016,20 @@ class QueueBoundsTests(SynchronousTestCase):
         self.assertEqual(conn.rqis(), ["poison", "n1"])
         conn.answer()
         self.assertEqual(chain.queued(AE), [])
+
+
+class OnlyRouteTests(SynchronousTestCase):
+    def test_the_only_route_timing_out_is_4008(self) -> None:
+        clock = Clock()
+        omap = FakeMap()
+        chain = PoaChain(omap, clock)
+        self.addCleanup(chain.stop)
+        conn = FakeConnection("/id-mn", clock=clock)
+        omap.bind("/id-mn", conn)
+        d = chain.send("/id-mn", retrieve())
+        clock.advance(10)
+        self.assertEqual(self.failureResultOf(d, RequestTimeout).value.rsc, RSC.REQUEST_TIMEOUT)
+        # with a poa left to try, or a notification that may wait, the chain goes on
+        d = chain.send("/id-mn", retrieve("r2"), ["ws://default"])
+        clock.advance(10)
+        self.assertEqual(self.failureResultOf(d, TargetNotReachable).value.rsc, 5103)

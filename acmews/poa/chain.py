@@ -220,6 +220,13 @@ class PoaChain(Service):
         error = unwrap_timeout(failure.value or Exception("unknown failure"))
         assert isinstance(error, Exception)
         self._log_step_failed(target, request, "live connection", error, failure)
+        if (
+            isinstance(error, RequestTimeout)
+            and not poa
+            and not (store and request.op == Operation.NOTIFY)
+        ):
+            # the only way there timed out (a forwarded request over a CSE link): 4008
+            return Failure(error)
         tried = [f"live connection {connection.peer}: {reason(error)}"]
         return Deferred.fromCoroutine(self._send_poa(target, request, poa, store, tried))
 
