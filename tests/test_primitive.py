@@ -11,6 +11,7 @@ from acmews.errors import OneM2MError, PrimitiveError, TargetNotReachable
 from acmews.primitive import (
     Request,
     Response,
+    copy_request,
     error_response,
     is_int_not_bool,
     primitive_from_object,
@@ -252,3 +253,15 @@ class ErrorResponseTests(SynchronousTestCase):
     def test_enums(self) -> None:
         self.assertEqual(ResourceType.SUB, 23)
         self.assertEqual(RSC(5204).name, "SUBSCRIPTION_VERIFICATION_INITIATION_FAILED")
+
+
+class CopyRequestTests(SynchronousTestCase):
+    def test_a_copy_with_changes_leaves_the_original(self) -> None:
+        original = Request(
+            Operation.NOTIFY, "cse-in/x", "r1", "4", "Cx", pc={"a": 1}, rqet=5, extra={"zz": 1}
+        )
+        copy = copy_request(original, fr="/id-in/Cx", rqi="r2")
+        self.assertEqual((copy.fr, copy.rqi), ("/id-in/Cx", "r2"))
+        self.assertEqual((original.fr, original.rqi), ("Cx", "r1"))
+        for name in ("op", "to", "rvi", "pc", "rqet", "extra"):
+            self.assertEqual(getattr(copy, name), getattr(original, name))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -51,7 +50,7 @@ from acmews.errors import (
 )
 from acmews.interfaces import IConnection, IRequestHandler, IRequestSender
 from acmews.logs import Budget, Logger
-from acmews.primitive import Request, Response, error_response
+from acmews.primitive import Request, Response, copy_request, error_response
 from acmews.timestamps import Timestamps
 
 __all__ = ["CSE", "CSEConfig"]
@@ -214,12 +213,13 @@ class CSE:
         fr = request.fr
         if fr and not fr.startswith("/"):
             fr = f"{self._cse_id}/{fr}"  # SP-relative: CAdmin -> /id-in/CAdmin
-        outgoing = replace(request, fr=fr, rqi=self.notifier.new_rqi())
+        outgoing = copy_request(request, fr=fr, rqi=self.notifier.new_rqi())
         store = registered and request.op == Operation.NOTIFY
         d = maybeDeferred(self._sender.send, hop, outgoing, poa=poa, store=store)
 
         def relayed(response: Response) -> Response:
-            return replace(response, rqi=request.rqi)
+            response.rqi = request.rqi  # the answer is ours alone: relayed as it came
+            return response
 
         return d.addCallback(relayed)
 
@@ -517,13 +517,14 @@ class CSE:
         if not self._is_peer_cse(request.fr):  # a peer CSE relays its notifications
             self.access.check(request.fr, resource, ACOP.NOTIFY)
         aei = resource.kind.originator_of(resource)
-        outgoing = replace(request, to=aei, rqi=self.notifier.new_rqi())
+        outgoing = copy_request(request, to=aei, rqi=self.notifier.new_rqi())
         d = maybeDeferred(
             self._sender.send, aei, outgoing, poa=tuple(resource.attrs.get("poa", ())), store=False
         )
 
         def answered(response: Response) -> Response:
-            return replace(response, rqi=request.rqi, rvi=request.rvi, to=request.fr)
+            response.rqi, response.rvi, response.to = request.rqi, request.rvi, request.fr
+            return response
 
         return d.addCallback(answered)
 
