@@ -697,7 +697,9 @@ class NotifyAndErrorTests(CSETestCase):
         self.assertEqual((sent.target, sent.poa, sent.store), (aei, ("ws://device:9000",), False))
         self.assertEqual(sent.request.op, 5)
         self.assertEqual(sent.request.pc, {"m2m:sgn": {"x": 1}})
-        self.assertEqual(sent.request.fr, ADMIN)
+        # SP-relative, so that an AE's own server (which takes only originators under this
+        # CSE-ID on the CSE's connection) accepts it
+        self.assertEqual(sent.request.fr, f"/id-in/{ADMIN}")
         self.assertNotEqual(sent.request.rqi, "orig")
         sent.answer(RSC.OK, {"answer": True})
         response = self.successResultOf(d)

@@ -306,6 +306,8 @@ class SubscriptionTests(StackTestCase):
         r = self.call(admin.notify("cse-in/cwatch", {"m2m:sgn": {"x": 1}}))
         self.assertEqual(r.rsc, RSC.OK)
         self.assertEqual(self.watcher_inbox.requests[-1].pc, {"m2m:sgn": {"x": 1}})
+        # passed on SP-relative: an AE's own server only takes originators under /id-in
+        self.assertEqual(self.watcher_inbox.requests[-1].fr, "/id-in/CAdmin")
 
 
 class LoopbackServiceTests(TestCase):

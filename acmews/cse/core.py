@@ -517,7 +517,11 @@ class CSE:
         if not self._is_peer_cse(request.fr):  # a peer CSE relays its notifications
             self.access.check(request.fr, resource, ACOP.NOTIFY)
         aei = resource.kind.originator_of(resource)
-        outgoing = copy_request(request, to=aei, rqi=self.notifier.new_rqi())
+        fr = request.fr
+        if fr and not fr.startswith("/"):
+            # SP-relative: the AE's own server may only take originators under this CSE-ID
+            fr = f"{self._cse_id}/{fr}"
+        outgoing = copy_request(request, to=aei, fr=fr, rqi=self.notifier.new_rqi())
         d = maybeDeferred(
             self._sender.send, aei, outgoing, poa=tuple(resource.attrs.get("poa", ())), store=False
         )
