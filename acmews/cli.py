@@ -321,7 +321,13 @@ def _isatty(out: TextIO) -> bool:
         return False
 
 
-async def _watch(reactor: Any, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+async def _watch(
+    reactor: Any,
+    args: argparse.Namespace,
+    out: TextIO,
+    err: TextIO,
+    stop: Deferred[None] | None,
+) -> int:
     def on_request(request: Request) -> Response:
         out.write(format_primitive(request, False) + "\n")
         out.flush()
@@ -379,7 +385,10 @@ async def _watch(reactor: Any, args: argparse.Namespace, out: TextIO, err: TextI
 
         return Deferred.fromCoroutine(clean())
 
-    reactor.addSystemEventTrigger("before", "shutdown", on_shutdown)
+    if stop is None:
+        reactor.addSystemEventTrigger("before", "shutdown", on_shutdown)
+    else:
+        stop.addCallback(lambda _: on_shutdown())
     closed = client.session.when_closed()
 
     def lost(_: object) -> None:
@@ -402,9 +411,11 @@ async def run(
     argv: Sequence[str],
     out: TextIO | None = None,
     err: TextIO | None = None,
+    stop: Deferred[None] | None = None,
 ) -> int:
     """Run one command (not ``bench``) on a running reactor; returns the exit status. Every
-    error is one line on ``err``, never a traceback."""
+    error is one line on ``err``, never a traceback. ``watch`` cleans up and returns when
+    ``stop`` fires, or at reactor shutdown when ``stop`` is None."""
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     try:
@@ -418,7 +429,7 @@ async def run(
     try:
         if args.command == "request":
             return await _request(reactor, args, out)
-        return await _watch(reactor, args, out, err)
+        return await _watch(reactor, args, out, err, stop)
     except RequestTimeout:
         err.write(f"{where}: no response within {args.timeout:g} seconds\n")
         return 1

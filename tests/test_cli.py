@@ -7,7 +7,7 @@ import io
 import json
 from typing import Any
 
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import TestCase
 
@@ -178,3 +178,63 @@ class LoopbackTests(TestCase):
         self.assertEqual(code, 1)
         self.assertEqual(json.loads(out.getvalue())["rsc"], 4004)
         self.assertIn('\n  "rsc": 4004', out.getvalue())
+
+    @inlineCallbacks
+    def test_watch_registers_subscribes_prints_and_cleans_up(self) -> Any:
+        from acmews.client import connect
+        from acmews.codes import ResourceType
+
+        reactor, url = yield self.start()
+        admin = yield connect(url, originator="CAdmin", reactor=reactor)
+        self.addCleanup(admin.close)
+        r = yield admin.create("cse-in", ResourceType.CNT, {"m2m:cnt": {"rn": "box"}})
+        self.assertEqual(r.rsc, 2001)
+        lines: Deferred[None] = Deferred()
+
+        class Out(io.StringIO):
+            def flush(self) -> None:
+                if self.getvalue() and not lines.called:
+                    reactor.callLater(0, lines.callback, None)
+
+        ready: Deferred[None] = Deferred()
+
+        class Err(io.StringIO):
+            def write(self, text: str) -> int:
+                if text.startswith("watching") and not ready.called:
+                    reactor.callLater(0, ready.callback, None)
+                return super().write(text)
+
+        out, err, stop = Out(), Err(), Deferred[None]()
+        argv = ["watch", url, "--register", "watcher", "--subscribe", "cse-in/box"]
+        # the watcher's own AE may not subscribe to the admin's box: let it through an ACP
+        r = yield admin.create(
+            "cse-in",
+            ResourceType.ACP,
+            {
+                "m2m:acp": {
+                    "rn": "open",
+                    "pv": {"acr": [{"acor": ["*"], "acop": 63}]},
+                    "pvs": {"acr": [{"acor": ["CAdmin"], "acop": 63}]},
+                }
+            },
+        )
+        self.assertEqual(r.rsc, 2001, r.pc)
+        r = yield admin.update("cse-in/box", {"m2m:cnt": {"acpi": [r.pc["m2m:acp"]["ri"]]}})
+        self.assertEqual(r.rsc, 2004, r.pc)
+        watching = Deferred.fromCoroutine(run(reactor, argv, out, err, stop))
+        yield DeferredList([ready, watching], fireOnOneCallback=True)  # no hang if it fails
+        self.assertNoResult(watching)
+        r = yield admin.create("cse-in/box", ResourceType.CIN, {"m2m:cin": {"con": "on"}})
+        self.assertEqual(r.rsc, 2001)
+        yield lines
+        (line,) = out.getvalue().splitlines()
+        notification = json.loads(line)
+        self.assertEqual(notification["op"], 5)
+        self.assertEqual(notification["pc"]["m2m:sgn"]["nev"]["rep"]["m2m:cin"]["con"], "on")
+        stop.callback(None)
+        code = yield watching
+        self.assertEqual(code, 0, err.getvalue())
+        r = yield admin.retrieve("cse-in/box", rcn=6)
+        self.assertEqual([c["typ"] for c in r.pc["m2m:rrl"]["rrf"]], [4])  # the sub is gone
+        r = yield admin.retrieve("cse-in/watcher")
+        self.assertEqual(r.rsc, 4004)  # so is the AE
