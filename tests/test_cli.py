@@ -11,7 +11,8 @@ from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import TestCase
 
-from acmews.cli import UsageError, format_primitive, parse_args, run
+from acmews import __version__
+from acmews.cli import UsageError, format_primitive, main, parse_args, run
 from acmews.codes import Operation
 from acmews.primitive import Request, Response
 
@@ -111,6 +112,27 @@ class ParseTests(TestCase):
             "acmews: --from ORIGINATOR is needed (only an AE create goes without)\n",
         )
         self.assertEqual(out.getvalue(), "")
+
+
+class MainTests(TestCase):
+    def test_main_returns_the_exit_status_through_react(self) -> None:
+        import contextlib
+
+        err = io.StringIO()
+        reactor = MemoryReactorClock()
+        with contextlib.redirect_stderr(err):
+            code = main(["request", URL, "retrieve", "a"], reactor=reactor)
+        self.assertEqual(code, 2)
+        self.assertTrue(reactor.hasRun)
+        self.assertEqual(err.getvalue().count("\n"), 1)
+
+    def test_version(self) -> None:
+        import contextlib
+
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = main(["--version"], reactor=MemoryReactorClock())
+        self.assertEqual((code, out.getvalue()), (0, f"acmews {__version__}\n"))
 
 
 class FormatTests(TestCase):
