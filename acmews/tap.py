@@ -8,14 +8,19 @@ listening endpoint per ``--listen``.
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit
 
-from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
-from twisted.internet.defer import Deferred
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
 from acmews.client import connect
@@ -40,7 +45,14 @@ from acmews.poa import (
 from acmews.poa.limits import DEFAULT_DENY, system_resolver
 from acmews.protocol import OneM2MServerFactory
 
-__all__ = ["Options", "makeService", "poa_for_endpoint"]
+__all__ = [
+    "CSEService",
+    "ListenError",
+    "Options",
+    "endpoint_problem",
+    "makeService",
+    "poa_for_endpoint",
+]
 
 log = Logger()
 
@@ -51,25 +63,35 @@ _DEFAULTS = ConnectionOptions()
 DEFAULT_LISTEN = "tcp:8180:interface=127.0.0.1:backlog=1024"
 
 
-def _positive_float(value: str) -> float:
-    number = float(value)
-    if number < 0:
-        raise ValueError("must not be negative")
-    return number
+#: the characters of a resource name, a CSE-ID (after its slash) and an originator: URI
+#: unreserved characters
+_NAME = re.compile(r"[A-Za-z0-9._~-]+")
 
 
-def _nonzero_float(value: str) -> float:
-    number = float(value)
-    if number <= 0:
-        raise ValueError("must be positive")
-    return number
+def _number(
+    name: str, kind: type[int] | type[float], rule: str, ok: Callable[[float], bool]
+) -> Callable[[str], Any]:
+    """A coerce function for ``--name``: its UsageError names the option and the rule (a
+    ValueError would make usage.Options print "Parameter type enforcement failed")."""
+
+    def coerce(value: str) -> int | float:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise usage.UsageError(f"--{name} must be {rule}, not {value!r}") from None
+        if not math.isfinite(number) or not ok(number):
+            raise usage.UsageError(f"--{name} must be {rule}, not {value!r}")
+        return number
+
+    return coerce
 
 
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number <= 0:
-        raise ValueError("must be positive")
-    return number
+def _seconds(name: str) -> Callable[[str], Any]:
+    return _number(name, float, "a positive number of seconds", lambda n: n > 0)
+
+
+def _count(name: str) -> Callable[[str], Any]:
+    return _number(name, int, "a positive whole number", lambda n: n > 0)
 
 
 class Options(usage.Options):
@@ -120,28 +142,33 @@ class Options(usage.Options):
             10.0,
             "Seconds to wait for the answer to a request the CSE sends (notification, "
             "verification, poa delivery).",
-            _positive_float,
+            _seconds("request-timeout"),
         ],
         [
             "max-message-size",
             None,
             DEFAULT_MAX_MESSAGE_SIZE,
             "Largest WebSocket message in bytes; a larger one closes the connection (1009).",
-            _positive_int,
+            _count("max-message-size"),
         ],
         [
             "ping-interval",
             None,
             DEFAULT_PING_INTERVAL,
             "Seconds between WebSocket pings (0 turns keep-alive off).",
-            _positive_float,
+            _number(
+                "ping-interval",
+                float,
+                "zero (no keep-alive) or a positive number of seconds",
+                lambda n: n >= 0,
+            ),
         ],
         [
             "ping-timeout",
             None,
             DEFAULT_PING_TIMEOUT,
             "Seconds without a pong before the connection is closed.",
-            _positive_float,
+            _seconds("ping-timeout"),
         ],
         [
             "write-buffer-size",
@@ -149,21 +176,21 @@ class Options(usage.Options):
             _DEFAULTS.write_buffer_size,
             "Bytes queued for a peer that does not read before the CSE stops reading from it; "
             "still backed up after the ping timeout, it is closed (1008).",
-            _positive_int,
+            _count("write-buffer-size"),
         ],
         [
             "max-message-frames",
             None,
             _DEFAULTS.max_message_frames,
             "Frames one WebSocket message may span (zero-length frames count); beyond: 1008.",
-            _positive_int,
+            _count("max-message-frames"),
         ],
         [
             "message-timeout",
             None,
             _DEFAULTS.message_timeout,
             "Seconds a message sent in several frames may take to complete; beyond: 1008.",
-            _nonzero_float,
+            _seconds("message-timeout"),
         ],
         [
             "max-outbound",
@@ -171,14 +198,14 @@ class Options(usage.Options):
             256,
             "Outbound poa/nu deliveries in flight at once (connections the CSE opens); "
             "more wait their turn.",
-            _positive_int,
+            _count("max-outbound"),
         ],
         [
             "max-outbound-per-host",
             None,
             8,
             "Outbound poa/nu deliveries in flight at once to one host.",
-            _positive_int,
+            _count("max-outbound-per-host"),
         ],
         [
             "queue-size",
@@ -186,28 +213,28 @@ class Options(usage.Options):
             1000,
             "Notifications kept per unreachable originator (store-and-forward); the oldest is "
             "dropped beyond that.",
-            _positive_int,
+            _count("queue-size"),
         ],
         [
             "queue-bytes",
             None,
             256 * 1024 * 1024,
             "Bytes all stored notifications may hold together; beyond it new ones are refused.",
-            _positive_int,
+            _count("queue-bytes"),
         ],
         [
             "queue-bytes-per-originator",
             None,
             16 * 1024 * 1024,
             "Bytes the stored notifications of one originator may hold; the oldest go first.",
-            _positive_int,
+            _count("queue-bytes-per-originator"),
         ],
         [
             "notification-expiry",
             None,
             3600.0,
             "Seconds a stored notification without its own rqet is kept.",
-            _positive_float,
+            _seconds("notification-expiry"),
         ],
     ]
 
@@ -250,9 +277,31 @@ class Options(usage.Options):
         if rules.strip().lower() != "none":
             self["deny-targets"].extend(r for r in rules.split(",") if r.strip())
 
+    def opt_version(self) -> None:
+        """Print acmews's version and exit."""
+        from acmews import __version__
+
+        print(f"acmews {__version__}")
+        sys.exit(0)
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        """As usage.Options; under twistd (a parent Options), a bad value ends the process
+        with one line naming the option and the rule, instead of twistd's whole help text
+        followed by the error."""
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if self.parent is None:
+                raise
+            raise SystemExit(f"twistd acmews: {e}") from None
+
     def postOptions(self) -> None:
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
+        for description in self["listen"]:
+            problem = endpoint_problem(description)
+            if problem:
+                raise usage.UsageError(f"--listen {description}: {problem}")
         registrar = self["registrar"]
         if registrar is not None and not registrar.startswith(("ws://", "wss://")):
             raise usage.UsageError("--registrar must be a ws:// or wss:// URL")
@@ -269,12 +318,136 @@ class Options(usage.Options):
             TargetPolicy(self["allow-targets"], self["deny-targets"])
         except ValueError as e:
             raise usage.UsageError(f"--allow-targets/--deny-targets: {e}") from None
-        if not self["cse-id"].startswith("/") or self["cse-id"].startswith("//"):
-            raise usage.UsageError("--cse-id must look like /id-in")
-        if not self["sp-id"].startswith("//"):
-            raise usage.UsageError("--sp-id must look like //acmews.example.com")
-        if "/" in self["cse-name"] or not self["cse-name"]:
-            raise usage.UsageError("--cse-name must be a plain resource name")
+        cse_id = self["cse-id"]
+        if not (cse_id.startswith("/") and _NAME.fullmatch(cse_id[1:])):
+            raise usage.UsageError(
+                f"--cse-id must be one slash then letters, digits or -._~ "
+                f"(like /id-in), not {cse_id!r}"
+            )
+        if not self["sp-id"].startswith("//") or not _NAME.fullmatch(self["sp-id"][2:]):
+            raise usage.UsageError(
+                f"--sp-id must be two slashes then letters, digits or -._~ "
+                f"(like //acmews.example.com), not {self['sp-id']!r}"
+            )
+        if not _NAME.fullmatch(self["cse-name"]):
+            raise usage.UsageError(
+                f"--cse-name must be a plain resource name (letters, digits or -._~), "
+                f"not {self['cse-name']!r}"
+            )
+        if not _NAME.fullmatch(self["admin"]):
+            raise usage.UsageError(
+                f"--admin must be an originator of letters, digits or -._~ (like CAdmin), "
+                f"not {self['admin']!r}"
+            )
+        for poa in self["poa"]:
+            url = urlsplit(poa)
+            if not url.scheme or not url.hostname or " " in poa:
+                raise usage.UsageError(
+                    f"--poa must be a URL with a scheme and a host (like "
+                    f"ws://cse.example.com:8180), not {poa!r}"
+                )
+
+
+def endpoint_problem(description: str) -> str | None:
+    """What is wrong with a server endpoint string, found without listening (None: nothing)."""
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    parts = [p.replace("\\:", ":") for p in re.split(r"(?<!\\):", description)]
+    if parts[0] in ("tcp", "ssl", "tls", "tcp6"):
+        positional = [p for p in parts[1:] if "=" not in p]
+        keywords = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+        port = keywords.get("port") or (positional[0] if positional else "")
+        if not port.isdigit() or int(port) > 65535:
+            return f"the port must be a number from 0 to 65535, not {port!r}"
+    try:
+        serverFromString(MemoryReactor(), description)
+    except Exception as e:  # any parse error, a missing certificate file...
+        if isinstance(e, OSError) and e.strerror:
+            return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+        return str(e) or type(e).__name__
+    return None
+
+
+class ListenError(CannotListenError):
+    """A ``--listen`` endpoint that could not listen; its message is one line naming the
+    endpoint and the reason."""
+
+    def __init__(self, description: str, reason: BaseException) -> None:
+        socket_error = getattr(reason, "socketError", reason)
+        port = getattr(reason, "port", None)
+        super().__init__(getattr(reason, "interface", ""), port, socket_error)
+        self.description = description
+        if isinstance(socket_error, OSError) and socket_error.strerror:
+            self.reason = socket_error.strerror
+        else:
+            self.reason = str(socket_error) or type(socket_error).__name__
+
+    def __str__(self) -> str:
+        return f"cannot listen on {self.description}: {self.reason}"
+
+
+class _Listener(StreamServerEndpointService):
+    """One ``--listen`` endpoint: a failure to listen raises ListenError at once; ``bound``
+    fires with the listening port."""
+
+    def __init__(self, description: str, endpoint: Any, factory: Any) -> None:
+        super().__init__(endpoint, factory)
+        self.description = description
+        self._raiseSynchronously = True
+        self.bound: Deferred[Any] = Deferred()
+
+    def privilegedStartService(self) -> None:
+        self.bound = Deferred()
+        try:
+            super().privilegedStartService()
+        except Exception as e:
+            raise ListenError(self.description, e) from e
+        bound = self.bound
+
+        def up(port: Any) -> Any:
+            if port is not None:  # None: a failure, already logged
+                bound.callback(port)
+            return port  # stopService stops the port from this Deferred
+
+        waiting = self._waitingForPort
+        assert waiting is not None  # set by privilegedStartService
+        waiting.addCallback(up)
+
+
+class CSEService(MultiService):
+    """The whole CSE; says "listening on" once every ``--listen`` endpoint listens (the
+    ``listening`` Deferred fires then, with the ports)."""
+
+    def __init__(self, announce: Callable[[list[Any]], None]) -> None:
+        super().__init__()
+        self.announce = announce
+        self.listening: Deferred[list[Any]] = Deferred()
+
+    def listeners(self) -> list[_Listener]:
+        return [s for s in self if isinstance(s, _Listener)]
+
+    def privilegedStartService(self) -> None:
+        self.listening = Deferred()
+        super().privilegedStartService()
+        self._watch()
+
+    def startService(self) -> None:
+        if not self.listeners() or any(s._waitingForPort is None for s in self.listeners()):
+            self.listening = Deferred()
+            super().startService()
+            self._watch()
+        else:
+            super().startService()
+
+    def _watch(self) -> None:
+        listening = self.listening
+
+        def up(ports: list[Any]) -> None:
+            self.announce(ports)
+            listening.callback(ports)
+
+        gatherResults([s.bound for s in self.listeners()]).addCallback(up)
 
 
 def poa_for_endpoint(description: str) -> str | None:
@@ -333,7 +506,16 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
     # an outbound poa connection serves one request and is closed: no keep-alive
     poa_options = replace(connection_options, ping_interval=0)
 
-    top = MultiService()
+    def announce(ports: list[Any]) -> None:
+        log.info(
+            "acmews CSE {cse_id} ({cse_name}) listening on {listen}, poa {poa}",
+            cse_id=options["cse-id"],
+            cse_name=options["cse-name"],
+            listen=", ".join(_address(port) for port in ports),
+            poa=", ".join(poa) or "(none)",
+        )
+
+    top = CSEService(announce)
     originators = OriginatorMap()
     originators.setServiceParent(top)
 
@@ -406,16 +588,41 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
         options=connection_options,
     )
     for description in listen:
-        service: IService = strports.service(description, factory, reactor=reactor)
+        endpoint = endpoints.serverFromString(reactor, description)
+        service: IService = _Listener(description, endpoint, factory)
         service.setServiceParent(top)
     top.cse = cse  # type: ignore[attr-defined]
     top.factory = factory  # type: ignore[attr-defined]
     top.chain = chain  # type: ignore[attr-defined]
-    log.info(
-        "acmews CSE {cse_id} ({cse_name}) listening on {listen}, poa {poa}",
-        cse_id=config.cse_id,
-        cse_name=config.cse_name,
-        listen=", ".join(listen),
-        poa=", ".join(poa) or "(none)",
-    )
+    if getattr(options, "parent", None) is not None:
+        _one_line_listen_errors()
     return top
+
+
+def _address(port: Any) -> str:
+    """A listening port's address as a URL-ish string (tcp:127.0.0.1:8180)."""
+    try:
+        host = port.getHost()
+    except Exception:  # pragma: no cover - a port without an address
+        return repr(port)
+    if hasattr(host, "port"):
+        kind = getattr(host, "type", "TCP").lower()
+        return f"{kind}:{host.host}:{host.port}"
+    return str(getattr(host, "name", host))
+
+
+def _one_line_listen_errors() -> None:
+    """Under twistd, a ListenError reaches the top of the process (twistd removes its pid file
+    and re-raises): print it as one line instead of a traceback; exit status 1 as before."""
+    previous = sys.excepthook
+    if getattr(previous, "acmews", False):
+        return
+
+    def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        if isinstance(value, ListenError):
+            print(f"twistd acmews: {value}", file=sys.stderr)
+        else:
+            previous(kind, value, tb)
+
+    hook.acmews = True  # type: ignore[attr-defined]
+    sys.excepthook = hook

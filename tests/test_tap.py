@@ -6,6 +6,7 @@ from typing import Any
 
 from twisted.application.service import IServiceMaker, MultiService
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs
 from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import TestCase
@@ -16,7 +17,7 @@ from acmews.interfaces import IOriginatorMap, IRequestHandler, IRequestSender
 from acmews.poa import PoaChain
 from acmews.poa.limits import DEFAULT_DENY
 from acmews.protocol import OneM2MServerFactory
-from acmews.tap import Options, makeService, poa_for_endpoint
+from acmews.tap import ListenError, Options, makeService, poa_for_endpoint
 
 
 def parse(*argv: str) -> Options:
@@ -94,6 +95,59 @@ class OptionsTests(TestCase):
             ["--max-message-size", "big"],
         ):
             self.assertRaises(usage.UsageError, parse, *argv)
+
+    def test_bad_values_name_the_option_and_the_rule(self) -> None:
+        for argv, start in (
+            (["--request-timeout", "-1"], "--request-timeout must be a positive number"),
+            (["--request-timeout", "0"], "--request-timeout must be a positive number"),
+            (["--ping-timeout", "0"], "--ping-timeout must be a positive number"),
+            (["--message-timeout", "0"], "--message-timeout must be a positive number"),
+            (["--notification-expiry", "0"], "--notification-expiry must be a positive number"),
+            (["--notification-expiry", "nan"], "--notification-expiry must be a positive number"),
+            (["--ping-interval", "-1"], "--ping-interval must be zero (no keep-alive) or"),
+            (["--max-message-size", "big"], "--max-message-size must be a positive whole"),
+            (["--queue-size", "0"], "--queue-size must be a positive whole number"),
+            (["--cse-id", "id-in"], "--cse-id must be one slash then"),
+            (["--cse-id", "//id-in"], "--cse-id must be one slash then"),
+            (["--cse-id", "/id in"], "--cse-id must be one slash then"),
+            (["--admin", ""], "--admin must be an originator"),
+            (["--admin", "C Admin"], "--admin must be an originator"),
+            (["--admin", "a/b"], "--admin must be an originator"),
+            (["--poa", "cse.example.com:8180"], "--poa must be a URL with a scheme and a host"),
+            (["--poa", "ws://"], "--poa must be a URL with a scheme and a host"),
+            (["--listen", "tcp:99999"], "--listen tcp:99999: the port must be a number"),
+            (["--listen", "bogus:1"], "--listen bogus:1: Unknown endpoint type: 'bogus'"),
+        ):
+            e = self.assertRaises(usage.UsageError, parse, *argv)
+            self.assertTrue(str(e).startswith(start), (argv, str(e)))
+            self.assertNotIn("\n", str(e))
+            self.assertNotIn("Parameter type enforcement", str(e))
+
+    def test_zero_ping_interval_turns_keep_alive_off(self) -> None:
+        self.assertEqual(parse("--ping-interval", "0")["ping-interval"], 0.0)
+
+    def test_under_twistd_a_bad_value_is_one_line(self) -> None:
+        class Parent:
+            subCommand = "acmews"
+
+        options = Options()
+        options.parent = Parent()
+        e = self.assertRaises(SystemExit, options.parseOptions, ["--request-timeout", "-1"])
+        self.assertEqual(
+            str(e.code),
+            "twistd acmews: --request-timeout must be a positive number of seconds, not '-1'",
+        )
+
+    def test_version(self) -> None:
+        import contextlib
+        import io
+
+        from acmews import __version__
+
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            e = self.assertRaises(SystemExit, parse, "--version")
+        self.assertEqual((e.code, out.getvalue()), (0, f"acmews {__version__}\n"))
 
     def test_help_documents_every_option(self) -> None:
         text = str(Options())
@@ -283,5 +337,48 @@ class MakeServiceTests(TestCase):
             ) -> Any:
                 raise CannotListenError(interface, port, OSError("in use"))
 
-        service: Any = makeService(parse(), Busy())
-        self.assertRaises(CannotListenError, service.privilegedStartService)
+        with capturedLogs() as events:
+            service: Any = makeService(parse(), Busy())
+            e = self.assertRaises(CannotListenError, service.privilegedStartService)
+        self.assertIsInstance(e, ListenError)
+        self.assertEqual(
+            str(e),
+            "cannot listen on tcp:8180:interface=127.0.0.1:backlog=1024: in use",
+        )
+        self.assertNoResult(service.listening)
+        self.assertFalse([ev for ev in events if "listening on" in ev["log_format"]])
+
+    def test_listening_is_said_once_listening(self) -> None:
+        reactor = MemoryReactorClock()
+        with capturedLogs() as events:
+            service: Any = makeService(parse("--listen", "tcp:9100"), reactor)
+            said = [ev for ev in events if "listening on" in ev["log_format"]]
+            self.assertEqual(said, [])
+            service.privilegedStartService()
+            service.startService()
+        self.addCleanup(service.stopService)
+        (port,) = self.successResultOf(service.listening)
+        self.assertEqual(port.getHost().port, 9100)
+        (said,) = [ev for ev in events if "listening on" in ev["log_format"]]
+        self.assertEqual(said["listen"], "tcp:0.0.0.0:9100")
+        self.assertEqual(len(reactor.tcpServers), 1)
+
+    def test_under_twistd_a_listen_error_is_one_line(self) -> None:
+        import contextlib
+        import io
+        import sys
+
+        class Parent:
+            subCommand = "acmews"
+
+        options = parse()
+        options.parent = Parent()
+        self.patch(sys, "excepthook", sys.excepthook)
+        makeService(options, MemoryReactorClock())
+        error = ListenError("tcp:8180", OSError(98, "Address already in use"))
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            sys.excepthook(ListenError, error, None)
+        self.assertEqual(
+            err.getvalue(), "twistd acmews: cannot listen on tcp:8180: Address already in use\n"
+        )
