@@ -73,9 +73,11 @@ class ConnectionOptions:
         return {
             "maxMessagePayloadSize": self.max_message_size,
             "maxFramePayloadSize": self.max_message_size,
-            "autoPingInterval": self.ping_interval,
-            "autoPingTimeout": self.ping_timeout if self.ping_interval else 0,
-            "autoPingRestartOnAnyTraffic": True,
+            # keep-alive is acmews's own (acmews.protocol): Autobahn's batches its timers, so
+            # its first ping came 0.66-0.96 s into a 1 s interval, and on a missing pong it
+            # dropped the TCP connection without a close frame or a log line
+            "autoPingInterval": 0,
+            "autoPingTimeout": 0,
             "failByDrop": False,
             "openHandshakeTimeout": self.open_handshake_timeout,
             "closeHandshakeTimeout": self.close_handshake_timeout,

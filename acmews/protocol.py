@@ -171,6 +171,54 @@ class _AutobahnFastPath:
     _stall_call: IDelayedCall | None = None
     _message_frames: int = 0
     _message_call: IDelayedCall | None = None
+    #: keep-alive: reads so far, the reads seen at the last check, and its two timers
+    _reads: int = 0
+    _reads_seen: int = -1
+    _ping_call: IDelayedCall | None = None
+    _pong_call: IDelayedCall | None = None
+
+    def _start_keepalive(self) -> None:
+        """A ping after ``ping_interval`` of silence; no pong (nor any other traffic) within
+        ``ping_timeout`` closes the connection with a close frame and a log line."""
+        if self.factory.options.ping_interval > 0:
+            self._reads_seen = self._reads
+            self._ping_call = self.factory.clock.callLater(
+                self.factory.options.ping_interval, self._keepalive
+            )
+
+    def _keepalive(self) -> None:
+        self._ping_call = None
+        if self.state != _STATE_OPEN:
+            return
+        options = self.factory.options
+        clock = self.factory.clock
+        if self._reads != self._reads_seen:  # the peer spoke meanwhile: a full interval more
+            self._reads_seen = self._reads
+            self._ping_call = clock.callLater(options.ping_interval, self._keepalive)
+            return
+        self.sendPing()  # type: ignore[attr-defined]
+        self._pong_call = clock.callLater(options.ping_timeout, self._no_pong)
+
+    def onPong(self, payload: bytes) -> None:
+        call = self._pong_call
+        if call is not None:
+            self._pong_call = None
+            if call.active():
+                call.cancel()
+            self._start_keepalive()
+
+    def _no_pong(self) -> None:
+        self._pong_call = None
+        if self._reads != self._reads_seen:  # no pong, but it spoke: alive
+            self._start_keepalive()
+            return
+        timeout = self.factory.options.ping_timeout
+        _log.info(
+            "closing {peer} (1001): no answer to a ping within {timeout} s",
+            peer=self.peer,
+            timeout=timeout,
+        )
+        self._fail_connection(1001, f"no answer to a ping within {timeout:g} s")
 
     def connectionMade(self) -> None:
         super().connectionMade()  # type: ignore[misc]
@@ -184,10 +232,10 @@ class _AutobahnFastPath:
             self._release()
 
     def _release(self) -> None:
-        for call in (self._stall_call, self._message_call):
+        for call in (self._stall_call, self._message_call, self._ping_call, self._pong_call):
             if call is not None and call.active():
                 call.cancel()
-        self._stall_call = self._message_call = None
+        self._stall_call = self._message_call = self._ping_call = self._pong_call = None
         if self._backpressure is not None:
             self._backpressure.stopProducing()
             self._backpressure = None
@@ -291,6 +339,7 @@ class _AutobahnFastPath:
             call.cancel()
 
     def dataReceived(self, data: bytes) -> None:
+        self._reads += 1  # traffic: the keep-alive counts reads instead of timing each one
         if self._handshake_pending:
             self.data += data
             if len(self.data) > MAX_EARLY_DATA:
@@ -360,6 +409,7 @@ class _OneM2MProtocolMixin(_AutobahnFastPath):
             max_message_size=factory.options.max_message_size,
             on_bound=on_bound,
         )
+        self._start_keepalive()
         return self.session
 
     def _send_message(self, data: bytes, binary: bool) -> None:

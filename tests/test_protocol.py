@@ -4,6 +4,7 @@ timeouts, connection loss and bad input."""
 from __future__ import annotations
 
 import gc
+import itertools
 import random
 import weakref
 from typing import Any
@@ -829,6 +830,36 @@ class KeepAliveTests(TestCase):
         self.assertIsNone(self.originators.lookup("Cping"))
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_no_pong_closes_with_a_close_frame_and_a_log_line(self) -> None:
+        p = self.connect(answer_pings=False)
+        with capturedLogs() as events:
+            for _ in range(42):
+                self.clock.advance(1)
+                p.flush()
+        self.assertEqual(p.client.remoteCloseCode, 1001)  # not a TCP reset
+        self.assertIn("ping", p.client.remoteCloseReason)
+        self.assertTrue(any("no answer to a ping" in e.get("log_format", "") for e in events))
+
+    def test_pings_follow_an_interval_of_silence(self) -> None:
+        p = self.connect(answer_pings=True)
+        pings: list[float] = []
+        original = p.client.onPing
+        p.client.onPing = lambda payload: (pings.append(self.clock.seconds()), original(payload))
+        self.clock.advance(15)
+        d = p.client_session.request(Request(2, "cse-in", "k1", "4", "Cping"))  # type: ignore[arg-type]
+        p.flush()
+        self.successResultOf(d)
+        for _ in range(60):
+            self.clock.advance(1)
+            p.flush()
+        self.assertTrue(pings)
+        self.assertGreaterEqual(pings[0], 15 + 20)  # never sooner than 20 s after the traffic
+        self.assertTrue(all(b - a >= 20 for a, b in itertools.pairwise(pings)))
+        p.client_session.close()
+        p.flush()
+        self.clock.advance(30)
+        p.flush()
+
     def test_pong_keeps_it_open(self) -> None:
         p = self.connect(answer_pings=True)
         for _ in range(100):
@@ -860,7 +891,9 @@ class ConnectionOptionsTests(TestCase):
             self.assertIs(factory.options, opts)
             self.assertEqual(factory.maxMessagePayloadSize, 1234)
             self.assertEqual(factory.maxFramePayloadSize, 1234)
-            self.assertEqual((factory.autoPingInterval, factory.autoPingTimeout), (7.0, 3.0))
+            # keep-alive is acmews's own: Autobahn's is off
+            self.assertEqual((factory.autoPingInterval, factory.autoPingTimeout), (0, 0))
+            self.assertEqual((factory.options.ping_interval, factory.options.ping_timeout), (7, 3))
 
     def test_request_timeout_reaches_the_session(self) -> None:
         clock = Clock()
