@@ -559,3 +559,17 @@ class LoadConnectionTests(SynchronousTestCase):
         self.successResultOf(lc.done)
         self.assertEqual(lc.ledger.unanswered, 4)
         self.assertTrue(lc.budget.errors)
+
+
+class OneLineErrorTests(SynchronousTestCase):
+    def test_errors_are_one_short_line(self) -> None:
+        from twisted.internet.defer import TimeoutError as DeferTimeoutError
+
+        from acmews.bench.cli import _one_line
+        from acmews.bench.connections import BenchError
+
+        self.assertEqual(_one_line(BenchError("cannot connect")), "cannot connect")
+        self.assertIn("no answer in time", _one_line(DeferTimeoutError(10, "Deferred")))
+        long = _one_line(RuntimeError("x" * 1000 + "\nsecond line"))
+        self.assertEqual((len(long), "\n" in long), (300, False))
+        self.assertEqual(_one_line(ValueError()), "ValueError")

@@ -7,11 +7,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import traceback
 from collections.abc import Sequence
 from typing import Any, TextIO
 
 from twisted.internet.defer import Deferred
+from twisted.internet.defer import TimeoutError as DeferTimeoutError
 
 from acmews.bench.connections import SUBPROTOCOLS, BenchError, Target
 from acmews.bench.report import compare_summary, format_compare, format_report, report
@@ -161,6 +161,16 @@ async def run(reactor: Any, opts: BenchOptions, out: TextIO) -> int:
     return 1
 
 
+def _one_line(error: BaseException) -> str:
+    """What went wrong, in one line of at most 300 characters."""
+    if isinstance(error, BenchError):
+        return str(error)
+    text = str(error) or type(error).__name__
+    if isinstance(error, TimeoutError | DeferTimeoutError):
+        text = f"no answer in time ({text})"
+    return text.splitlines()[0][:300]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--worker"]:
@@ -173,12 +183,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     async def body() -> None:
         try:
             code[0] = await run(reactor, opts, sys.stdout)
-        except BenchError as e:
-            sys.stderr.write(f"bench: {e}\n")
-        except Exception:
-            traceback.print_exc()
+        except Exception as e:
+            # one line, no traceback: what went wrong, not where in the bench
+            sys.stderr.write(f"bench: {_one_line(e)}\n")
+            code[0] = 2
         finally:
-            reactor.stop()
+            if reactor.running:
+                reactor.stop()
 
     reactor.callWhenRunning(lambda: Deferred.fromCoroutine(body()))
     reactor.run()

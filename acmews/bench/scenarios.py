@@ -11,7 +11,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.defer import (
+    Deferred,
+    DeferredSemaphore,
+    FirstError,
+    TimeoutError,
+    gatherResults,
+)
 
 from acmews.bench.connections import (
     RVI,
@@ -288,29 +294,51 @@ async def run_fanout(
         )
         if resp.get("rsc") != 2001:
             raise BenchError(f"cannot create the container {cnt}: {resp}")
-        for k in range(opts.connections):
-            aei = f"Cbench{tag}x{k}"
-            client = await open_client(reactor, target, opts.serialization, aei, t)
-            s = RequestChannel(client, opts.serialization, reactor, aei, t)
-            channels.append(s)
-            resp = await s.request(ae_create(opts.target, aei))
-            if resp.get("rsc") != 2001:
-                raise BenchError(f"AE CREATE for {aei} failed: {resp}")
-            created_aes.append(aei)
-            aei = resp.get("pc", {}).get("m2m:ae", {}).get("aei") or aei
-            sub = {
-                "op": 1,
-                "to": cnt,
-                "ty": 23,
-                "pc": {"m2m:sub": {"rn": f"sub{k}", "nu": [aei], "enc": {"net": [3]}, "nct": 1}},
-            }
-            resp = await s.request(sub)
-            if resp.get("rsc") == 4103:
-                # the AE may not subscribe to the admin's container (ACME's default ACPs):
-                # the admin subscribes on its behalf; the CSE verifies with the AE (vrq)
-                resp = await admin.request(sub)
-            if resp.get("rsc") != 2001:
-                raise BenchError(f"subscription for {aei} failed: {resp}")
+        slots = DeferredSemaphore(SETUP_CONCURRENCY)
+        opened: list[RequestChannel | None] = [None] * opts.connections
+
+        async def set_up(k: int) -> None:
+            # a bounded number at a time: a thousand simultaneous connects overflow a
+            # server's listen backlog (Twisted's default is 50)
+            await slots.acquire()
+            try:
+                aei = f"Cbench{tag}x{k}"
+                client = await open_client(reactor, target, opts.serialization, aei, t)
+                s = opened[k] = RequestChannel(client, opts.serialization, reactor, aei, t)
+                resp = await s.request(ae_create(opts.target, aei))
+                if resp.get("rsc") != 2001:
+                    raise BenchError(f"AE CREATE for {aei} failed: {resp}")
+                created_aes.append(aei)
+                aei = resp.get("pc", {}).get("m2m:ae", {}).get("aei") or aei
+                sub = {
+                    "op": 1,
+                    "to": cnt,
+                    "ty": 23,
+                    "pc": {
+                        "m2m:sub": {"rn": f"sub{k}", "nu": [aei], "enc": {"net": [3]}, "nct": 1}
+                    },
+                }
+                resp = await s.request(sub)
+                if resp.get("rsc") == 4103:
+                    # the AE may not subscribe to the admin's container (ACME's default
+                    # ACPs): the admin subscribes on its behalf; the CSE verifies with the AE
+                    resp = await admin.request(sub)
+                if resp.get("rsc") != 2001:
+                    raise BenchError(f"subscription for {aei} failed: {resp}")
+            finally:
+                slots.release()
+
+        try:
+            await gatherResults(
+                [Deferred.fromCoroutine(set_up(k)) for k in range(opts.connections)],
+                consumeErrors=True,
+            )
+        except FirstError as e:
+            error = e.subFailure.value
+            assert isinstance(error, Exception)
+            raise error from None
+        finally:
+            channels.extend(s for s in opened if s is not None)
 
         def on_notify(k: int) -> Callable[[dict[str, Any]], None]:
             def handle(msg: dict[str, Any]) -> None:
@@ -364,21 +392,65 @@ async def run_fanout(
             result.unknown += s.ledger.unknown
             result.malformed += s.ledger.malformed
     finally:
-        for rn in created_aes:
-            try:
-                await admin.request({"op": 4, "to": f"{opts.target}/{rn}"})
-            except Exception as e:
-                out.write(f"  warning: could not delete AE {rn}: {e}\n")
-        try:
-            await admin.request({"op": 4, "to": cnt})
-        except Exception as e:
-            out.write(f"  warning: could not delete {cnt}: {e}\n")
+        await _clean_up(reactor, opts, target, admin, [*created_aes, cnt.rsplit("/")[-1]], out)
         await close_all(reactor, [s.client for s in channels] + [admin_client])
     result.connections = opts.connections
     server: dict[str, Any] = {}
     if before is not None and after is not None:
         server = {"cpu_s": after.cpu - before.cpu, "rss_kib": after.rss_kib}
     return result, server
+
+
+#: AEs the fan-out scenario sets up at a time. One: each subscription is a child of the
+#: container the others watch (net 3), so setting up N AEs sends about N*N/2 notifications;
+#: one at a time they are over before the measured rounds start, and a thousand connects never
+#: overflow a server's listen backlog
+SETUP_CONCURRENCY = 1
+
+
+async def _clean_up(
+    reactor: Any,
+    opts: BenchOptions,
+    target: Target,
+    admin: RequestChannel,
+    names: list[str],
+    out: TextIO,
+) -> None:
+    """Delete what the run created (under ``opts.target``); if the admin's connection is
+    gone, through a new one. Failures are summed up in one line."""
+    failed: list[str] = []
+    extra: list[Any] = []
+    reason = ""
+    for rn in names:
+        for attempt in (1, 2):
+            try:
+                resp = await admin.request({"op": 4, "to": f"{opts.target}/{rn}"})
+                if resp.get("rsc") not in (2002, 4004):
+                    failed.append(rn)
+                    reason = f"rsc {resp.get('rsc')}"
+                break
+            except Exception as e:
+                if attempt == 2 or admin.client.is_open:
+                    failed.append(rn)
+                    reason = str(e) or type(e).__name__
+                    break
+                try:  # the connection is gone: one more, on a new one
+                    client = await open_client(
+                        reactor, target, opts.serialization, opts.originator, opts.timeout
+                    )
+                except Exception as e2:
+                    failed.append(rn)
+                    reason = str(e2) or type(e2).__name__
+                    break
+                admin = RequestChannel(
+                    client, opts.serialization, reactor, opts.originator, opts.timeout
+                )
+                extra.append(client)
+    await close_all(reactor, extra)
+    if failed:
+        out.write(
+            f"  warning: could not delete {len(failed)} resource(s) ({failed[0]}...): {reason}\n"
+        )
 
 
 async def run_idle(
