@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import sys
+from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
@@ -41,3 +44,52 @@ class ReadmeTests(TestCase):
     def test_blocks_are_found_with_their_line(self) -> None:
         text = "a\n```python\nx = 1\n```\nb\n```\nnot python\n```\n"
         self.assertEqual(python_blocks(text), [(3, "x = 1\n")])
+
+
+class TourAgainstARealCSETests(TestCase):
+    """The tour, as printed but for its URL, run as a program against a CSE on a real socket
+    (makeService on 127.0.0.1, port 0): twice, since it deletes what it creates."""
+
+    timeout = 60
+
+    def test_the_tour_runs(self) -> Any:
+        return Deferred.fromCoroutine(self._tour())
+
+    async def _tour(self) -> None:
+        from twisted.internet import reactor
+        from twisted.internet.utils import getProcessOutputAndValue
+
+        from acmews.tap import Options, makeService
+
+        with open(README, encoding="utf-8") as f:
+            tour = python_blocks(f.read())[0][1]
+        self.assertIn('URL = "ws://127.0.0.1:8180"', tour)
+        options = Options()
+        options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1", "--ping-interval", "0"])
+        service: Any = makeService(options, reactor)
+        service.privilegedStartService()
+        service.startService()
+        self.addCleanup(service.stopService)
+        listening = next(s for s in service if hasattr(s, "_waitingForPort"))
+        bound: Deferred[Any] = Deferred()
+
+        def found(port: Any) -> Any:
+            bound.callback(port)
+            return port
+
+        listening._waitingForPort.addCallback(found)
+        port = await bound
+        code = tour.replace("ws://127.0.0.1:8180", f"ws://127.0.0.1:{port.getHost().port}")
+        root = os.path.dirname(README)
+        env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        for _ in range(2):
+            out, err, status = await getProcessOutputAndValue(
+                sys.executable, ["-c", code], env=env, path=root, reactor=reactor
+            )
+            text = out.decode()
+            self.assertEqual(status, 0, err.decode()[-2000:])
+            for line in ("AE 2001", "CNT 2001", "SUB 2001", "CIN 2001 over oneM2M.cbor"):
+                self.assertIn(line, text)
+            self.assertIn("notification 3 on", text)
+            self.assertIn("latest 2000 on", text)
+            self.assertIn("deleted 2002", text)
