@@ -143,3 +143,28 @@ def pair(server_factory: OneM2MServerFactory, client_factory: OneM2MClientFactor
     pump = connect(server, server_transport, client, client_transport, greet=True)
     pump.flush()
     return Pair(server_factory, client_factory, pump, server, client)
+
+
+async def start_cse(test: Any, *argv: str) -> tuple[Any, str]:
+    """``twistd acmews``'s service (makeService) on 127.0.0.1, port 0, with the global
+    reactor, stopped at ``test``'s cleanup; its service and ``ws://`` URL."""
+    from twisted.internet import reactor
+
+    from acmews.tap import Options, makeService
+
+    options = Options()
+    options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1", "--ping-interval", "0", *argv])
+    service: Any = makeService(options, reactor)
+    service.privilegedStartService()
+    service.startService()
+    test.addCleanup(service.stopService)
+    listening = next(s for s in service if hasattr(s, "_waitingForPort"))
+    bound: Deferred[Any] = Deferred()
+
+    def found(port: Any) -> Any:
+        bound.callback(port)
+        return port  # keep it: stopService needs the port from this Deferred
+
+    listening._waitingForPort.addCallback(found)
+    port = await bound
+    return service, f"ws://127.0.0.1:{port.getHost().port}"

@@ -17,9 +17,8 @@ from acmews.interfaces import IConnection
 from acmews.originators import OriginatorMap
 from acmews.poa import PoaChain
 from acmews.primitive import Request, Response
-from acmews.tap import Options, makeService
 
-from .helpers import NO_PING, Pair, make_client_factory, make_server_factory, pair
+from .helpers import NO_PING, Pair, make_client_factory, make_server_factory, pair, start_cse
 
 
 class Notifications:
@@ -315,26 +314,8 @@ class LoopbackServiceTests(TestCase):
 
     timeout = 20
 
-    @inlineCallbacks
-    def start(self, *argv: str) -> Any:
-        options = Options()
-        options.parseOptions(
-            ["--listen", "tcp:0:interface=127.0.0.1", "--ping-interval", "0", *argv]
-        )
-        service: Any = makeService(options, reactor)
-        service.privilegedStartService()
-        service.startService()
-        self.addCleanup(service.stopService)
-        listening = next(s for s in service if hasattr(s, "_waitingForPort"))
-        bound: Deferred[Any] = Deferred()
-
-        def found(port: Any) -> Any:
-            bound.callback(port)
-            return port  # keep it: stopService needs the port from this Deferred
-
-        listening._waitingForPort.addCallback(found)
-        port = yield bound
-        return service, f"ws://127.0.0.1:{port.getHost().port}"
+    def start(self, *argv: str) -> Deferred[tuple[Any, str]]:
+        return Deferred.fromCoroutine(start_cse(self, *argv))
 
     @inlineCallbacks
     def test_register_subscribe_notify(self) -> Any:

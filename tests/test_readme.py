@@ -10,6 +10,8 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
+from .helpers import start_cse
+
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 
 
@@ -59,27 +61,11 @@ class TourAgainstARealCSETests(TestCase):
         from twisted.internet import reactor
         from twisted.internet.utils import getProcessOutputAndValue
 
-        from acmews.tap import Options, makeService
-
         with open(README, encoding="utf-8") as f:
             tour = python_blocks(f.read())[0][1]
         self.assertIn('URL = "ws://127.0.0.1:8180"', tour)
-        options = Options()
-        options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1", "--ping-interval", "0"])
-        service: Any = makeService(options, reactor)
-        service.privilegedStartService()
-        service.startService()
-        self.addCleanup(service.stopService)
-        listening = next(s for s in service if hasattr(s, "_waitingForPort"))
-        bound: Deferred[Any] = Deferred()
-
-        def found(port: Any) -> Any:
-            bound.callback(port)
-            return port
-
-        listening._waitingForPort.addCallback(found)
-        port = await bound
-        code = tour.replace("ws://127.0.0.1:8180", f"ws://127.0.0.1:{port.getHost().port}")
+        _, url = await start_cse(self)
+        code = tour.replace("ws://127.0.0.1:8180", url)
         root = os.path.dirname(README)
         env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
         for _ in range(2):
