@@ -114,6 +114,11 @@ class RegistrarLink(Service):
         self.state = "stopped"
         self._rqis = itertools.count(1)
         self._registered_waiters: list[Deferred[None]] = []
+        self._initial_delay = initial_delay
+        self._max_delay = max_delay
+        #: registrations that failed in a row, and the timer that closes the connection
+        self._failures = 0
+        self._retry_call: Any = None
 
     def when_registered(self) -> Deferred[None]:
         """Fires once this CSE is registered at its registrar (at once when it is)."""
@@ -149,6 +154,9 @@ class RegistrarLink(Service):
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
+        if self._retry_call is not None and self._retry_call.active():
+            self._retry_call.cancel()
+        self._retry_call = None
         session = self.session
         if (
             session is not None
@@ -190,11 +198,22 @@ class RegistrarLink(Service):
                 self._state("connection lost: reconnecting")
 
     def _registration_failed(self, failure: Any, session: Session) -> None:
+        """Close the connection, so that the ClientService opens a new one and registration
+        is tried again; but only after a delay that grows with each failure in a row (the
+        connection itself succeeded, so the ClientService would try again at once)."""
+        self._failures += 1
+        delay = min(self._max_delay, self._initial_delay * 2 ** (self._failures - 1))
         self.log.warn(
-            "registration at {registrar} failed: {error}",
+            "registration at {registrar} failed: {error}; trying again in {delay:.0f} s",
             registrar=self.registrar_cse_id,
             error=str(failure.value),
+            delay=delay,
         )
+        self._state("registration failed")
+        self._retry_call = self.clock.callLater(delay, self._give_up_on, session)
+
+    def _give_up_on(self, session: Session) -> None:
+        self._retry_call = None
         session.close(1000, "registration failed")
 
     def _client(self, session: Session) -> Client:
@@ -239,6 +258,7 @@ class RegistrarLink(Service):
         cb = base.pc.get("m2m:cb") or {}
         await self._registrar_csr(session, cb)
         self.registered = True
+        self._failures = 0
         self._state("registered")
         waiters, self._registered_waiters = self._registered_waiters, []
         for waiter in waiters:

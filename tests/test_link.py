@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from twisted.internet.address import IPv4Address
@@ -214,3 +215,27 @@ class LinkTests(TestCase):
         self.assertEqual(notification.fr, IN)
         ae.client_session.close()
         self.flush()
+
+    def test_a_refused_registration_is_retried_with_growing_delays(self) -> None:
+        self.inn.cse = CSE(
+            CSEConfig(cse_id=IN, cse_name="cse-in", allowed_csr_originators=("/id-other",)),
+            self.inn.chain,
+            self.clock,
+        )
+        self.in_factory.handler = self.inn.cse
+        times: list[float] = []
+        connect = self.endpoint.connect
+        self.endpoint.connect = lambda f: (times.append(self.clock.seconds()), connect(f))[1]
+        self.link.startService()
+        self.flush()
+        self.assertFalse(self.link.registered)
+        self.assertEqual(self.link.state, "registration failed")
+        for _ in range(40):
+            self.clock.advance(0.5)
+            self.flush()
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        self.assertGreaterEqual(len(gaps), 3)
+        # (the ClientService adds its own jittered delay: the gaps grow, if not strictly)
+        self.assertTrue(all(b >= a for a, b in itertools.pairwise(gaps)), gaps)
+        self.assertGreater(gaps[-1], gaps[0])
+        self.assertGreaterEqual(gaps[0], 1)
