@@ -23,6 +23,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
+from acmews.auth import CredentialAuthorizer, read_basic_file, read_token_file
 from acmews.client import connect
 from acmews.cse import CSE, CSEConfig
 from acmews.link import RegistrarLink
@@ -112,6 +113,21 @@ class Options(usage.Options):
         ],
     ]
     optParameters: list[Any] = [
+        [
+            "basic-auth-file",
+            None,
+            None,
+            "A file of user:hash[:originators] lines (ACME's SHA-256 hex, or an entry made by "
+            "python -m acmews.auth hash): connections must authenticate (HTTP Basic) and may "
+            "claim only the originators listed (none listed: any but the admin's and those "
+            "another credential lists).",
+        ],
+        [
+            "token-file",
+            None,
+            None,
+            "A file of token[:originators] lines: Bearer tokens, with the same originator rules.",
+        ],
         [
             "registrar",
             None,
@@ -305,6 +321,17 @@ class Options(usage.Options):
         registrar = self["registrar"]
         if registrar is not None and not registrar.startswith(("ws://", "wss://")):
             raise usage.UsageError("--registrar must be a ws:// or wss:// URL")
+        for option, reader in (
+            ("basic-auth-file", read_basic_file),
+            ("token-file", read_token_file),
+        ):
+            path = self[option]
+            if path is not None:
+                try:
+                    with open(path, encoding="utf-8") as f:
+                        self[option + "-entries"] = reader(f)
+                except (OSError, ValueError) as e:
+                    raise usage.UsageError(f"--{option} {path}: {e}") from None
         if self["registrar-serialization"] not in ("json", "cbor"):
             raise usage.UsageError("--registrar-serialization must be json or cbor")
         rid = self["registrar-cse-id"]
@@ -450,6 +477,15 @@ class CSEService(MultiService):
         gatherResults([s.bound for s in self.listeners()]).addCallback(up)
 
 
+def _loopback_only(description: str) -> bool:
+    """Does the server endpoint listen on a loopback interface only?"""
+    for part in re.split(r"(?<!\\):", description)[1:]:
+        if part.startswith("interface="):
+            host = part[len("interface=") :].replace("\\:", ":")
+            return host.startswith("127.") or host in ("::1", "localhost")
+    return description.startswith("unix:")
+
+
 def poa_for_endpoint(description: str) -> str | None:
     """The ws:// or wss:// URL a client would use for a tcp:/ssl: server endpoint string."""
     parts = [p.replace("\\:", ":") for p in re.split(r"(?<!\\):", description)]
@@ -581,9 +617,24 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
         )
         link.setServiceParent(top)
         top.link = link  # type: ignore[attr-defined]
+    authorizer = None
+    basic = options.get("basic-auth-file-entries") or []
+    tokens = options.get("token-file-entries") or []
+    if basic or tokens:
+        from twisted.internet.threads import deferToThread
+
+        authorizer = CredentialAuthorizer(
+            basic, tokens, admin=options["admin"], defer_to_thread=deferToThread
+        )
+    elif any(not _loopback_only(d) for d in listen):
+        log.warn(
+            "listening beyond loopback without authentication: anyone who reaches the port "
+            "may claim any originator (see --basic-auth-file, --token-file)"
+        )
     factory = OneM2MServerFactory(
         cse,
         originators,
+        authorizer=authorizer,
         reactor=reactor,
         options=connection_options,
     )

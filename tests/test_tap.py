@@ -323,6 +323,43 @@ class MakeServiceTests(TestCase):
         ):
             self.assertRaises(usage.UsageError, parse, *bad)
 
+    def test_credential_files(self) -> None:
+        import hashlib
+
+        from acmews.auth import CredentialAuthorizer
+        from acmews.authorizers import DefaultAuthorizer
+
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(f"meters:{hashlib.sha256(b'pw').hexdigest()}:Cmeter*\n")
+        tokens = self.mktemp()
+        with open(tokens, "w") as f:
+            f.write("t0k3n\n")
+        service: Any = makeService(
+            parse("--basic-auth-file", path, "--token-file", tokens), MemoryReactorClock()
+        )
+        self.assertIsInstance(service.factory.authorizer, CredentialAuthorizer)
+        plain: Any = makeService(parse(), MemoryReactorClock())
+        self.assertIsInstance(plain.factory.authorizer, DefaultAuthorizer)
+        bad = self.mktemp()
+        with open(bad, "w") as f:
+            f.write("no-hash-here\n")
+        for argv in (("--basic-auth-file", bad), ("--token-file", self.mktemp())):
+            self.assertRaises(usage.UsageError, parse, *argv)
+
+    def test_warns_beyond_loopback_without_authentication(self) -> None:
+        from twisted.logger import capturedLogs
+
+        for listen, warned in (
+            ("tcp:8180:interface=127.0.0.1", False),
+            ("tcp:8180", True),
+            ("tcp:8180:interface=0.0.0.0", True),
+        ):
+            with capturedLogs() as events:
+                makeService(parse("--listen", listen), MemoryReactorClock())
+            said = any("without authentication" in e.get("log_format", "") for e in events)
+            self.assertEqual(said, warned, listen)
+
     def test_explicit_poa(self) -> None:
         o = parse("--poa", "ws://cse.example.com:8180")
         service: Any = makeService(o, MemoryReactorClock())

@@ -1,0 +1,224 @@
+"""Who may speak for an originator: credentials on the opening handshake.
+
+Two kinds of credential files, both ACME's formats with an optional list of the originators
+the credential may claim (comma-separated exact IDs or globs: ``Cmeter*``, ``/id-mn``,
+``CAdmin``):
+
+- Basic: lines ``user:hash[:originators]``; ``hash`` is ACME's SHA-256 hex of the password, or
+  an entry made by ``python -m acmews.auth hash`` (``scrypt$N$r$p$salt$key``, salted).
+- Bearer: lines ``token[:originators]``.
+
+Blank lines and lines starting with ``#`` are skipped. A connection must authenticate (401
+with ``WWW-Authenticate`` otherwise; which part was wrong is not said) and may claim, with
+``X-M2M-Origin``, only an originator its credential allows (403 otherwise). A credential
+without a list may claim any originator except the admin's and those another credential
+lists. A connection without the header may register an AE, as without credentials.
+Comparisons take constant time; scrypt runs off the reactor thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import fnmatch
+import getpass
+import hashlib
+import hmac
+import secrets
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
+
+from acmews.handshake import Handshake, HandshakeRefused, origin_header
+from acmews.interfaces import IHandshakeAuthorizer
+
+__all__ = [
+    "Credential",
+    "CredentialAuthorizer",
+    "hash_password",
+    "read_basic_file",
+    "read_token_file",
+]
+
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+#: what an unknown user's password is checked against (never matches: a real salt and key
+#: would be needed)
+_DUMMY = "scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA==$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+
+
+def _unauthorized() -> HandshakeRefused:
+    return HandshakeRefused(
+        401, "Unauthorized", {"WWW-Authenticate": 'Basic realm="acmews", Bearer realm="acmews"'}
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """One line of a credential file: who, how it is checked, what it may claim."""
+
+    name: str
+    #: SHA-256 hex (ACME), ``scrypt$...``, or the token itself (Bearer)
+    secret: str
+    #: patterns of the originators it may claim; None: any but the admin's and the listed
+    originators: tuple[str, ...] | None
+
+    def allows(self, originator: str) -> bool:
+        assert self.originators is not None
+        return any(fnmatch.fnmatchcase(originator, p) for p in self.originators)
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    """A salted scrypt entry for a Basic credential file."""
+    salt = salt if salt is not None else secrets.token_bytes(16)
+    key = hashlib.scrypt(password.encode(), salt=salt, **_SCRYPT)
+    b64 = base64.b64encode
+    return "scrypt${n}${r}${p}${salt}${key}".format(
+        salt=b64(salt).decode(), key=b64(key).decode(), **_SCRYPT
+    )
+
+
+def _verify(password: str, stored: str) -> bool:
+    """Constant-time check of ``password`` against a stored hash (SHA-256 hex or scrypt)."""
+    if stored.startswith("scrypt$"):
+        try:
+            _, n, r, p, salt, key = stored.split("$")
+            expected = base64.b64decode(key)
+            got = hashlib.scrypt(
+                password.encode(),
+                salt=base64.b64decode(salt),
+                n=int(n),
+                r=int(r),
+                p=int(p),
+                dklen=len(expected),
+            )
+        except (ValueError, binascii.Error):
+            return False
+        return hmac.compare_digest(got, expected)
+    got_hex = hashlib.sha256(password.encode()).hexdigest()
+    return hmac.compare_digest(got_hex, stored.lower())
+
+
+def _parse_lines(lines: Iterable[str], fields: int, what: str) -> list[Credential]:
+    credentials: list[Credential] = []
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split(":", fields)
+        if len(parts) < fields or not all(parts[:fields]):
+            expected = "user:hash" if fields == 2 else "token"
+            raise ValueError(f"{what} line {number}: expected {expected}[:originators]")
+        originators: tuple[str, ...] | None = None
+        if len(parts) > fields:
+            originators = tuple(o.strip() for o in parts[fields].split(",") if o.strip())
+            if not originators:
+                raise ValueError(f"{what} line {number}: an empty list of originators")
+        name, secret = (parts[0], parts[1]) if fields == 2 else (f"token {number}", parts[0])
+        credentials.append(Credential(name, secret, originators))
+    return credentials
+
+
+def read_basic_file(lines: Iterable[str]) -> list[Credential]:
+    """``user:hash[:originators]`` lines."""
+    return _parse_lines(lines, 2, "basic auth file")
+
+
+def read_token_file(lines: Iterable[str]) -> list[Credential]:
+    """``token[:originators]`` lines."""
+    return _parse_lines(lines, 1, "token file")
+
+
+@implementer(IHandshakeAuthorizer)
+class CredentialAuthorizer:
+    """Basic and Bearer credentials binding originators (see the module)."""
+
+    def __init__(
+        self,
+        basic: Sequence[Credential] = (),
+        tokens: Sequence[Credential] = (),
+        *,
+        admin: str = "CAdmin",
+        defer_to_thread: Callable[..., Deferred[Any]] | None = None,
+    ) -> None:
+        """
+        @param defer_to_thread: runs a scrypt check off the reactor thread
+            (``twisted.internet.threads.deferToThread``); None runs it inline (tests).
+        """
+        self._users = {c.name: c for c in basic}
+        self._tokens = list(tokens)
+        self._admin = admin
+        self._defer_to_thread = defer_to_thread
+        #: what an unknown user's password is checked against, as dear as the users' own
+        self._dummy = (
+            _DUMMY
+            if any(c.secret.startswith("scrypt$") for c in basic)
+            else "0" * 64  # a SHA-256 hex no password has
+        )
+        #: patterns some credential lists: a credential without a list may not claim them
+        self._listed = [p for c in (*basic, *tokens) if c.originators for p in c.originators]
+
+    def authorize(self, handshake: Handshake) -> Deferred[str | None] | str | None:
+        originator = origin_header(handshake.headers)
+        header = handshake.headers.get("authorization", "")
+        scheme, _, value = header.strip().partition(" ")
+        scheme = scheme.lower()
+        if scheme == "bearer":
+            token = value.strip()
+            found = None
+            for credential in self._tokens:  # every one compared: constant time
+                if hmac.compare_digest(credential.secret.encode(), token.encode()):
+                    found = credential
+            if found is None:
+                raise _unauthorized()
+            return self._claim(found, originator)
+        if scheme == "basic":
+            try:
+                decoded = base64.b64decode(value.strip(), validate=True).decode()
+            except (ValueError, binascii.Error, UnicodeDecodeError):
+                raise _unauthorized() from None
+            user, sep, password = decoded.partition(":")
+            known = self._users.get(user) if sep else None
+            # an unknown user costs what a known one does: no user list by timing
+            stored = self._dummy if known is None else known.secret
+            if stored.startswith("scrypt$") and self._defer_to_thread is not None:
+                d = self._defer_to_thread(_verify, password, stored)
+                return d.addCallback(self._checked, known, originator)
+            return self._checked(_verify(password, stored), known, originator)
+        raise _unauthorized()
+
+    def _checked(
+        self, ok: bool, credential: Credential | None, originator: str | None
+    ) -> str | None:
+        if not ok or credential is None:
+            raise _unauthorized()
+        return self._claim(credential, originator)
+
+    def _claim(self, credential: Credential, originator: str | None) -> str | None:
+        if originator is None:
+            return None  # it may register an AE
+        if credential.originators is not None:
+            allowed = credential.allows(originator)
+        else:
+            allowed = originator != self._admin and not any(
+                fnmatch.fnmatchcase(originator, p) for p in self._listed
+            )
+        if not allowed:
+            raise HandshakeRefused(403, "Forbidden")
+        return originator
+
+
+def _main(argv: Sequence[str]) -> int:
+    if argv[:1] != ["hash"] or len(argv) > 2:
+        sys.stderr.write("usage: python -m acmews.auth hash [PASSWORD]\n")
+        return 2
+    password = argv[1] if len(argv) == 2 else getpass.getpass("password: ")
+    print(hash_password(password))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(_main(sys.argv[1:]))

@@ -1,0 +1,188 @@
+"""Credentials on the opening handshake: Basic (ACME's SHA-256 hex and scrypt) and Bearer
+tokens, each bound to the originators it may claim."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import sys
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface.verify import verifyObject
+
+from acmews.auth import (
+    CredentialAuthorizer,
+    hash_password,
+    read_basic_file,
+    read_token_file,
+)
+from acmews.handshake import Handshake, HandshakeRefused
+from acmews.interfaces import IHandshakeAuthorizer
+
+from .helpers import RecordingHandler, make_client_factory, make_server_factory, pair
+
+SHA = hashlib.sha256(b"secret").hexdigest()
+BASIC = [
+    "# ACME's format, and ours with lists",
+    f"acme:{SHA}",
+    "",
+    f"meters:{hash_password('m3ter', b'0123456789abcdef')}:Cmeter*,Cgw",
+    f"mn:{SHA}:/id-mn",
+    f"admin:{SHA}:CAdmin",
+]
+TOKENS = ["tok-any", "tok-meter:Cmeter1"]
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def shake(authorization: str | None = None, origin: str | None = None) -> Handshake:
+    headers = {}
+    if authorization is not None:
+        headers["authorization"] = authorization
+    if origin is not None:
+        headers["x-m2m-origin"] = origin
+    return Handshake(headers, None)
+
+
+class FileTests(SynchronousTestCase):
+    def test_files(self) -> None:
+        users = {c.name: c for c in read_basic_file(BASIC)}
+        self.assertEqual(set(users), {"acme", "meters", "mn", "admin"})
+        self.assertIsNone(users["acme"].originators)
+        self.assertEqual(users["meters"].originators, ("Cmeter*", "Cgw"))
+        tokens = read_token_file(TOKENS)
+        self.assertEqual([t.originators for t in tokens], [None, ("Cmeter1",)])
+        for bad in (["justaname"], [":hash"], ["u:h:"]):
+            self.assertRaises(ValueError, read_basic_file, bad)
+
+    def test_the_hash_command(self) -> None:
+        from acmews.auth import _main
+
+        printed = io.StringIO()
+        self.patch(sys, "stdout", printed)
+        self.assertEqual(_main(["hash", "pw"]), 0)
+        out = printed.getvalue().strip()
+        self.assertTrue(out.startswith("scrypt$16384$8$1$"))
+        authorizer = CredentialAuthorizer(read_basic_file([f"u:{out}"]))
+        self.assertEqual(authorizer.authorize(shake(basic("u", "pw"), "Cx")), "Cx")
+        self.assertNotEqual(hash_password("pw"), hash_password("pw"))  # salted
+
+
+class AuthorizerTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.authorizer = CredentialAuthorizer(read_basic_file(BASIC), read_token_file(TOKENS))
+
+    def refused(self, handshake: Handshake) -> HandshakeRefused:
+        with self.assertRaises(HandshakeRefused) as caught:
+            self.authorizer.authorize(handshake)
+        return caught.exception
+
+    def test_provides(self) -> None:
+        verifyObject(IHandshakeAuthorizer, self.authorizer)
+
+    def test_no_or_wrong_credentials_are_401_saying_nothing_more(self) -> None:
+        for authorization in (
+            None,
+            "",
+            basic("acme", "wrong"),
+            basic("nobody", "secret"),
+            "Basic !!!",
+            "Basic " + base64.b64encode(b"no-colon").decode(),
+            "Bearer nope",
+            "Digest x",
+        ):
+            e = self.refused(shake(authorization, "Cx"))
+            self.assertEqual((e.status, e.reason), (401, "Unauthorized"))
+            self.assertIn("Basic", e.headers["WWW-Authenticate"])
+
+    def test_acme_format_and_scrypt(self) -> None:
+        self.assertEqual(self.authorizer.authorize(shake(basic("acme", "secret"), "Cx")), "Cx")
+        self.assertEqual(
+            self.authorizer.authorize(shake(basic("meters", "m3ter"), "Cmeter7")), "Cmeter7"
+        )
+        self.refused(shake(basic("meters", "secret"), "Cmeter7"))
+
+    def test_credentials_bind_originators(self) -> None:
+        self.assertEqual(self.refused(shake(basic("meters", "m3ter"), "Clamp")).status, 403)
+        self.assertEqual(
+            self.authorizer.authorize(shake(basic("mn", "secret"), "/id-mn")), "/id-mn"
+        )
+        self.assertEqual(self.refused(shake(basic("mn", "secret"), "/id-other")).status, 403)
+        # a credential without a list: anything but the admin and what others list
+        for taken in ("CAdmin", "Cmeter3", "/id-mn", "Cgw"):
+            self.assertEqual(self.refused(shake(basic("acme", "secret"), taken)).status, 403)
+        # the admin only for a credential that lists it
+        self.assertEqual(
+            self.authorizer.authorize(shake(basic("admin", "secret"), "CAdmin")), "CAdmin"
+        )
+
+    def test_without_the_header_it_may_register_an_ae(self) -> None:
+        self.assertIsNone(self.authorizer.authorize(shake(basic("meters", "m3ter"))))
+
+    def test_bearer(self) -> None:
+        self.assertEqual(self.authorizer.authorize(shake("Bearer tok-any", "Cx")), "Cx")
+        self.assertEqual(
+            self.authorizer.authorize(shake("Bearer tok-meter", "Cmeter1")), "Cmeter1"
+        )
+        self.assertEqual(self.refused(shake("Bearer tok-meter", "Cmeter2")).status, 403)
+
+    def test_scrypt_runs_off_the_reactor_thread(self) -> None:
+        calls: list[Any] = []
+
+        def to_thread(f: Any, *args: Any) -> Deferred[Any]:
+            calls.append(f)
+            return succeed(f(*args))
+
+        authorizer = CredentialAuthorizer(read_basic_file(BASIC), defer_to_thread=to_thread)
+        d = authorizer.authorize(shake(basic("meters", "m3ter"), "Cmeter1"))
+        assert isinstance(d, Deferred)
+        self.assertEqual(self.successResultOf(d), "Cmeter1")
+        self.assertEqual(len(calls), 1)
+        # an unknown user costs a scrypt too when the file has scrypt entries
+        d = authorizer.authorize(shake(basic("nobody", "x"), "Cx"))
+        assert isinstance(d, Deferred)
+        self.assertEqual(self.failureResultOf(d, HandshakeRefused).value.status, 401)
+        self.assertEqual(len(calls), 2)
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.dictionaries(
+            st.sampled_from(["authorization", "x-m2m-origin", "x"]),
+            st.text(max_size=40) | st.sampled_from([basic("acme", "secret"), "Bearer tok-any"]),
+        )
+    )
+    def test_no_header_makes_it_raise_anything_else(self, headers: dict[str, str]) -> None:
+        try:
+            self.authorizer.authorize(Handshake(headers, None))
+        except HandshakeRefused:
+            pass
+
+
+class OverTheBindingTests(TestCase):
+    def test_401_and_403_and_a_bound_connection(self) -> None:
+        clock = Clock()
+        authorizer = CredentialAuthorizer(read_basic_file(BASIC))
+        factory = make_server_factory(RecordingHandler(), clock, authorizer=authorizer)
+        refused = make_client_factory(clock, "Cmeter1")
+        p = pair(factory, refused)
+        self.assertIn("401", p.client.http_status_line)
+        self.failureResultOf(refused.ready)
+        wrong = make_client_factory(clock, "Clamp")
+        wrong.headers["Authorization"] = basic("meters", "m3ter")
+        p = pair(factory, wrong)
+        self.assertIn("403", p.client.http_status_line)
+        self.failureResultOf(wrong.ready)
+        good = make_client_factory(clock, "Cmeter1")
+        good.headers["Authorization"] = basic("meters", "m3ter")
+        p = pair(factory, good)
+        self.assertEqual(p.server_session.originator, "Cmeter1")
+        p.client_session.close()
+        p.flush()
