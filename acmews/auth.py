@@ -152,6 +152,8 @@ class CredentialAuthorizer:
         self._tokens = list(tokens)
         self._admin = admin
         self._defer_to_thread = defer_to_thread
+        #: AE-ID -> the name of the credential that registered it
+        self._bound: dict[str, str] = {}
         #: what an unknown user's password is checked against, as dear as the users' own
         self._dummy = (
             _DUMMY
@@ -190,6 +192,28 @@ class CredentialAuthorizer:
             return self._checked(_verify(password, stored), known, originator)
         raise _unauthorized()
 
+    def registered(self, handshake: Handshake, originator: str) -> None:
+        """The AE-ID ``originator`` was registered through this handshake's credential: only
+        that credential may claim it from now on (in memory: a restart forgets it)."""
+        credential = self._credential_of(handshake)
+        if credential is not None:
+            self._bound[originator] = credential.name
+
+    def _credential_of(self, handshake: Handshake) -> Credential | None:
+        """The credential a handshake that passed :meth:`authorize` used."""
+        scheme, _, value = handshake.headers.get("authorization", "").strip().partition(" ")
+        if scheme.lower() == "bearer":
+            token = value.strip().encode()
+            for credential in self._tokens:
+                if hmac.compare_digest(credential.secret.encode(), token):
+                    return credential
+            return None
+        try:
+            user = base64.b64decode(value.strip(), validate=True).decode().partition(":")[0]
+        except (ValueError, binascii.Error, UnicodeDecodeError):
+            return None
+        return self._users.get(user)
+
     def _checked(
         self, ok: bool, credential: Credential | None, originator: str | None
     ) -> str | None:
@@ -200,7 +224,10 @@ class CredentialAuthorizer:
     def _claim(self, credential: Credential, originator: str | None) -> str | None:
         if originator is None:
             return None  # it may register an AE
-        if credential.originators is not None:
+        owner = self._bound.get(originator)
+        if owner is not None:
+            allowed = owner == credential.name  # registered through that credential
+        elif credential.originators is not None:
             allowed = credential.allows(originator)
         else:
             allowed = originator != self._admin and not any(

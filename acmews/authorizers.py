@@ -18,3 +18,6 @@ class DefaultAuthorizer:
 
     def authorize(self, handshake: Handshake) -> str | None:
         return origin_header(handshake.headers)
+
+    def registered(self, handshake: Handshake, originator: str) -> None:
+        """Nothing to remember: without credentials any claim is accepted."""

@@ -123,6 +123,10 @@ class IHandshakeAuthorizer(Interface):
         any other exception refuses with 500. Nothing is bound before the decision.
         """
 
+    def registered(handshake: Handshake, originator: str) -> None:
+        """A connection authorized without an originator registered ``originator`` (the
+        AE-ID its AE CREATE was given): the authorizer may bind it to the credential."""
+
 
 class IPoaConnector(Interface):
     """How a poa URL scheme is reached (ws, wss, http, ..., or a gateway's own)."""

@@ -438,6 +438,8 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
     factory: OneM2MServerFactory
     originator: str | None = None
     _refusal_headers: Any = None
+    #: the opening handshake, until the connection is open
+    _handshake: Handshake | None = None
 
     @override
     def onConnect(  # type: ignore[override]  # Autobahn awaits a Deferred (txaio.as_future)
@@ -464,6 +466,7 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
             path=request.path,
             subprotocol=chosen,
         )
+        self._handshake = handshake
         try:
             decision = factory.authorizer.authorize(handshake)
         except HandshakeRefused as refusal:
@@ -512,8 +515,18 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
     @override
     def onOpen(self) -> None:
         factory = self.factory
+        handshake, self._handshake = self._handshake, None
+        on_bound: Any = factory.session_bound
+        if self.originator is None and handshake is not None:
+            # an AE may register on this connection: tell the authorizer whose AE-ID it is
+            def on_bound(session: Session, aei: str) -> None:
+                factory.session_bound(session, aei)
+                registered = getattr(factory.authorizer, "registered", None)
+                if registered is not None:  # an authorizer written before the method
+                    registered(handshake, aei)
+
         session = self._start_session(
-            factory, self.originator, enforce_originator=True, on_bound=factory.session_bound
+            factory, self.originator, enforce_originator=True, on_bound=on_bound
         )
         self._forget_handshake_text()
         factory.session_opened(session)

@@ -186,3 +186,39 @@ class OverTheBindingTests(TestCase):
         self.assertEqual(p.server_session.originator, "Cmeter1")
         p.client_session.close()
         p.flush()
+
+
+class RegistrationBindingTests(TestCase):
+    def test_an_ae_id_belongs_to_the_credential_that_registered_it(self) -> None:
+        from acmews.primitive import Request
+
+        clock = Clock()
+        authorizer = CredentialAuthorizer(read_basic_file(BASIC), read_token_file(TOKENS))
+
+        def answer(request: Request, connection: Any) -> Any:
+            from acmews.primitive import Response
+
+            return Response(2001, request.rqi, "4", {"m2m:ae": {"aei": "Cassigned"}})
+
+        factory = make_server_factory(RecordingHandler(answer), clock, authorizer=authorizer)
+        registering = make_client_factory(clock, None)
+        registering.headers = {"Authorization": basic("meters", "m3ter")}
+        p = pair(factory, registering)
+        create = Request(
+            1, "cse-in", "r1", "4", None, ty=2, pc={"m2m:ae": {"api": "N", "rr": True}}
+        )  # type: ignore[arg-type]
+        d = p.client_session.request(create)
+        p.flush()
+        self.assertEqual(self.successResultOf(d).rsc, 2001)
+        self.assertEqual(p.server_session.originator, "Cassigned")
+        # the registering credential may claim it (though its list says Cmeter*) ...
+        self.assertEqual(
+            authorizer.authorize(shake(basic("meters", "m3ter"), "Cassigned")), "Cassigned"
+        )
+        # ... and no other, with a list or without
+        for other in (basic("acme", "secret"), "Bearer tok-any"):
+            with self.assertRaises(HandshakeRefused) as caught:
+                authorizer.authorize(shake(other, "Cassigned"))
+            self.assertEqual(caught.exception.status, 403)
+        p.client_session.close()
+        p.flush()
