@@ -22,10 +22,12 @@ from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest, ConnectionResponse
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ISSLTransport
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
 
+from acmews.admission import Admission, ConnectionLimits
 from acmews.authorizers import DefaultAuthorizer
 from acmews.codec import CODECS
 from acmews.errors import TargetNotReachable
@@ -440,6 +442,29 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
     _refusal_headers: Any = None
     #: the opening handshake, until the connection is open
     _handshake: Handshake | None = None
+    #: the client address this connection counts against (None: not admitted)
+    _admitted: str | None = None
+    _handshaking = False
+
+    @override
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        peer = self.transport.getPeer()
+        address = str(getattr(peer, "host", peer))
+        if not self.factory.admission.admit(address):
+            # nothing it sent is read (buffered at most, as while a handshake is decided)
+            self._handshake_pending = True
+            self.transport.abortConnection()
+            return
+        self._admitted = address
+        self._handshaking = True
+
+    @override
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        address, self._admitted = self._admitted, None
+        if address is not None:
+            self.factory.admission.closed(address, self._handshaking)
+        super().connectionLost(reason)
 
     @override
     def onConnect(  # type: ignore[override]  # Autobahn awaits a Deferred (txaio.as_future)
@@ -515,6 +540,9 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
     @override
     def onOpen(self) -> None:
         factory = self.factory
+        if self._admitted is not None and self._handshaking:
+            self._handshaking = False
+            factory.admission.handshake_done(self._admitted)
         handshake, self._handshake = self._handshake, None
         on_bound: Any = factory.session_bound
         if self.originator is None and handshake is not None:
@@ -566,9 +594,12 @@ class OneM2MServerFactory(WebSocketServerFactory):
         subprotocols: Sequence[str] | None = None,
         options: ConnectionOptions | None = None,
         authorizer: IHandshakeAuthorizer | None = None,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         """
         @param handler: answers incoming requests (the CSE, a gateway's own code).
+        @param limits: connections accepted in all and per client address (defaults when
+            None).
         @param originators: where connections are bound; a fresh map when None.
         @param subprotocols: the supported subprotocol names (default: every codec).
         @param options: timeouts, message size and keep-alive (defaults when None).
@@ -587,6 +618,7 @@ class OneM2MServerFactory(WebSocketServerFactory):
             authorizer if authorizer is not None else DefaultAuthorizer()
         )
         self.setProtocolOptions(**self.options.autobahn())
+        self.admission = Admission(limits or ConnectionLimits(), self.clock)
 
     def session_opened(self, session: Session) -> None:
         _log.info(

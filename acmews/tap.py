@@ -23,6 +23,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.error import CannotListenError
 from twisted.python import usage
 
+from acmews.admission import ConnectionLimits
 from acmews.auth import CredentialAuthorizer, read_basic_file, read_token_file
 from acmews.client import connect
 from acmews.cse import CSE, CSEConfig
@@ -207,6 +208,27 @@ class Options(usage.Options):
             _DEFAULTS.message_timeout,
             "Seconds a message sent in several frames may take to complete; beyond: 1008.",
             _seconds("message-timeout"),
+        ],
+        [
+            "max-connections",
+            None,
+            ConnectionLimits().total,
+            "Connections accepted in all; more are aborted at once (logged).",
+            _count("max-connections"),
+        ],
+        [
+            "max-connections-per-address",
+            None,
+            ConnectionLimits().per_address,
+            "Connections accepted from one client address.",
+            _count("max-connections-per-address"),
+        ],
+        [
+            "max-handshakes-per-address",
+            None,
+            ConnectionLimits().handshaking_per_address,
+            "Connections from one client address still in their opening handshake.",
+            _count("max-handshakes-per-address"),
         ],
         [
             "max-outbound",
@@ -635,6 +657,15 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
         cse,
         originators,
         authorizer=authorizer,
+        limits=ConnectionLimits(
+            int(options.get("max-connections", ConnectionLimits().total)),
+            int(options.get("max-connections-per-address", ConnectionLimits().per_address)),
+            int(
+                options.get(
+                    "max-handshakes-per-address", ConnectionLimits().handshaking_per_address
+                )
+            ),
+        ),
         reactor=reactor,
         options=connection_options,
     )

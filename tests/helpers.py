@@ -93,6 +93,7 @@ def make_server_factory(
     clock: Clock,
     originators: OriginatorMap | None = None,
     authorizer: IHandshakeAuthorizer | None = None,
+    limits: Any = None,
     **kw: Any,
 ) -> OneM2MServerFactory:
     return OneM2MServerFactory(
@@ -103,6 +104,7 @@ def make_server_factory(
         reactor=clock,
         options=options(**kw),
         authorizer=authorizer,
+        limits=limits,
     )
 
 

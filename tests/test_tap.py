@@ -360,6 +360,26 @@ class MakeServiceTests(TestCase):
             said = any("without authentication" in e.get("log_format", "") for e in events)
             self.assertEqual(said, warned, listen)
 
+    def test_connection_limits(self) -> None:
+        default: Any = makeService(parse(), MemoryReactorClock())
+        limits = default.factory.admission.limits
+        self.assertEqual(
+            (limits.total, limits.per_address, limits.handshaking_per_address), (20000, 12000, 128)
+        )
+        o = parse(
+            "--max-connections",
+            "10",
+            "--max-connections-per-address",
+            "4",
+            "--max-handshakes-per-address",
+            "2",
+        )
+        limits = makeService(o, MemoryReactorClock()).factory.admission.limits
+        self.assertEqual(
+            (limits.total, limits.per_address, limits.handshaking_per_address), (10, 4, 2)
+        )
+        self.assertRaises(usage.UsageError, parse, "--max-connections", "0")
+
     def test_explicit_poa(self) -> None:
         o = parse("--poa", "ws://cse.example.com:8180")
         service: Any = makeService(o, MemoryReactorClock())
