@@ -39,6 +39,7 @@ from acmews.interfaces import IHandshakeAuthorizer
 __all__ = [
     "Credential",
     "CredentialAuthorizer",
+    "certificate_names",
     "hash_password",
     "read_basic_file",
     "read_token_file",
@@ -132,6 +133,29 @@ def read_token_file(lines: Iterable[str]) -> list[Credential]:
     return _parse_lines(lines, 1, "token file")
 
 
+def certificate_names(certificate: Any) -> list[str]:
+    """The originators a TLS client certificate names: its subject CN and its SAN URIs."""
+    if certificate is None:
+        return []
+    try:
+        from cryptography import x509
+        from cryptography.x509.oid import NameOID
+
+        cert = (
+            certificate.to_cryptography()
+            if hasattr(certificate, "to_cryptography")
+            else certificate
+        )
+        names = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            return names
+        return names + [str(u) for u in san.get_values_for_type(x509.UniformResourceIdentifier)]
+    except Exception:
+        return []
+
+
 @implementer(IHandshakeAuthorizer)
 class CredentialAuthorizer:
     """Basic and Bearer credentials binding originators (see the module)."""
@@ -143,11 +167,16 @@ class CredentialAuthorizer:
         *,
         admin: str = "CAdmin",
         defer_to_thread: Callable[..., Deferred[Any]] | None = None,
+        certificates: bool = False,
     ) -> None:
         """
         @param defer_to_thread: runs a scrypt check off the reactor thread
             (``twisted.internet.threads.deferToThread``); None runs it inline (tests).
+        @param certificates: a connection with a (verified) TLS client certificate may claim
+            exactly the originators the certificate names (subject CN, SAN URIs), without
+            any other credential.
         """
+        self._certificates = certificates
         self._users = {c.name: c for c in basic}
         self._tokens = list(tokens)
         self._admin = admin
@@ -165,6 +194,11 @@ class CredentialAuthorizer:
 
     def authorize(self, handshake: Handshake) -> Deferred[str | None] | str | None:
         originator = origin_header(handshake.headers)
+        if self._certificates and handshake.peer_certificate is not None:
+            names = certificate_names(handshake.peer_certificate)
+            if originator is not None and originator not in names:
+                raise HandshakeRefused(403, "Forbidden")
+            return originator
         header = handshake.headers.get("authorization", "")
         scheme, _, value = header.strip().partition(" ")
         scheme = scheme.lower()

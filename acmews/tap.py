@@ -124,6 +124,13 @@ class Options(usage.Options):
             "another credential lists).",
         ],
         [
+            "client-ca",
+            None,
+            None,
+            "A PEM file of the CA whose client certificates ssl: listeners require: a "
+            "certificate's subject CN and SAN URIs are the originators it may claim.",
+        ],
+        [
             "token-file",
             None,
             None,
@@ -343,6 +350,14 @@ class Options(usage.Options):
         registrar = self["registrar"]
         if registrar is not None and not registrar.startswith(("ws://", "wss://")):
             raise usage.UsageError("--registrar must be a ws:// or wss:// URL")
+        if self["client-ca"] is not None:
+            from twisted.internet.ssl import Certificate
+
+            try:
+                with open(self["client-ca"], "rb") as f:
+                    Certificate.loadPEM(f.read())
+            except Exception as e:
+                raise usage.UsageError(f"--client-ca {self['client-ca']}: {e}") from None
         for option, reader in (
             ("basic-auth-file", read_basic_file),
             ("token-file", read_token_file),
@@ -499,6 +514,34 @@ class CSEService(MultiService):
         gatherResults([s.bound for s in self.listeners()]).addCallback(up)
 
 
+def verifying_tls_endpoint(reactor: Any, description: str, ca_file: str) -> Any:
+    """An ``ssl:`` server endpoint (``ssl:PORT:privateKey=...:certKey=...:interface=...``)
+    that requires a client certificate signed by the CA in ``ca_file``."""
+    from twisted.internet.ssl import Certificate, PrivateCertificate
+
+    parts = [p.replace("\\:", ":") for p in re.split(r"(?<!\\):", description)][1:]
+    positional = [p for p in parts if "=" not in p]
+    keywords = dict(p.split("=", 1) for p in parts if "=" in p)
+    port = int(keywords.get("port") or positional[0])
+    key_file = keywords.get("privateKey", "server.pem")
+    cert_file = keywords.get("certKey", key_file)
+    with open(cert_file, "rb") as f:
+        pem = f.read()
+    if cert_file != key_file:
+        with open(key_file, "rb") as f:
+            pem += b"\n" + f.read()
+    with open(ca_file, "rb") as f:
+        authority = Certificate.loadPEM(f.read())
+    tls = PrivateCertificate.loadPEM(pem).options(authority)
+    return endpoints.SSL4ServerEndpoint(
+        reactor,
+        port,
+        tls,
+        backlog=int(keywords.get("backlog", 50)),
+        interface=keywords.get("interface", ""),
+    )
+
+
 def _loopback_only(description: str) -> bool:
     """Does the server endpoint listen on a loopback interface only?"""
     for part in re.split(r"(?<!\\):", description)[1:]:
@@ -642,11 +685,15 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
     authorizer = None
     basic = options.get("basic-auth-file-entries") or []
     tokens = options.get("token-file-entries") or []
-    if basic or tokens:
+    if basic or tokens or options.get("client-ca"):
         from twisted.internet.threads import deferToThread
 
         authorizer = CredentialAuthorizer(
-            basic, tokens, admin=options["admin"], defer_to_thread=deferToThread
+            basic,
+            tokens,
+            admin=options["admin"],
+            defer_to_thread=deferToThread,
+            certificates=bool(options.get("client-ca")),
         )
     elif any(not _loopback_only(d) for d in listen):
         log.warn(
@@ -669,8 +716,12 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
         reactor=reactor,
         options=connection_options,
     )
+    client_ca = options.get("client-ca")
     for description in listen:
-        endpoint = endpoints.serverFromString(reactor, description)
+        if client_ca and description.startswith("ssl:"):
+            endpoint = verifying_tls_endpoint(reactor, description, client_ca)
+        else:
+            endpoint = endpoints.serverFromString(reactor, description)
         service: IService = _Listener(description, endpoint, factory)
         service.setServiceParent(top)
     top.cse = cse  # type: ignore[attr-defined]

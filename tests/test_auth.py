@@ -222,3 +222,73 @@ class RegistrationBindingTests(TestCase):
             self.assertEqual(caught.exception.status, 403)
         p.client_session.close()
         p.flush()
+
+
+class ClientCertificateTests(TestCase):
+    """A real TLS loopback: the server verifies client certificates against a test CA, and a
+    certificate's CN and SAN URIs are the originators it may claim."""
+
+    timeout = 30
+
+    def test_certificate_names_originators(self) -> Any:
+        return Deferred.fromCoroutine(self._certificates())
+
+    async def _certificates(self) -> None:
+        import os
+
+        import trustme
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import SSL4ServerEndpoint
+        from twisted.internet.ssl import Certificate, PrivateCertificate
+
+        from acmews.client import connect
+        from acmews.errors import TargetNotReachable
+        from acmews.protocol import OneM2MServerFactory
+
+        from .helpers import NO_PING
+
+        ca = trustme.CA()
+        directory = self.mktemp()
+        os.makedirs(os.path.join(directory, "ca"))
+        ca.cert_pem.write_to_path(os.path.join(directory, "ca", "ca.pem"))
+        server_cert = ca.issue_cert("localhost", "127.0.0.1")
+        server_cert.private_key_pem.write_to_path(os.path.join(directory, "server.key"))
+        server_cert.cert_chain_pems[0].write_to_path(os.path.join(directory, "server.pem"))
+        client_cert = ca.issue_cert("meter.example", common_name="Cmeter1")
+        client_cert.private_key_pem.write_to_path(os.path.join(directory, "client.key"))
+        client_cert.cert_chain_pems[0].write_to_path(os.path.join(directory, "client.pem"))
+
+        authorizer = CredentialAuthorizer(certificates=True)
+        factory = OneM2MServerFactory(
+            RecordingHandler(), reactor=reactor, options=NO_PING, authorizer=authorizer
+        )
+        d = directory
+        # the server's certificate and key, and the client certificates it accepts: the CA's
+        pem = server_cert.cert_chain_pems[0].bytes() + server_cert.private_key_pem.bytes()
+        tls = PrivateCertificate.loadPEM(pem).options(Certificate.loadPEM(ca.cert_pem.bytes()))
+        endpoint = SSL4ServerEndpoint(reactor, 0, tls, interface="127.0.0.1")
+        port: Any = await endpoint.listen(factory)
+        self.addCleanup(port.stopListening)
+        number = port.getHost().port
+        client_tls = (
+            f"tls:localhost:{number}:trustRoots={d}/ca"
+            f":certificate={d}/client.pem:privateKey={d}/client.key"
+        )
+        url = f"wss://localhost:{number}"
+        meter = await connect(url, originator="Cmeter1", endpoint=client_tls, options=NO_PING)
+        self.assertEqual(factory.originators.lookup("Cmeter1").originator, "Cmeter1")  # type: ignore[union-attr]
+        r = await meter.retrieve("cse-in")
+        self.assertEqual(r.rsc, 2000)
+        await meter.close()
+        # a name the certificate does not give: 403
+        with self.assertRaises(TargetNotReachable) as caught:
+            await connect(url, originator="Cother", endpoint=client_tls, options=NO_PING)
+        self.assertIn("403", caught.exception.reason)
+        # no client certificate: the TLS handshake itself fails
+        with self.assertRaises(TargetNotReachable):
+            await connect(
+                url,
+                originator="Cmeter1",
+                endpoint=f"tls:localhost:{number}:trustRoots={d}/ca",
+                options=NO_PING,
+            )

@@ -380,6 +380,33 @@ class MakeServiceTests(TestCase):
         )
         self.assertRaises(usage.UsageError, parse, "--max-connections", "0")
 
+    def test_client_ca(self) -> None:
+        import os
+
+        import trustme
+        from OpenSSL import SSL
+
+        ca = trustme.CA()
+        d = self.mktemp()
+        os.makedirs(d)
+        ca.cert_pem.write_to_path(f"{d}/ca.pem")
+        cert = ca.issue_cert("localhost")
+        cert.private_key_pem.write_to_path(f"{d}/key.pem")
+        cert.cert_chain_pems[0].write_to_path(f"{d}/cert.pem")
+        reactor = MemoryReactorClock()
+        listen = f"ssl:8443:privateKey={d}/key.pem:certKey={d}/cert.pem:interface=127.0.0.1"
+        service: Any = makeService(
+            parse("--listen", listen, "--client-ca", f"{d}/ca.pem"), reactor
+        )
+        self.assertTrue(service.factory.authorizer._certificates)
+        service.startService()
+        self.addCleanup(service.stopService)
+        ((port, _, tls, _, interface),) = reactor.sslServers
+        self.assertEqual((port, interface), (8443, "127.0.0.1"))
+        mode = tls.getContext().get_verify_mode()
+        self.assertTrue(mode & SSL.VERIFY_PEER and mode & SSL.VERIFY_FAIL_IF_NO_PEER_CERT)
+        self.assertRaises(usage.UsageError, parse, "--client-ca", f"{d}/missing.pem")
+
     def test_explicit_poa(self) -> None:
         o = parse("--poa", "ws://cse.example.com:8180")
         service: Any = makeService(o, MemoryReactorClock())
