@@ -35,7 +35,14 @@ from acmews.primitive import Request, Response
 from acmews.protocol import OneM2MClientFactory, OneM2MServerFactory
 from acmews.session import Session, registered_ae_id
 
-__all__ = ["Client", "FunctionHandler", "connect", "listen", "subprotocols_for"]
+__all__ = [
+    "Client",
+    "FunctionHandler",
+    "TLSClientSettings",
+    "connect",
+    "listen",
+    "subprotocols_for",
+]
 
 HandlerFunction = Callable[[Request], "Response | Deferred[Response] | Awaitable[Response]"]
 
@@ -170,6 +177,8 @@ def connect(
     options: ConnectionOptions | None = None,
     remote_originator: str | None = None,
     release: str = DEFAULT_RELEASE,
+    headers: dict[str, str] | None = None,
+    tls: TLSClientSettings | None = None,
 ) -> Deferred[Client]:
     """Open a oneM2M WebSocket connection to ``url`` (``ws://`` or ``wss://``).
 
@@ -180,6 +189,8 @@ def connect(
     @param endpoint: a client endpoint string (``tcp:host:port``, ``unix:path`` ...) used
         instead of the URL's host and port.
     @param options: timeouts, message size and keep-alive (defaults when None).
+    @param headers: more headers for the opening handshake, e.g. ``Authorization``.
+    @param tls: for ``wss://``: a CA to trust and a client certificate to show.
     @return: a Deferred that fires with a :class:`Client` once the WebSocket is open, or fails
         with TargetNotReachable.
     """
@@ -199,15 +210,51 @@ def connect(
         clock=clock,
         remote_originator=remote_originator,
         options=options,
+        headers=headers,
     )
-    connecting = client_endpoint(url, reactor, endpoint).connect(factory)
+    connecting = client_endpoint(url, reactor, endpoint, tls).connect(factory)
     connecting.addErrback(lambda failure: factory.fail(_unreachable(url, failure)))
     return factory.ready.addCallback(lambda session: Client(session, originator, release))
 
 
-def client_endpoint(url: str, reactor: Any, endpoint: str | None = None) -> Any:
-    """The client endpoint for a ``ws://``/``wss://`` URL (TLS for ``wss``), or the endpoint
-    string ``endpoint`` when given."""
+class TLSClientSettings:
+    """What a ``wss://`` client trusts and shows: a CA file (PEM) instead of the system's
+    authorities, and a client certificate with its key. The files are read once, here."""
+
+    def __init__(
+        self,
+        ca_file: str | None = None,
+        certificate_file: str | None = None,
+        key_file: str | None = None,
+    ) -> None:
+        from twisted.internet.ssl import Certificate, PrivateCertificate
+
+        self.trust_root: Any = None
+        self.client_certificate: Any = None
+        if ca_file is not None:
+            with open(ca_file, "rb") as f:
+                self.trust_root = Certificate.loadPEM(f.read())
+        if certificate_file is not None:
+            with open(certificate_file, "rb") as f:
+                pem = f.read()
+            if key_file is not None and key_file != certificate_file:
+                with open(key_file, "rb") as f:
+                    pem += b"\n" + f.read()
+            self.client_certificate = PrivateCertificate.loadPEM(pem)
+
+    def options_for(self, hostname: str) -> Any:
+        from twisted.internet.ssl import optionsForClientTLS
+
+        return optionsForClientTLS(
+            hostname, trustRoot=self.trust_root, clientCertificate=self.client_certificate
+        )
+
+
+def client_endpoint(
+    url: str, reactor: Any, endpoint: str | None = None, tls: TLSClientSettings | None = None
+) -> Any:
+    """The client endpoint for a ``ws://``/``wss://`` URL (TLS for ``wss``, with ``tls``'s
+    trust and client certificate when given), or the endpoint string ``endpoint``."""
     if endpoint is not None:
         return clientFromString(reactor, endpoint)
     parts = urlsplit(url)
@@ -219,7 +266,12 @@ def client_endpoint(url: str, reactor: Any, endpoint: str | None = None) -> Any:
         from twisted.internet.endpoints import wrapClientTLS
         from twisted.internet.ssl import optionsForClientTLS
 
-        ep = wrapClientTLS(optionsForClientTLS(parts.hostname), ep)
+        creator = (
+            tls.options_for(parts.hostname)
+            if tls is not None
+            else optionsForClientTLS(parts.hostname)
+        )
+        ep = wrapClientTLS(creator, ep)
     return ep
 
 

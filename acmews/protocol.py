@@ -688,6 +688,7 @@ class OneM2MClientFactory(WebSocketClientFactory):
         remote_originator: str | None = None,
         enforce_originator: bool = False,
         options: ConnectionOptions | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         """
         @param originator: sent as X-M2M-Origin (omit only to register an AE).
@@ -695,9 +696,13 @@ class OneM2MClientFactory(WebSocketClientFactory):
         @param remote_originator: who is at the other end, when known (a CSE-ID).
         @param options: timeouts, message size and keep-alive (defaults when None).
         """
-        headers = {"X-M2M-Origin": originator} if originator else None
+        headers = dict(headers or {})
+        if originator:
+            headers["X-M2M-Origin"] = originator
         self.codecs = {name: CODECS[name] for name in subprotocols if name in CODECS}
-        super().__init__(url, protocols=list(subprotocols), headers=headers, reactor=reactor)
+        super().__init__(
+            url, protocols=list(subprotocols), headers=headers or None, reactor=reactor
+        )
         self.originator = originator
         self.handler = handler
         self.clock: IReactorTime = clock if clock is not None else self.reactor

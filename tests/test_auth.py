@@ -25,7 +25,13 @@ from acmews.auth import (
 from acmews.handshake import Handshake, HandshakeRefused
 from acmews.interfaces import IHandshakeAuthorizer
 
-from .helpers import RecordingHandler, make_client_factory, make_server_factory, pair
+from .helpers import (
+    RecordingHandler,
+    make_client_factory,
+    make_server_factory,
+    options,
+    pair,
+)
 
 SHA = hashlib.sha256(b"secret").hexdigest()
 BASIC = [
@@ -188,6 +194,32 @@ class OverTheBindingTests(TestCase):
         p.flush()
 
 
+class ClientHeaderTests(TestCase):
+    def test_extra_headers_go_with_the_origin(self) -> None:
+        from acmews.protocol import OneM2MClientFactory
+
+        f = OneM2MClientFactory(
+            "ws://cse.example", originator="Cmeter1", headers={"Authorization": "Bearer t"}
+        )
+        self.assertEqual(f.headers, {"Authorization": "Bearer t", "X-M2M-Origin": "Cmeter1"})
+        self.assertEqual(OneM2MClientFactory("ws://cse.example", originator=None).headers, {})
+        clock = Clock()
+        authorizer = CredentialAuthorizer(read_basic_file(BASIC))
+        factory = make_server_factory(RecordingHandler(), clock, authorizer=authorizer)
+        good = OneM2MClientFactory(
+            "ws://127.0.0.1:8180",
+            originator="Cmeter1",
+            clock=clock,
+            reactor=clock,
+            options=options(),
+            headers={"Authorization": basic("meters", "m3ter")},
+        )
+        p = pair(factory, good)
+        self.assertEqual(p.server_session.originator, "Cmeter1")
+        p.client_session.close()
+        p.flush()
+
+
 class RegistrationBindingTests(TestCase):
     def test_an_ae_id_belongs_to_the_credential_that_registered_it(self) -> None:
         from acmews.primitive import Request
@@ -284,6 +316,15 @@ class ClientCertificateTests(TestCase):
         with self.assertRaises(TargetNotReachable) as caught:
             await connect(url, originator="Cother", endpoint=client_tls, options=NO_PING)
         self.assertIn("403", caught.exception.reason)
+        # the same through connect's own TLS settings: the URL's host, our CA, our certificate
+        from acmews.client import TLSClientSettings
+
+        settings = TLSClientSettings(f"{d}/ca/ca.pem", f"{d}/client.pem", f"{d}/client.key")
+        meter = await connect(url, originator="Cmeter1", tls=settings, options=NO_PING)
+        self.assertEqual((await meter.retrieve("cse-in")).rsc, 2000)
+        await meter.close()
+        with self.assertRaises(TargetNotReachable):  # the system's CAs do not know ours
+            await connect(url, originator="Cmeter1", options=NO_PING)
         # no client certificate: the TLS handshake itself fails
         with self.assertRaises(TargetNotReachable):
             await connect(
