@@ -23,7 +23,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
-from acmews.client import Client, client_endpoint, subprotocols_for
+from acmews.client import Client, TLSClientSettings, client_endpoint, subprotocols_for
 from acmews.codes import RSC, Operation, ResourceType
 from acmews.cse import CSE
 from acmews.interfaces import IOriginatorMap
@@ -76,7 +76,14 @@ class RegistrarLink(Service):
         endpoint: Any = None,
         initial_delay: float = 1.0,
         max_delay: float = 60.0,
+        headers: dict[str, str] | None = None,
+        tls: TLSClientSettings | None = None,
     ) -> None:
+        """
+        @param headers: more headers for every opening handshake, e.g. the ``Authorization``
+            the registrar asks of this CSE.
+        @param tls: for a ``wss://`` registrar: the CA to trust and this CSE's certificate.
+        """
         self.cse = cse
         self.originators = originators
         self.url = url
@@ -95,6 +102,7 @@ class RegistrarLink(Service):
             clock=self.clock,
             remote_originator=registrar_cse_id,
             options=options,
+            headers=headers,
         )
         policy = backoffPolicy(initialDelay=initial_delay, maxDelay=max_delay)
 
@@ -104,7 +112,7 @@ class RegistrarLink(Service):
             return delay
 
         self._service = ClientService(
-            endpoint if endpoint is not None else client_endpoint(url, reactor),
+            endpoint if endpoint is not None else client_endpoint(url, reactor, tls=tls),
             self._factory,
             retryPolicy=retry_after,
             clock=self.clock,

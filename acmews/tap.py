@@ -8,7 +8,9 @@ listening endpoint per ``--listen``.
 
 from __future__ import annotations
 
+import base64
 import math
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -144,6 +146,33 @@ class Options(usage.Options):
             "start and keep one WebSocket to it (this CSE is then an MN-CSE, cst 2).",
         ],
         ["registrar-cse-id", None, "/id-in", "With --registrar: the registrar's CSE-ID."],
+        [
+            "registrar-user",
+            None,
+            None,
+            "With --registrar: HTTP Basic user name for the registrar's handshake; the password "
+            "comes from the environment variable ACMEWS_REGISTRAR_PASSWORD.",
+        ],
+        [
+            "registrar-token-file",
+            None,
+            None,
+            "With --registrar: a file whose first line is a bearer token for the registrar.",
+        ],
+        [
+            "registrar-ca",
+            None,
+            None,
+            "With a wss:// --registrar: PEM file of the CA to trust instead of the system's.",
+        ],
+        [
+            "registrar-certificate",
+            None,
+            None,
+            "With a wss:// --registrar: PEM client certificate to show (key in it, or "
+            "--registrar-key).",
+        ],
+        ["registrar-key", None, None, "With --registrar-certificate: its PEM private key."],
         [
             "registrar-cse-name",
             None,
@@ -340,6 +369,51 @@ class Options(usage.Options):
                 raise
             raise SystemExit(f"twistd acmews: {e}") from None
 
+    def _registrar_credentials(self, registrar: str | None) -> None:
+        """Check the registrar's credentials and build its headers and TLS settings."""
+        headers: dict[str, str] = {}
+        user, token_file = self["registrar-user"], self["registrar-token-file"]
+        if user is not None and token_file is not None:
+            raise usage.UsageError("--registrar-user and --registrar-token-file: one or the other")
+        if user is not None:
+            password = os.environ.get("ACMEWS_REGISTRAR_PASSWORD")
+            if password is None or ":" in user:
+                raise usage.UsageError(
+                    "--registrar-user needs ACMEWS_REGISTRAR_PASSWORD set (and a name without ':')"
+                )
+            pair = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+            headers["Authorization"] = "Basic " + pair
+        if token_file is not None:
+            try:
+                with open(token_file, encoding="utf-8") as f:
+                    token = f.readline().strip()
+            except (OSError, ValueError) as e:
+                raise usage.UsageError(f"--registrar-token-file {token_file}: {e}") from None
+            if not token or any(c.isspace() for c in token):
+                raise usage.UsageError(f"--registrar-token-file {token_file}: no token on line 1")
+            headers["Authorization"] = "Bearer " + token
+        ca, certificate, key = (
+            self["registrar-ca"],
+            self["registrar-certificate"],
+            self["registrar-key"],
+        )
+        tls = None
+        if key is not None and certificate is None:
+            raise usage.UsageError("--registrar-key needs --registrar-certificate")
+        if ca is not None or certificate is not None:
+            if registrar is None or not registrar.startswith("wss://"):
+                raise usage.UsageError("--registrar-ca/--registrar-certificate need a wss:// one")
+            from acmews.client import TLSClientSettings
+
+            try:
+                tls = TLSClientSettings(ca, certificate, key)
+            except Exception as e:
+                raise usage.UsageError(f"--registrar-ca/-certificate/-key: {e}") from None
+        if headers and registrar is None:
+            raise usage.UsageError("registrar credentials need --registrar")
+        self["registrar-headers"] = headers
+        self["registrar-tls"] = tls
+
     def postOptions(self) -> None:
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
@@ -369,6 +443,7 @@ class Options(usage.Options):
                         self[option + "-entries"] = reader(f)
                 except (OSError, ValueError) as e:
                     raise usage.UsageError(f"--{option} {path}: {e}") from None
+        self._registrar_credentials(registrar)
         if self["registrar-serialization"] not in ("json", "cbor"):
             raise usage.UsageError("--registrar-serialization must be json or cbor")
         rid = self["registrar-cse-id"]
@@ -679,6 +754,8 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
             serialization=options.get("registrar-serialization", "json"),
             options=connection_options,
             keep_registration=bool(options.get("keep-registration")),
+            headers=options.get("registrar-headers") or None,
+            tls=options.get("registrar-tls"),
         )
         link.setServiceParent(top)
         top.link = link  # type: ignore[attr-defined]

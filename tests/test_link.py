@@ -50,7 +50,7 @@ class PairingEndpoint:
             FakeTransport(server, isServer=True, hostAddress=address, peerAddress=address),
             client,
             FakeTransport(client, isServer=False, hostAddress=address, peerAddress=address),
-            greet=True,
+            greet=False,  # the exchange happens in flush(), after connect() returns
         )
         self.pumps.append(pump)
         return succeed(client)
@@ -239,3 +239,33 @@ class LinkTests(TestCase):
         self.assertTrue(all(b >= a for a, b in itertools.pairwise(gaps)), gaps)
         self.assertGreater(gaps[-1], gaps[0])
         self.assertGreaterEqual(gaps[0], 1)
+
+    def test_the_link_shows_the_credentials_the_registrar_asks_for(self) -> None:
+        import base64
+        import hashlib
+
+        from acmews.auth import CredentialAuthorizer, read_basic_file
+
+        entry = f"mn:{hashlib.sha256(b'secret').hexdigest()}:/id-mn"
+        self.in_factory.authorizer = CredentialAuthorizer(read_basic_file([entry]))
+        self.link.startService()
+        self.flush()
+        self.assertFalse(self.link.registered)  # 401: no Authorization
+        d = self.link.stopService()
+        self.flush()
+        self.successResultOf(d)
+        self.link = RegistrarLink(
+            self.mn.cse,
+            self.mn.originators,
+            "ws://127.0.0.1:8180",
+            IN,
+            "cse-in",
+            reactor=self.clock,
+            clock=self.clock,
+            options=options(),
+            endpoint=self.endpoint,
+            headers={"Authorization": "Basic " + base64.b64encode(b"mn:secret").decode()},
+        )
+        self.start()
+        at_in = self.on(self.inn, Operation.RETRIEVE, "cse-in/id-mn", "CAdmin").pc["m2m:csr"]
+        self.assertEqual(at_in["csi"], MN)

@@ -323,6 +323,48 @@ class MakeServiceTests(TestCase):
         ):
             self.assertRaises(usage.UsageError, parse, *bad)
 
+    def test_registrar_credentials(self) -> None:
+        import os
+
+        import trustme
+
+        d = self.mktemp()
+        os.makedirs(d)
+        token = f"{d}/token"
+        with open(token, "w") as f:
+            f.write("tok-mn\n")
+        base = ("--cse-id", "/id-mn", "--registrar", "ws://in.example:8180")
+        service: Any = makeService(
+            parse(*base, "--registrar-token-file", token), MemoryReactorClock()
+        )
+        self.assertEqual(service.link._factory.headers["Authorization"], "Bearer tok-mn")
+        self.patch(os, "environ", {"ACMEWS_REGISTRAR_PASSWORD": "secret"})
+        service = makeService(parse(*base, "--registrar-user", "mn"), MemoryReactorClock())
+        self.assertEqual(service.link._factory.headers["Authorization"], "Basic bW46c2VjcmV0")
+        self.assertEqual(service.link._factory.headers["X-M2M-Origin"], "/id-mn")
+        ca = trustme.CA()
+        ca.cert_pem.write_to_path(f"{d}/ca.pem")
+        cert = ca.issue_cert("mn.example")
+        cert.private_key_pem.write_to_path(f"{d}/key.pem")
+        cert.cert_chain_pems[0].write_to_path(f"{d}/cert.pem")
+        wss = ("--cse-id", "/id-mn", "--registrar", "wss://in.example:8443")
+        tls = ("--registrar-ca", f"{d}/ca.pem", "--registrar-certificate", f"{d}/cert.pem")
+        o = parse(*wss, *tls, "--registrar-key", f"{d}/key.pem")
+        self.assertIsNotNone(o["registrar-tls"].client_certificate)
+        self.assertIsNotNone(o["registrar-tls"].trust_root)
+        makeService(o, MemoryReactorClock())
+        for bad in (
+            (*base, "--registrar-user", "mn", "--registrar-token-file", token),
+            (*base, "--registrar-token-file", f"{d}/missing"),
+            (*base, *tls),  # TLS settings for a ws:// registrar
+            (*wss, *tls),  # the certificate without its key
+            (*wss, "--registrar-key", f"{d}/key.pem"),
+            ("--registrar-token-file", token),  # no registrar
+        ):
+            self.assertRaises(usage.UsageError, parse, *bad)
+        self.patch(os, "environ", {})
+        self.assertRaises(usage.UsageError, parse, *base, "--registrar-user", "mn")
+
     def test_credential_files(self) -> None:
         import hashlib
 
