@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.endpoints import HostnameEndpoint, clientFromString, serverFromString
 from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from acmews.codec import SHORT_NAMES
@@ -217,6 +218,7 @@ def connect(
     return factory.ready.addCallback(lambda session: Client(session, originator, release))
 
 
+@implementer(IPolicyForHTTPS)
 class TLSClientSettings:
     """What a ``wss://`` client trusts and shows: a CA file (PEM) instead of the system's
     authorities, and a client certificate with its key. The files are read once, here."""
@@ -248,6 +250,10 @@ class TLSClientSettings:
         return optionsForClientTLS(
             hostname, trustRoot=self.trust_root, clientCertificate=self.client_certificate
         )
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        """IPolicyForHTTPS: the same trust and certificate for ``https://``."""
+        return self.options_for(hostname.decode("idna"))
 
 
 def client_endpoint(

@@ -39,12 +39,14 @@ from acmews.options import (
 )
 from acmews.originators import OriginatorMap
 from acmews.poa import (
+    AgentClient,
     HttpConnector,
     MemoryNotificationQueue,
     OutboundLimits,
     PoaChain,
     TargetPolicy,
     WebSocketConnector,
+    read_outbound_credentials,
 )
 from acmews.poa.limits import DEFAULT_DENY, system_resolver
 from acmews.protocol import OneM2MServerFactory
@@ -150,29 +152,51 @@ class Options(usage.Options):
             "registrar-user",
             None,
             None,
-            "With --registrar: HTTP Basic user name for the registrar's handshake; the password "
-            "comes from the environment variable ACMEWS_REGISTRAR_PASSWORD.",
+            "With --registrar: HTTP Basic user name for the registrar's handshake, with "
+            "--registrar-password.",
+        ],
+        [
+            "registrar-password",
+            None,
+            None,
+            "With --registrar-user: its password (better: the environment variable "
+            "ACMEWS_REGISTRAR_PASSWORD, which keeps it off the command line).",
+        ],
+        [
+            "registrar-token",
+            None,
+            None,
+            "With --registrar: a Bearer token for the registrar's handshake (better: the "
+            "environment variable ACMEWS_REGISTRAR_TOKEN, or --registrar-token-file).",
         ],
         [
             "registrar-token-file",
             None,
             None,
-            "With --registrar: a file whose first line is a bearer token for the registrar.",
+            "With --registrar: a file whose first line is a Bearer token for the registrar.",
         ],
         [
-            "registrar-ca",
+            "ca-file",
             None,
             None,
-            "With a wss:// --registrar: PEM file of the CA to trust instead of the system's.",
+            "PEM file of the CA to trust, instead of the system's, for every wss:// and "
+            "https:// connection the CSE opens (its registrar, poa deliveries).",
         ],
         [
-            "registrar-certificate",
+            "client-certificate",
             None,
             None,
-            "With a wss:// --registrar: PEM client certificate to show (key in it, or "
-            "--registrar-key).",
+            "PEM client certificate the CSE shows on the wss:// and https:// connections it "
+            "opens (its key in the same file, or --client-key).",
         ],
-        ["registrar-key", None, None, "With --registrar-certificate: its PEM private key."],
+        ["client-key", None, None, "With --client-certificate: its PEM private key."],
+        [
+            "poa-credentials",
+            None,
+            None,
+            "A file of lines 'URL user:password' or 'URL Bearer TOKEN': the Authorization "
+            "the CSE sends to a ws/wss/http poa under that URL.",
+        ],
         [
             "registrar-cse-name",
             None,
@@ -369,50 +393,66 @@ class Options(usage.Options):
                 raise
             raise SystemExit(f"twistd acmews: {e}") from None
 
-    def _registrar_credentials(self, registrar: str | None) -> None:
-        """Check the registrar's credentials and build its headers and TLS settings."""
+    def _outbound_credentials(self, registrar: str | None) -> None:
+        """Check what the CSE shows to others: its registrar's Authorization, its TLS trust
+        and certificate, the poa credentials."""
         headers: dict[str, str] = {}
-        user, token_file = self["registrar-user"], self["registrar-token-file"]
-        if user is not None and token_file is not None:
-            raise usage.UsageError("--registrar-user and --registrar-token-file: one or the other")
-        if user is not None:
-            password = os.environ.get("ACMEWS_REGISTRAR_PASSWORD")
-            if password is None or ":" in user:
-                raise usage.UsageError(
-                    "--registrar-user needs ACMEWS_REGISTRAR_PASSWORD set (and a name without ':')"
-                )
-            pair = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-            headers["Authorization"] = "Basic " + pair
+        user = self["registrar-user"]
+        token = self["registrar-token"] or os.environ.get("ACMEWS_REGISTRAR_TOKEN")
+        token_file = self["registrar-token-file"]
+        if sum(x is not None for x in (user, self["registrar-token"], token_file)) > 1:
+            raise usage.UsageError(
+                "--registrar-user, --registrar-token and --registrar-token-file: only one"
+            )
         if token_file is not None:
             try:
                 with open(token_file, encoding="utf-8") as f:
                     token = f.readline().strip()
             except (OSError, ValueError) as e:
                 raise usage.UsageError(f"--registrar-token-file {token_file}: {e}") from None
-            if not token or any(c.isspace() for c in token):
+            if not token:
                 raise usage.UsageError(f"--registrar-token-file {token_file}: no token on line 1")
+        if user is not None:
+            password = self["registrar-password"] or os.environ.get("ACMEWS_REGISTRAR_PASSWORD")
+            if password is None or ":" in user:
+                raise usage.UsageError(
+                    "--registrar-user needs --registrar-password or ACMEWS_REGISTRAR_PASSWORD "
+                    "(and a name without ':')"
+                )
+            pair = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+            headers["Authorization"] = "Basic " + pair
+        elif self["registrar-password"] is not None:
+            raise usage.UsageError("--registrar-password needs --registrar-user")
+        elif token:
+            if any(c.isspace() for c in token):
+                raise usage.UsageError("the registrar's token must not contain spaces")
             headers["Authorization"] = "Bearer " + token
-        ca, certificate, key = (
-            self["registrar-ca"],
-            self["registrar-certificate"],
-            self["registrar-key"],
-        )
-        tls = None
+        if headers and registrar is None and (user or self["registrar-token"] or token_file):
+            raise usage.UsageError("registrar credentials need --registrar")
+        self["registrar-headers"] = headers
+        ca, certificate, key = self["ca-file"], self["client-certificate"], self["client-key"]
         if key is not None and certificate is None:
-            raise usage.UsageError("--registrar-key needs --registrar-certificate")
+            raise usage.UsageError("--client-key needs --client-certificate")
+        tls = None
         if ca is not None or certificate is not None:
-            if registrar is None or not registrar.startswith("wss://"):
-                raise usage.UsageError("--registrar-ca/--registrar-certificate need a wss:// one")
             from acmews.client import TLSClientSettings
 
             try:
                 tls = TLSClientSettings(ca, certificate, key)
             except Exception as e:
-                raise usage.UsageError(f"--registrar-ca/-certificate/-key: {e}") from None
-        if headers and registrar is None:
-            raise usage.UsageError("registrar credentials need --registrar")
-        self["registrar-headers"] = headers
-        self["registrar-tls"] = tls
+                raise usage.UsageError(
+                    f"--ca-file/--client-certificate/--client-key: {e}"
+                ) from None
+        self["client-tls"] = tls
+        path = self["poa-credentials"]
+        credentials = None
+        if path is not None:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    credentials = read_outbound_credentials(f)
+            except (OSError, ValueError) as e:
+                raise usage.UsageError(f"--poa-credentials {path}: {e}") from None
+        self["poa-credentials-entries"] = credentials
 
     def postOptions(self) -> None:
         if not self["listen"]:
@@ -443,7 +483,7 @@ class Options(usage.Options):
                         self[option + "-entries"] = reader(f)
                 except (OSError, ValueError) as e:
                     raise usage.UsageError(f"--{option} {path}: {e}") from None
-        self._registrar_credentials(registrar)
+        self._outbound_credentials(registrar)
         if self["registrar-serialization"] not in ("json", "cbor"):
             raise usage.UsageError("--registrar-serialization must be json or cbor")
         rid = self["registrar-cse-id"]
@@ -695,6 +735,8 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
     originators = OriginatorMap()
     originators.setServiceParent(top)
 
+    poa_credentials = options.get("poa-credentials-entries")
+
     def ws_connect(url: str, originator: str, subprotocols: Sequence[str]) -> Deferred[Any]:
         """An outbound connection to a registree's ws:// poa (the chain closes it)."""
         connecting = connect(
@@ -703,6 +745,8 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
             serialization=subprotocols,
             reactor=reactor,
             options=poa_options,
+            headers=poa_credentials.headers(url) if poa_credentials else None,
+            tls=options.get("client-tls"),
         )
         return connecting.addCallback(lambda client: client.session)
 
@@ -711,7 +755,11 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
         reactor,
         [
             WebSocketConnector(ws_connect, options["cse-id"], reactor),
-            HttpConnector(reactor),
+            HttpConnector(
+                reactor,
+                AgentClient(reactor, options.get("client-tls")),
+                credentials=poa_credentials,
+            ),
         ],
         timeout=request_timeout,
         queue=MemoryNotificationQueue(
@@ -755,7 +803,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
             options=connection_options,
             keep_registration=bool(options.get("keep-registration")),
             headers=options.get("registrar-headers") or None,
-            tls=options.get("registrar-tls"),
+            tls=options.get("client-tls"),
         )
         link.setServiceParent(top)
         top.link = link  # type: ignore[attr-defined]

@@ -834,6 +834,7 @@ class OneM2MResource(Resource):
                 "ctype": h("Content-Type"),
                 "accept": h("Accept"),
                 "encoding": h("Accept-Encoding"),
+                "authorization": h("Authorization"),
                 "body": request.content.read(),
             }
         )
@@ -882,6 +883,22 @@ class HttpConnectorTests(SynchronousTestCase):
         self.assertEqual((seen["origin"], seen["ri"]), ("/id-in", "n1"))
         self.assertEqual(json.loads(seen["body"]), {"m2m:sgn": {"sur": "sub1"}})
         self.assertEqual((response.rsc, response.pc), (2000, None))
+
+    def test_credentials_for_the_poa_only(self) -> None:
+        from acmews.poa import read_outbound_credentials
+
+        credentials = read_outbound_credentials(
+            ["http://h:8080/notify app:pw", "http://h:8080/notify/b Bearer tb"]
+        )
+        connector = HttpConnector(self.clock, StubTreq(self.resource), credentials=credentials)
+        for url in ("http://h:8080/notify", "http://h:8080/notify/b/c", "http://h:8080/other"):
+            self.resource.body = b""
+            self.successResultOf(connector.send(url, notify(), 5))
+        self.assertEqual(
+            [seen["authorization"] for seen in self.resource.seen],
+            ["Basic YXBwOnB3", "Bearer tb", None],
+        )
+        self.assertIsNone(self.connector._credentials)
 
     def test_retrieve_gets(self) -> None:
         request = Request(Operation.RETRIEVE, "/id-mn/cse-mn/ae1", "g1", fr="/id-in")
@@ -1033,3 +1050,49 @@ class OnlyRouteTests(SynchronousTestCase):
         d = chain.send("/id-mn", retrieve("r2"), ["ws://default"])
         clock.advance(10)
         self.assertEqual(self.failureResultOf(d, TargetNotReachable).value.rsc, 5103)
+
+
+class OutboundCredentialsTests(SynchronousTestCase):
+    def test_matching(self) -> None:
+        from acmews.poa import read_outbound_credentials
+
+        c = read_outbound_credentials(
+            [
+                "# comment",
+                "",
+                "ws://gw.example Bearer t-gw",
+                "wss://gw.example:8443/a u:p:with:colons",
+                "https://App.Example/n/ Bearer t-app",
+            ]
+        )
+        self.assertEqual(len(c), 3)
+        self.assertEqual(c.headers("ws://gw.example:80/x"), {"Authorization": "Bearer t-gw"})
+        self.assertEqual(
+            c.authorization("wss://gw.example:8443/a/b"), "Basic dTpwOndpdGg6Y29sb25z"
+        )
+        self.assertEqual(c.authorization("https://app.example/n/1"), "Bearer t-app")
+        for other in (
+            "ws://gw.example.evil.com/",  # another host
+            "ws://gw.example:81/",  # another port
+            "wss://gw.example/",  # another scheme (and port)
+            "wss://gw.example:8443/ab",  # a path that only starts with the prefix's text
+            "https://app.example/n",
+            "mqtt://gw.example",
+            "ws://[::1:bad",
+        ):
+            self.assertIsNone(c.authorization(other), other)
+        self.assertEqual(c.headers("http://nowhere"), {})
+
+    def test_bad_lines_name_the_line_not_the_secret(self) -> None:
+        from acmews.poa import read_outbound_credentials
+
+        for line in (
+            "http://h secret-without-colon",
+            "ftp://h u:p",
+            "http://h Bearer ",
+            "http://h",
+        ):
+            with self.assertRaises(ValueError) as caught:
+                read_outbound_credentials(["", line])
+            self.assertIn("line 2", str(caught.exception))
+            self.assertNotIn("secret", str(caught.exception))

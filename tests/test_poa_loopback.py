@@ -81,3 +81,45 @@ class LoopbackHttpTests(TestCase):
     def test_oneM2M_answer_is_read(self) -> Any:
         response = yield self.connector.send(f"{self.base}/ok", self.notify(), 10)
         self.assertEqual((response.rsc, response.pc), (2000, {"internal": "token"}))
+
+
+class LoopbackHttpsTests(TestCase):
+    """https:// poa with our own CA, and a server that asks for a client certificate."""
+
+    @inlineCallbacks
+    def test_own_ca_and_client_certificate(self) -> Any:
+        import os
+
+        import trustme
+        from twisted.internet.ssl import Certificate, PrivateCertificate
+
+        from acmews.client import TLSClientSettings
+        from acmews.poa import AgentClient
+
+        ca = trustme.CA()
+        d = self.mktemp()
+        os.makedirs(d)
+        ca.cert_pem.write_to_path(f"{d}/ca.pem")
+        server = ca.issue_cert("localhost")
+        pem = server.cert_chain_pems[0].bytes() + server.private_key_pem.bytes()
+        tls = PrivateCertificate.loadPEM(pem).options(Certificate.loadPEM(ca.cert_pem.bytes()))
+        resource = Hostile()
+        port: Any = reactor.listenSSL(0, Site(resource), tls, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client = ca.issue_cert("cse.example")
+        client.private_key_pem.write_to_path(f"{d}/key.pem")
+        client.cert_chain_pems[0].write_to_path(f"{d}/cert.pem")
+        settings = TLSClientSettings(f"{d}/ca.pem", f"{d}/cert.pem", f"{d}/key.pem")
+        url = f"https://localhost:{port.getHost().port}/ok"
+        notify = Request(Operation.NOTIFY, "Cae1", "n1", fr="/id-in", pc={"m2m:sgn": {}})
+        connector = HttpConnector(reactor, AgentClient(reactor, settings))
+        response = yield connector.send(url, notify, 10)
+        self.assertEqual(response.rsc, 2000)
+        # the system's authorities know nothing of our CA
+        with self.assertRaises(TargetNotReachable):
+            yield HttpConnector(reactor).send(url, notify, 10)
+        # our CA, but no client certificate: the server refuses the TLS handshake
+        bare = TLSClientSettings(f"{d}/ca.pem")
+        with self.assertRaises(TargetNotReachable):
+            yield HttpConnector(reactor, AgentClient(reactor, bare)).send(url, notify, 10)
+        self.assertEqual([path for path, _ in resource.seen], ["/ok"])

@@ -334,36 +334,77 @@ class MakeServiceTests(TestCase):
         with open(token, "w") as f:
             f.write("tok-mn\n")
         base = ("--cse-id", "/id-mn", "--registrar", "ws://in.example:8180")
-        service: Any = makeService(
-            parse(*base, "--registrar-token-file", token), MemoryReactorClock()
-        )
-        self.assertEqual(service.link._factory.headers["Authorization"], "Bearer tok-mn")
+
+        def authorization(*args: str) -> str | None:
+            service: Any = makeService(parse(*base, *args), MemoryReactorClock())
+            self.assertEqual(service.link._factory.headers["X-M2M-Origin"], "/id-mn")
+            return service.link._factory.headers.get("Authorization")  # type: ignore[no-any-return]
+
+        self.patch(os, "environ", {})
+        self.assertIsNone(authorization())
+        self.assertEqual(authorization("--registrar-token-file", token), "Bearer tok-mn")
+        self.assertEqual(authorization("--registrar-token", "t2"), "Bearer t2")
+        pw = ("--registrar-user", "mn", "--registrar-password", "secret")
+        self.assertEqual(authorization(*pw), "Basic bW46c2VjcmV0")
+        self.assertRaises(usage.UsageError, parse, *base, "--registrar-user", "mn")
         self.patch(os, "environ", {"ACMEWS_REGISTRAR_PASSWORD": "secret"})
-        service = makeService(parse(*base, "--registrar-user", "mn"), MemoryReactorClock())
-        self.assertEqual(service.link._factory.headers["Authorization"], "Basic bW46c2VjcmV0")
-        self.assertEqual(service.link._factory.headers["X-M2M-Origin"], "/id-mn")
+        self.assertEqual(authorization("--registrar-user", "mn"), "Basic bW46c2VjcmV0")
+        self.patch(os, "environ", {"ACMEWS_REGISTRAR_TOKEN": "t3"})
+        self.assertEqual(authorization(), "Bearer t3")
+        self.patch(os, "environ", {})
         ca = trustme.CA()
         ca.cert_pem.write_to_path(f"{d}/ca.pem")
         cert = ca.issue_cert("mn.example")
         cert.private_key_pem.write_to_path(f"{d}/key.pem")
         cert.cert_chain_pems[0].write_to_path(f"{d}/cert.pem")
-        wss = ("--cse-id", "/id-mn", "--registrar", "wss://in.example:8443")
-        tls = ("--registrar-ca", f"{d}/ca.pem", "--registrar-certificate", f"{d}/cert.pem")
-        o = parse(*wss, *tls, "--registrar-key", f"{d}/key.pem")
-        self.assertIsNotNone(o["registrar-tls"].client_certificate)
-        self.assertIsNotNone(o["registrar-tls"].trust_root)
+        tls = ("--ca-file", f"{d}/ca.pem", "--client-certificate", f"{d}/cert.pem")
+        o = parse(*base, *tls, "--client-key", f"{d}/key.pem")
+        self.assertIsNotNone(o["client-tls"].client_certificate)
+        self.assertIsNotNone(o["client-tls"].trust_root)
         makeService(o, MemoryReactorClock())
         for bad in (
             (*base, "--registrar-user", "mn", "--registrar-token-file", token),
+            (*base, "--registrar-token", "a", "--registrar-token-file", token),
             (*base, "--registrar-token-file", f"{d}/missing"),
-            (*base, *tls),  # TLS settings for a ws:// registrar
-            (*wss, *tls),  # the certificate without its key
-            (*wss, "--registrar-key", f"{d}/key.pem"),
+            (*base, "--registrar-password", "x"),  # no user
+            (*base, *tls),  # the certificate without its key
+            (*base, "--client-key", f"{d}/key.pem"),
+            (*base, "--ca-file", f"{d}/missing.pem"),
             ("--registrar-token-file", token),  # no registrar
         ):
             self.assertRaises(usage.UsageError, parse, *bad)
-        self.patch(os, "environ", {})
-        self.assertRaises(usage.UsageError, parse, *base, "--registrar-user", "mn")
+
+    def test_poa_credentials(self) -> None:
+        import os
+
+        d = self.mktemp()
+        os.makedirs(d)
+        path = f"{d}/poa"
+        with open(path, "w") as f:
+            f.write(
+                "# poa credentials\nhttp://app.example:8080/ app:pw\nws://gw.example Bearer t\n"
+            )
+        o = parse("--poa-credentials", path)
+        credentials = o["poa-credentials-entries"]
+        service: Any = makeService(o, MemoryReactorClock())
+        self.assertIs(service.chain.connector_for("http")._credentials, credentials)
+        self.assertEqual(credentials.authorization("ws://gw.example/x"), "Bearer t")
+        self.assertEqual(credentials.authorization("http://app.example:8080/n"), "Basic YXBwOnB3")
+        self.assertIsNone(credentials.authorization("http://app.example/n"))
+        # a ws:// poa delivery opens its connection with the credential of its URL
+        from twisted.internet.defer import Deferred
+
+        import acmews.tap
+
+        calls: list[dict[str, Any]] = []
+        self.patch(acmews.tap, "connect", lambda url, **kw: (calls.append(kw), Deferred())[1])
+        ws = service.chain.connector_for("ws")
+        ws._connect("ws://gw.example/n", "/id-in", ("oneM2M.json",))
+        ws._connect("ws://other.example/n", "/id-in", ("oneM2M.json",))
+        self.assertEqual([c["headers"] for c in calls], [{"Authorization": "Bearer t"}, {}])
+        with open(path, "w") as f:
+            f.write("http://app.example nothing-after-the-url\n")
+        self.assertRaises(usage.UsageError, parse, "--poa-credentials", path)
 
     def test_credential_files(self) -> None:
         import hashlib

@@ -21,6 +21,7 @@ from acmews.codes import Operation
 from acmews.errors import OneM2MError, RequestTimeout, TargetNotReachable
 from acmews.interfaces import IPoaConnector
 from acmews.logs import Logger
+from acmews.poa.credentials import OutboundCredentials
 from acmews.poa.steps import reason as _reason
 from acmews.primitive import Request, Response
 
@@ -41,11 +42,19 @@ class AgentClient:
     """A plain ``twisted.web.client.Agent``: it follows no redirect and decodes no content
     (treq always inflates gzip, so a 1 MB answer could become 1 GiB on the reactor thread)."""
 
-    def __init__(self, reactor: Any) -> None:
-        from twisted.web.client import Agent, HTTPConnectionPool
+    def __init__(self, reactor: Any, tls_policy: Any = None) -> None:
+        """
+        @param tls_policy: an ``IPolicyForHTTPS`` for ``https://`` (a CA of one's own, a client
+            certificate); the system's authorities when None.
+        """
+        from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
         self._reactor = reactor
-        self._agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+        self._agent = Agent(
+            reactor,
+            contextFactory=tls_policy if tls_policy is not None else BrowserLikePolicyForHTTPS(),
+            pool=HTTPConnectionPool(reactor, persistent=False),
+        )
 
     def request(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:
         from twisted.web.client import FileBodyProducer
@@ -187,12 +196,15 @@ class HttpConnector:
         client: HttpClient | None = None,
         *,
         max_body: int = DEFAULT_MAX_BODY,
+        credentials: OutboundCredentials | None = None,
     ) -> None:
         """
         @param clock: the reactor (the default client needs one to connect with).
         @param client: sends the HTTP requests; an :class:`AgentClient` when None.
+        @param credentials: the ``Authorization`` to send, by poa URL.
         """
         self._client: HttpClient = client if client is not None else AgentClient(clock)
+        self._credentials = credentials
         self._clock = clock
         self.max_body = max_body
 
@@ -225,6 +237,10 @@ class HttpConnector:
         }
         if request.fr is not None:
             headers["X-M2M-Origin"] = [request.fr]
+        if self._credentials is not None:
+            authorization = self._credentials.authorization(url)
+            if authorization is not None:
+                headers["Authorization"] = [authorization]
         kwargs: dict[str, Any] = {"headers": headers, "allow_redirects": False}
         if request.pc is not None:
             kwargs["data"] = JSON.dumps(request.pc)
