@@ -33,7 +33,7 @@ from acmews.codec import CODECS
 from acmews.errors import TargetNotReachable
 from acmews.handshake import Handshake, HandshakeRefused
 from acmews.interfaces import ICodec, IHandshakeAuthorizer, IOriginatorMap, IRequestHandler
-from acmews.logs import Logger
+from acmews.logs import Budget, Logger
 from acmews.options import (
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_PING_INTERVAL,
@@ -519,12 +519,19 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
         raise failure.value  # Autobahn logs it and answers 500
 
     def _refuse(self, refusal: HandshakeRefused) -> ConnectionDeny:
-        _log.info(
-            "refused {peer}: {status} {reason}",
-            peer=self.peer,
-            status=refusal.status,
-            reason=refusal.reason[:300],
-        )
+        # one budget for the whole factory: a peer retrying bad credentials in a loop, on
+        # new connections each time, must not fill the log
+        budget = self.factory.refusal_log_budget
+        if budget.allow(self.factory.clock.seconds()):
+            left_out = budget.take_suppressed()
+            _log.info(
+                "refused {peer}: {status} {reason}"
+                + (" ({left_out} more refusals not logged)" if left_out else ""),
+                peer=self.peer,
+                status=refusal.status,
+                reason=refusal.reason[:300],
+                left_out=left_out,
+            )
         self._refusal_headers = list(refusal.headers.items()) or None
         return ConnectionDeny(refusal.status, refusal.reason)
 
@@ -619,6 +626,8 @@ class OneM2MServerFactory(WebSocketServerFactory):
         )
         self.setProtocolOptions(**self.options.autobahn())
         self.admission = Admission(limits or ConnectionLimits(), self.clock)
+        #: handshake refusals (401, 403, ...) logged: 20 a minute, then summed up
+        self.refusal_log_budget = Budget(20, 60.0)
 
     def session_opened(self, session: Session) -> None:
         _log.info(

@@ -194,6 +194,31 @@ class OverTheBindingTests(TestCase):
         p.flush()
 
 
+class RefusalLogTests(TestCase):
+    def test_a_peer_looping_on_bad_credentials_does_not_fill_the_log(self) -> None:
+        from twisted.logger import capturedLogs, formatEvent
+
+        clock = Clock()
+        authorizer = CredentialAuthorizer(read_basic_file(BASIC))
+        factory = make_server_factory(RecordingHandler(), clock, authorizer=authorizer)
+
+        def refused(times: int) -> list[str]:
+            with capturedLogs() as events:
+                for _ in range(times):
+                    client = make_client_factory(clock, "Cmeter1")
+                    client.headers["Authorization"] = basic("meters", "wrong")
+                    self.assertIn("401", pair(factory, client).client.http_status_line)
+                    self.failureResultOf(client.ready)
+            return [m for m in map(formatEvent, events) if m.startswith("refused ")]
+
+        lines = refused(30)
+        self.assertEqual(len(lines), 20)
+        self.assertNotIn("wrong", "".join(lines))
+        clock.advance(60)
+        (line,) = refused(1)
+        self.assertIn("(10 more refusals not logged)", line)
+
+
 class ClientHeaderTests(TestCase):
     def test_extra_headers_go_with_the_origin(self) -> None:
         from acmews.protocol import OneM2MClientFactory
