@@ -20,6 +20,7 @@ reactor that already runs.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import math
 import os
@@ -32,7 +33,7 @@ from urllib.parse import urlsplit
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError
 
 from acmews import __version__
-from acmews.client import Client, connect
+from acmews.client import Client, TLSClientSettings, connect
 from acmews.codes import ResourceType
 from acmews.errors import OneM2MError, RequestTimeout, TargetNotReachable
 from acmews.primitive import Request, Response
@@ -162,6 +163,19 @@ def build_parser() -> argparse.ArgumentParser:
             default=10.0,
             help="seconds to wait for the connection and for each response (default 10)",
         )
+        p.add_argument(
+            "--user",
+            metavar="USER",
+            help="HTTP Basic user for the handshake; the password comes from the environment "
+            "variable ACMEWS_PASSWORD (a Bearer token: ACMEWS_TOKEN, without --user)",
+        )
+        p.add_argument("--ca-file", metavar="PEM", help="for wss://: the CA to trust")
+        p.add_argument(
+            "--client-certificate",
+            metavar="PEM",
+            help="for wss://: the client certificate to show (its key in it, or --client-key)",
+        )
+        p.add_argument("--client-key", metavar="PEM", help="the client certificate's key")
 
     request = commands.add_parser(
         "request",
@@ -232,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """The parsed command line; UsageError (one line) when it cannot be run."""
     args = build_parser().parse_args(list(argv))
+    _credentials(args)
     if args.command == "request":
         if args.op == "create" and args.ty is None:
             raise UsageError("create needs --ty (the resource type, e.g. --ty 2 or --ty ae)")
@@ -252,6 +267,30 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                 fc[name] = value
         args.filters = fc
     return args
+
+
+def _credentials(args: argparse.Namespace) -> None:
+    """``args.headers`` and ``args.tls`` from --user/ACMEWS_PASSWORD, ACMEWS_TOKEN and the
+    TLS files."""
+    args.headers = {}
+    if args.user is not None:
+        password = os.environ.get("ACMEWS_PASSWORD")
+        if password is None or ":" in args.user:
+            raise UsageError("--user needs ACMEWS_PASSWORD set (and a name without ':')")
+        pair = base64.b64encode(f"{args.user}:{password}".encode()).decode("ascii")
+        args.headers["Authorization"] = "Basic " + pair
+    elif os.environ.get("ACMEWS_TOKEN"):
+        args.headers["Authorization"] = "Bearer " + os.environ["ACMEWS_TOKEN"].strip()
+    args.tls = None
+    if args.client_key is not None and args.client_certificate is None:
+        raise UsageError("--client-key needs --client-certificate")
+    if args.ca_file is not None or args.client_certificate is not None:
+        if not args.url.startswith("wss://"):
+            raise UsageError("--ca-file and --client-certificate are for a wss:// URL")
+        try:
+            args.tls = TLSClientSettings(args.ca_file, args.client_certificate, args.client_key)
+        except Exception as e:
+            raise UsageError(f"--ca-file/--client-certificate/--client-key: {e}") from None
 
 
 def format_primitive(primitive: Request | Response, pretty: bool) -> str:
@@ -276,6 +315,8 @@ async def _connect(
         serialization="cbor" if args.cbor else "json",
         handler=handler,
         reactor=reactor,
+        headers=args.headers or None,
+        tls=args.tls,
     )
     connecting.addTimeout(args.timeout, reactor)
     try:

@@ -101,6 +101,26 @@ class ParseTests(TestCase):
             self.assertIn(part, str(e), argv)
             self.assertNotIn("\n", str(e))
 
+    def test_credentials(self) -> None:
+        import os
+
+        argv = ["request", URL, "retrieve", "cse-in", "--from", "CAdmin"]
+        self.patch(os, "environ", {"ACMEWS_PASSWORD": "pw"})
+        args = parse_args([*argv, "--user", "admin"])
+        self.assertEqual(args.headers, {"Authorization": "Basic YWRtaW46cHc="})
+        self.assertIsNone(args.tls)
+        self.patch(os, "environ", {"ACMEWS_TOKEN": "t1"})
+        self.assertEqual(parse_args(argv).headers, {"Authorization": "Bearer t1"})
+        self.patch(os, "environ", {})
+        self.assertEqual(parse_args(argv).headers, {})
+        for bad in (
+            [*argv, "--user", "admin"],  # no ACMEWS_PASSWORD
+            [*argv, "--ca-file", "ca.pem"],  # not wss://
+            [*argv, "--client-key", "k.pem"],
+            ["request", "wss://h:1", "retrieve", "x", "--from", "C", "--ca-file", "/none.pem"],
+        ):
+            self.assertRaises(UsageError, parse_args, bad)
+
     def test_run_reports_a_usage_error_in_one_line(self) -> None:
         out, err = io.StringIO(), io.StringIO()
         d = Deferred.fromCoroutine(
@@ -165,13 +185,15 @@ class LoopbackTests(TestCase):
     timeout = 20
 
     @inlineCallbacks
-    def start(self) -> Any:
+    def start(self, *more: str) -> Any:
         from twisted.internet import reactor
 
         from acmews.tap import Options, makeService
 
         options = Options()
-        options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1", "--ping-interval", "0"])
+        options.parseOptions(
+            ["--listen", "tcp:0:interface=127.0.0.1", "--ping-interval", "0", *more]
+        )
         service: Any = makeService(options, reactor)
         service.privilegedStartService()
         service.startService()
@@ -190,6 +212,26 @@ class LoopbackTests(TestCase):
         printed = json.loads(line)
         self.assertEqual(printed["rsc"], 2000)
         self.assertEqual(printed["pc"]["m2m:cb"]["rn"], "cse-in")
+
+    @inlineCallbacks
+    def test_credentials_from_the_environment(self) -> Any:
+        import os
+
+        tokens = self.mktemp()
+        with open(tokens, "w") as f:
+            f.write("tok-admin:CAdmin\n")
+        reactor, url = yield self.start("--token-file", tokens)
+        argv = ["request", url, "retrieve", "cse-in", "--from", "CAdmin"]
+        self.patch(os, "environ", {})
+        out, err = io.StringIO(), io.StringIO()
+        code = yield Deferred.fromCoroutine(run(reactor, argv, out, err))
+        self.assertEqual(code, 2)
+        self.assertIn("401", err.getvalue())
+        self.patch(os, "environ", {"ACMEWS_TOKEN": "tok-admin"})
+        out, err = io.StringIO(), io.StringIO()
+        code = yield Deferred.fromCoroutine(run(reactor, argv, out, err))
+        self.assertEqual((code, err.getvalue()), (0, ""))
+        self.assertEqual(json.loads(out.getvalue())["rsc"], 2000)
 
     @inlineCallbacks
     def test_error_rsc_exits_1_and_terminal_output_is_indented(self) -> Any:
