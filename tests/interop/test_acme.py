@@ -172,3 +172,41 @@ class AcmeMnToAcmewsTests(TestCase):
         self.assertEqual(response.rsc, RSC.OK, response)
         self.assertEqual(response.pc["m2m:cb"]["csi"], "/id-mn")
         self.assertEqual(response.pc["m2m:cb"]["rn"], "cse-mn")
+
+
+class AcmewsMnToAcmeTests(TestCase):
+    """Scenario 4: an acmews MN-CSE (--registrar) registers to ACME's IN-CSE over WebSocket;
+    ACME forwards a request for the MN-CSE to it over that link (poa ws://default)."""
+
+    skip = SKIP
+    timeout = 120
+
+    def test_registers_and_answers(self) -> Any:
+        return Deferred.fromCoroutine(self._registers())
+
+    async def _registers(self) -> None:
+        from twisted.internet import reactor
+
+        settle_autobahn_timers(self)
+        acme = await start_acme(self, IN_INI, "cse-in")
+        await start_cse(
+            self, "--cse-id", "/id-mn", "--cse-name", "cse-mn", "--registrar", acme.url
+        )
+        admin: Client = await connect(acme.url, originator="CAdmin", serialization="json")
+        self.addCleanup(admin.close)
+        csr: Response | None = None
+        for _ in range(120):
+            # one request at a time on an ACME connection (module docstring)
+            csr = await admin.retrieve("/id-in/cse-in/id-mn")
+            if csr.rsc == RSC.OK:
+                break
+            await deferLater(reactor, 0.5, lambda: None)
+        assert csr is not None
+        self.assertEqual(csr.rsc, RSC.OK, csr)
+        self.assertEqual(csr.pc["m2m:csr"]["csi"], "/id-mn")
+
+        response = await admin.retrieve("/id-mn/cse-mn")
+        self.assertEqual(response.rsc, RSC.OK, response)
+        self.assertEqual(response.pc["m2m:cb"]["csi"], "/id-mn")
+        self.assertEqual(response.pc["m2m:cb"]["rn"], "cse-mn")
+        self.assertEqual(response.pc["m2m:cb"]["cst"], 2)  # acmews's MN-CSE answered
