@@ -1,15 +1,18 @@
 """acmews against the real ACME CSE (acmecse), over loopback WebSockets.
 
 Skipped unless ``ACMEWS_ACME`` names the acmecse executable. Each test starts its own ACME
-(fresh directory, free ports, in-memory database) and stops it at cleanup.
+(fresh directory, free ports, in-memory database) and stops it at cleanup. Scenarios: an
+acmews client at ACME's IN-CSE, notified over its own connection (1); ACME as MN-CSE
+registered to an acmews IN-CSE (3); an acmews MN-CSE registered to ACME's IN-CSE (4).
 
 ACME deviations worked around here (observed with acmecse 2026.5.3):
 - several requests in flight on one ACME connection get mixed up: every request here is
   awaited before the next is sent on that connection;
 - a NOTIFY can arrive before the response to the request that caused it: the notification
   is awaited after the CREATE's response, from a Deferred the handler fired whenever;
-- a second connection for the same originator closes the first: each originator here has
-  one connection;
+- a second connection for the same originator closes the first, and then sometimes loses
+  the second as well (notifications to it dropped, "No WS connection established"): each
+  originator here has one connection at a time, closed by the test before it reconnects;
 - on a oneM2M.cbor connection ACME sends its NOTIFY as JSON (``{"fr": "/id-in", ...`` in the
   frame; acmews rejects it as invalid CBOR and the notification is lost): in the CBOR test
   the AE registers, subscribes and the contentInstance is created over oneM2M.cbor, then the AE
