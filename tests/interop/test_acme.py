@@ -2,7 +2,8 @@
 
 Skipped unless ``ACMEWS_ACME`` names the acmecse executable. Each test starts its own ACME
 (fresh directory, free ports, in-memory database) and stops it at cleanup. Scenarios: an
-acmews client at ACME's IN-CSE, notified over its own connection (1); ACME as MN-CSE
+acmews client at ACME's IN-CSE, notified over its own connection (1); an AE whose poa is its own
+ws:// server, verified and notified there by ACME (2); ACME as MN-CSE
 registered to an acmews IN-CSE (3); an acmews MN-CSE registered to ACME's IN-CSE (4).
 
 ACME deviations worked around here (observed with acmecse 2026.5.3):
@@ -213,3 +214,71 @@ class AcmewsMnToAcmeTests(TestCase):
         self.assertEqual(response.pc["m2m:cb"]["csi"], "/id-mn")
         self.assertEqual(response.pc["m2m:cb"]["rn"], "cse-mn")
         self.assertEqual(response.pc["m2m:cb"]["cst"], 2)  # acmews's MN-CSE answered
+
+
+class AcmeToRegistreeServerTests(TestCase):
+    """Scenario 2: an AE whose poa is its own ws:// server (``acmews.client.listen``) gets
+    ACME's subscription verification and its notification there, on connections ACME opens."""
+
+    skip = SKIP
+    timeout = 120
+
+    def test_verification_and_notification(self) -> Any:
+        return Deferred.fromCoroutine(self._registree_server())
+
+    async def _registree_server(self) -> None:
+        from acmews.client import listen
+
+        settle_autobahn_timers(self)
+        acme = await start_acme(self, IN_INI, "cse-in")
+        received: list[tuple[str | None, Request]] = []
+        notified: Deferred[None] = Deferred()
+
+        def handle(request: Request) -> Response:
+            received.append((request.fr, request))
+            sgn = (request.pc or {}).get("m2m:sgn", {})
+            if "nev" in sgn and not notified.called:
+                notified.callback(None)
+            return Response(int(RSC.OK), request.rqi, request.rvi)
+
+        port: Any = await listen("tcp:0:interface=127.0.0.1", handle)
+        self.addCleanup(port.stopListening)
+        poa = f"ws://127.0.0.1:{port.getHost().port}"
+        originator = "Cinterop2"
+        ae: Client = await connect(acme.url, originator=originator, serialization="json")
+        ae_pc = {"m2m:ae": {"rn": "interop2", "api": "Ninterop", "rr": True, "srv": ["3"]}}
+        ae_pc["m2m:ae"]["poa"] = [poa]
+        response = await ae.create("/id-in/cse-in", ResourceType.AE, ae_pc)
+        self.assertEqual(response.rsc, RSC.CREATED, response)
+        self.assertEqual(response.pc["m2m:ae"]["poa"], [poa])
+        response = await ae.create(
+            "/id-in/cse-in/interop2", ResourceType.CNT, {"m2m:cnt": {"rn": "data"}}
+        )
+        self.assertEqual(response.rsc, RSC.CREATED, response)
+        # the AE leaves: from now on ACME reaches it only through its poa, its own server
+        await ae.close()
+
+        admin: Client = await connect(acme.url, originator="CAdmin", serialization="json")
+        self.addCleanup(admin.close)
+        # the admin subscribes on the AE's behalf: ACME verifies the nu with the AE first
+        response = await admin.create(
+            "/id-in/cse-in/interop2/data",
+            ResourceType.SUB,
+            {"m2m:sub": {"rn": "sub", "nu": [originator], "enc": {"net": [3]}}},
+        )
+        self.assertEqual(response.rsc, RSC.CREATED, response)
+        verifications = [r for _, r in received if "vrq" in (r.pc or {}).get("m2m:sgn", {})]
+        self.assertEqual(len(verifications), 1, received)
+        self.assertEqual(verifications[0].op, Operation.NOTIFY)
+        self.assertEqual(verifications[0].pc["m2m:sgn"]["cr"], "CAdmin")
+
+        response = await admin.create(
+            "/id-in/cse-in/interop2/data", ResourceType.CIN, {"m2m:cin": {"con": "to the poa"}}
+        )
+        self.assertEqual(response.rsc, RSC.CREATED, response)
+        await _with_timeout(notified, 20)
+        (notification,) = [r for _, r in received if "nev" in r.pc["m2m:sgn"]]
+        self.assertEqual(notification.op, Operation.NOTIFY)
+        self.assertEqual(notification.pc["m2m:sgn"]["nev"]["rep"]["m2m:cin"]["con"], "to the poa")
+        # every request came from ACME's IN-CSE (X-M2M-Origin /id-in on its connections)
+        self.assertTrue(all(fr is not None and fr.startswith("/id-in") for fr, _ in received))
