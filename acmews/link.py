@@ -209,6 +209,14 @@ class RegistrarLink(Service):
         """Close the connection, so that the ClientService opens a new one and registration
         is tried again; but only after a delay that grows with each failure in a row (the
         connection itself succeeded, so the ClientService would try again at once)."""
+        if not self.running:
+            # stopping: the registration failed because the link is going away; no retry
+            self.log.info(
+                "registration at {registrar} abandoned: stopping ({error})",
+                registrar=self.registrar_cse_id,
+                error=str(failure.value),
+            )
+            return
         self._failures += 1
         delay = min(self._max_delay, self._initial_delay * 2 ** (self._failures - 1))
         self.log.warn(

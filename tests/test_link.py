@@ -269,3 +269,16 @@ class LinkTests(TestCase):
         self.start()
         at_in = self.on(self.inn, Operation.RETRIEVE, "cse-in/id-mn", "CAdmin").pc["m2m:csr"]
         self.assertEqual(at_in["csi"], MN)
+
+    def test_stopping_while_registering_leaves_no_retry_behind(self) -> None:
+        # the registrar never answers: the registration is still in flight at the stop
+        self.in_factory.handler = as_handler(lambda request: Deferred())
+        self.link.startService()
+        self.flush()
+        self.assertEqual(self.link.state, "registering")
+        d = self.link.stopService()
+        self.flush()
+        self.successResultOf(d)
+        self.assertFalse(self.link.registered)
+        self.assertIsNone(self.link._retry_call)
+        # (tearDown: no delayed call left, e.g. a retry scheduled by the failed registration)

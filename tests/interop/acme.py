@@ -147,12 +147,34 @@ checkInterval=30
 )
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` different loopback TCP ports free right now.
+
+    They come from below Linux's ephemeral range (32768-60999), so that no outgoing
+    connection of this process takes one as its source port before ACME binds it, and they
+    are all held open until all are chosen (two ports bound and closed one after the other
+    may be the same one)."""
+    import random
+
+    held: list[socket.socket] = []
+    try:
+        while len(held) < count:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                s.bind(("127.0.0.1", random.randint(20000, 32000)))
+            except OSError:
+                s.close()
+                continue
+            held.append(s)
+        return [s.getsockname()[1] for s in held]
+    finally:
+        for s in held:
+            s.close()
+
+
 def free_port() -> int:
-    """A loopback TCP port free right now (bound, read, closed)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A loopback TCP port free right now (see :func:`free_ports`)."""
+    return free_ports(1)[0]
 
 
 class _AcmeProtocol(ProcessProtocol):
@@ -240,7 +262,7 @@ async def start_acme(test: Any, ini: str, cse_name: str, **ports: int) -> Acme:
         raise SkipTest(SKIP)
     directory = os.path.abspath(test.mktemp())
     os.makedirs(directory)
-    acme = Acme(directory, free_port(), free_port())
+    acme = Acme(directory, *free_ports(2))
     with open(os.path.join(directory, "acme.ini"), "w", encoding="utf-8") as f:
         f.write(ini.format(ws_port=acme.ws_port, http_port=acme.http_port, **ports))
     acme.transport = reactor.spawnProcess(
@@ -285,6 +307,7 @@ __all__ = [
     "SKIP",
     "Acme",
     "free_port",
+    "free_ports",
     "settle_autobahn_timers",
     "start_acme",
 ]

@@ -282,3 +282,92 @@ class AcmeToRegistreeServerTests(TestCase):
         self.assertEqual(notification.pc["m2m:sgn"]["nev"]["rep"]["m2m:cin"]["con"], "to the poa")
         # every request came from ACME's IN-CSE (X-M2M-Origin /id-in on its connections)
         self.assertTrue(all(fr is not None and fr.startswith("/id-in") for fr, _ in received))
+
+
+class HeaderlessRegistrationTests(TestCase):
+    """Scenario 1, without the header: an AE registers on a connection that sends no
+    X-M2M-Origin, then reconnects with the AE-ID ACME assigned."""
+
+    skip = SKIP
+    timeout = 120
+
+    def test_register_then_reconnect_with_the_header(self) -> Any:
+        return Deferred.fromCoroutine(self._headerless())
+
+    async def _headerless(self) -> None:
+        settle_autobahn_timers(self)
+        acme = await start_acme(self, IN_INI, "cse-in")
+        anonymous: Client = await connect(acme.url, originator=None, serialization="json")
+        self.addCleanup(anonymous.close)
+        response = await anonymous.create(
+            "/id-in/cse-in",
+            ResourceType.AE,
+            {"m2m:ae": {"rn": "interop3", "api": "Ninterop", "rr": False, "srv": ["3"]}},
+        )
+        self.assertEqual(response.rsc, RSC.CREATED, response)
+        aei = response.pc["m2m:ae"]["aei"]
+        self.assertTrue(aei.startswith("C"), aei)
+        # ACME deviation: the header-less connection stays unusable after the registration
+        # (4103 for anything else), so the AE reconnects with its AE-ID in the header
+        await anonymous.close()
+        ae: Client = await connect(acme.url, originator=aei, serialization="json")
+        self.addCleanup(ae.close)
+        response = await ae.retrieve("/id-in/cse-in/interop3")
+        self.assertEqual(response.rsc, RSC.OK, response)
+        self.assertEqual(response.pc["m2m:ae"]["aei"], aei)
+        response = await ae.delete("/id-in/cse-in/interop3")
+        self.assertEqual(response.rsc, RSC.DELETED, response)
+
+
+class BenchAgainstAcmeTests(TestCase):
+    """Scenario 5: ``python -m acmews.bench`` as the load generator against ACME: sequential
+    RETRIEVE of the CSEBase, every request answered exactly once with its own rqi (a smoke
+    check of correctness; no timing is asserted)."""
+
+    skip = SKIP
+    timeout = 120
+
+    def test_sequential_retrieve(self) -> Any:
+        return Deferred.fromCoroutine(self._bench())
+
+    async def _bench(self) -> None:
+        import json
+        import os
+        import sys
+
+        from twisted.internet import reactor
+        from twisted.internet.utils import getProcessOutputAndValue
+
+        settle_autobahn_timers(self)
+        acme = await start_acme(self, IN_INI, "cse-in")
+        result = os.path.abspath(self.mktemp())
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        argv = [
+            "-m",
+            "acmews.bench",
+            acme.url,
+            "--scenario",
+            "retrieve",
+            "--mode",
+            "sequential",
+            "--requests",
+            "300",
+            "--duration",
+            "30",
+            "--timeout",
+            "10",
+            "--json",
+            result,
+        ]
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable, argv, env=env, path=root, reactor=reactor
+        )
+        self.assertEqual(code, 0, (out + err).decode(errors="replace")[-2000:])
+        with open(result, encoding="utf-8") as f:
+            summary = json.load(f)
+        self.assertTrue(summary["correct"], summary["errors"])
+        self.assertEqual(summary["sent"], 300)
+        self.assertEqual(summary["answered"], 300)
+        self.assertEqual(summary["rsc"], {"2000": 300})
