@@ -252,17 +252,20 @@ async def _ready(reactor: Any, http_port: int, cse_name: str) -> bool:
     return response.headers.getRawHeaders("X-M2M-RSC") == ["2000"]
 
 
-async def start_acme(test: Any, ini: str, cse_name: str, **ports: int) -> Acme:
+async def start_acme(
+    test: Any, ini: str, cse_name: str, *, again: Acme | None = None, **ports: int
+) -> Acme:
     """Start ``acmecse`` with ``ini`` (a template above, formatted with fresh ws/http ports
-    and ``ports``) in a fresh directory; stopped at ``test``'s cleanup. Returns once the
-    CSEBase answers over HTTP (the ports open before the CSEBase exists), at most 60 s."""
+    -- or ``again``'s, to restart a stopped ACME on the same ones -- and ``ports``) in a fresh
+    directory; stopped at ``test``'s cleanup. Returns once the CSEBase answers over HTTP (the
+    ports open before the CSEBase exists), at most 60 s."""
     from twisted.internet import reactor
 
     if not ACME:
         raise SkipTest(SKIP)
     directory = os.path.abspath(test.mktemp())
     os.makedirs(directory)
-    acme = Acme(directory, *free_ports(2))
+    acme = Acme(directory, *((again.ws_port, again.http_port) if again else free_ports(2)))
     with open(os.path.join(directory, "acme.ini"), "w", encoding="utf-8") as f:
         f.write(ini.format(ws_port=acme.ws_port, http_port=acme.http_port, **ports))
     acme.transport = reactor.spawnProcess(

@@ -4,7 +4,8 @@ Skipped unless ``ACMEWS_ACME`` names the acmecse executable. Each test starts it
 (fresh directory, free ports, in-memory database) and stops it at cleanup. Scenarios: an
 acmews client at ACME's IN-CSE, notified over its own connection (1); an AE whose poa is its own
 ws:// server, verified and notified there by ACME (2); ACME as MN-CSE
-registered to an acmews IN-CSE (3); an acmews MN-CSE registered to ACME's IN-CSE (4).
+registered to an acmews IN-CSE (3); an acmews MN-CSE registered to ACME's IN-CSE, and registered
+again after ACME restarts (4); python -m acmews.bench against ACME (5).
 
 ACME deviations worked around here (observed with acmecse 2026.5.3):
 - several requests in flight on one ACME connection get mixed up: every request here is
@@ -214,6 +215,23 @@ class AcmewsMnToAcmeTests(TestCase):
         self.assertEqual(response.pc["m2m:cb"]["csi"], "/id-mn")
         self.assertEqual(response.pc["m2m:cb"]["rn"], "cse-mn")
         self.assertEqual(response.pc["m2m:cb"]["cst"], 2)  # acmews's MN-CSE answered
+
+        # ACME restarts (its database was in memory: the remoteCSE is gone): acmews's link
+        # notices, reconnects with backoff and registers again
+        await admin.close()
+        await acme.stop(reactor)
+        acme = await start_acme(self, IN_INI, "cse-in", again=acme)
+        admin = await connect(acme.url, originator="CAdmin", serialization="json")
+        self.addCleanup(admin.close)
+        for _ in range(120):
+            csr = await admin.retrieve("/id-in/cse-in/id-mn")
+            if csr.rsc == RSC.OK:
+                break
+            await deferLater(reactor, 0.5, lambda: None)
+        self.assertEqual(csr.rsc, RSC.OK, csr)
+        response = await admin.retrieve("/id-mn/cse-mn")
+        self.assertEqual(response.rsc, RSC.OK, response)
+        self.assertEqual(response.pc["m2m:cb"]["cst"], 2)
 
 
 class AcmeToRegistreeServerTests(TestCase):
