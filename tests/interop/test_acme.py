@@ -15,10 +15,11 @@ ACME deviations worked around here (observed with acmecse 2026.5.3):
 - a second connection for the same originator closes the first, and then sometimes loses
   the second as well (notifications to it dropped, "No WS connection established"): each
   originator here has one connection at a time, closed by the test before it reconnects;
-- on a oneM2M.cbor connection ACME sends its NOTIFY as JSON (``{"fr": "/id-in", ...`` in the
-  frame; acmews rejects it as invalid CBOR and the notification is lost): in the CBOR test
-  the AE registers, subscribes and the contentInstance is created over oneM2M.cbor, then the AE
-  reconnects over oneM2M.json to receive the notification;
+- on a oneM2M.cbor connection ACME sends its own requests (a NOTIFY, a forwarded request) as
+  JSON (``{"fr": "/id-in", ...`` in the frame; acmews rejects it as invalid CBOR and the
+  request is lost): in the CBOR test of scenario 1 the AE registers, subscribes and the
+  contentInstance is created over oneM2M.cbor, then the AE reconnects over oneM2M.json to
+  receive the notification; scenario 4 over CBOR checks the registration only;
 - the WebSocket and HTTP ports open before the CSEBase exists: start_acme polls the CSEBase
   over HTTP until it answers 2000.
 """
@@ -187,15 +188,26 @@ class AcmewsMnToAcmeTests(TestCase):
     timeout = 120
 
     def test_registers_and_answers(self) -> Any:
-        return Deferred.fromCoroutine(self._registers())
+        return Deferred.fromCoroutine(self._registers("json"))
 
-    async def _registers(self) -> None:
+    def test_cbor_link(self) -> Any:
+        return Deferred.fromCoroutine(self._registers("cbor"))
+
+    async def _registers(self, serialization: str) -> None:
         from twisted.internet import reactor
 
         settle_autobahn_timers(self)
         acme = await start_acme(self, IN_INI, "cse-in")
-        await start_cse(
-            self, "--cse-id", "/id-mn", "--cse-name", "cse-mn", "--registrar", acme.url
+        service, _ = await start_cse(
+            self,
+            "--cse-id",
+            "/id-mn",
+            "--cse-name",
+            "cse-mn",
+            "--registrar",
+            acme.url,
+            "--registrar-serialization",
+            serialization,
         )
         admin: Client = await connect(acme.url, originator="CAdmin", serialization="json")
         self.addCleanup(admin.close)
@@ -209,6 +221,13 @@ class AcmewsMnToAcmeTests(TestCase):
         assert csr is not None
         self.assertEqual(csr.rsc, RSC.OK, csr)
         self.assertEqual(csr.pc["m2m:csr"]["csi"], "/id-mn")
+        self.assertEqual(service.link.session.subprotocol, f"oneM2M.{serialization}")
+        if serialization == "cbor":
+            # ACME deviation: on a oneM2M.cbor link ACME sends its own requests (the
+            # forwarded RETRIEVE) as JSON text, which is not CBOR: acmews answers 4000
+            # ("invalid CBOR") and ACME answers its admin 5103. acmews's CBOR CREATE of the
+            # remoteCSE was accepted above; the forwarding direction is tested in JSON only.
+            return
 
         response = await admin.retrieve("/id-mn/cse-mn")
         self.assertEqual(response.rsc, RSC.OK, response)
@@ -346,9 +365,12 @@ class BenchAgainstAcmeTests(TestCase):
     timeout = 120
 
     def test_sequential_retrieve(self) -> Any:
-        return Deferred.fromCoroutine(self._bench())
+        return Deferred.fromCoroutine(self._bench("json"))
 
-    async def _bench(self) -> None:
+    def test_sequential_retrieve_cbor(self) -> Any:
+        return Deferred.fromCoroutine(self._bench("cbor"))
+
+    async def _bench(self, serialization: str) -> None:
         import json
         import os
         import sys
@@ -376,6 +398,8 @@ class BenchAgainstAcmeTests(TestCase):
             "30",
             "--timeout",
             "10",
+            "--serialization",
+            serialization,
             "--json",
             result,
         ]
