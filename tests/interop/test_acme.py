@@ -234,6 +234,16 @@ class AcmewsMnToAcmeTests(TestCase):
         self.assertEqual(response.pc["m2m:cb"]["csi"], "/id-mn")
         self.assertEqual(response.pc["m2m:cb"]["rn"], "cse-mn")
         self.assertEqual(response.pc["m2m:cb"]["cst"], 2)  # acmews's MN-CSE answered
+        # the same through ACME's HTTP binding (GET /~/id-mn/cse-mn), forwarded over the link
+        from acmews.poa import HttpConnector
+
+        over_http = await HttpConnector(reactor).send(
+            f"http://127.0.0.1:{acme.http_port}",
+            Request(Operation.RETRIEVE, "/id-mn/cse-mn", "http-1", fr="CAdmin"),
+            10,
+        )
+        self.assertEqual(over_http.rsc, RSC.OK, over_http)
+        self.assertEqual(over_http.pc["m2m:cb"]["cst"], 2)
 
         # ACME restarts (its database was in memory: the remoteCSE is gone): acmews's link
         # notices, reconnects with backoff and registers again
