@@ -37,7 +37,7 @@ from acmews.codes import RSC, Operation, ResourceType
 from acmews.primitive import Request, Response
 
 from ..helpers import start_cse
-from .acme import IN_INI, MN_INI, SKIP, settle_autobahn_timers, start_acme
+from .acme import IN_INI, MN_INI, SKIP, free_port, settle_autobahn_timers, start_acme
 
 
 async def _with_timeout(d: Deferred[Any], seconds: float) -> Any:
@@ -159,9 +159,11 @@ class AcmeMnToAcmewsTests(TestCase):
         from twisted.internet import reactor
 
         settle_autobahn_timers(self)
-        _, url = await start_cse(self)
-        port = int(url.rsplit(":", 1)[1])
-        await start_acme(self, MN_INI, "cse-mn", registrar_port=port)
+        # a port of its own (not tcp:0), so that the CSEBase's poa names it: ACME's MN copies
+        # that poa into its remoteCSE of acmews and routes requests for /id-in by it
+        port = free_port()
+        _, url = await start_cse(self, "--listen", f"tcp:{port}:interface=127.0.0.1")
+        mn = await start_acme(self, MN_INI, "cse-mn", registrar_port=port)
         admin: Client = await connect(url, originator="CAdmin", serialization="json")
         self.addCleanup(admin.close)
         csr: Response | None = None
@@ -178,6 +180,14 @@ class AcmeMnToAcmewsTests(TestCase):
         self.assertEqual(response.rsc, RSC.OK, response)
         self.assertEqual(response.pc["m2m:cb"]["csi"], "/id-mn")
         self.assertEqual(response.pc["m2m:cb"]["rn"], "cse-mn")
+        at_mn: Client = await connect(mn.url, originator="CAdmin", serialization="json")
+        self.addCleanup(at_mn.close)
+        local = await at_mn.retrieve("cse-mn/id-in")
+        self.assertEqual(local.pc["m2m:csr"]["poa"], [f"ws://127.0.0.1:{port}"])
+        response = await at_mn.retrieve("/id-in/cse-in")
+        self.assertEqual(response.rsc, RSC.OK, response)
+        self.assertEqual(response.pc["m2m:cb"]["csi"], "/id-in")
+        self.assertEqual(response.pc["m2m:cb"]["cst"], 1)  # acmews's IN-CSE answered
 
 
 class AcmewsMnToAcmeTests(TestCase):
