@@ -138,7 +138,7 @@ address=ws://127.0.0.1:{registrar_port}
 root=
 cseID=/id-in
 resourceName=cse-in
-serialization=json
+serialization={registrar_serialization}
 
 [cse.registration]
 checkInterval=30
@@ -253,7 +253,7 @@ async def _ready(reactor: Any, http_port: int, cse_name: str) -> bool:
 
 
 async def start_acme(
-    test: Any, ini: str, cse_name: str, *, again: Acme | None = None, **ports: int
+    test: Any, ini: str, cse_name: str, *, again: Acme | None = None, **ports: int | str
 ) -> Acme:
     """Start ``acmecse`` with ``ini`` (a template above, formatted with fresh ws/http ports
     -- or ``again``'s, to restart a stopped ACME on the same ones -- and ``ports``) in a fresh

@@ -153,9 +153,12 @@ class AcmeMnToAcmewsTests(TestCase):
     timeout = 120
 
     def test_registers_and_answers(self) -> Any:
-        return Deferred.fromCoroutine(self._registers())
+        return Deferred.fromCoroutine(self._registers("json"))
 
-    async def _registers(self) -> None:
+    def test_cbor(self) -> Any:
+        return Deferred.fromCoroutine(self._registers("cbor"))
+
+    async def _registers(self, serialization: str) -> None:
         from twisted.internet import reactor
 
         settle_autobahn_timers(self)
@@ -163,7 +166,9 @@ class AcmeMnToAcmewsTests(TestCase):
         # that poa into its remoteCSE of acmews and routes requests for /id-in by it
         port = free_port()
         _, url = await start_cse(self, "--listen", f"tcp:{port}:interface=127.0.0.1")
-        mn = await start_acme(self, MN_INI, "cse-mn", registrar_port=port)
+        mn = await start_acme(
+            self, MN_INI, "cse-mn", registrar_port=port, registrar_serialization=serialization
+        )
         admin: Client = await connect(url, originator="CAdmin", serialization="json")
         self.addCleanup(admin.close)
         csr: Response | None = None
