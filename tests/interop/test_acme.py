@@ -20,6 +20,9 @@ ACME deviations worked around here (observed with acmecse 2026.5.3):
   request is lost): in the CBOR test of scenario 1 the AE registers, subscribes and the
   contentInstance is created over oneM2M.cbor, then the AE reconnects over oneM2M.json to
   receive the notification; scenario 4 over CBOR checks the registration only;
+- opening a connection to a ws:// poa, ACME offers only oneM2M.json (a registree server that
+  accepts only oneM2M.cbor refuses it, and the subscription fails with 5204): scenario 2 runs
+  in JSON only;
 - the WebSocket and HTTP ports open before the CSEBase exists: start_acme polls the CSEBase
   over HTTP until it answers 2000.
 """
