@@ -20,7 +20,6 @@ reactor that already runs.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import math
 import os
@@ -36,6 +35,7 @@ from acmews import __version__
 from acmews.client import Client, TLSClientSettings, connect
 from acmews.codes import ResourceType
 from acmews.errors import OneM2MError, RequestTimeout, TargetNotReachable
+from acmews.handshake import basic_authorization, bearer_authorization
 from acmews.primitive import Request, Response
 
 __all__ = [
@@ -275,12 +275,17 @@ def _credentials(args: argparse.Namespace) -> None:
     args.headers = {}
     if args.user is not None:
         password = os.environ.get("ACMEWS_PASSWORD")
-        if password is None or ":" in args.user:
-            raise UsageError("--user needs ACMEWS_PASSWORD set (and a name without ':')")
-        pair = base64.b64encode(f"{args.user}:{password}".encode()).decode("ascii")
-        args.headers["Authorization"] = "Basic " + pair
+        if password is None:
+            raise UsageError("--user needs ACMEWS_PASSWORD set")
+        try:
+            args.headers["Authorization"] = basic_authorization(args.user, password)
+        except ValueError as e:
+            raise UsageError(f"--user: {e}") from None
     elif os.environ.get("ACMEWS_TOKEN"):
-        args.headers["Authorization"] = "Bearer " + os.environ["ACMEWS_TOKEN"].strip()
+        try:
+            args.headers["Authorization"] = bearer_authorization(os.environ["ACMEWS_TOKEN"])
+        except ValueError as e:
+            raise UsageError(f"ACMEWS_TOKEN: {e}") from None
     args.tls = None
     if args.client_key is not None and args.client_certificate is None:
         raise UsageError("--client-key needs --client-certificate")

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ORIGIN_HEADER", "Handshake", "HandshakeRefused", "origin_header"]
+__all__ = [
+    "ORIGIN_HEADER",
+    "Handshake",
+    "HandshakeRefused",
+    "basic_authorization",
+    "bearer_authorization",
+    "origin_header",
+]
 
 #: header names arrive lower-cased
 ORIGIN_HEADER = "x-m2m-origin"
@@ -51,3 +59,24 @@ def origin_header(headers: Mapping[str, str]) -> str | None:
     if not origin or "," in origin or " " in origin:
         raise HandshakeRefused(400, f"invalid X-M2M-Origin header: {origin[:200]!r}")
     return origin
+
+
+def basic_authorization(user: str, password: str) -> str:
+    """The ``Authorization`` value a client sends for HTTP Basic.
+
+    @raise ValueError: for an empty user name or one with ``:`` (Basic cannot carry it).
+    """
+    if not user or ":" in user:
+        raise ValueError("a user name must not be empty or contain ':'")
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+
+
+def bearer_authorization(token: str) -> str:
+    """The ``Authorization`` value a client sends for a Bearer token (stripped).
+
+    @raise ValueError: for an empty token or one with white space inside.
+    """
+    token = token.strip()
+    if not token or any(c.isspace() for c in token):
+        raise ValueError("a token must not be empty or contain white space")
+    return "Bearer " + token

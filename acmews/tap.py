@@ -8,7 +8,6 @@ listening endpoint per ``--listen``.
 
 from __future__ import annotations
 
-import base64
 import math
 import os
 import re
@@ -29,6 +28,7 @@ from acmews.admission import ConnectionLimits
 from acmews.auth import CredentialAuthorizer, read_basic_file, read_token_file
 from acmews.client import connect
 from acmews.cse import CSE, CSEConfig
+from acmews.handshake import basic_authorization, bearer_authorization
 from acmews.link import RegistrarLink
 from acmews.logs import Logger
 from acmews.options import (
@@ -414,20 +414,22 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--registrar-token-file {token_file}: no token on line 1")
         if user is not None:
             password = self["registrar-password"] or os.environ.get("ACMEWS_REGISTRAR_PASSWORD")
-            if password is None or ":" in user:
+            if password is None:
                 raise usage.UsageError(
-                    "--registrar-user needs --registrar-password or ACMEWS_REGISTRAR_PASSWORD "
-                    "(and a name without ':')"
+                    "--registrar-user needs --registrar-password or ACMEWS_REGISTRAR_PASSWORD"
                 )
-            pair = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-            headers["Authorization"] = "Basic " + pair
+            try:
+                headers["Authorization"] = basic_authorization(user, password)
+            except ValueError as e:
+                raise usage.UsageError(f"--registrar-user: {e}") from None
         elif self["registrar-password"] is not None:
             raise usage.UsageError("--registrar-password needs --registrar-user")
         elif token:
-            if any(c.isspace() for c in token):
-                raise usage.UsageError("the registrar's token must not contain spaces")
-            headers["Authorization"] = "Bearer " + token
-        if headers and registrar is None and (user or self["registrar-token"] or token_file):
+            try:
+                headers["Authorization"] = bearer_authorization(token)
+            except ValueError as e:
+                raise usage.UsageError(f"the registrar's token: {e}") from None
+        if registrar is None and (user or self["registrar-token"] or token_file):
             raise usage.UsageError("registrar credentials need --registrar")
         self["registrar-headers"] = headers
         ca, certificate, key = self["ca-file"], self["client-certificate"], self["client-key"]

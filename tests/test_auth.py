@@ -358,3 +358,16 @@ class ClientCertificateTests(TestCase):
                 endpoint=f"tls:localhost:{number}:trustRoots={d}/ca",
                 options=NO_PING,
             )
+
+
+class ClientAuthorizationTests(TestCase):
+    def test_basic_and_bearer_values(self) -> None:
+        from acmews.handshake import basic_authorization, bearer_authorization
+
+        self.assertEqual(basic_authorization("mn", "secret"), "Basic bW46c2VjcmV0")
+        self.assertEqual(basic_authorization("u", "p:with:colons"), basic("u", "p:with:colons"))
+        self.assertEqual(bearer_authorization(" tok \n"), "Bearer tok")
+        for user in ("", "a:b"):
+            self.assertRaises(ValueError, basic_authorization, user, "p")
+        for token in ("", "  ", "a b"):
+            self.assertRaises(ValueError, bearer_authorization, token)

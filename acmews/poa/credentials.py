@@ -8,9 +8,10 @@ line. The longest matching prefix wins; a URL no line matches is sent without cr
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Iterable
 from urllib.parse import urlsplit
+
+from acmews.handshake import basic_authorization, bearer_authorization
 
 __all__ = ["OutboundCredentials", "read_outbound_credentials"]
 
@@ -89,15 +90,16 @@ def read_outbound_credentials(lines: Iterable[str]) -> OutboundCredentials:
         url, _, credential = line.partition(" ")
         credential = credential.strip()
         if credential.lower().startswith("bearer "):
-            token = credential[7:].strip()
-            if not token or any(c.isspace() for c in token):
-                raise ValueError(f"line {number}: a Bearer token without spaces is needed")
-            value = "Bearer " + token
+            try:
+                value = bearer_authorization(credential[7:])
+            except ValueError:
+                message = f"line {number}: a Bearer token without spaces is needed"
+                raise ValueError(message) from None
         else:
-            user, colon, _ = credential.partition(":")
+            user, colon, password = credential.partition(":")
             if not user or not colon:
                 raise ValueError(f"line {number}: 'URL user:password' or 'URL Bearer TOKEN'")
-            value = "Basic " + base64.b64encode(credential.encode("utf-8")).decode("ascii")
+            value = basic_authorization(user, password)
         if _key(url) is None:
             raise ValueError(f"line {number}: not a ws/wss/http/https URL with a host")
         entries.append((url, value))
