@@ -76,7 +76,11 @@ class LinkTests(TestCase):
                 cse_id=MN, cse_name="cse-mn", registrar_cse_id=IN, cse_type=2, poa=("ws://mn:1",)
             ),
         )
-        self.link = RegistrarLink(
+        self.link = self.make_link()
+
+    def make_link(self, **kwargs: Any) -> RegistrarLink:
+        """The MN-CSE's link to the IN-CSE, over ``self.endpoint``."""
+        return RegistrarLink(
             self.mn.cse,
             self.mn.originators,
             "ws://127.0.0.1:8180",
@@ -86,6 +90,7 @@ class LinkTests(TestCase):
             clock=self.clock,
             options=options(),
             endpoint=self.endpoint,
+            **kwargs,
         )
 
     def tearDown(self) -> None:
@@ -254,17 +259,8 @@ class LinkTests(TestCase):
         d = self.link.stopService()
         self.flush()
         self.successResultOf(d)
-        self.link = RegistrarLink(
-            self.mn.cse,
-            self.mn.originators,
-            "ws://127.0.0.1:8180",
-            IN,
-            "cse-in",
-            reactor=self.clock,
-            clock=self.clock,
-            options=options(),
-            endpoint=self.endpoint,
-            headers={"Authorization": "Basic " + base64.b64encode(b"mn:secret").decode()},
+        self.link = self.make_link(
+            headers={"Authorization": "Basic " + base64.b64encode(b"mn:secret").decode()}
         )
         self.start()
         at_in = self.on(self.inn, Operation.RETRIEVE, "cse-in/id-mn", "CAdmin").pc["m2m:csr"]

@@ -50,6 +50,20 @@ async def _with_timeout(d: Deferred[Any], seconds: float) -> Any:
     return await d
 
 
+async def _until_found(client: Client, path: str) -> Response:
+    """RETRIEVE ``path`` every 0.5 s until it answers 2000 (at most 60 s); the last answer.
+    One request at a time: ACME mixes up requests in flight on one connection."""
+    from twisted.internet import reactor
+
+    response = await client.retrieve(path)
+    for _ in range(119):
+        if response.rsc == RSC.OK:
+            break
+        await deferLater(reactor, 0.5, lambda: None)
+        response = await client.retrieve(path)
+    return response
+
+
 class ClientToAcmeTests(TestCase):
     """Scenario 1: an acmews client registers an AE at ACME's IN-CSE, subscribes, and gets the
     notification of a contentInstance another connection creates over its own connection."""
@@ -162,8 +176,6 @@ class AcmeMnToAcmewsTests(TestCase):
         return Deferred.fromCoroutine(self._registers("cbor"))
 
     async def _registers(self, serialization: str) -> None:
-        from twisted.internet import reactor
-
         settle_autobahn_timers(self)
         # a port of its own (not tcp:0), so that the CSEBase's poa names it: ACME's MN copies
         # that poa into its remoteCSE of acmews and routes requests for /id-in by it
@@ -174,13 +186,7 @@ class AcmeMnToAcmewsTests(TestCase):
         )
         admin: Client = await connect(url, originator="CAdmin", serialization="json")
         self.addCleanup(admin.close)
-        csr: Response | None = None
-        for _ in range(120):
-            csr = await admin.retrieve("/id-in/cse-in/id-mn")
-            if csr.rsc == RSC.OK:
-                break
-            await deferLater(reactor, 0.5, lambda: None)
-        assert csr is not None
+        csr = await _until_found(admin, "/id-in/cse-in/id-mn")
         self.assertEqual(csr.rsc, RSC.OK, csr)
         self.assertEqual(csr.pc["m2m:csr"]["csi"], "/id-mn")
 
@@ -229,14 +235,7 @@ class AcmewsMnToAcmeTests(TestCase):
         )
         admin: Client = await connect(acme.url, originator="CAdmin", serialization="json")
         self.addCleanup(admin.close)
-        csr: Response | None = None
-        for _ in range(120):
-            # one request at a time on an ACME connection (module docstring)
-            csr = await admin.retrieve("/id-in/cse-in/id-mn")
-            if csr.rsc == RSC.OK:
-                break
-            await deferLater(reactor, 0.5, lambda: None)
-        assert csr is not None
+        csr = await _until_found(admin, "/id-in/cse-in/id-mn")
         self.assertEqual(csr.rsc, RSC.OK, csr)
         self.assertEqual(csr.pc["m2m:csr"]["csi"], "/id-mn")
         self.assertEqual(service.link.session.subprotocol, f"oneM2M.{serialization}")
@@ -270,11 +269,7 @@ class AcmewsMnToAcmeTests(TestCase):
         acme = await start_acme(self, IN_INI, "cse-in", again=acme)
         admin = await connect(acme.url, originator="CAdmin", serialization="json")
         self.addCleanup(admin.close)
-        for _ in range(120):
-            csr = await admin.retrieve("/id-in/cse-in/id-mn")
-            if csr.rsc == RSC.OK:
-                break
-            await deferLater(reactor, 0.5, lambda: None)
+        csr = await _until_found(admin, "/id-in/cse-in/id-mn")
         self.assertEqual(csr.rsc, RSC.OK, csr)
         response = await admin.retrieve("/id-mn/cse-mn")
         self.assertEqual(response.rsc, RSC.OK, response)
