@@ -28,6 +28,7 @@ from acmews.admission import ConnectionLimits
 from acmews.auth import CredentialAuthorizer, read_basic_file, read_token_file
 from acmews.client import connect
 from acmews.cse import CSE, CSEConfig
+from acmews.durable import StoreError, open_store
 from acmews.handshake import basic_authorization, bearer_authorization
 from acmews.link import RegistrarLink
 from acmews.logs import Logger
@@ -41,7 +42,6 @@ from acmews.originators import OriginatorMap
 from acmews.poa import (
     AgentClient,
     HttpConnector,
-    MemoryNotificationQueue,
     OutboundLimits,
     PoaChain,
     TargetPolicy,
@@ -67,6 +67,7 @@ _DEFAULTS = ConnectionOptions()
 #: a backlog of 1024 (Twisted's default is 50): a thousand clients connecting at once must not
 #: see refused connections
 DEFAULT_LISTEN = "tcp:8180:interface=127.0.0.1:backlog=1024"
+DEFAULT_STORE = "sqlite:acmews.db"
 
 
 #: the characters of a resource name, a CSE-ID (after its slash) and an originator: URI
@@ -328,6 +329,14 @@ class Options(usage.Options):
             _count("queue-bytes-per-originator"),
         ],
         [
+            "store",
+            None,
+            DEFAULT_STORE,
+            "Where resources and queued notifications are kept: sqlite:PATH (a SQLite file, "
+            "created if missing; every change is on disk before its response is sent) or "
+            "memory: (lost when the process exits; for tests and benchmarks).",
+        ],
+        [
             "notification-expiry",
             None,
             3600.0,
@@ -463,6 +472,9 @@ class Options(usage.Options):
             problem = endpoint_problem(description)
             if problem:
                 raise usage.UsageError(f"--listen {description}: {problem}")
+        store = self["store"]
+        if store != "memory:" and (not store.startswith("sqlite:") or store == "sqlite:"):
+            raise usage.UsageError(f"--store must be sqlite:PATH or memory:, not {store!r}")
         registrar = self["registrar"]
         if registrar is not None and not registrar.startswith(("ws://", "wss://")):
             raise usage.UsageError("--registrar must be a ws:// or wss:// URL")
@@ -733,7 +745,24 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
             poa=", ".join(poa) or "(none)",
         )
 
+    if getattr(options, "parent", None) is not None:
+        _one_line_errors()
+    queue_options: dict[str, Any] = {
+        "size": int(options["queue-size"]),
+        "originator_bytes": int(options.get("queue-bytes-per-originator", 16 * 1024 * 1024)),
+        "total_bytes": int(options.get("queue-bytes", 256 * 1024 * 1024)),
+    }
+    store = open_store(options.get("store") or DEFAULT_STORE, reactor, **queue_options)
+    base_ri = options["cse-id"].lstrip("/")
+    if len(store.resources) and store.resources.get(base_ri) is None:  # type: ignore[arg-type]
+        store.service.stopService()
+        raise StoreError(
+            f"the store {store.description} holds another CSE's resources, not those of "
+            f"{options['cse-id']} (another --cse-id?)"
+        )
     top = CSEService(announce)
+    # the store is the first child: it stops last, once nothing changes any more
+    store.service.setServiceParent(top)
     originators = OriginatorMap()
     originators.setServiceParent(top)
 
@@ -764,11 +793,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
             ),
         ],
         timeout=request_timeout,
-        queue=MemoryNotificationQueue(
-            int(options["queue-size"]),
-            originator_bytes=int(options.get("queue-bytes-per-originator", 16 * 1024 * 1024)),
-            total_bytes=int(options.get("queue-bytes", 256 * 1024 * 1024)),
-        ),
+        queue=store.queue,
         default_expiry=float(options["notification-expiry"]),
         policy=TargetPolicy(
             options.get("allow-targets") or (),
@@ -792,7 +817,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
         registrar_cse_id=options["registrar-cse-id"] if options.get("registrar") else None,
         cse_type=2 if options.get("registrar") else 1,
     )
-    cse = CSE(config, chain, reactor)
+    cse = CSE(config, chain, reactor, store.resources)
     if options.get("registrar"):
         link = RegistrarLink(
             cse,
@@ -854,8 +879,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
     top.cse = cse  # type: ignore[attr-defined]
     top.factory = factory  # type: ignore[attr-defined]
     top.chain = chain  # type: ignore[attr-defined]
-    if getattr(options, "parent", None) is not None:
-        _one_line_listen_errors()
+    top.store = store  # type: ignore[attr-defined]
     return top
 
 
@@ -871,15 +895,16 @@ def _address(port: Any) -> str:
     return str(getattr(host, "name", host))
 
 
-def _one_line_listen_errors() -> None:
-    """Under twistd, a ListenError reaches the top of the process (twistd removes its pid file
-    and re-raises): print it as one line instead of a traceback; exit status 1 as before."""
+def _one_line_errors() -> None:
+    """Under twistd, a ListenError or StoreError reaches the top of the process (twistd
+    removes its pid file and re-raises): print it as one line instead of a traceback; exit
+    status 1 as before."""
     previous = sys.excepthook
     if getattr(previous, "acmews", False):
         return
 
     def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
-        if isinstance(value, ListenError):
+        if isinstance(value, (ListenError, StoreError)):
             print(f"twistd acmews: {value}", file=sys.stderr)
         else:
             previous(kind, value, tb)

@@ -155,7 +155,12 @@ async def start_cse(test: Any, *argv: str) -> tuple[Any, str]:
     from acmews.tap import Options, makeService
 
     options = Options()
-    options.parseOptions(["--listen", "tcp:0:interface=127.0.0.1", "--ping-interval", "0", *argv])
+    options.parseOptions(
+        [
+            *("--listen", "tcp:0:interface=127.0.0.1", "--ping-interval", "0"),
+            *("--store", "memory:", *argv),
+        ]
+    )
     service: Any = makeService(options, reactor)
     service.privilegedStartService()
     service.startService()

@@ -192,7 +192,10 @@ class LoopbackTests(TestCase):
 
         options = Options()
         options.parseOptions(
-            ["--listen", "tcp:0:interface=127.0.0.1", "--ping-interval", "0", *more]
+            [
+                *("--listen", "tcp:0:interface=127.0.0.1", "--ping-interval", "0"),
+                *("--store", "memory:", *more),
+            ]
         )
         service: Any = makeService(options, reactor)
         service.privilegedStartService()

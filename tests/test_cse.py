@@ -73,9 +73,8 @@ class CSEBaseTests(CSETestCase):
         self.assertEqual(len(store), 1)
 
 
-class RecordTests(CSETestCase):
-    """Everything a store persists is a resource's record: a store rebuilt from the records
-    serves a new CSE exactly like the old one."""
+class RecordTree(CSETestCase):
+    """A tree of every resource type, and its records (no tests of its own)."""
 
     def tree(self) -> dict[str, Any]:
         aei = self.register("Cmyae", poa=["ws://device:9000"])
@@ -104,6 +103,11 @@ class RecordTests(CSETestCase):
             out.append(resource.record())
             stack.extend(reversed(self.cse.store.children(resource.ri)))
         return out
+
+
+class RecordTests(RecordTree):
+    """Everything a store persists is a resource's record: a store rebuilt from the records
+    serves a new CSE exactly like the old one."""
 
     def test_round_trip(self) -> None:
         self.tree()

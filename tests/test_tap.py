@@ -22,7 +22,7 @@ from acmews.tap import ListenError, Options, makeService, poa_for_endpoint
 
 def parse(*argv: str) -> Options:
     options = Options()
-    options.parseOptions(list(argv))
+    options.parseOptions(["--store", "memory:", *argv])  # a test's own sqlite: comes later
     return options
 
 

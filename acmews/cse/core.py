@@ -106,6 +106,14 @@ class CSE:
             done = self.store.apply(batch)
             if done is not None:
                 done.addErrback(self._log_failure, "could not store the CSEBase")
+        elif base.attrs.get("poa") != list(config.poa) or base.attrs.get("cst") != config.cse_type:
+            # a stored CSEBase: what it advertises follows this start's configuration
+            base.replace({"poa": list(config.poa), "cst": config.cse_type, "lt": self._now()})
+            batch = Batch(self.store)
+            batch.update(base)
+            done = self.store.apply(batch)
+            if done is not None:
+                done.addErrback(self._log_failure, "could not store the CSEBase")
         self.base = base
         self.addressing = addressing = Addressing(config, self.store, base)
         self.access = access = AccessControl(addressing, config.admin)
@@ -462,9 +470,15 @@ class CSE:
         self.access.check(originator, resource, acop)
 
     def new_ri(self, kind: ResourceKind) -> str:
+        return self.new_id(kind.short)
+
+    def new_id(self, prefix: str) -> str:
+        """``prefix``, the store's next number in hex, six random hex digits: never a stored
+        resource's ID, and never one a resource of this store had before."""
+        store = self.store
         while True:
-            ri = kind.short + secrets.token_hex(6)
-            if self.store.get(ri) is None:
+            ri = f"{prefix}{store.new_number():x}{secrets.token_hex(3)}"
+            if store.get(ri) is None:  # a requested AE-ID may look like one
                 return ri
 
     def delete_tree(self, batch: Changes, resource: Resource, parent: Resource) -> None:

@@ -8,7 +8,6 @@ Importing this module registers them in :data:`~acmews.cse.resource.KINDS`.
 from __future__ import annotations
 
 import fnmatch
-import secrets
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -91,10 +90,7 @@ class AEKind(ResourceKind):
 def _register(cse: CSEServices, fr: str | None) -> str:
     store = cse.store
     if not fr or fr == "C":
-        while True:
-            aei = "C" + secrets.token_hex(8)
-            if store.get(aei) is None:
-                return aei
+        return cse.new_id("C")
     if fr[0] not in "CS" or "/" in fr:
         raise BadRequest(
             f"an AE originator must be empty, 'C', or an AE-ID starting with C or S: {fr!r}"

@@ -201,6 +201,8 @@ class Notifier:
 
     def release_held(self, _: object, held: list[tuple[list[Target], dict[str, Any]]]) -> None:
         """Send ``held`` (from :meth:`hold`) as :meth:`release` would; a Deferred callback."""
+        if not held:
+            return
         deliveries = [(target, pc) for targets, pc in held for target in targets]
         self._clock.callLater(0, self._deliver, deliveries, 0)
 

@@ -242,6 +242,9 @@ class CSEServices(Protocol):
     def check(self, originator: str | None, resource: Resource, acop: ACOP) -> None:
         """Raise 4103 unless ``originator`` may do ``acop`` to ``resource``."""
 
+    def new_id(self, prefix: str) -> str:
+        """A new resource ID starting with ``prefix``, never used before in this store."""
+
     def new_ri(self, kind: ResourceKind) -> str:
         """A fresh resource ID for a resource of ``kind``."""
 

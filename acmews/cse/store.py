@@ -62,6 +62,12 @@ class IResourceStore(IResourceReader):
         durable yet (the changed resources are the very objects the store hands out).
         """
 
+    def new_number() -> int:
+        """A number this store never handed out before, for a new resource ID.
+
+        A durable store never hands out a number again after a restart either (a number
+        whose batch was not made durable may come again: nobody was answered with it)."""
+
 
 _ADDED = 1
 _UPDATED = 2
@@ -234,6 +240,8 @@ class MemoryResourceStore:
         self._typed: dict[str, dict[int, dict[str, Resource]]] = {}
         #: parent ri -> {child rn: child}
         self._names: dict[str, dict[str, Resource]] = {}
+        #: the last number :meth:`new_number` handed out
+        self.last_number = 0
 
     def __len__(self) -> int:
         return len(self._resources)
@@ -265,12 +273,17 @@ class MemoryResourceStore:
         children = self._of_type(pi, ty)
         return next(reversed(children.values())) if children else None
 
-    def apply(self, batch: Batch) -> None:
+    def new_number(self) -> int:
+        self.last_number += 1
+        return self.last_number
+
+    def apply(self, batch: Batch) -> Deferred[None] | None:
         for resource in batch.removed:
             self._remove(resource)
         for resource in batch.added:
             self._add(resource)
         # batch.updated: nothing to write, the stored objects are the resources themselves
+        return None
 
     def _add(self, resource: Resource) -> None:
         ri = resource.ri

@@ -234,7 +234,7 @@ class PoaChain(Service):
         """A NOTIFY for an originator with a non-empty queue: keep the order."""
         connection = self._originators.lookup(target)
         if connection is not None or target in self._flushing_now:
-            response = self._enqueue(target, request)
+            response = await self._enqueue(target, request)
             if connection is not None:
                 self._start_flush(target, connection)
             return response
@@ -283,7 +283,7 @@ class PoaChain(Service):
         if not poa:
             tried.append("no poa")
         if store and request.op == Operation.NOTIFY:
-            return self._enqueue(target, request)
+            return await self._enqueue(target, request)
         self.log.info(
             "request {rqi} to {target} failed: not reachable: {tried}",
             rqi=request.rqi,
@@ -372,7 +372,7 @@ class PoaChain(Service):
 
     # -- store and forward ------------------------------------------------------------------
 
-    def _enqueue(self, originator: str, request: Request) -> Response:
+    async def _enqueue(self, originator: str, request: Request) -> Response:
         now = self._clock.seconds()
         expires = parse_expiry(request.rqet, now)
         if expires is None:
@@ -422,6 +422,9 @@ class PoaChain(Service):
             ttl=expires - now,
         )
         self._schedule_purge()
+        durable = self.queue.durable()
+        if durable is not None:
+            await durable  # ACCEPTED promises it survives a restart
         return Response(RSC.ACCEPTED, request.rqi, request.rvi)
 
     def _schedule_purge(self) -> None:

@@ -16,6 +16,7 @@ import itertools
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cbor2
 from zope.interface import Interface, implementer
@@ -25,6 +26,9 @@ from acmews.codes import Operation
 from acmews.errors import TargetNotReachable
 from acmews.logs import Logger
 from acmews.primitive import REQUEST_PARAMETERS, Request
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
 
 __all__ = [
     "INotificationQueue",
@@ -103,6 +107,11 @@ class INotificationQueue(Interface):
 
     def total() -> int:
         """How many entries wait, for all originators together."""
+
+    def durable() -> Deferred[None] | None:
+        """A Deferred that fires once every change made so far is durable (a durable queue),
+        or None when the queue keeps nothing beyond memory. The chain answers a stored
+        notification with ACCEPTED only then."""
 
 
 @implementer(INotificationQueue)
@@ -190,7 +199,22 @@ class MemoryNotificationQueue:
         queue.append(entry)
         self._bytes[originator] = self._bytes.get(originator, 0) + entry.size
         self._all_bytes += entry.size
+        self._appended(originator, entry)
         return len(queue)
+
+    def restore(self, originator: str, entry: QueuedNotification) -> None:
+        """Put back ``entry``, read from where a durable queue keeps it (oldest first, in
+        ``seq`` order, before anything is enqueued); no bound is applied."""
+        self._queues.setdefault(originator, deque()).append(entry)
+        self._bytes[originator] = self._bytes.get(originator, 0) + entry.size
+        self._all_bytes += entry.size
+        self._seq = itertools.count(max(entry.seq + 1, next(self._seq)))
+
+    def durable(self) -> None:
+        return None
+
+    def _appended(self, originator: str, entry: QueuedNotification) -> None:
+        """``entry`` joined the queue (a durable queue writes it)."""
 
     def count(self, originator: str) -> int:
         queue = self._queues.get(originator)
@@ -230,6 +254,7 @@ class MemoryNotificationQueue:
         return sum(len(q) for q in self._queues.values())
 
     def _forget(self, originator: str, entry: QueuedNotification) -> None:
+        """``entry`` left the queue (a durable queue deletes it)."""
         size = entry.size
         self._bytes[originator] -= size
         self._all_bytes -= size

@@ -1,0 +1,437 @@
+"""The durable store (acmews.durable): real SQLite files in a temporary directory.
+
+Most tests run the store's transactions inline, on a clock of their own (``self.disk``), so
+that they decide when a group commit happens; ``ThreadTests`` use the real writer thread."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import Any
+
+import cbor2
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface.verify import verifyObject
+
+from acmews.codes import RSC, Operation
+from acmews.cse import CSE, CSEConfig, IResourceStore, MemoryResourceStore
+from acmews.durable import (
+    SCHEMA_VERSION,
+    Database,
+    SQLiteNotificationQueue,
+    SQLiteResourceStore,
+    Store,
+    StoreError,
+    open_store,
+)
+from acmews.poa import INotificationQueue, MemoryNotificationQueue
+from acmews.primitive import Request, Response
+from tests.cse_helpers import START, FakeConnection, FakeSender
+from tests.test_cse import RecordTree
+
+
+def inline(function: Any, *args: Any) -> Deferred[Any]:
+    return maybeDeferred(function, *args)
+
+
+def notify(rqi: str, n: int = 0) -> Request:
+    return Request(Operation.NOTIFY, "Cae", rqi, "4", "/id-in", pc={"m2m:sgn": {"n": n}})
+
+
+class StoreFiles:
+    """Opening stores in a temporary directory, closed at cleanup."""
+
+    disk: Clock
+    path: str
+
+    def open_store(self, path: str | None = None, **queue_options: Any) -> Store:
+        test: Any = self
+        store = open_store(f"sqlite:{path or self.path}", self.disk, run=inline, **queue_options)
+        test.addCleanup(store.service.stopService)
+        return store
+
+    def commit(self) -> None:
+        """Run the group commit that is due (everything submitted so far)."""
+        self.disk.advance(0)
+
+    def rows(self, query: str, path: str | None = None) -> list[tuple[Any, ...]]:
+        """What another reader of the file sees now."""
+        with sqlite3.connect(path or self.path) as conn:
+            return list(conn.execute(query))
+
+
+class DatabaseTests(StoreFiles, SynchronousTestCase):
+    def setUp(self) -> None:
+        self.disk = Clock()
+        os.mkdir(directory := self.mktemp())
+        self.path = os.path.join(directory, "acmews.db")
+
+    def test_interfaces(self) -> None:
+        store = self.open_store()
+        self.assertTrue(verifyObject(IResourceStore, store.resources))
+        self.assertTrue(verifyObject(INotificationQueue, store.queue))
+        self.assertEqual(self.rows("PRAGMA user_version"), [(SCHEMA_VERSION,)])
+        self.assertEqual(self.rows("PRAGMA journal_mode"), [("wal",)])
+
+    def test_a_failing_change_leaves_nothing_of_it_and_spares_the_others(self) -> None:
+        store = self.open_store()
+        database = store.resources.database  # type: ignore[attr-defined]
+        insert = "INSERT INTO resources (ri, data) VALUES (?, ?)"
+        first = database.submit([(insert, ("a", b"1"))])
+        broken = database.submit([(insert, ("b", b"2")), (insert, ("a", b"3"))])  # ri twice
+        last = database.submit([(insert, ("c", b"4"))])
+        self.assertEqual(self.rows("SELECT ri FROM resources"), [])  # nothing before commit
+        self.commit()
+        self.assertEqual(database.commits, 1)  # one transaction for the three
+        self.assertIsNone(self.successResultOf(first))
+        self.assertIsNone(self.successResultOf(last))
+        self.failureResultOf(broken, StoreError)
+        self.assertEqual(
+            self.rows("SELECT ri, data FROM resources ORDER BY seq"), [("a", b"1"), ("c", b"4")]
+        )
+
+    def test_a_transaction_that_cannot_be_written_fails_its_changes(self) -> None:
+        store = self.open_store()
+        database = store.resources.database  # type: ignore[attr-defined]
+        d = database.submit([("INSERT INTO nowhere VALUES (1)", ())])
+        self.commit()
+        self.failureResultOf(d, StoreError)
+        # the next one is written as usual
+        d = database.submit([("INSERT INTO meta VALUES ('x', 1)", ())])
+        self.commit()
+        self.successResultOf(d)
+        self.assertIn(("x", 1), self.rows("SELECT key, value FROM meta"))
+
+    def test_transactions_are_written_in_order_while_one_is_in_flight(self) -> None:
+        pending: list[tuple[Deferred[Any], Any, tuple[Any, ...]]] = []
+
+        def held(function: Any, *args: Any) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            pending.append((d, function, args))
+            return d
+
+        store = open_store(f"sqlite:{self.path}", self.disk, run=held)
+        self.addCleanup(store.service.stopService)
+        database = store.resources.database  # type: ignore[attr-defined]
+        insert = "INSERT INTO meta VALUES (?, 1)"
+        fired: list[str] = []
+        for key in ("a", "b", "c"):
+            database.submit([(insert, (key,))]).addCallback(lambda _, k=key: fired.append(k))
+        self.commit()
+        self.assertEqual(len(pending), 1)  # one transaction in flight for all three
+        d, function, args = pending.pop()
+        database.submit([(insert, ("d",))]).addCallback(lambda _: fired.append("d"))
+        self.commit()
+        self.assertEqual(pending, [])  # d waits for the transaction in flight
+        d.callback(function(*args))
+        self.assertEqual(fired, ["a", "b", "c"])
+        [(d, function, args)] = pending  # the next one started at once
+        d.callback(function(*args))
+        self.assertEqual(fired, ["a", "b", "c", "d"])
+
+    def test_a_newer_schema_is_refused(self) -> None:
+        self.open_store().service.stopService()
+        with sqlite3.connect(self.path) as conn:
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+        e = self.assertRaises(StoreError, self.open_store)
+        self.assertIn(self.path, str(e))
+        self.assertIn("newer acmews", str(e))
+        self.assertNotIn("\n", str(e))
+
+    def test_a_file_that_is_no_database_is_refused_in_one_line(self) -> None:
+        with open(self.path, "wb") as f:
+            f.write(b"this is not a database, " * 100)
+        e = self.assertRaises(StoreError, self.open_store)
+        self.assertIn(self.path, str(e))
+        self.assertNotIn("\n", str(e))
+
+    def test_a_corrupt_resource_is_refused_in_one_line(self) -> None:
+        self.open_store().service.stopService()
+        with sqlite3.connect(self.path) as conn:
+            conn.execute("INSERT INTO resources (ri, data) VALUES ('x', X'ff00')")
+        e = self.assertRaises(StoreError, self.open_store)
+        self.assertIn(self.path, str(e))
+        self.assertIn("'x'", str(e))
+
+    def test_one_process_per_file(self) -> None:
+        store = self.open_store()
+        e = self.assertRaises(StoreError, self.open_store)
+        self.assertIn("locked", str(e))
+        self.assertIn(self.path, str(e))
+        store.service.stopService()
+        self.open_store()  # free again
+
+    def test_a_missing_directory_is_named(self) -> None:
+        path = os.path.join(self.path, "nowhere", "x.db")
+        e = self.assertRaises(StoreError, self.open_store, path)
+        self.assertIn("no directory", str(e))
+
+    def test_closing_writes_what_is_pending(self) -> None:
+        store = self.open_store()
+        database = store.resources.database  # type: ignore[attr-defined]
+        database.submit([("INSERT INTO meta VALUES ('late', 7)", ())])
+        closed = store.service.stopService()
+        self.commit()
+        self.successResultOf(closed)
+        self.assertIn(("late", 7), self.rows("SELECT key, value FROM meta"))
+        self.assertRaises(StoreError, database.submit, [])
+
+    def test_memory_store(self) -> None:
+        store = open_store("memory:", self.disk, size=5)
+        self.assertIsInstance(store.resources, MemoryResourceStore)
+        self.assertIsInstance(store.queue, MemoryNotificationQueue)
+        self.assertIsNone(store.queue.durable())
+        self.assertEqual(os.listdir(os.path.dirname(self.path)), [])
+
+    def test_unknown_urls(self) -> None:
+        for url in ("sqlite:", "postgres://x", "memory", "acmews.db"):
+            self.assertRaises(ValueError, open_store, url, self.disk)
+
+
+class QueueTests(StoreFiles, SynchronousTestCase):
+    def setUp(self) -> None:
+        self.disk = Clock()
+        os.mkdir(directory := self.mktemp())
+        self.path = os.path.join(directory, "acmews.db")
+
+    def test_round_trip_in_order_with_expiry(self) -> None:
+        store = self.open_store(size=10)
+        queue = store.queue
+        for n in range(4):
+            queue.enqueue("Ca", notify(f"a{n}", n), 1000.0 + n, 0.0)
+        queue.enqueue("Cb", notify("b0"), 2000.0, 0.0)
+        queue.acknowledge("Ca", queue.take("Ca"))  # a0 delivered
+        durable = queue.durable()
+        self.assertNoResult(durable)
+        self.commit()
+        self.successResultOf(durable)
+        before = {o: [(e.rqi, e.expires, e.seq, e.data) for e in queue.pending(o)] for o in "ab"}
+        store.service.stopService()
+
+        again = self.open_store(size=10).queue
+        after = {o: [(e.rqi, e.expires, e.seq, e.data) for e in again.pending(o)] for o in "ab"}
+        self.assertEqual(after, {"a": [], "b": []})  # keyed by originator: "Ca", "Cb"
+        after = {o: [(e.rqi, e.expires, e.seq, e.data) for e in again.pending(o)] for o in before}
+        self.assertEqual(
+            [e.rqi for e in again.pending("Ca")] + [e.rqi for e in again.pending("Cb")],
+            ["a1", "a2", "a3", "b0"],
+        )
+        self.assertEqual(
+            [(e.expires, e.request.pc) for e in again.pending("Ca")],
+            [
+                (1001.0, {"m2m:sgn": {"n": 1}}),
+                (1002.0, {"m2m:sgn": {"n": 2}}),
+                (1003.0, {"m2m:sgn": {"n": 3}}),
+            ],
+        )
+        self.assertEqual(again.total(), 4)
+        # new entries come after the restored ones
+        again.enqueue("Ca", notify("a4"), 1004.0, 0.0)
+        seqs = [e.seq for e in again.pending("Ca")]
+        self.assertEqual(seqs, sorted(seqs))
+
+    def test_bounds_and_purges_are_written_too(self) -> None:
+        store = self.open_store(size=2)
+        queue = store.queue
+        for n in range(3):  # the oldest is dropped by the bound
+            queue.enqueue("Ca", notify(f"a{n}"), 100.0 + n, 0.0)
+        queue.enqueue("Cb", notify("b0"), 50.0, 0.0)
+        self.assertEqual(queue.purge_expired(60.0), 1)  # b0 expired
+        self.commit()
+        self.assertEqual(
+            [r[0] for r in self.rows("SELECT rqi FROM queue ORDER BY seq")], ["a1", "a2"]
+        )
+
+    def test_accepted_only_once_durable(self) -> None:
+        from acmews.poa import PoaChain
+
+        store = self.open_store()
+
+        class Nobody:
+            def lookup(self, originator: str) -> None:
+                return None
+
+            def add_observer(self, observer: Any) -> None:
+                pass
+
+            def remove_observer(self, observer: Any) -> None:
+                pass
+
+        chain = PoaChain(Nobody(), Clock(), queue=store.queue)  # type: ignore[arg-type]
+        d = chain.send("Cae", notify("n1"), store=True)
+        self.assertNoResult(d)  # queued, not yet on disk
+        self.commit()
+        self.assertEqual(self.successResultOf(d).rsc, RSC.ACCEPTED)
+        self.assertEqual(self.rows("SELECT rqi FROM queue"), [("n1",)])
+        chain.stopService()
+
+
+class DurableCSETests(StoreFiles, RecordTree):
+    """The CSE on a SQLite store: what it answered is in the file, and a CSE started on the
+    file again serves the same tree."""
+
+    def new_cse(self) -> None:
+        if not hasattr(self, "path"):
+            os.mkdir(directory := self.mktemp())
+            self.path = os.path.join(directory, "acmews.db")
+        self.disk = Clock()
+        super().new_cse()
+        self.store = self.open_store()
+        self.cse = CSE(
+            CSEConfig(poa=("ws://127.0.0.1:8180",)), self.sender, self.clock, self.store.resources
+        )
+        self.commit()
+
+    def call(self, op: int, to: str, fr: str | None = "CAdmin", **kw: Any) -> Response:
+        result = self.handle(op, to, fr, **kw)
+        if isinstance(result, Deferred):
+            self.commit()
+            return self.successResultOf(result)
+        return result
+
+    def subscribe(self, to: str, fr: str = "CAdmin", verify: bool = True, **attrs: Any) -> Any:
+        d = self.handle(1, to, fr, ty=23, pc={"m2m:sub": attrs})
+        for sent in self.sender.take():
+            sent.answer(RSC.OK)
+        self.commit()
+        assert isinstance(d, Deferred)
+        response = self.successResultOf(d)
+        self.assertEqual(response.rsc, RSC.CREATED, response.debug)
+        return response.pc["m2m:sub"]
+
+    def restart(self) -> None:
+        """Stop the store and start a new CSE on the same file."""
+        self.store.service.stopService()
+        self.commit()
+        self.new_cse()
+
+    def test_answered_only_once_durable(self) -> None:
+        aei = self.register("Cmyae")
+        d = self.handle(1, f"cse-in/{aei}", aei, ty=3, pc={"m2m:cnt": {"rn": "c"}})
+        assert isinstance(d, Deferred)
+        self.assertNoResult(d)
+        self.assertEqual(self.rows("SELECT count(*) FROM resources WHERE ri LIKE 'cnt%'"), [(0,)])
+        self.commit()
+        self.assertEqual(self.successResultOf(d).rsc, RSC.CREATED)
+        self.assertEqual(self.rows("SELECT count(*) FROM resources WHERE ri LIKE 'cnt%'"), [(1,)])
+
+    def test_pipelined_requests_see_each_other(self) -> None:
+        aei = self.register("Cmyae")
+        cnt = self.handle(1, f"cse-in/{aei}", aei, ty=3, pc={"m2m:cnt": {"rn": "c"}})
+        cin = self.handle(1, f"cse-in/{aei}/c", aei, ty=4, pc={"m2m:cin": {"con": "x"}})
+        assert isinstance(cnt, Deferred) and isinstance(cin, Deferred)
+        self.commit()
+        self.assertEqual(self.successResultOf(cnt).rsc, RSC.CREATED)
+        self.assertEqual(self.successResultOf(cin).rsc, RSC.CREATED)
+
+    def test_every_type_survives_a_restart(self) -> None:
+        self.ok(
+            1,
+            "cse-in",
+            "/id-mn",
+            ty=16,
+            pc={
+                "m2m:csr": {
+                    "csi": "/id-mn",
+                    "cb": "/id-mn/cse-mn",
+                    "rr": True,
+                    "poa": ["ws://mn:8181"],
+                    "cst": 2,
+                }
+            },
+        )
+        sub = self.tree()
+        before = self.records()
+        self.assertEqual({r[0] for r in before}, {5, 2, 3, 4, 1, 23, 16})
+        self.restart()
+        self.assertEqual(self.records(), before)
+        self.assertEqual(self.retrieve("cse-in/Cmyae/c/la", "Cmyae").pc["m2m:cin"]["con"], "3")
+        self.assertEqual(self.retrieve("cse-in/Cmyae/c/ol").pc["m2m:cin"]["con"], "1")
+        self.assertEqual(self.retrieve(sub["ri"]).pc["m2m:sub"]["exc"], 5)
+        # a CIN with its eviction, cni/cbs and the exc countdown: one request, all of it kept
+        self.create("cse-in/Cmyae/c", 4, "m2m:cin", "Cmyae", con="4")
+        self.restart()
+        cnt = self.retrieve("cse-in/Cmyae/c").pc["m2m:cnt"]
+        self.assertEqual((cnt["cni"], cnt["cbs"]), (3, len('{"1":"x"}') + 2))
+        self.assertEqual(self.retrieve("cse-in/Cmyae/c/ol").pc["m2m:cin"]["con"], {1: "x"})
+        self.assertEqual(self.retrieve(sub["ri"]).pc["m2m:sub"]["exc"], 4)
+        self.sender.take()
+        # a subtree DELETE
+        self.ok(4, "cse-in/Cmyae", "Cmyae")
+        self.sender.take()
+        self.restart()
+        self.assertEqual([r[0] for r in self.records()], [5, 16])
+        self.assertEqual(self.retrieve("cse-in/Cmyae").rsc, RSC.NOT_FOUND)
+
+    def test_resource_ids_are_never_used_again(self) -> None:
+        aei = self.register()
+        seen = {aei}
+        for _ in range(3):
+            ri = self.create(f"cse-in/{aei}", 3, "m2m:cnt", aei)["ri"]
+            self.assertNotIn(ri, seen)
+            seen.add(ri)
+            self.ok(4, ri, aei)
+            self.restart()
+        number = self.store.resources.database.last_number  # type: ignore[attr-defined]
+        self.assertGreaterEqual(number, 4)
+        self.assertEqual(self.rows("SELECT value FROM meta WHERE key='last_number'"), [(number,)])
+
+    def test_the_cse_base_follows_the_configured_poa(self) -> None:
+        self.store.service.stopService()
+        self.commit()
+        self.disk = Clock()
+        self.store = self.open_store()
+        cse = CSE(CSEConfig(poa=("ws://new:1",)), FakeSender(), self.clock, self.store.resources)
+        self.commit()
+        self.assertEqual(cse.base.attrs["poa"], ["ws://new:1"])
+        [(data,)] = self.rows("SELECT data FROM resources WHERE ri = 'id-in'")
+        self.assertEqual(cbor2.loads(data)[1]["poa"], ["ws://new:1"])
+
+
+class ThreadTests(StoreFiles, TestCase):
+    """The real writer thread and reactor."""
+
+    def setUp(self) -> None:
+        os.mkdir(directory := self.mktemp())
+        self.path = os.path.join(directory, "acmews.db")
+
+    @inlineCallbacks
+    def test_changes_through_the_writer_thread(self) -> Any:
+        store = open_store(f"sqlite:{self.path}", reactor)
+        self.addCleanup(store.service.stopService)
+        clock = Clock()
+        clock.advance(START)
+        cse = CSE(CSEConfig(), FakeSender(), clock, store.resources)
+        connection = FakeConnection()
+        answers = []
+        for n in range(20):  # pipelined: one commit may hold several
+            answers.append(
+                cse.handle_request(
+                    Request(
+                        Operation.CREATE,
+                        "cse-in",
+                        f"r{n}",
+                        "4",
+                        None,
+                        ty=2,
+                        pc={"m2m:ae": {"api": "Nx", "rr": False, "rn": f"ae{n}"}},
+                    ),
+                    connection,
+                )
+            )
+        for d in answers:
+            response = yield d
+            self.assertEqual(response.rsc, RSC.CREATED)
+        yield store.service.stopService()
+        self.assertEqual(self.rows("SELECT count(*) FROM resources"), [(21,)])
+        database = store.resources.database  # type: ignore[attr-defined]
+        self.assertLessEqual(database.commits, 21)
+        again = open_store(f"sqlite:{self.path}", reactor)
+        self.addCleanup(again.service.stopService)
+        self.assertIsInstance(again.resources, SQLiteResourceStore)
+        self.assertIsInstance(again.queue, SQLiteNotificationQueue)
+        self.assertEqual(len(again.resources), 21)  # type: ignore[arg-type]
+        self.assertIsInstance(database, Database)
