@@ -248,16 +248,41 @@ class Database:
         writing.addBoth(self._written, submissions, number)
 
     def _commit(self, groups: list[list[Op]], number: int | None) -> list[Exception | None]:
-        """In the writer thread: one transaction, a savepoint per submission."""
+        """In the writer thread: one transaction for all ``groups`` (the submissions).
+
+        First as one coalesced run of statements (a row inserted and deleted in the same
+        transaction, as a container's evicted instances under load, is never written); if a
+        statement fails, again with a savepoint per submission, so that only the failing
+        one is left out."""
+        conn = self._conn
+        assert conn is not None
+        ops = coalesce(groups)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for statement, parameters in ops:
+                conn.execute(statement, parameters)
+            if number is not None:
+                conn.execute(_NUMBER, (number,))
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            return self._commit_one_by_one(groups, number)
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return [None] * len(groups)
+
+    def _commit_one_by_one(
+        self, groups: list[list[Op]], number: int | None
+    ) -> list[Exception | None]:
         conn = self._conn
         assert conn is not None
         errors: list[Exception | None] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
             for ops in groups:
-                if not ops:
-                    errors.append(None)
-                    continue
                 conn.execute("SAVEPOINT change")
                 try:
                     for statement, parameters in ops:
@@ -330,6 +355,49 @@ class Database:
             self._close_now()
 
         return done.addBoth(close)
+
+
+def coalesce(groups: list[list[Op]]) -> list[Op]:
+    """The statements of ``groups`` in order, less those a later one makes moot: a
+    resource's updates fold into its insert or its last update, an insert and a delete of the
+    same row in the same transaction both go, and so do an entry's enqueue and dequeue."""
+    out: list[Op | None] = []
+    inserted: dict[str, int] = {}  # ri -> index of its INSERT in out
+    updated: dict[str, int] = {}  # ri -> index of its last UPDATE in out
+    enqueued: dict[int, int] = {}  # seq -> index of its ENQUEUE in out
+    for ops in groups:
+        for op in ops:
+            statement, parameters = op
+            if statement is _UPDATE:
+                data, ri = parameters
+                at = inserted.get(ri)
+                if at is not None:
+                    out[at] = (_INSERT, (ri, data))
+                    continue
+                at = updated.get(ri)
+                if at is not None:
+                    out[at] = None
+                updated[ri] = len(out)
+            elif statement is _INSERT:
+                inserted[parameters[0]] = len(out)
+            elif statement is _DELETE:
+                ri = parameters[0]
+                at = inserted.pop(ri, None)
+                if at is not None:
+                    out[at] = None
+                    continue
+                at = updated.pop(ri, None)
+                if at is not None:
+                    out[at] = None
+            elif statement is _ENQUEUE:
+                enqueued[parameters[0]] = len(out)
+            elif statement is _DEQUEUE:
+                at = enqueued.pop(parameters[0], None)
+                if at is not None:
+                    out[at] = None
+                    continue
+            out.append(op)
+    return [op for op in out if op is not None]
 
 
 def _encode_resource(resource: Resource) -> bytes:

@@ -105,6 +105,61 @@ class DatabaseTests(StoreFiles, SynchronousTestCase):
         self.successResultOf(d)
         self.assertIn(("x", 1), self.rows("SELECT key, value FROM meta"))
 
+    def test_what_a_transaction_makes_moot_is_not_written(self) -> None:
+        store = self.open_store(size=100)
+        resources: Any = store.resources
+        database = resources.database
+        clock = Clock()
+        clock.advance(START)
+        cse = CSE(CSEConfig(), FakeSender(), clock, resources)
+        self.commit()
+        executed: list[str] = []
+        database._conn.set_trace_callback(executed.append)
+        for n in range(5):  # mni 2: three of the five instances are evicted again
+            cse.handle_request(
+                Request(
+                    Operation.CREATE,
+                    "cse-in/c",
+                    f"r{n}",
+                    "4",
+                    "CAdmin",
+                    ty=4,
+                    pc={"m2m:cin": {"con": str(n)}},
+                ),
+                FakeConnection(),
+            ) if n else cse.handle_request(
+                Request(
+                    Operation.CREATE,
+                    "cse-in",
+                    "r",
+                    "4",
+                    "CAdmin",
+                    ty=3,
+                    pc={"m2m:cnt": {"rn": "c", "mni": 2}},
+                ),
+                FakeConnection(),
+            )
+        for n in range(3):
+            store.queue.enqueue("Ca", notify(f"a{n}"), 100.0, 0.0)
+        store.queue.acknowledge("Ca", store.queue.take("Ca"))
+        self.commit()
+        writes = [e.split(" ")[0] for e in executed if not e.startswith(("BEGIN", "COMMIT"))]
+        # the container once (its updates folded in), two instances, two entries, the counter
+        self.assertEqual(sorted(writes), ["INSERT"] * 6)
+        self.assertEqual(database.commits, 2)
+        self.assertEqual(
+            [
+                cbor2.loads(d)[1]["con"]
+                for (d,) in self.rows(
+                    "SELECT data FROM resources WHERE ri LIKE 'cin%' ORDER BY seq"
+                )
+            ],
+            ["3", "4"],
+        )
+        [(data,)] = self.rows("SELECT data FROM resources WHERE ri LIKE 'cnt%'")
+        self.assertEqual(cbor2.loads(data)[1]["cni"], 2)
+        self.assertEqual([r for (r,) in self.rows("SELECT rqi FROM queue")], ["a1", "a2"])
+
     def test_transactions_are_written_in_order_while_one_is_in_flight(self) -> None:
         pending: list[tuple[Deferred[Any], Any, tuple[Any, ...]]] = []
 
