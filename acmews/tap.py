@@ -756,8 +756,9 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
     base_ri = options["cse-id"].lstrip("/")
     if len(store.resources) and store.resources.get(base_ri) is None:  # type: ignore[arg-type]
         store.service.stopService()
+        where = store.description.removeprefix("sqlite:")
         raise StoreError(
-            f"the store {store.description} holds another CSE's resources, not those of "
+            f"the store {where} holds another CSE's resources, not those of "
             f"{options['cse-id']} (another --cse-id?)"
         )
     top = CSEService(announce)

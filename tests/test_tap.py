@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import sqlite3
 from typing import Any
 
 from twisted.application.service import IServiceMaker, MultiService
+from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 from twisted.plugin import getPlugins
@@ -549,3 +552,46 @@ class MakeServiceTests(TestCase):
         self.assertEqual(
             err.getvalue(), "twistd acmews: cannot listen on tcp:8180: Address already in use\n"
         )
+
+
+class StoreOptionTests(TestCase):
+    def test_default_is_a_sqlite_file_in_the_working_directory(self) -> None:
+        options = Options()
+        options.parseOptions([])
+        self.assertEqual(options["store"], "sqlite:acmews.db")
+        self.assertEqual(parse("--store", "sqlite:/tmp/x.db")["store"], "sqlite:/tmp/x.db")
+        for bad in ("sqlite:", "acmews.db", "postgres://db", "memory"):
+            e = self.assertRaises(usage.UsageError, parse, "--store", bad)
+            self.assertIn("--store", str(e))
+
+    async def _wired(self) -> None:
+        from twisted.internet import reactor
+
+        from acmews.durable import SQLiteNotificationQueue, SQLiteResourceStore, StoreError
+
+        os.mkdir(directory := self.mktemp())
+        path = os.path.join(directory, "cse.db")
+        o = parse("--store", f"sqlite:{path}", "--listen", "tcp:0:interface=127.0.0.1")
+        service: Any = makeService(o, reactor)
+        store, queue = service.cse.store, service.chain.queue
+        self.assertIsInstance(store, SQLiteResourceStore)
+        self.assertIsInstance(queue, SQLiteNotificationQueue)
+        self.assertIs(store.database, queue.database)  # one file, one transaction stream
+        await service.stopService()
+        with sqlite3.connect(path) as conn:
+            self.assertEqual(list(conn.execute("SELECT ri FROM resources")), [("id-in",)])
+        # the file holds /id-in's tree: another CSE-ID is refused, and the file closed again
+        e = self.assertRaises(
+            StoreError,
+            makeService,
+            parse("--store", f"sqlite:{path}", "--cse-id", "/id-x"),
+            reactor,
+        )
+        self.assertIn(path, str(e))
+        self.assertIn("/id-x", str(e))
+        again: Any = makeService(parse("--store", f"sqlite:{path}"), reactor)
+        self.assertIs(again.cse.base, again.cse.store.get("id-in"))
+        await again.stopService()
+
+    def test_sqlite_store_is_wired(self) -> Any:
+        return Deferred.fromCoroutine(self._wired())
