@@ -67,6 +67,15 @@ class Credential:
     #: patterns of the originators it may claim; None: any but the admin's and the listed
     originators: tuple[str, ...] | None
 
+    @property
+    def owner(self) -> str:
+        """What an AE registered through this credential is bound to: ``basic:USER``, or
+        ``bearer:`` and a SHA-256 prefix of the token (the same whatever its line; the token
+        itself is never stored)."""
+        if self.name.startswith("token "):
+            return "bearer:" + hashlib.sha256(self.secret.encode()).hexdigest()[:32]
+        return "basic:" + self.name
+
     def allows(self, originator: str) -> bool:
         assert self.originators is not None
         return any(fnmatch.fnmatchcase(originator, p) for p in self.originators)
@@ -168,6 +177,7 @@ class CredentialAuthorizer:
         admin: str = "CAdmin",
         defer_to_thread: Callable[..., Deferred[Any]] | None = None,
         certificates: bool = False,
+        owner_of: Callable[[str], str | None] | None = None,
     ) -> None:
         """
         @param defer_to_thread: runs a scrypt check off the reactor thread
@@ -175,7 +185,12 @@ class CredentialAuthorizer:
         @param certificates: a connection with a (verified) TLS client certificate may claim
             exactly the originators the certificate names (subject CN, SAN URIs), without
             any other credential.
+        @param owner_of: the owner (:attr:`Credential.owner`) of a registered AE-ID, or None;
+            the CSE keeps it with the AE (``lambda aei: ...store.get(aei).owner``), so that
+            the binding survives a restart with a durable store and ends with the AE. None
+            keeps the bindings in memory (:meth:`registered`).
         """
+        self._owner_of = owner_of
         self._certificates = certificates
         self._users = {c.name: c for c in basic}
         self._tokens = list(tokens)
@@ -228,10 +243,17 @@ class CredentialAuthorizer:
 
     def registered(self, handshake: Handshake, originator: str) -> None:
         """The AE-ID ``originator`` was registered through this handshake's credential: only
-        that credential may claim it from now on (in memory: a restart forgets it)."""
+        that credential may claim it from now on. Without ``owner_of`` this is remembered in
+        memory (a restart forgets it); with it, the CSE has stored it with the AE."""
+        if self._owner_of is not None:
+            return
         credential = self._credential_of(handshake)
         if credential is not None:
-            self._bound[originator] = credential.name
+            self._bound[originator] = credential.owner
+
+    def credential_of(self, handshake: Handshake) -> str | None:
+        credential = self._credential_of(handshake)
+        return None if credential is None else credential.owner
 
     def _credential_of(self, handshake: Handshake) -> Credential | None:
         """The credential a handshake that passed :meth:`authorize` used."""
@@ -258,9 +280,12 @@ class CredentialAuthorizer:
     def _claim(self, credential: Credential, originator: str | None) -> str | None:
         if originator is None:
             return None  # it may register an AE
-        owner = self._bound.get(originator)
+        if self._owner_of is not None:
+            owner = self._owner_of(originator)
+        else:
+            owner = self._bound.get(originator)
         if owner is not None:
-            allowed = owner == credential.name  # registered through that credential
+            allowed = owner == credential.owner  # registered through that credential
         elif credential.originators is not None:
             allowed = credential.allows(originator)
         else:

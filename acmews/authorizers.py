@@ -21,3 +21,7 @@ class DefaultAuthorizer:
 
     def registered(self, handshake: Handshake, originator: str) -> None:
         """Nothing to remember: without credentials any claim is accepted."""
+
+    def credential_of(self, handshake: Handshake) -> None:
+        """No credentials."""
+        return None

@@ -12,7 +12,7 @@ a request that cannot be written leaves nothing of it and does not take the othe
 The file (SQLite 3, WAL journal, ``synchronous=FULL``):
 
 - ``resources``: one row per resource, in creation order (``seq``), its record
-  (``ty``, ``attrs``, ``srn``, ``creator``) in CBOR;
+  (``ty``, ``attrs``, ``srn``, ``creator``, ``owner``) in CBOR;
 - ``queue``: the queued notifications, per originator in ``seq`` order, with their expiry;
 - ``meta``: the last number handed out for resource IDs (so none is used twice);
 - ``PRAGMA user_version``: the schema version.
@@ -417,8 +417,7 @@ class SQLiteResourceStore(MemoryResourceStore):
         count = 0
         for ri, data in self.database.rows("SELECT ri, data FROM resources ORDER BY seq"):
             try:
-                ty, attrs, srn, creator = cbor2.loads(data)
-                resource = Resource.from_record(ty, attrs, srn, creator)
+                resource = Resource.from_record(*cbor2.loads(data))
             except Exception as e:
                 raise StoreError(
                     f"the store {self.database.path} has an unreadable resource {ri!r}: "

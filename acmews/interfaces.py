@@ -48,6 +48,11 @@ class IConnection(Interface):
     )
     subprotocol: str = Attribute("The negotiated subprotocol, e.g. 'oneM2M.json'.")
     peer: str = Attribute("A printable description of the remote end, for logs.")
+    credential: str | None = Attribute(
+        "The name of the credential the peer authenticated with on the opening handshake "
+        "(IHandshakeAuthorizer.credential_of), kept while the connection is unbound: an AE it "
+        "registers belongs to that credential. None without authentication."
+    )
 
     def request(request: Request, timeout: float | None = None) -> Deferred[Response]:
         """Send a request and return a Deferred that fires with the peer's response.
@@ -126,6 +131,11 @@ class IHandshakeAuthorizer(Interface):
     def registered(handshake: Handshake, originator: str) -> None:
         """A connection authorized without an originator registered ``originator`` (the
         AE-ID its AE CREATE was given): the authorizer may bind it to the credential."""
+
+    def credential_of(handshake: Handshake) -> str | None:
+        """The name of the credential a handshake that passed :meth:`authorize` used, or
+        None. The connection carries it (``IConnection.credential``), and the CSE stores it
+        with an AE registered on it, in the same change as the AE."""
 
 
 class IPoaConnector(Interface):

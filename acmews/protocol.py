@@ -554,7 +554,11 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
         on_bound: Any = factory.session_bound
         if self.originator is None and handshake is not None:
             # an AE may register on this connection: tell the authorizer whose AE-ID it is
+            credential_of = getattr(factory.authorizer, "credential_of", None)
+            credential = credential_of(handshake) if credential_of is not None else None
+
             def on_bound(session: Session, aei: str) -> None:
+                session.credential = None
                 factory.session_bound(session, aei)
                 registered = getattr(factory.authorizer, "registered", None)
                 if registered is not None:  # an authorizer written before the method
@@ -563,6 +567,8 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
         session = self._start_session(
             factory, self.originator, enforce_originator=True, on_bound=on_bound
         )
+        if self.originator is None and handshake is not None:
+            session.credential = credential
         self._forget_handshake_text()
         factory.session_opened(session)
 

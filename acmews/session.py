@@ -104,6 +104,8 @@ class Session:
         #: the largest message sent: the peer's limit (the same option on both sides)
         self.max_message_size = max_message_size
         self.on_bound = on_bound
+        #: IConnection.credential
+        self.credential: str | None = None
         self.connected = True
         #: created when the peer first makes us log something (most connections never do)
         self._log_budget: Budget | None = None

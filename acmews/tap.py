@@ -847,6 +847,7 @@ def makeService(options: Options | dict[str, Any], reactor: Any = None) -> Multi
             admin=options["admin"],
             defer_to_thread=deferToThread,
             certificates=bool(options.get("client-ca")),
+            owner_of=cse.owner_of,
         )
     elif any(not _loopback_only(d) for d in listen):
         log.warn(

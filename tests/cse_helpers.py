@@ -25,6 +25,7 @@ START = 1_700_000_000.25
 class FakeConnection:
     def __init__(self, originator: str | None = None) -> None:
         self.originator = originator
+        self.credential: str | None = None
         self.subprotocol = "oneM2M.json"
         self.peer = "fake"
         self.closed: tuple[int, str] | None = None

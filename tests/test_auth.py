@@ -371,3 +371,91 @@ class ClientAuthorizationTests(TestCase):
             self.assertRaises(ValueError, basic_authorization, user, "p")
         for token in ("", "  ", "a b"):
             self.assertRaises(ValueError, bearer_authorization, token)
+
+
+class StoredBindingTests(SynchronousTestCase):
+    """With ``owner_of`` the binding of an AE-ID to its credential is the CSE's (stored with
+    the AE): the authorizer keeps nothing of its own."""
+
+    def test_owners(self) -> None:
+        owners: dict[str, str] = {"Cmine": "basic:meters", "Ctok": "bearer:" + "0" * 32}
+        authorizer = CredentialAuthorizer(
+            read_basic_file(BASIC), read_token_file(TOKENS), owner_of=owners.get
+        )
+        self.assertEqual(authorizer.credential_of(shake(basic("meters", "m3ter"))), "basic:meters")
+        self.assertIsNone(authorizer.credential_of(shake(basic("nobody", "x"))))
+        # a token's owner names neither the token nor its line
+        owner = authorizer.credential_of(shake("Bearer tok-any"))
+        assert owner is not None
+        self.assertTrue(owner.startswith("bearer:"))
+        self.assertNotIn("tok-any", owner)
+        moved = CredentialAuthorizer(tokens=read_token_file(["# moved", "", "x", "tok-any"]))
+        self.assertEqual(moved.credential_of(shake("Bearer tok-any")), owner)
+        # the owner may claim it, though its list says Cmeter*; no other credential may
+        self.assertEqual(authorizer.authorize(shake(basic("meters", "m3ter"), "Cmine")), "Cmine")
+        for other in (basic("acme", "secret"), "Bearer tok-any", basic("admin", "secret")):
+            with self.assertRaises(HandshakeRefused) as caught:
+                authorizer.authorize(shake(other, "Cmine"))
+            self.assertEqual(caught.exception.status, 403)
+        # registered() leaves it to the CSE
+        authorizer.registered(shake(basic("meters", "m3ter")), "Cnew")
+        self.assertEqual(authorizer.authorize(shake(basic("acme", "secret"), "Cnew")), "Cnew")
+        # an AE that is gone frees its AE-ID
+        del owners["Cmine"]
+        self.assertEqual(authorizer.authorize(shake(basic("acme", "secret"), "Cmine")), "Cmine")
+
+
+class RestartTests(TestCase):
+    """twistd acmews with --basic-auth-file and a SQLite store: an AE registered through a
+    credential still belongs to it after a restart, and to no other."""
+
+    timeout = 30
+
+    def test_binding_survives_a_restart(self) -> Any:
+        return Deferred.fromCoroutine(self._restart())
+
+    async def _restart(self) -> None:
+        import os
+
+        from acmews.client import connect
+        from acmews.errors import TargetNotReachable
+
+        from .helpers import NO_PING, start_cse
+
+        directory = self.mktemp()
+        os.mkdir(directory)
+        users = os.path.join(directory, "users")
+        with open(users, "w") as f:
+            f.write("\n".join(BASIC))
+        argv = ("--basic-auth-file", users, "--store", f"sqlite:{directory}/acmews.db")
+        service, url = await start_cse(self, *argv)
+        alice = basic("meters", "m3ter")
+        ae = await connect(url, headers={"Authorization": alice}, options=NO_PING)
+        r = await ae.create("cse-in", 2, {"m2m:ae": {"api": "Nx", "rr": False, "rn": "a"}})
+        self.assertEqual(r.rsc, 2001, r.debug)
+        aei = r.pc["m2m:ae"]["aei"]
+        self.assertNotIn("meters", repr(r.pc))  # the owner is never shown
+        await ae.close()
+        await service.stopService()
+
+        service, url = await start_cse(self, *argv)
+        with self.assertRaises(TargetNotReachable) as caught:
+            await connect(
+                url,
+                originator=aei,
+                headers={"Authorization": basic("acme", "secret")},
+                options=NO_PING,
+            )
+        self.assertIn("403", caught.exception.reason)
+        ae = await connect(url, originator=aei, headers={"Authorization": alice}, options=NO_PING)
+        self.assertEqual((await ae.retrieve("cse-in/a")).rsc, 2000)
+        # deleted, the AE-ID is free again
+        self.assertEqual((await ae.delete("cse-in/a")).rsc, 2002)
+        await ae.close()
+        other = await connect(
+            url,
+            originator=aei,
+            headers={"Authorization": basic("acme", "secret")},
+            options=NO_PING,
+        )
+        await other.close()

@@ -113,9 +113,9 @@ class RecordTests(RecordTree):
         self.tree()
         records = self.records()
         self.assertEqual(len(records), len(self.cse.store))  # type: ignore[arg-type]
-        for ty, attrs, srn, creator in records:
+        for ty, attrs, srn, creator, owner in records:
             self.assertIsInstance(ty, int)
-            resource = Resource.from_record(ty, attrs, srn, creator)
+            resource = Resource.from_record(ty, attrs, srn, creator, owner)
             stored = self.cse.store.get(attrs["ri"])
             assert stored is not None
             self.assertIs(resource.kind, stored.kind)
@@ -128,8 +128,8 @@ class RecordTests(RecordTree):
         stored = cbor2.dumps(self.records())  # what a durable store keeps
         store = MemoryResourceStore()
         batch = Batch(store)
-        for ty, attrs, srn, creator in cbor2.loads(stored):
-            batch.add(Resource.from_record(ty, attrs, srn, creator))
+        for record in cbor2.loads(stored):
+            batch.add(Resource.from_record(*record))
         store.apply(batch)
         self.cse = CSE(CSEConfig(poa=("ws://127.0.0.1:8180",)), self.sender, self.clock, store)
         self.assertEqual(self.cse.base.record(), self.records()[0])

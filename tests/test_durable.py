@@ -434,6 +434,23 @@ class DurableCSETests(StoreFiles, RecordTree):
         self.assertGreaterEqual(number, 4)
         self.assertEqual(self.rows("SELECT value FROM meta WHERE key='last_number'"), [(number,)])
 
+    def test_the_credential_of_a_registration_is_kept_with_the_ae(self) -> None:
+        self.connection.credential = "basic:alice"  # an unbound connection, authenticated
+        aei = self.register()
+        self.assertEqual(self.cse.owner_of(aei), "basic:alice")
+        self.assertNotIn("alice", repr(self.retrieve(f"cse-in/{aei}", aei).pc))
+        self.restart()
+        self.assertEqual(self.cse.owner_of(aei), "basic:alice")
+        # a connection bound by X-M2M-Origin registers its own AE-ID: no owner
+        self.connection = FakeConnection("Cbound")
+        self.connection.credential = "basic:alice"
+        self.assertIsNone(self.cse.owner_of(self.register("Cbound")))
+        self.assertIsNone(self.cse.owner_of("id-in"))  # not an AE
+        # the binding ends with the AE
+        self.ok(4, f"cse-in/{aei}", aei)
+        self.restart()
+        self.assertIsNone(self.cse.owner_of(aei))
+
     def test_the_cse_base_follows_the_configured_poa(self) -> None:
         self.store.service.stopService()
         self.commit()

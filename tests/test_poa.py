@@ -57,6 +57,7 @@ def ok(request: Request, rsc: int = RSC.OK) -> Response:
 @implementer(IConnection)
 class FakeConnection:
     subprotocol = "oneM2M.json"
+    credential = None
 
     def __init__(
         self, originator: str | None = AE, peer: str = "peer", clock: Clock | None = None

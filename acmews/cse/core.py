@@ -122,6 +122,12 @@ class CSE:
         self._base_targets = addressing.base_targets
         self._registrations: WeakKeyDictionary[IConnection, Budget] = WeakKeyDictionary()
 
+    def owner_of(self, aei: str) -> str | None:
+        """The credential an AE registered through (``Resource.owner``), or None: for
+        :class:`acmews.auth.CredentialAuthorizer`'s ``owner_of``."""
+        resource = self.store.get(aei)
+        return None if resource is None or not resource.kind.registrant else resource.owner
+
     def _count_registration(self, connection: IConnection) -> None:
         """At most :data:`REGISTRATIONS_PER_MINUTE` AE registrations per connection (a CSE's
         connection may register AEs with any AE-ID: that must not be a flood)."""
@@ -337,6 +343,9 @@ class CSE:
             full[id_attribute] = ri
         full.update(attrs)
         resource = Resource(kind, full, f"{parent.srn}/{rn}", creator)
+        if kind.registrant and connection is not None and connection.originator is None:
+            # registered through a credential: only it may claim the AE-ID (acmews.auth)
+            resource.owner = getattr(connection, "credential", None)
         waiting = kind.confirm(self, request.fr, resource)
         if waiting is not None:
             return Deferred.fromCoroutine(

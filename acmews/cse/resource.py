@@ -460,13 +460,14 @@ def register_kind(kind: ResourceKind) -> ResourceKind:
 
 
 #: what a store persists of a resource: ``(ty, attrs, srn, creator)``
-Record = tuple[int, dict[str, Any], str, str | None]
+Record = tuple[int, dict[str, Any], str, str | None, str | None]
 
 
 class Resource:
     """One stored resource: its kind, representation, structured address and creator.
 
-    What a store persists is :meth:`record`: ``ty``, ``attrs``, ``srn`` and ``creator``. That
+    What a store persists is :meth:`record`: ``ty``, ``attrs``, ``srn``, ``creator`` and
+    ``owner``. That
     is all there is to a resource: the CSE keeps nothing about it elsewhere (the cached ``pc``
     is derived, the kind is found by ``ty``), so :meth:`from_record` rebuilds it from a stored
     record. ``attrs`` holds what the codecs decode (strings, numbers, booleans, None, lists,
@@ -476,9 +477,16 @@ class Resource:
     it), e.g. with a sequence number.
     """
 
-    __slots__ = ("_pc", "attrs", "creator", "kind", "srn")
+    __slots__ = ("_pc", "attrs", "creator", "kind", "owner", "srn")
 
-    def __init__(self, kind: ResourceKind, attrs: dict[str, Any], srn: str, creator: str | None):
+    def __init__(
+        self,
+        kind: ResourceKind,
+        attrs: dict[str, Any],
+        srn: str,
+        creator: str | None,
+        owner: str | None = None,
+    ):
         self.kind = kind
         #: the representation; replaced as a whole by :meth:`replace`, never mutated
         self.attrs = attrs
@@ -486,6 +494,9 @@ class Resource:
         self.srn = srn
         #: the originator that created it (it and its subtree are the creator's)
         self.creator = creator
+        #: an AE registered through a credential: the credential's name, never shown to
+        #: clients (only it may claim the AE-ID, see acmews.auth)
+        self.owner = owner
         self._pc: dict[str, Any] | None = None
 
     @property
@@ -527,18 +538,24 @@ class Resource:
         self._pc = None
 
     def record(self) -> Record:
-        """``(ty, attrs, srn, creator)``: what a store persists (``attrs`` is not copied)."""
-        return int(self.kind.ty), self.attrs, self.srn, self.creator
+        """``(ty, attrs, srn, creator, owner)``: what a store persists (``attrs`` is not
+        copied)."""
+        return int(self.kind.ty), self.attrs, self.srn, self.creator, self.owner
 
     @classmethod
     def from_record(
-        cls, ty: int, attrs: dict[str, Any], srn: str, creator: str | None
+        cls,
+        ty: int,
+        attrs: dict[str, Any],
+        srn: str,
+        creator: str | None,
+        owner: str | None = None,
     ) -> Resource:
         """The resource a store persisted with :meth:`record`; ValueError for an unknown ty."""
         kind = KINDS.get(ty)
         if kind is None:
             raise ValueError(f"no resource kind is registered for ty {ty!r}")
-        return cls(kind, attrs, srn, creator)
+        return cls(kind, attrs, srn, creator, owner)
 
     def __repr__(self) -> str:
         return f"<Resource {self.kind.short} {self.ri} {self.srn}>"
