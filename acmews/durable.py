@@ -176,6 +176,9 @@ class Database:
             pool = self._pool = ThreadPool(1, 1, "acmews-store")
             pool.start()
             self._run = partial(deferToThreadPool, self._reactor, pool)
+            # a program that stops the reactor without stopping the store must not hang on
+            # the writer thread at exit (services have stopped by then: nothing is pending)
+            self._reactor.addSystemEventTrigger("during", "shutdown", self._stop_pool)
 
     def _lock(self) -> None:
         """One process per file: an advisory lock on ``PATH.lock``, released by the kernel
@@ -195,6 +198,11 @@ class Database:
             os.close(fd)
             raise StoreError(f"the store {self.path} is locked: another acmews uses it") from None
         self._lock_fd = fd
+
+    def _stop_pool(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.stop()
 
     def _close_now(self) -> None:
         if self._conn is not None:
@@ -349,9 +357,7 @@ class Database:
 
         def close(_: object) -> None:
             self._closed = True
-            pool, self._pool = self._pool, None
-            if pool is not None:
-                pool.stop()
+            self._stop_pool()
             self._close_now()
 
         return done.addBoth(close)

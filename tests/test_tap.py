@@ -577,7 +577,7 @@ class StoreOptionTests(TestCase):
         self.assertIsInstance(store, SQLiteResourceStore)
         self.assertIsInstance(queue, SQLiteNotificationQueue)
         self.assertIs(store.database, queue.database)  # one file, one transaction stream
-        await service.stopService()
+        await service.store.service.stopService()  # (never started: no listener to stop)
         with sqlite3.connect(path) as conn:
             self.assertEqual(list(conn.execute("SELECT ri FROM resources")), [("id-in",)])
         # the file holds /id-in's tree: another CSE-ID is refused, and the file closed again
@@ -591,7 +591,7 @@ class StoreOptionTests(TestCase):
         self.assertIn("/id-x", str(e))
         again: Any = makeService(parse("--store", f"sqlite:{path}"), reactor)
         self.assertIs(again.cse.base, again.cse.store.get("id-in"))
-        await again.stopService()
+        await again.store.service.stopService()
 
     def test_sqlite_store_is_wired(self) -> Any:
         return Deferred.fromCoroutine(self._wired())
