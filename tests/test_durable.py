@@ -41,6 +41,19 @@ def notify(rqi: str, n: int = 0) -> Request:
     return Request(Operation.NOTIFY, "Cae", rqi, "4", "/id-in", pc={"m2m:sgn": {"n": n}})
 
 
+class _Nobody:
+    """An originator map in which nobody is connected."""
+
+    def lookup(self, originator: str) -> None:
+        return None
+
+    def add_observer(self, observer: Any) -> None:
+        pass
+
+    def remove_observer(self, observer: Any) -> None:
+        pass
+
+
 class StoreFiles:
     """Opening stores in a temporary directory, closed at cleanup."""
 
@@ -300,22 +313,30 @@ class QueueTests(StoreFiles, SynchronousTestCase):
             [r[0] for r in self.rows("SELECT rqi FROM queue ORDER BY seq")], ["a1", "a2"]
         )
 
+    def test_restored_entries_expire_on_time(self) -> None:
+        from acmews.poa import PoaChain
+
+        store = self.open_store()
+        store.queue.enqueue("Ca", notify("old"), 100.0, 0.0)
+        store.queue.enqueue("Ca", notify("new"), 10_000.0, 0.0)
+        store.service.stopService()
+        self.commit()
+        queue = self.open_store().queue
+        clock = Clock()
+        chain = PoaChain(_Nobody(), clock, queue=queue, purge_interval=60.0)  # type: ignore[arg-type]
+        chain.startService()
+        clock.advance(200.0)
+        self.assertEqual([e.rqi for e in queue.pending("Ca")], ["new"])
+        self.commit()
+        self.assertEqual(self.rows("SELECT rqi FROM queue"), [("new",)])
+        chain.stopService()
+
     def test_accepted_only_once_durable(self) -> None:
         from acmews.poa import PoaChain
 
         store = self.open_store()
 
-        class Nobody:
-            def lookup(self, originator: str) -> None:
-                return None
-
-            def add_observer(self, observer: Any) -> None:
-                pass
-
-            def remove_observer(self, observer: Any) -> None:
-                pass
-
-        chain = PoaChain(Nobody(), Clock(), queue=store.queue)  # type: ignore[arg-type]
+        chain = PoaChain(_Nobody(), Clock(), queue=store.queue)  # type: ignore[arg-type]
         d = chain.send("Cae", notify("n1"), store=True)
         self.assertNoResult(d)  # queued, not yet on disk
         self.commit()

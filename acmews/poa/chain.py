@@ -144,6 +144,11 @@ class PoaChain(Service):
         """The requests waiting for ``originator``, oldest first (expired ones included)."""
         return [entry.request for entry in self.queue.pending(originator)]
 
+    def startService(self) -> None:
+        super().startService()
+        if self.queue.total():  # a durable queue restored at start: expire it on time too
+            self._schedule_purge()
+
     def stopService(self) -> None:
         super().stopService()
         self.stop()
