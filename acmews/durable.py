@@ -113,9 +113,13 @@ class Database:
             thread of the database's own (tests run it inline, on a clock of their own).
         """
         self.path = path
+        self._abspath = os.path.abspath(path)
         self._reactor = reactor
         self._run = run
+        #: the connection that checks and reads the file at start (closed by :meth:`loaded`)
         self._conn: sqlite3.Connection | None = None
+        #: the connection that writes, opened by the first transaction
+        self._writer: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._pool: ThreadPool | None = None
         self._pending: list[_Submission] = []
@@ -172,13 +176,30 @@ class Database:
         except sqlite3.Error as e:
             self._close_now()
             raise StoreError(f"cannot open the store {path}: {_one_line(e)}") from e
-        if self._run is None:
-            pool = self._pool = ThreadPool(1, 1, "acmews-store")
-            pool.start()
-            self._run = partial(deferToThreadPool, self._reactor, pool)
-            # a program that stops the reactor without stopping the store must not hang on
-            # the writer thread at exit (services have stopped by then: nothing is pending)
-            self._reactor.addSystemEventTrigger("during", "shutdown", self._stop_pool)
+
+    def loaded(self) -> None:
+        """Start-up has read what it needs: close the reading connection.
+
+        Nothing of SQLite's is kept open from here to the first write: twistd forks to run in
+        the background after the service is made, and neither a SQLite connection nor a
+        thread may cross a fork. The writer's connection and thread come with the first
+        transaction, in the process that runs the CSE (the lock file's descriptor does cross
+        it, and keeps the lock)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _open_writer(self) -> sqlite3.Connection:
+        """In the writer thread: the connection every transaction uses."""
+        try:
+            writer = sqlite3.connect(
+                self._abspath, timeout=2.0, isolation_level=None, check_same_thread=False
+            )
+            writer.execute("PRAGMA synchronous=FULL")
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open the store {self.path}: {_one_line(e)}") from e
+        self._writer = writer
+        return writer
 
     def _lock(self) -> None:
         """One process per file: an advisory lock on ``PATH.lock``, released by the kernel
@@ -205,9 +226,10 @@ class Database:
             pool.stop()
 
     def _close_now(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self.loaded()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -248,7 +270,13 @@ class Database:
         self._scheduled = None
         if self._writing is not None or not self._pending:
             return
-        assert self._run is not None
+        if self._run is None:
+            pool = self._pool = ThreadPool(1, 1, "acmews-store")
+            pool.start()
+            self._run = partial(deferToThreadPool, self._reactor, pool)
+            # a program that stops the reactor without stopping the store must not hang on
+            # the writer thread at exit (services have stopped by then: nothing is pending)
+            self._reactor.addSystemEventTrigger("during", "shutdown", self._stop_pool)
         submissions, self._pending = self._pending, []
         number = self.last_number if self.last_number > self._written_number else None
         writing = self._run(self._commit, [s.ops for s in submissions], number)
@@ -262,8 +290,7 @@ class Database:
         transaction, as a container's evicted instances under load, is never written); if a
         statement fails, again with a savepoint per submission, so that only the failing
         one is left out."""
-        conn = self._conn
-        assert conn is not None
+        conn = self._writer or self._open_writer()
         ops = coalesce(groups)
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -285,8 +312,7 @@ class Database:
     def _commit_one_by_one(
         self, groups: list[list[Op]], number: int | None
     ) -> list[Exception | None]:
-        conn = self._conn
-        assert conn is not None
+        conn = self._writer or self._open_writer()
         errors: list[Exception | None] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -533,6 +559,7 @@ def open_store(
         queue = SQLiteNotificationQueue(database, **queue_options)
         count = resources.load()
         queued = queue.load()
+        database.loaded()
     except BaseException:
         database._close_now()
         raise

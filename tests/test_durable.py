@@ -127,7 +127,7 @@ class DatabaseTests(StoreFiles, SynchronousTestCase):
         cse = CSE(CSEConfig(), FakeSender(), clock, resources)
         self.commit()
         executed: list[str] = []
-        database._conn.set_trace_callback(executed.append)
+        database._writer.set_trace_callback(executed.append)
         for n in range(5):  # mni 2: three of the five instances are evicted again
             cse.handle_request(
                 Request(
@@ -490,6 +490,21 @@ class ThreadTests(StoreFiles, TestCase):
     def setUp(self) -> None:
         os.mkdir(directory := self.mktemp())
         self.path = os.path.join(directory, "acmews.db")
+
+    def test_nothing_of_sqlite_or_a_thread_before_the_first_write(self) -> None:
+        """twistd forks after makeService to run in the background: neither a thread nor a
+        SQLite connection may cross that fork (before, a daemonized CSE never answered a
+        change: its writer thread had stayed in the parent)."""
+        import threading
+
+        before = threading.active_count()
+        store = open_store(f"sqlite:{self.path}", reactor)
+        self.addCleanup(store.service.stopService)
+        database = store.resources.database  # type: ignore[attr-defined]
+        self.assertEqual(threading.active_count(), before)
+        self.assertIsNone(database._conn)
+        self.assertIsNone(database._writer)
+        self.assertIsNotNone(database._lock_fd)  # the lock does cross it
 
     @inlineCallbacks
     def test_changes_through_the_writer_thread(self) -> Any:
