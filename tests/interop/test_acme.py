@@ -196,7 +196,9 @@ class AcmeMnToAcmewsTests(TestCase):
         self.assertEqual(response.pc["m2m:cb"]["rn"], "cse-mn")
         at_mn: Client = await connect(mn.url, originator="CAdmin", serialization="json")
         self.addCleanup(at_mn.close)
-        local = await at_mn.retrieve("cse-mn/id-in")
+        # ACME's MN makes its own remoteCSE of acmews after the registration: wait for it too
+        local = await _until_found(at_mn, "cse-mn/id-in")
+        self.assertEqual(local.rsc, RSC.OK, local)
         self.assertEqual(local.pc["m2m:csr"]["poa"], [f"ws://127.0.0.1:{port}"])
         response = await at_mn.retrieve("/id-in/cse-in")
         self.assertEqual(response.rsc, RSC.OK, response)
