@@ -4,8 +4,10 @@ Memory is the working set and the database is the log of record. Reads are answe
 memory as with the memory store; every change is also written to the database, and the CSE
 answers a request only once its changes are durable. The writes of many requests go in one
 transaction (group commit) that runs, with its fsync, on a thread of its own: the reactor
-never waits on the disk. Within the transaction each request's changes are one savepoint, so
-a request that cannot be written leaves nothing of it and does not take the others with it.
+never waits on the disk. A transaction leaves out what it makes moot (a row inserted and
+deleted in it, all but the last update of a row); if a statement fails, it is written again
+with each request's changes in a savepoint of its own, so that a request that cannot be
+written leaves nothing of it and does not take the others with it.
 
 :func:`open_store` opens a store named by a URL: ``sqlite:PATH`` or ``memory:``.
 
