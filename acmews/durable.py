@@ -541,7 +541,10 @@ def open_store(
     **queue_options: Any,
 ) -> Store:
     """Open the store ``url`` names: ``sqlite:PATH`` or ``memory:``; StoreError if it cannot
-    be used (one line naming the file), ValueError for another URL. ``queue_options`` are
+    be used (one line naming the file), ValueError for another URL.
+
+    It reads the whole file into memory before it returns: call it at start-up, before the
+    reactor runs (as ``twistd acmews`` does), not from a running reactor. ``queue_options`` are
     the queue's bounds (see :class:`~acmews.poa.queue.MemoryNotificationQueue`); ``run`` is
     :class:`Database`'s."""
     if url == "memory:":
