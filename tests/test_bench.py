@@ -573,3 +573,28 @@ class OneLineErrorTests(SynchronousTestCase):
         long = _one_line(RuntimeError("x" * 1000 + "\nsecond line"))
         self.assertEqual((len(long), "\n" in long), (300, False))
         self.assertEqual(_one_line(ValueError()), "ValueError")
+
+
+class RestartFillTests(SynchronousTestCase):
+    """python -m acmews.bench.restart writes its store through the CSE."""
+
+    def test_fill(self) -> None:
+        import os
+
+        from twisted.internet.task import Clock
+
+        from acmews.bench.restart import fill
+        from acmews.durable import open_store
+
+        os.mkdir(directory := self.mktemp())
+        path = os.path.join(directory, "acmews.db")
+        self.assertEqual(fill(path, 30, containers=3, size=10), 1 + 3 + 30)
+        store = open_store(f"sqlite:{path}", Clock())
+        self.addCleanup(store.service.stopService)
+        resources = store.resources
+        c0 = resources.child("id-in", "c0")
+        assert c0 is not None
+        self.assertEqual(c0.attrs["cni"], 10)
+        latest = resources.latest_child(c0.ri, 4)
+        assert latest is not None
+        self.assertEqual(latest.attrs["con"], "value 27 x")

@@ -15,7 +15,9 @@ frames come from :mod:`acmews.wsframe`), :mod:`~acmews.bench.ledger` (accounting
 statistics), :mod:`~acmews.bench.connections` (pre-serialised requests, opening connections,
 one request at a time), :mod:`~acmews.bench.load` (one load process),
 :mod:`~acmews.bench.workers` (``--processes``), :mod:`~acmews.bench.scenarios`,
-:mod:`~acmews.bench.report` and :mod:`~acmews.bench.cli`.
+:mod:`~acmews.bench.report` and :mod:`~acmews.bench.cli`. Apart from the load generator,
+``python -m acmews.bench.restart`` (:mod:`~acmews.bench.restart`) times a restart of
+``twistd acmews`` on a SQLite store of many contentInstances.
 """
 
 from acmews.bench.cli import main
