@@ -292,36 +292,19 @@ class Database:
         transaction, as a container's evicted instances under load, is never written); if a
         statement fails, again with a savepoint per submission, so that only the failing
         one is left out."""
-        conn = self._writer or self._open_writer()
         ops = coalesce(groups)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
+
+        def all_at_once(conn: sqlite3.Connection) -> list[Exception | None]:
             for statement, parameters in ops:
                 conn.execute(statement, parameters)
-            if number is not None:
-                conn.execute(_NUMBER, (number,))
-            conn.execute("COMMIT")
-        except sqlite3.Error:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            return self._commit_one_by_one(groups, number)
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return [None] * len(groups)
+            return [None] * len(groups)
 
-    def _commit_one_by_one(
-        self, groups: list[list[Op]], number: int | None
-    ) -> list[Exception | None]:
-        conn = self._writer or self._open_writer()
-        errors: list[Exception | None] = []
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for ops in groups:
+        def one_by_one(conn: sqlite3.Connection) -> list[Exception | None]:
+            errors: list[Exception | None] = []
+            for group in groups:
                 conn.execute("SAVEPOINT change")
                 try:
-                    for statement, parameters in ops:
+                    for statement, parameters in group:
                         conn.execute(statement, parameters)
                 except sqlite3.Error as e:
                     conn.execute("ROLLBACK TO change")
@@ -329,6 +312,22 @@ class Database:
                 else:
                     errors.append(None)
                 conn.execute("RELEASE change")
+            return errors
+
+        try:
+            return self._transaction(all_at_once, number)
+        except sqlite3.Error:
+            return self._transaction(one_by_one, number)
+
+    def _transaction(
+        self, write: Callable[[sqlite3.Connection], list[Exception | None]], number: int | None
+    ) -> list[Exception | None]:
+        """In the writer thread: ``write`` and the counter in one transaction, rolled back
+        if anything raises."""
+        conn = self._writer or self._open_writer()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = write(conn)
             if number is not None:
                 conn.execute(_NUMBER, (number,))
             conn.execute("COMMIT")
@@ -336,7 +335,7 @@ class Database:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        return errors
+        return result
 
     def _written(
         self,
@@ -459,14 +458,13 @@ class SQLiteResourceStore(MemoryResourceStore):
                 ) from e
             self._add(resource)
             count += 1
-        self.last_number = self.database.last_number
         return count
 
     def new_number(self) -> int:
-        number = super().new_number()
+        """The database's counter (written with the next transaction)."""
         database = self.database
-        database.last_number = max(database.last_number, number)
-        return number
+        database.last_number += 1
+        return database.last_number
 
     def apply(self, batch: Batch) -> Deferred[None] | None:
         super().apply(batch)
