@@ -82,6 +82,7 @@ class CSE:
         self._cse_id = config.cse_id
         base_ri = config.cse_id.lstrip("/")
         base = self.store.get(base_ri)
+        batch = Batch(self.store)
         if base is None:
             now = self._now()
             base = Resource(
@@ -101,16 +102,12 @@ class CSE:
                 config.cse_name,
                 None,
             )
-            batch = Batch(self.store)
             batch.add(base)
-            done = self.store.apply(batch)
-            if done is not None:
-                done.addErrback(self._log_failure, "could not store the CSEBase")
         elif base.attrs.get("poa") != list(config.poa) or base.attrs.get("cst") != config.cse_type:
             # a stored CSEBase: what it advertises follows this start's configuration
             base.replace({"poa": list(config.poa), "cst": config.cse_type, "lt": self._now()})
-            batch = Batch(self.store)
             batch.update(base)
+        if batch:
             done = self.store.apply(batch)
             if done is not None:
                 done.addErrback(self._log_failure, "could not store the CSEBase")
