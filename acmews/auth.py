@@ -190,14 +190,15 @@ class CredentialAuthorizer:
             the binding survives a restart with a durable store and ends with the AE. None
             keeps the bindings in memory (:meth:`registered`).
         """
-        self._owner_of = owner_of
         self._certificates = certificates
         self._users = {c.name: c for c in basic}
         self._tokens = list(tokens)
         self._admin = admin
         self._defer_to_thread = defer_to_thread
-        #: AE-ID -> the name of the credential that registered it
+        #: AE-ID -> the owner of the credential that registered it (without ``owner_of``)
         self._bound: dict[str, str] = {}
+        self._remembers = owner_of is None
+        self._owner_of = self._bound.get if owner_of is None else owner_of
         #: what an unknown user's password is checked against, as dear as the users' own
         self._dummy = (
             _DUMMY
@@ -245,7 +246,7 @@ class CredentialAuthorizer:
         """The AE-ID ``originator`` was registered through this handshake's credential: only
         that credential may claim it from now on. Without ``owner_of`` this is remembered in
         memory (a restart forgets it); with it, the CSE has stored it with the AE."""
-        if self._owner_of is not None:
+        if not self._remembers:
             return
         credential = self._credential_of(handshake)
         if credential is not None:
@@ -280,10 +281,7 @@ class CredentialAuthorizer:
     def _claim(self, credential: Credential, originator: str | None) -> str | None:
         if originator is None:
             return None  # it may register an AE
-        if self._owner_of is not None:
-            owner = self._owner_of(originator)
-        else:
-            owner = self._bound.get(originator)
+        owner = self._owner_of(originator)
         if owner is not None:
             allowed = owner == credential.owner  # registered through that credential
         elif credential.originators is not None:

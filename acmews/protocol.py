@@ -552,10 +552,12 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
             factory.admission.handshake_done(self._admitted)
         handshake, self._handshake = self._handshake, None
         on_bound: Any = factory.session_bound
+        credential = None
         if self.originator is None and handshake is not None:
             # an AE may register on this connection: tell the authorizer whose AE-ID it is
             credential_of = getattr(factory.authorizer, "credential_of", None)
-            credential = credential_of(handshake) if credential_of is not None else None
+            if credential_of is not None:  # an authorizer written before the method
+                credential = credential_of(handshake)
 
             def on_bound(session: Session, aei: str) -> None:
                 session.credential = None
@@ -567,8 +569,7 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
         session = self._start_session(
             factory, self.originator, enforce_originator=True, on_bound=on_bound
         )
-        if self.originator is None and handshake is not None:
-            session.credential = credential
+        session.credential = credential
         self._forget_handshake_text()
         factory.session_opened(session)
 
