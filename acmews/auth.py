@@ -33,12 +33,13 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from acmews.handshake import Handshake, HandshakeRefused, origin_header
+from acmews.handshake import Authorization, Handshake, HandshakeRefused, origin_header
 from acmews.interfaces import IHandshakeAuthorizer
 
 __all__ = [
     "Credential",
     "CredentialAuthorizer",
+    "DefaultAuthorizer",
     "certificate_names",
     "hash_password",
     "read_basic_file",
@@ -61,6 +62,9 @@ def _unauthorized() -> HandshakeRefused:
 class Credential:
     """One line of a credential file: who, how it is checked, what it may claim."""
 
+    #: ``basic`` (a user and a password hash) or ``bearer`` (a token)
+    kind: str
+    #: the user; for a token, ``token N`` after its line (for messages only)
     name: str
     #: SHA-256 hex (ACME), ``scrypt$...``, or the token itself (Bearer)
     secret: str
@@ -72,7 +76,7 @@ class Credential:
         """What an AE registered through this credential is bound to: ``basic:USER``, or
         ``bearer:`` and a SHA-256 prefix of the token (the same whatever its line; the token
         itself is never stored)."""
-        if self.name.startswith("token "):
+        if self.kind == "bearer":
             return "bearer:" + hashlib.sha256(self.secret.encode()).hexdigest()[:32]
         return "basic:" + self.name
 
@@ -127,8 +131,10 @@ def _parse_lines(lines: Iterable[str], fields: int, what: str) -> list[Credentia
             originators = tuple(o.strip() for o in parts[fields].split(",") if o.strip())
             if not originators:
                 raise ValueError(f"{what} line {number}: an empty list of originators")
-        name, secret = (parts[0], parts[1]) if fields == 2 else (f"token {number}", parts[0])
-        credentials.append(Credential(name, secret, originators))
+        if fields == 2:
+            credentials.append(Credential("basic", parts[0], parts[1], originators))
+        else:
+            credentials.append(Credential("bearer", f"token {number}", parts[0], originators))
     return credentials
 
 
@@ -166,6 +172,16 @@ def certificate_names(certificate: Any) -> list[str]:
 
 
 @implementer(IHandshakeAuthorizer)
+class DefaultAuthorizer:
+    """The binding's own rules, with no credentials: ``X-M2M-Origin`` names the originator
+    (400 for an empty or multi-valued header); no header leaves the connection unbound, so it
+    may only register an AE. Any claim is accepted, as ACME does."""
+
+    def authorize(self, handshake: Handshake) -> Authorization:
+        return Authorization(origin_header(handshake.headers))
+
+
+@implementer(IHandshakeAuthorizer)
 class CredentialAuthorizer:
     """Basic and Bearer credentials binding originators (see the module)."""
 
@@ -185,20 +201,18 @@ class CredentialAuthorizer:
         @param certificates: a connection with a (verified) TLS client certificate may claim
             exactly the originators the certificate names (subject CN, SAN URIs), without
             any other credential.
-        @param owner_of: the owner (:attr:`Credential.owner`) of a registered AE-ID, or None;
-            the CSE keeps it with the AE (``lambda aei: ...store.get(aei).owner``), so that
-            the binding survives a restart with a durable store and ends with the AE. None
-            keeps the bindings in memory (:meth:`registered`).
+        @param owner_of: the owner (:attr:`Credential.owner`) of a registered AE-ID, or None.
+            The CSE keeps it with the AE (:meth:`acmews.cse.CSE.owner_of`): the decision's
+            ``owner`` reaches it through the connection, so the binding is written with the
+            AE, survives a restart with a durable store and ends with the AE. Without it no
+            AE-ID is bound to a credential.
         """
         self._certificates = certificates
         self._users = {c.name: c for c in basic}
         self._tokens = list(tokens)
         self._admin = admin
         self._defer_to_thread = defer_to_thread
-        #: AE-ID -> the owner of the credential that registered it (without ``owner_of``)
-        self._bound: dict[str, str] = {}
-        self._remembers = owner_of is None
-        self._owner_of = self._bound.get if owner_of is None else owner_of
+        self._owner_of: Callable[[str], str | None] = owner_of if owner_of is not None else _nobody
         #: what an unknown user's password is checked against, as dear as the users' own
         self._dummy = (
             _DUMMY
@@ -208,13 +222,13 @@ class CredentialAuthorizer:
         #: patterns some credential lists: a credential without a list may not claim them
         self._listed = [p for c in (*basic, *tokens) if c.originators for p in c.originators]
 
-    def authorize(self, handshake: Handshake) -> Deferred[str | None] | str | None:
+    def authorize(self, handshake: Handshake) -> Deferred[Authorization] | Authorization:
         originator = origin_header(handshake.headers)
         if self._certificates and handshake.peer_certificate is not None:
             names = certificate_names(handshake.peer_certificate)
             if originator is not None and originator not in names:
                 raise HandshakeRefused(403, "Forbidden")
-            return originator
+            return Authorization(originator)
         header = handshake.headers.get("authorization", "")
         scheme, _, value = header.strip().partition(" ")
         scheme = scheme.lower()
@@ -242,45 +256,16 @@ class CredentialAuthorizer:
             return self._checked(_verify(password, stored), known, originator)
         raise _unauthorized()
 
-    def registered(self, handshake: Handshake, originator: str) -> None:
-        """The AE-ID ``originator`` was registered through this handshake's credential: only
-        that credential may claim it from now on. Without ``owner_of`` this is remembered in
-        memory (a restart forgets it); with it, the CSE has stored it with the AE."""
-        if not self._remembers:
-            return
-        credential = self._credential_of(handshake)
-        if credential is not None:
-            self._bound[originator] = credential.owner
-
-    def credential_of(self, handshake: Handshake) -> str | None:
-        credential = self._credential_of(handshake)
-        return None if credential is None else credential.owner
-
-    def _credential_of(self, handshake: Handshake) -> Credential | None:
-        """The credential a handshake that passed :meth:`authorize` used."""
-        scheme, _, value = handshake.headers.get("authorization", "").strip().partition(" ")
-        if scheme.lower() == "bearer":
-            token = value.strip().encode()
-            for credential in self._tokens:
-                if hmac.compare_digest(credential.secret.encode(), token):
-                    return credential
-            return None
-        try:
-            user = base64.b64decode(value.strip(), validate=True).decode().partition(":")[0]
-        except (ValueError, binascii.Error, UnicodeDecodeError):
-            return None
-        return self._users.get(user)
-
     def _checked(
         self, ok: bool, credential: Credential | None, originator: str | None
-    ) -> str | None:
+    ) -> Authorization:
         if not ok or credential is None:
             raise _unauthorized()
         return self._claim(credential, originator)
 
-    def _claim(self, credential: Credential, originator: str | None) -> str | None:
+    def _claim(self, credential: Credential, originator: str | None) -> Authorization:
         if originator is None:
-            return None  # it may register an AE
+            return Authorization(None, credential.owner)  # it may register an AE
         owner = self._owner_of(originator)
         if owner is not None:
             allowed = owner == credential.owner  # registered through that credential
@@ -292,7 +277,12 @@ class CredentialAuthorizer:
             )
         if not allowed:
             raise HandshakeRefused(403, "Forbidden")
-        return originator
+        return Authorization(originator, credential.owner)
+
+
+def _nobody(originator: str) -> None:
+    """No AE-ID is bound to a credential (a CredentialAuthorizer without ``owner_of``)."""
+    return None
 
 
 def _main(argv: Sequence[str]) -> int:

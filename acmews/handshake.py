@@ -9,6 +9,7 @@ from typing import Any
 
 __all__ = [
     "ORIGIN_HEADER",
+    "Authorization",
     "Handshake",
     "HandshakeRefused",
     "basic_authorization",
@@ -34,6 +35,23 @@ class Handshake:
     path: str = "/"
     #: the subprotocol chosen for the connection, e.g. ``oneM2M.json``
     subprotocol: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Authorization:
+    """An authorizer's decision for one handshake, carried by the connection it opens."""
+
+    #: the originator the connection speaks for; None: unbound, it may only register an AE
+    originator: str | None = None
+    #: the credential that authenticated it (``basic:USER``, ``bearer:<hash>``), or None; an
+    #: AE registered on the connection belongs to it
+    owner: str | None = None
+
+    @classmethod
+    def of(cls, decision: Authorization | str | None) -> Authorization:
+        """A decision as an Authorization: a plain originator (or None) is shorthand for one
+        without an owner."""
+        return decision if isinstance(decision, Authorization) else cls(decision)
 
 
 @dataclass(slots=True)

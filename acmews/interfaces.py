@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from twisted.internet.defer import Deferred
 
-    from acmews.handshake import Handshake
+    from acmews.handshake import Authorization, Handshake
     from acmews.primitive import Primitive, Request, Response
 
 
@@ -49,9 +49,9 @@ class IConnection(Interface):
     subprotocol: str = Attribute("The negotiated subprotocol, e.g. 'oneM2M.json'.")
     peer: str = Attribute("A printable description of the remote end, for logs.")
     credential: str | None = Attribute(
-        "The name of the credential the peer authenticated with on the opening handshake "
-        "(IHandshakeAuthorizer.credential_of), kept while the connection is unbound: an AE it "
-        "registers belongs to that credential. None without authentication."
+        "The credential the peer authenticated with on the opening handshake (the owner of "
+        "the authorizer's decision, acmews.handshake.Authorization): an AE registered on an "
+        "unbound connection belongs to it. None without authentication."
     )
 
     def request(request: Request, timeout: float | None = None) -> Deferred[Response]:
@@ -119,23 +119,17 @@ class IOriginatorMap(Interface):
 class IHandshakeAuthorizer(Interface):
     """Decides, at the opening handshake, which originator a connection speaks for."""
 
-    def authorize(handshake: Handshake) -> Deferred[str | None] | str | None:
-        """The originator to bind the connection to, or None to leave it unbound (it may
-        then only register an AE).
+    def authorize(
+        handshake: Handshake,
+    ) -> Deferred[Authorization] | Authorization | str | None:
+        """The decision: an :class:`~acmews.handshake.Authorization` (the originator to bind
+        the connection to, or None to leave it unbound so that it may only register an AE,
+        and the credential that owns what it registers), or just the originator.
 
         Refuse by raising (or failing the Deferred with)
         :class:`~acmews.handshake.HandshakeRefused`, which carries the HTTP status and reason;
         any other exception refuses with 500. Nothing is bound before the decision.
         """
-
-    def registered(handshake: Handshake, originator: str) -> None:
-        """A connection authorized without an originator registered ``originator`` (the
-        AE-ID its AE CREATE was given): the authorizer may bind it to the credential."""
-
-    def credential_of(handshake: Handshake) -> str | None:
-        """The name of the credential a handshake that passed :meth:`authorize` used, or
-        None. The connection carries it (``IConnection.credential``), and the CSE stores it
-        with an AE registered on it, in the same change as the AE."""
 
 
 class IPoaConnector(Interface):

@@ -28,10 +28,10 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from acmews.admission import Admission, ConnectionLimits
-from acmews.authorizers import DefaultAuthorizer
+from acmews.auth import DefaultAuthorizer
 from acmews.codec import CODECS
 from acmews.errors import TargetNotReachable
-from acmews.handshake import Handshake, HandshakeRefused
+from acmews.handshake import Authorization, Handshake, HandshakeRefused
 from acmews.interfaces import ICodec, IHandshakeAuthorizer, IOriginatorMap, IRequestHandler
 from acmews.logs import Budget, Logger
 from acmews.options import (
@@ -396,6 +396,7 @@ class _OneM2MProtocolMixin(_AutobahnFastPath):
         originator: str | None,
         enforce_originator: bool,
         on_bound: Any = None,
+        credential: str | None = None,
     ) -> Session:
         """The session for this connection, now that the handshake is done."""
         self.session = Session(
@@ -410,6 +411,7 @@ class _OneM2MProtocolMixin(_AutobahnFastPath):
             request_timeout=factory.options.request_timeout,
             max_message_size=factory.options.max_message_size,
             on_bound=on_bound,
+            credential=credential,
         )
         self._start_keepalive()
         return self.session
@@ -440,8 +442,8 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
     factory: OneM2MServerFactory
     originator: str | None = None
     _refusal_headers: Any = None
-    #: the opening handshake, until the connection is open
-    _handshake: Handshake | None = None
+    #: the authorizer's decision, once made (the session carries its owner)
+    _authorization = Authorization()
     #: the client address this connection counts against (None: not admitted)
     _admitted: str | None = None
     _handshaking = False
@@ -491,7 +493,6 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
             path=request.path,
             subprotocol=chosen,
         )
-        self._handshake = handshake
         try:
             decision = factory.authorizer.authorize(handshake)
         except HandshakeRefused as refusal:
@@ -503,12 +504,13 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
             )
         return self._authorized(decision, chosen)
 
-    def _authorized(self, originator: str | None, chosen: str) -> str:
+    def _authorized(self, decision: Authorization | str | None, chosen: str) -> str:
         self._handshake_pending = False
         if self.state == _STATE_CLOSED:
             # the peer left while an asynchronous authorizer decided: bind nothing
             raise ConnectionDeny(400, "connection closed during the handshake")
-        self.originator = originator
+        self._authorization = authorization = Authorization.of(decision)
+        self.originator = authorization.originator
         self.codec = self.factory.codecs[chosen]
         return chosen
 
@@ -550,26 +552,13 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
         if self._admitted is not None and self._handshaking:
             self._handshaking = False
             factory.admission.handshake_done(self._admitted)
-        handshake, self._handshake = self._handshake, None
-        on_bound: Any = factory.session_bound
-        credential = None
-        if self.originator is None and handshake is not None:
-            # an AE may register on this connection: tell the authorizer whose AE-ID it is
-            credential_of = getattr(factory.authorizer, "credential_of", None)
-            if credential_of is not None:  # an authorizer written before the method
-                credential = credential_of(handshake)
-
-            def on_bound(session: Session, aei: str) -> None:
-                session.credential = None
-                factory.session_bound(session, aei)
-                registered = getattr(factory.authorizer, "registered", None)
-                if registered is not None:  # an authorizer written before the method
-                    registered(handshake, aei)
-
         session = self._start_session(
-            factory, self.originator, enforce_originator=True, on_bound=on_bound
+            factory,
+            self.originator,
+            enforce_originator=True,
+            on_bound=factory.session_bound,
+            credential=self._authorization.owner,
         )
-        session.credential = credential
         self._forget_handshake_text()
         factory.session_opened(session)
 

@@ -83,12 +83,14 @@ class Session:
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         on_bound: BoundCallback | None = None,
+        credential: str | None = None,
     ) -> None:
         """
         @param originator: the remote end's originator (X-M2M-Origin), if known.
         @param enforce_originator: apply the binding's originator rules to incoming requests
             (the accepting side does; a client trusts the CSE it connected to).
         @param on_bound: called when an unbound connection becomes bound by an AE CREATE.
+        @param credential: who authenticated the peer (:attr:`IConnection.credential`).
         """
         self._send = send
         self.codec = codec
@@ -104,8 +106,7 @@ class Session:
         #: the largest message sent: the peer's limit (the same option on both sides)
         self.max_message_size = max_message_size
         self.on_bound = on_bound
-        #: IConnection.credential
-        self.credential: str | None = None
+        self.credential = credential
         self.connected = True
         #: created when the peer first makes us log something (most connections never do)
         self._log_budget: Budget | None = None

@@ -21,7 +21,7 @@ from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from acmews.authorizers import DefaultAuthorizer
+from acmews.auth import DefaultAuthorizer
 from acmews.codes import RSC
 from acmews.errors import RequestTimeout, TargetNotReachable
 from acmews.handshake import Handshake, HandshakeRefused
@@ -924,8 +924,8 @@ class ConnectionOptionsTests(TestCase):
         authorizer = DefaultAuthorizer()
         verifyObject(IHandshakeAuthorizer, authorizer)
         shake = Handshake({"x-m2m-origin": " Cae1 "}, None)
-        self.assertEqual(authorizer.authorize(shake), "Cae1")
-        self.assertIsNone(authorizer.authorize(Handshake({}, None)))
+        self.assertEqual(authorizer.authorize(shake).originator, "Cae1")
+        self.assertIsNone(authorizer.authorize(Handshake({}, None)).originator)
         for bad in ("", "Ca,Cb", "C a"):
             with self.assertRaises(HandshakeRefused) as caught:
                 authorizer.authorize(Handshake({"x-m2m-origin": bad}, None))

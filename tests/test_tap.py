@@ -413,7 +413,7 @@ class MakeServiceTests(TestCase):
         import hashlib
 
         from acmews.auth import CredentialAuthorizer
-        from acmews.authorizers import DefaultAuthorizer
+        from acmews.auth import DefaultAuthorizer
 
         path = self.mktemp()
         with open(path, "w") as f:
