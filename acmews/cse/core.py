@@ -9,6 +9,8 @@ are only logged.
 
 A request that changes resources collects its changes in one :class:`Batch` (every check
 that may refuse it comes before the first change) and ends with one ``store.apply(batch)``.
+The batch also carries the notifications its changes cause (the notifier puts them there);
+once it is applied, the CSE hands them to the notifier to send.
 
 The CSE dispatches by operation and holds its collaborators: :class:`Addressing` (which
 resource a target names), :class:`AccessControl`, :class:`Content` (what a response carries)
@@ -445,20 +447,21 @@ class CSE:
     # --- applying a request's changes ---------------------------------------------------------
 
     def _apply(self, batch: Batch) -> Deferred[None] | None:
-        """Hand ``batch`` to the store (one call); release its notifications once applied.
+        """Hand ``batch`` to the store (one call); its notifications to the notifier once
+        applied.
 
         A durable store's Deferred fires when the changes are durable; the caller answers
         only then, and the notifications go out only then.
         """
-        notifier = self.notifier
-        if not batch:
-            notifier.release()
-            return None
-        done = self.store.apply(batch)
-        if done is None:
-            notifier.release()
-            return None
-        return done.addCallback(notifier.release_held, notifier.hold())
+        done = self.store.apply(batch) if batch else None
+        notifications = batch.notifications
+        if notifications is not None:
+            deliver = self.notifier.deliver
+            if done is None:
+                deliver(notifications)
+            else:
+                done.addCallback(lambda _: deliver(notifications))
+        return done
 
     def _apply_anyway(self, batch: Batch) -> None:
         """A request failed unexpectedly half-way: what it changed in memory still reaches
