@@ -223,10 +223,9 @@ class CSE:
                 f"target {request.to!r} is on {cse_id}: its route leads back to {hop}, "
                 "where the request came from"
             )
-        fr = request.fr
-        if fr and not fr.startswith("/"):
-            fr = f"{self._cse_id}/{fr}"  # SP-relative: CAdmin -> /id-in/CAdmin
-        outgoing = copy_request(request, fr=fr, rqi=self.notifier.new_rqi())
+        outgoing = copy_request(
+            request, fr=self._sp_relative(request.fr), rqi=self.notifier.new_rqi()
+        )
         store = registered and request.op == Operation.NOTIFY
         d = maybeDeferred(self._sender.send, hop, outgoing, poa=poa, store=store)
 
@@ -235,6 +234,14 @@ class CSE:
             return response
 
         return d.addCallback(relayed)
+
+    def _sp_relative(self, fr: str | None) -> str | None:
+        """The originator ``fr`` of a request this CSE passes on (to another CSE, to an
+        AE's own server), made SP-relative (``CAdmin`` -> ``/id-in/CAdmin``): there, only
+        originators under this CSE-ID may come from here."""
+        if fr and not fr.startswith("/"):
+            return f"{self._cse_id}/{fr}"
+        return fr
 
     def _failed(self, failure: Failure, request: Request) -> Response:
         error = failure.value
@@ -540,11 +547,9 @@ class CSE:
         if not self._is_peer_cse(request.fr):  # a peer CSE relays its notifications
             self.access.check(request.fr, resource, ACOP.NOTIFY)
         aei = resource.kind.originator_of(resource)
-        fr = request.fr
-        if fr and not fr.startswith("/"):
-            # SP-relative: the AE's own server may only take originators under this CSE-ID
-            fr = f"{self._cse_id}/{fr}"
-        outgoing = copy_request(request, to=aei, fr=fr, rqi=self.notifier.new_rqi())
+        outgoing = copy_request(
+            request, to=aei, fr=self._sp_relative(request.fr), rqi=self.notifier.new_rqi()
+        )
         d = maybeDeferred(
             self._sender.send, aei, outgoing, poa=tuple(resource.attrs.get("poa", ())), store=False
         )
