@@ -163,15 +163,8 @@ class CSE:
                     result = self._notify(request)
                 else:
                     raise BadRequest(f"unknown operation {op!r}")
-        except OneM2MError as e:
-            return self._error(request, e)
         except Exception as e:
-            self.log.failure(
-                "unexpected error answering {rqi} from {originator}",
-                rqi=request.rqi,
-                originator=request.fr,
-            )
-            return self._error(request, InternalServerError(f"internal error: {type(e).__name__}"))
+            return self._answer_error(request, e)
         if isinstance(result, Deferred):
             return result.addErrback(self._failed, request)
         return result
@@ -244,7 +237,14 @@ class CSE:
         return fr
 
     def _failed(self, failure: Failure, request: Request) -> Response:
-        error = failure.value
+        return self._answer_error(request, failure.value, failure)
+
+    def _answer_error(
+        self, request: Request, error: BaseException | None, failure: Failure | None = None
+    ) -> Response:
+        """The response to ``request`` that failed with ``error``: its own for a oneM2M
+        error; else 5000, and the traceback (``failure``, or the exception being handled) is
+        logged."""
         if isinstance(error, OneM2MError):
             return self._error(request, error)
         self.log.failure(
