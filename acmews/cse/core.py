@@ -20,8 +20,8 @@ and :class:`Notifier` (events, notifications, verification).
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -61,6 +61,8 @@ __all__ = ["CSE", "CSEConfig"]
 REGISTRATIONS_PER_MINUTE = 30
 
 _KNOWN_TYPES = frozenset(int(t) for t in ResourceType)
+
+_T = TypeVar("_T")
 
 
 @implementer(IRequestHandler)
@@ -357,7 +359,7 @@ class CSE:
             return Deferred.fromCoroutine(
                 self._create_confirmed(request, parent, resource, rcn, waiting)
             )
-        done = self._commit_create(parent, resource)
+        done = self._change(CSE._add, resource, parent)
         response = self._created(request, resource, rcn)
         return response if done is None else done.addCallback(_answer, response)
 
@@ -375,22 +377,17 @@ class CSE:
             raise NotFound(f"{parent.srn!r} was deleted during the subscription verification")
         if self.store.child(parent.ri, resource.rn) is not None:
             raise Conflict(f"a resource named {resource.rn!r} already exists under {parent.srn!r}")
-        done = self._commit_create(parent, resource)
+        done = self._change(CSE._add, resource, parent)
         response = self._created(request, resource, rcn)
         if done is not None:
             await done
         return response
 
-    def _commit_create(self, parent: Resource, resource: Resource) -> Deferred[None] | None:
-        batch = Batch(self.store)
-        try:
-            batch.add(resource)
-            self._event(batch, parent, NotificationEventType.CREATE_CHILD, resource, resource)
-            resource.kind.created(self, batch, resource, parent)
-        except BaseException:
-            self._apply_anyway(batch)
-            raise
-        return self._apply(batch)
+    def _add(self, batch: Batch, resource: Resource, parent: Resource) -> None:
+        """The changes of a CREATE (see :meth:`_change`)."""
+        batch.add(resource)
+        self._event(batch, parent, NotificationEventType.CREATE_CHILD, resource, resource)
+        resource.kind.created(self, batch, resource, parent)
 
     def _created(self, request: Request, resource: Resource, rcn: int) -> Response:
         pc = resource.kind.created_content(
@@ -413,20 +410,18 @@ class CSE:
         changes = kind.validate_update(body)
         kind.prepare_update(self, resource, changes)
         changes["lt"] = self._now()
-        batch = Batch(self.store)
-        try:
-            resource.replace(changes)
-            batch.update(resource)
-            kind.updated(self, batch, resource)
-            self._event(batch, resource, NotificationEventType.UPDATE, resource, None, changes)
-        except BaseException:
-            self._apply_anyway(batch)
-            raise
-        done = self._apply(batch)
+        done = self._change(CSE._replace, resource, changes)
         response = self._respond(
             request, RSC.UPDATED, self.content.content(resource, rcn, request.fr)
         )
         return response if done is None else done.addCallback(_answer, response)
+
+    def _replace(self, batch: Batch, resource: Resource, changes: dict[str, Any]) -> None:
+        """The changes of an UPDATE (see :meth:`_change`)."""
+        resource.replace(changes)
+        batch.update(resource)
+        resource.kind.updated(self, batch, resource)
+        self._event(batch, resource, NotificationEventType.UPDATE, resource, None, changes)
 
     # --- DELETE -------------------------------------------------------------------------------
 
@@ -441,17 +436,35 @@ class CSE:
         pc = self.content.content(resource, rcn, request.fr)
         parent = self.addressing.parent(resource)
         assert parent is not None
-        batch = Batch(self.store)
-        try:
-            self.delete_tree(batch, resource, parent)
-        except BaseException:
-            self._apply_anyway(batch)
-            raise
-        done = self._apply(batch)
+        done = self._change(CSE.delete_tree, resource, parent)
         response = self._respond(request, RSC.DELETED, pc)
         return response if done is None else done.addCallback(_answer, response)
 
     # --- applying a request's changes ---------------------------------------------------------
+
+    def _change(
+        self,
+        change: Callable[[CSE, Batch, Resource, _T], None],
+        resource: Resource,
+        argument: _T,
+    ) -> Deferred[None] | None:
+        """Make a request's changes, ``change(self, batch, resource, argument)``, in a new
+        batch and :meth:`_apply` it.
+
+        Should ``change`` fail unexpectedly half-way, what it changed in memory still
+        reaches the store, so that the two agree (every refusal comes before the first
+        change), and the error goes on to the caller. (A plain function and its arguments,
+        not a closure: the hot path allocates nothing for this.)
+        """
+        batch = Batch(self.store)
+        try:
+            change(self, batch, resource, argument)
+        except BaseException:
+            done = self._apply(batch)
+            if done is not None:
+                done.addErrback(self._log_failure, "could not store a failed request's changes")
+            raise
+        return self._apply(batch)
 
     def _apply(self, batch: Batch) -> Deferred[None] | None:
         """Hand ``batch`` to the store (one call); its notifications to the notifier once
@@ -469,13 +482,6 @@ class CSE:
             else:
                 done.addCallback(lambda _: deliver(notifications))
         return done
-
-    def _apply_anyway(self, batch: Batch) -> None:
-        """A request failed unexpectedly half-way: what it changed in memory still reaches
-        the store, so that the two agree. (Every refusal comes before the first change.)"""
-        done = self._apply(batch)
-        if done is not None:
-            done.addErrback(self._log_failure, "could not store a failed request's changes")
 
     def _log_failure(self, failure: Failure, what: str) -> None:
         self.log.failure(what, failure)
