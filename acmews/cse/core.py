@@ -9,6 +9,8 @@ are only logged.
 
 A request that changes resources collects its changes in one :class:`Batch` (every check
 that may refuse it comes before the first change) and ends with one ``store.apply(batch)``.
+The batch also carries the notifications its changes cause (the notifier puts them there);
+once it is applied, the CSE hands them to the notifier to send.
 
 The CSE dispatches by operation and holds its collaborators: :class:`Addressing` (which
 resource a target names), :class:`AccessControl`, :class:`Content` (what a response carries)
@@ -18,8 +20,8 @@ and :class:`Notifier` (events, notifications, verification).
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -59,6 +61,8 @@ __all__ = ["CSE", "CSEConfig"]
 REGISTRATIONS_PER_MINUTE = 30
 
 _KNOWN_TYPES = frozenset(int(t) for t in ResourceType)
+
+_T = TypeVar("_T")
 
 
 @implementer(IRequestHandler)
@@ -161,15 +165,8 @@ class CSE:
                     result = self._notify(request)
                 else:
                     raise BadRequest(f"unknown operation {op!r}")
-        except OneM2MError as e:
-            return self._error(request, e)
         except Exception as e:
-            self.log.failure(
-                "unexpected error answering {rqi} from {originator}",
-                rqi=request.rqi,
-                originator=request.fr,
-            )
-            return self._error(request, InternalServerError(f"internal error: {type(e).__name__}"))
+            return self._answer_error(request, e)
         if isinstance(result, Deferred):
             return result.addErrback(self._failed, request)
         return result
@@ -221,10 +218,9 @@ class CSE:
                 f"target {request.to!r} is on {cse_id}: its route leads back to {hop}, "
                 "where the request came from"
             )
-        fr = request.fr
-        if fr and not fr.startswith("/"):
-            fr = f"{self._cse_id}/{fr}"  # SP-relative: CAdmin -> /id-in/CAdmin
-        outgoing = copy_request(request, fr=fr, rqi=self.notifier.new_rqi())
+        outgoing = copy_request(
+            request, fr=self._sp_relative(request.fr), rqi=self.notifier.new_rqi()
+        )
         store = registered and request.op == Operation.NOTIFY
         d = maybeDeferred(self._sender.send, hop, outgoing, poa=poa, store=store)
 
@@ -234,8 +230,23 @@ class CSE:
 
         return d.addCallback(relayed)
 
+    def _sp_relative(self, fr: str | None) -> str | None:
+        """The originator ``fr`` of a request this CSE passes on (to another CSE, to an
+        AE's own server), made SP-relative (``CAdmin`` -> ``/id-in/CAdmin``): there, only
+        originators under this CSE-ID may come from here."""
+        if fr and not fr.startswith("/"):
+            return f"{self._cse_id}/{fr}"
+        return fr
+
     def _failed(self, failure: Failure, request: Request) -> Response:
-        error = failure.value
+        return self._answer_error(request, failure.value, failure)
+
+    def _answer_error(
+        self, request: Request, error: BaseException | None, failure: Failure | None = None
+    ) -> Response:
+        """The response to ``request`` that failed with ``error``: its own for a oneM2M
+        error; else 5000, and the traceback (``failure``, or the exception being handled) is
+        logged."""
         if isinstance(error, OneM2MError):
             return self._error(request, error)
         self.log.failure(
@@ -348,7 +359,7 @@ class CSE:
             return Deferred.fromCoroutine(
                 self._create_confirmed(request, parent, resource, rcn, waiting)
             )
-        done = self._commit_create(parent, resource)
+        done = self._change(CSE._add, resource, parent)
         response = self._created(request, resource, rcn)
         return response if done is None else done.addCallback(_answer, response)
 
@@ -366,22 +377,17 @@ class CSE:
             raise NotFound(f"{parent.srn!r} was deleted during the subscription verification")
         if self.store.child(parent.ri, resource.rn) is not None:
             raise Conflict(f"a resource named {resource.rn!r} already exists under {parent.srn!r}")
-        done = self._commit_create(parent, resource)
+        done = self._change(CSE._add, resource, parent)
         response = self._created(request, resource, rcn)
         if done is not None:
             await done
         return response
 
-    def _commit_create(self, parent: Resource, resource: Resource) -> Deferred[None] | None:
-        batch = Batch(self.store)
-        try:
-            batch.add(resource)
-            self._event(batch, parent, NotificationEventType.CREATE_CHILD, resource, resource)
-            resource.kind.created(self, batch, resource, parent)
-        except BaseException:
-            self._apply_anyway(batch)
-            raise
-        return self._apply(batch)
+    def _add(self, batch: Batch, resource: Resource, parent: Resource) -> None:
+        """The changes of a CREATE (see :meth:`_change`)."""
+        batch.add(resource)
+        self._event(batch, parent, NotificationEventType.CREATE_CHILD, resource, resource)
+        resource.kind.created(self, batch, resource, parent)
 
     def _created(self, request: Request, resource: Resource, rcn: int) -> Response:
         pc = resource.kind.created_content(
@@ -404,20 +410,18 @@ class CSE:
         changes = kind.validate_update(body)
         kind.prepare_update(self, resource, changes)
         changes["lt"] = self._now()
-        batch = Batch(self.store)
-        try:
-            resource.replace(changes)
-            batch.update(resource)
-            kind.updated(self, batch, resource)
-            self._event(batch, resource, NotificationEventType.UPDATE, resource, None, changes)
-        except BaseException:
-            self._apply_anyway(batch)
-            raise
-        done = self._apply(batch)
+        done = self._change(CSE._replace, resource, changes)
         response = self._respond(
             request, RSC.UPDATED, self.content.content(resource, rcn, request.fr)
         )
         return response if done is None else done.addCallback(_answer, response)
+
+    def _replace(self, batch: Batch, resource: Resource, changes: dict[str, Any]) -> None:
+        """The changes of an UPDATE (see :meth:`_change`)."""
+        resource.replace(changes)
+        batch.update(resource)
+        resource.kind.updated(self, batch, resource)
+        self._event(batch, resource, NotificationEventType.UPDATE, resource, None, changes)
 
     # --- DELETE -------------------------------------------------------------------------------
 
@@ -432,40 +436,52 @@ class CSE:
         pc = self.content.content(resource, rcn, request.fr)
         parent = self.addressing.parent(resource)
         assert parent is not None
-        batch = Batch(self.store)
-        try:
-            self.delete_tree(batch, resource, parent)
-        except BaseException:
-            self._apply_anyway(batch)
-            raise
-        done = self._apply(batch)
+        done = self._change(CSE.delete_tree, resource, parent)
         response = self._respond(request, RSC.DELETED, pc)
         return response if done is None else done.addCallback(_answer, response)
 
     # --- applying a request's changes ---------------------------------------------------------
 
+    def _change(
+        self,
+        change: Callable[[CSE, Batch, Resource, _T], None],
+        resource: Resource,
+        argument: _T,
+    ) -> Deferred[None] | None:
+        """Make a request's changes, ``change(self, batch, resource, argument)``, in a new
+        batch and :meth:`_apply` it.
+
+        Should ``change`` fail unexpectedly half-way, what it changed in memory still
+        reaches the store, so that the two agree (every refusal comes before the first
+        change), and the error goes on to the caller. (A plain function and its arguments,
+        not a closure: the hot path allocates nothing for this.)
+        """
+        batch = Batch(self.store)
+        try:
+            change(self, batch, resource, argument)
+        except BaseException:
+            done = self._apply(batch)
+            if done is not None:
+                done.addErrback(self._log_failure, "could not store a failed request's changes")
+            raise
+        return self._apply(batch)
+
     def _apply(self, batch: Batch) -> Deferred[None] | None:
-        """Hand ``batch`` to the store (one call); release its notifications once applied.
+        """Hand ``batch`` to the store (one call); its notifications to the notifier once
+        applied.
 
         A durable store's Deferred fires when the changes are durable; the caller answers
         only then, and the notifications go out only then.
         """
-        notifier = self.notifier
-        if not batch:
-            notifier.release()
-            return None
-        done = self.store.apply(batch)
-        if done is None:
-            notifier.release()
-            return None
-        return done.addCallback(notifier.release_held, notifier.hold())
-
-    def _apply_anyway(self, batch: Batch) -> None:
-        """A request failed unexpectedly half-way: what it changed in memory still reaches
-        the store, so that the two agree. (Every refusal comes before the first change.)"""
-        done = self._apply(batch)
-        if done is not None:
-            done.addErrback(self._log_failure, "could not store a failed request's changes")
+        done = self.store.apply(batch) if batch else None
+        notifications = batch.notifications
+        if notifications is not None:
+            deliver = self.notifier.deliver
+            if done is None:
+                deliver(notifications)
+            else:
+                done.addCallback(lambda _: deliver(notifications))
+        return done
 
     def _log_failure(self, failure: Failure, what: str) -> None:
         self.log.failure(what, failure)
@@ -537,11 +553,9 @@ class CSE:
         if not self._is_peer_cse(request.fr):  # a peer CSE relays its notifications
             self.access.check(request.fr, resource, ACOP.NOTIFY)
         aei = resource.kind.originator_of(resource)
-        fr = request.fr
-        if fr and not fr.startswith("/"):
-            # SP-relative: the AE's own server may only take originators under this CSE-ID
-            fr = f"{self._cse_id}/{fr}"
-        outgoing = copy_request(request, to=aei, fr=fr, rqi=self.notifier.new_rqi())
+        outgoing = copy_request(
+            request, to=aei, fr=self._sp_relative(request.fr), rqi=self.notifier.new_rqi()
+        )
         d = maybeDeferred(
             self._sender.send, aei, outgoing, poa=tuple(resource.attrs.get("poa", ())), store=False
         )

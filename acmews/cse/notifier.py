@@ -1,10 +1,10 @@
 """Notifications: subscription events, their delivery, and subscription verification.
 
 Events are found synchronously while a request changes resources (through the request's
-:class:`~acmews.cse.store.Batch`). The notifications they cause wait in the notifier until the
-batch has been applied (:meth:`Notifier.release`); then they are sent from
-``callLater(0, ...)``, so they never delay the response to that request, and their failures
-are only logged.
+:class:`~acmews.cse.store.Batch`). The notifications they cause are carried by that batch;
+once it has been applied (made durable), the CSE hands them to :meth:`Notifier.deliver`,
+which sends them from ``callLater(0, ...)``: they never delay the response to that request,
+and their failures are only logged.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from acmews.codes import RSC, NotificationEventType, Operation, ResourceType
 from acmews.cse.addressing import Addressing
 from acmews.cse.config import CSEConfig
-from acmews.cse.resource import Changes, Resource, ResourceReader
+from acmews.cse.resource import Changes, Delivery, Resource, ResourceReader, Target
 from acmews.errors import OneM2MError, SubscriptionVerificationInitiationFailed
 from acmews.interfaces import IRequestSender
 from acmews.logs import Logger
@@ -35,9 +35,6 @@ __all__ = ["Notifier"]
 
 _SUB = ResourceType.SUB
 
-#: a resolved notification target: (next hop, its poa, registered, the request's ``to``);
-#: the hop is the target itself except for an ``nu`` on another CSE
-Target = tuple[str, tuple[str, ...], bool, str]
 #: the next hop towards a CSE: (originator, poa, registered), or None (see CSE.route)
 Route = Callable[[str], "tuple[str, tuple[str, ...], bool] | None"]
 
@@ -63,8 +60,6 @@ class Notifier:
         self._clock = clock
         self._ts = timestamps
         self._addressing = addressing
-        #: what the current request's events will send, once its batch is applied
-        self._held: list[tuple[list[Target], dict[str, Any]]] = []
         self._rqis = itertools.count(1)
         self._rqi_prefix = f"acmews-{secrets.token_hex(3)}-"
 
@@ -170,7 +165,8 @@ class Notifier:
     # --- delivery -----------------------------------------------------------------------------
 
     def schedule(self, batch: Changes, nus: Sequence[str], pc: dict[str, Any]) -> None:
-        """Send ``pc`` to every ``nu`` once ``batch`` has been applied (:meth:`release`).
+        """Add to ``batch`` the notification ``pc`` for every ``nu``: sent once ``batch`` has
+        been applied (:meth:`deliver`).
 
         The targets are resolved now, as ``batch`` leaves the resources at this point: an AE
         being deleted (with its subscriptions) is still known, so its ``sud`` still finds its
@@ -180,33 +176,14 @@ class Notifier:
         for nu in nus:
             target = self.resolve_target(nu, batch)
             targets.setdefault(target[3], target)  # duplicates in nu collapse
-        self._held.append((list(targets.values()), pc))
+        batch.notify(targets.values(), pc)
 
-    def release(self) -> None:
-        """The current request's batch has been applied: send what its events caused, after
-        the response (from ``callLater(0, ...)``)."""
-        held = self._held
-        if held:
-            self._held = []
-            self.release_held(None, held)
-
-    def hold(self) -> list[tuple[list[Target], dict[str, Any]]]:
-        """Take what the current request's events caused, to :meth:`release_held` later
-        (once a durable store has made the request's batch durable)."""
-        held = self._held
-        if not held:
-            return []
-        self._held = []
-        return held
-
-    def release_held(self, _: object, held: list[tuple[list[Target], dict[str, Any]]]) -> None:
-        """Send ``held`` (from :meth:`hold`) as :meth:`release` would; a Deferred callback."""
-        if not held:
-            return
-        deliveries = [(target, pc) for targets, pc in held for target in targets]
+    def deliver(self, deliveries: list[Delivery]) -> None:
+        """Send ``deliveries`` (a batch's notifications, once it has been applied) after the
+        response to its request: from ``callLater(0, ...)``."""
         self._clock.callLater(0, self._deliver, deliveries, 0)
 
-    def _deliver(self, deliveries: list[tuple[Target, dict[str, Any]]], start: int) -> None:
+    def _deliver(self, deliveries: list[Delivery], start: int) -> None:
         """Send ``deliveries[start:]``, :data:`DELIVERY_BATCH` at a time: however large the
         fan-out, the reactor gets back between batches (to read, to answer others)."""
         end = start + DELIVERY_BATCH

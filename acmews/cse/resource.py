@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -212,6 +212,13 @@ class ResourceReader(Protocol):
     def latest_child(self, pi: str, ty: int) -> Resource | None: ...
 
 
+#: a resolved notification target: (next hop, its poa, registered, the request's ``to``);
+#: the hop is the target itself except for an ``nu`` on another CSE
+Target = tuple[str, tuple[str, ...], bool, str]
+#: one notification a request causes: where it goes, and its content
+Delivery = tuple[Target, dict[str, Any]]
+
+
 class Changes(ResourceReader, Protocol):
     """One request's changes as the hooks see them (an :class:`acmews.cse.store.Batch`);
     defined here, beside the hooks, so that this module needs nothing from the store."""
@@ -223,6 +230,8 @@ class Changes(ResourceReader, Protocol):
     def remove(self, resource: Resource) -> None: ...
 
     def gone(self, resource: Resource) -> bool: ...
+
+    def notify(self, targets: Iterable[Target], pc: dict[str, Any]) -> None: ...
 
 
 class CSEServices(Protocol):
@@ -252,7 +261,7 @@ class CSEServices(Protocol):
         """Delete ``resource`` (a child of ``parent``) and its subtree, with their events."""
 
     def notify(self, batch: Changes, nus: Sequence[str], pc: dict[str, Any]) -> None:
-        """Send the notification ``pc`` to ``nus`` once ``batch`` has been applied."""
+        """Add to ``batch`` the notification ``pc`` for ``nus``: sent once it is applied."""
 
     def sur(self, sub: Resource) -> str:
         """The subscription reference of ``sub``."""

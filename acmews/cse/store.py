@@ -1,14 +1,14 @@
 """Where the embedded CSE keeps its resources: the store interface, the :class:`Batch` of one
-request's changes, and the in-memory store."""
+request's changes (and of the notifications they cause), and the in-memory store."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from zope.interface import Interface, implementer
 
-from acmews.cse.resource import Resource
+from acmews.cse.resource import Delivery, Resource, Target
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -96,9 +96,13 @@ class Batch:
     Reads through a batch (:class:`IResourceReader`) see the store as it will be once the
     batch is applied: removed resources are gone, added ones are there (the newest children
     of their parent).
+
+    ``notifications``
+        what the request's events cause (:meth:`notify`), or None: the CSE hands them to its
+        notifier once the batch is applied (durable). A store ignores them.
     """
 
-    __slots__ = ("_parents", "_state", "_store", "added", "removed", "updated")
+    __slots__ = ("_parents", "_state", "_store", "added", "notifications", "removed", "updated")
 
     def __init__(self, store: IResourceReader) -> None:
         self._store = store
@@ -109,6 +113,8 @@ class Batch:
         self._state: dict[Resource, int] = {}
         #: the parents of the removed resources (children() filters only theirs)
         self._parents: set[str] | None = None
+        #: made by the first notification: most requests cause none
+        self.notifications: list[Delivery] | None = None
 
     def __len__(self) -> int:
         """How many resources the store must write or forget."""
@@ -163,6 +169,13 @@ class Batch:
     def gone(self, resource: Resource) -> bool:
         """True if the batch removes ``resource`` (or cancels its addition)."""
         return self._state.get(resource, 0) >= _REMOVED
+
+    def notify(self, targets: Iterable[Target], pc: dict[str, Any]) -> None:
+        """Send ``pc`` to each of ``targets`` once the batch has been applied."""
+        notifications = self.notifications
+        if notifications is None:
+            notifications = self.notifications = []
+        notifications.extend((target, pc) for target in targets)
 
     # --- reads (IResourceReader) --------------------------------------------------------------
 
