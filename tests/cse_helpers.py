@@ -1,99 +1,38 @@
-"""Test doubles and a base TestCase for the embedded CSE tests (no sockets)."""
+"""A base TestCase for the embedded CSE tests (no sockets), on acmews.testing's memory_cse."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 
 from acmews.codes import RSC, Operation
-from acmews.cse import CSE, CSEConfig
-from acmews.interfaces import IConnection, IRequestSender
 from acmews.primitive import Request, Response
-
-ADMIN = "CAdmin"
-#: 2023-11-14T22:13:20.25 UTC
-START = 1_700_000_000.25
-
-
-@implementer(IConnection)
-class FakeConnection:
-    def __init__(self, originator: str | None = None) -> None:
-        self.originator = originator
-        self.credential: str | None = None
-        self.subprotocol = "oneM2M.json"
-        self.peer = "fake"
-        self.closed: tuple[int, str] | None = None
-
-    def request(self, request: Request, timeout: float | None = None) -> Deferred[Response]:
-        raise AssertionError("the CSE must send through its IRequestSender")
-
-    def close(self, code: int = 1000, reason: str = "") -> None:
-        self.closed = (code, reason)
-
-    def when_closed(self) -> Deferred[None]:
-        return Deferred()
-
-
-@dataclass
-class Sent:
-    target: str
-    request: Request
-    poa: tuple[str, ...]
-    store: bool
-    deferred: Deferred[Response]
-
-    def answer(self, rsc: int = RSC.OK, pc: Any = None) -> None:
-        self.deferred.callback(Response(rsc, self.request.rqi, "4", pc))
-
-    def fail(self, error: Exception) -> None:
-        self.deferred.errback(error)
-
-
-@implementer(IRequestSender)
-class FakeSender:
-    """Records every send and hands back a Deferred the test fires."""
-
-    def __init__(self) -> None:
-        self.sent: list[Sent] = []
-
-    def send(
-        self,
-        target: str,
-        request: Request,
-        poa: Sequence[str] = (),
-        store: bool = False,
-    ) -> Deferred[Response]:
-        d: Deferred[Response] = Deferred()
-        self.sent.append(Sent(target, request, tuple(poa), store, d))
-        return d
-
-    def take(self) -> list[Sent]:
-        sent, self.sent = self.sent, []
-        return sent
+from acmews.testing import ADMIN, Sent, memory_cse
 
 
 class CSETestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.new_cse()
         self.addCleanup(self._no_delayed_calls)
+        self.addCleanup(self._nothing_sent_on_the_connection)
 
     def new_cse(self) -> None:
         """A new clock, sender and CSE (an empty resource tree)."""
-        self.clock = Clock()
-        self.clock.advance(START)
-        self.sender = FakeSender()
-        self.cse = CSE(CSEConfig(poa=("ws://127.0.0.1:8180",)), self.sender, self.clock)
-        self.connection = FakeConnection()
+        memory = memory_cse()
+        self.clock = memory.clock
+        self.sender = memory.sender
+        self.cse = memory.cse
+        self.connection = memory.connection
         self._n = 0
 
     def _no_delayed_calls(self) -> None:
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def _nothing_sent_on_the_connection(self) -> None:
+        """The CSE sends through its IRequestSender, never on the requester's connection."""
+        self.assertEqual(self.connection.sent, [])
 
     def handle(
         self, op: int, to: str, fr: str | None = ADMIN, **kw: Any

@@ -14,8 +14,8 @@ from twisted.trial.unittest import TestCase
 
 from acmews.admission import ConnectionLimits
 from acmews.errors import TargetNotReachable
-
-from .helpers import RecordingHandler, make_client_factory, make_server_factory, pair
+from acmews.testing import RecordingHandler, make_client_factory, make_server_factory
+from acmews.testing import connected_pair as pair
 
 
 class LimitTests(TestCase):

@@ -24,14 +24,8 @@ from acmews.auth import (
 )
 from acmews.handshake import Handshake, HandshakeRefused
 from acmews.interfaces import IHandshakeAuthorizer
-
-from .helpers import (
-    RecordingHandler,
-    make_client_factory,
-    make_server_factory,
-    options,
-    pair,
-)
+from acmews.testing import RecordingHandler, make_client_factory, make_server_factory, options
+from acmews.testing import connected_pair as pair
 
 SHA = hashlib.sha256(b"secret").hexdigest()
 BASIC = [

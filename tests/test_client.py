@@ -16,14 +16,10 @@ from acmews.interfaces import IConnection
 from acmews.originators import OriginatorMap
 from acmews.primitive import Request, Response
 from acmews.protocol import OneM2MServerFactory
+from acmews.testing import RecordingHandler, make_client_factory, make_server_factory
+from acmews.testing import connected_pair as pair
 
-from .helpers import (
-    NO_PING,
-    RecordingHandler,
-    make_client_factory,
-    make_server_factory,
-    pair,
-)
+from .helpers import NO_PING
 
 
 class ClientApiTests(TestCase):

@@ -14,7 +14,8 @@ from acmews.cse.resource import Record
 from acmews.errors import TargetNotReachable
 from acmews.interfaces import IRequestHandler
 from acmews.primitive import Response
-from tests.cse_helpers import ADMIN, CSETestCase, FakeSender
+from acmews.testing import ADMIN, FakeSender
+from tests.cse_helpers import CSETestCase
 
 
 class CSEBaseTests(CSETestCase):

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 
 from acmews.primitive import Response
-from tests.cse_helpers import ADMIN, CSETestCase
+from acmews.testing import ADMIN
+from tests.cse_helpers import CSETestCase
 
 scalars = (
     st.none()

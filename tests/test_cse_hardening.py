@@ -7,7 +7,8 @@ from acmews.cse.content import MAX_TREE
 from acmews.cse.core import REGISTRATIONS_PER_MINUTE
 from acmews.cse.notifier import DELIVERY_BATCH
 from acmews.cse.resource import MAX_DEPTH, MAX_LIST, MAX_NAME, MAX_NU
-from tests.cse_helpers import ADMIN, CSETestCase
+from acmews.testing import ADMIN
+from tests.cse_helpers import CSETestCase
 
 
 class BoundsTests(CSETestCase):

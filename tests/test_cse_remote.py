@@ -7,7 +7,8 @@ from typing import Any
 from acmews.codes import RSC, ResourceType
 from acmews.cse import CSE, CSEConfig
 from acmews.primitive import Response
-from tests.cse_helpers import ADMIN, CSETestCase
+from acmews.testing import ADMIN
+from tests.cse_helpers import CSETestCase
 
 from .test_e2e import Notifications, StackTestCase
 

@@ -19,7 +19,8 @@ from acmews.cse import (
     Resource,
 )
 from acmews.primitive import Response
-from tests.cse_helpers import ADMIN, CSETestCase
+from acmews.testing import ADMIN
+from tests.cse_helpers import CSETestCase
 
 
 class SpyStore(MemoryResourceStore):

@@ -6,7 +6,8 @@ from twisted.internet.defer import Deferred
 
 from acmews.codes import RSC
 from acmews.errors import RequestTimeout, TargetNotReachable
-from tests.cse_helpers import ADMIN, CSETestCase, Sent
+from acmews.testing import ADMIN, Sent
+from tests.cse_helpers import CSETestCase
 
 
 class SubscriptionTestCase(CSETestCase):

@@ -31,7 +31,7 @@ from acmews.durable import (
 )
 from acmews.poa import INotificationQueue, MemoryNotificationQueue
 from acmews.primitive import Request, Response
-from tests.cse_helpers import START, FakeConnection, FakeSender
+from acmews.testing import START, FakeConnection, FakeSender
 from tests.test_cse import RecordTree
 
 

@@ -17,8 +17,10 @@ from acmews.interfaces import IConnection
 from acmews.originators import OriginatorMap
 from acmews.poa import PoaChain
 from acmews.primitive import Request, Response
+from acmews.testing import Pair, make_client_factory, make_server_factory
+from acmews.testing import connected_pair as pair
 
-from .helpers import NO_PING, Pair, make_client_factory, make_server_factory, pair, start_cse
+from .helpers import NO_PING, start_cse
 
 
 class Notifications:

@@ -15,8 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from acmews.codec import CBOR, JSON
 from acmews.cse import CSE, CSEConfig
 from acmews.session import Session
-
-from .cse_helpers import START, FakeSender
+from acmews.testing import START, FakeSender
 
 FIELDS = [
     "op", "to", "fr", "rqi", "rvi", "ty", "pc", "rcn", "rt", "rqet", "rset", "oet", "ot",

@@ -21,9 +21,8 @@ from acmews.link import RegistrarLink
 from acmews.originators import OriginatorMap
 from acmews.poa import PoaChain
 from acmews.primitive import Request, Response
-
-from .cse_helpers import FakeConnection
-from .helpers import make_client_factory, make_server_factory, options, pair
+from acmews.testing import FakeConnection, make_client_factory, make_server_factory, options
+from acmews.testing import connected_pair as pair
 
 IN, MN = "/id-in", "/id-mn"
 

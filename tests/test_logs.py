@@ -13,8 +13,9 @@ from acmews.codes import Operation
 from acmews.logs import MAX_VALUE, Budget, Logger, bounded, short
 from acmews.poa import MemoryNotificationQueue, PoaChain
 from acmews.primitive import Request
+from acmews.testing import RecordingHandler, make_client_factory, make_server_factory
+from acmews.testing import connected_pair as pair
 
-from .helpers import RecordingHandler, make_client_factory, make_server_factory, pair
 from .test_poa import FakeMap
 
 

@@ -18,6 +18,7 @@ from twisted.web.server import Request as WebRequest
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from acmews import testing
 from acmews.codes import RSC, Operation
 from acmews.errors import NotAcceptable, RequestTimeout, TargetNotReachable
 from acmews.interfaces import (
@@ -37,6 +38,7 @@ from acmews.poa import (
 )
 from acmews.poa.queue import QueueFull
 from acmews.primitive import Request, Response
+from acmews.testing import FakeOriginatorMap as FakeMap
 from acmews.timestamps import parse_expiry
 
 AE = "Cae1"
@@ -54,83 +56,13 @@ def ok(request: Request, rsc: int = RSC.OK) -> Response:
     return Response(rsc, request.rqi)
 
 
-@implementer(IConnection)
-class FakeConnection:
-    subprotocol = "oneM2M.json"
-    credential = None
+class FakeConnection(testing.FakeConnection):
+    """acmews.testing's, bound to the AE by default."""
 
     def __init__(
         self, originator: str | None = AE, peer: str = "peer", clock: Clock | None = None
     ) -> None:
-        self.originator = originator
-        self.peer = peer
-        self.clock = clock
-        self.sent: list[tuple[Request, float | None, Deferred[Response]]] = []
-        self.cancelled: list[Request] = []
-        self.timed_out: list[Request] = []
-        self.closed: list[tuple[int, str]] = []
-
-    def request(self, request: Request, timeout: float | None = None) -> Deferred[Response]:
-        d: Deferred[Response] = Deferred(lambda _: self.cancelled.append(request))
-        self.sent.append((request, timeout, d))
-        if self.clock is not None and timeout is not None:
-            # as IConnection promises (and Session does): 4008 once ``timeout`` has passed
-            def expire() -> None:
-                self.timed_out.append(request)
-                d.errback(RequestTimeout("no response in time"))
-
-            timer = self.clock.callLater(timeout, expire)
-            d.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
-        return d
-
-    def close(self, code: int = 1000, reason: str = "") -> None:
-        self.closed.append((code, reason))
-
-    def when_closed(self) -> Deferred[None]:
-        return Deferred()
-
-    def answer(self, index: int = -1, rsc: int = RSC.OK) -> None:
-        request, _, d = self.sent[index]
-        d.callback(ok(request, rsc))
-
-    def rqis(self) -> list[str]:
-        return [r.rqi for r, _, _ in self.sent]
-
-
-@implementer(IOriginatorMap)
-class FakeMap:
-    def __init__(self) -> None:
-        self.routes: dict[str, IConnection] = {}
-        self.observers: list[IOriginatorObserver] = []
-
-    def bind(self, originator: str, connection: IConnection) -> None:
-        self.routes[originator] = connection
-        for o in list(self.observers):
-            o.originator_connected(originator, connection)
-
-    def unbind(self, originator: str, connection: IConnection) -> bool:
-        if self.routes.get(originator) is not connection:
-            return False
-        del self.routes[originator]
-        for o in list(self.observers):
-            o.originator_disconnected(originator, connection)
-        return True
-
-    def lookup(self, originator: str) -> IConnection | None:
-        return self.routes.get(originator)
-
-    def add_observer(self, observer: IOriginatorObserver) -> None:
-        self.observers.append(observer)
-
-    def remove_observer(self, observer: IOriginatorObserver) -> None:
-        self.observers.remove(observer)
-
-    def add_connection(self, connection: IConnection) -> None:
-        pass
-
-    def remove_connection(self, connection: IConnection) -> None:
-        if connection.originator is not None:
-            self.unbind(connection.originator, connection)
+        super().__init__(originator, peer, clock)
 
 
 @implementer(IPoaConnector)

@@ -36,8 +36,8 @@ from acmews.protocol import (
     choose_subprotocol,
 )
 from acmews.session import Session
-
-from .helpers import Pair, RecordingHandler, make_client_factory, make_server_factory, pair
+from acmews.testing import Pair, RecordingHandler, make_client_factory, make_server_factory
+from acmews.testing import connected_pair as pair
 
 
 def retrieve(rqi: str, fr: str = "Cae1", to: str = "cse-in") -> Request:
