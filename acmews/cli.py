@@ -32,10 +32,9 @@ from urllib.parse import urlsplit
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError
 
 from acmews import __version__
-from acmews.client import Client, TLSClientSettings, connect
+from acmews.client import Client, client_credentials, connect
 from acmews.codes import ResourceType
 from acmews.errors import OneM2MError, RequestTimeout, TargetNotReachable
-from acmews.handshake import basic_authorization, bearer_authorization
 from acmews.primitive import Request, Response
 
 __all__ = [
@@ -272,30 +271,21 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def _credentials(args: argparse.Namespace) -> None:
     """``args.headers`` and ``args.tls`` from --user/ACMEWS_PASSWORD, ACMEWS_TOKEN and the
     TLS files."""
-    args.headers = {}
-    if args.user is not None:
-        password = os.environ.get("ACMEWS_PASSWORD")
-        if password is None:
-            raise UsageError("--user needs ACMEWS_PASSWORD set")
-        try:
-            args.headers["Authorization"] = basic_authorization(args.user, password)
-        except ValueError as e:
-            raise UsageError(f"--user: {e}") from None
-    elif os.environ.get("ACMEWS_TOKEN"):
-        try:
-            args.headers["Authorization"] = bearer_authorization(os.environ["ACMEWS_TOKEN"])
-        except ValueError as e:
-            raise UsageError(f"ACMEWS_TOKEN: {e}") from None
-    args.tls = None
-    if args.client_key is not None and args.client_certificate is None:
-        raise UsageError("--client-key needs --client-certificate")
-    if args.ca_file is not None or args.client_certificate is not None:
-        if not args.url.startswith("wss://"):
-            raise UsageError("--ca-file and --client-certificate are for a wss:// URL")
-        try:
-            args.tls = TLSClientSettings(args.ca_file, args.client_certificate, args.client_key)
-        except Exception as e:
-            raise UsageError(f"--ca-file/--client-certificate/--client-key: {e}") from None
+    if (args.ca_file is not None or args.client_certificate is not None) and not (
+        args.url.startswith("wss://")
+    ):
+        raise UsageError("--ca-file and --client-certificate are for a wss:// URL")
+    try:
+        credentials = client_credentials(
+            user=args.user,
+            ca_file=args.ca_file,
+            certificate=args.client_certificate,
+            key=args.client_key,
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    args.headers = dict(credentials.headers)
+    args.tls = credentials.tls
 
 
 def format_primitive(primitive: Request | Response, pretty: bool) -> str:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import inspect
 import itertools
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,6 +30,7 @@ from zope.interface import implementer
 from acmews.codec import SHORT_NAMES
 from acmews.codes import DEFAULT_RELEASE, Operation, ResourceType
 from acmews.errors import TargetNotReachable
+from acmews.handshake import basic_authorization, bearer_authorization
 from acmews.interfaces import IConnection, IHandshakeAuthorizer, IOriginatorMap, IRequestHandler
 from acmews.logs import Logger
 from acmews.options import ConnectionOptions
@@ -38,8 +40,10 @@ from acmews.session import Session, registered_ae_id
 
 __all__ = [
     "Client",
+    "ClientCredentials",
     "FunctionHandler",
     "TLSClientSettings",
+    "client_credentials",
     "connect",
     "listen",
     "subprotocols_for",
@@ -254,6 +258,84 @@ class TLSClientSettings:
     def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
         """IPolicyForHTTPS: the same trust and certificate for ``https://``."""
         return self.options_for(hostname.decode("idna"))
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCredentials:
+    """What a client shows the server it connects to: the handshake's headers (an
+    ``Authorization``) and its TLS settings."""
+
+    headers: Mapping[str, str] = field(default_factory=dict)
+    tls: TLSClientSettings | None = None
+
+
+def client_credentials(
+    *,
+    prefix: str = "",
+    environ: Mapping[str, str] | None = None,
+    user: str | None = None,
+    password: str | None = None,
+    password_option: bool = False,
+    token: str | None = None,
+    token_file: str | None = None,
+    ca_file: str | None = None,
+    certificate: str | None = None,
+    key: str | None = None,
+) -> ClientCredentials:
+    """The credentials given by command-line options, checked: one parser for ``twistd
+    acmews``'s ``--registrar-*`` options (``prefix="registrar-"``) and the ``acmews``
+    command's (``prefix=""``).
+
+    The password and the token may also come from ``ACMEWS_[PREFIX_]PASSWORD`` and
+    ``ACMEWS_[PREFIX_]TOKEN`` in ``environ`` (``os.environ`` by default), which keeps them off
+    the command line; a user means HTTP Basic, else a token means Bearer.
+    ``password_option``: the caller has a ``--[prefix]password`` option (named in the
+    messages).
+
+    @raise ValueError: one line naming the option at fault (never a secret).
+    """
+    environ = os.environ if environ is None else environ
+    option = f"--{prefix}"
+    variable = "ACMEWS_" + prefix.upper().replace("-", "_")
+    given = [n for n, v in (("user", user), ("token", token), ("token-file", token_file)) if v]
+    if len(given) > 1:
+        raise ValueError(", ".join(option + n for n in given) + ": only one")
+    if token_file is not None:
+        try:
+            with open(token_file, encoding="utf-8") as f:
+                token = f.readline().strip()
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{option}token-file {token_file}: {e}") from None
+        if not token:
+            raise ValueError(f"{option}token-file {token_file}: no token on line 1")
+    headers: dict[str, str] = {}
+    if user is not None:
+        password = password if password is not None else environ.get(variable + "PASSWORD")
+        if password is None:
+            source = f"{option}password or " if password_option else ""
+            raise ValueError(f"{option}user needs {source}{variable}PASSWORD set")
+        try:
+            headers["Authorization"] = basic_authorization(user, password)
+        except ValueError as e:
+            raise ValueError(f"{option}user: {e}") from None
+    elif password is not None:
+        raise ValueError(f"{option}password needs {option}user")
+    else:
+        token = token or environ.get(variable + "TOKEN")
+        if token:
+            try:
+                headers["Authorization"] = bearer_authorization(token)
+            except ValueError as e:
+                raise ValueError(f"the token ({option}token or {variable}TOKEN): {e}") from None
+    if key is not None and certificate is None:
+        raise ValueError("--client-key needs --client-certificate")
+    tls = None
+    if ca_file is not None or certificate is not None:
+        try:
+            tls = TLSClientSettings(ca_file, certificate, key)
+        except Exception as e:
+            raise ValueError(f"--ca-file/--client-certificate/--client-key: {e}") from None
+    return ClientCredentials(headers, tls)
 
 
 def client_endpoint(

@@ -535,6 +535,7 @@ def open_store(
     url: str,
     reactor: Any,
     *,
+    cse_id: str | None = None,
     run: Callable[..., Deferred[Any]] | None = None,
     **queue_options: Any,
 ) -> Store:
@@ -544,7 +545,8 @@ def open_store(
     It reads the whole file into memory before it returns: call it at start-up, before the
     reactor runs (as ``twistd acmews`` does), not from a running reactor. ``queue_options`` are
     the queue's bounds (see :class:`~acmews.poa.queue.MemoryNotificationQueue`); ``run`` is
-    :class:`Database`'s."""
+    :class:`Database`'s. With ``cse_id``, a file holding another CSE's resources is refused
+    (StoreError)."""
     if url == "memory:":
         return Store(
             MemoryResourceStore(),
@@ -561,6 +563,11 @@ def open_store(
         resources = SQLiteResourceStore(database)
         queue = SQLiteNotificationQueue(database, **queue_options)
         count = resources.load()
+        if cse_id is not None and count and resources.get(cse_id.lstrip("/")) is None:
+            raise StoreError(
+                f"the store {path} holds another CSE's resources, not those of {cse_id} "
+                "(another --cse-id?)"
+            )
         queued = queue.load()
         database.loaded()
     except BaseException:

@@ -7,6 +7,7 @@ from typing import Any
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "DEFAULT_NOTIFICATION_EXPIRY",
     "DEFAULT_PING_INTERVAL",
     "DEFAULT_PING_TIMEOUT",
     "DEFAULT_REQUEST_TIMEOUT",
@@ -17,6 +18,8 @@ DEFAULT_REQUEST_TIMEOUT = 10.0
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
 DEFAULT_PING_INTERVAL = 20.0
 DEFAULT_PING_TIMEOUT = 20.0
+#: seconds a notification may wait in store-and-forward without its own ``rqet``
+DEFAULT_NOTIFICATION_EXPIRY = 3600.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred
-
 from acmews.options import ConnectionOptions
 
 #: for loopback tests: no keep-alive pings (the handshake timers stay on the real reactor)
@@ -30,13 +28,5 @@ async def start_cse(test: Any, *argv: str) -> tuple[Any, str]:
     service.privilegedStartService()
     service.startService()
     test.addCleanup(service.stopService)
-    listening = next(s for s in service if hasattr(s, "_waitingForPort"))
-    bound: Deferred[Any] = Deferred()
-
-    def found(port: Any) -> Any:
-        bound.callback(port)
-        return port  # keep it: stopService needs the port from this Deferred
-
-    listening._waitingForPort.addCallback(found)
-    port = await bound
+    (port,) = await service.listening
     return service, f"ws://127.0.0.1:{port.getHost().port}"

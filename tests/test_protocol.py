@@ -764,7 +764,7 @@ class LeanPathTests(BindingTestCase):
     def test_nvx_warning(self) -> None:
         import autobahn.websocket
 
-        from acmews.tap import warn_without_nvx
+        from acmews.server import warn_without_nvx
 
         self.patch(autobahn.websocket, "USES_NVX", False)
         with capturedLogs() as events:

@@ -8,6 +8,8 @@ from typing import Any
 
 from twisted.application.service import IServiceMaker, MultiService
 from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 from twisted.plugin import getPlugins
@@ -16,11 +18,13 @@ from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from acmews.cse import CSE
+from acmews.endpoints import poa_for_endpoint
 from acmews.interfaces import IOriginatorMap, IRequestHandler, IRequestSender
 from acmews.poa import PoaChain
 from acmews.poa.limits import DEFAULT_DENY
 from acmews.protocol import OneM2MServerFactory
-from acmews.tap import ListenError, Options, makeService, poa_for_endpoint
+from acmews.server import ListenError
+from acmews.tap import Options, makeService
 
 
 def parse(*argv: str) -> Options:
@@ -297,7 +301,7 @@ class MakeServiceTests(TestCase):
 
     def test_registrar_options(self) -> None:
         plain: Any = makeService(parse(), MemoryReactorClock())
-        self.assertFalse(hasattr(plain, "link"))
+        self.assertIsNone(plain.link)
         self.assertEqual((plain.cse.config.registrar_cse_id, plain.cse.config.cse_type), (None, 1))
         o = parse(
             "--cse-id",
@@ -362,8 +366,8 @@ class MakeServiceTests(TestCase):
         cert.cert_chain_pems[0].write_to_path(f"{d}/cert.pem")
         tls = ("--ca-file", f"{d}/ca.pem", "--client-certificate", f"{d}/cert.pem")
         o = parse(*base, *tls, "--client-key", f"{d}/key.pem")
-        self.assertIsNotNone(o["client-tls"].client_certificate)
-        self.assertIsNotNone(o["client-tls"].trust_root)
+        self.assertIsNotNone(o.config.client_tls.client_certificate)
+        self.assertIsNotNone(o.config.client_tls.trust_root)
         makeService(o, MemoryReactorClock())
         for bad in (
             (*base, "--registrar-user", "mn", "--registrar-token-file", token),
@@ -388,7 +392,7 @@ class MakeServiceTests(TestCase):
                 "# poa credentials\nhttp://app.example:8080/ app:pw\nws://gw.example Bearer t\n"
             )
         o = parse("--poa-credentials", path)
-        credentials = o["poa-credentials-entries"]
+        credentials = o.config.poa_credentials
         service: Any = makeService(o, MemoryReactorClock())
         self.assertIs(service.chain.connector_for("http")._credentials, credentials)
         self.assertEqual(credentials.authorization("ws://gw.example/x"), "Bearer t")
@@ -397,10 +401,10 @@ class MakeServiceTests(TestCase):
         # a ws:// poa delivery opens its connection with the credential of its URL
         from twisted.internet.defer import Deferred
 
-        import acmews.tap
+        import acmews.server
 
         calls: list[dict[str, Any]] = []
-        self.patch(acmews.tap, "connect", lambda url, **kw: (calls.append(kw), Deferred())[1])
+        self.patch(acmews.server, "connect", lambda url, **kw: (calls.append(kw), Deferred())[1])
         ws = service.chain.connector_for("ws")
         ws._connect("ws://gw.example/n", "/id-in", ("oneM2M.json",))
         ws._connect("ws://other.example/n", "/id-in", ("oneM2M.json",))
@@ -412,8 +416,7 @@ class MakeServiceTests(TestCase):
     def test_credential_files(self) -> None:
         import hashlib
 
-        from acmews.auth import CredentialAuthorizer
-        from acmews.auth import DefaultAuthorizer
+        from acmews.auth import CredentialAuthorizer, DefaultAuthorizer
 
         path = self.mktemp()
         with open(path, "w") as f:
@@ -534,24 +537,93 @@ class MakeServiceTests(TestCase):
         self.assertEqual(len(reactor.tcpServers), 1)
 
     def test_under_twistd_a_listen_error_is_one_line(self) -> None:
-        import contextlib
-        import io
-        import sys
+        class Busy(MemoryReactorClock):
+            def listenTCP(
+                self, port: int, factory: Any, backlog: int = 50, interface: str = ""
+            ) -> Any:
+                raise CannotListenError(interface, port, OSError(98, "Address already in use"))
 
         class Parent:
             subCommand = "acmews"
 
-        options = parse()
+        options = parse("--listen", "tcp:8180")
         options.parent = Parent()
-        self.patch(sys, "excepthook", sys.excepthook)
-        makeService(options, MemoryReactorClock())
-        error = ListenError("tcp:8180", OSError(98, "Address already in use"))
-        err = io.StringIO()
-        with contextlib.redirect_stderr(err):
-            sys.excepthook(ListenError, error, None)
+        service = makeService(options, Busy())
+        e = self.assertRaises(SystemExit, service.privilegedStartService)
+        # twistd's runner catches Exception (removes its pid file), then Python prints one line
+        self.assertIsInstance(e, Exception)
         self.assertEqual(
-            err.getvalue(), "twistd acmews: cannot listen on tcp:8180: Address already in use\n"
+            e.code, "twistd acmews: cannot listen on tcp:8180: Address already in use"
         )
+
+
+class _Output(ProcessProtocol):
+    def __init__(self) -> None:
+        self.out = b""
+        self.ended: Deferred[int] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.out += data
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Any) -> None:
+        self.ended.callback(reason.value.exitCode)
+
+
+class TwistdProcessTests(TestCase):
+    """A real ``twistd acmews`` that cannot start says why in one line, exit status 1."""
+
+    timeout = 60
+
+    async def _twistd(self, *argv: str) -> tuple[int, str]:
+        import sys
+
+        from twisted.internet import reactor
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        out = _Output()
+        code = "from twisted.scripts.twistd import run; run()"
+        args = [sys.executable, "-c", code, "-n", "--pidfile=", "acmews", *argv]
+        reactor.spawnProcess(out, sys.executable, args, env=env, path=self.mktemp_dir())  # type: ignore[attr-defined]
+        status = await out.ended
+        return status, out.out.decode().strip()
+
+    def mktemp_dir(self) -> str:
+        os.mkdir(path := self.mktemp())
+        return path
+
+    def test_a_busy_port(self) -> Deferred[None]:
+        async def run() -> None:
+            from twisted.internet import reactor
+            from twisted.internet.protocol import Factory
+
+            port = reactor.listenTCP(0, Factory(), interface="127.0.0.1")  # type: ignore[attr-defined]
+            self.addCleanup(port.stopListening)
+            listen = f"tcp:{port.getHost().port}:interface=127.0.0.1"
+            status, out = await self._twistd("--store", "memory:", "--listen", listen)
+            self.assertEqual(status, 1)
+            # twistd's log has started: the line reaches it as stderr, no traceback
+            self.assertNotIn("Traceback", out)
+            self.assertTrue(
+                out.splitlines()[-1].endswith(
+                    f"twistd acmews: cannot listen on {listen}: Address already in use"
+                ),
+                out,
+            )
+
+        return Deferred.fromCoroutine(run())
+
+    def test_a_store_it_cannot_open(self) -> Deferred[None]:
+        async def run() -> None:
+            status, out = await self._twistd("--store", "sqlite:/nonexistent/dir/x.db")
+            self.assertEqual(status, 1)
+            self.assertTrue(out.startswith("twistd acmews: "), out)  # before twistd logs
+            self.assertNotIn("\n", out)
+            self.assertIn("/nonexistent/dir/x.db", out)
+
+        return Deferred.fromCoroutine(run())
 
 
 class StoreOptionTests(TestCase):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from acmews.codes import DEFAULT_RELEASE
+from acmews.options import DEFAULT_NOTIFICATION_EXPIRY, DEFAULT_REQUEST_TIMEOUT
 
 __all__ = ["CSEConfig"]
 
@@ -20,11 +21,11 @@ class CSEConfig:
     release: str = DEFAULT_RELEASE
     poa: tuple[str, ...] = ()
     #: seconds a notification may wait in store-and-forward (sent as its ``rqet``)
-    notification_expiry: float = 3600.0
+    notification_expiry: float = DEFAULT_NOTIFICATION_EXPIRY
     #: seconds until a new resource's default ``et``
     resource_expiry: float = 5 * 365 * 86400.0
     #: seconds to wait for the answer to a subscription verification request
-    verification_timeout: float = 10.0
+    verification_timeout: float = DEFAULT_REQUEST_TIMEOUT
     #: CSE-IDs (glob patterns) that may register a remoteCSE here
     allowed_csr_originators: tuple[str, ...] = ("/*",)
     #: this CSE's registrar, the route for CSEs it knows no other way to (None: it has none)

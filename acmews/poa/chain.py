@@ -57,8 +57,9 @@ from acmews.interfaces import (
     IRequestSender,
 )
 from acmews.logs import Logger
+from acmews.options import DEFAULT_NOTIFICATION_EXPIRY, DEFAULT_REQUEST_TIMEOUT
 from acmews.poa.limits import OutboundLimits, TargetDenied, TargetPolicy
-from acmews.poa.queue import INotificationQueue, MemoryNotificationQueue
+from acmews.poa.queue import DEFAULT_QUEUE_SIZE, INotificationQueue, MemoryNotificationQueue
 from acmews.poa.steps import (
     await_step,
     is_default_poa,
@@ -90,10 +91,10 @@ class PoaChain(Service):
         clock: IReactorTime,
         connectors: Iterable[IPoaConnector] | Mapping[str, IPoaConnector] = (),
         *,
-        timeout: float = 10.0,
+        timeout: float = DEFAULT_REQUEST_TIMEOUT,
         queue: INotificationQueue | None = None,
-        queue_size: int = 1000,
-        default_expiry: float = 3600.0,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        default_expiry: float = DEFAULT_NOTIFICATION_EXPIRY,
         purge_interval: float = 60.0,
         policy: TargetPolicy | None = None,
         limits: OutboundLimits | None = None,

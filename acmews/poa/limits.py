@@ -20,6 +20,8 @@ from twisted.internet.threads import deferToThreadPool
 
 __all__ = [
     "DEFAULT_DENY",
+    "DEFAULT_OUTBOUND",
+    "DEFAULT_OUTBOUND_PER_HOST",
     "OutboundLimits",
     "TargetDenied",
     "TargetPolicy",
@@ -29,6 +31,9 @@ __all__ = [
 #: denied unless the operator says otherwise: link-local addresses, where cloud metadata
 #: services live (169.254.169.254 hands out credentials)
 DEFAULT_DENY = ("169.254.0.0/16", "fe80::/10")
+#: outbound steps (poa, nu deliveries) in flight at once, in all and to one host
+DEFAULT_OUTBOUND = 256
+DEFAULT_OUTBOUND_PER_HOST = 8
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str], Deferred[Sequence[str]]]
@@ -115,7 +120,9 @@ class OutboundLimits:
     """At most ``total`` outbound steps in flight, ``per_host`` to one host; the rest wait
     their turn (a waiting step still counts against its own timeout)."""
 
-    def __init__(self, total: int = 256, per_host: int = 8) -> None:
+    def __init__(
+        self, total: int = DEFAULT_OUTBOUND, per_host: int = DEFAULT_OUTBOUND_PER_HOST
+    ) -> None:
         if total < 1 or per_host < 1:
             raise ValueError("outbound limits must be positive")
         self.total = total

@@ -31,11 +31,20 @@ if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
 __all__ = [
+    "DEFAULT_ORIGINATOR_BYTES",
+    "DEFAULT_QUEUE_SIZE",
+    "DEFAULT_TOTAL_BYTES",
     "INotificationQueue",
     "MemoryNotificationQueue",
     "QueueFull",
     "QueuedNotification",
 ]
+
+#: notifications kept per unreachable originator (the oldest dropped beyond it)
+DEFAULT_QUEUE_SIZE = 1000
+#: bytes the stored notifications of one originator, and of all, may hold
+DEFAULT_ORIGINATOR_BYTES = 16 * 1024 * 1024
+DEFAULT_TOTAL_BYTES = 256 * 1024 * 1024
 
 #: bytes an entry costs beyond its encoded request (the entry, its deque slot)
 ENTRY_OVERHEAD = 200
@@ -127,10 +136,10 @@ class MemoryNotificationQueue:
 
     def __init__(
         self,
-        size: int = 1000,
+        size: int = DEFAULT_QUEUE_SIZE,
         *,
-        originator_bytes: int = 16 * 1024 * 1024,
-        total_bytes: int = 256 * 1024 * 1024,
+        originator_bytes: int = DEFAULT_ORIGINATOR_BYTES,
+        total_bytes: int = DEFAULT_TOTAL_BYTES,
     ) -> None:
         if size < 1:
             raise ValueError("queue_size must be at least 1")

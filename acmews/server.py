@@ -1,0 +1,353 @@
+"""A whole CSE server from a :class:`~acmews.config.Config`: the service tree of ``twistd
+acmews``, for embedding too.
+
+:func:`make_service` composes small builders, one per concern: the store, the poa chain (the
+CSE's way of sending: live connection, ``ws://default``, ``ws://``/``wss://`` poa, ``http://``
+poa, store-and-forward), the CSE, the registrar link, the server factory with its authorizer,
+and one listener per endpoint. The tree's children start in that order and stop in reverse:
+the store stops last, once nothing changes any more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort
+from twisted.python.failure import Failure
+
+from acmews.auth import CredentialAuthorizer
+from acmews.client import connect
+from acmews.config import Config
+from acmews.cse import CSE
+from acmews.durable import Store, open_store
+from acmews.interfaces import IHandshakeAuthorizer
+from acmews.link import RegistrarLink
+from acmews.logs import Logger
+from acmews.originators import OriginatorMap
+from acmews.poa import (
+    AgentClient,
+    HttpConnector,
+    OutboundLimits,
+    PoaChain,
+    TargetPolicy,
+    WebSocketConnector,
+)
+from acmews.poa.limits import system_resolver
+from acmews.poa.queue import INotificationQueue
+from acmews.protocol import OneM2MServerFactory
+
+__all__ = [
+    "CSEService",
+    "ListenError",
+    "Listener",
+    "build_authorizer",
+    "build_chain",
+    "build_factory",
+    "build_link",
+    "build_store",
+    "make_service",
+    "warn_without_nvx",
+]
+
+log = Logger()
+
+
+def build_store(config: Config, reactor: Any) -> Store:
+    """The resource tree and the store-and-forward queue (read whole at start)."""
+    return open_store(
+        config.store,
+        reactor,
+        cse_id=config.cse_id,
+        size=config.queue_size,
+        originator_bytes=config.queue_bytes_per_originator,
+        total_bytes=config.queue_bytes,
+    )
+
+
+def build_chain(
+    config: Config, originators: OriginatorMap, queue: INotificationQueue, reactor: Any
+) -> PoaChain:
+    """How the CSE reaches an originator: its live connection, its poa, the queue."""
+    # an outbound poa connection serves one request and is closed: no keep-alive
+    poa_options = replace(config.connection, ping_interval=0)
+    credentials = config.poa_credentials
+
+    def ws_connect(url: str, originator: str, subprotocols: Sequence[str]) -> Deferred[Any]:
+        connecting = connect(
+            url,
+            originator=originator,
+            serialization=subprotocols,
+            reactor=reactor,
+            options=poa_options,
+            headers=credentials.headers(url) if credentials else None,
+            tls=config.client_tls,
+        )
+        return connecting.addCallback(lambda client: client.session)
+
+    return PoaChain(
+        originators,
+        reactor,
+        [
+            WebSocketConnector(ws_connect, config.cse_id, reactor),
+            HttpConnector(
+                reactor, AgentClient(reactor, config.client_tls), credentials=credentials
+            ),
+        ],
+        timeout=config.connection.request_timeout,
+        queue=queue,
+        default_expiry=config.notification_expiry,
+        policy=TargetPolicy(
+            config.allow_targets, config.deny_targets, resolve=system_resolver(reactor)
+        ),
+        limits=OutboundLimits(config.max_outbound, config.max_outbound_per_host),
+    )
+
+
+def build_link(
+    config: Config, cse: CSE, originators: OriginatorMap, reactor: Any
+) -> RegistrarLink | None:
+    """The one WebSocket to this CSE's registrar, when it has one."""
+    registrar = config.registrar
+    if registrar is None:
+        return None
+    return RegistrarLink(
+        cse,
+        originators,
+        registrar.url,
+        registrar.cse_id,
+        registrar.cse_name,
+        reactor=reactor,
+        serialization=registrar.serialization,
+        options=config.connection,
+        keep_registration=registrar.keep_registration,
+        headers=dict(registrar.headers) or None,
+        tls=config.client_tls,
+    )
+
+
+def build_authorizer(config: Config, cse: CSE) -> IHandshakeAuthorizer | None:
+    """Who may connect for which originator: the credentials, or None (any claim, as ACME
+    does; said in the log when a listener is reachable beyond loopback)."""
+    if not config.authenticates:
+        if not all(e.loopback_only for e in config.endpoints):
+            log.warn(
+                "listening beyond loopback without authentication: anyone who reaches the "
+                "port may claim any originator (see --basic-auth-file, --token-file)"
+            )
+        return None
+    from twisted.internet.threads import deferToThread
+
+    return CredentialAuthorizer(
+        config.basic_credentials,
+        config.token_credentials,
+        admin=config.admin,
+        defer_to_thread=deferToThread,
+        certificates=config.client_ca is not None,
+        owner_of=cse.owner_of,
+    )
+
+
+def build_factory(
+    config: Config, cse: CSE, originators: OriginatorMap, reactor: Any
+) -> OneM2MServerFactory:
+    """The server factory every listener shares."""
+    return OneM2MServerFactory(
+        cse,
+        originators,
+        authorizer=build_authorizer(config, cse),
+        limits=config.limits,
+        reactor=reactor,
+        options=config.connection,
+    )
+
+
+def make_service(config: Config, reactor: Any) -> CSEService:
+    """The whole CSE server (not started). Raises
+    :class:`~acmews.durable.StoreError` when the store cannot be used."""
+    warn_without_nvx()
+    store = build_store(config, reactor)
+    originators = OriginatorMap()
+    chain = build_chain(config, originators, store.queue, reactor)
+    cse = CSE(config.cse_config(), chain, reactor, store.resources)
+    link = build_link(config, cse, originators, reactor)
+    factory = build_factory(config, cse, originators, reactor)
+    listeners = [
+        Listener(e.description, e.endpoint(reactor, config.client_ca), factory)
+        for e in config.endpoints
+    ]
+    return CSEService(config, store, originators, chain, cse, factory, link, listeners)
+
+
+class ListenError(CannotListenError):
+    """A listener that could not listen; its message is one line naming the endpoint and the
+    reason."""
+
+    def __init__(self, description: str, reason: BaseException) -> None:
+        socket_error = getattr(reason, "socketError", reason)
+        port = getattr(reason, "port", None)
+        super().__init__(getattr(reason, "interface", ""), port, socket_error)
+        self.description = description
+        if isinstance(socket_error, OSError) and socket_error.strerror:
+            self.reason = socket_error.strerror
+        else:
+            self.reason = str(socket_error) or type(socket_error).__name__
+
+    def __str__(self) -> str:
+        return f"cannot listen on {self.description}: {self.reason}"
+
+
+class Listener(Service):
+    """One server endpoint. It listens when started (in ``privilegedStartService``, before
+    twistd drops privileges); a failure to listen raises :class:`ListenError` at once, and
+    ``bound`` fires with the listening port."""
+
+    def __init__(self, description: str, endpoint: Any, factory: Any) -> None:
+        self.description = description
+        self.endpoint = endpoint
+        self.factory = factory
+        self.port: IListeningPort | None = None
+        self.bound: Deferred[IListeningPort] = Deferred()
+        self._listening: Deferred[IListeningPort] | None = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._listen()
+
+    def startService(self) -> None:
+        super().startService()
+        if self._listening is None:
+            self._listen()
+
+    def _listen(self) -> None:
+        failed: list[Failure] = []
+        self._listening = listening = self.endpoint.listen(self.factory)
+        listening.addCallbacks(self._up, failed.append)
+        if failed:  # as a TCP endpoint fails: at once
+            self._listening = None
+            raise ListenError(self.description, failed[0].value or Exception("failed"))
+        listening.addErrback(self._failed_later)
+
+    def _up(self, port: IListeningPort) -> IListeningPort:
+        self.port = port
+        self.bound.callback(port)
+        return port
+
+    def _failed_later(self, failure: Failure) -> None:
+        log.failure("cannot listen on {description}", failure, description=self.description)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        listening, self._listening = self._listening, None
+        port, self.port = self.port, None
+        self.bound = Deferred()
+        if port is not None:
+            stopped: Deferred[None] = maybeDeferred(port.stopListening)  # type: ignore[call-overload]
+            return stopped
+        if listening is not None:
+            listening.cancel()
+        return succeed(None)
+
+
+class CSEService(MultiService):
+    """The whole CSE server; says "listening on" once every listener listens (the
+    ``listening`` Deferred fires then, with the ports)."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        originators: OriginatorMap,
+        chain: PoaChain,
+        cse: CSE,
+        factory: OneM2MServerFactory,
+        link: RegistrarLink | None,
+        listeners: Sequence[Listener],
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.store = store
+        self.originators = originators
+        self.chain = chain
+        self.cse = cse
+        self.factory = factory
+        self.link = link
+        self.listeners = list(listeners)
+        #: what a :class:`ListenError` becomes when raised at start (``twistd acmews`` makes
+        #: it one line and exit status 1)
+        self.start_error: Callable[[ListenError], BaseException] = _as_is
+        self.listening: Deferred[list[IListeningPort]] = Deferred()
+        self._watching = False
+        # the store is the first child: it stops last, once nothing changes any more
+        for child in (store.service, originators, chain, link, *listeners):
+            if child is not None:
+                child.setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        self._watch()
+        try:
+            super().privilegedStartService()
+        except ListenError as e:
+            raise self.start_error(e) from None
+
+    def startService(self) -> None:
+        self._watch()
+        try:
+            super().startService()
+        except ListenError as e:
+            raise self.start_error(e) from None
+
+    def stopService(self) -> Deferred[None]:
+        self._watching = False
+        stopped: Deferred[None] = super().stopService()
+        return stopped
+
+    def _watch(self) -> None:
+        if self._watching:
+            return
+        self._watching = True
+        self.listening = listening = Deferred[list[IListeningPort]]()
+        bound = [listener.bound for listener in self.listeners]
+        gatherResults(bound).addCallback(self._announce).chainDeferred(listening)
+
+    def _announce(self, ports: list[IListeningPort]) -> list[IListeningPort]:
+        config = self.config
+        log.info(
+            "acmews CSE {cse_id} ({cse_name}) listening on {listen}, poa {poa}",
+            cse_id=config.cse_id,
+            cse_name=config.cse_name,
+            listen=", ".join(_address(port) for port in ports),
+            poa=", ".join(self.cse.config.poa) or "(none)",
+        )
+        return ports
+
+
+def _as_is(error: ListenError) -> BaseException:
+    return error
+
+
+def _address(port: IListeningPort) -> str:
+    """A listening port's address as a URL-ish string (tcp:127.0.0.1:8180)."""
+    host: Any = port.getHost()
+    if hasattr(host, "port"):
+        kind = getattr(host, "type", "TCP").lower()
+        return f"{kind}:{host.host}:{host.port}"
+    return str(getattr(host, "name", host))
+
+
+def warn_without_nvx() -> bool:
+    """Autobahn's NVX (C UTF-8 validation and masking) is worth about 2x: say if it is off."""
+    try:
+        from autobahn.websocket import USES_NVX
+    except ImportError:  # pragma: no cover
+        USES_NVX = False
+    if not USES_NVX:
+        log.warn(
+            "Autobahn runs without its NVX acceleration (set AUTOBAHN_USE_NVX=1 and install "
+            "a wheel with cffi); WebSocket framing will be about 2x slower"
+        )
+    return bool(USES_NVX)
