@@ -542,4 +542,3 @@ def makeService(options: Options, reactor: Any = None) -> CSEService:
         raise TwistdExit(e) from None
     service.start_error = TwistdExit
     return service
-
