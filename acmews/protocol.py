@@ -44,6 +44,8 @@ from acmews.originators import OriginatorMap
 from acmews.session import Session
 from acmews.wsframe import frame_header
 
+_NOTHING_PROVED = Authorization()
+
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_PING_INTERVAL",
@@ -396,7 +398,7 @@ class _OneM2MProtocolMixin(_AutobahnFastPath):
         originator: str | None,
         enforce_originator: bool,
         on_bound: Any = None,
-        credential: str | None = None,
+        authorization: Authorization = _NOTHING_PROVED,
     ) -> Session:
         """The session for this connection, now that the handshake is done."""
         self.session = Session(
@@ -411,7 +413,7 @@ class _OneM2MProtocolMixin(_AutobahnFastPath):
             request_timeout=factory.options.request_timeout,
             max_message_size=factory.options.max_message_size,
             on_bound=on_bound,
-            credential=credential,
+            authorization=authorization,
         )
         self._start_keepalive()
         return self.session
@@ -510,6 +512,9 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
             # the peer left while an asynchronous authorizer decided: bind nothing
             raise ConnectionDeny(400, "connection closed during the handshake")
         self._authorization = authorization = Authorization.of(decision)
+        taken = self.factory.taken(authorization)
+        if taken is not None:
+            raise self._refuse(HandshakeRefused(403, taken))
         self.originator = authorization.originator
         self.codec = self.factory.codecs[chosen]
         return chosen
@@ -557,7 +562,7 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
             self.originator,
             enforce_originator=True,
             on_bound=factory.session_bound,
-            credential=self._authorization.owner,
+            authorization=self._authorization,
         )
         self._forget_handshake_text()
         factory.session_opened(session)
@@ -625,7 +630,27 @@ class OneM2MServerFactory(WebSocketServerFactory):
         #: handshake refusals (401, 403, ...) logged: 20 a minute, then summed up
         self.refusal_log_budget = Budget(20, 60.0)
 
+    def taken(self, authorization: Authorization) -> str | None:
+        """Why the originator ``authorization`` claims is taken, or None. A CSE-ID with a
+        live link here (a registree's, or the registrar link this CSE dialled) is not
+        displaced by a newcomer, unless the same credential comes back: one dishonest peer
+        must not take over another CSE's traffic. (An AE's newest connection wins.)"""
+        originator = authorization.originator
+        if originator is None or not originator.startswith("/"):
+            return None
+        live = self.originators.lookup(originator)
+        if live is None:
+            return None
+        owner = authorization.owner
+        if owner is not None and live.authorization.owner == owner:
+            return None
+        return f"the CSE-ID {originator} has a live link here"
+
     def session_opened(self, session: Session) -> None:
+        taken = self.taken(session.authorization)
+        if taken is not None:  # a link came up while this handshake was decided
+            session.close(1008, taken)
+            return
         _log.info(
             "connection from {peer}: originator {originator}, {subprotocol}",
             peer=session.peer,
@@ -664,8 +689,13 @@ class OneM2MClientProtocol(_OneM2MProtocolMixin, WebSocketClientProtocol):  # ty
     @override
     def onOpen(self) -> None:
         factory = self.factory
+        peer = factory.remote_originator
         session = self._start_session(
-            factory, factory.remote_originator, enforce_originator=factory.enforce_originator
+            factory,
+            peer,
+            enforce_originator=factory.enforce_originator,
+            # the peer this side dialled is who it was dialled as (its URL, its TLS)
+            authorization=Authorization(peer, verified=peer is not None),
         )
         factory.opened(session)
 

@@ -328,7 +328,9 @@ class Options(usage.Options):
 
     def opt_allowed_csr_originators(self, patterns: str) -> None:
         """CSE-IDs that may register a remoteCSE here: comma-separated glob patterns
-        (/id-mn*); repeatable (default: any CSE-ID, /*)."""
+        (/id-mn*); repeatable. They may act as CSEs (register a remoteCSE, relay
+        notifications to AEs) without proving it; by default only a CSE whose credential or
+        certificate names its CSE-ID may (and the registrar this CSE dialled)."""
         self["allowed-csr-originators"].extend(p for p in patterns.split(",") if p.strip())
 
     def opt_allow_targets(self, rules: str) -> None:

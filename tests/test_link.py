@@ -66,7 +66,10 @@ class LinkTests(TestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(1_795_000_000)
-        self.inn = Stack(self.clock, CSEConfig(cse_id=IN, cse_name="cse-in"))
+        self.inn = Stack(
+            self.clock,
+            CSEConfig(cse_id=IN, cse_name="cse-in", allowed_csr_originators=("/id-mn",)),
+        )
         self.in_factory = make_server_factory(self.inn.cse, self.clock, self.inn.originators)
         self.endpoint = PairingEndpoint(self.in_factory)
         self.mn = Stack(

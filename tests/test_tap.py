@@ -294,7 +294,8 @@ class MakeServiceTests(TestCase):
 
     def test_allowed_csr_originators(self) -> None:
         default: Any = makeService(parse(), MemoryReactorClock())
-        self.assertEqual(default.cse.config.allowed_csr_originators, ("/*",))
+        # none: a CSE must prove its CSE-ID (#27)
+        self.assertEqual(default.cse.config.allowed_csr_originators, ())
         o = parse("--allowed-csr-originators", "/id-mn*,/id-gw", "--allowed-csr-originators", "/x")
         service: Any = makeService(o, MemoryReactorClock())
         self.assertEqual(service.cse.config.allowed_csr_originators, ("/id-mn*", "/id-gw", "/x"))
