@@ -277,14 +277,9 @@ class PoaChain(Service):
                 "sending {rqi} to {target} via poa {url}", rqi=request.rqi, target=target, url=url
             )
             try:
-                return await self._through(connector, url, request)
-            except CancelledError:
-                raise
-            except Exception as e:
-                # the same words whether refused, silent or reset: the reason reaches the
-                # client, which must not learn from it which ports are open (the log says)
+                return await self._through(target, connector, url, request)
+            except OneM2MError:
                 tried.append(f"{url}: not reachable")
-                self._log_step_failed(target, request, url, e)
         if not poa:
             tried.append("no poa")
         if store and request.op == Operation.NOTIFY:
@@ -314,25 +309,33 @@ class PoaChain(Service):
                 f"{url} is not reachable (unsupported scheme {scheme!r})", rqi=request.rqi
             )
         self.log.debug("sending {rqi} to URL {url}", rqi=request.rqi, url=url)
-        try:
-            return await self._through(connector, url, request)
-        except CancelledError:
-            raise
-        except (TargetNotReachable, RequestTimeout) as e:
-            self._log_step_failed(url, request, url, e)
-            raise TargetNotReachable(f"{url} is not reachable", rqi=request.rqi) from e
-        except OneM2MError:
-            raise  # not about reaching it (a request too large for it, say)
-        except Exception as e:
-            self._log_step_failed(url, request, url, e)
-            raise TargetNotReachable(f"{url} is not reachable", rqi=request.rqi) from e
+        return await self._through(url, connector, url, request)
 
-    def _through(self, connector: IPoaConnector, url: str, request: Request) -> Deferred[Response]:
+    async def _through(
+        self, target: str, connector: IPoaConnector, url: str, request: Request
+    ) -> Response:
         """The one step both a poa entry and a URL target take: the policy, a slot within the
         outbound limits, the scheme's connector; all of it under the chain's timeout (which
-        fires whatever the connector does, and counts the wait for a slot too)."""
+        fires whatever the connector does, and counts the wait for a slot too).
+
+        And their one failure path: a failure is logged; one to reach ``url`` (a transport
+        error, a timeout, anything unexpected) is raised as TargetNotReachable, in the same
+        words whether refused, silent or reset: the reason reaches the client, which must
+        not learn from it which ports are open (the log says). Another oneM2M error (a
+        request too large for it, say) is raised as it is.
+        """
         step = Deferred.fromCoroutine(self._outbound(connector, url, request))
-        return Deferred.fromCoroutine(await_step(step, self.timeout, self._clock))
+        try:
+            return await await_step(step, self.timeout, self._clock)
+        except CancelledError:
+            raise
+        except Exception as e:
+            self._log_step_failed(target, request, url, e)
+            if isinstance(e, OneM2MError) and not isinstance(
+                e, TargetNotReachable | RequestTimeout
+            ):
+                raise
+            raise TargetNotReachable(f"{url} is not reachable", rqi=request.rqi) from e
 
     async def _outbound(self, connector: IPoaConnector, url: str, request: Request) -> Response:
         try:
