@@ -519,6 +519,27 @@ class QueueTests(ChainTestCase):
         conn.answer(rsc=RSC.OK)
         self.assertEqual(self.successResultOf(d).rsc, RSC.OK)
 
+    def test_notification_sent_while_the_flush_starts_waits_behind(self) -> None:
+        # a peer in this process may answer at once, by having the CSE notify it again
+        self.successResultOf(self.chain.send(AE, notify("n0"), store=True))
+        conn = FakeConnection()
+        again: list[Deferred[Response]] = []
+        send = conn.request
+
+        def request(request: Request, timeout: float | None = None) -> Deferred[Response]:
+            if not again:
+                again.append(self.chain.send(AE, notify("n1"), store=True))
+            return send(request, timeout)
+
+        conn.request = request  # type: ignore[method-assign]
+        self.map.bind(AE, conn)
+        self.assertEqual(self.successResultOf(again[0]).rsc, RSC.ACCEPTED)
+        self.assertEqual(conn.rqis(), ["n0"])  # no second flush beside the first
+        conn.answer()
+        self.assertEqual(conn.rqis(), ["n0", "n1"])
+        conn.answer()
+        self.assertEqual(self.chain.queued(AE), [])
+
     def test_new_notification_restarts_stopped_flush(self) -> None:
         self.successResultOf(self.chain.send(AE, notify("n0"), store=True))
         conn = FakeConnection()

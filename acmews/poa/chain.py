@@ -123,8 +123,10 @@ class PoaChain(Service):
         self.purge_interval = purge_interval
         self.policy = policy if policy is not None else TargetPolicy(deny=())
         self.limits = limits if limits is not None else OutboundLimits()
-        self._flushing: dict[str, Deferred[bool]] = {}
-        self._flushing_now: set[str] = set()
+        #: the originators whose queue is being sent, each with its flush (None while the
+        #: flush takes its first steps, which run at once: a notification sent meanwhile must
+        #: see it, to join the queue behind what is being sent)
+        self._flushing: dict[str, Deferred[bool] | None] = {}
         self._in_flight: set[Deferred[Response]] = set()
         self._purge_call: IDelayedCall | None = None
         self._stopped = False
@@ -163,7 +165,8 @@ class PoaChain(Service):
             self._purge_call.cancel()
         self._purge_call = None
         for d in list(self._flushing.values()):
-            d.cancel()
+            if d is not None:
+                d.cancel()
         for sent in list(self._in_flight):
             sent.cancel()
 
@@ -238,7 +241,7 @@ class PoaChain(Service):
     async def _send_queued(self, target: str, request: Request, poa: tuple[str, ...]) -> Response:
         """A NOTIFY for an originator with a non-empty queue: keep the order."""
         connection = self._originators.lookup(target)
-        if connection is not None or target in self._flushing_now:
+        if connection is not None or target in self._flushing:
             response = await self._enqueue(target, request)
             if connection is not None:
                 self._start_flush(target, connection)
@@ -456,14 +459,15 @@ class PoaChain(Service):
         """Nothing to do: a flush in progress learns of it when its request fails."""
 
     def _start_flush(self, originator: str, connection: IConnection) -> None:
-        if self._stopped or originator in self._flushing_now or not self.queue.count(originator):
+        if self._stopped or originator in self._flushing or not self.queue.count(originator):
             return
-        d = Deferred.fromCoroutine(self._flush(originator, connection))
-        if not d.called:
-            self._flushing[originator] = d
+        self._flushing[originator] = None
+        d = self._flushing[originator] = Deferred.fromCoroutine(
+            self._flush(originator, connection)
+        )
 
         def done(result: bool | Failure) -> None:
-            self._flushing.pop(originator, None)
+            del self._flushing[originator]
             if isinstance(result, Failure):
                 if not isinstance(result.value, CancelledError):
                     self.log.failure(
@@ -481,7 +485,6 @@ class PoaChain(Service):
 
     async def _flush(self, originator: str, connection: IConnection) -> bool:
         """Send the queue in order; True once empty, False if a transport failure stopped it."""
-        self._flushing_now.add(originator)
         queue = self.queue
         delivered = expired = 0
         try:
@@ -535,7 +538,6 @@ class PoaChain(Service):
                     rsc=response.rsc,
                 )
         finally:
-            self._flushing_now.discard(originator)
             if delivered or expired:
                 self.log.info(
                     "delivered {count} queued notifications to {originator} "
