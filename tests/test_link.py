@@ -116,6 +116,11 @@ class LinkTests(TestCase):
         self.flush()
         self.assertTrue(self.link.registered, self.link.state)
 
+    def stop(self) -> None:
+        d = self.link.stopService()
+        self.flush()
+        self.successResultOf(d)
+
     def refuse_registrations(self) -> None:
         """The IN-CSE accepts no remoteCSE from the MN-CSE (4103)."""
         self.inn.cse = CSE(
@@ -298,9 +303,7 @@ class LinkTests(TestCase):
         self.link.startService()
         self.flush()
         self.assertEqual(self.link.state, "connecting")
-        d = self.link.stopService()
-        self.flush()
-        self.successResultOf(d)
+        self.stop()
         self.assertEqual(self.link.state, "stopped")
         self.assertTrue(self.endpoint.pumps[0].clientIO.disconnected)
         pending.callback(MN)
