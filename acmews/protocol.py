@@ -20,7 +20,7 @@ from autobahn.twisted.websocket import (
 )
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest, ConnectionResponse
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ISSLTransport
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
@@ -52,6 +52,7 @@ __all__ = [
     "DEFAULT_PING_TIMEOUT",
     "OneM2MClientFactory",
     "OneM2MClientProtocol",
+    "OneM2MClientProtocolFactory",
     "OneM2MServerFactory",
     "OneM2MServerProtocol",
     "choose_subprotocol",
@@ -672,7 +673,22 @@ class OneM2MServerFactory(WebSocketServerFactory):
 class OneM2MClientProtocol(_OneM2MProtocolMixin, WebSocketClientProtocol):  # type: ignore[misc]
     """The connecting side: an AE or CSE connecting to its registrar, or a CSE to a poa."""
 
-    factory: OneM2MClientFactory
+    factory: OneM2MClientProtocolFactory
+    #: why the connection ended before the WebSocket opened (see when_open)
+    _not_opened: Exception | None = None
+    _open_waiters: list[Deferred[Session]] | None = None
+
+    def when_open(self) -> Deferred[Session]:
+        """Fires with this connection's session once the WebSocket is open, or fails with
+        TargetNotReachable when it ended before: what a ``ClientService``'s
+        ``prepareConnection`` waits on, its factory serving every connection in turn."""
+        if self.session is not None:
+            return succeed(self.session)
+        if self._not_opened is not None:
+            return fail(self._not_opened)
+        d: Deferred[Session] = Deferred()
+        self._open_waiters = [*(self._open_waiters or ()), d]
+        return d
 
     @override
     def onConnect(self, response: ConnectionResponse) -> None:
@@ -698,16 +714,27 @@ class OneM2MClientProtocol(_OneM2MProtocolMixin, WebSocketClientProtocol):  # ty
             authorization=Authorization(peer, verified=peer is not None),
         )
         factory.opened(session)
+        waiters, self._open_waiters = self._open_waiters or [], None
+        for waiter in waiters:
+            waiter.callback(session)
 
     @override
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         why = reason or getattr(self, "wasNotCleanReason", None) or f"closed ({code})"
         self._session_closed(why)
-        self.factory.fail(TargetNotReachable(f"could not open the WebSocket: {why}"))
+        error = TargetNotReachable(f"could not open the WebSocket: {why}")
+        if self.session is None:
+            self._not_opened = error
+            waiters, self._open_waiters = self._open_waiters or [], None
+            for waiter in waiters:
+                waiter.errback(error)
+        self.factory.fail(error)
 
 
-class OneM2MClientFactory(WebSocketClientFactory):
-    """One outgoing oneM2M WebSocket connection; ``ready`` fires with its session."""
+class OneM2MClientProtocolFactory(WebSocketClientFactory):
+    """Builds a oneM2M client protocol for each outgoing connection, as many as asked for
+    (e.g. by a ``ClientService``, which connects again after each loss); each protocol's
+    :meth:`~OneM2MClientProtocol.when_open` gives its session."""
 
     protocol = OneM2MClientProtocol  # type: ignore[assignment]
 
@@ -744,8 +771,27 @@ class OneM2MClientFactory(WebSocketClientFactory):
         self.remote_originator = remote_originator
         self.enforce_originator = enforce_originator
         self.options = options if options is not None else ConnectionOptions()
-        self.ready: Deferred[Session] = Deferred()
         self.setProtocolOptions(**self.options.autobahn())
+
+    def opened(self, session: Session) -> None:
+        """A connection opened (its protocol's ``when_open`` fires too)."""
+
+    def fail(self, error: Exception) -> None:
+        """A connection could not be made, or ended before it opened."""
+
+    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
+        self.fail(TargetNotReachable(f"cannot connect: {reason.getErrorMessage()}"))
+
+
+class OneM2MClientFactory(OneM2MClientProtocolFactory):
+    """One outgoing oneM2M WebSocket connection; ``ready`` fires with its session.
+
+    Takes the arguments of :class:`OneM2MClientProtocolFactory`.
+    """
+
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self.ready: Deferred[Session] = Deferred()
 
     def opened(self, session: Session) -> None:
         if not self.ready.called:
@@ -754,6 +800,3 @@ class OneM2MClientFactory(WebSocketClientFactory):
     def fail(self, error: Exception) -> None:
         if not self.ready.called:
             self.ready.errback(error)
-
-    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
-        self.fail(TargetNotReachable(f"cannot connect: {reason.getErrorMessage()}"))
