@@ -221,8 +221,9 @@ class CSE:
         csr = self.store.get(originator[1:])
         return csr is not None and csr.ty == ResourceType.CSR
 
-    def route(self, cse_id: str) -> tuple[str, tuple[str, ...], bool] | None:
-        """The next hop towards CSE ``cse_id``: ``(originator, poa, registered)``.
+    def route(self, cse_id: str) -> tuple[str, tuple[str, ...]] | None:
+        """The next hop towards CSE ``cse_id``: ``(originator, poa)``, a CSE registered here
+        or this CSE's registrar (so a NOTIFY for it may wait in store-and-forward).
 
         A remoteCSE registered here with that CSE-ID; else the remoteCSE whose ``dcse`` lists
         it; else this CSE's registrar, when it has one; else None.
@@ -231,14 +232,14 @@ class CSE:
         for csr in remotes:
             if csr.attrs["csi"] == cse_id:
                 if cse_id == self.config.registrar_cse_id:
-                    return cse_id, (), True  # the link is the way, up or down
-                return cse_id, tuple(csr.attrs.get("poa", ())), True
+                    return cse_id, ()  # the link is the way, up or down
+                return cse_id, tuple(csr.attrs.get("poa", ()))
         for csr in remotes:
             if cse_id in csr.attrs.get("dcse", ()):
-                return csr.attrs["csi"], tuple(csr.attrs.get("poa", ())), True
+                return csr.attrs["csi"], tuple(csr.attrs.get("poa", ()))
         registrar = self.config.registrar_cse_id
         if registrar is not None:
-            return registrar, (), True
+            return registrar, ()
         return None
 
     def forward(
@@ -253,7 +254,7 @@ class CSE:
                 f"target {request.to!r} is on {cse_id}, which is not registered here "
                 "(and this CSE has no registrar)"
             )
-        hop, poa, registered = route
+        hop, poa = route
         if connection is not None and connection.originator == hop:
             raise TargetNotReachable(
                 f"target {request.to!r} is on {cse_id}: its route leads back to {hop}, "
@@ -262,7 +263,7 @@ class CSE:
         outgoing = copy_request(
             request, fr=self._sp_relative(request.fr), rqi=self.notifier.new_rqi()
         )
-        store = registered and request.op == Operation.NOTIFY
+        store = request.op == Operation.NOTIFY  # every hop is a registered CSE
         d = maybeDeferred(self._sender.send, hop, outgoing, poa=poa, store=store)
 
         def relayed(response: Response) -> Response:
