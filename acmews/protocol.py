@@ -691,6 +691,21 @@ class OneM2MClientProtocol(_OneM2MProtocolMixin, WebSocketClientProtocol):  # ty
         return d
 
     @override
+    def dataReceived(self, data: bytes) -> None:
+        if self.session is not None:
+            super().dataReceived(data)
+            return
+        try:
+            super().dataReceived(data)
+        except Exception as e:
+            # Autobahn raises on some malformed handshake answers (bytes that are not
+            # UTF-8, say): the connection fails with one reason, as for any bad answer
+            self.wasNotCleanReason = (
+                f"malformed handshake answer from the server ({type(e).__name__})"
+            )
+            self.dropConnection(abort=True)
+
+    @override
     def onConnect(self, response: ConnectionResponse) -> None:
         chosen = response.protocol
         codec = self.factory.codecs.get(chosen) if chosen else None
