@@ -76,11 +76,13 @@ class ServerEndpoint:
             return self.kind == "unix"
         return host.startswith("127.") or host in _LOOPBACK
 
-    def poa(self) -> str | None:
-        """The ``ws://`` or ``wss://`` URL a client would use, or None (not TCP, port 0)."""
+    def poa(self, port: int | None = None) -> str | None:
+        """The ``ws://`` or ``wss://`` URL a client would use, or None (not TCP, port 0);
+        ``port``: the one actually listened on (for a port 0)."""
         if self.kind not in ("tcp", "ssl", "tls") or not self.port.isdigit():
             return None
-        if self.port == "0":
+        number = str(port) if port is not None else self.port
+        if number == "0":
             return None
         host = self.interface or "127.0.0.1"
         if host in ("", "0.0.0.0", "::"):
@@ -88,7 +90,7 @@ class ServerEndpoint:
         if ":" in host:
             host = f"[{host}]"
         scheme = "ws" if self.kind == "tcp" else "wss"
-        return f"{scheme}://{host}:{self.port}"
+        return f"{scheme}://{host}:{number}"
 
     def endpoint(self, reactor: Any, client_ca: str | None = None) -> Any:
         """The Twisted server endpoint; an ``ssl:`` one that requires a client certificate

@@ -25,6 +25,7 @@ from acmews.client import connect
 from acmews.config import Config
 from acmews.cse import CSE
 from acmews.durable import Store, open_store
+from acmews.endpoints import ServerEndpoint
 from acmews.interfaces import IHandshakeAuthorizer
 from acmews.link import RegistrarLink
 from acmews.logs import Logger
@@ -320,6 +321,15 @@ class CSEService(MultiService):
 
     def _announce(self, ports: list[IListeningPort]) -> list[IListeningPort]:
         config = self.config
+        if not config.poa:
+            # derived from the listeners: with the ports actually listened on (a port 0)
+            derived = (
+                ServerEndpoint.parse(listener.description).poa(
+                    getattr(port.getHost(), "port", None)
+                )
+                for listener, port in zip(self.listeners, ports, strict=True)
+            )
+            self.cse.advertise([p for p in derived if p is not None])
         log.info(
             "acmews CSE {cse_id} ({cse_name}) listening on {listen}, poa {poa}",
             cse_id=config.cse_id,
@@ -328,6 +338,11 @@ class CSEService(MultiService):
             poa=", ".join(self.cse.config.poa) or "(none)",
         )
         return ports
+
+
+def _port_number(port: IListeningPort) -> int | None:
+    number = getattr(port.getHost(), "port", None)
+    return number if isinstance(number, int) else None
 
 
 def _as_is(error: ListenError) -> BaseException:

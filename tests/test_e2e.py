@@ -441,7 +441,8 @@ class LoopbackCSEToCSETests(LoopbackServiceTests):
             (r.rsc, r.pc["m2m:cb"]["csi"], r.pc["m2m:cb"]["cst"]), (2000, "/id-mn", 2)
         )
         r = yield admin.retrieve("cse-in/id-mn")
-        self.assertEqual(r.pc["m2m:csr"]["poa"], ["ws://default"])  # port 0: no poa to derive
+        # port 0: the poa names the port actually listened on (#25: not ws://default)
+        self.assertEqual(r.pc["m2m:csr"]["poa"], [mn_url])
         mn_admin = yield connect(mn_url, originator="CAdmin", options=NO_PING)
         r = yield mn_admin.retrieve("/id-in/cse-in")
         self.assertEqual((r.rsc, r.pc["m2m:cb"]["csi"]), (2000, "/id-in"))

@@ -515,6 +515,25 @@ class MakeServiceTests(TestCase):
         self.assertTrue(mode & SSL.VERIFY_PEER and mode & SSL.VERIFY_FAIL_IF_NO_PEER_CERT)
         self.assertRaises(usage.UsageError, parse, "--client-ca", f"{d}/missing.pem")
 
+    def test_the_poa_names_the_port_listened_on(self) -> Deferred[None]:
+        """A derived poa names the port actually listened on, a port 0 too (#25)."""
+
+        async def run() -> None:
+            from acmews.client import connect
+
+            from .helpers import NO_PING, start_cse
+
+            service, url = await start_cse(self)
+            self.assertEqual(service.cse.config.poa, (url,))
+            admin = await connect(url, originator="CAdmin", options=NO_PING)
+            r = await admin.retrieve("cse-in")
+            self.assertEqual(r.pc["m2m:cb"]["poa"], [url])
+            await admin.close()
+            explicit, _ = await start_cse(self, "--poa", "ws://cse.example.com:8180")
+            self.assertEqual(explicit.cse.config.poa, ("ws://cse.example.com:8180",))
+
+        return Deferred.fromCoroutine(run())
+
     def test_explicit_poa(self) -> None:
         o = parse("--poa", "ws://cse.example.com:8180")
         service: Any = makeService(o, MemoryReactorClock())

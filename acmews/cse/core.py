@@ -22,6 +22,7 @@ from __future__ import annotations
 import fnmatch
 import secrets
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
@@ -87,7 +88,6 @@ class CSE:
         self._cse_id = config.cse_id
         base_ri = config.cse_id.lstrip("/")
         base = self.store.get(base_ri)
-        batch = Batch(self.store)
         if base is None:
             now = self._now()
             base = Resource(
@@ -107,22 +107,38 @@ class CSE:
                 config.cse_name,
                 None,
             )
+            batch = Batch(self.store)
             batch.add(base)
-        elif base.attrs.get("poa") != list(config.poa) or base.attrs.get("cst") != config.cse_type:
-            # a stored CSEBase: what it advertises follows this start's configuration
-            base.replace({"poa": list(config.poa), "cst": config.cse_type, "lt": self._now()})
-            batch.update(base)
-        if batch:
-            done = self.store.apply(batch)
-            if done is not None:
-                done.addErrback(self._log_failure, "could not store the CSEBase")
+            self._store_base(batch)
         self.base = base
+        if base.attrs.get("poa") != list(config.poa) or base.attrs.get("cst") != config.cse_type:
+            # a stored CSEBase: what it advertises follows this start's configuration
+            self._update_base({"poa": list(config.poa), "cst": config.cse_type})
         self.addressing = addressing = Addressing(config, self.store, base)
         self.access = access = AccessControl(addressing, config.admin)
         self.content = Content(self.store, access, config.admin)
         self.notifier = Notifier(config, sender, clock, self._ts, addressing, self.route)
         self._base_targets = addressing.base_targets
         self._registrations: WeakKeyDictionary[IConnection, Budget] = WeakKeyDictionary()
+
+    def advertise(self, poa: Sequence[str]) -> None:
+        """Advertise ``poa`` as the CSEBase's points of access from now on: the addresses
+        actually listened on, known once listening (a port 0 was chosen by the system)."""
+        poa = tuple(poa)
+        if poa != self.config.poa:
+            self.config = replace(self.config, poa=poa)
+            self._update_base({"poa": list(poa)})
+
+    def _update_base(self, changes: dict[str, Any]) -> None:
+        batch = Batch(self.store)
+        self.base.replace({**changes, "lt": self._now()})
+        batch.update(self.base)
+        self._store_base(batch)
+
+    def _store_base(self, batch: Batch) -> None:
+        done = self.store.apply(batch)
+        if done is not None:
+            done.addErrback(self._log_failure, "could not store the CSEBase")
 
     def owner_of(self, aei: str) -> str | None:
         """The credential an AE registered through (``Resource.owner``), or None: for
