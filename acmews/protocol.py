@@ -141,6 +141,10 @@ class _AutobahnFastPath:
     ``_onMessageFrameBegin`` (the Twisted adapter's, which only calls ``onMessageFrameBegin``)
     counts frames per message and times fragmented ones.
 
+    The server hands Autobahn its opening request whole, once its end is seen (see
+    :meth:`OneM2MServerProtocol._request_head`): Autobahn appends every read to ``data`` and
+    searches all of it for the end of the headers each time, without any bound.
+
     Public hooks overridden: ``connectionMade`` (the write bound and the back-pressure
     producer) and
     ``connectionLost`` (timers cancelled, the session's references to this protocol cut, so
@@ -447,6 +451,48 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
     #: the client address this connection counts against (None: not admitted)
     _admitted: str | None = None
     _handshaking = False
+    #: the opening request's reads, held until the end of its headers is seen (None: seen)
+    _head: list[bytes] | None = None
+    _head_size = 0
+    _head_tail = b""
+
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        if self._head is not None:
+            head = self._request_head(data)
+            if head is None:
+                return
+            data = head
+        super().dataReceived(data)
+
+    def _request_head(self, data: bytes) -> bytes | None:
+        """The whole opening request so far once the end of its headers is among its bytes
+        (None: not yet, or refused). Only the new bytes, and the three before them, are
+        searched for the end: Autobahn would search its whole buffer on every read (128
+        never-ending requests took 430 MB and a core). A request whose headers exceed
+        ``max_handshake_size`` is answered with 431 and closed."""
+        head = self._head
+        assert head is not None
+        seen = self._head_size
+        overlap = self._head_tail  # the end may straddle two reads
+        window = overlap + data
+        end = window.find(b"\r\n\r\n")
+        size = seen + len(data) if end < 0 else seen - len(overlap) + end + 4
+        limit = self.factory.options.max_handshake_size
+        if size > limit:
+            self._head = None
+            self._handshake_pending = True  # what it sends from now on is not parsed
+            reason = "Request Header Fields Too Large"
+            self._log_refusal(431, f"{reason} (over {limit} bytes)")
+            self.failHandshake(reason, 431)
+            return None
+        head.append(data)
+        self._head_size = seen + len(data)
+        if end < 0:
+            self._head_tail = window[-3:]
+            return None
+        self._head = None
+        return head[0] if len(head) == 1 else b"".join(head)
 
     @override
     def connectionMade(self) -> None:
@@ -460,6 +506,7 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
             return
         self._admitted = address
         self._handshaking = True
+        self._head = []
 
     @override
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -521,6 +568,11 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
         raise failure.value  # Autobahn logs it and answers 500
 
     def _refuse(self, refusal: HandshakeRefused) -> ConnectionDeny:
+        self._log_refusal(refusal.status, refusal.reason)
+        self._refusal_headers = list(refusal.headers.items()) or None
+        return ConnectionDeny(refusal.status, refusal.reason)
+
+    def _log_refusal(self, status: int, reason: str) -> None:
         # one budget for the whole factory: a peer retrying bad credentials in a loop, on
         # new connections each time, must not fill the log
         budget = self.factory.refusal_log_budget
@@ -530,12 +582,10 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
                 "refused {peer}: {status} {reason}"
                 + (" ({left_out} more refusals not logged)" if left_out else ""),
                 peer=self.peer,
-                status=refusal.status,
-                reason=refusal.reason[:300],
+                status=status,
+                reason=reason[:300],
                 left_out=left_out,
             )
-        self._refusal_headers = list(refusal.headers.items()) or None
-        return ConnectionDeny(refusal.status, refusal.reason)
 
     @override
     def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:

@@ -233,6 +233,14 @@ class Options(usage.Options):
             _seconds("message-timeout"),
         ],
         [
+            "max-handshake-size",
+            None,
+            _CONNECTION.max_handshake_size,
+            "Largest opening handshake (request line and headers) in bytes; a larger one is "
+            "answered with 431 and closed.",
+            _count("max-handshake-size"),
+        ],
+        [
             "max-connections",
             None,
             DEFAULTS.limits.total,
@@ -397,6 +405,7 @@ class Options(usage.Options):
                 write_buffer_size=int(self["write-buffer-size"]),
                 max_message_frames=int(self["max-message-frames"]),
                 message_timeout=float(self["message-timeout"]),
+                max_handshake_size=int(self["max-handshake-size"]),
             ),
             limits=type(DEFAULTS.limits)(
                 int(self["max-connections"]),
