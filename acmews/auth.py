@@ -116,6 +116,15 @@ def _verify(password: str, stored: str) -> bool:
     return hmac.compare_digest(got_hex, stored.lower())
 
 
+def _verify_padded(password: str, stored: str, pad: str | None) -> bool:
+    """:func:`_verify`, then (with ``pad``) a check against ``pad`` whose result is dropped:
+    what makes a SHA-256 entry as dear as a scrypt one in a file that has both."""
+    ok = _verify(password, stored)
+    if pad is not None:
+        _verify(password, pad)
+    return ok
+
+
 def _parse_lines(lines: Iterable[str], fields: int, what: str) -> list[Credential]:
     credentials: list[Credential] = []
     for number, raw in enumerate(lines, 1):
@@ -213,12 +222,12 @@ class CredentialAuthorizer:
         self._admin = admin
         self._defer_to_thread = defer_to_thread
         self._owner_of: Callable[[str], str | None] = owner_of if owner_of is not None else _nobody
+        #: with any scrypt entry, every Basic check costs one scrypt (a SHA-256 user's pays
+        #: one against the dummy): known users of either kind and unknown ones take the same
+        #: time (before: 1.3 ms for a SHA-256 user, 36 ms for an unknown one)
+        self._pad = _DUMMY if any(c.secret.startswith("scrypt$") for c in basic) else None
         #: what an unknown user's password is checked against, as dear as the users' own
-        self._dummy = (
-            _DUMMY
-            if any(c.secret.startswith("scrypt$") for c in basic)
-            else "0" * 64  # a SHA-256 hex no password has
-        )
+        self._dummy = self._pad or "0" * 64  # a SHA-256 hex no password has
         #: patterns some credential lists: a credential without a list may not claim them
         self._listed = [p for c in (*basic, *tokens) if c.originators for p in c.originators]
 
@@ -250,10 +259,11 @@ class CredentialAuthorizer:
             known = self._users.get(user) if sep else None
             # an unknown user costs what a known one does: no user list by timing
             stored = self._dummy if known is None else known.secret
-            if stored.startswith("scrypt$") and self._defer_to_thread is not None:
-                d = self._defer_to_thread(_verify, password, stored)
+            pad = None if stored.startswith("scrypt$") else self._pad
+            if self._pad is not None and self._defer_to_thread is not None:
+                d = self._defer_to_thread(_verify_padded, password, stored, pad)
                 return d.addCallback(self._checked, known, originator)
-            return self._checked(_verify(password, stored), known, originator)
+            return self._checked(_verify_padded(password, stored, pad), known, originator)
         raise _unauthorized()
 
     def _checked(
