@@ -35,6 +35,7 @@ from zope.interface import implementer
 
 from acmews.handshake import Authorization, Handshake, HandshakeRefused, origin_header
 from acmews.interfaces import IHandshakeAuthorizer
+from acmews.throttle import CheckSlots, LoginLimits
 
 __all__ = [
     "Credential",
@@ -203,10 +204,14 @@ class CredentialAuthorizer:
         defer_to_thread: Callable[..., Deferred[Any]] | None = None,
         certificates: bool = False,
         owner_of: Callable[[str], str | None] | None = None,
+        limits: LoginLimits | None = None,
     ) -> None:
         """
         @param defer_to_thread: runs a scrypt check off the reactor thread
-            (``twisted.internet.threads.deferToThread``); None runs it inline (tests).
+            (``twisted.internet.threads.deferToThread``); None runs it inline (tests). The
+            checks waiting or running are bounded per client address and in all
+            (``limits``): past either bound an attempt is refused at once, 503 with
+            ``Retry-After``, so that one address's flood leaves room for the others.
         @param certificates: a connection with a (verified) TLS client certificate may claim
             exactly the originators the certificate names (subject CN, SAN URIs), without
             any other credential.
@@ -215,12 +220,17 @@ class CredentialAuthorizer:
             ``owner`` reaches it through the connection, so the binding is written with the
             AE, survives a restart with a durable store and ends with the AE. Without it no
             AE-ID is bound to a credential.
+        @param limits: the bounds on failed logins and on checks waiting (defaults when
+            None).
         """
         self._certificates = certificates
         self._users = {c.name: c for c in basic}
         self._tokens = list(tokens)
         self._admin = admin
         self._defer_to_thread = defer_to_thread
+        self._limits = limits = limits if limits is not None else LoginLimits()
+        #: the scrypt checks waiting or running, per client address and in all
+        self.checks = CheckSlots(limits.checks_per_address, limits.checks)
         self._owner_of: Callable[[str], str | None] = owner_of if owner_of is not None else _nobody
         #: with any scrypt entry, every Basic check costs one scrypt (a SHA-256 user's pays
         #: one against the dummy): known users of either kind and unknown ones take the same
@@ -238,6 +248,7 @@ class CredentialAuthorizer:
             if originator is not None and originator not in names:
                 raise HandshakeRefused(403, "Forbidden")
             return Authorization(originator)
+        address = _address(handshake.peer)
         header = handshake.headers.get("authorization", "")
         scheme, _, value = header.strip().partition(" ")
         scheme = scheme.lower()
@@ -261,10 +272,31 @@ class CredentialAuthorizer:
             stored = self._dummy if known is None else known.secret
             pad = None if stored.startswith("scrypt$") else self._pad
             if self._pad is not None and self._defer_to_thread is not None:
-                d = self._defer_to_thread(_verify_padded, password, stored, pad)
+                d = self._off_thread(address, password, stored, pad)
                 return d.addCallback(self._checked, known, originator)
             return self._checked(_verify_padded(password, stored, pad), known, originator)
         raise _unauthorized()
+
+    def _off_thread(
+        self, address: str, password: str, stored: str, pad: str | None
+    ) -> Deferred[bool]:
+        """The check in a thread, within the bounds on checks waiting (503 past them)."""
+        assert self._defer_to_thread is not None
+        checks = self.checks
+        if not checks.take(address):
+            raise HandshakeRefused(503, "Service Unavailable", {"Retry-After": "1"})
+
+        def done(result: object) -> object:
+            checks.give_back(address)
+            return result
+
+        try:
+            d: Deferred[bool] = self._defer_to_thread(_verify_padded, password, stored, pad)
+        except BaseException:
+            checks.give_back(address)
+            raise
+        d.addBoth(done)
+        return d
 
     def _checked(
         self, ok: bool, credential: Credential | None, originator: str | None
@@ -288,6 +320,11 @@ class CredentialAuthorizer:
         if not allowed:
             raise HandshakeRefused(403, "Forbidden")
         return Authorization(originator, credential.owner)
+
+
+def _address(peer: Any) -> str:
+    """The client address a handshake's peer counts as (its host; a UNIX socket's name)."""
+    return str(getattr(peer, "host", peer))
 
 
 def _nobody(originator: str) -> None:

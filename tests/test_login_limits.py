@@ -88,3 +88,95 @@ class CheckCostTests(SynchronousTestCase):
             d = authorizer.authorize(shake(basic(user, password)))
             assert isinstance(d, Deferred)
             self.assertEqual(self.successResultOf(d), Authorization(None, f"basic:{user}"))
+
+
+class Threads:
+    """A fake defer_to_thread: the checks wait for the test to run them."""
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[Deferred[Any], Any, tuple[Any, ...]]] = []
+
+    def __call__(self, f: Any, *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.waiting.append((d, f, args))
+        return d
+
+    def run(self, count: int | None = None) -> None:
+        """Run the first ``count`` checks waiting (all when None)."""
+        count = len(self.waiting) if count is None else count
+        ran, self.waiting = self.waiting[:count], self.waiting[count:]
+        for d, f, args in ran:
+            d.callback(f(*args))
+
+
+class CheckQueueTests(SynchronousTestCase):
+    """The scrypt checks waiting are bounded per client address and in all: a flood from a
+    few addresses is refused (503) instead of queued in front of everyone's logins."""
+
+    def setUp(self) -> None:
+        self.threads = Threads()
+
+    def authorizer(self, **limits: Any) -> CredentialAuthorizer:
+        from acmews.throttle import LoginLimits
+
+        return CredentialAuthorizer(
+            read_basic_file(MIXED), defer_to_thread=self.threads, limits=LoginLimits(**limits)
+        )
+
+    def attempt(
+        self, authorizer: CredentialAuthorizer, host: str, password: str = "wrong"
+    ) -> Deferred[Authorization] | HandshakeRefused:
+        try:
+            d: Any = authorizer.authorize(shake(basic("meters", password), host))
+        except HandshakeRefused as refusal:
+            return refusal
+        d.addErrback(lambda f: f.trap(HandshakeRefused))  # a 401 later
+        return d  # type: ignore[no-any-return]
+
+    def test_defaults(self) -> None:
+        from acmews.throttle import LoginLimits
+
+        limits = LoginLimits()
+        self.assertEqual((limits.checks_per_address, limits.checks), (4, 64))
+        self.assertRaises(ValueError, LoginLimits, checks=0)
+
+    def test_a_login_is_not_stuck_behind_a_thousand_attempts(self) -> None:
+        authorizer = self.authorizer()
+        refused = [self.attempt(authorizer, "10.0.0.66") for _ in range(1000)]
+        busy = [r for r in refused if isinstance(r, HandshakeRefused)]
+        self.assertEqual(len(busy), 996)
+        self.assertEqual({(r.status, r.headers["Retry-After"]) for r in busy}, {(503, "1")})
+        d = self.attempt(authorizer, "10.0.0.1", "m3ter")
+        assert isinstance(d, Deferred)
+        self.assertEqual(len(self.threads.waiting), 5)  # its check is the fifth, not 1001st
+        self.threads.run()
+        self.assertEqual(self.successResultOf(d).owner, "basic:meters")
+        self.assertEqual(authorizer.checks.taken, 0)
+
+    def test_two_addresses_cannot_lock_out_a_third(self) -> None:
+        authorizer = self.authorizer(checks_per_address=4, checks=9)
+        for host in ("10.0.0.66", "10.0.0.67"):
+            for _ in range(10):
+                self.attempt(authorizer, host)
+        self.assertEqual(len(self.threads.waiting), 8)
+        self.assertIsInstance(self.attempt(authorizer, "10.0.0.1"), Deferred)
+
+    def test_in_all(self) -> None:
+        authorizer = self.authorizer(checks_per_address=4, checks=6)
+        for host in ("10.0.0.66", "10.0.0.67"):
+            for _ in range(4):
+                self.attempt(authorizer, host)
+        self.assertEqual(len(self.threads.waiting), 6)
+        refusal = self.attempt(authorizer, "10.0.0.1")
+        assert isinstance(refusal, HandshakeRefused)
+        self.assertEqual(refusal.status, 503)
+        self.threads.run(1)  # a slot comes free
+        self.assertIsInstance(self.attempt(authorizer, "10.0.0.1"), Deferred)
+
+    def test_a_check_that_cannot_start_gives_its_slot_back(self) -> None:
+        def broken(f: Any, *args: Any) -> Deferred[Any]:
+            raise RuntimeError("no threads")
+
+        authorizer = CredentialAuthorizer(read_basic_file(MIXED), defer_to_thread=broken)
+        self.assertRaises(RuntimeError, authorizer.authorize, shake(basic("meters", "x")))
+        self.assertEqual(authorizer.checks.taken, 0)
