@@ -14,6 +14,11 @@ with ``WWW-Authenticate`` otherwise; which part was wrong is not said) and may c
 without a list may claim any originator except the admin's and those another credential
 lists. A connection without the header may register an AE, as without credentials.
 Comparisons take constant time; scrypt runs off the reactor thread.
+
+Guessing is slowed down (:mod:`acmews.throttle`): after a few failed logins for a user name
+or from a client address, its attempts are refused for a while (429, ``Retry-After``); the
+scrypt checks waiting are bounded per address and in all (503); and with any scrypt entry in
+the file, every Basic check costs one scrypt, so that no user name shows by its timing.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import fnmatch
 import getpass
 import hashlib
 import hmac
+import math
 import secrets
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -31,11 +37,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from acmews.handshake import Authorization, Handshake, HandshakeRefused, origin_header
 from acmews.interfaces import IHandshakeAuthorizer
-from acmews.throttle import CheckSlots, LoginLimits
+from acmews.throttle import Backoff, CheckSlots, LoginLimits
 
 __all__ = [
     "Credential",
@@ -205,6 +212,7 @@ class CredentialAuthorizer:
         certificates: bool = False,
         owner_of: Callable[[str], str | None] | None = None,
         limits: LoginLimits | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
         """
         @param defer_to_thread: runs a scrypt check off the reactor thread
@@ -222,6 +230,12 @@ class CredentialAuthorizer:
             AE-ID is bound to a credential.
         @param limits: the bounds on failed logins and on checks waiting (defaults when
             None).
+        @param clock: times failed logins (a wrong password, an unknown user or token), per
+            user name and per client address: after ``limits.free_failures`` of them, the
+            attempts for that name or from that address are refused at once, 429 with
+            ``Retry-After``, for a while that doubles with each further failure (1 s to
+            60 s by default); a successful login clears its user's count. None: failures
+            are not counted (tests).
         """
         self._certificates = certificates
         self._users = {c.name: c for c in basic}
@@ -231,6 +245,9 @@ class CredentialAuthorizer:
         self._limits = limits = limits if limits is not None else LoginLimits()
         #: the scrypt checks waiting or running, per client address and in all
         self.checks = CheckSlots(limits.checks_per_address, limits.checks)
+        #: failed logins per user name and per client address
+        self.failures_by_user = Backoff(limits, clock) if clock is not None else None
+        self.failures_by_address = Backoff(limits, clock) if clock is not None else None
         self._owner_of: Callable[[str], str | None] = owner_of if owner_of is not None else _nobody
         #: with any scrypt entry, every Basic check costs one scrypt (a SHA-256 user's pays
         #: one against the dummy): known users of either kind and unknown ones take the same
@@ -253,12 +270,14 @@ class CredentialAuthorizer:
         scheme, _, value = header.strip().partition(" ")
         scheme = scheme.lower()
         if scheme == "bearer":
+            self._not_throttled(address, None)
             token = value.strip()
             found = None
             for credential in self._tokens:  # every one compared: constant time
                 if hmac.compare_digest(credential.secret.encode(), token.encode()):
                     found = credential
             if found is None:
+                self._failed(address, None)
                 raise _unauthorized()
             return self._claim(found, originator)
         if scheme == "basic":
@@ -267,15 +286,35 @@ class CredentialAuthorizer:
             except (ValueError, binascii.Error, UnicodeDecodeError):
                 raise _unauthorized() from None
             user, sep, password = decoded.partition(":")
+            name = user if sep else None
+            self._not_throttled(address, name)
             known = self._users.get(user) if sep else None
             # an unknown user costs what a known one does: no user list by timing
             stored = self._dummy if known is None else known.secret
             pad = None if stored.startswith("scrypt$") else self._pad
             if self._pad is not None and self._defer_to_thread is not None:
                 d = self._off_thread(address, password, stored, pad)
-                return d.addCallback(self._checked, known, originator)
-            return self._checked(_verify_padded(password, stored, pad), known, originator)
+                return d.addCallback(self._checked, known, originator, address, name)
+            ok = _verify_padded(password, stored, pad)
+            return self._checked(ok, known, originator, address, name)
         raise _unauthorized()
+
+    def _not_throttled(self, address: str, user: str | None) -> None:
+        """Refuse (429) an attempt from an address or for a user name that failed too often
+        lately, without checking it: guessing slows down to a few tries a minute."""
+        by_address, by_user = self.failures_by_address, self.failures_by_user
+        if by_address is None or by_user is None:
+            return
+        wait = max(by_address.wait(address), by_user.wait(user) if user is not None else 0.0)
+        if wait > 0:
+            retry = str(max(1, math.ceil(wait)))
+            raise HandshakeRefused(429, "Too Many Requests", {"Retry-After": retry})
+
+    def _failed(self, address: str | None, user: str | None) -> None:
+        if self.failures_by_address is not None and address is not None:
+            self.failures_by_address.failed(address)
+        if self.failures_by_user is not None and user is not None:
+            self.failures_by_user.failed(user)
 
     def _off_thread(
         self, address: str, password: str, stored: str, pad: str | None
@@ -299,10 +338,18 @@ class CredentialAuthorizer:
         return d
 
     def _checked(
-        self, ok: bool, credential: Credential | None, originator: str | None
+        self,
+        ok: bool,
+        credential: Credential | None,
+        originator: str | None,
+        address: str | None = None,
+        user: str | None = None,
     ) -> Authorization:
         if not ok or credential is None:
+            self._failed(address, user)
             raise _unauthorized()
+        if self.failures_by_user is not None:
+            self.failures_by_user.succeeded(credential.name)
         return self._claim(credential, originator)
 
     def _claim(self, credential: Credential, originator: str | None) -> Authorization:

@@ -130,9 +130,10 @@ def build_link(
     )
 
 
-def build_authorizer(config: Config, cse: CSE) -> IHandshakeAuthorizer | None:
+def build_authorizer(config: Config, cse: CSE, reactor: Any) -> IHandshakeAuthorizer | None:
     """Who may connect for which originator: the credentials, or None (any claim, as ACME
-    does; said in the log when a listener is reachable beyond loopback)."""
+    does; said in the log when a listener is reachable beyond loopback). Failed logins are
+    timed on ``reactor``."""
     if not config.authenticates:
         if not all(e.loopback_only for e in config.endpoints):
             log.warn(
@@ -149,6 +150,7 @@ def build_authorizer(config: Config, cse: CSE) -> IHandshakeAuthorizer | None:
         defer_to_thread=deferToThread,
         certificates=config.client_ca is not None,
         owner_of=cse.owner_of,
+        clock=reactor,
     )
 
 
@@ -159,7 +161,7 @@ def build_factory(
     return OneM2MServerFactory(
         cse,
         originators,
-        authorizer=build_authorizer(config, cse),
+        authorizer=build_authorizer(config, cse, reactor),
         limits=config.limits,
         reactor=reactor,
         options=config.connection,

@@ -11,7 +11,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
-from acmews.auth import CredentialAuthorizer, hash_password, read_basic_file
+from acmews.auth import CredentialAuthorizer, hash_password, read_basic_file, read_token_file
 from acmews.handshake import Authorization, Handshake, HandshakeRefused
 
 SHA = hashlib.sha256(b"secret").hexdigest()
@@ -180,3 +180,131 @@ class CheckQueueTests(SynchronousTestCase):
         authorizer = CredentialAuthorizer(read_basic_file(MIXED), defer_to_thread=broken)
         self.assertRaises(RuntimeError, authorizer.authorize, shake(basic("meters", "x")))
         self.assertEqual(authorizer.checks.taken, 0)
+
+
+class BackoffTests(SynchronousTestCase):
+    """Failed logins per user name and per client address: five free, then refused (429)
+    for 1 s, doubled by each further failure up to 60 s."""
+
+    def setUp(self) -> None:
+        from twisted.internet.task import Clock
+
+        self.clock = Clock()
+        self.authorizer = CredentialAuthorizer(
+            read_basic_file([f"acme:{SHA}", f"other:{SHA}"]),
+            read_token_file(["tok"]),
+            clock=self.clock,
+        )
+        self.hosts = (f"10.1.0.{i}" for i in range(1, 250))
+
+    def status(self, authorization: str, host: str | None = None) -> tuple[int, str | None]:
+        """The status of one attempt (200 for a success) and its Retry-After."""
+        try:
+            self.authorizer.authorize(shake(authorization, host or next(self.hosts)))
+        except HandshakeRefused as refusal:
+            return refusal.status, refusal.headers.get("Retry-After")
+        return 200, None
+
+    def test_per_user_name_known_or_not(self) -> None:
+        for user in ("acme", "nobody"):
+            for _ in range(5):  # from five addresses: only the name is counted five times
+                self.assertEqual(self.status(basic(user, "wrong")), (401, None))
+            # refused without a check, even with the right password
+            self.assertEqual(self.status(basic(user, "secret")), (429, "1"))
+        self.assertEqual(self.status(basic("other", "secret")), (200, None))
+
+    def test_the_wait_doubles_up_to_a_minute(self) -> None:
+        for _ in range(5):
+            self.status(basic("acme", "wrong"))
+        waits = []
+        for _ in range(10):
+            status, retry = self.status(basic("acme", "wrong"))
+            self.assertEqual(status, 429)
+            waits.append(int(retry or 0))
+            self.clock.advance(waits[-1])
+            self.assertEqual(self.status(basic("acme", "wrong")), (401, None))
+        self.assertEqual(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60, 60])
+
+    def test_per_address(self) -> None:
+        for i in range(5):  # a new name each time: only the address is counted five times
+            self.assertEqual(self.status(basic(f"guess{i}", "x"), "10.0.0.66")[0], 401)
+        self.assertEqual(self.status(basic("acme", "secret"), "10.0.0.66"), (429, "1"))
+        self.assertEqual(self.status("Bearer tok", "10.0.0.66"), (429, "1"))
+        self.assertEqual(self.status(basic("acme", "secret"), "10.0.0.1"), (200, None))
+
+    def test_bearer_failures_count_per_address(self) -> None:
+        for _ in range(5):
+            self.assertEqual(self.status("Bearer nope", "10.0.0.66")[0], 401)
+        self.assertEqual(self.status("Bearer tok", "10.0.0.66"), (429, "1"))
+        self.assertEqual(self.status("Bearer tok", "10.0.0.1"), (200, None))
+
+    def test_a_success_clears_the_user_count(self) -> None:
+        for _ in range(4):
+            self.status(basic("acme", "wrong"))
+        self.assertEqual(self.status(basic("acme", "secret")), (200, None))
+        for _ in range(4):
+            self.assertEqual(self.status(basic("acme", "wrong"))[0], 401)
+        self.assertEqual(self.status(basic("acme", "secret")), (200, None))
+
+    def test_forgotten_after_a_quiet_while(self) -> None:
+        for _ in range(6):
+            self.status(basic("acme", "wrong"))
+        self.clock.advance(900)
+        for _ in range(5):
+            self.assertEqual(self.status(basic("acme", "wrong"))[0], 401)
+
+    def test_memory_is_bounded(self) -> None:
+        from acmews.throttle import LoginLimits
+
+        self.authorizer = CredentialAuthorizer(
+            read_basic_file([f"acme:{SHA}"]),
+            clock=self.clock,
+            limits=LoginLimits(max_entries=100),
+        )
+        for i in range(1000):
+            self.status(basic(f"guess{i}-" + "x" * 10_000, "x"), f"10.2.{i // 250}.{i % 250}")
+        by_user, by_address = self.authorizer.failures_by_user, self.authorizer.failures_by_address
+        assert by_user is not None and by_address is not None
+        self.assertEqual((len(by_user), len(by_address)), (100, 100))
+        self.assertTrue(all(len(key) <= 64 for key in by_user._entries))
+
+    def test_without_a_clock_nothing_is_counted(self) -> None:
+        authorizer = CredentialAuthorizer(read_basic_file([f"acme:{SHA}"]))
+        for _ in range(10):
+            self.assertRaises(HandshakeRefused, authorizer.authorize, shake(basic("acme", "x")))
+        self.assertEqual(authorizer.authorize(shake(basic("acme", "secret"))).owner, "basic:acme")
+
+
+class BindingTests(SynchronousTestCase):
+    def test_429_with_retry_after_reaches_the_client(self) -> None:
+        from twisted.internet.task import Clock
+
+        from acmews.testing import RecordingHandler, make_client_factory, make_server_factory
+        from acmews.testing import connected_pair as pair
+
+        clock = Clock()
+        authorizer = CredentialAuthorizer(read_basic_file([f"acme:{SHA}"]), clock=clock)
+        factory = make_server_factory(RecordingHandler(), clock, authorizer=authorizer)
+        statuses = []
+        for _ in range(6):
+            client = make_client_factory(clock, "Cx")
+            client.headers["Authorization"] = basic("acme", "wrong")
+            p = pair(factory, client)
+            statuses.append(p.client.http_status_line.split()[1])
+            self.failureResultOf(client.ready)
+        self.assertEqual(statuses, ["401"] * 5 + ["429"])
+        self.assertEqual(p.client.http_headers.get("retry-after"), "1")
+
+    def test_twistd_acmews_times_failures_on_its_reactor(self) -> None:
+        from twisted.internet.testing import MemoryReactorClock
+
+        from acmews.tap import Options, makeService
+
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(f"acme:{SHA}\n")
+        options = Options()
+        options.parseOptions(["--store", "memory:", "--basic-auth-file", path])
+        reactor = MemoryReactorClock()
+        authorizer: Any = makeService(options, reactor).factory.authorizer
+        self.assertIs(authorizer.failures_by_user._clock, reactor)
