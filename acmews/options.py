@@ -52,6 +52,9 @@ class ConnectionOptions:
     #: (servers) the largest opening request, request line and headers, in bytes: a larger
     #: one is answered with 431 and closed
     max_handshake_size: int = DEFAULT_MAX_HANDSHAKE_SIZE
+    #: (servers) seconds a connection may stay without an originator (no X-M2M-Origin, no AE
+    #: registered on it) before it is closed (1008); 0: no limit
+    unbound_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         if not self.request_timeout > 0:
@@ -71,6 +74,7 @@ class ConnectionOptions:
             "ping_timeout",
             "open_handshake_timeout",
             "close_handshake_timeout",
+            "unbound_timeout",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")

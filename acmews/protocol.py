@@ -3,8 +3,9 @@
 The server picks the first subprotocol of the *client's* offer that it supports (exact
 names); no acceptable offer is refused with HTTP 400. ``X-M2M-Origin`` on the opening
 handshake binds the connection to that originator in the originator map; without it only an
-AE CREATE is served until one succeeds on the connection. Everything about oneM2M happens in
-:class:`acmews.session.Session`.
+AE CREATE is served until one succeeds on the connection, which must happen within
+``unbound_timeout`` (the connection is closed with 1008 otherwise). Everything about oneM2M
+happens in :class:`acmews.session.Session`.
 """
 
 from __future__ import annotations
@@ -455,6 +456,8 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
     _head: list[bytes] | None = None
     _head_size = 0
     _head_tail = b""
+    #: closes the connection if it is still unbound when it fires
+    _unbound_call: IDelayedCall | None = None
 
     @override
     def dataReceived(self, data: bytes) -> None:
@@ -510,6 +513,9 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
 
     @override
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._unbound_done()
+        if self.session is not None:
+            self.session.on_bound = None  # the session's last edge to this protocol
         address, self._admitted = self._admitted, None
         if address is not None:
             self.factory.admission.closed(address, self._handshaking)
@@ -606,11 +612,30 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
             factory,
             self.originator,
             enforce_originator=True,
-            on_bound=factory.session_bound,
+            on_bound=self._bound,
             credential=self._authorization.owner,
         )
         self._forget_handshake_text()
+        timeout = factory.options.unbound_timeout
+        if session.originator is None and timeout > 0:
+            # an unbound connection holds a slot and may only register an AE: it must do
+            # so in time, or a client could hold every slot without ever saying who it is
+            self._unbound_call = factory.clock.callLater(timeout, self._still_unbound)
         factory.session_opened(session)
+
+    def _bound(self, session: Session, originator: str) -> None:
+        self._unbound_done()
+        self.factory.session_bound(session, originator)
+
+    def _still_unbound(self) -> None:
+        self._unbound_call = None
+        timeout = self.factory.options.unbound_timeout
+        self._close_for_policy(f"no AE registered on the connection within {timeout:g} s")
+
+    def _unbound_done(self) -> None:
+        call, self._unbound_call = self._unbound_call, None
+        if call is not None and call.active():
+            call.cancel()
 
     @override
     def _send_message(self, data: bytes, binary: bool) -> None:

@@ -233,6 +233,19 @@ class Options(usage.Options):
             _seconds("message-timeout"),
         ],
         [
+            "unbound-timeout",
+            None,
+            _CONNECTION.unbound_timeout,
+            "Seconds a connection may stay without an originator (no X-M2M-Origin, no AE "
+            "registered on it) before it is closed (1008); 0 turns this off.",
+            _number(
+                "unbound-timeout",
+                float,
+                "zero (no limit) or a positive number of seconds",
+                lambda n: n >= 0,
+            ),
+        ],
+        [
             "max-handshake-size",
             None,
             _CONNECTION.max_handshake_size,
@@ -406,6 +419,7 @@ class Options(usage.Options):
                 max_message_frames=int(self["max-message-frames"]),
                 message_timeout=float(self["message-timeout"]),
                 max_handshake_size=int(self["max-handshake-size"]),
+                unbound_timeout=float(self["unbound-timeout"]),
             ),
             limits=type(DEFAULTS.limits)(
                 int(self["max-connections"]),

@@ -1,5 +1,6 @@
-"""What a server reads of an opening handshake before it answers: the request's head is
-bounded (431), searched once, and a connection that binds no originator is closed in time."""
+"""What a server reads of an opening handshake before it answers, and how long a connection
+may stay without an originator: the request's head is bounded (431) and searched once, and a
+connection that binds no originator is closed in time."""
 
 from __future__ import annotations
 
@@ -8,10 +9,19 @@ from typing import Any
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from acmews.options import DEFAULT_MAX_HANDSHAKE_SIZE, ConnectionOptions
-from acmews.testing import RecordingHandler, make_server_factory
+from acmews.originators import OriginatorMap
+from acmews.primitive import Request, Response
+from acmews.testing import (
+    Pair,
+    RecordingHandler,
+    connected_pair,
+    make_client_factory,
+    make_server_factory,
+)
 
 
 def request_head(*extra: bytes) -> bytes:
@@ -104,18 +114,96 @@ class RequestHeadTests(SynchronousTestCase):
         self.assertIsNone(protocol.session)
 
 
+class UnboundTimeoutTests(SynchronousTestCase):
+    """A connection holds a slot: one that names no originator and registers no AE is closed
+    after ``unbound_timeout``, so that slots cannot be squatted by clients that never say
+    who they are."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.originators = OriginatorMap()
+
+        def answer(request: Request, connection: Any) -> Response:
+            return Response(2001, request.rqi, "4", {"m2m:ae": {"aei": "Cnew", "api": "Nx"}})
+
+        self.handler = RecordingHandler(answer)
+
+    def connect(self, originator: str | None, **kw: Any) -> Pair:
+        factory = make_server_factory(self.handler, self.clock, self.originators, **kw)
+        return connected_pair(factory, make_client_factory(self.clock, originator))
+
+    def test_default(self) -> None:
+        self.assertEqual(ConnectionOptions().unbound_timeout, 30.0)
+        self.assertRaises(ValueError, ConnectionOptions, unbound_timeout=-1)
+
+    def test_an_unbound_connection_is_closed_1008(self) -> None:
+        p = self.connect(None)
+        self.clock.advance(29.9)
+        p.flush()
+        self.assertTrue(p.server_session.connected)
+        with capturedLogs() as events:
+            self.clock.advance(0.1)
+            p.flush()
+        self.assertEqual(p.client.remoteCloseCode, 1008)
+        self.assertEqual(
+            p.client.remoteCloseReason, "no AE registered on the connection within 30 s"
+        )
+        self.assertFalse(p.server_session.connected)
+        self.assertEqual(len(self.originators), 0)
+        self.assertTrue(any("1008" in formatEvent(e) for e in events))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_registering_an_ae_in_time_keeps_it(self) -> None:
+        p = self.connect(None, unbound_timeout=5)
+        d = p.client_session.request(
+            Request(1, "cse-in", "reg", "4", None, ty=2, pc={"m2m:ae": {"api": "Nx"}})  # type: ignore[arg-type]
+        )
+        p.flush()
+        self.assertEqual(self.successResultOf(d).rsc, 2001)
+        self.assertEqual(self.clock.getDelayedCalls(), [])  # the timer is gone
+        self.clock.advance(60)
+        p.flush()
+        self.assertIs(self.originators.lookup("Cnew"), p.server_session)
+        p.client_session.close()
+        p.flush()
+
+    def test_no_timer_for_a_bound_connection_or_when_off(self) -> None:
+        for originator, timeout in (("Cae1", 30.0), (None, 0.0)):
+            p = self.connect(originator, unbound_timeout=timeout)
+            self.assertEqual(self.clock.getDelayedCalls(), [])
+            self.assertTrue(p.server_session.connected)
+            p.client_session.close()
+            p.flush()
+
+    def test_a_closed_connection_takes_its_timer(self) -> None:
+        p = self.connect(None)
+        p.client_session.close()
+        p.flush()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
 class OptionTests(SynchronousTestCase):
-    def test_max_handshake_size(self) -> None:
+    def factory(self, *argv: str) -> Any:
         from twisted.internet.testing import MemoryReactorClock
-        from twisted.python import usage
 
         from acmews.tap import Options, makeService
 
-        def factory(*argv: str) -> Any:
-            options = Options()
-            options.parseOptions(["--store", "memory:", *argv])
-            return makeService(options, MemoryReactorClock()).factory
+        options = Options()
+        options.parseOptions(["--store", "memory:", *argv])
+        return makeService(options, MemoryReactorClock()).factory
 
-        self.assertEqual(factory().options.max_handshake_size, 16 * 1024)
-        self.assertEqual(factory("--max-handshake-size", "4096").options.max_handshake_size, 4096)
-        self.assertRaises(usage.UsageError, factory, "--max-handshake-size", "0")
+    def test_max_handshake_size(self) -> None:
+        from twisted.python import usage
+
+        self.assertEqual(self.factory().options.max_handshake_size, 16 * 1024)
+        size = self.factory("--max-handshake-size", "4096").options.max_handshake_size
+        self.assertEqual(size, 4096)
+        self.assertRaises(usage.UsageError, self.factory, "--max-handshake-size", "0")
+
+    def test_unbound_timeout(self) -> None:
+        from twisted.python import usage
+
+        self.assertEqual(self.factory().options.unbound_timeout, 30.0)
+        self.assertEqual(self.factory("--unbound-timeout", "5").options.unbound_timeout, 5.0)
+        self.assertEqual(self.factory("--unbound-timeout", "0").options.unbound_timeout, 0.0)
+        self.assertRaises(usage.UsageError, self.factory, "--unbound-timeout", "-1")
