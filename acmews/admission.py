@@ -15,16 +15,31 @@ __all__ = ["Admission", "ConnectionLimits"]
 
 @dataclass(frozen=True, slots=True)
 class ConnectionLimits:
-    """Beyond any of these a new TCP connection is aborted at once (logged, summed up)."""
+    """Beyond any of these a new TCP connection is aborted at once (logged, summed up).
+
+    ``per_address`` is below a third of ``total`` by default: two addresses holding all
+    theirs cannot lock out a third (with 12,000 of 20,000, two could). A server behind a
+    proxy sees every client at the proxy's address and needs ``per_address`` at ``total``:
+    allowed, with a warning when the server starts (:meth:`lockout`).
+    """
 
     total: int = 20_000
-    per_address: int = 12_000
+    per_address: int = 6_000
     handshaking_per_address: int = 128
 
     def __post_init__(self) -> None:
         for name in ("total", "per_address", "handshaking_per_address"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
+
+    def lockout(self) -> str | None:
+        """Why two client addresses could take every connection, or None if they cannot."""
+        if 2 * self.per_address < self.total:
+            return None
+        return (
+            f"two client addresses with {self.per_address} connections each would take all "
+            f"{self.total}: keep the connections per address under half of all"
+        )
 
 
 class Admission:
@@ -39,6 +54,9 @@ class Admission:
         self._per_address: dict[str, int] = {}
         self._handshaking: dict[str, int] = {}
         self._log_budget = Budget(10, 60.0)
+        lockout = limits.lockout()
+        if lockout is not None:
+            self.log.warn("connection limits: {lockout}", lockout=lockout)
 
     def admit(self, address: str) -> bool:
         """Count a new connection from ``address``, or say (and log) why not."""

@@ -264,7 +264,10 @@ class Options(usage.Options):
             "max-connections-per-address",
             None,
             DEFAULTS.limits.per_address,
-            "Connections accepted from one client address.",
+            "Connections accepted from one client address; keep it under half of "
+            "--max-connections (a warning otherwise), so that two addresses cannot lock out "
+            "a third (behind a proxy, where every client has the proxy's address, raise it "
+            "to --max-connections).",
             _count("max-connections-per-address"),
         ],
         [

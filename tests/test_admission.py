@@ -72,3 +72,29 @@ class LimitTests(TestCase):
 
     def test_limits_must_be_positive(self) -> None:
         self.assertRaises(ValueError, ConnectionLimits, total=0)
+
+
+class LockoutTests(TestCase):
+    """Two client addresses must not be able to take every connection from a third."""
+
+    def test_default_leaves_room_for_a_third_address(self) -> None:
+        limits = ConnectionLimits()
+        self.assertEqual((limits.total, limits.per_address), (20_000, 6_000))
+        self.assertIsNone(limits.lockout())
+        factory = make_server_factory(RecordingHandler(), Clock(), limits=limits)
+        admission = factory.admission
+        for address in ("10.0.0.66", "10.0.0.67"):
+            while admission.admit(address):
+                admission.handshake_done(address)  # open connections, all of its share
+        self.assertEqual(admission.total, 12_000)
+        self.assertTrue(admission.admit("10.0.0.1"))
+
+    def test_limits_that_allow_a_lockout_are_warned_about(self) -> None:
+        self.assertIsNotNone(ConnectionLimits(total=10, per_address=5).lockout())
+        self.assertIsNone(ConnectionLimits(total=10, per_address=4).lockout())
+        for per_address, warned in ((5, True), (4, False)):
+            limits = ConnectionLimits(total=10, per_address=per_address)
+            with capturedLogs() as events:
+                make_server_factory(RecordingHandler(), Clock(), limits=limits)
+            said = [e for e in events if "two client addresses" in str(e.get("lockout"))]
+            self.assertEqual(bool(said), warned, per_address)
