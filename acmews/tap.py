@@ -257,7 +257,10 @@ class Options(usage.Options):
             "max-connections",
             None,
             DEFAULTS.limits.total,
-            "Connections accepted in all; more are aborted at once (logged).",
+            "Connections accepted in all; more are aborted at once (logged). At start the "
+            "open-file limit is raised, up to its hard limit, to hold them and --max-outbound "
+            "+ 64 more files (store, log, deliveries); where the hard limit is lower, fewer "
+            "connections are accepted, with a warning (raise it with ulimit -n).",
             _count("max-connections"),
         ],
         [
