@@ -11,9 +11,12 @@ the credential may claim (comma-separated exact IDs or globs: ``Cmeter*``, ``/id
 Blank lines and lines starting with ``#`` are skipped. A connection must authenticate (401
 with ``WWW-Authenticate`` otherwise; which part was wrong is not said) and may claim, with
 ``X-M2M-Origin``, only an originator its credential allows (403 otherwise). A credential
-without a list may claim any originator except the admin's and those another credential
-lists. A connection without the header may register an AE, as without credentials.
-Comparisons take constant time; scrypt runs off the reactor thread.
+without a list may claim any originator except a CSE-ID (a CSE must be named by its
+credential), the admin's and those another credential lists (they are reserved for it). A
+connection without the header may register an AE, with an AE-ID its credential may hold. An
+AE-ID registered through a credential belongs to it from then on (the CSE keeps the binding
+with the AE: ``owner_of``). Comparisons take constant time; scrypt runs off the reactor
+thread.
 
 Guessing is slowed down (:mod:`acmews.throttle`): after a few failed logins for a user name
 or from a client address, its attempts are refused for a while (429, ``Retry-After``); the
@@ -34,6 +37,7 @@ import secrets
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -264,7 +268,7 @@ class CredentialAuthorizer:
             names = certificate_names(handshake.peer_certificate)
             if originator is not None and originator not in names:
                 raise HandshakeRefused(403, "Forbidden")
-            return Authorization(originator)
+            return Authorization(originator, verified=originator is not None)
         address = _address(handshake.peer)
         header = handshake.headers.get("authorization", "")
         scheme, _, value = header.strip().partition(" ")
@@ -353,20 +357,31 @@ class CredentialAuthorizer:
         return self._claim(credential, originator)
 
     def _claim(self, credential: Credential, originator: str | None) -> Authorization:
+        may_hold = partial(self._may_hold, credential)
         if originator is None:
-            return Authorization(None, credential.owner)  # it may register an AE
+            # it may register an AE, with an AE-ID its credential may hold
+            return Authorization(None, credential.owner, may_hold=may_hold)
         owner = self._owner_of(originator)
         if owner is not None:
-            allowed = owner == credential.owner  # registered through that credential
-        elif credential.originators is not None:
-            allowed = credential.allows(originator)
+            allowed = verified = owner == credential.owner  # registered through it
         else:
-            allowed = originator != self._admin and not any(
-                fnmatch.fnmatchcase(originator, p) for p in self._listed
-            )
+            allowed = self._may_hold(credential, originator)
+            verified = credential.originators is not None and allowed
         if not allowed:
             raise HandshakeRefused(403, "Forbidden")
-        return Authorization(originator, credential.owner)
+        return Authorization(originator, credential.owner, verified=verified, may_hold=may_hold)
+
+    def _may_hold(self, credential: Credential, originator: str) -> bool:
+        """May ``credential`` claim (or register) ``originator``, which no AE holds? What
+        its list names; without a list, anything but a CSE-ID (a CSE must be named), the
+        admin's and what another credential lists (reserved for it)."""
+        if credential.originators is not None:
+            return credential.allows(originator)
+        return (
+            not originator.startswith("/")
+            and originator != self._admin
+            and not any(fnmatch.fnmatchcase(originator, p) for p in self._listed)
+        )
 
 
 def _address(peer: Any) -> str:

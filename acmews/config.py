@@ -86,6 +86,8 @@ class Config:
     #: the ``Authorization`` it sends to a poa, by URL
     poa_credentials: OutboundCredentials | None = None
     registrar: RegistrarConfig | None = None
+    #: accept any originator claim on listeners beyond loopback, without credentials
+    insecure: bool = False
 
     @property
     def endpoints(self) -> list[ServerEndpoint]:
@@ -95,6 +97,20 @@ class Config:
     def authenticates(self) -> bool:
         """Must connections authenticate?"""
         return bool(self.basic_credentials or self.token_credentials or self.client_ca)
+
+    def exposure(self) -> str | None:
+        """Why this configuration must not start, or None: a listener beyond loopback where
+        anyone may claim any originator (no credentials), unless ``insecure`` says so."""
+        if self.authenticates or self.insecure:
+            return None
+        exposed = [e.description for e in self.endpoints if not e.loopback_only]
+        if not exposed:
+            return None
+        return (
+            f"{exposed[0]} listens beyond loopback without credentials, where anyone may "
+            "claim any originator: give --basic-auth-file, --token-file or --client-ca "
+            "(or --insecure to accept that)"
+        )
 
     def advertised_poa(self) -> tuple[str, ...]:
         """The CSEBase's poa: as configured, else a URL for each TCP listener."""

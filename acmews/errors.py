@@ -116,6 +116,20 @@ class SubscriptionVerificationInitiationFailed(OneM2MError):
     rsc = RSC.SUBSCRIPTION_VERIFICATION_INITIATION_FAILED
 
 
+class RemoteError(OneM2MError):
+    """Another oneM2M entity answered with an error, e.g. a registrar refusing this CSE's
+    registration: ``rsc`` is its rsc (5000 when acmews does not know it), ``debug`` its
+    ``m2m:dbg``."""
+
+    def __init__(self, reason: str, rsc: int, debug: str | None = None) -> None:
+        try:
+            code: RSC | None = RSC(rsc)
+        except ValueError:
+            code = None
+        super().__init__(reason, rsc=code)
+        self.debug = debug
+
+
 class PrimitiveError(BadRequest):
     """A message that is not a valid primitive; carries the rsc to answer (4000 or 4001).
 

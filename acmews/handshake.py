@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +46,13 @@ class Authorization:
     #: the credential that authenticated it (``basic:USER``, ``bearer:<hash>``), or None; an
     #: AE registered on the connection belongs to it
     owner: str | None = None
+    #: the peer proved its originator: a credential or a certificate names it explicitly, or
+    #: this side dialled the peer. Only a verified CSE-ID may act as a CSE (register a
+    #: remoteCSE, relay notifications) beyond what ``--allowed-csr-originators`` allows.
+    verified: bool = False
+    #: which AE-IDs the credential may hold (an AE it registers must get one of them); None:
+    #: any
+    may_hold: Callable[[str], bool] | None = field(default=None, compare=False)
 
     @classmethod
     def of(cls, decision: Authorization | str | None) -> Authorization:

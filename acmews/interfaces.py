@@ -48,10 +48,10 @@ class IConnection(Interface):
     )
     subprotocol: str = Attribute("The negotiated subprotocol, e.g. 'oneM2M.json'.")
     peer: str = Attribute("A printable description of the remote end, for logs.")
-    credential: str | None = Attribute(
-        "The credential the peer authenticated with on the opening handshake (the owner of "
-        "the authorizer's decision, acmews.handshake.Authorization): an AE registered on an "
-        "unbound connection belongs to it. None without authentication."
+    authorization: Authorization = Attribute(
+        "What the opening handshake proved of the peer (acmews.handshake.Authorization): its "
+        "credential (an AE registered on the connection belongs to it), whether its "
+        "originator is verified, which AE-IDs it may hold."
     )
 
     def request(request: Request, timeout: float | None = None) -> Deferred[Response]:

@@ -1,36 +1,38 @@
 """The registree side of CSE-to-CSE: one persistent WebSocket to the registrar.
 
-:class:`RegistrarLink` is a Twisted service around a ``ClientService`` (reconnects with
-exponential backoff). On every connection it (re)registers this CSE at the registrar (a
-remoteCSE CREATE; a registrar that answers "registered already" gets an UPDATE instead),
-retrieves the registrar's CSEBase and creates (or refreshes) the registrar's remoteCSE in this
-CSE. The connection stays open and carries requests both ways: the registrar's requests are
-answered by this CSE, and this CSE's originator map routes the registrar's CSE-ID to it, so
-that forwarding and notifications reach the registrar through the poa chain. While it is
-down, forwarded requests fail at once (5103) and notifications for the registrar wait in
-store-and-forward. On a clean stop it deletes its remoteCSE at the registrar unless told to
-keep it.
+:class:`RegistrarLink` is a Twisted service with a ``ClientService`` as its child (reconnects
+with exponential backoff). The ``ClientService`` prepares every connection by (re)registering
+this CSE at the registrar (a remoteCSE CREATE; a registrar that answers "registered already"
+gets an UPDATE instead), retrieving the registrar's CSEBase and creating (or refreshing) the
+registrar's remoteCSE in this CSE; a connection whose registration fails is closed and counts
+as a failed attempt, so one retry policy covers both. The connection stays open and carries
+requests both ways: the registrar's requests are answered by this CSE, and this CSE's
+originator map routes the registrar's CSE-ID to it, so that forwarding and notifications reach
+the registrar through the poa chain. While it is down, forwarded requests fail at once (5103)
+and notifications for the registrar wait in store-and-forward. On a clean stop it deletes its
+remoteCSE at the registrar unless told to keep it.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from acmews.client import Client, TLSClientSettings, client_endpoint, subprotocols_for
 from acmews.codes import RSC, Operation, ResourceType
 from acmews.cse import CSE
+from acmews.errors import OneM2MError, RemoteError, TargetNotReachable
 from acmews.interfaces import IOriginatorMap
 from acmews.logs import Logger
 from acmews.options import ConnectionOptions
 from acmews.primitive import Request, Response
-from acmews.protocol import OneM2MClientFactory
+from acmews.protocol import OneM2MClientProtocolFactory
 from acmews.session import Session
 
 __all__ = ["RegistrarLink"]
@@ -39,22 +41,27 @@ __all__ = ["RegistrarLink"]
 _SRV = ["2a", "3", "4", "5"]
 
 
-class _LinkFactory(OneM2MClientFactory):
-    """A client factory for many connections in turn: each opened session is handed on."""
+def _hold_loss(protocol: Any) -> Callable[[], None]:
+    """Keep the end of ``protocol``'s connection from its ``ClientService`` until the returned
+    callable accepts the connection.
 
-    def __init__(self, url: str, on_open: Any, **kwargs: Any) -> None:
-        super().__init__(url, **kwargs)
-        self._on_open = on_open
+    The ``ClientService`` (Twisted 26.10) neither closes a connection that its
+    ``prepareConnection`` refused nor expects a connection to end before it accepted it: its
+    state machine has no transition for that, and the end raises automat's ``NoTransition``
+    out of ``connectionLost``. A refused connection is closed here instead; its end is none
+    of the ``ClientService``'s business, which counted the attempt as failed already. Its
+    protocol proxy offers no public way to say so: its ``_lostNotification`` is swapped.
+    """
+    notify = protocol._lostNotification
+    protocol._lostNotification = lambda reason: None
 
-    def opened(self, session: Session) -> None:
-        self._on_open(session)
+    def accept() -> None:
+        protocol._lostNotification = notify
 
-    def fail(self, error: Exception) -> None:
-        """A connection that did not open or closed: the ClientService tries again."""
-        self.log.debug("link connection ended: {error}", error=str(error))
+    return accept
 
 
-class RegistrarLink(Service):
+class RegistrarLink(MultiService):
     """This CSE's registration at its registrar, over one persistent WebSocket."""
 
     log = Logger()
@@ -80,10 +87,14 @@ class RegistrarLink(Service):
         tls: TLSClientSettings | None = None,
     ) -> None:
         """
+        @param initial_delay: and
+        @param max_delay: the exponential backoff of the one retry policy, after a connection
+            that failed, was lost or was refused by the registrar.
         @param headers: more headers for every opening handshake, e.g. the ``Authorization``
             the registrar asks of this CSE.
         @param tls: for a ``wss://`` registrar: the CA to trust and this CSE's certificate.
         """
+        super().__init__()
         self.cse = cse
         self.originators = originators
         self.url = url
@@ -91,11 +102,9 @@ class RegistrarLink(Service):
         self.registrar_cse_name = registrar_cse_name
         self.keep_registration = keep_registration
         self.clock: IReactorTime = clock if clock is not None else reactor
-        config = cse.config
-        self._factory = _LinkFactory(
+        self._factory = OneM2MClientProtocolFactory(
             url,
-            self._opened,
-            originator=config.cse_id,
+            originator=cse.config.cse_id,
             handler=cse,
             subprotocols=subprotocols_for(serialization),
             reactor=reactor,
@@ -104,29 +113,22 @@ class RegistrarLink(Service):
             options=options,
             headers=headers,
         )
-        policy = backoffPolicy(initialDelay=initial_delay, maxDelay=max_delay)
-
-        def retry_after(attempt: int) -> float:
-            delay = float(policy(attempt))
-            self._state(f"backing off: next try in {delay:.1f} s")
-            return delay
-
+        self._policy = backoffPolicy(initialDelay=initial_delay, maxDelay=max_delay)
         self._service = ClientService(
             endpoint if endpoint is not None else client_endpoint(url, reactor, tls=tls),
             self._factory,
-            retryPolicy=retry_after,
+            retryPolicy=self._retry_after,
             clock=self.clock,
+            prepareConnection=self._prepare,
         )
+        self._service.setServiceParent(self)
         self.session: Session | None = None
         self.registered = False
         self.state = "stopped"
         self._rqis = itertools.count(1)
         self._registered_waiters: list[Deferred[None]] = []
-        self._initial_delay = initial_delay
-        self._max_delay = max_delay
-        #: registrations that failed in a row, and the timer that closes the connection
-        self._failures = 0
-        self._retry_call: Any = None
+        #: why the registrar refused the last connection, for the retry policy to report
+        self._refused: Exception | None = None
 
     def when_registered(self) -> Deferred[None]:
         """Fires once this CSE is registered at its registrar (at once when it is)."""
@@ -150,21 +152,37 @@ class RegistrarLink(Service):
                 state=state,
             )
 
+    def _retry_after(self, attempt: int) -> float:
+        """The ``ClientService``'s retry policy: exponential backoff, the attempts failed in a
+        row counting connections refused at registration too (see :meth:`_prepare`)."""
+        delay = float(self._policy(attempt))
+        refused, self._refused = self._refused, None
+        if refused is None:
+            self._state(f"backing off: next try in {delay:.1f} s")
+        else:
+            self.log.warn(
+                "registration at {registrar} failed: {error}; trying again in {delay:.0f} s",
+                registrar=self.registrar_cse_id,
+                error=str(refused),
+                rsc=int(refused.rsc) if isinstance(refused, OneM2MError) else None,
+                delay=delay,
+            )
+            self._state("registration failed")
+        return delay
+
     # -- the service ------------------------------------------------------------------------
 
     def startService(self) -> None:
-        super().startService()
         self._state("connecting")
-        self._service.startService()
+        super().startService()
 
     def stopService(self) -> Deferred[None]:
-        super().stopService()
+        # not running from here on: a registration that fails now is abandoned, not retried
+        Service.stopService(self)
+        self._refused = None
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
-        if self._retry_call is not None and self._retry_call.active():
-            self._retry_call.cancel()
-        self._retry_call = None
         session = self.session
         if (
             session is not None
@@ -185,17 +203,40 @@ class RegistrarLink(Service):
                     registrar=self.registrar_cse_id,
                     error=str(e),
                 )
-        await self._service.stopService()
+        await super().stopService()
         self._state("stopped")
 
     # -- each connection --------------------------------------------------------------------
 
-    def _opened(self, session: Session) -> None:
+    def _prepare(self, protocol: Any) -> Deferred[None]:
+        """The ``ClientService``'s ``prepareConnection``: register on each new connection.
+
+        A connection that does not open, or whose registration fails, fails this: the
+        ``ClientService`` counts it as a failed attempt and tries again after the delay of
+        its retry policy, which grows with each failure in a row. The connection itself is
+        closed here (the ``ClientService`` leaves it open).
+        """
+        accept = _hold_loss(protocol)
+        d = Deferred.fromCoroutine(self._connected(protocol))
+        return d.addCallback(lambda _: accept())
+
+    async def _connected(self, protocol: Any) -> None:
+        try:
+            session: Session = await protocol.when_open()
+        except CancelledError:  # stopping while the WebSocket opens
+            protocol.transport.loseConnection()
+            raise
+        except Exception as e:
+            self.log.debug("link connection ended: {error}", error=str(e))
+            raise
         self.session = session
         self.originators.bind(self.registrar_cse_id, session)
         session.when_closed().addCallback(self._closed, session)
-        d = Deferred.fromCoroutine(self._register(session))
-        d.addErrback(self._registration_failed, session)
+        try:
+            await self._register(session)
+        except Exception as e:
+            self._refuse(session, e)
+            raise
 
     def _closed(self, _: object, session: Session) -> None:
         self.originators.remove_connection(session)
@@ -205,31 +246,18 @@ class RegistrarLink(Service):
             if self.running:
                 self._state("connection lost: reconnecting")
 
-    def _registration_failed(self, failure: Any, session: Session) -> None:
-        """Close the connection, so that the ClientService opens a new one and registration
-        is tried again; but only after a delay that grows with each failure in a row (the
-        connection itself succeeded, so the ClientService would try again at once)."""
-        if not self.running:
-            # stopping: the registration failed because the link is going away; no retry
+    def _refuse(self, session: Session, error: Exception) -> None:
+        """Close a connection whose registration failed; say why when the retry policy tells
+        when the next try is (unless the link is stopping: then there is none)."""
+        self.session = None  # its end is no news: the registration failed already
+        if self.running:
+            self._refused = error
+        else:
             self.log.info(
                 "registration at {registrar} abandoned: stopping ({error})",
                 registrar=self.registrar_cse_id,
-                error=str(failure.value),
+                error=str(error),
             )
-            return
-        self._failures += 1
-        delay = min(self._max_delay, self._initial_delay * 2 ** (self._failures - 1))
-        self.log.warn(
-            "registration at {registrar} failed: {error}; trying again in {delay:.0f} s",
-            registrar=self.registrar_cse_id,
-            error=str(failure.value),
-            delay=delay,
-        )
-        self._state("registration failed")
-        self._retry_call = self.clock.callLater(delay, self._give_up_on, session)
-
-    def _give_up_on(self, session: Session) -> None:
-        self._retry_call = None
         session.close(1000, "registration failed")
 
     def _client(self, session: Session) -> Client:
@@ -267,14 +295,15 @@ class RegistrarLink(Service):
             # registered before (a restart): refresh that registration
             created = await client.update(self._own_csr_at_registrar(), {"m2m:csr": own})
         if not created.ok:
-            raise RuntimeError(f"the registrar answered {int(created.rsc)}: {created.debug}")
+            raise _refused(f"the registrar answered {int(created.rsc)}", created)
         base = await client.retrieve(self._registrar_base())
         if base.rsc != RSC.OK or not isinstance(base.pc, dict):
-            raise RuntimeError(f"the registrar's CSEBase: {int(base.rsc)}")
+            raise _refused(f"the registrar's CSEBase: {int(base.rsc)}", base)
         cb = base.pc.get("m2m:cb") or {}
         await self._registrar_csr(session, cb)
+        if not session.connected:
+            raise TargetNotReachable("the connection to the registrar closed while registering")
         self.registered = True
-        self._failures = 0
         self._state("registered")
         waiters, self._registered_waiters = self._registered_waiters, []
         for waiter in waiters:
@@ -308,7 +337,7 @@ class RegistrarLink(Service):
                 pc={"m2m:csr": body},
             )
         if not response.ok:
-            raise RuntimeError(f"the registrar's remoteCSE here: {int(response.rsc)}")
+            raise _refused(f"the registrar's remoteCSE here: {int(response.rsc)}", response)
 
     async def _local(self, session: Session, op: Operation, to: str, **kw: Any) -> Response:
         request = Request(op, to, f"link-{next(self._rqis)}", fr=self.registrar_cse_id, **kw)
@@ -316,3 +345,9 @@ class RegistrarLink(Service):
         if isinstance(result, Deferred):
             return await result
         return result
+
+
+def _refused(what: str, response: Response) -> RemoteError:
+    """A oneM2M answer refusing a step of the registration, as an error with its rsc."""
+    debug = response.debug
+    return RemoteError(f"{what}: {debug}" if debug else what, response.rsc, debug)

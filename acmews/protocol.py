@@ -21,7 +21,7 @@ from autobahn.twisted.websocket import (
 )
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest, ConnectionResponse
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ISSLTransport
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
@@ -45,12 +45,15 @@ from acmews.originators import OriginatorMap
 from acmews.session import Session
 from acmews.wsframe import frame_header
 
+_NOTHING_PROVED = Authorization()
+
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_PING_INTERVAL",
     "DEFAULT_PING_TIMEOUT",
     "OneM2MClientFactory",
     "OneM2MClientProtocol",
+    "OneM2MClientProtocolFactory",
     "OneM2MServerFactory",
     "OneM2MServerProtocol",
     "choose_subprotocol",
@@ -401,7 +404,7 @@ class _OneM2MProtocolMixin(_AutobahnFastPath):
         originator: str | None,
         enforce_originator: bool,
         on_bound: Any = None,
-        credential: str | None = None,
+        authorization: Authorization = _NOTHING_PROVED,
     ) -> Session:
         """The session for this connection, now that the handshake is done."""
         self.session = Session(
@@ -416,7 +419,7 @@ class _OneM2MProtocolMixin(_AutobahnFastPath):
             request_timeout=factory.options.request_timeout,
             max_message_size=factory.options.max_message_size,
             on_bound=on_bound,
-            credential=credential,
+            authorization=authorization,
         )
         self._start_keepalive()
         return self.session
@@ -563,6 +566,9 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
             # the peer left while an asynchronous authorizer decided: bind nothing
             raise ConnectionDeny(400, "connection closed during the handshake")
         self._authorization = authorization = Authorization.of(decision)
+        taken = self.factory.taken(authorization)
+        if taken is not None:
+            raise self._refuse(HandshakeRefused(403, taken))
         self.originator = authorization.originator
         self.codec = self.factory.codecs[chosen]
         return chosen
@@ -613,7 +619,7 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
             self.originator,
             enforce_originator=True,
             on_bound=self._bound,
-            credential=self._authorization.owner,
+            authorization=self._authorization,
         )
         self._forget_handshake_text()
         timeout = factory.options.unbound_timeout
@@ -700,7 +706,27 @@ class OneM2MServerFactory(WebSocketServerFactory):
         #: handshake refusals (401, 403, ...) logged: 20 a minute, then summed up
         self.refusal_log_budget = Budget(20, 60.0)
 
+    def taken(self, authorization: Authorization) -> str | None:
+        """Why the originator ``authorization`` claims is taken, or None. A CSE-ID with a
+        live link here (a registree's, or the registrar link this CSE dialled) is not
+        displaced by a newcomer, unless the same credential comes back: one dishonest peer
+        must not take over another CSE's traffic. (An AE's newest connection wins.)"""
+        originator = authorization.originator
+        if originator is None or not originator.startswith("/"):
+            return None
+        live = self.originators.lookup(originator)
+        if live is None:
+            return None
+        owner = authorization.owner
+        if owner is not None and live.authorization.owner == owner:
+            return None
+        return f"the CSE-ID {originator} has a live link here"
+
     def session_opened(self, session: Session) -> None:
+        taken = self.taken(session.authorization)
+        if taken is not None:  # a link came up while this handshake was decided
+            session.close(1008, taken)
+            return
         _log.info(
             "connection from {peer}: originator {originator}, {subprotocol}",
             peer=session.peer,
@@ -722,7 +748,37 @@ class OneM2MServerFactory(WebSocketServerFactory):
 class OneM2MClientProtocol(_OneM2MProtocolMixin, WebSocketClientProtocol):  # type: ignore[misc]
     """The connecting side: an AE or CSE connecting to its registrar, or a CSE to a poa."""
 
-    factory: OneM2MClientFactory
+    factory: OneM2MClientProtocolFactory
+    #: why the connection ended before the WebSocket opened (see when_open)
+    _not_opened: Exception | None = None
+    _open_waiters: list[Deferred[Session]] | None = None
+
+    def when_open(self) -> Deferred[Session]:
+        """Fires with this connection's session once the WebSocket is open, or fails with
+        TargetNotReachable when it ended before: what a ``ClientService``'s
+        ``prepareConnection`` waits on, its factory serving every connection in turn."""
+        if self.session is not None:
+            return succeed(self.session)
+        if self._not_opened is not None:
+            return fail(self._not_opened)
+        d: Deferred[Session] = Deferred()
+        self._open_waiters = [*(self._open_waiters or ()), d]
+        return d
+
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        if self.session is not None:
+            super().dataReceived(data)
+            return
+        try:
+            super().dataReceived(data)
+        except Exception as e:
+            # Autobahn raises on some malformed handshake answers (bytes that are not
+            # UTF-8, say): the connection fails with one reason, as for any bad answer
+            self.wasNotCleanReason = (
+                f"malformed handshake answer from the server ({type(e).__name__})"
+            )
+            self.dropConnection(abort=True)
 
     @override
     def onConnect(self, response: ConnectionResponse) -> None:
@@ -739,20 +795,36 @@ class OneM2MClientProtocol(_OneM2MProtocolMixin, WebSocketClientProtocol):  # ty
     @override
     def onOpen(self) -> None:
         factory = self.factory
+        peer = factory.remote_originator
         session = self._start_session(
-            factory, factory.remote_originator, enforce_originator=factory.enforce_originator
+            factory,
+            peer,
+            enforce_originator=factory.enforce_originator,
+            # the peer this side dialled is who it was dialled as (its URL, its TLS)
+            authorization=Authorization(peer, verified=peer is not None),
         )
         factory.opened(session)
+        waiters, self._open_waiters = self._open_waiters or [], None
+        for waiter in waiters:
+            waiter.callback(session)
 
     @override
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         why = reason or getattr(self, "wasNotCleanReason", None) or f"closed ({code})"
         self._session_closed(why)
-        self.factory.fail(TargetNotReachable(f"could not open the WebSocket: {why}"))
+        error = TargetNotReachable(f"could not open the WebSocket: {why}")
+        if self.session is None:
+            self._not_opened = error
+            waiters, self._open_waiters = self._open_waiters or [], None
+            for waiter in waiters:
+                waiter.errback(error)
+        self.factory.fail(error)
 
 
-class OneM2MClientFactory(WebSocketClientFactory):
-    """One outgoing oneM2M WebSocket connection; ``ready`` fires with its session."""
+class OneM2MClientProtocolFactory(WebSocketClientFactory):
+    """Builds a oneM2M client protocol for each outgoing connection, as many as asked for
+    (e.g. by a ``ClientService``, which connects again after each loss); each protocol's
+    :meth:`~OneM2MClientProtocol.when_open` gives its session."""
 
     protocol = OneM2MClientProtocol  # type: ignore[assignment]
 
@@ -789,8 +861,27 @@ class OneM2MClientFactory(WebSocketClientFactory):
         self.remote_originator = remote_originator
         self.enforce_originator = enforce_originator
         self.options = options if options is not None else ConnectionOptions()
-        self.ready: Deferred[Session] = Deferred()
         self.setProtocolOptions(**self.options.autobahn())
+
+    def opened(self, session: Session) -> None:
+        """A connection opened (its protocol's ``when_open`` fires too)."""
+
+    def fail(self, error: Exception) -> None:
+        """A connection could not be made, or ended before it opened."""
+
+    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
+        self.fail(TargetNotReachable(f"cannot connect: {reason.getErrorMessage()}"))
+
+
+class OneM2MClientFactory(OneM2MClientProtocolFactory):
+    """One outgoing oneM2M WebSocket connection; ``ready`` fires with its session.
+
+    Takes the arguments of :class:`OneM2MClientProtocolFactory`.
+    """
+
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self.ready: Deferred[Session] = Deferred()
 
     def opened(self, session: Session) -> None:
         if not self.ready.called:
@@ -799,6 +890,3 @@ class OneM2MClientFactory(WebSocketClientFactory):
     def fail(self, error: Exception) -> None:
         if not self.ready.called:
             self.ready.errback(error)
-
-    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
-        self.fail(TargetNotReachable(f"cannot connect: {reason.getErrorMessage()}"))

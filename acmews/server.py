@@ -138,8 +138,8 @@ def build_authorizer(config: Config, cse: CSE, reactor: Any) -> IHandshakeAuthor
     if not config.authenticates:
         if not all(e.loopback_only for e in config.endpoints):
             log.warn(
-                "listening beyond loopback without authentication: anyone who reaches the "
-                "port may claim any originator (see --basic-auth-file, --token-file)"
+                "listening beyond loopback without authentication (--insecure): anyone who "
+                "reaches the port may claim any originator"
             )
         return None
     from twisted.internet.threads import deferToThread
@@ -171,7 +171,11 @@ def build_factory(
 
 def make_service(config: Config, reactor: Any) -> CSEService:
     """The whole CSE server (not started). Raises
-    :class:`~acmews.durable.StoreError` when the store cannot be used."""
+    :class:`~acmews.durable.StoreError` when the store cannot be used, ValueError for a
+    listener beyond loopback without credentials (unless ``config.insecure``)."""
+    exposure = config.exposure()
+    if exposure is not None:
+        raise ValueError(exposure)
     warn_without_nvx()
     store = build_store(config, reactor)
     originators = OriginatorMap()

@@ -28,6 +28,7 @@ from acmews.errors import (
     RequestTimeout,
     TargetNotReachable,
 )
+from acmews.handshake import Authorization
 from acmews.interfaces import ICodec, IConnection, IRequestHandler
 from acmews.logs import Budget, Logger
 from acmews.options import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_REQUEST_TIMEOUT
@@ -63,6 +64,10 @@ def registered_ae_id(response: Response) -> str | None:
     return aei if isinstance(aei, str) and aei else None
 
 
+#: a connection whose peer proved nothing
+_UNVERIFIED = Authorization()
+
+
 @implementer(IConnection)
 class Session:
     """The oneM2M side of one WebSocket connection (either role)."""
@@ -83,14 +88,15 @@ class Session:
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         on_bound: BoundCallback | None = None,
-        credential: str | None = None,
+        authorization: Authorization = _UNVERIFIED,
     ) -> None:
         """
         @param originator: the remote end's originator (X-M2M-Origin), if known.
         @param enforce_originator: apply the binding's originator rules to incoming requests
             (the accepting side does; a client trusts the CSE it connected to).
         @param on_bound: called when an unbound connection becomes bound by an AE CREATE.
-        @param credential: who authenticated the peer (:attr:`IConnection.credential`).
+        @param authorization: what the opening handshake proved of the peer
+            (:attr:`IConnection.authorization`).
         """
         self._send = send
         self.codec = codec
@@ -106,7 +112,7 @@ class Session:
         #: the largest message sent: the peer's limit (the same option on both sides)
         self.max_message_size = max_message_size
         self.on_bound = on_bound
-        self.credential = credential
+        self.authorization = authorization
         self.connected = True
         #: created when the peer first makes us log something (most connections never do)
         self._log_budget: Budget | None = None

@@ -75,6 +75,12 @@ class Options(usage.Options):
     )
     optFlags: list[Any] = [
         [
+            "insecure",
+            None,
+            "Listen beyond loopback without credentials: anyone who reaches the port may "
+            "claim any originator (without it, such a listener refuses to start).",
+        ],
+        [
             "keep-registration",
             None,
             "With --registrar: keep this CSE's remoteCSE at the registrar when it stops.",
@@ -355,7 +361,9 @@ class Options(usage.Options):
 
     def opt_allowed_csr_originators(self, patterns: str) -> None:
         """CSE-IDs that may register a remoteCSE here: comma-separated glob patterns
-        (/id-mn*); repeatable (default: any CSE-ID, /*)."""
+        (/id-mn*); repeatable. They may act as CSEs (register a remoteCSE, relay
+        notifications to AEs) without proving it; by default only a CSE whose credential or
+        certificate names its CSE-ID may (and the registrar this CSE dialled)."""
         self["allowed-csr-originators"].extend(p for p in patterns.split(",") if p.strip())
 
     def opt_allow_targets(self, rules: str) -> None:
@@ -447,8 +455,12 @@ class Options(usage.Options):
             token_credentials=tuple(self._read("token-file", read_token_file) or ()),
             client_ca=self._client_ca(),
             poa_credentials=self._read("poa-credentials", read_outbound_credentials),
+            insecure=bool(self["insecure"]),
             **self._outbound(),
         )
+        exposure = self.config.exposure()
+        if exposure is not None:
+            raise usage.UsageError(exposure)
 
     def _identity(self) -> None:
         """The CSE's names, its admin and its poa: plain URI characters, one line each."""

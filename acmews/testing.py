@@ -76,6 +76,7 @@ from acmews.admission import ConnectionLimits
 from acmews.codes import RSC, Operation
 from acmews.cse import CSE, CSEConfig, IResourceStore
 from acmews.errors import RequestTimeout
+from acmews.handshake import Authorization
 from acmews.interfaces import (
     IConnection,
     IHandshakeAuthorizer,
@@ -282,11 +283,20 @@ class FakeConnection:
     subprotocol = "oneM2M.json"
 
     def __init__(
-        self, originator: str | None = None, peer: str = "fake", clock: Clock | None = None
+        self,
+        originator: str | None = None,
+        peer: str = "fake",
+        clock: Clock | None = None,
+        authorization: Authorization | None = None,
     ) -> None:
         self.originator = originator
         self.peer = peer
-        self.credential: str | None = None
+        #: what the handshake proved (default: the originator, verified)
+        self.authorization = (
+            authorization
+            if authorization is not None
+            else Authorization(originator, verified=originator is not None)
+        )
         self.clock = clock
         #: every request sent, with its timeout and the Deferred :meth:`answer` fires
         self.sent: list[tuple[Request, float | None, Deferred[Response]]] = []

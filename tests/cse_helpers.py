@@ -8,11 +8,15 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from acmews.codes import RSC, Operation
+from acmews.cse import CSEConfig
 from acmews.primitive import Request, Response
 from acmews.testing import ADMIN, Sent, memory_cse
 
 
 class CSETestCase(SynchronousTestCase):
+    #: the CSE's configuration (None: memory_cse's default)
+    config: CSEConfig | None = None
+
     def setUp(self) -> None:
         self.new_cse()
         self.addCleanup(self._no_delayed_calls)
@@ -20,7 +24,7 @@ class CSETestCase(SynchronousTestCase):
 
     def new_cse(self) -> None:
         """A new clock, sender and CSE (an empty resource tree)."""
-        memory = memory_cse()
+        memory = memory_cse(self.config)
         self.clock = memory.clock
         self.sender = memory.sender
         self.cse = memory.cse

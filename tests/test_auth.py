@@ -257,7 +257,7 @@ class RegistrationBindingTests(TestCase):
         def answer(request: Request, connection: Any) -> Any:
             from acmews.primitive import Response
 
-            owners["Cassigned"] = connection.credential
+            owners["Cassigned"] = connection.authorization.owner
             return Response(2001, request.rqi, "4", {"m2m:ae": {"aei": "Cassigned"}})
 
         factory = make_server_factory(RecordingHandler(answer), clock, authorizer=authorizer)
@@ -439,14 +439,21 @@ class RestartTests(TestCase):
         users = os.path.join(directory, "users")
         with open(users, "w") as f:
             f.write("\n".join(BASIC))
-        argv = ("--basic-auth-file", users, "--store", f"sqlite:{directory}/acmews.db")
+        tokens = os.path.join(directory, "tokens")
+        with open(tokens, "w") as f:
+            f.write("\n".join(TOKENS))
+        argv = (
+            *("--basic-auth-file", users, "--token-file", tokens),
+            *("--store", f"sqlite:{directory}/acmews.db"),
+        )
         service, url = await start_cse(self, *argv)
-        alice = basic("meters", "m3ter")
+        # a credential without a list: the AE-ID the CSE assigns is one it may hold
+        alice = "Bearer tok-any"
         ae = await connect(url, headers={"Authorization": alice}, options=NO_PING)
         r = await ae.create("cse-in", 2, {"m2m:ae": {"api": "Nx", "rr": False, "rn": "a"}})
         self.assertEqual(r.rsc, 2001, r.debug)
         aei = r.pc["m2m:ae"]["aei"]
-        self.assertNotIn("meters", repr(r.pc))  # the owner is never shown
+        self.assertNotIn("tok-any", repr(r.pc))  # the owner is never shown
         await ae.close()
         await service.stopService()
 

@@ -237,6 +237,39 @@ class LoopbackTests(TestCase):
         self.assertEqual(json.loads(out.getvalue())["rsc"], 2000)
 
     @inlineCallbacks
+    def test_a_malformed_handshake_answer_is_one_line(self) -> Any:
+        """#27.12: whatever a server answers to the opening handshake (not HTTP, bytes that
+        are not UTF-8, a bad accept key), the command prints one line and no traceback."""
+        from twisted.internet import reactor
+        from twisted.internet.protocol import Factory, Protocol
+        from twisted.logger import capturedLogs
+
+        answers = [
+            b"\x00\xff\xfe not an answer\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: bogus\r\n\r\n",
+        ]
+
+        class Liar(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                if b"\r\n\r\n" in data:
+                    self.transport.write(answers[0])
+
+        port = reactor.listenTCP(0, Factory.forProtocol(Liar), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        url = f"ws://127.0.0.1:{port.getHost().port}"
+        while answers:
+            out, err = io.StringIO(), io.StringIO()
+            argv = ["request", url, "retrieve", "cse-in", "--from", "CAdmin", "--timeout", "5"]
+            with capturedLogs() as events:
+                code = yield Deferred.fromCoroutine(run(reactor, argv, out, err))
+            self.assertEqual(code, 2, err.getvalue())
+            self.assertEqual(len(err.getvalue().splitlines()), 1, err.getvalue())
+            self.assertEqual([e for e in events if e.get("log_failure")], [])
+            answers.pop(0)
+
+    @inlineCallbacks
     def test_error_rsc_exits_1_and_terminal_output_is_indented(self) -> Any:
         reactor, url = yield self.start()
         out, err = Terminal(), io.StringIO()

@@ -7,7 +7,7 @@ from typing import Any
 from acmews.codes import RSC, ResourceType
 from acmews.cse import CSE, CSEConfig
 from acmews.primitive import Response
-from acmews.testing import ADMIN
+from acmews.testing import ADMIN, URL
 from tests.cse_helpers import CSETestCase
 
 from .test_e2e import Notifications, StackTestCase
@@ -21,7 +21,13 @@ def csr(csi: str = MN, **attrs: Any) -> dict[str, Any]:
     return {"m2m:csr": body}
 
 
+#: a CSE that lets any CSE-ID register (the behaviour under test is registration itself)
+ANY_CSE = CSEConfig(poa=(URL,), allowed_csr_originators=("/*",))
+
+
 class RegistrationTests(CSETestCase):
+    config = ANY_CSE
+
     def test_a_cse_registers(self) -> None:
         response = self.ok(1, "cse-in", MN, ty=16, pc=csr())
         self.assertEqual(response.rsc, RSC.CREATED)
@@ -52,6 +58,8 @@ class RegistrationTests(CSETestCase):
 
 
 class ForwardingTests(CSETestCase):
+    config = ANY_CSE
+
     def setUp(self) -> None:
         super().setUp()
         self.ok(1, "cse-in", MN, ty=16, pc=csr(dcse=["/id-asn"]))
@@ -126,6 +134,8 @@ class ForwardingTests(CSETestCase):
 class OverTheBindingTests(StackTestCase):
     """An MN-CSE connects with X-M2M-Origin /id-mn, registers, and the IN forwards to it over
     that one connection; requests from the MN's side reach the IN over the same one."""
+
+    config = ANY_CSE
 
     def test_register_and_forward_both_ways(self) -> None:
         mn_inbox = Notifications()

@@ -29,6 +29,7 @@ from acmews.durable import (
     StoreError,
     open_store,
 )
+from acmews.handshake import Authorization
 from acmews.poa import INotificationQueue, MemoryNotificationQueue
 from acmews.primitive import Request, Response
 from acmews.testing import START, FakeConnection, FakeSender
@@ -359,7 +360,10 @@ class DurableCSETests(StoreFiles, RecordTree):
         super().new_cse()
         self.store = self.open_store()
         self.cse = CSE(
-            CSEConfig(poa=("ws://127.0.0.1:8180",)), self.sender, self.clock, self.store.resources
+            CSEConfig(poa=("ws://127.0.0.1:8180",), allowed_csr_originators=("/id-mn",)),
+            self.sender,
+            self.clock,
+            self.store.resources,
         )
         self.commit()
 
@@ -458,16 +462,18 @@ class DurableCSETests(StoreFiles, RecordTree):
         self.assertEqual(self.rows("SELECT value FROM meta WHERE key='last_number'"), [(number,)])
 
     def test_the_credential_of_a_registration_is_kept_with_the_ae(self) -> None:
-        self.connection.credential = "basic:alice"  # an unbound connection, authenticated
+        # an unbound connection, authenticated
+        self.connection.authorization = Authorization(None, "basic:alice")
         aei = self.register()
         self.assertEqual(self.cse.owner_of(aei), "basic:alice")
         self.assertNotIn("alice", repr(self.retrieve(f"cse-in/{aei}", aei).pc))
         self.restart()
         self.assertEqual(self.cse.owner_of(aei), "basic:alice")
-        # a connection bound by X-M2M-Origin registers its own AE-ID: no owner
+        # a connection bound by X-M2M-Origin registers its own AE-ID: it belongs to the
+        # credential too (#27: whether or not the connection carried the header)
         self.connection = FakeConnection("Cbound")
-        self.connection.credential = "basic:alice"
-        self.assertIsNone(self.cse.owner_of(self.register("Cbound")))
+        self.connection.authorization = Authorization("Cbound", "basic:alice")
+        self.assertEqual(self.cse.owner_of(self.register("Cbound")), "basic:alice")
         self.assertIsNone(self.cse.owner_of("id-in"))  # not an AE
         # the binding ends with the AE
         self.ok(4, f"cse-in/{aei}", aei)

@@ -39,12 +39,14 @@ class Notifications:
 
 
 class StackTestCase(TestCase):
+    config = CSEConfig(poa=("ws://127.0.0.1:8180",))
+
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(1_795_000_000)  # timestamps in 2026
         self.originators = OriginatorMap()
         self.chain = PoaChain(self.originators, self.clock, [], timeout=5.0)
-        self.cse = CSE(CSEConfig(poa=("ws://127.0.0.1:8180",)), self.chain, self.clock)
+        self.cse = CSE(self.config, self.chain, self.clock)
         self.factory = make_server_factory(self.cse, self.clock, self.originators)
         self.pairs: list[Pair] = []
 
@@ -428,7 +430,7 @@ class LoopbackCSEToCSETests(LoopbackServiceTests):
 
     @inlineCallbacks
     def test_mn_registers_and_requests_are_forwarded(self) -> Any:
-        _, in_url = yield self.start()
+        _, in_url = yield self.start("--allowed-csr-originators", "/id-mn")
         mn, mn_url = yield self.start(
             "--cse-id", "/id-mn", "--cse-name", "cse-mn", "--registrar", in_url
         )

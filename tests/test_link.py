@@ -10,6 +10,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs
 from twisted.test.iosim import FakeTransport, IOPump, connect
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
@@ -17,6 +18,7 @@ from zope.interface import implementer
 from acmews.client import as_handler
 from acmews.codes import RSC, Operation, ResourceType
 from acmews.cse import CSE, CSEConfig
+from acmews.interfaces import IHandshakeAuthorizer
 from acmews.link import RegistrarLink
 from acmews.originators import OriginatorMap
 from acmews.poa import PoaChain
@@ -66,7 +68,10 @@ class LinkTests(TestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(1_795_000_000)
-        self.inn = Stack(self.clock, CSEConfig(cse_id=IN, cse_name="cse-in"))
+        self.inn = Stack(
+            self.clock,
+            CSEConfig(cse_id=IN, cse_name="cse-in", allowed_csr_originators=("/id-mn",)),
+        )
         self.in_factory = make_server_factory(self.inn.cse, self.clock, self.inn.originators)
         self.endpoint = PairingEndpoint(self.in_factory)
         self.mn = Stack(
@@ -112,6 +117,20 @@ class LinkTests(TestCase):
         self.link.startService()
         self.flush()
         self.assertTrue(self.link.registered, self.link.state)
+
+    def stop(self) -> None:
+        d = self.link.stopService()
+        self.flush()
+        self.successResultOf(d)
+
+    def refuse_registrations(self) -> None:
+        """The IN-CSE accepts no remoteCSE from the MN-CSE (4103)."""
+        self.inn.cse = CSE(
+            CSEConfig(cse_id=IN, cse_name="cse-in", allowed_csr_originators=("/id-other",)),
+            self.inn.chain,
+            self.clock,
+        )
+        self.in_factory.handler = self.inn.cse
 
     def on(self, stack: Stack, op: Operation, to: str, fr: str, **kw: Any) -> Response:
         result = stack.cse.handle_request(Request(op, to, "t1", fr=fr, **kw), FakeConnection())
@@ -221,12 +240,7 @@ class LinkTests(TestCase):
         self.flush()
 
     def test_a_refused_registration_is_retried_with_growing_delays(self) -> None:
-        self.inn.cse = CSE(
-            CSEConfig(cse_id=IN, cse_name="cse-in", allowed_csr_originators=("/id-other",)),
-            self.inn.chain,
-            self.clock,
-        )
-        self.in_factory.handler = self.inn.cse
+        self.refuse_registrations()
         times: list[float] = []
         connect = self.endpoint.connect
         self.endpoint.connect = lambda f: (times.append(self.clock.seconds()), connect(f))[1]
@@ -243,6 +257,20 @@ class LinkTests(TestCase):
         self.assertTrue(all(b >= a for a, b in itertools.pairwise(gaps)), gaps)
         self.assertGreater(gaps[-1], gaps[0])
         self.assertGreaterEqual(gaps[0], 1)
+
+    def test_a_refusal_is_logged_with_the_registrars_rsc_and_reason(self) -> None:
+        self.refuse_registrations()
+        with capturedLogs() as events:
+            self.link.startService()
+            self.flush()
+        (event,) = [e for e in events if e.get("log_format", "").startswith("registration at")]
+        self.assertEqual(event["log_level"], LogLevel.warn)
+        self.assertEqual(event["rsc"], RSC.ORIGINATOR_HAS_NO_PRIVILEGE)
+        self.assertIn("the registrar answered 4103: ", event["error"])
+        self.assertGreaterEqual(event["delay"], 1)
+        # the refused connection is closed (the ClientService would leave it open)
+        self.assertNotIn(MN, self.inn.originators)
+        self.assertFalse(self.endpoint.pumps[0].client.session.connected)
 
     def test_the_link_shows_the_credentials_the_registrar_asks_for(self) -> None:
         import base64
@@ -265,6 +293,25 @@ class LinkTests(TestCase):
         at_in = self.on(self.inn, Operation.RETRIEVE, "cse-in/id-mn", "CAdmin").pc["m2m:csr"]
         self.assertEqual(at_in["csi"], MN)
 
+    def test_stopping_while_the_websocket_opens_closes_it(self) -> None:
+        pending: Deferred[str | None] = Deferred()
+
+        @implementer(IHandshakeAuthorizer)
+        class Undecided:
+            def authorize(self, handshake: Any) -> Deferred[str | None]:
+                return pending
+
+        self.in_factory.authorizer = Undecided()
+        self.link.startService()
+        self.flush()
+        self.assertEqual(self.link.state, "connecting")
+        self.stop()
+        self.assertEqual(self.link.state, "stopped")
+        self.assertTrue(self.endpoint.pumps[0].clientIO.disconnected)
+        pending.callback(MN)
+        self.flush()
+        self.assertNotIn(MN, self.inn.originators)
+
     def test_stopping_while_registering_leaves_no_retry_behind(self) -> None:
         # the registrar never answers: the registration is still in flight at the stop
         self.in_factory.handler = as_handler(lambda request: Deferred())
@@ -275,5 +322,7 @@ class LinkTests(TestCase):
         self.flush()
         self.successResultOf(d)
         self.assertFalse(self.link.registered)
-        self.assertIsNone(self.link._retry_call)
+        attempts = self.endpoint.attempts
+        self.clock.advance(120)
+        self.assertEqual(self.endpoint.attempts, attempts)
         # (tearDown: no delayed call left, e.g. a retry scheduled by the failed registration)

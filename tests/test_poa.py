@@ -326,6 +326,23 @@ class UrlTargetTests(ChainTestCase):
         self.assertEqual((silent.rsc, silent.reason), (refused.rsc, refused.reason))
         self.assertEqual(silent.rsc, RSC.TARGET_NOT_REACHABLE)
 
+    def test_url_failures_read_the_same_whatever_the_cause(self) -> None:
+        for failure in (TargetNotReachable("connection refused"), ConnectionRefusedError()):
+            self.ws.results.append(failure)
+            f = self.failureResultOf(self.chain.send("ws://h:1", notify()), TargetNotReachable)
+            self.assertEqual(f.value.reason, "ws://h:1 is not reachable")
+        self.assertEqual(len(self.flushLoggedErrors(ConnectionRefusedError)), 1)
+
+    def test_an_error_not_about_reaching_it_ends_a_url_but_not_a_poa_entry(self) -> None:
+        too_large = NotAcceptable("too large for it")
+        self.ws.results.append(too_large)
+        f = self.failureResultOf(self.chain.send("ws://h:1", notify()), NotAcceptable)
+        self.assertIs(f.value, too_large)
+        self.ws.results.append(NotAcceptable("too large for it"))
+        self.http.results.append(Response(RSC.OK, "n1"))
+        d = self.chain.send(AE, notify(), ["ws://h:1", "http://h:2"])
+        self.assertEqual(self.successResultOf(d).rsc, RSC.OK)
+
     def test_url_with_unknown_scheme(self) -> None:
         self.failureResultOf(self.chain.send("coap://h/x", notify()), TargetNotReachable)
         self.failureResultOf(self.chain.send("ws://default", notify()), TargetNotReachable)
@@ -433,6 +450,27 @@ class QueueTests(ChainTestCase):
         self.assertNoResult(d)
         conn.answer(rsc=RSC.OK)
         self.assertEqual(self.successResultOf(d).rsc, RSC.OK)
+
+    def test_notification_sent_while_the_flush_starts_waits_behind(self) -> None:
+        # a peer in this process may answer at once, by having the CSE notify it again
+        self.successResultOf(self.chain.send(AE, notify("n0"), store=True))
+        conn = FakeConnection()
+        again: list[Deferred[Response]] = []
+        send = conn.request
+
+        def request(request: Request, timeout: float | None = None) -> Deferred[Response]:
+            if not again:
+                again.append(self.chain.send(AE, notify("n1"), store=True))
+            return send(request, timeout)
+
+        conn.request = request  # type: ignore[method-assign]
+        self.map.bind(AE, conn)
+        self.assertEqual(self.successResultOf(again[0]).rsc, RSC.ACCEPTED)
+        self.assertEqual(conn.rqis(), ["n0"])  # no second flush beside the first
+        conn.answer()
+        self.assertEqual(conn.rqis(), ["n0", "n1"])
+        conn.answer()
+        self.assertEqual(self.chain.queued(AE), [])
 
     def test_new_notification_restarts_stopped_flush(self) -> None:
         self.successResultOf(self.chain.send(AE, notify("n0"), store=True))

@@ -32,6 +32,7 @@ from acmews.primitive import Request, Response
 from acmews.protocol import (
     MAX_EARLY_DATA,
     OneM2MClientFactory,
+    OneM2MClientProtocolFactory,
     OneM2MServerFactory,
     choose_subprotocol,
 )
@@ -277,6 +278,33 @@ class NegotiationTests(BindingTestCase):
         p.flush()
         self.assertNotIn("Cae1", self.originators)
         self.failureResultOf(cf.ready, TargetNotReachable)
+
+    def test_a_factory_for_many_connections_tells_each_whether_it_opened(self) -> None:
+        # (what a ClientService needs: one factory, each connection's own outcome)
+        cf = OneM2MClientProtocolFactory(
+            "ws://127.0.0.1:8180", originator="Cae1", clock=self.clock, reactor=self.clock
+        )
+        cf.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
+        pending: Deferred[str | None] = Deferred()
+        self.server_factory.authorizer = Fixed(pending)
+        first = pair(self.server_factory, cf)
+        opening = first.client.when_open()
+        self.assertNoResult(opening)
+        pending.callback("Cae1")
+        first.flush()
+        self.assertIs(self.successResultOf(opening), first.client_session)
+        self.assertIs(self.successResultOf(first.client.when_open()), first.client_session)
+        pending = Deferred()
+        self.server_factory.authorizer = Fixed(pending)
+        second = pair(self.server_factory, cf)
+        refused = second.client.when_open()
+        pending.errback(HandshakeRefused(403, "not you"))
+        second.flush()
+        self.assertIn("403", self.failureResultOf(refused, TargetNotReachable).value.reason)
+        self.failureResultOf(second.client.when_open(), TargetNotReachable)
+        self.assertTrue(first.client_session.connected)
+        first.client_session.close()
+        first.flush()
 
     def test_interfaces(self) -> None:
         p = self.connect()

@@ -78,6 +78,7 @@ class OptionsTests(TestCase):
 
     def test_repeatable_and_typed(self) -> None:
         o = parse(
+            "--insecure",  # tcp:9000 listens beyond loopback
             "--listen",
             "tcp:9000",
             "--listen",
@@ -188,6 +189,7 @@ class MakeServiceTests(TestCase):
     def test_service_tree(self) -> None:
         reactor = MemoryReactorClock()
         o = parse(
+            "--insecure",  # tcp:9101 listens beyond loopback
             "--listen",
             "tcp:9100:interface=127.0.0.1",
             "--listen",
@@ -294,7 +296,8 @@ class MakeServiceTests(TestCase):
 
     def test_allowed_csr_originators(self) -> None:
         default: Any = makeService(parse(), MemoryReactorClock())
-        self.assertEqual(default.cse.config.allowed_csr_originators, ("/*",))
+        # none: a CSE must prove its CSE-ID (#27)
+        self.assertEqual(default.cse.config.allowed_csr_originators, ())
         o = parse("--allowed-csr-originators", "/id-mn*,/id-gw", "--allowed-csr-originators", "/x")
         service: Any = makeService(o, MemoryReactorClock())
         self.assertEqual(service.cse.config.allowed_csr_originators, ("/id-mn*", "/id-gw", "/x"))
@@ -436,18 +439,34 @@ class MakeServiceTests(TestCase):
         for argv in (("--basic-auth-file", bad), ("--token-file", self.mktemp())):
             self.assertRaises(usage.UsageError, parse, *argv)
 
-    def test_warns_beyond_loopback_without_authentication(self) -> None:
+    def test_beyond_loopback_without_credentials_needs_insecure(self) -> None:
+        """#27: secure by default. Beyond loopback, no credentials: no start without
+        --insecure (a usage error, and make_service refuses such a Config too); with it, a
+        warning."""
         from twisted.logger import capturedLogs
 
-        for listen, warned in (
+        from acmews.config import Config
+        from acmews.server import make_service
+
+        users = self.mktemp()
+        with open(users, "w") as f:
+            f.write("u:" + "0" * 64 + "\n")
+        for listen, exposed in (
             ("tcp:8180:interface=127.0.0.1", False),
             ("tcp:8180", True),
             ("tcp:8180:interface=0.0.0.0", True),
+            ("tcp:8180:interface=\\:\\:1", False),
         ):
+            if exposed:
+                e = self.assertRaises(usage.UsageError, parse, "--listen", listen)
+                self.assertIn("--insecure", str(e))
+                config = Config(listen=(listen,), store="memory:")
+                self.assertRaises(ValueError, make_service, config, MemoryReactorClock())
+                parse("--listen", listen, "--basic-auth-file", users)  # credentials: fine
             with capturedLogs() as events:
-                makeService(parse("--listen", listen), MemoryReactorClock())
+                makeService(parse("--listen", listen, "--insecure"), MemoryReactorClock())
             said = any("without authentication" in e.get("log_format", "") for e in events)
-            self.assertEqual(said, warned, listen)
+            self.assertEqual(said, exposed, listen)
 
     def test_connection_limits(self) -> None:
         default: Any = makeService(parse(), MemoryReactorClock())
@@ -524,7 +543,7 @@ class MakeServiceTests(TestCase):
     def test_listening_is_said_once_listening(self) -> None:
         reactor = MemoryReactorClock()
         with capturedLogs() as events:
-            service: Any = makeService(parse("--listen", "tcp:9100"), reactor)
+            service: Any = makeService(parse("--listen", "tcp:9100", "--insecure"), reactor)
             said = [ev for ev in events if "listening on" in ev["log_format"]]
             self.assertEqual(said, [])
             service.privilegedStartService()
@@ -546,7 +565,7 @@ class MakeServiceTests(TestCase):
         class Parent:
             subCommand = "acmews"
 
-        options = parse("--listen", "tcp:8180")
+        options = parse("--listen", "tcp:8180", "--insecure")
         options.parent = Parent()
         service = makeService(options, Busy())
         e = self.assertRaises(SystemExit, service.privilegedStartService)

@@ -26,8 +26,10 @@ class CSEConfig:
     resource_expiry: float = 5 * 365 * 86400.0
     #: seconds to wait for the answer to a subscription verification request
     verification_timeout: float = DEFAULT_REQUEST_TIMEOUT
-    #: CSE-IDs (glob patterns) that may register a remoteCSE here
-    allowed_csr_originators: tuple[str, ...] = ("/*",)
+    #: CSE-IDs (glob patterns) that may act as CSEs here (register a remoteCSE, relay
+    #: notifications) without proving it; any other needs a verified connection (a credential
+    #: or certificate naming it, or the registrar this CSE dialled)
+    allowed_csr_originators: tuple[str, ...] = ()
     #: this CSE's registrar, the route for CSEs it knows no other way to (None: it has none)
     registrar_cse_id: str | None = None
     #: the CSEBase's cst: 1 IN-CSE, 2 MN-CSE (one with a registrar), 3 ASN-CSE

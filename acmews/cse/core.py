@@ -19,6 +19,7 @@ and :class:`Notifier` (events, notifications, verification).
 
 from __future__ import annotations
 
+import fnmatch
 import secrets
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -141,6 +142,32 @@ class CSE:
                 "connection: try again later"
             )
 
+    def _check_registrant(
+        self,
+        kind: ResourceKind,
+        originator: str | None,
+        ri: str,
+        connection: IConnection | None,
+    ) -> None:
+        """Who may register: a remoteCSE only a CSE that proved its CSE-ID (or one
+        ``allowed_csr_originators`` names); an AE, on an AE's connection, only with an AE-ID
+        its credential may hold (its list; never another credential's reserved IDs)."""
+        if kind.ty == ResourceType.CSR:
+            if not self.acts_as_cse(originator, connection):
+                raise OriginatorHasNoPrivilege(
+                    f"{originator!r} may not register here: a remoteCSE needs a credential "
+                    "that names its CSE-ID (or --allowed-csr-originators)"
+                )
+            return
+        if connection is None:
+            return
+        may_hold = connection.authorization.may_hold
+        cse_connection = (connection.originator or "").startswith("/")
+        if may_hold is not None and not cse_connection and not may_hold(ri):
+            raise OriginatorHasNoPrivilege(
+                f"the credential of this connection may not register the AE-ID {ri!r}"
+            )
+
     # --- the IRequestHandler edge -------------------------------------------------------------
 
     def handle_request(
@@ -162,7 +189,7 @@ class CSE:
                 elif op == Operation.DELETE:
                     result = self._delete(request)
                 elif op == Operation.NOTIFY:
-                    result = self._notify(request)
+                    result = self._notify(request, connection)
                 else:
                     raise BadRequest(f"unknown operation {op!r}")
         except Exception as e:
@@ -170,6 +197,20 @@ class CSE:
         if isinstance(result, Deferred):
             return result.addErrback(self._failed, request)
         return result
+
+    def acts_as_cse(self, originator: str | None, connection: IConnection | None) -> bool:
+        """May ``originator`` act as a CSE here (register a remoteCSE, relay notifications)?
+        Only a CSE-ID its connection proved (a credential or certificate naming it, or the
+        registrar this CSE dialled), or one ``allowed_csr_originators`` names."""
+        if not originator or not originator.startswith("/") or "/" in originator[1:]:
+            return False
+        if (
+            connection is not None
+            and connection.originator == originator
+            and connection.authorization.verified
+        ):
+            return True
+        return any(fnmatch.fnmatchcase(originator, p) for p in self.config.allowed_csr_originators)
 
     def _is_peer_cse(self, originator: str | None) -> bool:
         """Is ``originator`` a CSE registered here, or this CSE's registrar?"""
@@ -180,8 +221,9 @@ class CSE:
         csr = self.store.get(originator[1:])
         return csr is not None and csr.ty == ResourceType.CSR
 
-    def route(self, cse_id: str) -> tuple[str, tuple[str, ...], bool] | None:
-        """The next hop towards CSE ``cse_id``: ``(originator, poa, registered)``.
+    def route(self, cse_id: str) -> tuple[str, tuple[str, ...]] | None:
+        """The next hop towards CSE ``cse_id``: ``(originator, poa)``, a CSE registered here
+        or this CSE's registrar (so a NOTIFY for it may wait in store-and-forward).
 
         A remoteCSE registered here with that CSE-ID; else the remoteCSE whose ``dcse`` lists
         it; else this CSE's registrar, when it has one; else None.
@@ -190,14 +232,14 @@ class CSE:
         for csr in remotes:
             if csr.attrs["csi"] == cse_id:
                 if cse_id == self.config.registrar_cse_id:
-                    return cse_id, (), True  # the link is the way, up or down
-                return cse_id, tuple(csr.attrs.get("poa", ())), True
+                    return cse_id, ()  # the link is the way, up or down
+                return cse_id, tuple(csr.attrs.get("poa", ()))
         for csr in remotes:
             if cse_id in csr.attrs.get("dcse", ()):
-                return csr.attrs["csi"], tuple(csr.attrs.get("poa", ())), True
+                return csr.attrs["csi"], tuple(csr.attrs.get("poa", ()))
         registrar = self.config.registrar_cse_id
         if registrar is not None:
-            return registrar, (), True
+            return registrar, ()
         return None
 
     def forward(
@@ -212,7 +254,7 @@ class CSE:
                 f"target {request.to!r} is on {cse_id}, which is not registered here "
                 "(and this CSE has no registrar)"
             )
-        hop, poa, registered = route
+        hop, poa = route
         if connection is not None and connection.originator == hop:
             raise TargetNotReachable(
                 f"target {request.to!r} is on {cse_id}: its route leads back to {hop}, "
@@ -221,7 +263,7 @@ class CSE:
         outgoing = copy_request(
             request, fr=self._sp_relative(request.fr), rqi=self.notifier.new_rqi()
         )
-        store = registered and request.op == Operation.NOTIFY
+        store = request.op == Operation.NOTIFY  # every hop is a registered CSE
         d = maybeDeferred(self._sender.send, hop, outgoing, poa=poa, store=store)
 
         def relayed(response: Response) -> Response:
@@ -351,9 +393,11 @@ class CSE:
             full[id_attribute] = ri
         full.update(attrs)
         resource = Resource(kind, full, f"{parent.srn}/{rn}", creator)
-        if kind.registrant and connection is not None and connection.originator is None:
-            # registered through a credential: only it may claim the AE-ID (acmews.auth)
-            resource.owner = getattr(connection, "credential", None)
+        if kind.registrant:
+            self._check_registrant(kind, request.fr, ri, connection)
+            if connection is not None:
+                # registered through a credential: only it may claim the ID (acmews.auth)
+                resource.owner = connection.authorization.owner
         waiting = kind.confirm(self, request.fr, resource)
         if waiting is not None:
             return Deferred.fromCoroutine(
@@ -546,11 +590,12 @@ class CSE:
 
     # --- NOTIFY -------------------------------------------------------------------------------
 
-    def _notify(self, request: Request) -> Deferred[Response]:
+    def _notify(self, request: Request, connection: IConnection | None) -> Deferred[Response]:
         resource, virtual = self.addressing.locate(request.to)
         if virtual is not None or not resource.kind.registrant:
             raise OperationNotAllowed("NOTIFY is only accepted for an AE")
-        if not self._is_peer_cse(request.fr):  # a peer CSE relays its notifications
+        # a peer CSE relays its notifications: one registered here that proved its CSE-ID
+        if not (self._is_peer_cse(request.fr) and self.acts_as_cse(request.fr, connection)):
             self.access.check(request.fr, resource, ACOP.NOTIFY)
         aei = resource.kind.originator_of(resource)
         outgoing = copy_request(

@@ -7,7 +7,6 @@ Importing this module registers them in :data:`~acmews.cse.resource.KINDS`.
 
 from __future__ import annotations
 
-import fnmatch
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -203,9 +202,6 @@ class RemoteCSEKind(ResourceKind):
     ) -> tuple[str, str | None]:
         if not originator or not originator.startswith("/") or originator.startswith("//"):
             raise OriginatorHasNoPrivilege("only a CSE (originator /cse-id) registers a remoteCSE")
-        patterns = cse.config.allowed_csr_originators
-        if not any(fnmatch.fnmatchcase(originator, p) for p in patterns):
-            raise OriginatorHasNoPrivilege(f"{originator!r} may not register here")
         ri = originator[1:]
         if "/" in ri:
             raise BadRequest(f"a CSE-ID has one slash: {originator!r}")

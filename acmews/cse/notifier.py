@@ -35,8 +35,8 @@ __all__ = ["Notifier"]
 
 _SUB = ResourceType.SUB
 
-#: the next hop towards a CSE: (originator, poa, registered), or None (see CSE.route)
-Route = Callable[[str], "tuple[str, tuple[str, ...], bool] | None"]
+#: the next hop towards a CSE: (originator, poa), or None (see CSE.route)
+Route = Callable[[str], "tuple[str, tuple[str, ...]] | None"]
 
 
 class Notifier:
@@ -104,8 +104,8 @@ class Notifier:
             elif self._route is not None:
                 route = self._route(foreign)
                 if route is not None:
-                    hop, poa, registered = route
-                    return hop, poa, registered, nu
+                    hop, poa = route
+                    return hop, poa, True, nu  # a registered CSE: it may wait
         except OneM2MError:
             pass
         return nu, (), False, nu

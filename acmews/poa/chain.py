@@ -124,8 +124,10 @@ class PoaChain(Service):
         self.purge_interval = purge_interval
         self.policy = policy if policy is not None else TargetPolicy(deny=())
         self.limits = limits if limits is not None else OutboundLimits()
-        self._flushing: dict[str, Deferred[bool]] = {}
-        self._flushing_now: set[str] = set()
+        #: the originators whose queue is being sent, each with its flush (None while the
+        #: flush takes its first steps, which run at once: a notification sent meanwhile must
+        #: see it, to join the queue behind what is being sent)
+        self._flushing: dict[str, Deferred[bool] | None] = {}
         self._in_flight: set[Deferred[Response]] = set()
         self._purge_call: IDelayedCall | None = None
         self._stopped = False
@@ -164,7 +166,8 @@ class PoaChain(Service):
             self._purge_call.cancel()
         self._purge_call = None
         for d in list(self._flushing.values()):
-            d.cancel()
+            if d is not None:
+                d.cancel()
         for sent in list(self._in_flight):
             sent.cancel()
 
@@ -239,7 +242,7 @@ class PoaChain(Service):
     async def _send_queued(self, target: str, request: Request, poa: tuple[str, ...]) -> Response:
         """A NOTIFY for an originator with a non-empty queue: keep the order."""
         connection = self._originators.lookup(target)
-        if connection is not None or target in self._flushing_now:
+        if connection is not None or target in self._flushing:
             response = await self._enqueue(target, request)
             if connection is not None:
                 self._start_flush(target, connection)
@@ -278,14 +281,9 @@ class PoaChain(Service):
                 "sending {rqi} to {target} via poa {url}", rqi=request.rqi, target=target, url=url
             )
             try:
-                return await self._through(connector, url, request)
-            except CancelledError:
-                raise
-            except Exception as e:
-                # the same words whether refused, silent or reset: the reason reaches the
-                # client, which must not learn from it which ports are open (the log says)
+                return await self._through(target, connector, url, request)
+            except OneM2MError:
                 tried.append(f"{url}: not reachable")
-                self._log_step_failed(target, request, url, e)
         if not poa:
             tried.append("no poa")
         if store and request.op == Operation.NOTIFY:
@@ -315,25 +313,33 @@ class PoaChain(Service):
                 f"{url} is not reachable (unsupported scheme {scheme!r})", rqi=request.rqi
             )
         self.log.debug("sending {rqi} to URL {url}", rqi=request.rqi, url=url)
-        try:
-            return await self._through(connector, url, request)
-        except CancelledError:
-            raise
-        except (TargetNotReachable, RequestTimeout) as e:
-            self._log_step_failed(url, request, url, e)
-            raise TargetNotReachable(f"{url} is not reachable", rqi=request.rqi) from e
-        except OneM2MError:
-            raise  # not about reaching it (a request too large for it, say)
-        except Exception as e:
-            self._log_step_failed(url, request, url, e)
-            raise TargetNotReachable(f"{url} is not reachable", rqi=request.rqi) from e
+        return await self._through(url, connector, url, request)
 
-    def _through(self, connector: IPoaConnector, url: str, request: Request) -> Deferred[Response]:
+    async def _through(
+        self, target: str, connector: IPoaConnector, url: str, request: Request
+    ) -> Response:
         """The one step both a poa entry and a URL target take: the policy, a slot within the
         outbound limits, the scheme's connector; all of it under the chain's timeout (which
-        fires whatever the connector does, and counts the wait for a slot too)."""
+        fires whatever the connector does, and counts the wait for a slot too).
+
+        And their one failure path: a failure is logged; one to reach ``url`` (a transport
+        error, a timeout, anything unexpected) is raised as TargetNotReachable, in the same
+        words whether refused, silent or reset: the reason reaches the client, which must
+        not learn from it which ports are open (the log says). Another oneM2M error (a
+        request too large for it, say) is raised as it is.
+        """
         step = Deferred.fromCoroutine(self._outbound(connector, url, request))
-        return Deferred.fromCoroutine(await_step(step, self.timeout, self._clock))
+        try:
+            return await await_step(step, self.timeout, self._clock)
+        except CancelledError:
+            raise
+        except Exception as e:
+            self._log_step_failed(target, request, url, e)
+            if isinstance(e, OneM2MError) and not isinstance(
+                e, TargetNotReachable | RequestTimeout
+            ):
+                raise
+            raise TargetNotReachable(f"{url} is not reachable", rqi=request.rqi) from e
 
     async def _outbound(self, connector: IPoaConnector, url: str, request: Request) -> Response:
         try:
@@ -454,14 +460,15 @@ class PoaChain(Service):
         """Nothing to do: a flush in progress learns of it when its request fails."""
 
     def _start_flush(self, originator: str, connection: IConnection) -> None:
-        if self._stopped or originator in self._flushing_now or not self.queue.count(originator):
+        if self._stopped or originator in self._flushing or not self.queue.count(originator):
             return
-        d = Deferred.fromCoroutine(self._flush(originator, connection))
-        if not d.called:
-            self._flushing[originator] = d
+        self._flushing[originator] = None
+        d = self._flushing[originator] = Deferred.fromCoroutine(
+            self._flush(originator, connection)
+        )
 
         def done(result: bool | Failure) -> None:
-            self._flushing.pop(originator, None)
+            del self._flushing[originator]
             if isinstance(result, Failure):
                 if not isinstance(result.value, CancelledError):
                     self.log.failure(
@@ -479,7 +486,6 @@ class PoaChain(Service):
 
     async def _flush(self, originator: str, connection: IConnection) -> bool:
         """Send the queue in order; True once empty, False if a transport failure stopped it."""
-        self._flushing_now.add(originator)
         queue = self.queue
         delivered = expired = 0
         try:
@@ -533,7 +539,6 @@ class PoaChain(Service):
                     rsc=response.rsc,
                 )
         finally:
-            self._flushing_now.discard(originator)
             if delivered or expired:
                 self.log.info(
                     "delivered {count} queued notifications to {originator} "

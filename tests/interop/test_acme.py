@@ -180,7 +180,11 @@ class AcmeMnToAcmewsTests(TestCase):
         # a port of its own (not tcp:0), so that the CSEBase's poa names it: ACME's MN copies
         # that poa into its remoteCSE of acmews and routes requests for /id-in by it
         port = free_port()
-        _, url = await start_cse(self, "--listen", f"tcp:{port}:interface=127.0.0.1")
+        _, url = await start_cse(
+            self,
+            *("--listen", f"tcp:{port}:interface=127.0.0.1"),
+            *("--allowed-csr-originators", "/id-mn"),  # ACME's MN shows no credential
+        )
         mn = await start_acme(
             self, MN_INI, "cse-mn", registrar_port=port, registrar_serialization=serialization
         )
