@@ -153,20 +153,21 @@ class CheckQueueTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d).owner, "basic:meters")
         self.assertEqual(authorizer.checks.taken, 0)
 
+    def from_two_addresses(self, authorizer: CredentialAuthorizer, times: int) -> int:
+        """``times`` attempts from each of two addresses; the checks then waiting."""
+        for host in ("10.0.0.66", "10.0.0.67"):
+            for _ in range(times):
+                self.attempt(authorizer, host)
+        return len(self.threads.waiting)
+
     def test_two_addresses_cannot_lock_out_a_third(self) -> None:
         authorizer = self.authorizer(checks_per_address=4, checks=9)
-        for host in ("10.0.0.66", "10.0.0.67"):
-            for _ in range(10):
-                self.attempt(authorizer, host)
-        self.assertEqual(len(self.threads.waiting), 8)
+        self.assertEqual(self.from_two_addresses(authorizer, 10), 8)
         self.assertIsInstance(self.attempt(authorizer, "10.0.0.1"), Deferred)
 
     def test_in_all(self) -> None:
         authorizer = self.authorizer(checks_per_address=4, checks=6)
-        for host in ("10.0.0.66", "10.0.0.67"):
-            for _ in range(4):
-                self.attempt(authorizer, host)
-        self.assertEqual(len(self.threads.waiting), 6)
+        self.assertEqual(self.from_two_addresses(authorizer, 4), 6)
         refusal = self.attempt(authorizer, "10.0.0.1")
         assert isinstance(refusal, HandshakeRefused)
         self.assertEqual(refusal.status, 503)
