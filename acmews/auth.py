@@ -17,6 +17,11 @@ connection without the header may register an AE, with an AE-ID its credential m
 AE-ID registered through a credential belongs to it from then on (the CSE keeps the binding
 with the AE: ``owner_of``). Comparisons take constant time; scrypt runs off the reactor
 thread.
+
+Guessing is slowed down (:mod:`acmews.throttle`): after a few failed logins for a user name
+or from a client address, its attempts are refused for a while (429, ``Retry-After``); the
+scrypt checks waiting are bounded per address and in all (503); and with any scrypt entry in
+the file, every Basic check costs one scrypt, so that no user name shows by its timing.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import fnmatch
 import getpass
 import hashlib
 import hmac
+import math
 import secrets
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -35,10 +41,12 @@ from functools import partial
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from acmews.handshake import Authorization, Handshake, HandshakeRefused, origin_header
 from acmews.interfaces import IHandshakeAuthorizer
+from acmews.throttle import Backoff, CheckSlots, LoginLimits
 
 __all__ = [
     "Credential",
@@ -120,6 +128,15 @@ def _verify(password: str, stored: str) -> bool:
     return hmac.compare_digest(got_hex, stored.lower())
 
 
+def _verify_padded(password: str, stored: str, pad: str | None) -> bool:
+    """:func:`_verify`, then (with ``pad``) a check against ``pad`` whose result is dropped:
+    what makes a SHA-256 entry as dear as a scrypt one in a file that has both."""
+    ok = _verify(password, stored)
+    if pad is not None:
+        _verify(password, pad)
+    return ok
+
+
 def _parse_lines(lines: Iterable[str], fields: int, what: str) -> list[Credential]:
     credentials: list[Credential] = []
     for number, raw in enumerate(lines, 1):
@@ -198,10 +215,15 @@ class CredentialAuthorizer:
         defer_to_thread: Callable[..., Deferred[Any]] | None = None,
         certificates: bool = False,
         owner_of: Callable[[str], str | None] | None = None,
+        limits: LoginLimits | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
         """
         @param defer_to_thread: runs a scrypt check off the reactor thread
-            (``twisted.internet.threads.deferToThread``); None runs it inline (tests).
+            (``twisted.internet.threads.deferToThread``); None runs it inline (tests). The
+            checks waiting or running are bounded per client address and in all
+            (``limits``): past either bound an attempt is refused at once, 503 with
+            ``Retry-After``, so that one address's flood leaves room for the others.
         @param certificates: a connection with a (verified) TLS client certificate may claim
             exactly the originators the certificate names (subject CN, SAN URIs), without
             any other credential.
@@ -210,19 +232,33 @@ class CredentialAuthorizer:
             ``owner`` reaches it through the connection, so the binding is written with the
             AE, survives a restart with a durable store and ends with the AE. Without it no
             AE-ID is bound to a credential.
+        @param limits: the bounds on failed logins and on checks waiting (defaults when
+            None).
+        @param clock: times failed logins (a wrong password, an unknown user or token), per
+            user name and per client address: after ``limits.free_failures`` of them, the
+            attempts for that name or from that address are refused at once, 429 with
+            ``Retry-After``, for a while that doubles with each further failure (1 s to
+            60 s by default); a successful login clears its user's count. None: failures
+            are not counted (tests).
         """
         self._certificates = certificates
         self._users = {c.name: c for c in basic}
         self._tokens = list(tokens)
         self._admin = admin
         self._defer_to_thread = defer_to_thread
+        self._limits = limits = limits if limits is not None else LoginLimits()
+        #: the scrypt checks waiting or running, per client address and in all
+        self.checks = CheckSlots(limits.checks_per_address, limits.checks)
+        #: failed logins per user name and per client address
+        self.failures_by_user = Backoff(limits, clock) if clock is not None else None
+        self.failures_by_address = Backoff(limits, clock) if clock is not None else None
         self._owner_of: Callable[[str], str | None] = owner_of if owner_of is not None else _nobody
+        #: with any scrypt entry, every Basic check costs one scrypt (a SHA-256 user's pays
+        #: one against the dummy): known users of either kind and unknown ones take the same
+        #: time (before: 1.3 ms for a SHA-256 user, 36 ms for an unknown one)
+        self._pad = _DUMMY if any(c.secret.startswith("scrypt$") for c in basic) else None
         #: what an unknown user's password is checked against, as dear as the users' own
-        self._dummy = (
-            _DUMMY
-            if any(c.secret.startswith("scrypt$") for c in basic)
-            else "0" * 64  # a SHA-256 hex no password has
-        )
+        self._dummy = self._pad or "0" * 64  # a SHA-256 hex no password has
         #: patterns some credential lists: a credential without a list may not claim them
         self._listed = [p for c in (*basic, *tokens) if c.originators for p in c.originators]
 
@@ -233,16 +269,19 @@ class CredentialAuthorizer:
             if originator is not None and originator not in names:
                 raise HandshakeRefused(403, "Forbidden")
             return Authorization(originator, verified=originator is not None)
+        address = _address(handshake.peer)
         header = handshake.headers.get("authorization", "")
         scheme, _, value = header.strip().partition(" ")
         scheme = scheme.lower()
         if scheme == "bearer":
+            self._not_throttled(address, None)
             token = value.strip()
             found = None
             for credential in self._tokens:  # every one compared: constant time
                 if hmac.compare_digest(credential.secret.encode(), token.encode()):
                     found = credential
             if found is None:
+                self._failed(address, None)
                 raise _unauthorized()
             return self._claim(found, originator)
         if scheme == "basic":
@@ -251,20 +290,70 @@ class CredentialAuthorizer:
             except (ValueError, binascii.Error, UnicodeDecodeError):
                 raise _unauthorized() from None
             user, sep, password = decoded.partition(":")
+            name = user if sep else None
+            self._not_throttled(address, name)
             known = self._users.get(user) if sep else None
             # an unknown user costs what a known one does: no user list by timing
             stored = self._dummy if known is None else known.secret
-            if stored.startswith("scrypt$") and self._defer_to_thread is not None:
-                d = self._defer_to_thread(_verify, password, stored)
-                return d.addCallback(self._checked, known, originator)
-            return self._checked(_verify(password, stored), known, originator)
+            pad = None if stored.startswith("scrypt$") else self._pad
+            if self._pad is not None and self._defer_to_thread is not None:
+                d = self._off_thread(address, password, stored, pad)
+                return d.addCallback(self._checked, known, originator, address, name)
+            ok = _verify_padded(password, stored, pad)
+            return self._checked(ok, known, originator, address, name)
         raise _unauthorized()
 
+    def _not_throttled(self, address: str, user: str | None) -> None:
+        """Refuse (429) an attempt from an address or for a user name that failed too often
+        lately, without checking it: guessing slows down to a few tries a minute."""
+        by_address, by_user = self.failures_by_address, self.failures_by_user
+        if by_address is None or by_user is None:
+            return
+        wait = max(by_address.wait(address), by_user.wait(user) if user is not None else 0.0)
+        if wait > 0:
+            retry = str(max(1, math.ceil(wait)))
+            raise HandshakeRefused(429, "Too Many Requests", {"Retry-After": retry})
+
+    def _failed(self, address: str | None, user: str | None) -> None:
+        if self.failures_by_address is not None and address is not None:
+            self.failures_by_address.failed(address)
+        if self.failures_by_user is not None and user is not None:
+            self.failures_by_user.failed(user)
+
+    def _off_thread(
+        self, address: str, password: str, stored: str, pad: str | None
+    ) -> Deferred[bool]:
+        """The check in a thread, within the bounds on checks waiting (503 past them)."""
+        assert self._defer_to_thread is not None
+        checks = self.checks
+        if not checks.take(address):
+            raise HandshakeRefused(503, "Service Unavailable", {"Retry-After": "1"})
+
+        def done(result: object) -> object:
+            checks.give_back(address)
+            return result
+
+        try:
+            d: Deferred[bool] = self._defer_to_thread(_verify_padded, password, stored, pad)
+        except BaseException:
+            checks.give_back(address)
+            raise
+        d.addBoth(done)
+        return d
+
     def _checked(
-        self, ok: bool, credential: Credential | None, originator: str | None
+        self,
+        ok: bool,
+        credential: Credential | None,
+        originator: str | None,
+        address: str | None = None,
+        user: str | None = None,
     ) -> Authorization:
         if not ok or credential is None:
+            self._failed(address, user)
             raise _unauthorized()
+        if self.failures_by_user is not None:
+            self.failures_by_user.succeeded(credential.name)
         return self._claim(credential, originator)
 
     def _claim(self, credential: Credential, originator: str | None) -> Authorization:
@@ -293,6 +382,11 @@ class CredentialAuthorizer:
             and originator != self._admin
             and not any(fnmatch.fnmatchcase(originator, p) for p in self._listed)
         )
+
+
+def _address(peer: Any) -> str:
+    """The client address a handshake's peer counts as (its host; a UNIX socket's name)."""
+    return str(getattr(peer, "host", peer))
 
 
 def _nobody(originator: str) -> None:

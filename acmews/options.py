@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "DEFAULT_MAX_HANDSHAKE_SIZE",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_NOTIFICATION_EXPIRY",
     "DEFAULT_PING_INTERVAL",
@@ -18,6 +19,8 @@ DEFAULT_REQUEST_TIMEOUT = 10.0
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
 DEFAULT_PING_INTERVAL = 20.0
 DEFAULT_PING_TIMEOUT = 20.0
+#: bytes of an opening handshake's request line and headers a server reads (431 beyond)
+DEFAULT_MAX_HANDSHAKE_SIZE = 16 * 1024
 #: seconds a notification may wait in store-and-forward without its own ``rqet``
 DEFAULT_NOTIFICATION_EXPIRY = 3600.0
 
@@ -46,11 +49,22 @@ class ConnectionOptions:
     max_message_frames: int = 2048
     #: seconds a message split over several frames may take to complete; beyond: 1008
     message_timeout: float = 30.0
+    #: (servers) the largest opening request, request line and headers, in bytes: a larger
+    #: one is answered with 431 and closed
+    max_handshake_size: int = DEFAULT_MAX_HANDSHAKE_SIZE
+    #: (servers) seconds a connection may stay without an originator (no X-M2M-Origin, no AE
+    #: registered on it) before it is closed (1008); 0: no limit
+    unbound_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         if not self.request_timeout > 0:
             raise ValueError("request_timeout must be positive")
-        for name in ("max_message_size", "write_buffer_size", "max_message_frames"):
+        for name in (
+            "max_message_size",
+            "write_buffer_size",
+            "max_message_frames",
+            "max_handshake_size",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
         if not self.message_timeout > 0:
@@ -60,6 +74,7 @@ class ConnectionOptions:
             "ping_timeout",
             "open_handshake_timeout",
             "close_handshake_timeout",
+            "unbound_timeout",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")

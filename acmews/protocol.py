@@ -3,8 +3,9 @@
 The server picks the first subprotocol of the *client's* offer that it supports (exact
 names); no acceptable offer is refused with HTTP 400. ``X-M2M-Origin`` on the opening
 handshake binds the connection to that originator in the originator map; without it only an
-AE CREATE is served until one succeeds on the connection. Everything about oneM2M happens in
-:class:`acmews.session.Session`.
+AE CREATE is served until one succeeds on the connection, which must happen within
+``unbound_timeout`` (the connection is closed with 1008 otherwise). Everything about oneM2M
+happens in :class:`acmews.session.Session`.
 """
 
 from __future__ import annotations
@@ -143,6 +144,10 @@ class _AutobahnFastPath:
 
     ``_onMessageFrameBegin`` (the Twisted adapter's, which only calls ``onMessageFrameBegin``)
     counts frames per message and times fragmented ones.
+
+    The server hands Autobahn its opening request whole, once its end is seen (see
+    :meth:`OneM2MServerProtocol._request_head`): Autobahn appends every read to ``data`` and
+    searches all of it for the end of the headers each time, without any bound.
 
     Public hooks overridden: ``connectionMade`` (the write bound and the back-pressure
     producer) and
@@ -450,6 +455,50 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
     #: the client address this connection counts against (None: not admitted)
     _admitted: str | None = None
     _handshaking = False
+    #: the opening request's reads, held until the end of its headers is seen (None: seen)
+    _head: list[bytes] | None = None
+    _head_size = 0
+    _head_tail = b""
+    #: closes the connection if it is still unbound when it fires
+    _unbound_call: IDelayedCall | None = None
+
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        if self._head is not None:
+            head = self._request_head(data)
+            if head is None:
+                return
+            data = head
+        super().dataReceived(data)
+
+    def _request_head(self, data: bytes) -> bytes | None:
+        """The whole opening request so far once the end of its headers is among its bytes
+        (None: not yet, or refused). Only the new bytes, and the three before them, are
+        searched for the end: Autobahn would search its whole buffer on every read (128
+        never-ending requests took 430 MB and a core). A request whose headers exceed
+        ``max_handshake_size`` is answered with 431 and closed."""
+        head = self._head
+        assert head is not None
+        seen = self._head_size
+        overlap = self._head_tail  # the end may straddle two reads
+        window = overlap + data
+        end = window.find(b"\r\n\r\n")
+        size = seen + len(data) if end < 0 else seen - len(overlap) + end + 4
+        limit = self.factory.options.max_handshake_size
+        if size > limit:
+            self._head = None
+            self._handshake_pending = True  # what it sends from now on is not parsed
+            reason = "Request Header Fields Too Large"
+            self._log_refusal(431, f"{reason} (over {limit} bytes)")
+            self.failHandshake(reason, 431)
+            return None
+        head.append(data)
+        self._head_size = seen + len(data)
+        if end < 0:
+            self._head_tail = window[-3:]
+            return None
+        self._head = None
+        return head[0] if len(head) == 1 else b"".join(head)
 
     @override
     def connectionMade(self) -> None:
@@ -463,9 +512,13 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
             return
         self._admitted = address
         self._handshaking = True
+        self._head = []
 
     @override
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._unbound_done()
+        if self.session is not None:
+            self.session.on_bound = None  # the session's last edge to this protocol
         address, self._admitted = self._admitted, None
         if address is not None:
             self.factory.admission.closed(address, self._handshaking)
@@ -527,6 +580,11 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
         raise failure.value  # Autobahn logs it and answers 500
 
     def _refuse(self, refusal: HandshakeRefused) -> ConnectionDeny:
+        self._log_refusal(refusal.status, refusal.reason)
+        self._refusal_headers = list(refusal.headers.items()) or None
+        return ConnectionDeny(refusal.status, refusal.reason)
+
+    def _log_refusal(self, status: int, reason: str) -> None:
         # one budget for the whole factory: a peer retrying bad credentials in a loop, on
         # new connections each time, must not fill the log
         budget = self.factory.refusal_log_budget
@@ -536,12 +594,10 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
                 "refused {peer}: {status} {reason}"
                 + (" ({left_out} more refusals not logged)" if left_out else ""),
                 peer=self.peer,
-                status=refusal.status,
-                reason=refusal.reason[:300],
+                status=status,
+                reason=reason[:300],
                 left_out=left_out,
             )
-        self._refusal_headers = list(refusal.headers.items()) or None
-        return ConnectionDeny(refusal.status, refusal.reason)
 
     @override
     def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
@@ -562,11 +618,30 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
             factory,
             self.originator,
             enforce_originator=True,
-            on_bound=factory.session_bound,
+            on_bound=self._bound,
             authorization=self._authorization,
         )
         self._forget_handshake_text()
+        timeout = factory.options.unbound_timeout
+        if session.originator is None and timeout > 0:
+            # an unbound connection holds a slot and may only register an AE: it must do
+            # so in time, or a client could hold every slot without ever saying who it is
+            self._unbound_call = factory.clock.callLater(timeout, self._still_unbound)
         factory.session_opened(session)
+
+    def _bound(self, session: Session, originator: str) -> None:
+        self._unbound_done()
+        self.factory.session_bound(session, originator)
+
+    def _still_unbound(self) -> None:
+        self._unbound_call = None
+        timeout = self.factory.options.unbound_timeout
+        self._close_for_policy(f"no AE registered on the connection within {timeout:g} s")
+
+    def _unbound_done(self) -> None:
+        call, self._unbound_call = self._unbound_call, None
+        if call is not None and call.active():
+            call.cancel()
 
     @override
     def _send_message(self, data: bytes, binary: bool) -> None:

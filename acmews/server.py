@@ -20,6 +20,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.python.failure import Failure
 
+from acmews.admission import FILE_RESERVE, fit_open_files
 from acmews.auth import CredentialAuthorizer
 from acmews.client import connect
 from acmews.config import Config
@@ -131,9 +132,10 @@ def build_link(
     )
 
 
-def build_authorizer(config: Config, cse: CSE) -> IHandshakeAuthorizer | None:
+def build_authorizer(config: Config, cse: CSE, reactor: Any) -> IHandshakeAuthorizer | None:
     """Who may connect for which originator: the credentials, or None (any claim, as ACME
-    does; said in the log when a listener is reachable beyond loopback)."""
+    does; said in the log when a listener is reachable beyond loopback). Failed logins are
+    timed on ``reactor``."""
     if not config.authenticates:
         if not all(e.loopback_only for e in config.endpoints):
             log.warn(
@@ -150,6 +152,7 @@ def build_authorizer(config: Config, cse: CSE) -> IHandshakeAuthorizer | None:
         defer_to_thread=deferToThread,
         certificates=config.client_ca is not None,
         owner_of=cse.owner_of,
+        clock=reactor,
     )
 
 
@@ -160,7 +163,7 @@ def build_factory(
     return OneM2MServerFactory(
         cse,
         originators,
-        authorizer=build_authorizer(config, cse),
+        authorizer=build_authorizer(config, cse, reactor),
         limits=config.limits,
         reactor=reactor,
         options=config.connection,
@@ -287,12 +290,14 @@ class CSEService(MultiService):
         self.start_error: Callable[[ListenError], BaseException] = _as_is
         self.listening: Deferred[list[IListeningPort]] = Deferred()
         self._watching = False
+        self._files_fitted = False
         # the store is the first child: it stops last, once nothing changes any more
         for child in (store.service, originators, chain, link, *listeners):
             if child is not None:
                 child.setServiceParent(self)
 
     def privilegedStartService(self) -> None:
+        self._fit_open_files()
         self._watch()
         try:
             super().privilegedStartService()
@@ -300,6 +305,7 @@ class CSEService(MultiService):
             raise self.start_error(e) from None
 
     def startService(self) -> None:
+        self._fit_open_files()
         self._watch()
         try:
             super().startService()
@@ -310,6 +316,17 @@ class CSEService(MultiService):
         self._watching = False
         stopped: Deferred[None] = super().stopService()
         return stopped
+
+    def _fit_open_files(self) -> None:
+        """Once, before listening: room in the open-file limit for every connection accepted
+        and every outbound delivery (:func:`~acmews.admission.fit_open_files`; the factory
+        accepts fewer connections, with a warning, where the hard limit is too low)."""
+        if self._files_fitted:
+            return
+        self._files_fitted = True
+        admission = self.factory.admission
+        reserve = FILE_RESERVE + self.config.max_outbound
+        admission.limits = fit_open_files(admission.limits, reserve)
 
     def _watch(self) -> None:
         if self._watching:

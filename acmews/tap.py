@@ -239,17 +239,44 @@ class Options(usage.Options):
             _seconds("message-timeout"),
         ],
         [
+            "unbound-timeout",
+            None,
+            _CONNECTION.unbound_timeout,
+            "Seconds a connection may stay without an originator (no X-M2M-Origin, no AE "
+            "registered on it) before it is closed (1008); 0 turns this off.",
+            _number(
+                "unbound-timeout",
+                float,
+                "zero (no limit) or a positive number of seconds",
+                lambda n: n >= 0,
+            ),
+        ],
+        [
+            "max-handshake-size",
+            None,
+            _CONNECTION.max_handshake_size,
+            "Largest opening handshake (request line and headers) in bytes; a larger one is "
+            "answered with 431 and closed.",
+            _count("max-handshake-size"),
+        ],
+        [
             "max-connections",
             None,
             DEFAULTS.limits.total,
-            "Connections accepted in all; more are aborted at once (logged).",
+            "Connections accepted in all; more are aborted at once (logged). At start the "
+            "open-file limit is raised, up to its hard limit, to hold them and --max-outbound "
+            "+ 64 more files (store, log, deliveries); where the hard limit is lower, fewer "
+            "connections are accepted, with a warning (raise it with ulimit -n).",
             _count("max-connections"),
         ],
         [
             "max-connections-per-address",
             None,
             DEFAULTS.limits.per_address,
-            "Connections accepted from one client address.",
+            "Connections accepted from one client address; keep it under half of "
+            "--max-connections (a warning otherwise), so that two addresses cannot lock out "
+            "a third (behind a proxy, where every client has the proxy's address, raise it "
+            "to --max-connections).",
             _count("max-connections-per-address"),
         ],
         [
@@ -405,6 +432,8 @@ class Options(usage.Options):
                 write_buffer_size=int(self["write-buffer-size"]),
                 max_message_frames=int(self["max-message-frames"]),
                 message_timeout=float(self["message-timeout"]),
+                max_handshake_size=int(self["max-handshake-size"]),
+                unbound_timeout=float(self["unbound-timeout"]),
             ),
             limits=type(DEFAULTS.limits)(
                 int(self["max-connections"]),

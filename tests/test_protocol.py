@@ -361,6 +361,8 @@ class OriginatorRuleTests(BindingTestCase):
         p.flush()
         self.assertEqual(self.successResultOf(d).rsc, 4117)
         self.assertIsNone(p.server_session.originator)
+        p.client_session.close()  # an unbound connection's timer goes with it
+        p.flush()
 
     def test_fr_mismatch_is_4103(self) -> None:
         p = self.connect("Cae1")

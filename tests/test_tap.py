@@ -472,7 +472,7 @@ class MakeServiceTests(TestCase):
         default: Any = makeService(parse(), MemoryReactorClock())
         limits = default.factory.admission.limits
         self.assertEqual(
-            (limits.total, limits.per_address, limits.handshaking_per_address), (20000, 12000, 128)
+            (limits.total, limits.per_address, limits.handshaking_per_address), (20000, 6000, 128)
         )
         o = parse(
             "--max-connections",
