@@ -19,12 +19,16 @@ The file (SQLite 3, WAL journal, ``synchronous=FULL``):
 - ``meta``: the last number handed out for resource IDs (so none is used twice);
 - ``PRAGMA user_version``: the schema version.
 
-Only one process may use a file at a time (an advisory lock on ``PATH.lock``); ``sqlite3
-PATH ".backup COPY"`` may read it meanwhile.
+Only one process may use a file at a time: advisory locks (``flock``) on ``REAL.lock``, REAL
+being PATH with its symlinks resolved, and on the database file itself, so that another name
+for the same file (a symlink, a hard link) is the same store. ``sqlite3 PATH ".backup COPY"``
+may read it meanwhile. (SQLite names its write-ahead log after the name it opened, so give
+a file one name: a hard link is refused only while the other name is in use.)
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
@@ -115,14 +119,15 @@ class Database:
             thread of the database's own (tests run it inline, on a clock of their own).
         """
         self.path = path
-        self._abspath = os.path.abspath(path)
+        #: the file itself: PATH with its symlinks resolved
+        self._real = os.path.realpath(path)
         self._reactor = reactor
         self._run = run
         #: the connection that checks and reads the file at start (closed by :meth:`loaded`)
         self._conn: sqlite3.Connection | None = None
         #: the connection that writes, opened by the first transaction
         self._writer: sqlite3.Connection | None = None
-        self._lock_fd: int | None = None
+        self._lock_fds: list[int] = []
         self._pool: ThreadPool | None = None
         self._pending: list[_Submission] = []
         self._writing: Deferred[Any] | None = None
@@ -141,13 +146,13 @@ class Database:
 
         Runs before the reactor does (at start-up), so it may wait for the disk."""
         path = self.path
-        directory = os.path.dirname(os.path.abspath(path))
+        directory = os.path.dirname(self._real)
         if not os.path.isdir(directory):
             raise StoreError(f"cannot open the store {path}: no directory {directory}")
         self._lock()
         try:
             conn = sqlite3.connect(
-                path, timeout=2.0, isolation_level=None, check_same_thread=False
+                self._real, timeout=2.0, isolation_level=None, check_same_thread=False
             )
             self._conn = conn
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -185,8 +190,8 @@ class Database:
         Nothing of SQLite's is kept open from here to the first write: twistd forks to run in
         the background after the service is made, and neither a SQLite connection nor a
         thread may cross a fork. The writer's connection and thread come with the first
-        transaction, in the process that runs the CSE (the lock file's descriptor does cross
-        it, and keeps the lock)."""
+        transaction, in the process that runs the CSE (the lock files' descriptors do cross
+        it, and keep the locks)."""
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -195,7 +200,7 @@ class Database:
         """In the writer thread: the connection every transaction uses."""
         try:
             writer = sqlite3.connect(
-                self._abspath, timeout=2.0, isolation_level=None, check_same_thread=False
+                self._real, timeout=2.0, isolation_level=None, check_same_thread=False
             )
             writer.execute("PRAGMA synchronous=FULL")
         except sqlite3.Error as e:
@@ -204,23 +209,47 @@ class Database:
         return writer
 
     def _lock(self) -> None:
-        """One process per file: an advisory lock on ``PATH.lock``, released by the kernel
-        however the process ends (kill -9 included)."""
+        """One process per file: advisory locks on ``REAL.lock`` and on the database file
+        itself (its inode: a hard link is another name for it), released by the kernel
+        however the process ends (kill -9 included).
+
+        ``flock`` locks are apart from the POSIX locks SQLite takes on the same file. The
+        ``.lock`` file is locked first, so that a second store on the same name never opens
+        the database file (closing a descriptor of it would drop this process's POSIX locks
+        on it, SQLite's included)."""
         try:
             import fcntl
         except ImportError:  # pragma: no cover - not on POSIX: SQLite's own locking only
             return
-        lock_path = self.path + ".lock"
+        fds = self._lock_fds
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as e:
-            raise StoreError(f"cannot open the store {self.path}: {_one_line(e)}") from e
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise StoreError(f"the store {self.path} is locked: another acmews uses it") from None
-        self._lock_fd = fd
+            for name, flags, mode in (
+                (self._real + ".lock", os.O_RDWR | os.O_CREAT, 0o600),
+                (self._real, os.O_RDONLY | os.O_CREAT, 0o644),  # SQLite's mode for a new file
+            ):
+                try:
+                    fd = os.open(name, flags, mode)
+                except OSError as e:
+                    raise StoreError(f"cannot open the store {self.path}: {_one_line(e)}") from e
+                fds.append(fd)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as e:
+                    if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                        raise StoreError(
+                            f"cannot lock the store {self.path}: {_one_line(e)}"
+                        ) from e
+                    raise StoreError(
+                        f"the store {self.path} is locked: another acmews uses it"
+                    ) from None
+        except StoreError:
+            self._unlock()
+            raise
+
+    def _unlock(self) -> None:
+        fds = self._lock_fds
+        while fds:
+            os.close(fds.pop())
 
     def _stop_pool(self) -> None:
         pool, self._pool = self._pool, None
@@ -232,9 +261,7 @@ class Database:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self._unlock()  # after SQLite's connections: see _lock
 
     def rows(self, query: str) -> Iterator[tuple[Any, ...]]:
         """The rows of ``query`` (start-up only, before anything is submitted)."""

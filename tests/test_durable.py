@@ -235,6 +235,33 @@ class DatabaseTests(StoreFiles, SynchronousTestCase):
         store.service.stopService()
         self.open_store()  # free again
 
+    def test_one_process_per_file_whatever_its_name(self) -> None:
+        """A symlink and a hard link are other names for the same file: the same store."""
+        store = self.open_store()
+        directory = os.path.dirname(self.path)
+        symlink, hard = os.path.join(directory, "symlink.db"), os.path.join(directory, "hard.db")
+        os.symlink(os.path.abspath(self.path), symlink)
+        os.link(self.path, hard)
+        for other in (symlink, hard):
+            e = self.assertRaises(StoreError, self.open_store, other)
+            self.assertEqual(str(e), f"the store {other} is locked: another acmews uses it")
+        store.service.stopService()
+        self.open_store(hard)  # free again
+
+    def test_a_new_file_is_locked_from_the_start(self) -> None:
+        """The database file is made by the lock (the inode exists before SQLite opens
+        it); a symlink that points to a file to be made names the same store."""
+        directory = os.path.dirname(self.path)
+        symlink = os.path.join(directory, "symlink.db")
+        os.symlink(os.path.abspath(self.path), symlink)
+        self.open_store(symlink)
+        self.assertTrue(os.path.exists(self.path + ".lock"))
+        self.assertFalse(os.path.exists(symlink + ".lock"))
+        self.assertRaises(StoreError, self.open_store, self.path)
+        hard = os.path.join(directory, "hard.db")
+        os.link(self.path, hard)
+        self.assertRaises(StoreError, self.open_store, hard)
+
     def test_a_missing_directory_is_named(self) -> None:
         path = os.path.join(self.path, "nowhere", "x.db")
         e = self.assertRaises(StoreError, self.open_store, path)
@@ -512,7 +539,7 @@ class ThreadTests(StoreFiles, TestCase):
         self.assertEqual(threading.active_count(), before)
         self.assertIsNone(database._conn)
         self.assertIsNone(database._writer)
-        self.assertIsNotNone(database._lock_fd)  # the lock does cross it
+        self.assertEqual(len(database._lock_fds), 2)  # the locks do cross it
 
     @inlineCallbacks
     def test_changes_through_the_writer_thread(self) -> Any:
