@@ -15,13 +15,17 @@ from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from acmews.codes import RSC, Operation
 from acmews.cse import CSE, CSEConfig, IResourceStore, MemoryResourceStore
+from acmews.cse.resource import Resource
 from acmews.durable import (
+    PROBE_INTERVAL,
     SCHEMA_VERSION,
+    ChangeRefused,
     Database,
     SQLiteNotificationQueue,
     SQLiteResourceStore,
@@ -29,6 +33,7 @@ from acmews.durable import (
     StoreError,
     open_store,
 )
+from acmews.errors import InternalServerError, TargetNotReachable
 from acmews.handshake import Authorization
 from acmews.poa import INotificationQueue, MemoryNotificationQueue
 from acmews.primitive import Request, Response
@@ -42,6 +47,38 @@ def inline(function: Any, *args: Any) -> Deferred[Any]:
 
 def notify(rqi: str, n: int = 0) -> Request:
     return Request(Operation.NOTIFY, "Cae", rqi, "4", "/id-in", pc={"m2m:sgn": {"n": n}})
+
+
+class _Faulty(sqlite3.Connection):
+    """A writer whose COMMIT fails while ``full`` is set, as it does when the disk is full."""
+
+    full = False
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if self.full and sql == "COMMIT":
+            raise sqlite3.OperationalError("database or disk is full")
+        return super().execute(sql, *args)
+
+
+def faulty_writer(database: Database) -> _Faulty:
+    """Give ``database`` a writer whose COMMIT fails on demand (``writer.full = True``)."""
+    if database._writer is not None:
+        database._writer.close()
+    writer = sqlite3.connect(
+        database._real, isolation_level=None, check_same_thread=False, factory=_Faulty
+    )
+    writer.execute("PRAGMA synchronous=FULL")
+    database._writer = writer
+    return writer
+
+
+def store_lines(events: list[Any]) -> list[str]:
+    """The lines the store logged at info level and above."""
+    return [
+        formatEvent(e)
+        for e in events
+        if e["log_level"] >= LogLevel.info and "the store" in formatEvent(e)
+    ]
 
 
 class _Nobody:
@@ -92,34 +129,64 @@ class DatabaseTests(StoreFiles, SynchronousTestCase):
         self.assertEqual(self.rows("PRAGMA user_version"), [(SCHEMA_VERSION,)])
         self.assertEqual(self.rows("PRAGMA journal_mode"), [("wal",)])
 
-    def test_a_failing_change_leaves_nothing_of_it_and_spares_the_others(self) -> None:
+    def test_a_failing_change_leaves_nothing_of_it_nor_of_those_after_it(self) -> None:
         store = self.open_store()
         database = store.resources.database  # type: ignore[attr-defined]
         insert = "INSERT INTO resources (ri, data) VALUES (?, ?)"
-        first = database.submit([(insert, ("a", b"1"))])
-        broken = database.submit([(insert, ("b", b"2")), (insert, ("a", b"3"))])  # ri twice
-        last = database.submit([(insert, ("c", b"4"))])
+        undone: list[str] = []
+        first = database.submit([(insert, ("a", b"1"))], undo=lambda: undone.append("a"))
+        broken = database.submit(
+            [(insert, ("b", b"2")), (insert, ("a", b"3"))],  # ri twice
+            undo=lambda: undone.append("b"),
+        )
+        last = database.submit([(insert, ("c", b"4"))], undo=lambda: undone.append("c"))
         self.assertEqual(self.rows("SELECT ri FROM resources"), [])  # nothing before commit
-        self.commit()
+        with capturedLogs() as events:
+            self.commit()
         self.assertEqual(database.commits, 1)  # one transaction for the three
         self.assertIsNone(self.successResultOf(first))
-        self.assertIsNone(self.successResultOf(last))
-        self.failureResultOf(broken, StoreError)
-        self.assertEqual(
-            self.rows("SELECT ri, data FROM resources ORDER BY seq"), [("a", b"1"), ("c", b"4")]
-        )
+        # the one after it was made on top of it: it goes too, and the newest is undone first
+        for d in (broken, last):
+            self.failureResultOf(d, ChangeRefused)
+        self.assertEqual(undone, ["c", "b"])
+        self.assertEqual(self.rows("SELECT ri, data FROM resources ORDER BY seq"), [("a", b"1")])
+        [line] = [formatEvent(e) for e in events if e["log_level"] == LogLevel.error]
+        self.assertIn("UNIQUE constraint failed", line)
+        # one change's own error: the store goes on
+        self.assertIsNone(database.refused)
+        d = database.submit([(insert, ("d", b"5"))])
+        self.commit()
+        self.successResultOf(d)
 
-    def test_a_transaction_that_cannot_be_written_fails_its_changes(self) -> None:
+    def test_a_transaction_that_cannot_be_written_turns_the_store_read_only(self) -> None:
         store = self.open_store()
         database = store.resources.database  # type: ignore[attr-defined]
-        d = database.submit([("INSERT INTO nowhere VALUES (1)", ())])
-        self.commit()
-        self.failureResultOf(d, StoreError)
-        # the next one is written as usual
+        undone: list[int] = []
+        d = database.submit(
+            [("INSERT INTO nowhere VALUES (1)", ())], undo=lambda: undone.append(1)
+        )
+        with capturedLogs() as events:
+            self.commit()
+            self.assertEqual(undone, [1])
+            self.assertIsInstance(
+                self.failureResultOf(d, ChangeRefused).value, InternalServerError
+            )
+            self.assertIn("no such table", database.refused)
+            e = self.assertRaises(ChangeRefused, database.submit, [])
+            self.assertIn("read-only", e.reason)
+            self.assertEqual(e.rsc, RSC.INTERNAL_SERVER_ERROR)
+            self.assertIs(type(database.refusal()), ChangeRefused)
+            self.disk.advance(PROBE_INTERVAL)  # the probe writes: it takes changes again
+            self.assertIsNone(database.refused)
+        lines = [formatEvent(e) for e in events if e["log_level"] >= LogLevel.info]
+        self.assertEqual(len(lines), 2, lines)
+        self.assertIn(f"the store {self.path} is read-only", lines[0])
+        self.assertIn(f"the store {self.path} takes changes again", lines[1])
         d = database.submit([("INSERT INTO meta VALUES ('x', 1)", ())])
         self.commit()
         self.successResultOf(d)
         self.assertIn(("x", 1), self.rows("SELECT key, value FROM meta"))
+        self.assertEqual(self.rows("SELECT key FROM meta WHERE key = 'probe'"), [])
 
     def test_what_a_transaction_makes_moot_is_not_written(self) -> None:
         store = self.open_store(size=100)
@@ -235,6 +302,33 @@ class DatabaseTests(StoreFiles, SynchronousTestCase):
         store.service.stopService()
         self.open_store()  # free again
 
+    def test_one_process_per_file_whatever_its_name(self) -> None:
+        """A symlink and a hard link are other names for the same file: the same store."""
+        store = self.open_store()
+        directory = os.path.dirname(self.path)
+        symlink, hard = os.path.join(directory, "symlink.db"), os.path.join(directory, "hard.db")
+        os.symlink(os.path.abspath(self.path), symlink)
+        os.link(self.path, hard)
+        for other in (symlink, hard):
+            e = self.assertRaises(StoreError, self.open_store, other)
+            self.assertEqual(str(e), f"the store {other} is locked: another acmews uses it")
+        store.service.stopService()
+        self.open_store(hard)  # free again
+
+    def test_a_new_file_is_locked_from_the_start(self) -> None:
+        """The database file is made by the lock (the inode exists before SQLite opens
+        it); a symlink that points to a file to be made names the same store."""
+        directory = os.path.dirname(self.path)
+        symlink = os.path.join(directory, "symlink.db")
+        os.symlink(os.path.abspath(self.path), symlink)
+        self.open_store(symlink)
+        self.assertTrue(os.path.exists(self.path + ".lock"))
+        self.assertFalse(os.path.exists(symlink + ".lock"))
+        self.assertRaises(StoreError, self.open_store, self.path)
+        hard = os.path.join(directory, "hard.db")
+        os.link(self.path, hard)
+        self.assertRaises(StoreError, self.open_store, hard)
+
     def test_a_missing_directory_is_named(self) -> None:
         path = os.path.join(self.path, "nowhere", "x.db")
         e = self.assertRaises(StoreError, self.open_store, path)
@@ -333,6 +427,35 @@ class QueueTests(StoreFiles, SynchronousTestCase):
         self.commit()
         self.assertEqual(self.rows("SELECT rqi FROM queue"), [("new",)])
         chain.stopService()
+
+    def test_an_entry_the_disk_refused_leaves_the_queue(self) -> None:
+        from acmews.poa import PoaChain
+
+        store = self.open_store()
+        queue = store.queue
+        queue.enqueue("Ca", notify("kept"), 100.0, 0.0)
+        self.commit()
+        writer = faulty_writer(store.resources.database)  # type: ignore[attr-defined]
+        writer.full = True
+        chain = PoaChain(_Nobody(), Clock(), queue=queue)  # type: ignore[arg-type]
+        self.addCleanup(chain.stopService)
+        d = chain.send("Cae", notify("n1"), store=True)
+        self.commit()
+        self.failureResultOf(d, ChangeRefused)  # not answered 1000 (ACCEPTED)
+        self.assertEqual(queue.pending("Cae"), [])
+        self.assertEqual(queue.total(), 1)
+        # read-only: a new one is not kept (5103); one delivered leaves memory at once, and
+        # the file once a write succeeds
+        self.failureResultOf(chain.send("Cae", notify("n2"), store=True), TargetNotReachable)
+        self.assertEqual(queue.pending("Cae"), [])
+        queue.acknowledge("Ca", queue.take("Ca"))
+        self.commit()
+        self.assertEqual(queue.total(), 0)
+        self.assertEqual(self.rows("SELECT rqi FROM queue"), [("kept",)])
+        writer.full = False
+        self.disk.advance(PROBE_INTERVAL)
+        self.assertEqual(self.rows("SELECT rqi FROM queue"), [])
+        self.assertEqual(queue.bytes, 0)
 
     def test_accepted_only_once_durable(self) -> None:
         from acmews.poa import PoaChain
@@ -480,6 +603,118 @@ class DurableCSETests(StoreFiles, RecordTree):
         self.restart()
         self.assertIsNone(self.cse.owner_of(aei))
 
+    def test_a_change_the_disk_refused_is_undone_and_never_comes_back(self) -> None:
+        aei = self.register("Cmyae")
+        self.create("cse-in/Cmyae", 3, "m2m:cnt", aei, rn="c", mni=2)
+        for con in ("1", "2"):
+            self.create("cse-in/Cmyae/c", 4, "m2m:cin", aei, con=con)
+        # its exc counts down to 1 on the new instance, and it expires on the evicted one:
+        # updated and removed in the same batch
+        self.subscribe("cse-in/Cmyae/c", aei, nu=[aei], enc={"net": [3, 4]}, exc=2)
+        before = self.records()
+        database = self.store.resources.database  # type: ignore[attr-defined]
+        writer = faulty_writer(database)
+        writer.full = True
+        with capturedLogs() as events:
+            # pipelined, one transaction: an instance that evicts "1" (and ends the
+            # subscription), an UPDATE of its container, a new container, a DELETE of the
+            # newest instance (the new one)
+            answers = [
+                self.handle(1, "cse-in/Cmyae/c", aei, ty=4, pc={"m2m:cin": {"con": "3"}}),
+                self.handle(3, "cse-in/Cmyae/c", aei, pc={"m2m:cnt": {"lbl": ["x"]}}),
+                self.handle(1, "cse-in/Cmyae", aei, ty=3, pc={"m2m:cnt": {"rn": "d"}}),
+                self.handle(4, "cse-in/Cmyae/c/la", aei),
+            ]
+            self.commit()
+            for answer in answers:
+                assert isinstance(answer, Deferred)
+                response = self.successResultOf(answer)
+                self.assertEqual(response.rsc, RSC.INTERNAL_SERVER_ERROR)
+                self.assertIn("database or disk is full", response.debug)
+            # memory is as it was: every version, every place (the evicted one the oldest)
+            self.assertEqual(self.records(), before)
+            self.clock.advance(0)
+            self.assertEqual(self.sender.take(), [])  # and nobody was told of it
+            self.assertEqual(self.retrieve("cse-in/Cmyae/c/ol").pc["m2m:cin"]["con"], "1")
+            self.assertEqual(self.retrieve("cse-in/Cmyae/c/la").pc["m2m:cin"]["con"], "2")
+            cnt = self.retrieve("cse-in/Cmyae/c").pc["m2m:cnt"]
+            self.assertEqual((cnt["cni"], cnt["cbs"], cnt.get("lbl")), (2, 2, None))
+            # read-only: a change is refused at once, reads are served
+            response = self.call(1, "cse-in/Cmyae/c", aei, ty=4, pc={"m2m:cin": {"con": "4"}})
+            self.assertEqual(response.rsc, RSC.INTERNAL_SERVER_ERROR)
+            self.assertIn("the store is read-only", response.debug)
+            self.assertNotIn(self.path, response.debug)
+            response = self.call(3, "cse-in/Cmyae/c", aei, pc={"m2m:cnt": {"lbl": ["y"]}})
+            self.assertEqual(response.rsc, RSC.INTERNAL_SERVER_ERROR)
+            self.assertEqual(self.records(), before)
+            self.disk.advance(PROBE_INTERVAL)  # still full: still read-only, no new line
+            self.assertIsNotNone(database.refused)
+            writer.full = False
+            self.disk.advance(PROBE_INTERVAL)
+            self.assertIsNone(database.refused)
+        lines = store_lines(events)
+        self.assertEqual(len(lines), 2, lines)
+        self.assertIn(
+            "is read-only: the disk refused a write (database or disk is full)", lines[0]
+        )
+        self.assertIn("takes changes again", lines[1])
+        self.create("cse-in/Cmyae/c", 4, "m2m:cin", aei, con="5")
+        after = self.records()
+        self.restart()
+        self.assertEqual(self.records(), after)
+        self.assertEqual(self.retrieve("cse-in/Cmyae/d").rsc, RSC.NOT_FOUND)
+        cnt = self.retrieve("cse-in/Cmyae/c").pc["m2m:cnt"]
+        self.assertEqual((cnt["cni"], cnt.get("lbl")), (2, None))
+
+    def test_a_restart_while_read_only_shows_nothing_refused(self) -> None:
+        aei = self.register("Cmyae")
+        self.create("cse-in/Cmyae", 3, "m2m:cnt", aei, rn="c")
+        before = self.records()
+        faulty_writer(self.store.resources.database).full = True  # type: ignore[attr-defined]
+        for n in range(20):
+            response = self.call(1, "cse-in/Cmyae/c", aei, ty=4, pc={"m2m:cin": {"con": str(n)}})
+            self.assertEqual(response.rsc, RSC.INTERNAL_SERVER_ERROR)
+        self.assertEqual(self.records(), before)
+        self.restart()
+        self.assertEqual(self.records(), before)
+        self.assertEqual(self.retrieve("cse-in/Cmyae/c").pc["m2m:cnt"]["cni"], 0)
+
+    def test_a_full_disk(self) -> None:
+        """SQLite's own SQLITE_FULL: the file may not grow beyond its pages now."""
+        aei = self.register("Cmyae")
+        self.create("cse-in/Cmyae", 3, "m2m:cnt", aei, rn="c")
+        database = self.store.resources.database  # type: ignore[attr-defined]
+        writer = database._writer
+        writer.execute(
+            f"PRAGMA max_page_count = {writer.execute('PRAGMA page_count').fetchone()[0]}"
+        )
+        answered: list[str] = []
+        with capturedLogs() as events:
+            for n in range(100):
+                con = f"{n}:" + "x" * 500
+                response = self.call(1, "cse-in/Cmyae/c", aei, ty=4, pc={"m2m:cin": {"con": con}})
+                if response.rsc != RSC.CREATED:
+                    break
+                answered.append(con)
+        self.assertEqual(response.rsc, RSC.INTERNAL_SERVER_ERROR)
+        self.assertIn("database or disk is full", response.debug)
+        [line] = store_lines(events)
+        self.assertIn("read-only", line)
+        cnt = self.retrieve("cse-in/Cmyae/c").pc["m2m:cnt"]
+        self.assertEqual(cnt["cni"], len(answered))
+        self.assertTrue(answered)  # the free room of the last page, filled
+        self.assertEqual(self.retrieve("cse-in/Cmyae/c/la").pc["m2m:cin"]["con"], answered[-1])
+        self.disk.advance(PROBE_INTERVAL)  # the probe needs room too
+        self.assertIsNotNone(database.refused)
+        writer.execute("PRAGMA max_page_count = 1000000")
+        self.disk.advance(PROBE_INTERVAL)
+        self.assertIsNone(database.refused)
+        self.create("cse-in/Cmyae/c", 4, "m2m:cin", aei, con="again")
+        self.restart()
+        cnt = self.retrieve("cse-in/Cmyae/c").pc["m2m:cnt"]
+        self.assertEqual(cnt["cni"], len(answered) + 1)
+        self.assertEqual(self.retrieve("cse-in/Cmyae/c/la").pc["m2m:cin"]["con"], "again")
+
     def test_the_cse_base_follows_the_configured_poa(self) -> None:
         self.store.service.stopService()
         self.commit()
@@ -512,7 +747,7 @@ class ThreadTests(StoreFiles, TestCase):
         self.assertEqual(threading.active_count(), before)
         self.assertIsNone(database._conn)
         self.assertIsNone(database._writer)
-        self.assertIsNotNone(database._lock_fd)  # the lock does cross it
+        self.assertEqual(len(database._lock_fds), 2)  # the locks do cross it
 
     @inlineCallbacks
     def test_changes_through_the_writer_thread(self) -> Any:
@@ -553,15 +788,36 @@ class ThreadTests(StoreFiles, TestCase):
         self.assertIsInstance(database, Database)
 
 
+def tree(resources: Any) -> list[Any]:
+    """Every record of ``resources``, parents before children, siblings in creation order."""
+    out, stack = [], [resources.get("id-in")]
+    while stack:
+        resource = stack.pop()
+        out.append(resource.record())
+        stack.extend(reversed(resources.children(resource.ri)))
+    return out
+
+
+def file_tree(path: str) -> list[Any]:
+    """:func:`tree` of what the file holds now (read beside the store that has it open)."""
+    resources = MemoryResourceStore()
+    with sqlite3.connect(path) as conn:
+        for (data,) in conn.execute("SELECT data FROM resources ORDER BY seq"):
+            resources._add(Resource.from_record(*cbor2.loads(data)))
+    return tree(resources)
+
+
 class ReplayTests(SynchronousTestCase):
     """Any sequence of changes, committed in any grouping, reads back the same after a
-    restart: the file (with what coalescing left out) agrees with memory."""
+    restart: the file (with what coalescing left out) agrees with memory. Transactions land
+    when a step says so (requests go on meanwhile), or fail as on a full disk: then memory is
+    what the file holds, until the disk takes writes again."""
 
-    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
     @given(
         st.lists(
             st.tuples(
-                st.sampled_from(["cnt", "cin", "update", "delete", "commit"]),
+                st.sampled_from(["cnt", "cin", "update", "delete", "commit", "land", "fail"]),
                 st.integers(0, 3),
             ),
             max_size=40,
@@ -581,8 +837,24 @@ class ReplayTests(SynchronousTestCase):
         disk = Clock()
         clock = Clock()
         clock.advance(START)
-        store = open_store(f"sqlite:{path}", disk, run=inline)
+        held: list[tuple[Deferred[Any], Any, tuple[Any, ...]]] = []
+
+        def run(function: Any, *args: Any) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            held.append((d, function, args))
+            return d
+
+        def land() -> None:
+            """The transaction in flight ends (and the next one may start)."""
+            d, function, args = held.pop(0)
+            maybeDeferred(function, *args).chainDeferred(d)
+
+        store = open_store(f"sqlite:{path}", disk, run=run)
+        database = store.resources.database  # type: ignore[attr-defined]
+        writer = faulty_writer(database)
         cse = CSE(CSEConfig(), FakeSender(), clock, store.resources)
+        disk.advance(0)
+        land()  # the CSEBase
         connection = FakeConnection("CAdmin")
         answers: list[Any] = []
 
@@ -604,9 +876,21 @@ class ReplayTests(SynchronousTestCase):
                 )
             elif step == "delete":
                 send(Operation.DELETE, f"cse-in/c{k}")
-            else:
+            elif step == "commit":
                 disk.advance(0)
+            elif held:
+                writer.full = step == "fail"
+                land()
+                if writer.full:  # read-only: memory is what the file holds
+                    self.assertIsNotNone(database.refused)
+                    self.assertEqual(tree(store.resources), file_tree(path))
+                    writer.full = False
+                    disk.advance(PROBE_INTERVAL)
+                    land()  # the probe
+                    self.assertIsNone(database.refused)
         disk.advance(0)
+        while held:
+            land()
         answered = [0]  # the numbers of the resource IDs answered 2001 (some deleted since)
         for answer in answers:
             response = self.successResultOf(answer) if isinstance(answer, Deferred) else answer
@@ -614,15 +898,8 @@ class ReplayTests(SynchronousTestCase):
                 ri = next(iter(response.pc.values()))["ri"]
                 answered.append(int(ri[3:-6], 16))  # cnt/cin, the number, 6 random digits
 
-        def tree(resources: Any) -> list[Any]:
-            out, stack = [], [resources.get("id-in")]
-            while stack:
-                resource = stack.pop()
-                out.append(resource.record())
-                stack.extend(reversed(resources.children(resource.ri)))
-            return out
-
         before = tree(store.resources)
+        self.assertEqual(before, file_tree(path))
         store.service.stopService()
         disk.advance(0)
         again = open_store(f"sqlite:{path}", disk, run=inline)

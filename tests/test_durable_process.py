@@ -7,7 +7,9 @@ from __future__ import annotations
 import os
 import random
 import re
+import sqlite3
 import sys
+from contextlib import closing
 from typing import Any
 
 from twisted.internet import protocol, reactor
@@ -31,6 +33,7 @@ class _Twistd(protocol.ProcessProtocol):
         self.output = b""
         self.port: Deferred[int] = Deferred()
         self.ended: Deferred[None] = Deferred()
+        self.status: int | None = None
 
     def outReceived(self, data: bytes) -> None:
         self.output = (self.output + data)[-200_000:]
@@ -41,6 +44,7 @@ class _Twistd(protocol.ProcessProtocol):
     errReceived = outReceived
 
     def processEnded(self, reason: Failure) -> None:
+        self.status = reason.value.exitCode
         if not self.port.called:
             self.port.errback(Exception(f"twistd ended: {self.output[-2000:]!r}"))
         self.ended.callback(None)
@@ -56,9 +60,15 @@ class KillTests(TestCase):
 
     async def start(self) -> str:
         """twistd acmews on the store, port 0; its URL once it listens."""
+        twistd = self.twistd = self.spawn(self.db)
+        port = await twistd.port
+        return f"ws://127.0.0.1:{port}"
+
+    def spawn(self, store: str) -> _Twistd:
+        """twistd acmews on ``store`` (killed at cleanup if it still runs)."""
         twistd = _Twistd()
         env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        self.process = reactor.spawnProcess(  # type: ignore[attr-defined]
+        process = reactor.spawnProcess(  # type: ignore[attr-defined]
             twistd,
             sys.executable,
             [
@@ -69,26 +79,63 @@ class KillTests(TestCase):
                 "--pidfile=",
                 "acmews",
                 *("--listen", "tcp:0:interface=127.0.0.1", "--ping-interval", "0"),
-                *("--store", f"sqlite:{self.db}"),
+                *("--store", f"sqlite:{store}"),
             ],
             env=env,
             path=os.path.dirname(self.db),
         )
-        self.twistd = twistd
+        self.process = process
 
         def kill_at_cleanup() -> Deferred[None]:
             if not twistd.ended.called:
-                self.process.signalProcess("KILL")
+                process.signalProcess("KILL")
             return twistd.ended
 
         self.addCleanup(kill_at_cleanup)
-        port = await twistd.port
-        return f"ws://127.0.0.1:{port}"
+        return twistd
 
     async def client(self, url: str, originator: str, handler: Any = None) -> Client:
         client = await connect(url, originator=originator, handler=handler, options=NO_PING)
         self.addCleanup(lambda: client.close() if client.connected else None)
         return client
+
+    def test_one_process_per_file_whatever_its_name(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._one_process())
+
+    async def _one_process(self) -> None:
+        """A second twistd acmews on another name for the file in use (a symlink, a hard
+        link) stops at once with one line: two CSEs on one file would each keep their own
+        tree in memory, and the file would lose what either answered."""
+        url = await self.start()
+        directory = os.path.dirname(self.db)
+        symlink, hard = os.path.join(directory, "symlink.db"), os.path.join(directory, "hard.db")
+        os.symlink(self.db, symlink)
+        os.link(self.db, hard)
+        for other in (symlink, hard):
+            second = self.spawn(other)
+
+            def listening(port: int, second: _Twistd = second) -> int:
+                second.transport.signalProcess("KILL")  # type: ignore[union-attr]
+                return port
+
+            listened = second.port.addCallbacks(listening, lambda failure: None)
+            await second.ended
+            self.assertIsNone(self.successResultOf(listened), "it listened")
+            self.assertEqual(second.status, 1)
+            self.assertIn(
+                f"twistd acmews: the store {other} is locked: another acmews uses it\n".encode(),
+                second.output,
+            )
+            self.assertNotIn(b"Traceback", second.output)
+        # the first goes on writing; flock is apart from SQLite's own locks: a backup reads
+        admin = await self.client(url, "CAdmin")
+        r = await admin.create("cse-in", 3, {"m2m:cnt": {"rn": "after"}})
+        self.assertEqual(r.rsc, RSC.CREATED, r.debug)
+        copy = os.path.join(directory, "copy.db")
+        with closing(sqlite3.connect(self.db)) as source, closing(sqlite3.connect(copy)) as to:
+            source.backup(to)
+            [(count,)] = to.execute("SELECT count(*) FROM resources WHERE ri LIKE 'cnt%'")
+        self.assertEqual(count, 1)
 
     def test_kill_9_loses_nothing_answered(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self._kill_9())

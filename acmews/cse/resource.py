@@ -546,6 +546,11 @@ class Resource:
         self.attrs = attrs
         self._pc = None
 
+    def restore(self, attrs: dict[str, Any]) -> None:
+        """Put back an earlier ``attrs``: a durable store undoing a change it could not write."""
+        self.attrs = attrs
+        self._pc = None
+
     def record(self) -> Record:
         """``(ty, attrs, srn, creator, owner)``: what a store persists (``attrs`` is not
         copied)."""

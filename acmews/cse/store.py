@@ -54,9 +54,14 @@ class IResourceStore(IResourceReader):
 
         Reads see the changes as soon as ``apply`` returns. A durable store makes them durable
         before the CSE answers: it returns a Deferred that fires (with None) once they are,
-        and the CSE sends the request's response and notifications only then (if it fails,
-        the request is answered 5000). It makes batches durable in the order it got them. A
-        store that keeps nothing beyond memory returns None.
+        and the CSE sends the request's response and notifications only then. It makes
+        batches durable in the order it got them. A store that keeps nothing beyond memory
+        returns None.
+
+        If the Deferred fails (the request is answered with its OneM2MError, or 5000), the
+        changes are not there: a store that could not make them durable undoes them in memory
+        first (the ``attrs`` the CSE replaced included), and one that refuses them at once
+        (read-only) returns a failed Deferred without making them.
 
         Requests that only read are not held back: meanwhile they may see changes that are not
         durable yet (the changed resources are the very objects the store hands out).
