@@ -37,6 +37,7 @@ from acmews.poa import (
     http_url,
 )
 from acmews.poa.queue import QueueFull
+from acmews.poa.websocket import CLOSE_WAIT
 from acmews.primitive import Request, Response
 from acmews.testing import FakeOriginatorMap as FakeMap
 from acmews.timestamps import parse_expiry
@@ -731,6 +732,35 @@ class WebSocketConnectorTests(SynchronousTestCase):
         self.failureResultOf(d, CancelledError)
         self.assertEqual(len(conn.cancelled), 1)
         self.assertEqual([c for c, _ in conn.closed], [1000])
+
+    def test_the_step_ends_once_the_connection_is_gone(self) -> None:
+        """The chain frees the per-host slot when the step ends: only once the socket is
+        closed, so that a peer that answers but never closes cannot pile up connections."""
+
+        class Lingering(FakeConnection):
+            def close(self, code: int = 1000, reason: str = "") -> None:
+                self.closed.append((code, reason))  # the peer does not answer the close
+
+            def gone(self) -> None:
+                FakeConnection.close(self)
+
+        conn = Lingering(originator=None)
+        d = self.connector.send("ws://h:1", notify(), 7)
+        self.connects[0][3].callback(conn)
+        conn.answer()
+        self.assertEqual(len(conn.closed), 1)
+        self.assertNoResult(d)
+        conn.gone()
+        self.assertEqual(self.successResultOf(d).rsc, RSC.OK)
+        # a close that never completes is waited for CLOSE_WAIT seconds at most
+        other = Lingering(originator=None)
+        d = self.connector.send("ws://h:1", notify(), 7)
+        self.connects[1][3].callback(other)
+        other.answer()
+        self.clock.advance(CLOSE_WAIT - 0.1)
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        self.assertEqual(self.successResultOf(d).rsc, RSC.OK)
 
     def test_connect_failure_is_5103(self) -> None:
         d = self.connector.send("ws://h:1", notify(), 7)
