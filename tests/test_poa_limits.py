@@ -82,10 +82,13 @@ class ChainPolicyAndLimitsTests(SynchronousTestCase):
 
     def test_denied_target_is_never_contacted(self) -> None:
         chain = self.chain(policy=TargetPolicy(deny=["127.0.0.0/8"]))
-        f = self.failureResultOf(chain.send("http://127.0.0.1:8080/x", notify()))
-        f.trap(TargetNotReachable)
+        d = chain.send("http://127.0.0.1:8080/x", notify())
+        self.clock.advance(10)  # a failed step is reported once its timeout has passed
+        self.failureResultOf(d).trap(TargetNotReachable)
         self.assertEqual(self.http.calls, [])
-        f = self.failureResultOf(chain.send(AE, notify(), ["http://127.0.0.2/n"]))
+        d = chain.send(AE, notify(), ["http://127.0.0.2/n"])
+        self.clock.advance(10)
+        f = self.failureResultOf(d)
         self.assertIn("not reachable", f.value.reason)
         self.assertEqual(self.http.calls, [])
 

@@ -13,7 +13,9 @@ forwarded request) to an AE or CSE, stopping at the **first** step that gets an 
    originator connects; anything else fails with 5103.
 
 A transport failure (5103, 4008, any exception) moves on to the next step; any answer, whatever
-its rsc, ends the chain (ACME sends to every poa and so duplicates requests; we do not).
+its rsc, ends the chain (ACME sends to every poa and so duplicates requests; we do not). A failed
+poa or URL step is reported (and the chain moves on) only once its timeout has passed, however
+fast it failed: the time must not tell which ports are open (``pad_failures``).
 
 Queue policies:
 
@@ -98,6 +100,7 @@ class PoaChain(Service):
         purge_interval: float = 60.0,
         policy: TargetPolicy | None = None,
         limits: OutboundLimits | None = None,
+        pad_failures: bool = True,
     ) -> None:
         """
         @param queue: where undeliverable notifications wait; a
@@ -106,6 +109,9 @@ class PoaChain(Service):
         @param policy: which hosts a poa or URL step may contact (default: any; ``twistd
             acmews`` denies link-local addresses unless told otherwise).
         @param limits: outbound steps in flight in all and per host (default 256 and 8).
+        @param pad_failures: a failed poa or URL step reports its failure only once its
+            ``timeout`` has passed (see :meth:`_through`); False reports it at once (for an
+            application that contacts only hosts it trusts and wants fast fail-over).
         """
         self._originators = originators
         self._clock = clock
@@ -124,6 +130,7 @@ class PoaChain(Service):
         self.purge_interval = purge_interval
         self.policy = policy if policy is not None else TargetPolicy(deny=())
         self.limits = limits if limits is not None else OutboundLimits()
+        self.pad_failures = pad_failures
         #: the originators whose queue is being sent, each with its flush (None while the
         #: flush takes its first steps, which run at once: a notification sent meanwhile must
         #: see it, to join the queue behind what is being sent)
@@ -327,19 +334,44 @@ class PoaChain(Service):
         words whether refused, silent or reset: the reason reaches the client, which must
         not learn from it which ports are open (the log says). Another oneM2M error (a
         request too large for it, say) is raised as it is.
+
+        Nor may it learn that from the time a failure takes: a closed port refuses at once,
+        an open one that is no oneM2M endpoint fails after a round trip or two, a filtered
+        one only when the timeout fires (0.00 / 0.30 / 10 s once, for an ``nu`` or a poa
+        of the attacker's choosing). So a failed step is reported no earlier than its
+        ``timeout`` after it started (with ``pad_failures``): the timeout is the one delay
+        that hides a filtered port, since that fails by timing out, and the step takes no
+        longer than it was allowed anyway. A success is never delayed, and the live
+        connection (the common case) does not come here. The floor's timer is set before
+        the step starts, so that a caller's own timer of the same length (a subscription
+        verification's) fires after it whatever the cause of the failure.
         """
+        floor = self._failure_floor()
         step = Deferred.fromCoroutine(self._outbound(connector, url, request))
         try:
-            return await await_step(step, self.timeout, self._clock)
+            response = await await_step(step, self.timeout, self._clock)
         except CancelledError:
+            _drop(floor)
             raise
         except Exception as e:
             self._log_step_failed(target, request, url, e)
+            if floor is not None:
+                await floor
             if isinstance(e, OneM2MError) and not isinstance(
                 e, TargetNotReachable | RequestTimeout
             ):
                 raise
             raise TargetNotReachable(f"{url} is not reachable", rqi=request.rqi) from e
+        _drop(floor)
+        return response
+
+    def _failure_floor(self) -> Deferred[None] | None:
+        """Fires when this chain's ``timeout`` has passed (None without ``pad_failures``)."""
+        if not self.pad_failures:
+            return None
+        floor: Deferred[None] = Deferred(lambda _: call.cancel())
+        call = self._clock.callLater(self.timeout, floor.callback, None)
+        return floor
 
     async def _outbound(self, connector: IPoaConnector, url: str, request: Request) -> Response:
         try:
@@ -548,3 +580,10 @@ class PoaChain(Service):
                     expired=expired,
                 )
         return True
+
+
+def _drop(floor: Deferred[None] | None) -> None:
+    """A failure floor no longer needed: its timer cancelled, its CancelledError consumed."""
+    if floor is not None and not floor.called:
+        floor.cancel()
+        floor.addErrback(lambda _: None)
