@@ -88,6 +88,8 @@ class Config:
     registrar: RegistrarConfig | None = None
     #: accept any originator claim on listeners beyond loopback, without credentials
     insecure: bool = False
+    #: log acmews's debug lines too (:func:`acmews.logs.set_debug`)
+    log_debug: bool = False
 
     @property
     def endpoints(self) -> list[ServerEndpoint]:

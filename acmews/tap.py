@@ -85,6 +85,12 @@ class Options(usage.Options):
             None,
             "With --registrar: keep this CSE's remoteCSE at the registrar when it stops.",
         ],
+        [
+            "log-debug",
+            None,
+            "Also log acmews's debug lines (every poa step, every queued notification); off "
+            "by default, as peers can make them plentiful.",
+        ],
     ]
     optParameters: list[Any] = [
         [
@@ -427,6 +433,7 @@ class Options(usage.Options):
             client_ca=self._client_ca(),
             poa_credentials=self._read("poa-credentials", read_outbound_credentials),
             insecure=bool(self["insecure"]),
+            log_debug=bool(self["log-debug"]),
             **self._outbound(),
         )
         exposure = self.config.exposure()

@@ -940,6 +940,23 @@ class HttpConnectorTests(SynchronousTestCase):
             self.assertIn("not a oneM2M endpoint", f.value.reason)
             self.assertNotIn("secret", f.value.reason)
 
+    def test_a_peer_s_bytes_are_no_traceback(self) -> None:
+        """Header values that are not UTF-8 are read as latin-1 (Twisted decoded them as UTF-8
+        and the step failed with a logged traceback); an X-M2M-RSC that is no oneM2M rsc is
+        not a oneM2M answer."""
+        self.resource.headers = {b"X-M2M-RI": b"\xff\xfe"}
+        response = self.successResultOf(self.connector.send("http://h:8080", retrieve(), 5))
+        self.assertEqual((response.rsc, response.rqi), (2000, "\xff\xfe"))
+        self.resource.rsc = None
+        for rsc in (b"\xff", b"-5", b"999", b"70000", b"9" * 5000):
+            self.resource.headers = {b"X-M2M-RSC": rsc}
+            f = self.failureResultOf(
+                self.connector.send("http://h:8080", retrieve(), 5), TargetNotReachable
+            )
+            self.assertIn("not a oneM2M endpoint (HTTP 200, unreadable X-M2M-RSC", f.value.reason)
+            self.assertLess(len(f.value.reason), 150)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_redirects_are_not_followed(self) -> None:
         self.resource.status = 303
         self.resource.rsc = None

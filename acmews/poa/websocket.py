@@ -75,9 +75,9 @@ class WebSocketConnector:
                 if isinstance(e, DeferTimeoutError)
                 else _reason(e)
             )
-            self.log.info("cannot connect to {url}: {reason}", url=url, reason=reason)
-            # refused or silent: the same words for the client (no port-scan oracle); the log
-            # has the detail
+            self.log.debug("cannot connect to {url}: {reason}", url=url, reason=reason)
+            # refused or silent: the same words for the client (no port-scan oracle); the
+            # chain's log line has the detail (the cause)
             raise TargetNotReachable(f"{url}: cannot connect", rqi=request.rqi) from e
         self.log.debug("connected to {url} ({peer})", url=url, peer=connection.peer)
         try:
