@@ -281,6 +281,23 @@ class Options(usage.Options):
             _count("max-outbound-per-host"),
         ],
         [
+            "max-forwarded-per-link",
+            None,
+            DEFAULTS.max_forwarded_per_link,
+            "Requests forwarded to one next hop (a remote CSE, the registrar, an AE a NOTIFY is "
+            "relayed to) that may wait for its answers at once; past it a forwarded request is "
+            "answered 5103 at once (the link is saturated).",
+            _count("max-forwarded-per-link"),
+        ],
+        [
+            "max-forwarded-per-originator",
+            None,
+            DEFAULTS.max_forwarded_per_originator,
+            "The same, for the requests of one originator to one next hop (so that one "
+            "originator cannot take a whole link); past it: 5103.",
+            _count("max-forwarded-per-originator"),
+        ],
+        [
             "queue-size",
             None,
             DEFAULTS.queue_size,
@@ -419,6 +436,8 @@ class Options(usage.Options):
             ),
             max_outbound=int(self["max-outbound"]),
             max_outbound_per_host=int(self["max-outbound-per-host"]),
+            max_forwarded_per_link=int(self["max-forwarded-per-link"]),
+            max_forwarded_per_originator=int(self["max-forwarded-per-originator"]),
             queue_size=int(self["queue-size"]),
             queue_bytes=int(self["queue-bytes"]),
             queue_bytes_per_originator=int(self["queue-bytes-per-originator"]),
