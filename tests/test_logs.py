@@ -10,7 +10,7 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from acmews.codes import Operation
-from acmews.logs import MAX_VALUE, Budget, Logger, bounded, set_debug, short
+from acmews.logs import MAX_VALUE, Budget, Logger, Throttle, bounded, set_debug, short
 from acmews.poa import MemoryNotificationQueue, PoaChain
 from acmews.primitive import Request
 from acmews.testing import RecordingHandler, make_client_factory, make_server_factory
@@ -58,6 +58,33 @@ class LoggerTests(SynchronousTestCase):
         self.assertEqual(budget.take_suppressed(), 2)
         self.assertEqual(budget.take_suppressed(), 0)
         self.assertTrue(budget.allow(10.0))  # a new period
+
+    def test_throttle_keys_are_bounded(self) -> None:
+        """A peer naming ever new targets: past ``keys`` they share one budget; idle keys
+        are forgotten; what was left out is summed up, in the next line or on the timer."""
+        clock = Clock()
+        throttle = Throttle(Logger(namespace="test"), clock, "failures", count=2, keys=3)
+        lines: list[str] = []
+
+        def emit(format: str, **kwargs: Any) -> None:
+            lines.append(format.format(**kwargs))
+
+        for i in range(100):
+            throttle.emit(f"host{i}", emit, "line {i}", i=i)
+        self.assertEqual(lines, ["line 0", "line 1", "line 2", "line 3", "line 4"])
+        self.assertEqual(len(throttle._budgets), 4)  # three keys and the shared one
+        with capturedLogs() as events:
+            clock.advance(60)
+        self.assertEqual([(e["key"], e["count"]) for e in events], [(Throttle.OTHERS, 95)])
+        self.assertEqual(throttle._budgets, {})  # all idle: forgotten
+        no_timer = Throttle(Logger(namespace="test"), clock, "failures", count=1, timer=False)
+        lines.clear()
+        for _ in range(3):
+            no_timer.emit("h", emit, "line")
+        clock.advance(60)
+        no_timer.emit("h", emit, "line")
+        self.assertEqual(lines, ["line", "line (2 more failures for it were not logged)"])
+        self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_bounded_observer_rotates_and_keeps_few_files(self) -> None:
         directory = self.mktemp()
