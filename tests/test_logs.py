@@ -210,3 +210,27 @@ class DeliveryFailureLogTests(SynchronousTestCase):
         text = "".join(formatEvent(e) or "" for e in events if e["log_level"] >= LogLevel.info)
         self.assertLess(len(text), 5000, text)
         self.assertIn("more delivery failures for Cdead were not logged", text)
+
+    def test_a_subscriber_refusing_every_notification(self) -> None:
+        from acmews.codes import RSC
+        from acmews.testing import memory_cse
+
+        memory = memory_cse()
+        ae = {"m2m:ae": {"api": "Nx", "rr": False, "srv": ["4"]}}
+        aei = self.successResultOf(memory.request(Operation.CREATE, "cse-in", None, ty=2, pc=ae))
+        aei = aei.pc["m2m:ae"]["aei"]
+        container = f"cse-in/{aei}"
+        memory.request(Operation.CREATE, container, aei, ty=3, pc={"m2m:cnt": {"rn": "c"}})
+        sub = {"m2m:sub": {"nu": ["http://h:1/n"], "enc": {"net": [3]}}}
+        d = memory.request(Operation.CREATE, f"{container}/c", aei, ty=23, pc=sub)
+        (verification,) = memory.sender.take()
+        verification.answer(RSC.OK)
+        self.assertEqual(self.successResultOf(d).rsc, RSC.CREATED)
+        with capturedLogs() as events:
+            for i in range(100):
+                cin = {"m2m:cin": {"con": str(i)}}
+                memory.request(Operation.CREATE, f"{container}/c", aei, ty=4, pc=cin)
+                memory.clock.advance(0)
+                for sent in memory.sender.take():
+                    sent.answer(RSC.NOT_FOUND)
+        self.assertEqual(len([e for e in events if e["log_level"] >= LogLevel.info]), 5)

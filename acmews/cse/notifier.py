@@ -209,32 +209,30 @@ class Notifier:
 
     def _delivered(self, response: Response, target: str) -> None:
         if not response.ok:
-            self._outcomes.emit(
-                target_key(target),
+            self._note(
+                target,
                 self.log.warn,
                 "notification to {target} answered {rsc}: {reason}",
-                target=target,
                 rsc=response.rsc,
                 reason=response.debug,
             )
 
     def _not_delivered(self, failure: Failure, target: str) -> None:
         if isinstance(failure.value, OneM2MError):
-            self._outcomes.emit(
-                target_key(target),
+            self._note(
+                target,
                 self.log.warn,
                 "notification to {target} failed: {error!r}",
-                target=target,
                 error=failure.value,
             )
         else:
-            self._outcomes.emit(
-                target_key(target),
-                self.log.failure,
-                "notification to {target} failed",
-                failure,
-                target=target,
-            )
+            self._note(target, self.log.failure, "notification to {target} failed", failure)
+
+    def _note(
+        self, target: str, emit: Callable[..., None], format: str, *args: Any, **kwargs: Any
+    ) -> None:
+        """A line about a notification's fate, within its target's budget."""
+        self._outcomes.emit(target_key(target), emit, format, *args, target=target, **kwargs)
 
     # --- verification -------------------------------------------------------------------------
 
