@@ -277,7 +277,8 @@ class Options(usage.Options):
             "max-outbound-per-host",
             None,
             DEFAULTS.max_outbound_per_host,
-            "Outbound poa/nu deliveries in flight at once to one host.",
+            "Outbound poa/nu deliveries in flight at once to one host (each counts until its "
+            "connection is closed; a timed-out one is aborted).",
             _count("max-outbound-per-host"),
         ],
         [
