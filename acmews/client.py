@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.endpoints import HostnameEndpoint, clientFromString, serverFromString
 from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.python.failure import Failure
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
@@ -197,7 +198,9 @@ def connect(
     @param headers: more headers for the opening handshake, e.g. ``Authorization``.
     @param tls: for ``wss://``: a CA to trust and a client certificate to show.
     @return: a Deferred that fires with a :class:`Client` once the WebSocket is open, or fails
-        with TargetNotReachable.
+        with TargetNotReachable. Cancelling it (a timeout, say) aborts the attempt: the TCP
+        connect in progress is stopped, a connection made meanwhile is aborted; no socket is
+        left behind.
     """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
@@ -218,8 +221,32 @@ def connect(
         headers=headers,
     )
     connecting = client_endpoint(url, reactor, endpoint, tls).connect(factory)
-    connecting.addErrback(lambda failure: factory.fail(_unreachable(url, failure)))
-    return factory.ready.addCallback(lambda session: Client(session, originator, release))
+    #: the protocol, once the TCP (and TLS) connection is made
+    made: list[Any] = []
+    connecting.addCallbacks(made.append, lambda failure: factory.fail(_unreachable(url, failure)))
+
+    def abort(_: Deferred[Client]) -> None:
+        # Without this a cancelled attempt went on: a connection that opened later stayed
+        # open, owned by nobody (thousands of them to one host, each timed out in turn).
+        connecting.cancel()
+        for protocol in made:
+            if protocol.transport is not None:
+                protocol.transport.abortConnection()
+
+    opened: Deferred[Client] = Deferred(abort)
+
+    def settle(result: Session | Failure) -> None:
+        if opened.called:  # cancelled: whatever opened meanwhile is closed
+            if isinstance(result, Session):
+                result.close(1000, "the connection attempt was cancelled")
+            return
+        if isinstance(result, Failure):
+            opened.errback(result)
+        else:
+            opened.callback(Client(result, originator, release))
+
+    factory.ready.addBoth(settle)
+    return opened
 
 
 @implementer(IPolicyForHTTPS)

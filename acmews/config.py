@@ -77,6 +77,9 @@ class Config:
     allow_targets: tuple[str, ...] = ()
     deny_targets: tuple[str, ...] = DEFAULT_DENY
     allowed_csr_originators: tuple[str, ...] = _CSE.allowed_csr_originators
+    #: forwarded requests waiting for one next hop's answers, in all and per originator
+    max_forwarded_per_link: int = _CSE.max_forwarded_per_link
+    max_forwarded_per_originator: int = _CSE.max_forwarded_per_originator
     #: who may connect: Basic users, Bearer tokens, client certificates (a CA file)
     basic_credentials: tuple[Credential, ...] = ()
     token_credentials: tuple[Credential, ...] = ()
@@ -88,6 +91,8 @@ class Config:
     registrar: RegistrarConfig | None = None
     #: accept any originator claim on listeners beyond loopback, without credentials
     insecure: bool = False
+    #: log acmews's debug lines too (:func:`acmews.logs.set_debug`)
+    log_debug: bool = False
 
     @property
     def endpoints(self) -> list[ServerEndpoint]:
@@ -131,4 +136,6 @@ class Config:
             allowed_csr_originators=self.allowed_csr_originators,
             registrar_cse_id=self.registrar.cse_id if self.registrar else None,
             cse_type=2 if self.registrar else 1,
+            max_forwarded_per_link=self.max_forwarded_per_link,
+            max_forwarded_per_originator=self.max_forwarded_per_originator,
         )

@@ -1,9 +1,13 @@
 """Logging that a peer cannot turn against the disk.
 
 - :class:`Logger`: Twisted's, except that every value a log event carries is cut to
-  :data:`MAX_VALUE` characters (a 1 MiB ``to`` must not become 3 MB of log).
+  :data:`MAX_VALUE` characters (a 1 MiB ``to`` must not become 3 MB of log), and that debug
+  events are dropped unless :func:`set_debug` turned them on (``twistd`` writes every level
+  it is given; a peer can make debug lines plentiful).
 - :class:`Budget`: lets a repeated event through a few times per period, then counts it, and
   says how many were left out the next time one gets through (or when asked to summarise).
+- :class:`Throttle`: a :class:`Budget` per key (a delivery target, say) for a bounded number
+  of keys, whose left-out lines are summed up when their period is over.
 - :func:`bounded`: a log observer for ``twistd --logger=acmews.logs.bounded``: a text log
   file that rotates at 10 MB and keeps 5 old files (twistd's own ``--logfile`` rotates at
   1 MB and keeps every old file).
@@ -15,14 +19,23 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import FileLogObserver, ILogObserver, LogLevel, formatEventAsClassicLogText
 from twisted.logger import Logger as _TwistedLogger
 from twisted.python.logfile import LogFile
 
-__all__ = ["MAX_VALUE", "Budget", "Logger", "bounded", "short"]
+__all__ = ["MAX_VALUE", "Budget", "Logger", "Throttle", "bounded", "set_debug", "short"]
 
 #: the most characters of one value that reach a log event
 MAX_VALUE = 300
+
+_debug = False
+
+
+def set_debug(enabled: bool) -> None:
+    """Let the debug events of every :class:`Logger` through (off by default)."""
+    global _debug
+    _debug = enabled
 
 
 def short(value: Any, limit: int = MAX_VALUE) -> Any:
@@ -44,6 +57,8 @@ class Logger(_TwistedLogger):
     """A Twisted :class:`~twisted.logger.Logger` whose event values are cut to size."""
 
     def emit(self, level: LogLevel, format: str | None = None, **kwargs: object) -> None:
+        if level is LogLevel.debug and not _debug:
+            return
         for key, value in kwargs.items():
             if not key.startswith("log_") and isinstance(
                 value, str | bytes | list | tuple | dict | set | frozenset
@@ -82,6 +97,104 @@ class Budget:
         suppressed = self._suppressed
         self._suppressed = 0
         return suppressed
+
+    def idle(self, now: float) -> bool:
+        """Nothing left out, and its period over: it may be forgotten."""
+        return not self._suppressed and now - self._window >= self._period
+
+
+class Throttle:
+    """Lines about many keys (delivery targets, say), each key within its own
+    :class:`Budget` of ``count`` lines per ``period``. What a budget leaves out is summed up:
+    in the next line about that key that gets through, and (with ``timer``) in one line per
+    key once the period is over, should none get through. At most ``keys`` keys are tracked
+    at once; past that, new keys share one budget (:data:`OTHERS`), so that a peer naming
+    ever new targets cannot grow the table.
+    """
+
+    #: the key of every key past the bound
+    OTHERS = "(other targets)"
+
+    def __init__(
+        self,
+        log: _TwistedLogger,
+        clock: IReactorTime,
+        what: str,
+        count: int = 5,
+        period: float = 60.0,
+        keys: int = 256,
+        timer: bool = True,
+    ) -> None:
+        """
+        @param what: what is counted, for the summing up (``delivery failures``).
+        @param timer: sum up on a timer too (running only while something is left out);
+            whoever asks for one must call :meth:`stop`.
+        """
+        self._log = log
+        self._clock = clock
+        self.what = what
+        self._count = count
+        self._period = period
+        self._keys = keys
+        self._timer = timer
+        self._budgets: dict[str, Budget] = {}
+        self._summary: IDelayedCall | None = None
+
+    def emit(
+        self, key: str, emit: Callable[..., None], format: str, *args: Any, **kwargs: Any
+    ) -> None:
+        """``emit(format, *args, **kwargs)`` if ``key``'s budget lets it through, else
+        count it."""
+        now = self._clock.seconds()
+        budget = self._budgets.get(key)
+        if budget is None:
+            if len(self._budgets) >= self._keys:
+                self._forget_idle(now)
+            if len(self._budgets) >= self._keys:
+                key = self.OTHERS
+                budget = self._budgets.get(key)
+            if budget is None:
+                budget = self._budgets[key] = Budget(self._count, self._period)
+        if not budget.allow(now):
+            if self._timer and self._summary is None:
+                self._summary = self._clock.callLater(self._period, self._summarise)
+            return
+        left_out = budget.take_suppressed()
+        if left_out:
+            format += " ({left_out} more {throttled} for it were not logged)"
+            kwargs.update(left_out=left_out, throttled=self.what)
+        emit(format, *args, **kwargs)
+
+    def _forget_idle(self, now: float) -> None:
+        for key in [k for k, budget in self._budgets.items() if budget.idle(now)]:
+            del self._budgets[key]
+
+    def _summarise(self) -> None:
+        self._summary = None
+        self.summarise()
+
+    def summarise(self) -> None:
+        """Log what was left out, one line per key, and forget the idle keys."""
+        for key, budget in self._budgets.items():
+            left_out = budget.take_suppressed()
+            if left_out:
+                self._log.info(
+                    "{count} more {what} for {key} were not logged (at most {limit} lines "
+                    "every {period:g} s)",
+                    count=left_out,
+                    what=self.what,
+                    key=key,
+                    limit=self._count,
+                    period=self._period,
+                )
+        self._forget_idle(self._clock.seconds())
+
+    def stop(self) -> None:
+        """Cancel the timer; sum up what was left out so far."""
+        if self._summary is not None and self._summary.active():
+            self._summary.cancel()
+        self._summary = None
+        self.summarise()
 
 
 def bounded(

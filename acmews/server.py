@@ -29,7 +29,7 @@ from acmews.durable import Store, open_store
 from acmews.endpoints import ServerEndpoint
 from acmews.interfaces import IHandshakeAuthorizer
 from acmews.link import RegistrarLink
-from acmews.logs import Logger
+from acmews.logs import Logger, set_debug
 from acmews.originators import OriginatorMap
 from acmews.poa import (
     AgentClient,
@@ -177,6 +177,8 @@ def make_service(config: Config, reactor: Any) -> CSEService:
     exposure = config.exposure()
     if exposure is not None:
         raise ValueError(exposure)
+    if config.log_debug:
+        set_debug(True)
     warn_without_nvx()
     store = build_store(config, reactor)
     originators = OriginatorMap()

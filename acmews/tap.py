@@ -85,6 +85,12 @@ class Options(usage.Options):
             None,
             "With --registrar: keep this CSE's remoteCSE at the registrar when it stops.",
         ],
+        [
+            "log-debug",
+            None,
+            "Also log acmews's debug lines (every poa step, every queued notification); off "
+            "by default, as peers can make them plentiful.",
+        ],
     ]
     optParameters: list[Any] = [
         [
@@ -298,8 +304,26 @@ class Options(usage.Options):
             "max-outbound-per-host",
             None,
             DEFAULTS.max_outbound_per_host,
-            "Outbound poa/nu deliveries in flight at once to one host.",
+            "Outbound poa/nu deliveries in flight at once to one host (each counts until its "
+            "connection is closed; a timed-out one is aborted).",
             _count("max-outbound-per-host"),
+        ],
+        [
+            "max-forwarded-per-link",
+            None,
+            DEFAULTS.max_forwarded_per_link,
+            "Requests forwarded to one next hop (a remote CSE, the registrar, an AE a NOTIFY is "
+            "relayed to) that may wait for its answers at once; past it a forwarded request is "
+            "answered 5103 at once (the link is saturated).",
+            _count("max-forwarded-per-link"),
+        ],
+        [
+            "max-forwarded-per-originator",
+            None,
+            DEFAULTS.max_forwarded_per_originator,
+            "The same, for the requests of one originator to one next hop (so that one "
+            "originator cannot take a whole link); past it: 5103.",
+            _count("max-forwarded-per-originator"),
         ],
         [
             "queue-size",
@@ -442,6 +466,8 @@ class Options(usage.Options):
             ),
             max_outbound=int(self["max-outbound"]),
             max_outbound_per_host=int(self["max-outbound-per-host"]),
+            max_forwarded_per_link=int(self["max-forwarded-per-link"]),
+            max_forwarded_per_originator=int(self["max-forwarded-per-originator"]),
             queue_size=int(self["queue-size"]),
             queue_bytes=int(self["queue-bytes"]),
             queue_bytes_per_originator=int(self["queue-bytes-per-originator"]),
@@ -456,6 +482,7 @@ class Options(usage.Options):
             client_ca=self._client_ca(),
             poa_credentials=self._read("poa-credentials", read_outbound_credentials),
             insecure=bool(self["insecure"]),
+            log_debug=bool(self["log-debug"]),
             **self._outbound(),
         )
         exposure = self.config.exposure()

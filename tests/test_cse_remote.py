@@ -158,3 +158,77 @@ class OverTheBindingTests(StackTestCase):
         r = self.call(admin.retrieve("/id-mn/cse-mn"))
         self.assertEqual(r.rsc, RSC.TARGET_NOT_REACHABLE)
         self.assertEqual(self.call(admin.retrieve("cse-in/id-mn")).rsc, 2000)
+
+
+class ForwardingBoundsTests(CSETestCase):
+    """Requests forwarded to one next hop that wait for its answers are bounded, per link and
+    per originator (206,000 in flight and 450 MB once, for a remote CSE that reads and never
+    answers); every way a forwarded request ends gives its place back."""
+
+    config = CSEConfig(
+        poa=(URL,),
+        allowed_csr_originators=("/*",),
+        max_forwarded_per_link=5,
+        max_forwarded_per_originator=3,
+    )
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.ok(1, "cse-in", MN, ty=16, pc=csr())
+
+    def saturated(self, fr: str) -> str:
+        before = len(self.sender.sent)
+        response = self.fails(RSC.TARGET_NOT_REACHABLE, 2, "/id-mn/cse-mn", fr)
+        self.assertEqual(len(self.sender.sent), before)  # nothing sent
+        return response.debug or ""
+
+    def test_per_originator_then_per_link(self) -> None:
+        from twisted.internet.defer import Deferred
+
+        from acmews.errors import RequestTimeout, TargetNotReachable
+
+        results = [self.handle(2, "/id-mn/cse-mn", "Ca") for _ in range(3)]
+        self.assertIn("saturated for /id-in/Ca", self.saturated("Ca"))
+        results += [self.handle(2, "/id-mn/cse-mn", "Cb") for _ in range(2)]
+        self.assertIn("the link to /id-mn is saturated", self.saturated("Cb"))
+        self.assertIn("the link to /id-mn is saturated", self.saturated("Cc"))
+        self.assertEqual(self.cse.forwarding, {MN: 5})
+        self.assertEqual(self.cse.forwarding_by, {(MN, "/id-in/Ca"): 3, (MN, "/id-in/Cb"): 2})
+        sent = self.sender.take()
+        self.assertEqual(len(sent), 5)
+        # an answer, a failure, a timeout, a cancellation: each gives its place back
+        sent[0].deferred.callback(Response(2000, sent[0].request.rqi))
+        sent[1].deferred.errback(TargetNotReachable("connection lost"))
+        sent[2].deferred.errback(RequestTimeout("no response in time"))
+        results[3].cancel()  # type: ignore[union-attr]
+        self.assertEqual(self.cse.forwarding, {MN: 1})
+        answers = [self.successResultOf(r) for r in results[:4] if isinstance(r, Deferred)]
+        self.assertEqual([a.rsc for a in answers], [2000, 5103, 4008, 5103])
+        # the places are free again
+        more = self.handle(2, "/id-mn/cse-mn", "Ca")
+        (extra,) = self.sender.take()
+        extra.deferred.callback(Response(2000, extra.request.rqi))
+        sent[4].deferred.callback(Response(2000, sent[4].request.rqi))
+        self.assertEqual(self.successResultOf(more).rsc, 2000)  # type: ignore[arg-type]
+        self.assertEqual((self.cse.forwarding, self.cse.forwarding_by), ({}, {}))
+
+    def test_a_sender_that_fails_at_once_takes_no_place(self) -> None:
+        def broken(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("broken sender")
+
+        self.sender.send = broken  # type: ignore[method-assign]
+        for _ in range(10):
+            response = self.call(2, "/id-mn/cse-mn", "Ca")
+            self.assertEqual(response.rsc, RSC.INTERNAL_SERVER_ERROR)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 10)
+        self.assertEqual((self.cse.forwarding, self.cse.forwarding_by), ({}, {}))
+
+    def test_notifications_relayed_to_an_ae_are_bounded_too(self) -> None:
+        aei = self.register("Cae", poa=["http://ae:1/n"])
+        for _ in range(3):
+            self.handle(5, f"cse-in/{aei}", ADMIN, pc={"m2m:sgn": {}})
+        response = self.fails(RSC.TARGET_NOT_REACHABLE, 5, f"cse-in/{aei}", ADMIN, pc={})
+        self.assertIn(f"the link to {aei} is saturated", response.debug or "")
+        for sent in self.sender.take():
+            sent.answer(RSC.OK)
+        self.assertEqual((self.cse.forwarding, self.cse.forwarding_by), ({}, {}))

@@ -6,17 +6,17 @@ import os
 from typing import Any
 
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, capturedLogs
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from acmews.codes import Operation
-from acmews.logs import MAX_VALUE, Budget, Logger, bounded, short
+from acmews.logs import MAX_VALUE, Budget, Logger, Throttle, bounded, set_debug, short
 from acmews.poa import MemoryNotificationQueue, PoaChain
 from acmews.primitive import Request
 from acmews.testing import RecordingHandler, make_client_factory, make_server_factory
 from acmews.testing import connected_pair as pair
 
-from .test_poa import FakeMap
+from .test_poa import FakeMap, notify
 
 
 def _longest_value(event: dict[str, Any]) -> int:
@@ -34,6 +34,20 @@ class LoggerTests(SynchronousTestCase):
         self.assertIn("100000 items", event["items"])
         self.assertEqual(event["n"], 7)
 
+    def test_debug_is_off_by_default(self) -> None:
+        """twistd writes every level it is given: acmews's own debug lines (a poa step, a
+        queued notification, each of them a peer can multiply) only when asked for."""
+        log = Logger(namespace="test")
+        with capturedLogs() as events:
+            log.debug("step {n}", n=1)
+            log.info("kept")
+        self.assertEqual([e["log_format"] for e in events], ["kept"])
+        set_debug(True)
+        self.addCleanup(set_debug, False)
+        with capturedLogs() as events:
+            log.debug("step {n}", n=2)
+        self.assertEqual([e["n"] for e in events], [2])
+
     def test_short_values_untouched(self) -> None:
         for value in ("abc", b"abc", [1, 2], {"a": 1}, None, 5):
             self.assertEqual(short(value), value)
@@ -44,6 +58,33 @@ class LoggerTests(SynchronousTestCase):
         self.assertEqual(budget.take_suppressed(), 2)
         self.assertEqual(budget.take_suppressed(), 0)
         self.assertTrue(budget.allow(10.0))  # a new period
+
+    def test_throttle_keys_are_bounded(self) -> None:
+        """A peer naming ever new targets: past ``keys`` they share one budget; idle keys
+        are forgotten; what was left out is summed up, in the next line or on the timer."""
+        clock = Clock()
+        throttle = Throttle(Logger(namespace="test"), clock, "failures", count=2, keys=3)
+        lines: list[str] = []
+
+        def emit(format: str, **kwargs: Any) -> None:
+            lines.append(format.format(**kwargs))
+
+        for i in range(100):
+            throttle.emit(f"host{i}", emit, "line {i}", i=i)
+        self.assertEqual(lines, ["line 0", "line 1", "line 2", "line 3", "line 4"])
+        self.assertEqual(len(throttle._budgets), 4)  # three keys and the shared one
+        with capturedLogs() as events:
+            clock.advance(60)
+        self.assertEqual([(e["key"], e["count"]) for e in events], [(Throttle.OTHERS, 95)])
+        self.assertEqual(throttle._budgets, {})  # all idle: forgotten
+        no_timer = Throttle(Logger(namespace="test"), clock, "failures", count=1, timer=False)
+        lines.clear()
+        for _ in range(3):
+            no_timer.emit("h", emit, "line")
+        clock.advance(60)
+        no_timer.emit("h", emit, "line")
+        self.assertEqual(lines, ["line", "line (2 more failures for it were not logged)"])
+        self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_bounded_observer_rotates_and_keeps_few_files(self) -> None:
         directory = self.mktemp()
@@ -99,3 +140,97 @@ class QueueLogTests(SynchronousTestCase):
         with capturedLogs() as events:
             clock.advance(61)  # they all expire: one line
         self.assertEqual([e.get("count") for e in events], [10])
+
+
+class DeliveryFailureLogTests(SynchronousTestCase):
+    """Delivery failures to one target are logged within a budget and summed up (760 bytes
+    of log per contentInstance once, 5.9 times the input)."""
+
+    def setUp(self) -> None:
+        from twisted.internet.defer import fail
+
+        from acmews.errors import TargetNotReachable
+
+        from .test_poa import FakeConnector
+
+        self.clock = Clock()
+        self.http = FakeConnector("http")
+        self.http.send = lambda url, request, timeout: fail(  # type: ignore[method-assign]
+            TargetNotReachable(f"{url}: no answer")
+        )
+        self.chain = PoaChain(FakeMap(), self.clock, [self.http])
+        self.addCleanup(self.chain.stop)
+
+    def test_a_thousand_failures_to_one_poa(self) -> None:
+        with capturedLogs() as events:
+            for i in range(1000):
+                d = self.chain.send(f"http://h:1/n{i}", notify(f"n{i}"))
+                d.addErrback(lambda _: None)
+            self.clock.advance(10)
+        self.assertEqual([e for e in events if e["log_level"] < LogLevel.info], [])
+        lines = [e for e in events if e["log_level"] >= LogLevel.info]
+        self.assertEqual(len(lines), 5, [e["log_format"] for e in lines])
+        self.assertIn("http://h:1/n0", formatEvent(lines[0]))
+        with capturedLogs() as events:
+            self.clock.advance(60)
+        (summary,) = events
+        self.assertEqual((summary["count"], summary["key"]), (995, "h"))
+        self.assertIn("995 more delivery failures for h were not logged", formatEvent(summary))
+
+    def test_notifications_of_a_thousand_contentInstances_to_a_dead_poa(self) -> None:
+        from acmews.cse import CSE, CSEConfig
+        from acmews.testing import FakeConnection
+
+        cse = CSE(CSEConfig(), self.chain, self.clock)
+
+        def call(op: int, to: str, fr: str | None, **kw: Any) -> Any:
+            request = Request(Operation(op), to, f"r{self.clock.seconds()}", "4", fr, **kw)
+            result = cse.handle_request(request, FakeConnection(fr))
+            if hasattr(result, "addCallback"):
+                result = self.successResultOf(result)
+            self.assertLess(result.rsc, 4000, result.debug)
+            return result
+
+        ae = {"m2m:ae": {"api": "Nx", "rr": True, "srv": ["4"], "poa": ["http://h:1/n"]}}
+        aei = call(1, "cse-in", "Cdead", ty=2, pc=ae).pc["m2m:ae"]["aei"]
+        call(1, f"cse-in/{aei}", aei, ty=3, pc={"m2m:cnt": {"rn": "c"}})
+        call(
+            1,
+            f"cse-in/{aei}/c",
+            aei,
+            ty=23,
+            pc={"m2m:sub": {"nu": [aei], "rn": "s", "enc": {"net": [3]}}},
+        )
+        with capturedLogs() as events:
+            for i in range(1000):
+                call(1, f"cse-in/{aei}/c", aei, ty=4, pc={"m2m:cin": {"con": f"value {i}"}})
+                self.clock.advance(0)
+            self.clock.advance(10)  # every delivery fails, padded to the timeout
+            self.clock.advance(60)
+        text = "".join(formatEvent(e) or "" for e in events if e["log_level"] >= LogLevel.info)
+        self.assertLess(len(text), 5000, text)
+        self.assertIn("more delivery failures for Cdead were not logged", text)
+
+    def test_a_subscriber_refusing_every_notification(self) -> None:
+        from acmews.codes import RSC
+        from acmews.testing import memory_cse
+
+        memory = memory_cse()
+        ae = {"m2m:ae": {"api": "Nx", "rr": False, "srv": ["4"]}}
+        aei = self.successResultOf(memory.request(Operation.CREATE, "cse-in", None, ty=2, pc=ae))
+        aei = aei.pc["m2m:ae"]["aei"]
+        container = f"cse-in/{aei}"
+        memory.request(Operation.CREATE, container, aei, ty=3, pc={"m2m:cnt": {"rn": "c"}})
+        sub = {"m2m:sub": {"nu": ["http://h:1/n"], "enc": {"net": [3]}}}
+        d = memory.request(Operation.CREATE, f"{container}/c", aei, ty=23, pc=sub)
+        (verification,) = memory.sender.take()
+        verification.answer(RSC.OK)
+        self.assertEqual(self.successResultOf(d).rsc, RSC.CREATED)
+        with capturedLogs() as events:
+            for i in range(100):
+                cin = {"m2m:cin": {"con": str(i)}}
+                memory.request(Operation.CREATE, f"{container}/c", aei, ty=4, pc=cin)
+                memory.clock.advance(0)
+                for sent in memory.sender.take():
+                    sent.answer(RSC.NOT_FOUND)
+        self.assertEqual(len([e for e in events if e["log_level"] >= LogLevel.info]), 5)

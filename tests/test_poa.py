@@ -37,6 +37,7 @@ from acmews.poa import (
     http_url,
 )
 from acmews.poa.queue import QueueFull
+from acmews.poa.websocket import CLOSE_WAIT
 from acmews.primitive import Request, Response
 from acmews.testing import FakeOriginatorMap as FakeMap
 from acmews.timestamps import parse_expiry
@@ -166,6 +167,7 @@ class OrderTests(ChainTestCase):
         self.assertEqual(self.http.urls(), ["http://h:2/a"])
         self.assertEqual(self.ws.calls, [])
         self.http.calls[0][3].errback(TargetNotReachable("refused"))
+        self.clock.advance(10)  # a failed step is reported once its timeout has passed
         self.assertEqual(self.ws.urls(), ["ws://h:1"])
         self.assertEqual(self.ws.calls[0][1:3], (request, 10.0))
         self.ws.calls[0][3].callback(ok(request))
@@ -213,6 +215,8 @@ class OrderTests(ChainTestCase):
         self.ws.results.append(TargetNotReachable("refused"))
         self.http.results.append(RequestTimeout("slow"))
         d = self.chain.send(AE, retrieve(), ["ws://h:1", "mqtt://b", "http://h:2"])
+        self.clock.advance(10)
+        self.clock.advance(10)
         f = self.failureResultOf(d, TargetNotReachable)
         reason = f.value.reason
         for part in ("no live connection", "ws://h:1", "mqtt://b", "http://h:2"):
@@ -227,6 +231,7 @@ class OrderTests(ChainTestCase):
         self.ws.results.append(ConnectionRefusedError())
         self.http.results.append(Response(RSC.OK, "n1"))
         d = self.chain.send(AE, notify(), ["ws://h:1", "http://h:2"])
+        self.clock.advance(10)
         self.assertEqual(self.successResultOf(d).rsc, RSC.OK)
         self.assertEqual(len(self.flushLoggedErrors(ConnectionRefusedError)), 1)
 
@@ -311,6 +316,7 @@ class UrlTargetTests(ChainTestCase):
     def test_url_target_failure_is_not_queued(self) -> None:
         self.ws.results.append(TargetNotReachable("refused"))
         d = self.chain.send("ws://127.0.0.1:9000", notify(), store=True)
+        self.clock.advance(10)
         self.failureResultOf(d, TargetNotReachable)
         self.assertEqual(self.chain.queued("ws://127.0.0.1:9000"), [])
         self.assertEqual(self.clock.getDelayedCalls(), [])
@@ -320,27 +326,32 @@ class UrlTargetTests(ChainTestCase):
         self.clock.advance(10)
         silent = self.failureResultOf(d, TargetNotReachable).value
         self.http.results.append(TargetNotReachable("http://host/path: connection refused"))
-        refused = self.failureResultOf(
-            self.chain.send("http://host/path", notify()), TargetNotReachable
-        ).value
+        d = self.chain.send("http://host/path", notify())
+        self.clock.advance(10)
+        refused = self.failureResultOf(d, TargetNotReachable).value
         self.assertEqual((silent.rsc, silent.reason), (refused.rsc, refused.reason))
         self.assertEqual(silent.rsc, RSC.TARGET_NOT_REACHABLE)
 
     def test_url_failures_read_the_same_whatever_the_cause(self) -> None:
         for failure in (TargetNotReachable("connection refused"), ConnectionRefusedError()):
             self.ws.results.append(failure)
-            f = self.failureResultOf(self.chain.send("ws://h:1", notify()), TargetNotReachable)
+            d = self.chain.send("ws://h:1", notify())
+            self.clock.advance(10)
+            f = self.failureResultOf(d, TargetNotReachable)
             self.assertEqual(f.value.reason, "ws://h:1 is not reachable")
         self.assertEqual(len(self.flushLoggedErrors(ConnectionRefusedError)), 1)
 
     def test_an_error_not_about_reaching_it_ends_a_url_but_not_a_poa_entry(self) -> None:
         too_large = NotAcceptable("too large for it")
         self.ws.results.append(too_large)
-        f = self.failureResultOf(self.chain.send("ws://h:1", notify()), NotAcceptable)
+        d = self.chain.send("ws://h:1", notify())
+        self.clock.advance(10)
+        f = self.failureResultOf(d, NotAcceptable)
         self.assertIs(f.value, too_large)
         self.ws.results.append(NotAcceptable("too large for it"))
         self.http.results.append(Response(RSC.OK, "n1"))
         d = self.chain.send(AE, notify(), ["ws://h:1", "http://h:2"])
+        self.clock.advance(10)
         self.assertEqual(self.successResultOf(d).rsc, RSC.OK)
 
     def test_url_with_unknown_scheme(self) -> None:
@@ -378,6 +389,7 @@ class QueueTests(ChainTestCase):
     def test_unreachable_poa_then_queued(self) -> None:
         self.ws.results.append(TargetNotReachable("refused"))
         d = self.chain.send(AE, notify(), ["ws://h:1"], store=True)
+        self.clock.advance(10)
         self.assertEqual(self.successResultOf(d).rsc, RSC.ACCEPTED)
         self.assertEqual(len(self.chain.queued(AE)), 1)
 
@@ -732,6 +744,35 @@ class WebSocketConnectorTests(SynchronousTestCase):
         self.assertEqual(len(conn.cancelled), 1)
         self.assertEqual([c for c, _ in conn.closed], [1000])
 
+    def test_the_step_ends_once_the_connection_is_gone(self) -> None:
+        """The chain frees the per-host slot when the step ends: only once the socket is
+        closed, so that a peer that answers but never closes cannot pile up connections."""
+
+        class Lingering(FakeConnection):
+            def close(self, code: int = 1000, reason: str = "") -> None:
+                self.closed.append((code, reason))  # the peer does not answer the close
+
+            def gone(self) -> None:
+                FakeConnection.close(self)
+
+        conn = Lingering(originator=None)
+        d = self.connector.send("ws://h:1", notify(), 7)
+        self.connects[0][3].callback(conn)
+        conn.answer()
+        self.assertEqual(len(conn.closed), 1)
+        self.assertNoResult(d)
+        conn.gone()
+        self.assertEqual(self.successResultOf(d).rsc, RSC.OK)
+        # a close that never completes is waited for CLOSE_WAIT seconds at most
+        other = Lingering(originator=None)
+        d = self.connector.send("ws://h:1", notify(), 7)
+        self.connects[1][3].callback(other)
+        other.answer()
+        self.clock.advance(CLOSE_WAIT - 0.1)
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        self.assertEqual(self.successResultOf(d).rsc, RSC.OK)
+
     def test_connect_failure_is_5103(self) -> None:
         d = self.connector.send("ws://h:1", notify(), 7)
         self.connects[0][3].errback(ConnectionRefusedError())
@@ -899,6 +940,23 @@ class HttpConnectorTests(SynchronousTestCase):
             self.assertIn("not a oneM2M endpoint", f.value.reason)
             self.assertNotIn("secret", f.value.reason)
 
+    def test_a_peer_s_bytes_are_no_traceback(self) -> None:
+        """Header values that are not UTF-8 are read as latin-1 (Twisted decoded them as UTF-8
+        and the step failed with a logged traceback); an X-M2M-RSC that is no oneM2M rsc is
+        not a oneM2M answer."""
+        self.resource.headers = {b"X-M2M-RI": b"\xff\xfe"}
+        response = self.successResultOf(self.connector.send("http://h:8080", retrieve(), 5))
+        self.assertEqual((response.rsc, response.rqi), (2000, "\xff\xfe"))
+        self.resource.rsc = None
+        for rsc in (b"\xff", b"-5", b"999", b"70000", b"9" * 5000):
+            self.resource.headers = {b"X-M2M-RSC": rsc}
+            f = self.failureResultOf(
+                self.connector.send("http://h:8080", retrieve(), 5), TargetNotReachable
+            )
+            self.assertIn("not a oneM2M endpoint (HTTP 200, unreadable X-M2M-RSC", f.value.reason)
+            self.assertLess(len(f.value.reason), 150)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_redirects_are_not_followed(self) -> None:
         self.resource.status = 303
         self.resource.rsc = None
@@ -1004,6 +1062,98 @@ class QueueBoundsTests(SynchronousTestCase):
         self.assertEqual(conn.rqis(), ["poison", "n1"])
         conn.answer()
         self.assertEqual(chain.queued(AE), [])
+
+
+class FailureTimingTests(ChainTestCase):
+    """A failed poa or URL step is reported when its timeout would have fired, whatever the
+    cause: the time must not tell open, closed and filtered ports apart (0.00 / 0.30 / 10 s
+    once)."""
+
+    def when(self, d: Deferred[Response]) -> list[tuple[float, str]]:
+        """Fills with (time, rsc or reason) when ``d`` fires."""
+        fired: list[tuple[float, str]] = []
+
+        def record(result: Any) -> None:
+            outcome = result.value.reason if hasattr(result, "value") else str(result.rsc)
+            fired.append((self.clock.seconds(), outcome))
+
+        d.addBoth(record)
+        return fired
+
+    def test_refused_not_oneM2M_and_filtered_fail_at_the_same_time(self) -> None:
+        self.ws.results.append(TargetNotReachable("ws://h:1: connection refused"))
+        refused = self.when(self.chain.send("ws://h:1", notify()))
+        not_onem2m = self.when(self.chain.send("http://h:1", notify()))
+        filtered = self.when(self.chain.send("wss://h:1", notify()))
+        self.clock.advance(0.25)
+        self.http.calls[0][3].errback(TargetNotReachable("no X-M2M-RSC"))
+        self.clock.advance(9.5)
+        self.assertEqual((refused, not_onem2m, filtered), ([], [], []))
+        self.clock.advance(0.25)
+        self.assertEqual(
+            [refused, not_onem2m, filtered],
+            [
+                [(10.0, f"{url} is not reachable")]
+                for url in ("ws://h:1", "http://h:1", "wss://h:1")
+            ],
+        )
+
+    def test_the_next_poa_and_the_queue_come_after_the_padding(self) -> None:
+        self.ws.results.append(TargetNotReachable("refused"))
+        d = self.chain.send(AE, notify(), ["ws://h:1", "http://h:2"])
+        self.clock.advance(9.9)
+        self.assertEqual(self.http.calls, [])
+        self.clock.advance(0.1)
+        self.assertEqual(self.http.urls(), ["http://h:2"])
+        self.http.calls[0][3].callback(Response(RSC.OK, "n1"))  # a success: not delayed
+        self.assertEqual(self.successResultOf(d).rsc, RSC.OK)
+        self.ws.results.append(TargetNotReachable("refused"))
+        stored = self.when(self.chain.send(AE, notify("n2"), ["ws://h:1"], store=True))
+        self.clock.advance(10)
+        self.assertEqual(stored, [(20.0, str(int(RSC.ACCEPTED)))])
+        self.assertEqual([r.rqi for r in self.chain.queued(AE)], ["n2"])
+
+    def test_the_live_connection_and_successes_are_not_delayed(self) -> None:
+        conn = FakeConnection()
+        self.map.bind(AE, conn)
+        d = self.chain.send(AE, notify(), ["ws://h:1"])
+        conn.answer()
+        self.assertEqual(self.successResultOf(d).rsc, RSC.OK)
+        self.ws.results.append(Response(RSC.OK, "n1"))
+        self.assertEqual(self.successResultOf(self.chain.send("ws://h:1", notify())).rsc, 2000)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_padding_can_be_turned_off(self) -> None:
+        chain = PoaChain(self.map, self.clock, [self.ws], pad_failures=False)
+        self.addCleanup(chain.stop)
+        self.ws.results.append(TargetNotReachable("refused"))
+        self.failureResultOf(chain.send("ws://h:1", notify()), TargetNotReachable)
+
+    def test_a_subscription_verification_reads_the_same_whatever_the_cause(self) -> None:
+        from acmews.cse import CSE, CSEConfig
+
+        cse = CSE(CSEConfig(), self.chain, self.clock)
+        reasons = []
+        for port, refused in ((1, True), (2, False)):
+            if refused:
+                self.ws.results.append(TargetNotReachable("connection refused"))
+            subscription = Request(
+                Operation.CREATE,
+                "cse-in",
+                f"s{port}",
+                "4",
+                "CAdmin",
+                ty=23,
+                pc={"m2m:sub": {"nu": [f"ws://h:{port}"]}},
+            )
+            d = cse.handle_request(subscription, FakeConnection("CAdmin"))
+            assert isinstance(d, Deferred)
+            self.clock.advance(10)
+            response = self.successResultOf(d)
+            self.assertEqual(response.rsc, RSC.SUBSCRIPTION_VERIFICATION_INITIATION_FAILED)
+            reasons.append((response.debug or "").replace(f":{port}", ":N"))
+        self.assertEqual(reasons[0], reasons[1])
+        self.assertIn("not reachable", reasons[0])
 
 
 class OnlyRouteTests(SynchronousTestCase):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from acmews.codes import RSC
@@ -80,10 +82,13 @@ class ChainPolicyAndLimitsTests(SynchronousTestCase):
 
     def test_denied_target_is_never_contacted(self) -> None:
         chain = self.chain(policy=TargetPolicy(deny=["127.0.0.0/8"]))
-        f = self.failureResultOf(chain.send("http://127.0.0.1:8080/x", notify()))
-        f.trap(TargetNotReachable)
+        d = chain.send("http://127.0.0.1:8080/x", notify())
+        self.clock.advance(10)  # a failed step is reported once its timeout has passed
+        self.failureResultOf(d).trap(TargetNotReachable)
         self.assertEqual(self.http.calls, [])
-        f = self.failureResultOf(chain.send(AE, notify(), ["http://127.0.0.2/n"]))
+        d = chain.send(AE, notify(), ["http://127.0.0.2/n"])
+        self.clock.advance(10)
+        f = self.failureResultOf(d)
         self.assertIn("not reachable", f.value.reason)
         self.assertEqual(self.http.calls, [])
 
@@ -113,3 +118,81 @@ class ChainPolicyAndLimitsTests(SynchronousTestCase):
         self.assertEqual(chain.limits.in_flight(), 0)
         self.http.results.append(Response(RSC.OK, "n4"))
         self.assertEqual(self.successResultOf(chain.send("http://c/1", notify("n4"))).rsc, 2000)
+
+
+class ConnectionsPerHostTests(SynchronousTestCase):
+    """The real ``ws://`` connector (``acmews.client.connect``) on a fake reactor: a delivery
+    that times out aborts the connection it started, and only then frees its per-host slot
+    (6,000 simultaneous connections to one host once, against a limit of 8)."""
+
+    def setUp(self) -> None:
+        from twisted.internet.testing import MemoryReactorClock
+
+        from acmews.config import Config
+        from acmews.options import ConnectionOptions
+        from acmews.originators import OriginatorMap
+        from acmews.poa import MemoryNotificationQueue
+        from acmews.server import build_chain
+
+        self.reactor = MemoryReactorClock()
+        self.events: list[str] = []
+        connect_tcp = self.reactor.connectTCP
+
+        def connectTCP(*args: Any, **kwargs: Any) -> Any:
+            self.events.append("connect")
+            return connect_tcp(*args, **kwargs)
+
+        self.reactor.connectTCP = connectTCP  # type: ignore[method-assign]
+        config = Config(max_outbound_per_host=2, connection=ConnectionOptions(request_timeout=5.0))
+        self.chain = build_chain(config, OriginatorMap(), MemoryNotificationQueue(), self.reactor)
+        self.addCleanup(self.chain.stop)
+
+    def outstanding(self) -> int:
+        """TCP connects still in progress (the fake reactor never completes one)."""
+        return sum(not connector.stoppedConnecting for connector in self.reactor.connectors)
+
+    def test_timed_out_connects_are_stopped(self) -> None:
+        results: list[object] = []
+        for second in range(60):
+            if second % 5 == 0:
+                for i in range(4):
+                    d = self.chain.send(f"ws://127.0.0.1:9/{second}-{i}", notify(f"n{i}"))
+                    d.addBoth(results.append)
+            self.assertLessEqual(self.outstanding(), 2)
+            self.reactor.advance(1)
+        self.reactor.advance(60)
+        self.assertEqual(len(results), 48)
+        self.assertTrue(all(isinstance(r, Failure) for r in results))
+        self.assertEqual(self.outstanding(), 0)
+        self.assertEqual(self.chain.limits.in_flight(), 0)
+
+    def test_a_made_connection_is_aborted_before_its_slot_is_freed(self) -> None:
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.error import ConnectionAborted
+        from twisted.internet.testing import StringTransport
+
+        events = self.events
+
+        class Transport(StringTransport):
+            def abortConnection(self) -> None:
+                events.append("abort")
+                super().abortConnection()
+
+        self.chain.limits = OutboundLimits(total=10, per_host=1)
+        first = self.chain.send("ws://127.0.0.1:9/a", notify("n1"))
+        (host, port, factory, _, _) = self.reactor.tcpClients[0]
+        protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+        transport = Transport()
+        protocol.makeConnection(transport)  # connected; the handshake is never answered
+        self.assertIn(b"Upgrade: WebSocket", transport.value())
+        self.reactor.advance(3)
+        second = self.chain.send("ws://127.0.0.1:9/b", notify("n2"))
+        self.assertEqual(events, ["connect"])  # waits for the slot
+        self.reactor.advance(2)  # the first times out: aborted, then the second connects
+        self.assertEqual(events, ["connect", "abort", "connect"])
+        protocol.connectionLost(Failure(ConnectionAborted()))
+        self.reactor.advance(60)
+        self.failureResultOf(first, TargetNotReachable)
+        self.failureResultOf(second, TargetNotReachable)
+        self.assertTrue(self.reactor.connectors[1].stoppedConnecting)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])

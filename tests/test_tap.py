@@ -294,6 +294,32 @@ class MakeServiceTests(TestCase):
         for bad in ("10.0.0.0/33", "a:b", "x/y"):
             self.assertRaises(usage.UsageError, parse, "--deny-targets", bad)
 
+    def test_forwarding_limits_and_debug_lines(self) -> None:
+        from acmews import logs
+
+        default: Any = makeService(parse(), MemoryReactorClock())
+        config = default.cse.config
+        self.assertEqual(
+            (config.max_forwarded_per_link, config.max_forwarded_per_originator), (1000, 100)
+        )
+        self.assertFalse(logs._debug)
+        self.addCleanup(logs.set_debug, False)
+        o = parse(
+            "--max-forwarded-per-link",
+            "50",
+            "--max-forwarded-per-originator",
+            "5",
+            "--log-debug",
+        )
+        config = makeService(o, MemoryReactorClock()).cse.config
+        self.assertEqual(
+            (config.max_forwarded_per_link, config.max_forwarded_per_originator), (50, 5)
+        )
+        self.assertTrue(logs._debug)
+        for name in ("--max-forwarded-per-link", "--max-forwarded-per-originator"):
+            e = self.assertRaises(usage.UsageError, parse, name, "0")
+            self.assertTrue(str(e).startswith(f"{name} must be a positive whole number"))
+
     def test_allowed_csr_originators(self) -> None:
         default: Any = makeService(parse(), MemoryReactorClock())
         # none: a CSE must prove its CSE-ID (#27)

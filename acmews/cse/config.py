@@ -7,7 +7,12 @@ from dataclasses import dataclass
 from acmews.codes import DEFAULT_RELEASE
 from acmews.options import DEFAULT_NOTIFICATION_EXPIRY, DEFAULT_REQUEST_TIMEOUT
 
-__all__ = ["CSEConfig"]
+__all__ = ["DEFAULT_MAX_FORWARDED_PER_LINK", "DEFAULT_MAX_FORWARDED_PER_ORIGINATOR", "CSEConfig"]
+
+#: requests forwarded to one next hop (a CSE link, an AE relayed to) waiting for an answer,
+#: in all and per originator; past them a request gets 5103 at once
+DEFAULT_MAX_FORWARDED_PER_LINK = 1000
+DEFAULT_MAX_FORWARDED_PER_ORIGINATOR = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,3 +39,8 @@ class CSEConfig:
     registrar_cse_id: str | None = None
     #: the CSEBase's cst: 1 IN-CSE, 2 MN-CSE (one with a registrar), 3 ASN-CSE
     cse_type: int = 1
+    #: forwarded requests waiting for an answer from one next hop: past this, 5103 at once
+    #: (a remote CSE that reads and never answers held 206,000 and 450 MB once)
+    max_forwarded_per_link: int = DEFAULT_MAX_FORWARDED_PER_LINK
+    #: the same, per originator and next hop (one originator cannot take the whole link)
+    max_forwarded_per_originator: int = DEFAULT_MAX_FORWARDED_PER_ORIGINATOR

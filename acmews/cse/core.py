@@ -26,7 +26,7 @@ from dataclasses import replace
 from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -65,6 +65,7 @@ REGISTRATIONS_PER_MINUTE = 30
 _KNOWN_TYPES = frozenset(int(t) for t in ResourceType)
 
 _T = TypeVar("_T")
+_K = TypeVar("_K")
 
 
 @implementer(IRequestHandler)
@@ -120,6 +121,9 @@ class CSE:
         self.notifier = Notifier(config, sender, clock, self._ts, addressing, self.route)
         self._base_targets = addressing.base_targets
         self._registrations: WeakKeyDictionary[IConnection, Budget] = WeakKeyDictionary()
+        #: forwarded requests waiting for an answer, per next hop and per (hop, originator)
+        self.forwarding: dict[str, int] = {}
+        self.forwarding_by: dict[tuple[str, str], int] = {}
 
     def advertise(self, poa: Sequence[str]) -> None:
         """Advertise ``poa`` as the CSEBase's points of access from now on: the addresses
@@ -280,13 +284,48 @@ class CSE:
             request, fr=self._sp_relative(request.fr), rqi=self.notifier.new_rqi()
         )
         store = request.op == Operation.NOTIFY  # every hop is a registered CSE
-        d = maybeDeferred(self._sender.send, hop, outgoing, poa=poa, store=store)
+        d = self._pass_on(hop, outgoing, poa, store)
 
         def relayed(response: Response) -> Response:
             response.rqi = request.rqi  # the answer is ours alone: relayed as it came
             return response
 
         return d.addCallback(relayed)
+
+    def _pass_on(
+        self, hop: str, outgoing: Request, poa: tuple[str, ...], store: bool
+    ) -> Deferred[Response]:
+        """Send a request this CSE passes on (forwarded to a CSE, relayed to an AE) to
+        ``hop``, within the bounds on what may wait for ``hop``'s answers: at most
+        ``max_forwarded_per_link`` in all and ``max_forwarded_per_originator`` of one
+        originator; past either, 5103 at once. A hop that reads and never answers could
+        otherwise hold any number of them (206,000 and 450 MB once); each is counted until
+        its Deferred fires, whatever way (an answer, a failure, a timeout, a cancellation).
+        """
+        originator = outgoing.fr or ""
+        key = (hop, originator)
+        config = self.config
+        waiting = self.forwarding.get(hop, 0)
+        if waiting >= config.max_forwarded_per_link:
+            raise TargetNotReachable(
+                f"the link to {hop} is saturated: {waiting} forwarded requests wait for its "
+                "answers; try again later"
+            )
+        mine = self.forwarding_by.get(key, 0)
+        if mine >= config.max_forwarded_per_originator:
+            raise TargetNotReachable(
+                f"the link to {hop} is saturated for {originator}: {mine} of its forwarded "
+                "requests wait for answers; try again later"
+            )
+        self.forwarding[hop] = waiting + 1
+        self.forwarding_by[key] = mine + 1
+        d = maybeDeferred(self._sender.send, hop, outgoing, poa=poa, store=store)
+        return d.addBoth(self._passed_on, hop, key)
+
+    def _passed_on(self, result: _T, hop: str, key: tuple[str, str]) -> _T:
+        _uncount(self.forwarding, hop)
+        _uncount(self.forwarding_by, key)
+        return result
 
     def _sp_relative(self, fr: str | None) -> str | None:
         """The originator ``fr`` of a request this CSE passes on (to another CSE, to an
@@ -307,6 +346,8 @@ class CSE:
         logged."""
         if isinstance(error, OneM2MError):
             return self._error(request, error)
+        if isinstance(error, CancelledError):  # what it waited for was stopped (a shutdown)
+            return self._error(request, TargetNotReachable("the request was cancelled"))
         self.log.failure(
             "unexpected error answering {rqi} from {originator}",
             failure,
@@ -617,9 +658,7 @@ class CSE:
         outgoing = copy_request(
             request, to=aei, fr=self._sp_relative(request.fr), rqi=self.notifier.new_rqi()
         )
-        d = maybeDeferred(
-            self._sender.send, aei, outgoing, poa=tuple(resource.attrs.get("poa", ())), store=False
-        )
+        d = self._pass_on(aei, outgoing, tuple(resource.attrs.get("poa", ())), False)
 
         def answered(response: Response) -> Response:
             response.rqi, response.rvi, response.to = request.rqi, request.rvi, request.fr
@@ -636,6 +675,15 @@ def _body(pc: Any, kind: ResourceKind) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest(f"'{kind.key}' must be an object")
     return body
+
+
+def _uncount(counts: dict[_K, int], key: _K) -> None:
+    """One fewer for ``key``; a key at zero is forgotten (the table holds only what waits)."""
+    left = counts[key] - 1
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]
 
 
 def _answer(_: None, response: Response) -> Response:

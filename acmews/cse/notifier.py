@@ -24,7 +24,8 @@ from acmews.cse.config import CSEConfig
 from acmews.cse.resource import Changes, Delivery, Resource, ResourceReader, Target
 from acmews.errors import OneM2MError, SubscriptionVerificationInitiationFailed
 from acmews.interfaces import IRequestSender
-from acmews.logs import Logger
+from acmews.logs import Logger, Throttle
+from acmews.poa.steps import target_key
 from acmews.primitive import Request, Response
 from acmews.timestamps import Timestamps
 
@@ -62,6 +63,9 @@ class Notifier:
         self._addressing = addressing
         self._rqis = itertools.count(1)
         self._rqi_prefix = f"acmews-{secrets.token_hex(3)}-"
+        #: lines about a notification's fate, per target (a peer may fail or refuse every
+        #: notification); summed up in the next line about it that gets through
+        self._outcomes = Throttle(self.log, clock, "notification outcomes", timer=False)
 
     def sur(self, sub: Resource) -> str:
         """The subscription reference of ``sub`` (its SP-relative resource ID)."""
@@ -205,20 +209,30 @@ class Notifier:
 
     def _delivered(self, response: Response, target: str) -> None:
         if not response.ok:
-            self.log.warn(
+            self._note(
+                target,
+                self.log.warn,
                 "notification to {target} answered {rsc}: {reason}",
-                target=target,
                 rsc=response.rsc,
                 reason=response.debug,
             )
 
     def _not_delivered(self, failure: Failure, target: str) -> None:
         if isinstance(failure.value, OneM2MError):
-            self.log.warn(
-                "notification to {target} failed: {error!r}", target=target, error=failure.value
+            self._note(
+                target,
+                self.log.warn,
+                "notification to {target} failed: {error!r}",
+                error=failure.value,
             )
         else:
-            self.log.failure("notification to {target} failed", failure, target=target)
+            self._note(target, self.log.failure, "notification to {target} failed", failure)
+
+    def _note(
+        self, target: str, emit: Callable[..., None], format: str, *args: Any, **kwargs: Any
+    ) -> None:
+        """A line about a notification's fate, within its target's budget."""
+        self._outcomes.emit(target_key(target), emit, format, *args, target=target, **kwargs)
 
     # --- verification -------------------------------------------------------------------------
 

@@ -13,7 +13,9 @@ forwarded request) to an AE or CSE, stopping at the **first** step that gets an 
    originator connects; anything else fails with 5103.
 
 A transport failure (5103, 4008, any exception) moves on to the next step; any answer, whatever
-its rsc, ends the chain (ACME sends to every poa and so duplicates requests; we do not).
+its rsc, ends the chain (ACME sends to every poa and so duplicates requests; we do not). A failed
+poa or URL step is reported (and the chain moves on) only once its timeout has passed, however
+fast it failed: the time must not tell which ports are open (``pad_failures``).
 
 Queue policies:
 
@@ -56,7 +58,7 @@ from acmews.interfaces import (
     IPoaConnector,
     IRequestSender,
 )
-from acmews.logs import Logger
+from acmews.logs import Logger, Throttle
 from acmews.options import DEFAULT_NOTIFICATION_EXPIRY, DEFAULT_REQUEST_TIMEOUT
 from acmews.poa.limits import OutboundLimits, TargetDenied, TargetPolicy
 from acmews.poa.queue import DEFAULT_QUEUE_SIZE, INotificationQueue, MemoryNotificationQueue
@@ -66,6 +68,7 @@ from acmews.poa.steps import (
     is_url,
     reason,
     scheme_of,
+    target_key,
     unwrap_timeout,
 )
 from acmews.primitive import Request, Response
@@ -98,6 +101,7 @@ class PoaChain(Service):
         purge_interval: float = 60.0,
         policy: TargetPolicy | None = None,
         limits: OutboundLimits | None = None,
+        pad_failures: bool = True,
     ) -> None:
         """
         @param queue: where undeliverable notifications wait; a
@@ -106,6 +110,9 @@ class PoaChain(Service):
         @param policy: which hosts a poa or URL step may contact (default: any; ``twistd
             acmews`` denies link-local addresses unless told otherwise).
         @param limits: outbound steps in flight in all and per host (default 256 and 8).
+        @param pad_failures: a failed poa or URL step reports its failure only once its
+            ``timeout`` has passed (see :meth:`_through`); False reports it at once (for an
+            application that contacts only hosts it trusts and wants fast fail-over).
         """
         self._originators = originators
         self._clock = clock
@@ -124,6 +131,9 @@ class PoaChain(Service):
         self.purge_interval = purge_interval
         self.policy = policy if policy is not None else TargetPolicy(deny=())
         self.limits = limits if limits is not None else OutboundLimits()
+        self.pad_failures = pad_failures
+        #: the failures logged per target (a host, an originator), the rest summed up
+        self._failures = Throttle(self.log, clock, "delivery failures")
         #: the originators whose queue is being sent, each with its flush (None while the
         #: flush takes its first steps, which run at once: a notification sent meanwhile must
         #: see it, to join the queue behind what is being sent)
@@ -170,6 +180,7 @@ class PoaChain(Service):
                 d.cancel()
         for sent in list(self._in_flight):
             sent.cancel()
+        self._failures.stop()
 
     # -- IRequestSender ---------------------------------------------------------------------
 
@@ -228,15 +239,17 @@ class PoaChain(Service):
             return failure
         error = unwrap_timeout(failure.value or Exception("unknown failure"))
         assert isinstance(error, Exception)
-        self._log_step_failed(target, request, "live connection", error, failure)
+        if not isinstance(error, OneM2MError):
+            self._log_unexpected(target, request, "live connection", failure)
+        tried = [f"live connection {connection.peer}: {reason(error)}"]
         if (
             isinstance(error, RequestTimeout)
             and not poa
             and not (store and request.op == Operation.NOTIFY)
         ):
             # the only way there timed out (a forwarded request over a CSE link): 4008
+            self._log_failed(target, request, tried)
             return Failure(error)
-        tried = [f"live connection {connection.peer}: {reason(error)}"]
         return Deferred.fromCoroutine(self._send_poa(target, request, poa, store, tried))
 
     async def _send_queued(self, target: str, request: Request, poa: tuple[str, ...]) -> Response:
@@ -257,43 +270,43 @@ class PoaChain(Service):
         store: bool,
         tried: list[str],
     ) -> Response:
-        """The steps after the live connection: the poa entries, then the queue or 5103."""
+        """The steps after the live connection: the poa entries, then the queue or 5103.
+
+        ``tried`` is what the client learns of the steps, ``log`` what the log does (one
+        line for the whole chain, within the target's :class:`~acmews.logs.Throttle`)."""
+        log = list(tried)
+        failed = False
         for url in poa:
             if is_default_poa(url):
-                self.log.debug(
-                    "{target}: poa {url} skipped, it opens no new connection",
-                    target=target,
-                    url=url,
-                )
                 tried.append(f"{url}: no new connection")
+                log.append(tried[-1])
                 continue
             connector = self._connectors.get(scheme_of(url))
             if connector is None:
-                self.log.warn(
-                    "{target}: poa {url} skipped, no connector for scheme {scheme!r}",
-                    target=target,
-                    url=url,
-                    scheme=scheme_of(url),
-                )
                 tried.append(f"{url}: unsupported scheme")
+                log.append(f"{url}: no connector for scheme {scheme_of(url)!r}")
                 continue
             self.log.debug(
                 "sending {rqi} to {target} via poa {url}", rqi=request.rqi, target=target, url=url
             )
             try:
-                return await self._through(target, connector, url, request)
-            except OneM2MError:
+                response = await self._through(target, connector, url, request)
+            except OneM2MError as e:
                 tried.append(f"{url}: not reachable")
+                log.append(f"{url}: {_account(e.__cause__ or e)}")
+                failed = True
+                continue
+            if failed:
+                self._log_failed(target, request, log, f"delivered through {url}")
+            return response
         if not poa:
             tried.append("no poa")
+            log.append("no poa")
         if store and request.op == Operation.NOTIFY:
+            if failed:  # else the queue's own lines say it (an originator offline is common)
+                self._log_failed(target, request, log, "stored")
             return await self._enqueue(target, request)
-        self.log.info(
-            "request {rqi} to {target} failed: not reachable: {tried}",
-            rqi=request.rqi,
-            target=target,
-            tried=tried,
-        )
+        self._log_failed(target, request, log)
         raise TargetNotReachable(
             f"{target} is not reachable ({'; '.join(tried)})", rqi=request.rqi
         )
@@ -303,17 +316,16 @@ class PoaChain(Service):
         scheme = scheme_of(url)
         connector = None if is_default_poa(url) else self._connectors.get(scheme)
         if connector is None:
-            self.log.warn(
-                "request {rqi} to {url}: no connector for scheme {scheme!r}",
-                rqi=request.rqi,
-                url=url,
-                scheme=scheme,
-            )
+            self._log_failed(url, request, [f"no connector for scheme {scheme!r}"])
             raise TargetNotReachable(
                 f"{url} is not reachable (unsupported scheme {scheme!r})", rqi=request.rqi
             )
         self.log.debug("sending {rqi} to URL {url}", rqi=request.rqi, url=url)
-        return await self._through(url, connector, url, request)
+        try:
+            return await self._through(url, connector, url, request)
+        except OneM2MError as e:
+            self._log_failed(url, request, [_account(e.__cause__ or e)])
+            raise
 
     async def _through(
         self, target: str, connector: IPoaConnector, url: str, request: Request
@@ -327,60 +339,86 @@ class PoaChain(Service):
         words whether refused, silent or reset: the reason reaches the client, which must
         not learn from it which ports are open (the log says). Another oneM2M error (a
         request too large for it, say) is raised as it is.
+
+        Nor may it learn that from the time a failure takes: a closed port refuses at once,
+        an open one that is no oneM2M endpoint fails after a round trip or two, a filtered
+        one only when the timeout fires (0.00 / 0.30 / 10 s once, for an ``nu`` or a poa
+        of the attacker's choosing). So a failed step is reported no earlier than its
+        ``timeout`` after it started (with ``pad_failures``): the timeout is the one delay
+        that hides a filtered port, since that fails by timing out, and the step takes no
+        longer than it was allowed anyway. A success is never delayed, and the live
+        connection (the common case) does not come here. The floor's timer is set before
+        the step starts, so that a caller's own timer of the same length (a subscription
+        verification's) fires after it whatever the cause of the failure.
         """
+        floor = self._failure_floor()
         step = Deferred.fromCoroutine(self._outbound(connector, url, request))
         try:
-            return await await_step(step, self.timeout, self._clock)
+            response = await await_step(step, self.timeout, self._clock)
         except CancelledError:
+            _drop(floor)
             raise
         except Exception as e:
-            self._log_step_failed(target, request, url, e)
+            if not isinstance(e, OneM2MError):
+                self._log_unexpected(target, request, url)
+            if floor is not None:
+                await floor
             if isinstance(e, OneM2MError) and not isinstance(
                 e, TargetNotReachable | RequestTimeout
             ):
                 raise
             raise TargetNotReachable(f"{url} is not reachable", rqi=request.rqi) from e
+        _drop(floor)
+        return response
+
+    def _failure_floor(self) -> Deferred[None] | None:
+        """Fires when this chain's ``timeout`` has passed (None without ``pad_failures``)."""
+        if not self.pad_failures:
+            return None
+        floor: Deferred[None] = Deferred(lambda _: call.cancel())
+        call = self._clock.callLater(self.timeout, floor.callback, None)
+        return floor
 
     async def _outbound(self, connector: IPoaConnector, url: str, request: Request) -> Response:
         try:
             await self.policy.check(url)
         except TargetDenied as e:
-            self.log.info(
-                "request {rqi}: {url} not contacted ({reason})",
-                rqi=request.rqi,
-                url=url,
-                reason=str(e),
-            )
-            raise TargetNotReachable(f"{url}: not reachable", rqi=request.rqi) from None
+            raise TargetNotReachable(f"{url}: not contacted", rqi=request.rqi) from e
         async with self.limits.slot(url):
             return await connector.send(url, request, self.timeout)
 
-    def _log_step_failed(
-        self,
-        target: str,
-        request: Request,
-        step: str,
-        e: Exception,
-        failure: Failure | None = None,
+    def _log_failed(
+        self, target: str, request: Request, steps: Sequence[str], outcome: str = "failed"
     ) -> None:
-        if isinstance(e, OneM2MError):
-            self.log.info(
-                "request {rqi} to {target}: {step} failed ({reason}), trying the next",
-                rqi=request.rqi,
-                target=target,
-                step=step,
-                reason=reason(e),
-            )
-        else:
-            # ``failure`` is None only inside an ``except`` block, where log.failure finds the
-            # exception itself; an errback must hand its Failure over
-            self.log.failure(
-                "request {rqi} to {target}: {step} failed unexpectedly, trying the next",
-                failure,
-                rqi=request.rqi,
-                target=target,
-                step=step,
-            )
+        """The one line a delivery that did not go straight through leaves (what each step
+        met, and how it ended), within the target's budget: a peer that fails every delivery
+        must not fill the disk (760 bytes of log per notification once)."""
+        self._failures.emit(
+            target_key(target),
+            self.log.info,
+            "request {rqi} to {target} {outcome}: {steps}",
+            rqi=request.rqi,
+            target=target,
+            outcome=outcome,
+            steps="; ".join(steps),
+        )
+
+    def _log_unexpected(
+        self, target: str, request: Request, step: str, failure: Failure | None = None
+    ) -> None:
+        """An exception that is no oneM2M error (a connector's bug): with its traceback,
+        within the target's budget. ``failure`` is None only inside an ``except`` block,
+        where log.failure finds the exception itself; an errback must hand its Failure
+        over."""
+        self._failures.emit(
+            target_key(target),
+            self.log.failure,
+            "request {rqi} to {target}: {step} failed unexpectedly, trying the next",
+            failure,
+            rqi=request.rqi,
+            target=target,
+            step=step,
+        )
 
     # -- store and forward ------------------------------------------------------------------
 
@@ -548,3 +586,21 @@ class PoaChain(Service):
                     expired=expired,
                 )
         return True
+
+
+def _drop(floor: Deferred[None] | None) -> None:
+    """A failure floor no longer needed: its timer cancelled, its CancelledError consumed."""
+    if floor is not None and not floor.called:
+        floor.cancel()
+        floor.addErrback(lambda _: None)
+
+
+def _account(error: BaseException) -> str:
+    """The log's account of a failed step: its reason and those of its causes (the
+    client's reason says only "not reachable", the same whatever happened)."""
+    reasons = [reason(error)]
+    cause = error.__cause__
+    while cause is not None and len(reasons) < 4:
+        reasons.append(reason(cause))
+        cause = cause.__cause__
+    return " <- ".join(reasons)

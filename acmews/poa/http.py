@@ -22,7 +22,6 @@ from acmews.errors import OneM2MError, RequestTimeout, TargetNotReachable
 from acmews.interfaces import IPoaConnector
 from acmews.logs import Logger
 from acmews.poa.credentials import OutboundCredentials
-from acmews.poa.steps import reason as _reason
 from acmews.primitive import Request, Response
 
 __all__ = ["AgentClient", "HttpClient", "HttpConnector", "http_url"]
@@ -146,7 +145,9 @@ _HTTP_METHODS = {
 
 
 def _header(answer: Any, name: str) -> str | None:
-    values = answer.headers.getRawHeaders(name)
+    """The first value of header ``name``, as latin-1 (asked for as bytes: Twisted decodes a
+    str name's values as UTF-8, and a peer's bytes need not be)."""
+    values = answer.headers.getRawHeaders(name.encode("ascii"))
     if not values:
         return None
     value = values[0]
@@ -217,7 +218,6 @@ class HttpConnector:
         try:
             return await d
         except DeferTimeoutError:
-            self.log.info("{url}: no HTTP response within {timeout} s", url=url, timeout=timeout)
             raise RequestTimeout(
                 f"{url}: no HTTP response within {timeout:g} s", rqi=request.rqi
             ) from None
@@ -249,45 +249,36 @@ class HttpConnector:
         except CancelledError:
             raise
         except Exception as e:
-            self.log.info(
-                "{method} {url} failed: {reason}", method=method, url=target, reason=_reason(e)
-            )
+            # the chain's log line has the detail (the cause); the same words for the client
             raise TargetNotReachable(f"{target}: no answer", rqi=request.rqi) from e
-        rsc = self._rsc(answer, target)
-        if rsc is None:
+        rsc = self._rsc(answer)
+        if isinstance(rsc, str):
             read_body(answer, 0).addErrback(lambda _: None)  # stop the transfer, read nothing
             raise TargetNotReachable(
-                f"{target}: not a oneM2M endpoint (no X-M2M-RSC)", rqi=request.rqi
+                f"{target}: not a oneM2M endpoint (HTTP {answer.code}, {rsc})", rqi=request.rqi
             )
         try:
             body = await read_body(answer, self.max_body)
         except CancelledError:
             raise
         except Exception as e:
-            self.log.info(
-                "{method} {url}: answer not read: {reason}",
-                method=method,
-                url=target,
-                reason=_reason(e),
-            )
             raise TargetNotReachable(f"{target}: answer not readable", rqi=request.rqi) from e
         return self._response(answer, rsc, body, request, target)
 
-    def _rsc(self, answer: Any, url: str) -> int | None:
-        """The answer's ``X-M2M-RSC``, or None when it has none (or an unreadable one)."""
+    @staticmethod
+    def _rsc(answer: Any) -> int | str:
+        """The answer's ``X-M2M-RSC``, or why there is none to read (a peer's own words, cut
+        short: they reach only the log)."""
         raw = _header(answer, "X-M2M-RSC")
         if raw is None:
-            self.log.info(
-                "{url} answered HTTP {code} without X-M2M-RSC: not a oneM2M answer",
-                url=url,
-                code=answer.code,
-            )
-            return None
+            return "no X-M2M-RSC"
         try:
-            return int(raw.strip())
+            rsc = int(raw.strip())
         except ValueError:
-            self.log.warn("{url}: unreadable X-M2M-RSC {rsc!r}", url=url, rsc=raw)
-            return None
+            rsc = 0
+        if not 1000 <= rsc <= 6999:  # a oneM2M rsc has four digits
+            return f"unreadable X-M2M-RSC {raw[:40]!r}"
+        return rsc
 
     def _response(
         self, answer: Any, rsc: int, body: bytes, request: Request, url: str
@@ -300,7 +291,7 @@ class HttpConnector:
             try:
                 pc = JSON.loads(body)
             except OneM2MError:
-                self.log.warn("{url}: the response body is not JSON, ignored", url=url)
+                self.log.debug("{url}: the response body is not JSON, ignored", url=url)
         self.log.debug("{url} answered {rsc} (HTTP {code})", url=url, rsc=rsc, code=answer.code)
         return Response(
             rsc,

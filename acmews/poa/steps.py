@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from twisted.internet.defer import Deferred
 from twisted.internet.defer import TimeoutError as DeferTimeoutError
 from twisted.internet.interfaces import IReactorTime
@@ -16,6 +18,7 @@ __all__ = [
     "is_url",
     "reason",
     "scheme_of",
+    "target_key",
     "unwrap_timeout",
 ]
 
@@ -29,6 +32,17 @@ def is_url(target: str) -> bool:
 def scheme_of(url: str) -> str:
     """The lower-case scheme of ``url`` ('' for something that is not a URL)."""
     return url.split("://", 1)[0].strip().lower() if is_url(url) else ""
+
+
+def target_key(target: str) -> str:
+    """Whose log budget a delivery to ``target`` counts against: a URL's host (however many
+    URLs on it an attacker names), else the originator."""
+    if is_url(target):
+        try:
+            return (urlsplit(target).hostname or target).lower()
+        except ValueError:
+            return target
+    return target
 
 
 def is_default_poa(url: str) -> bool:
