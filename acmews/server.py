@@ -299,18 +299,17 @@ class CSEService(MultiService):
                 child.setServiceParent(self)
 
     def privilegedStartService(self) -> None:
-        self._fit_open_files()
-        self._watch()
-        try:
-            super().privilegedStartService()
-        except ListenError as e:
-            raise self.start_error(e) from None
+        self._start(super().privilegedStartService)
 
     def startService(self) -> None:
+        self._start(super().startService)
+
+    def _start(self, start: Callable[[], None]) -> None:
+        """Either way of starting (twistd calls both; a program may call only startService)."""
         self._fit_open_files()
         self._watch()
         try:
-            super().startService()
+            start()
         except ListenError as e:
             raise self.start_error(e) from None
 
