@@ -28,6 +28,7 @@ from weakref import WeakKeyDictionary
 
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -40,6 +41,7 @@ from acmews.cse.kinds import CSE_BASE
 from acmews.cse.notifier import Notifier
 from acmews.cse.resource import KINDS, MAX_DEPTH, Changes, Resource, ResourceKind
 from acmews.cse.store import Batch, IResourceStore, MemoryResourceStore
+from acmews.cse.timing import MAX_DELAYED, execution_delay
 from acmews.errors import (
     BadRequest,
     Conflict,
@@ -121,6 +123,8 @@ class CSE:
         self.notifier = Notifier(config, sender, clock, self._ts, addressing, self.route)
         self._base_targets = addressing.base_targets
         self._registrations: WeakKeyDictionary[IConnection, Budget] = WeakKeyDictionary()
+        #: requests waiting for their operation execution time (oet)
+        self.delayed = 0
         #: forwarded requests waiting for an answer, per next hop and per (hop, originator)
         self.forwarding: dict[str, int] = {}
         self.forwarding_by: dict[tuple[str, str], int] = {}
@@ -195,27 +199,56 @@ class CSE:
     ) -> Deferred[Response] | Response:
         """Answer ``request``; every error becomes a response, nothing is raised."""
         try:
-            op = request.op
-            if op == Operation.RETRIEVE:
-                result = self._retrieve(request, connection)
+            if request.rqet is None and request.rset is None and request.oet is None:
+                result = self._dispatch(request, connection)
             else:
-                foreign = self.addressing.foreign_cse(request.to)
-                if foreign is not None:
-                    result = self.forward(request, foreign, connection)
-                elif op == Operation.CREATE:
-                    result = self._create(request, connection)
-                elif op == Operation.UPDATE:
-                    result = self._update(request)
-                elif op == Operation.DELETE:
-                    result = self._delete(request)
-                elif op == Operation.NOTIFY:
-                    result = self._notify(request, connection)
-                else:
-                    raise BadRequest(f"unknown operation {op!r}")
+                result = self._timed(request, connection)
         except Exception as e:
             return self._answer_error(request, e)
         if isinstance(result, Deferred):
             return result.addErrback(self._failed, request)
+        return result
+
+    def _dispatch(
+        self, request: Request, connection: IConnection | None
+    ) -> Deferred[Response] | Response:
+        op = request.op
+        if op == Operation.RETRIEVE:
+            return self._retrieve(request, connection)
+        foreign = self.addressing.foreign_cse(request.to)
+        if foreign is not None:
+            return self.forward(request, foreign, connection)
+        if op == Operation.CREATE:
+            return self._create(request, connection)
+        if op == Operation.UPDATE:
+            return self._update(request)
+        if op == Operation.DELETE:
+            return self._delete(request)
+        if op == Operation.NOTIFY:
+            return self._notify(request, connection)
+        raise BadRequest(f"unknown operation {op!r}")
+
+    def _timed(
+        self, request: Request, connection: IConnection | None
+    ) -> Deferred[Response] | Response:
+        """A request with an ``rqet``, ``rset`` or ``oet`` (see :mod:`acmews.cse.timing`):
+        refused if expired; run at its ``oet`` (but one for another CSE is forwarded at once,
+        TS-0004 7.3.2.6)."""
+        delay = execution_delay(request, self._clock.seconds())
+        if not delay or self.addressing.foreign_cse(request.to) is not None:
+            return self._dispatch(request, connection)
+        if self.delayed >= MAX_DELAYED:
+            raise TargetNotReachable(
+                f"{self.delayed} requests already wait for their operation execution time "
+                "(oet): try again later"
+            )
+        self.delayed += 1
+        waited: Deferred[None] = deferLater(self._clock, delay)
+        d = waited.addCallback(lambda _: self._dispatch(request, connection))
+        return d.addBoth(self._undelay)
+
+    def _undelay(self, result: _T) -> _T:
+        self.delayed -= 1
         return result
 
     def acts_as_cse(self, originator: str | None, connection: IConnection | None) -> bool:
