@@ -36,7 +36,7 @@ from acmews.codes import ACOP, RSC, NotificationEventType, Operation, ResourceTy
 from acmews.cse.access import AccessControl
 from acmews.cse.addressing import Addressing
 from acmews.cse.config import CSEConfig
-from acmews.cse.content import Content
+from acmews.cse.content import PARTIAL_CONTENT, Content
 from acmews.cse.kinds import CSE_BASE
 from acmews.cse.notifier import Notifier
 from acmews.cse.resource import KINDS, MAX_DEPTH, Changes, Resource, ResourceKind
@@ -395,8 +395,18 @@ class CSE:
         return self._ts.format(self._clock.seconds())
 
     def _respond(self, request: Request, rsc: RSC, pc: Any = None) -> Response:
+        # positional (to, fr, ot, rset, ec, vsi): the vendor information is echoed
         return Response(
-            rsc, request.rqi, request.rvi, pc, to=request.fr, fr=self._cse_id, ot=self._now()
+            rsc,
+            request.rqi,
+            request.rvi,
+            pc,
+            request.fr,
+            self._cse_id,
+            self._now(),
+            None,
+            None,
+            request.vsi,
         )
 
     def _error(self, request: Request, error: OneM2MError) -> Response:
@@ -404,6 +414,7 @@ class CSE:
             request.rqi, error, rvi=request.rvi, fr=self._cse_id, to=request.fr
         )
         response.ot = self._now()
+        response.vsi = request.vsi
         return response
 
     # --- RETRIEVE -----------------------------------------------------------------------------
@@ -412,30 +423,40 @@ class CSE:
         self, request: Request, connection: IConnection | None = None
     ) -> Deferred[Response] | Response:
         to = request.to
-        if to in self._base_targets and request.fc is None and request.rcn in (None, 1):
+        if (
+            to in self._base_targets
+            and request.fc is None
+            and request.rcn in (None, 1)
+            and request.pc is None
+        ):
             # the hot path (probes, benchmarks): a cached representation, no ACL walk
             return Response(
                 RSC.OK,
                 request.rqi,
                 request.rvi,
                 self.base.pc,
-                to=request.fr,
-                fr=self._cse_id,
-                ot=self._now(),
+                request.fr,
+                self._cse_id,
+                self._now(),
+                None,
+                None,
+                request.vsi,
             )
         foreign = self.addressing.foreign_cse(to)
         if foreign is not None:
             return self.forward(request, foreign, connection)
+        attribute = None
+        if "#" in to:  # a partial retrieve of one attribute (TS-0004 7.3.3.6 case 2)
+            to, _, attribute = to.partition("#")
         resource, virtual = self.addressing.locate(to)
         if virtual is not None:
             resource = self.addressing.virtual(resource, virtual)
-        if request.fc is not None:
-            return self._respond(
-                request, RSC.OK, self.content.discover(request, resource, request.fc)
-            )
-        rcn = self.content.rcn(request, 1)
-        self.access.check(request.fr, resource, ACOP.RETRIEVE)
-        return self._respond(request, RSC.OK, self.content.content(resource, rcn, request.fr))
+        pc, rest = self.content.retrieve(request, resource, attribute)
+        response = self._respond(request, RSC.OK, pc)
+        if rest is not None:  # the answer holds part of what was asked: fc.ofst gets the rest
+            response.cnst = PARTIAL_CONTENT
+            response.cnot = rest
+        return response
 
     # --- CREATE -------------------------------------------------------------------------------
 
@@ -453,6 +474,8 @@ class CSE:
             raise BadRequest(f"unknown resource type {ty!r}")
         body = _body(request.pc, kind)
         rcn = self.content.rcn(request, 1)
+        if request.fc is not None:
+            raise BadRequest("filter criteria (fc) are not allowed on CREATE (TS-0004 7.3.2.1)")
         if not kind.may_be_created_under(parent.kind):
             raise InvalidChildResourceType(
                 f"a {kind.key} cannot be created under {parent.kind.key} {parent.srn!r}"
@@ -524,9 +547,7 @@ class CSE:
         resource.kind.created(self, batch, resource, parent)
 
     def _created(self, request: Request, resource: Resource, rcn: int) -> Response:
-        pc = resource.kind.created_content(
-            resource, self.content.content(resource, rcn, request.fr)
-        )
+        pc = resource.kind.created_content(resource, self.content.result(resource, rcn, request))
         return self._respond(request, RSC.CREATED, pc)
 
     # --- UPDATE -------------------------------------------------------------------------------
@@ -541,12 +562,15 @@ class CSE:
         body = _body(request.pc, kind)
         rcn = self.content.rcn(request, 1)
         self.access.check(request.fr, resource, ACOP.UPDATE)
+        if request.fc is not None:
+            self.content.check_condition(request.fc, resource)
         changes = kind.validate_update(body)
         kind.prepare_update(self, resource, changes)
         changes["lt"] = self._now()
+        before = resource.attrs  # never changed in place: the rcn 9 answer compares with it
         done = self._change(CSE._replace, resource, changes)
         response = self._respond(
-            request, RSC.UPDATED, self.content.content(resource, rcn, request.fr)
+            request, RSC.UPDATED, self.content.result(resource, rcn, request, before)
         )
         return response if done is None else done.addCallback(_answer, response)
 
@@ -567,6 +591,8 @@ class CSE:
             raise OperationNotAllowed(f"the {resource.kind.name} cannot be deleted")
         rcn = self.content.rcn(request, 0)
         self.access.check(request.fr, resource, ACOP.DELETE)
+        if request.fc is not None:
+            self.content.check_condition(request.fc, resource)
         pc = self.content.content(resource, rcn, request.fr)
         parent = self.addressing.parent(resource)
         assert parent is not None
