@@ -24,7 +24,7 @@ from acmews.codes import (
     ResponseType,
 )
 from acmews.errors import OneM2MError, PrimitiveError
-from acmews.timestamps import parse_timestamp
+from acmews.timestamps import parse_duration, parse_timestamp
 
 __all__ = [
     "Primitive",
@@ -126,8 +126,9 @@ MAX_DURATION_MS = 10**13
 
 
 def _opt_time(m: Mapping[Any, Any], key: str, rqi: str | None) -> str | int | None:
-    """A timestamp (``YYYYMMDDThhmmss[,ffffff]``) or a duration in ms (an integer, or a
-    string of digits), 0 to :data:`MAX_DURATION_MS`."""
+    """TS-0004's m2m:absRelTimestamp: a timestamp (``YYYYMMDDThhmmss[,ffffff]``) or a relative
+    time, in ms (an integer, or a string of digits) or an ISO 8601 duration (``PT2S``), 0 to
+    :data:`MAX_DURATION_MS`."""
     value = m.get(key)
     if value is None:
         return None
@@ -140,14 +141,17 @@ def _opt_time(m: Mapping[Any, Any], key: str, rqi: str | None) -> str | int | No
                 return value
         else:
             try:
-                parse_timestamp(value)
+                if value[:1] == "P":
+                    if parse_duration(value) * 1000 <= MAX_DURATION_MS:
+                        return value
+                else:
+                    parse_timestamp(value)
+                    return value
             except ValueError:
                 pass
-            else:
-                return value
     raise _fail(
-        f"'{key}' must be a timestamp YYYYMMDDThhmmss[,ffffff] or a duration in ms "
-        f"(0 to {MAX_DURATION_MS})",
+        f"'{key}' must be a timestamp YYYYMMDDThhmmss[,ffffff] or a relative time: ms (0 to "
+        f"{MAX_DURATION_MS}) or an ISO 8601 duration like PT2S",
         rqi,
     )
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import calendar
 import functools
+import re
 import time
 
-__all__ = ["Timestamps", "expiry_delay", "parse_expiry", "parse_timestamp"]
+__all__ = ["Timestamps", "expiry_delay", "parse_duration", "parse_expiry", "parse_timestamp"]
 
 
 class Timestamps:
@@ -49,11 +50,36 @@ def parse_timestamp(value: str) -> float:
     return whole + (float("0." + fraction) if fraction else 0.0)
 
 
-def expiry_delay(value: str | int | None, now: float) -> float | None:
-    """Seconds from ``now`` until ``value`` (a timestamp, or a duration in ms), or None.
+_NUMBER = r"(\d{1,12}(?:[.,]\d{1,9})?)"
+_DURATION = re.compile(
+    rf"P(?:{_NUMBER}Y)?(?:{_NUMBER}M)?(?:{_NUMBER}W)?(?:{_NUMBER}D)?"
+    rf"(?:T(?:{_NUMBER}H)?(?:{_NUMBER}M)?(?:{_NUMBER}S)?)?"
+)
+#: seconds per unit of an ISO 8601 duration; a year and a month have no fixed length, so (as
+#: the reference implementations do) a year counts 365 days and a month 30
+_UNITS = (365 * 86400.0, 30 * 86400.0, 7 * 86400.0, 86400.0, 3600.0, 60.0, 1.0)
 
-    Used for ``rqet``/``rset``: an absolute timestamp, or a relative time in milliseconds
-    given as an integer or a string of digits. Unreadable values give None (no limit).
+
+@functools.lru_cache(maxsize=64)
+def parse_duration(value: str) -> float:
+    """An ISO 8601 duration (``PT2S``, ``P1DT2H30M``, ``PT0.5S``) in seconds; ValueError if
+    it is not one (a ``T`` with nothing after it, or no part at all, is none)."""
+    match = _DURATION.fullmatch(value)
+    if match is None or value.endswith(("P", "T")):
+        raise ValueError(f"not an ISO 8601 duration: {value!r}")
+    return sum(
+        float(part.replace(",", ".")) * unit
+        for part, unit in zip(match.groups(), _UNITS, strict=True)
+        if part is not None
+    )
+
+
+def expiry_delay(value: str | int | None, now: float) -> float | None:
+    """Seconds from ``now`` until ``value`` (a timestamp, or a relative time), or None.
+
+    Used for ``rqet``/``rset``/``oet`` (TS-0004's m2m:absRelTimestamp): an absolute timestamp,
+    or a relative time: milliseconds given as an integer or a string of digits, or an ISO 8601
+    duration (``PT2S``). Unreadable values give None (no limit).
     """
     if value is None or isinstance(value, bool):
         return None
@@ -62,6 +88,8 @@ def expiry_delay(value: str | int | None, now: float) -> float | None:
     if value.isdigit():
         return int(value) / 1000.0
     try:
+        if value[:1] == "P":
+            return parse_duration(value)
         return parse_timestamp(value) - now
     except ValueError:
         return None
@@ -70,9 +98,9 @@ def expiry_delay(value: str | int | None, now: float) -> float | None:
 def parse_expiry(rqet: object, now: float) -> float | None:
     """The absolute expiry (clock seconds) of a ``rqet``, or None if it is absent or unreadable.
 
-    ``rqet`` is a UTC timestamp ``YYYYMMDDThhmmss[,ffffff]`` or a duration in milliseconds (an
-    int or a string of digits), which counts from ``now``. Timestamps assume the clock counts
-    seconds since the epoch, as the reactor does.
+    ``rqet`` is a UTC timestamp ``YYYYMMDDThhmmss[,ffffff]`` or a duration (milliseconds as an
+    int or a string of digits, or ISO 8601 like ``PT2S``), which counts from ``now``.
+    Timestamps assume the clock counts seconds since the epoch, as the reactor does.
     """
     if not isinstance(rqet, str | int):
         return None

@@ -44,18 +44,28 @@ class BoundsTests(CSETestCase):
         self.ok(4, "cse-in/Cbad/l2", "Cbad")
 
     def test_rcn_4_and_8_and_discovery_are_bounded(self) -> None:
+        """Beyond MAX_TREE resources an answer is partial (TS-0001 8.1.2, 10.2.6.1: the
+        CSE's own bound applies): cnst 1, and cnot is the fc.ofst of the rest."""
         self.create("cse-in/Cbad", 3, "m2m:cnt", "Cbad", rn="c")
         for i in range(MAX_TREE + 1):
             self.create("cse-in/Cbad/c", 4, "m2m:cin", "Cbad", con=str(i))
         for rcn in (4, 8):
-            response = self.fails(RSC.NOT_ACCEPTABLE, 2, "cse-in/Cbad/c", "Cbad", rcn=rcn)
-            self.assertIn("rcn", response.debug or "")
-        self.fails(RSC.NOT_ACCEPTABLE, 2, "cse-in/Cbad/c", "Cbad", fc={"fu": 1})
+            response = self.ok(2, "cse-in/Cbad/c", "Cbad", rcn=rcn)
+            self.assertEqual(len(response.pc["m2m:cnt"]["m2m:cin"]), MAX_TREE)
+            self.assertEqual((response.cnst, response.cnot), (1, MAX_TREE + 1))
+        response = self.ok(2, "cse-in/Cbad/c", "Cbad", fc={"fu": 1})
+        self.assertEqual((len(response.pc["m2m:uril"]), response.cnot), (MAX_TREE, MAX_TREE + 1))
         found = self.ok(2, "cse-in/Cbad/c", "Cbad", fc={"fu": 1, "lim": 5}).pc["m2m:uril"]
         self.assertEqual(len(found), 5)
-        self.assertEqual(
-            len(self.ok(2, "cse-in/Cbad/c", "Cbad", rcn=6).pc["m2m:rrl"]["rrf"]), MAX_TREE + 1
-        )
+        response = self.ok(2, "cse-in/Cbad/c", "Cbad", rcn=6)
+        self.assertEqual(len(response.pc["m2m:rrl"]["rrf"]), MAX_TREE)
+        rest = self.ok(2, "cse-in/Cbad/c", "Cbad", rcn=6, fc={"ofst": response.cnot})
+        (last,) = rest.pc["m2m:rrl"]["rrf"]
+        self.assertEqual(self.ok(2, last["val"], "Cbad").pc["m2m:cin"]["con"], str(MAX_TREE))
+        self.assertIsNone(rest.cnst)
+        # a DELETE's answer cannot be partial: the rest would be gone
+        response = self.fails(RSC.NOT_ACCEPTABLE, 4, "cse-in/Cbad/c", "Cbad", rcn=4)
+        self.assertIn("rcn", response.debug or "")
 
     def test_ae_registrations_per_connection_are_rate_limited(self) -> None:
         for i in range(REGISTRATIONS_PER_MINUTE - 1):  # Cbad was the first

@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from acmews.codec import CBOR, JSON
 from acmews.cse import CSE, CSEConfig
+from acmews.cse.timing import MAX_EXECUTION_DELAY
 from acmews.session import Session
 from acmews.testing import START, FakeSender
 
@@ -135,6 +136,7 @@ class HostileFieldTests(SynchronousTestCase):
         )
         session.message_received(data)
         clock.advance(0)
+        clock.advance(MAX_EXECUTION_DELAY)  # an oet delays the operation (TS-0004 7.3.3.6)
         self.assertEqual(closed, [])
         self.assertTrue(session.connected)
         session.connection_lost("done")

@@ -175,9 +175,12 @@ class ParameterTypeTests(SynchronousTestCase):
 
     def test_times(self) -> None:
         for key in ("rqet", "rset", "oet"):
-            for bad in ("garbage", -5, "-5", 10**400, 1.5, "²", "20301302T030405", [1], True):
+            for bad in (
+                *("garbage", -5, "-5", 10**400, 1.5, "²", "20301302T030405", [1], True),
+                *("PT", "P", "PT-2S", "P999999999999Y"),
+            ):
                 self.assert_rejected(req(**{key: bad}), RSC.BAD_REQUEST, text=f"'{key}'")
-            for good in ("20300102T030405", "20300102T030405,25", 0, 1500, "1500"):
+            for good in ("20300102T030405", "20300102T030405,25", 0, 1500, "1500", "PT2S"):
                 r = primitive_from_object(req(**{key: good}))
                 self.assertEqual(getattr(r, key), good)
 

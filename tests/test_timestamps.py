@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from acmews.timestamps import Timestamps, expiry_delay, parse_timestamp
+from acmews.timestamps import Timestamps, expiry_delay, parse_duration, parse_timestamp
 
 
 class TimestampTests(SynchronousTestCase):
@@ -37,3 +37,23 @@ class TimestampTests(SynchronousTestCase):
         self.assertIsNone(expiry_delay(None, now))
         self.assertIsNone(expiry_delay("garbage", now))
         self.assertIsNone(expiry_delay(True, now))  # type: ignore[arg-type]
+
+    def test_iso8601_durations(self) -> None:
+        """TS-0004's relative times may be ISO 8601 durations (as the reference
+        implementations accept them): a year counts 365 days, a month 30."""
+        now = parse_timestamp("20261126T000000")
+        for text, seconds in (
+            ("PT2S", 2.0),
+            ("PT0.5S", 0.5),
+            ("PT1,5S", 1.5),
+            ("PT1M", 60.0),
+            ("P1DT2H30M", 95400.0),
+            ("P2W", 14 * 86400.0),
+            ("P1M", 30 * 86400.0),
+            ("P1Y", 365 * 86400.0),
+        ):
+            self.assertEqual(parse_duration(text), seconds, text)
+            self.assertEqual(expiry_delay(text, now), seconds, text)
+        for bad in ("P", "PT", "P1DT", "2S", "PT-1S", "P1D2H", "PT1H1H", "pt2s", "P1S"):
+            self.assertRaises(ValueError, parse_duration, bad)
+            self.assertIsNone(expiry_delay(bad, now), bad)

@@ -28,6 +28,7 @@ from weakref import WeakKeyDictionary
 
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -35,11 +36,12 @@ from acmews.codes import ACOP, RSC, NotificationEventType, Operation, ResourceTy
 from acmews.cse.access import AccessControl
 from acmews.cse.addressing import Addressing
 from acmews.cse.config import CSEConfig
-from acmews.cse.content import Content
+from acmews.cse.content import PARTIAL_CONTENT, Content
 from acmews.cse.kinds import CSE_BASE
 from acmews.cse.notifier import Notifier
 from acmews.cse.resource import KINDS, MAX_DEPTH, Changes, Resource, ResourceKind
 from acmews.cse.store import Batch, IResourceStore, MemoryResourceStore
+from acmews.cse.timing import MAX_DELAYED, execution_delay
 from acmews.errors import (
     BadRequest,
     Conflict,
@@ -121,6 +123,8 @@ class CSE:
         self.notifier = Notifier(config, sender, clock, self._ts, addressing, self.route)
         self._base_targets = addressing.base_targets
         self._registrations: WeakKeyDictionary[IConnection, Budget] = WeakKeyDictionary()
+        #: requests waiting for their operation execution time (oet)
+        self.delayed = 0
         #: forwarded requests waiting for an answer, per next hop and per (hop, originator)
         self.forwarding: dict[str, int] = {}
         self.forwarding_by: dict[tuple[str, str], int] = {}
@@ -195,27 +199,56 @@ class CSE:
     ) -> Deferred[Response] | Response:
         """Answer ``request``; every error becomes a response, nothing is raised."""
         try:
-            op = request.op
-            if op == Operation.RETRIEVE:
-                result = self._retrieve(request, connection)
+            if request.rqet is None and request.rset is None and request.oet is None:
+                result = self._dispatch(request, connection)
             else:
-                foreign = self.addressing.foreign_cse(request.to)
-                if foreign is not None:
-                    result = self.forward(request, foreign, connection)
-                elif op == Operation.CREATE:
-                    result = self._create(request, connection)
-                elif op == Operation.UPDATE:
-                    result = self._update(request)
-                elif op == Operation.DELETE:
-                    result = self._delete(request)
-                elif op == Operation.NOTIFY:
-                    result = self._notify(request, connection)
-                else:
-                    raise BadRequest(f"unknown operation {op!r}")
+                result = self._timed(request, connection)
         except Exception as e:
             return self._answer_error(request, e)
         if isinstance(result, Deferred):
             return result.addErrback(self._failed, request)
+        return result
+
+    def _dispatch(
+        self, request: Request, connection: IConnection | None
+    ) -> Deferred[Response] | Response:
+        op = request.op
+        if op == Operation.RETRIEVE:
+            return self._retrieve(request, connection)
+        foreign = self.addressing.foreign_cse(request.to)
+        if foreign is not None:
+            return self.forward(request, foreign, connection)
+        if op == Operation.CREATE:
+            return self._create(request, connection)
+        if op == Operation.UPDATE:
+            return self._update(request)
+        if op == Operation.DELETE:
+            return self._delete(request)
+        if op == Operation.NOTIFY:
+            return self._notify(request, connection)
+        raise BadRequest(f"unknown operation {op!r}")
+
+    def _timed(
+        self, request: Request, connection: IConnection | None
+    ) -> Deferred[Response] | Response:
+        """A request with an ``rqet``, ``rset`` or ``oet`` (see :mod:`acmews.cse.timing`):
+        refused if expired; run at its ``oet`` (but one for another CSE is forwarded at once,
+        TS-0004 7.3.2.6)."""
+        delay = execution_delay(request, self._clock.seconds())
+        if not delay or self.addressing.foreign_cse(request.to) is not None:
+            return self._dispatch(request, connection)
+        if self.delayed >= MAX_DELAYED:
+            raise TargetNotReachable(
+                f"{self.delayed} requests already wait for their operation execution time "
+                "(oet): try again later"
+            )
+        self.delayed += 1
+        waited: Deferred[None] = deferLater(self._clock, delay)
+        d = waited.addCallback(lambda _: self._dispatch(request, connection))
+        return d.addBoth(self._undelay)
+
+    def _undelay(self, result: _T) -> _T:
+        self.delayed -= 1
         return result
 
     def acts_as_cse(self, originator: str | None, connection: IConnection | None) -> bool:
@@ -362,8 +395,18 @@ class CSE:
         return self._ts.format(self._clock.seconds())
 
     def _respond(self, request: Request, rsc: RSC, pc: Any = None) -> Response:
+        # positional (to, fr, ot, rset, ec, vsi), half the cost of keywords; vsi is echoed
         return Response(
-            rsc, request.rqi, request.rvi, pc, to=request.fr, fr=self._cse_id, ot=self._now()
+            rsc,
+            request.rqi,
+            request.rvi,
+            pc,
+            request.fr,
+            self._cse_id,
+            self._now(),
+            None,
+            None,
+            request.vsi,
         )
 
     def _error(self, request: Request, error: OneM2MError) -> Response:
@@ -371,6 +414,7 @@ class CSE:
             request.rqi, error, rvi=request.rvi, fr=self._cse_id, to=request.fr
         )
         response.ot = self._now()
+        response.vsi = request.vsi
         return response
 
     # --- RETRIEVE -----------------------------------------------------------------------------
@@ -379,30 +423,29 @@ class CSE:
         self, request: Request, connection: IConnection | None = None
     ) -> Deferred[Response] | Response:
         to = request.to
-        if to in self._base_targets and request.fc is None and request.rcn in (None, 1):
+        if (
+            to in self._base_targets
+            and request.fc is None
+            and request.rcn in (None, 1)
+            and request.pc is None
+        ):
             # the hot path (probes, benchmarks): a cached representation, no ACL walk
-            return Response(
-                RSC.OK,
-                request.rqi,
-                request.rvi,
-                self.base.pc,
-                to=request.fr,
-                fr=self._cse_id,
-                ot=self._now(),
-            )
+            return self._respond(request, RSC.OK, self.base.pc)
         foreign = self.addressing.foreign_cse(to)
         if foreign is not None:
             return self.forward(request, foreign, connection)
+        attribute = None
+        if "#" in to:  # a partial retrieve of one attribute (TS-0004 7.3.3.6 case 2)
+            to, _, attribute = to.partition("#")
         resource, virtual = self.addressing.locate(to)
         if virtual is not None:
             resource = self.addressing.virtual(resource, virtual)
-        if request.fc is not None:
-            return self._respond(
-                request, RSC.OK, self.content.discover(request, resource, request.fc)
-            )
-        rcn = self.content.rcn(request, 1)
-        self.access.check(request.fr, resource, ACOP.RETRIEVE)
-        return self._respond(request, RSC.OK, self.content.content(resource, rcn, request.fr))
+        pc, rest = self.content.retrieve(request, resource, attribute)
+        response = self._respond(request, RSC.OK, pc)
+        if rest is not None:  # the answer holds part of what was asked: fc.ofst gets the rest
+            response.cnst = PARTIAL_CONTENT
+            response.cnot = rest
+        return response
 
     # --- CREATE -------------------------------------------------------------------------------
 
@@ -420,6 +463,8 @@ class CSE:
             raise BadRequest(f"unknown resource type {ty!r}")
         body = _body(request.pc, kind)
         rcn = self.content.rcn(request, 1)
+        if request.fc is not None:
+            raise BadRequest("filter criteria (fc) are not allowed on CREATE (TS-0004 7.3.2.1)")
         if not kind.may_be_created_under(parent.kind):
             raise InvalidChildResourceType(
                 f"a {kind.key} cannot be created under {parent.kind.key} {parent.srn!r}"
@@ -491,9 +536,7 @@ class CSE:
         resource.kind.created(self, batch, resource, parent)
 
     def _created(self, request: Request, resource: Resource, rcn: int) -> Response:
-        pc = resource.kind.created_content(
-            resource, self.content.content(resource, rcn, request.fr)
-        )
+        pc = resource.kind.created_content(resource, self.content.result(resource, rcn, request))
         return self._respond(request, RSC.CREATED, pc)
 
     # --- UPDATE -------------------------------------------------------------------------------
@@ -508,12 +551,15 @@ class CSE:
         body = _body(request.pc, kind)
         rcn = self.content.rcn(request, 1)
         self.access.check(request.fr, resource, ACOP.UPDATE)
+        if request.fc is not None:
+            self.content.check_condition(request.fc, resource)
         changes = kind.validate_update(body)
         kind.prepare_update(self, resource, changes)
         changes["lt"] = self._now()
+        before = resource.attrs  # never changed in place: the rcn 9 answer compares with it
         done = self._change(CSE._replace, resource, changes)
         response = self._respond(
-            request, RSC.UPDATED, self.content.content(resource, rcn, request.fr)
+            request, RSC.UPDATED, self.content.result(resource, rcn, request, before)
         )
         return response if done is None else done.addCallback(_answer, response)
 
@@ -534,6 +580,8 @@ class CSE:
             raise OperationNotAllowed(f"the {resource.kind.name} cannot be deleted")
         rcn = self.content.rcn(request, 0)
         self.access.check(request.fr, resource, ACOP.DELETE)
+        if request.fc is not None:
+            self.content.check_condition(request.fc, resource)
         pc = self.content.content(resource, rcn, request.fr)
         parent = self.addressing.parent(resource)
         assert parent is not None
