@@ -55,6 +55,7 @@ class ResourceType(IntEnum):
     CSEBASE = 5
     GRP = 9
     CSR = 16
+    REQ = 17
     SUB = 23
     FCNT = 28
     TS = 29
@@ -80,6 +81,16 @@ class ResponseType(IntEnum):
     BLOCKING = 3
     FLEX_BLOCKING = 4
     NO_RESPONSE = 5
+
+
+class RequestStatus(IntEnum):
+    """``rs`` of a <request> resource: where the request it stands for is."""
+
+    COMPLETED = 1
+    FAILED = 2
+    PENDING = 3
+    FORWARDED = 4
+    PARTIALLY_COMPLETED = 5
 
 
 class ACOP(IntFlag):

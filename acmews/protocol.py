@@ -164,6 +164,7 @@ class _AutobahnFastPath:
     peer: str
     failedByMe: bool
     message_data: list[bytes] | None
+    message_is_binary: bool
     transport: Any
     send_queue: Any
     data: bytes
@@ -373,7 +374,8 @@ class _AutobahnFastPath:
             self.message_data = None
             session = self.session
             if session is not None:
-                session.message_received(payload)
+                # the frame type: a peer may send the other serialization (see the session)
+                session.message_received(payload, not self.message_is_binary)
             return
         self.message_data = None
 

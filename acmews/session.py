@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from acmews.codec import CBOR, JSON
 from acmews.codes import RSC, Operation
 from acmews.errors import (
     BadRequest,
@@ -240,10 +241,26 @@ class Session:
 
     # -- incoming ------------------------------------------------------------------------
 
-    def message_received(self, data: bytes) -> None:
-        """One whole WebSocket message: a request or a response primitive."""
+    def message_received(self, data: bytes, text: bool = False) -> None:
+        """One whole WebSocket message: a request or a response primitive.
+
+        @param text: it came in a text frame. On a oneM2M.cbor connection such a message is
+            read as JSON, and on a oneM2M.json connection a binary frame that cannot be JSON
+            (its first byte is not ASCII) as CBOR: ACME sends its own requests (a NOTIFY, a
+            forwarded request) as JSON text frames on a oneM2M.cbor connection, and hands
+            its client an answer that came over a oneM2M.cbor link as CBOR on a oneM2M.json
+            connection. Either is answered as everything on the connection is: ACME reads
+            whatever comes by the negotiated subprotocol (an answer in the form of its
+            request would be a bad message to it).
+        """
+        codec = self.codec
+        if text:
+            if self._binary:
+                codec = JSON
+        elif not self._binary and data[:1] >= b"\x80":  # no JSON text starts with it
+            codec = CBOR
         try:
-            primitive = self.codec.decode(data)
+            primitive = codec.decode(data)
         except PrimitiveError as e:
             if e.is_response:
                 self._log_peer_event(

@@ -11,22 +11,19 @@ NO_PING = ConnectionOptions(ping_interval=0)
 
 
 async def start_cse(test: Any, *argv: str) -> tuple[Any, str]:
-    """``twistd acmews``'s service (makeService) on 127.0.0.1, port 0, with the global
-    reactor, stopped at ``test``'s cleanup; its service and ``ws://`` URL."""
+    """``twistd acmews``'s service (makeService) on 127.0.0.1, port 0 unless ``argv`` has a
+    ``--listen`` of its own, with the global reactor, stopped at ``test``'s cleanup; its
+    service and ``ws://`` URL (of its first listener)."""
     from twisted.internet import reactor
 
     from acmews.tap import Options, makeService
 
     options = Options()
-    options.parseOptions(
-        [
-            *("--listen", "tcp:0:interface=127.0.0.1", "--ping-interval", "0"),
-            *("--store", "memory:", *argv),
-        ]
-    )
+    listen = () if "--listen" in argv else ("--listen", "tcp:0:interface=127.0.0.1")
+    options.parseOptions([*listen, "--ping-interval", "0", "--store", "memory:", *argv])
     service: Any = makeService(options, reactor)
     service.privilegedStartService()
     service.startService()
     test.addCleanup(service.stopService)
-    (port,) = await service.listening
+    port, *_ = await service.listening
     return service, f"ws://127.0.0.1:{port.getHost().port}"

@@ -571,6 +571,26 @@ class DurableCSETests(StoreFiles, RecordTree):
         self.assertEqual([r[0] for r in self.records()], [5, 16])
         self.assertEqual(self.retrieve("cse-in/Cmyae").rsc, RSC.NOT_FOUND)
 
+    def test_request_resources_survive_a_restart(self) -> None:
+        """<request> resources (ty 17) of non-blocking requests round-trip through the file;
+        one still pending when the CSE stopped comes back failed (its result is lost)."""
+        aei = self.register("Cmyae")
+        done = self.call(2, f"cse-in/{aei}", aei, rt={"rtv": 1}).pc["m2m:uri"]
+        self.clock.advance(0)  # carried out, the result recorded
+        self.commit()
+        pending = self.call(4, f"cse-in/{aei}", aei, rt={"rtv": 1}).pc["m2m:uri"]
+        before = self.records()
+        self.assertEqual([r[0] for r in before], [5, 2, 17, 17])
+        self.restart()
+        self.assertEqual(self.records()[:3], before[:3])
+        self.assertEqual(self.retrieve(done, aei).pc["m2m:req"]["rs"], 1)
+        req = self.retrieve(pending, aei).pc["m2m:req"]
+        self.assertEqual((req["rs"], req["ors"]["rsc"]), (2, 5000))
+        self.restart()  # that failure was written too
+        self.assertEqual(self.retrieve(pending, aei).pc["m2m:req"]["rs"], 2)
+        self.assertEqual(self.retrieve(f"cse-in/{aei}", aei).rsc, 2000)  # never deleted
+        self.assertEqual(self.retrieve(pending, "Cother").rsc, 4103)
+
     def test_resource_ids_are_never_used_again(self) -> None:
         aei = self.register()
         seen = {aei}

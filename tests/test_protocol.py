@@ -86,10 +86,13 @@ class Raw:
 
     def __init__(self) -> None:
         self.messages: list[bytes] = []
+        #: per message: did it come in a text frame?
+        self.text: list[bool] = []
         self.lost: list[str] = []
 
-    def message_received(self, data: bytes) -> None:
+    def message_received(self, data: bytes, text: bool = False) -> None:
         self.messages.append(data)
+        self.text.append(text)
 
     def connection_lost(self, reason: str = "") -> None:
         self.lost.append(reason)

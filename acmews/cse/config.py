@@ -44,3 +44,9 @@ class CSEConfig:
     max_forwarded_per_link: int = DEFAULT_MAX_FORWARDED_PER_LINK
     #: the same, per originator and next hop (one originator cannot take the whole link)
     max_forwarded_per_originator: int = DEFAULT_MAX_FORWARDED_PER_ORIGINATOR
+    #: seconds a <request> resource (a non-blocking request's result) is kept when the
+    #: request sets no rset or rqet (ACME's default too)
+    request_expiry: float = 60.0
+    #: <request> resources kept per originator and in all: past either, the oldest goes
+    max_requests_per_originator: int = 100
+    max_requests: int = 10_000

@@ -38,6 +38,7 @@ from acmews.cse.addressing import Addressing
 from acmews.cse.config import CSEConfig
 from acmews.cse.content import PARTIAL_CONTENT, Content
 from acmews.cse.kinds import CSE_BASE
+from acmews.cse.nonblocking import NonBlocking
 from acmews.cse.notifier import Notifier
 from acmews.cse.resource import KINDS, MAX_DEPTH, Changes, Resource, ResourceKind
 from acmews.cse.store import Batch, IResourceStore, MemoryResourceStore
@@ -128,6 +129,18 @@ class CSE:
         #: forwarded requests waiting for an answer, per next hop and per (hop, originator)
         self.forwarding: dict[str, int] = {}
         self.forwarding_by: dict[tuple[str, str], int] = {}
+        #: non-blocking requests (rt 1 and 2) and their <request> resources
+        self.nonblocking = NonBlocking(
+            config,
+            self.store,
+            base,
+            clock,
+            self._apply,
+            self.handle_request,
+            self.delete_tree,
+            self.notify,
+            self.new_id,
+        )
 
     def advertise(self, poa: Sequence[str]) -> None:
         """Advertise ``poa`` as the CSEBase's points of access from now on: the addresses
@@ -199,7 +212,9 @@ class CSE:
     ) -> Deferred[Response] | Response:
         """Answer ``request``; every error becomes a response, nothing is raised."""
         try:
-            if request.rqet is None and request.rset is None and request.oet is None:
+            if request.rt is not None and self.nonblocking.takes(request):
+                result = self.nonblocking.accept(request, connection)
+            elif request.rqet is None and request.rset is None and request.oet is None:
                 result = self._dispatch(request, connection)
             else:
                 result = self._timed(request, connection)
@@ -313,8 +328,10 @@ class CSE:
                 f"target {request.to!r} is on {cse_id}: its route leads back to {hop}, "
                 "where the request came from"
             )
+        # without its rt: a non-blocking request is handled here (acmews.cse.nonblocking), a
+        # noResponse one is answered (and the answer dropped) here
         outgoing = copy_request(
-            request, fr=self._sp_relative(request.fr), rqi=self.notifier.new_rqi()
+            request, fr=self._sp_relative(request.fr), rqi=self.notifier.new_rqi(), rt=None
         )
         store = request.op == Operation.NOTIFY  # every hop is a registered CSE
         d = self._pass_on(hop, outgoing, poa, store)
