@@ -116,7 +116,7 @@ class CSE:
             # a stored CSEBase: what it advertises follows this start's configuration
             self._update_base({"poa": list(config.poa), "cst": config.cse_type})
         self.addressing = addressing = Addressing(config, self.store, base)
-        self.access = access = AccessControl(addressing, config.admin)
+        self.access = access = AccessControl(addressing, config.admin, clock)
         self.content = Content(self.store, access, config.admin)
         self.notifier = Notifier(config, sender, clock, self._ts, addressing, self.route)
         self._base_targets = addressing.base_targets
@@ -194,6 +194,9 @@ class CSE:
         self, request: Request, connection: IConnection
     ) -> Deferred[Response] | Response:
         """Answer ``request``; every error becomes a response, nothing is raised."""
+        access = self.access
+        outer = access.request, access.connection
+        access.request, access.connection = request, connection
         try:
             op = request.op
             if op == Operation.RETRIEVE:
@@ -214,6 +217,8 @@ class CSE:
                     raise BadRequest(f"unknown operation {op!r}")
         except Exception as e:
             return self._answer_error(request, e)
+        finally:
+            access.request, access.connection = outer
         if isinstance(result, Deferred):
             return result.addErrback(self._failed, request)
         return result
@@ -430,6 +435,9 @@ class CSE:
             self._count_registration(connection)
         attrs = kind.validate_create(body)
         ri, creator = kind.identify(self, request.fr, parent)
+        acpi = attrs.get("acpi")
+        if acpi:
+            self.access.validate_acpi(acpi)
         kind.prepare_create(self, parent, attrs)
         rn = attrs.pop("rn", None) or ri
         if self.store.child(parent.ri, rn) is not None:
@@ -507,8 +515,13 @@ class CSE:
             raise OperationNotAllowed(f"a {kind.name} cannot be updated")
         body = _body(request.pc, kind)
         rcn = self.content.rcn(request, 1)
-        self.access.check(request.fr, resource, ACOP.UPDATE)
+        if "acpi" in body:
+            self.access.check_acpi_update(request.fr, resource, body)
+        else:
+            self.access.check(request.fr, resource, ACOP.UPDATE)
         changes = kind.validate_update(body)
+        if changes.get("acpi"):
+            self.access.validate_acpi(changes["acpi"])
         kind.prepare_update(self, resource, changes)
         changes["lt"] = self._now()
         done = self._change(CSE._replace, resource, changes)
