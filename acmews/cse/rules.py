@@ -224,18 +224,17 @@ def _object_details(name: str, details: Any) -> None:
 
 def validate_rule_extras(name: str, rule: dict[str, Any]) -> None:
     """Check the optional parts of one rule of ``name`` (``pv.acr``, ``pvs.acr``)."""
-    acco = rule.get("acco")
-    if acco is not None:
-        if not isinstance(acco, list) or not acco or len(acco) > MAX_ENTRIES:
-            raise BadRequest(f"'{name}.acco' must be a list of 1 to {MAX_ENTRIES} contexts")
-        for context in acco:
-            _context(f"{name}.acco", context)
-    acod = rule.get("acod")
-    if acod is not None:
-        if not isinstance(acod, list) or not acod or len(acod) > MAX_ENTRIES:
-            raise BadRequest(f"'{name}.acod' must be a list of 1 to {MAX_ENTRIES} object details")
-        for details in acod:
-            _object_details(f"{name}.acod", details)
+    for key, what, check in (
+        ("acco", "contexts", _context),
+        ("acod", "object details", _object_details),
+    ):
+        entries = rule.get(key)
+        if entries is None:
+            continue
+        if not isinstance(entries, list) or not entries or len(entries) > MAX_ENTRIES:
+            raise BadRequest(f"'{name}.{key}' must be a list of 1 to {MAX_ENTRIES} {what}")
+        for entry in entries:
+            check(f"{name}.{key}", entry)
     aca = rule.get("aca")
     if aca is not None:
         _strings(f"{name}.aca", aca)
