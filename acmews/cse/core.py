@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import fnmatch
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
@@ -36,6 +36,7 @@ from acmews.cse.access import AccessControl
 from acmews.cse.addressing import Addressing
 from acmews.cse.config import CSEConfig
 from acmews.cse.content import Content
+from acmews.cse.expiry import Expirations
 from acmews.cse.kinds import CSE_BASE
 from acmews.cse.notifier import Notifier
 from acmews.cse.resource import KINDS, MAX_DEPTH, Changes, Resource, ResourceKind
@@ -124,6 +125,9 @@ class CSE:
         #: forwarded requests waiting for an answer, per next hop and per (hop, originator)
         self.forwarding: dict[str, int] = {}
         self.forwarding_by: dict[tuple[str, str], int] = {}
+        #: the ``et`` of every resource; deletes the expired (see acmews.cse.expiry)
+        self.expiry = Expirations(config, clock, self._ts, self.store, self._expire)
+        self.expiry.load(self._every_resource())
 
     def advertise(self, poa: Sequence[str]) -> None:
         """Advertise ``poa`` as the CSEBase's points of access from now on: the addresses
@@ -202,6 +206,8 @@ class CSE:
             if op == Operation.RETRIEVE:
                 result = self._retrieve(request, connection)
             else:
+                if self._clock.seconds() >= self.expiry.due:
+                    self._sweep()
                 foreign = self.addressing.foreign_cse(request.to)
                 if foreign is not None:
                     result = self.forward(request, foreign, connection)
@@ -395,6 +401,8 @@ class CSE:
                 fr=self._cse_id,
                 ot=self._now(),
             )
+        if self._clock.seconds() >= self.expiry.due:
+            self._sweep()
         foreign = self.addressing.foreign_cse(to)
         if foreign is not None:
             return self.forward(request, foreign, connection)
@@ -438,6 +446,7 @@ class CSE:
         acpi = attrs.get("acpi")
         if acpi:
             self.access.validate_acpi(acpi)
+        et = self.expiry.requested(attrs.pop("et", None))
         kind.prepare_create(self, parent, attrs)
         rn = attrs.pop("rn", None) or ri
         if self.store.child(parent.ri, rn) is not None:
@@ -450,8 +459,7 @@ class CSE:
             "pi": parent.ri,
             "ct": now,
             "lt": now,
-            "et": attrs.pop("et", None)
-            or self._ts.format(self._clock.seconds() + self.config.resource_expiry),
+            "et": et,
         }
         id_attribute = kind.id_attribute
         if id_attribute is not None:
@@ -522,6 +530,8 @@ class CSE:
         changes = kind.validate_update(body)
         if changes.get("acpi"):
             self.access.validate_acpi(changes["acpi"])
+        if "et" in changes:
+            changes["et"] = self.expiry.requested(changes["et"])
         kind.prepare_update(self, resource, changes)
         changes["lt"] = self._now()
         done = self._change(CSE._replace, resource, changes)
@@ -587,7 +597,13 @@ class CSE:
         A durable store's Deferred fires when the changes are durable; the caller answers
         only then, and the notifications go out only then.
         """
-        done = self.store.apply(batch) if batch else None
+        if not batch:
+            done = None
+        else:
+            done = self.store.apply(batch)
+            self.expiry.track(batch)
+            if done is not None:
+                done.addErrback(self._undone, batch)
         notifications = batch.notifications
         if notifications is not None:
             deliver = self.notifier.deliver
@@ -597,8 +613,52 @@ class CSE:
                 done.addCallback(lambda _: deliver(notifications))
         return done
 
+    def _undone(self, failure: Failure, batch: Batch) -> Failure:
+        """The store could not make ``batch`` durable and put back what it changed: index
+        the ``et`` of what is back."""
+        get = self.store.get
+        for resource in (*batch.removed, *batch.updated):
+            if get(resource.ri) is resource:
+                self.expiry.retrack(resource)
+        return failure
+
     def _log_failure(self, failure: Failure, what: str) -> None:
         self.log.failure(what, failure)
+
+    # --- expiration (acmews.cse.expiry) -------------------------------------------------------
+
+    def _every_resource(self) -> Iterator[Resource]:
+        """Every stored resource below the CSEBase (start-up: the expiration index)."""
+        children = self.store.children
+        stack = list(children(self.base.ri))
+        while stack:
+            resource = stack.pop()
+            yield resource
+            stack.extend(children(resource.ri))
+
+    def _sweep(self) -> None:
+        """Delete what has expired before a request is handled (outside its context: the
+        deletions are no part of it)."""
+        access = self.access
+        outer = access.request, access.connection
+        access.request = access.connection = None
+        try:
+            self.expiry.sweep()
+        finally:
+            access.request, access.connection = outer
+
+    def _expire(self, resources: list[Resource]) -> Deferred[None] | None:
+        """Delete ``resources`` (expired) and their subtrees in one batch, as a DELETE would:
+        with their subscribers' notifications (and a deleted subscription's ``su``'s)."""
+        batch = Batch(self.store)
+        try:
+            for resource in resources:
+                parent = batch.get(resource.pi)
+                if parent is not None and not batch.gone(resource):
+                    self.delete_tree(batch, resource, parent)
+        finally:
+            done = self._apply(batch)
+        return done
 
     # --- what the hooks of the kinds use (CSEServices) ----------------------------------------
 
