@@ -199,8 +199,8 @@ class CSE:
     ) -> Deferred[Response] | Response:
         """Answer ``request``; every error becomes a response, nothing is raised."""
         access = self.access
-        outer = access.request, access.connection
-        access.request, access.connection = request, connection
+        access.request = request
+        access.connection = connection
         try:
             op = request.op
             if op == Operation.RETRIEVE:
@@ -224,7 +224,7 @@ class CSE:
         except Exception as e:
             return self._answer_error(request, e)
         finally:
-            access.request, access.connection = outer
+            access.request = access.connection = None
         if isinstance(result, Deferred):
             return result.addErrback(self._failed, request)
         return result

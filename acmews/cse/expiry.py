@@ -150,7 +150,8 @@ class Expirations:
                 live[ri] = et
                 heapq.heappush(heap, (et, ri))
         for resource in batch.updated:
-            self.retrack(resource)
+            if resource.attrs.get("et") is not live.get(resource.ri):
+                self.retrack(resource)  # (mostly it is the same string: no call)
         for resource in batch.removed:
             live.pop(resource.ri, None)
         if len(heap) > 2 * len(live) + 1024:
