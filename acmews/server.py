@@ -25,6 +25,7 @@ from acmews.auth import CredentialAuthorizer
 from acmews.client import connect
 from acmews.config import Config
 from acmews.cse import CSE
+from acmews.cse.expiry import ExpiryService
 from acmews.durable import Store, open_store
 from acmews.endpoints import ServerEndpoint
 from acmews.interfaces import IHandshakeAuthorizer
@@ -293,8 +294,11 @@ class CSEService(MultiService):
         self.listening: Deferred[list[IListeningPort]] = Deferred()
         self._watching = False
         self._files_fitted = False
-        # the store is the first child: it stops last, once nothing changes any more
-        for child in (store.service, originators, chain, link, *listeners):
+        #: deletes expired resources on time (and, at start, what expired while it was down)
+        self.expiry = ExpiryService(cse.expiry)
+        # the store is the first child: it stops last, once nothing changes any more; the
+        # expiry sweep starts once notifications can be sent
+        for child in (store.service, originators, chain, self.expiry, link, *listeners):
             if child is not None:
                 child.setServiceParent(self)
 

@@ -539,7 +539,14 @@ class AccessControlTests(CSETestCase):
             pc={"m2m:acp": {"lbl": ["x"]}},
         )
         self.ok(3, "cse-in/Cowner/acp", "Cthird", pc={"m2m:acp": {"lbl": ["x"]}})
-        self.ok(3, "cse-in/Cowner/acp", self.owner, pc={"m2m:acp": {"lbl": ["y"]}})
+        # TS-0001 9.6.2: an ACP is judged by its pvs alone, even for the AE that created it
+        self.fails(
+            RSC.ORIGINATOR_HAS_NO_PRIVILEGE,
+            3,
+            "cse-in/Cowner/acp",
+            self.owner,
+            pc={"m2m:acp": {"lbl": ["y"]}},
+        )
 
     def test_invalid_acp_is_4000(self) -> None:
         for pv in (
@@ -609,7 +616,16 @@ class ResultContentTests(CSETestCase):
             pvs={"acr": [{"acor": [self.aei], "acop": 63}]},
         )["ri"]
         self.ok(3, "cse-in/Cmyae/c", self.aei, pc={"m2m:cnt": {"acpi": [acp]}})
-        self.ok(3, "cse-in/Cmyae/c/sub", self.aei, pc={"m2m:cnt": {"acpi": ["nonexistent"]}})
+        # (acpi names existing ACPs only: one that grants nothing)
+        none = self.create(
+            "cse-in/Cmyae",
+            1,
+            "m2m:acp",
+            self.aei,
+            pv={"acr": []},
+            pvs={"acr": [{"acor": [self.aei], "acop": 63}]},
+        )["ri"]
+        self.ok(3, "cse-in/Cmyae/c/sub", self.aei, pc={"m2m:cnt": {"acpi": [none]}})
         refs = self.retrieve("cse-in/Cmyae/c", other, rcn=6).pc["m2m:rrl"]["rrf"]
         self.assertEqual([r["nm"] for r in refs], ["i"])
 

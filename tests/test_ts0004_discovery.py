@@ -93,10 +93,14 @@ class ConditionTests(Tree):
 
     def test_expiration_time(self) -> None:
         """TS-0004 7.3.3.17.4: expirationTime < expireBefore; expireAfter <= expirationTime."""
-        self.call(self.ae.update(f"{AE}/c2", {"m2m:cnt": {"et": "20991231T000000"}}))
-        self.assertEqual(self.discover(exa="20991231T000000"), ["c2"])
-        self.assertEqual(self.discover(exb="20991231T000000"), ["c1", "i1", "i2", "c3"])
-        self.assertEqual(self.discover(exa="20991231T000000,000001"), [])
+        # a year ahead: within the CSE's longest et (a later one would be cut down to it);
+        # the others expire later, with the default et, five years on
+        et, later = self.at(365 * 86400), self.at(365 * 86400 + 1)
+        self.call(self.ae.update(f"{AE}/c2", {"m2m:cnt": {"et": et}}))
+        self.assertEqual(self.discover(exb=later), ["c2"])
+        self.assertEqual(self.discover(exb=et), [])
+        self.assertEqual(self.discover(exa=et), ["c1", "i1", "i2", "c2", "c3"])
+        self.assertEqual(self.discover(exa=later), ["c1", "i1", "i2", "c3"])
 
     def test_labels(self) -> None:
         """TS-0004 7.3.3.17.5: satisfied "if any of the labels in Filter Criteria matches any

@@ -195,7 +195,8 @@ class RequestResourceTests(NonBlockingTestCase):
         """TS-0001 9.6.12: a <request> is there for the Originator of the request; an acpi
         of the CSEBase that opens everything to anyone does not open it."""
         admin = self.client("CAdmin")
-        acp = {"pv": {"acr": [{"acor": ["*"], "acop": 63}]}, "pvs": {"acr": []}}
+        everyone = {"acr": [{"acor": ["*"], "acop": 63}]}
+        acp = {"pv": everyone, "pvs": {"acr": [{"acor": ["CAdmin"], "acop": 63}]}}  # pvs not empty
         r = self.call(admin.create("cse-in", ResourceType.ACP, {"m2m:acp": {"rn": "all", **acp}}))
         self.assertEqual(r.rsc, RSC.CREATED, r.debug)
         r = self.call(admin.update("cse-in", {"m2m:cb": {"acpi": [r.pc["m2m:acp"]["ri"]]}}))

@@ -29,6 +29,9 @@ class CSEConfig:
     notification_expiry: float = DEFAULT_NOTIFICATION_EXPIRY
     #: seconds until a new resource's default ``et``
     resource_expiry: float = 5 * 365 * 86400.0
+    #: the latest ``et`` a resource may get, in seconds from now: one asked for beyond it is
+    #: cut down to it (the reference implementation's default too)
+    max_resource_expiry: float = 5 * 365 * 86400.0
     #: seconds to wait for the answer to a subscription verification request
     verification_timeout: float = DEFAULT_REQUEST_TIMEOUT
     #: CSE-IDs (glob patterns) that may act as CSEs here (register a remoteCSE, relay

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import fnmatch
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
@@ -37,6 +37,7 @@ from acmews.cse.access import AccessControl
 from acmews.cse.addressing import Addressing
 from acmews.cse.config import CSEConfig
 from acmews.cse.content import PARTIAL_CONTENT, Content
+from acmews.cse.expiry import Expirations
 from acmews.cse.kinds import CSE_BASE
 from acmews.cse.nonblocking import NonBlocking
 from acmews.cse.notifier import Notifier
@@ -119,7 +120,7 @@ class CSE:
             # a stored CSEBase: what it advertises follows this start's configuration
             self._update_base({"poa": list(config.poa), "cst": config.cse_type})
         self.addressing = addressing = Addressing(config, self.store, base)
-        self.access = access = AccessControl(addressing, config.admin)
+        self.access = access = AccessControl(addressing, config.admin, clock)
         self.content = Content(self.store, access, config.admin)
         self.notifier = Notifier(config, sender, clock, self._ts, addressing, self.route)
         self._base_targets = addressing.base_targets
@@ -129,6 +130,9 @@ class CSE:
         #: forwarded requests waiting for an answer, per next hop and per (hop, originator)
         self.forwarding: dict[str, int] = {}
         self.forwarding_by: dict[tuple[str, str], int] = {}
+        #: the ``et`` of every resource; deletes the expired (see acmews.cse.expiry)
+        self.expiry = Expirations(config, clock, self._ts, self.store, self._expire)
+        self.expiry.load(self._every_resource())
         #: non-blocking requests (rt 1 and 2) and their <request> resources
         self.nonblocking = NonBlocking(
             config,
@@ -211,6 +215,9 @@ class CSE:
         self, request: Request, connection: IConnection
     ) -> Deferred[Response] | Response:
         """Answer ``request``; every error becomes a response, nothing is raised."""
+        access = self.access
+        access.request = request
+        access.connection = connection
         try:
             if request.rt is not None and self.nonblocking.takes(request):
                 result = self.nonblocking.accept(request, connection)
@@ -220,6 +227,8 @@ class CSE:
                 result = self._timed(request, connection)
         except Exception as e:
             return self._answer_error(request, e)
+        finally:
+            access.request = access.connection = None
         if isinstance(result, Deferred):
             return result.addErrback(self._failed, request)
         return result
@@ -230,6 +239,8 @@ class CSE:
         op = request.op
         if op == Operation.RETRIEVE:
             return self._retrieve(request, connection)
+        if self._clock.seconds() >= self.expiry.due:
+            self._sweep()
         foreign = self.addressing.foreign_cse(request.to)
         if foreign is not None:
             return self.forward(request, foreign, connection)
@@ -448,6 +459,8 @@ class CSE:
         ):
             # the hot path (probes, benchmarks): a cached representation, no ACL walk
             return self._respond(request, RSC.OK, self.base.pc)
+        if self._clock.seconds() >= self.expiry.due:
+            self._sweep()
         foreign = self.addressing.foreign_cse(to)
         if foreign is not None:
             return self.forward(request, foreign, connection)
@@ -492,6 +505,10 @@ class CSE:
             self._count_registration(connection)
         attrs = kind.validate_create(body)
         ri, creator = kind.identify(self, request.fr, parent)
+        acpi = attrs.get("acpi")
+        if acpi:
+            self.access.validate_acpi(acpi)
+        et = self.expiry.requested(attrs.pop("et", None))
         kind.prepare_create(self, parent, attrs)
         rn = attrs.pop("rn", None) or ri
         if self.store.child(parent.ri, rn) is not None:
@@ -504,8 +521,7 @@ class CSE:
             "pi": parent.ri,
             "ct": now,
             "lt": now,
-            "et": attrs.pop("et", None)
-            or self._ts.format(self._clock.seconds() + self.config.resource_expiry),
+            "et": et,
         }
         id_attribute = kind.id_attribute
         if id_attribute is not None:
@@ -567,10 +583,17 @@ class CSE:
             raise OperationNotAllowed(f"a {kind.name} cannot be updated")
         body = _body(request.pc, kind)
         rcn = self.content.rcn(request, 1)
-        self.access.check(request.fr, resource, ACOP.UPDATE)
+        if "acpi" in body:
+            self.access.check_acpi_update(request.fr, resource, body)
+        else:
+            self.access.check(request.fr, resource, ACOP.UPDATE)
         if request.fc is not None:
             self.content.check_condition(request.fc, resource)
         changes = kind.validate_update(body)
+        if changes.get("acpi"):
+            self.access.validate_acpi(changes["acpi"])
+        if "et" in changes:
+            changes["et"] = self.expiry.requested(changes["et"])
         kind.prepare_update(self, resource, changes)
         changes["lt"] = self._now()
         before = resource.attrs  # never changed in place: the rcn 9 answer compares with it
@@ -639,7 +662,13 @@ class CSE:
         A durable store's Deferred fires when the changes are durable; the caller answers
         only then, and the notifications go out only then.
         """
-        done = self.store.apply(batch) if batch else None
+        if not batch:
+            done = None
+        else:
+            done = self.store.apply(batch)
+            self.expiry.track(batch)
+            if done is not None:
+                done.addErrback(self._undone, batch)
         notifications = batch.notifications
         if notifications is not None:
             deliver = self.notifier.deliver
@@ -649,8 +678,52 @@ class CSE:
                 done.addCallback(lambda _: deliver(notifications))
         return done
 
+    def _undone(self, failure: Failure, batch: Batch) -> Failure:
+        """The store could not make ``batch`` durable and put back what it changed: index
+        the ``et`` of what is back."""
+        get = self.store.get
+        for resource in (*batch.removed, *batch.updated):
+            if get(resource.ri) is resource:
+                self.expiry.retrack(resource)
+        return failure
+
     def _log_failure(self, failure: Failure, what: str) -> None:
         self.log.failure(what, failure)
+
+    # --- expiration (acmews.cse.expiry) -------------------------------------------------------
+
+    def _every_resource(self) -> Iterator[Resource]:
+        """Every stored resource below the CSEBase (start-up: the expiration index)."""
+        children = self.store.children
+        stack = list(children(self.base.ri))
+        while stack:
+            resource = stack.pop()
+            yield resource
+            stack.extend(children(resource.ri))
+
+    def _sweep(self) -> None:
+        """Delete what has expired before a request is handled (outside its context: the
+        deletions are no part of it)."""
+        access = self.access
+        outer = access.request, access.connection
+        access.request = access.connection = None
+        try:
+            self.expiry.sweep()
+        finally:
+            access.request, access.connection = outer
+
+    def _expire(self, resources: list[Resource]) -> Deferred[None] | None:
+        """Delete ``resources`` (expired) and their subtrees in one batch, as a DELETE would:
+        with their subscribers' notifications (and a deleted subscription's ``su``'s)."""
+        batch = Batch(self.store)
+        try:
+            for resource in resources:
+                parent = batch.get(resource.pi)
+                if parent is not None and not batch.gone(resource):
+                    self.delete_tree(batch, resource, parent)
+        finally:
+            done = self._apply(batch)
+        return done
 
     # --- what the hooks of the kinds use (CSEServices) ----------------------------------------
 

@@ -257,9 +257,20 @@ class SubscriptionKind(ResourceKind):
 
 
 class ACPKind(ResourceKind):
-    """An accessControlPolicy: grants its ``pv``; is itself accessed under its ``pvs``."""
+    """An accessControlPolicy: grants its ``pv``; is itself accessed under its ``pvs``, which
+    may not be empty (no one could ever change or delete the ACP again)."""
 
     __slots__ = ()
+
+    def prepare_create(self, cse: CSEServices, parent: Resource, attrs: dict[str, Any]) -> None:
+        _nonempty_pvs(attrs["pvs"])
+
+    def prepare_update(
+        self, cse: CSEServices, resource: Resource, changes: dict[str, Any]
+    ) -> None:
+        pvs = changes.get("pvs")
+        if pvs is not None:
+            _nonempty_pvs(pvs)
 
     def own_privileges(self, resource: Resource) -> dict[str, Any] | None:
         pvs: dict[str, Any] = resource.attrs["pvs"]
@@ -268,6 +279,13 @@ class ACPKind(ResourceKind):
     def granted_privileges(self, resource: Resource) -> dict[str, Any] | None:
         pv: dict[str, Any] = resource.attrs["pv"]
         return pv
+
+
+def _nonempty_pvs(pvs: dict[str, Any]) -> None:
+    """4000 for ``pvs`` without a rule: an ACP no one but the admin could change or delete
+    (TS-0004 leaves it open; the reference implementation refuses it too)."""
+    if not pvs.get("acr"):
+        raise BadRequest("attribute 'pvs' must hold at least one access control rule")
 
 
 _R = ResourceType

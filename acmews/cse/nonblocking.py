@@ -83,9 +83,10 @@ class RequestKind(ResourceKind):
         raise OperationNotAllowed("a <request> cannot be updated")
 
     def own_privileges(self, resource: Resource) -> dict[str, Any] | None:
-        # no rule: beyond its creator (the originator) and the admin, nobody (an acpi of
-        # the CSEBase grants nothing here)
-        return {"acr": []}
+        # its originator (the creator) and the admin, nobody else: an acpi of the CSEBase
+        # grants nothing here (an UPDATE is refused by the kind, whoever asks)
+        originator = resource.creator or resource.attrs.get("org")
+        return {"acr": [{"acor": [originator], "acop": 63}] if originator else []}
 
 
 #: the <request> kind, registered with the others

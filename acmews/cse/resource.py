@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import orjson
 
 from acmews.codes import ACOP, ResourceType
+from acmews.cse.rules import RULE_EXTRAS, validate_rule_extras
 from acmews.errors import BadRequest, NotFound
 from acmews.primitive import is_int_not_bool
 
@@ -150,19 +151,29 @@ def v_nct(name: str, value: Any) -> Any:
 
 
 def v_privileges(name: str, value: Any) -> Any:
-    """``{"acr": [{"acor": [...], "acop": 1..63}, ...]}``."""
+    """``{"acr": [{"acor": [...], "acop": 1..63, ...}, ...]}``; a rule may also hold
+    ``acco``, ``acod``, ``aca`` and ``acaf`` (see :mod:`acmews.cse.rules`)."""
     if not isinstance(value, dict) or set(value) - {"acr"}:
         raise BadRequest(f"attribute '{name}' must be an object with only 'acr'")
     rules = value.get("acr", [])
     if not isinstance(rules, list):
         raise BadRequest(f"'{name}.acr' must be a list")
+    if len(rules) > MAX_LIST:
+        raise BadRequest(f"'{name}.acr' may hold at most {MAX_LIST} rules")
     for rule in rules:
-        if not isinstance(rule, dict) or set(rule) != {"acor", "acop"}:
-            raise BadRequest(f"each '{name}.acr' rule must have exactly 'acor' and 'acop'")
+        if not isinstance(rule, dict) or not {"acor", "acop"} <= rule.keys():
+            raise BadRequest(f"each '{name}.acr' rule must have 'acor' and 'acop'")
+        unknown = rule.keys() - {"acor", "acop"} - RULE_EXTRAS
+        if unknown:
+            raise BadRequest(
+                f"'{name}.acr' rules may not hold {', '.join(sorted(map(str, unknown)))}"
+            )
         v_nonempty_str_list(f"{name}.acr.acor", rule["acor"])
         acop = rule["acop"]
         if not is_int_not_bool(acop) or not 1 <= acop <= 63:
             raise BadRequest(f"'{name}.acr.acop' must be an integer 1-63")
+        if len(rule) > 2:
+            validate_rule_extras(f"{name}.acr", rule)
     return {"acr": rules}
 
 
