@@ -286,12 +286,7 @@ def _check_common(attrs: dict[str, Any], enc: Mapping[str, Any], parent: Resourc
         default = int(_NCT.ALL_ATTRIBUTES)
     else:
         allowed = frozenset.intersection(*(ALLOWED_NCT[n] for n in net))
-        defaults = {DEFAULT_NCT.get(n, int(_NCT.ALL_ATTRIBUTES)) for n in net}
-        if len(defaults) > 1 and "nct" not in attrs:
-            raise BadRequest(
-                f"enc.net {net} mixes event types with different default notificationContentType"
-            )
-        default = defaults.pop()
+        default = min(DEFAULT_NCT.get(n, int(_NCT.ALL_ATTRIBUTES)) for n in net)
     nct = attrs.setdefault("nct", default)
     if nct not in allowed:
         raise BadRequest(
