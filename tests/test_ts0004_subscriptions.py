@@ -406,6 +406,8 @@ class BlockingUpdateTests(SubscriptionTestCase):
         sub = self.blocking(atr=["lbl"])
         self.assertEqual(sub["nct"], 2)
         self.refused(RSC.BLOCKING_SUBSCRIPTION_ALREADY_EXISTS, nu=[self.other], enc=net)
+        two = {"m2m:sub": {"nu": [self.other, "Cx"]}}
+        self.fails(RSC.BAD_REQUEST, 3, sub["ri"], self.aei, pc=two)
         self.sub(rn="plain", nct=2)  # suits a blocking update too: only the rule refuses
         self.fails(RSC.BAD_REQUEST, 3, f"{CNT}/plain", self.aei, pc={"m2m:sub": {"enc": net}})
 

@@ -298,6 +298,7 @@ class Notifier:
         if su:
             pc = {"m2m:sgn": {"sud": True, "sur": self.sur(sub)}}
             batch.notify(self._targets(batch, (su,)).values(), pc, urgent=True)
+        self._policies.pop(sub.ri, None)  # compiled again should the deletion fail
 
     # --- delivery -----------------------------------------------------------------------------
 
@@ -486,7 +487,6 @@ class Notifier:
         """Send every batch subscription ``ri`` holds (it is being deleted)."""
         for to in list(self._pending.get(ri, ())):
             self._send_batch(ri, to)
-        self._policies.pop(ri, None)
 
     # --- statistics (nse, nsi) ----------------------------------------------------------------
 

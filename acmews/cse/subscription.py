@@ -258,11 +258,7 @@ def check_update(
             del merged[name]  # removing nct restores its default (below)
     enc = merged.setdefault("enc", {"net": [int(_NET.UPDATE)]})
     if _NET.BLOCKING_UPDATE in enc.get("net", ()):
-        if len(merged["nu"]) != 1:
-            raise BadRequest("a blocking-update subscription has exactly one notificationURI")
-        excluded = [name for name in BLOCKING_EXCLUDES if name in merged]
-        if excluded:
-            raise BadRequest(f"{', '.join(excluded)} may not be used with a blocking update")
+        _check_blocking(merged, enc, ())
     if parent is not None:
         _check_common(merged, enc, parent)
         if merged["nct"] != attrs.get("nct"):
@@ -309,9 +305,10 @@ def _check_common(attrs: dict[str, Any], enc: Mapping[str, Any], parent: Resourc
 
 
 def _check_blocking(
-    attrs: dict[str, Any], enc: Mapping[str, Any], siblings: Sequence[Resource]
+    attrs: Mapping[str, Any], enc: Mapping[str, Any], siblings: Sequence[Resource]
 ) -> None:
-    """TS-0004 7.4.8.2.1 Recv-6.4 for notificationEventType blockingUpdate (7)."""
+    """TS-0004 7.4.8.2.1 Recv-6.4 for notificationEventType blockingUpdate (7), also for
+    what an UPDATE leaves of such a subscription."""
     if enc["net"] != [_NET.BLOCKING_UPDATE]:
         raise BadRequest("blockingUpdate (7) must be the only notificationEventType")
     nu = attrs["nu"]
