@@ -482,14 +482,15 @@ class StackSubscriptionTests(StackTestCase):
     """The same through the binding: AEs on WebSocket connections, the poa chain."""
 
     def setUp(self) -> None:
+        """``Cowner`` owns container ``c``; ``Cwatch`` answers notifications (``inbox``)."""
         super().setUp()
-        self.owner = self.register("Cowner")
         self.inbox = Notifications()
-        self.watcher = self.register("Cwatch", handler=self.inbox)
-        r = self.call(
-            self.owner.create("cse-in/cowner", ResourceType.CNT, {"m2m:cnt": {"rn": "c"}})
+        self.owner, self.watcher = (
+            self.register(name, handler=handler)
+            for name, handler in (("Cowner", None), ("Cwatch", self.inbox))
         )
-        self.assertEqual(r.rsc, RSC.CREATED)
+        cnt = {"m2m:cnt": {"rn": "c"}}
+        self.assertEqual(self.call(self.owner.create("cse-in/cowner", 3, cnt)).rsc, RSC.CREATED)
 
     def subscribe(self, client: Any = None, **sub: Any) -> Response:
         body = {"rn": "s", "nu": ["Cwatch"], **sub}

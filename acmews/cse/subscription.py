@@ -11,7 +11,7 @@ exactly as before they existed.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,34 +161,14 @@ def v_enc(name: str, value: Any) -> Any:
     out: dict[str, Any] = {}
     net = value.get("net")
     if net is not None:
-        if (
-            not isinstance(net, list)
-            or not net
-            or len(net) > len(_NET)
-            or not all(is_int_not_bool(n) and 1 <= n <= len(_NET) for n in net)
-        ):
-            raise BadRequest(f"'{name}.net' must be a non-empty list of event types 1-8")
+        _list_of(f"{name}.net", net, _is_event_type, "event types 1-8")
         out["net"] = list(dict.fromkeys(net))
     atr = value.get("atr")
     if atr is not None:
-        if (
-            not isinstance(atr, list)
-            or not atr
-            or len(atr) > MAX_LIST
-            or not all(isinstance(a, str) and 0 < len(a) <= MAX_NAME for a in atr)
-        ):
-            raise BadRequest(f"'{name}.atr' must be a non-empty list of attribute names")
-        out["atr"] = atr
+        out["atr"] = _list_of(f"{name}.atr", atr, _is_name, "attribute names")
     chty = value.get("chty")
     if chty is not None:
-        if (
-            not isinstance(chty, list)
-            or not chty
-            or len(chty) > MAX_LIST
-            or not all(is_int_not_bool(t) and t > 0 for t in chty)
-        ):
-            raise BadRequest(f"'{name}.chty' must be a non-empty list of resource types")
-        out["chty"] = chty
+        out["chty"] = _list_of(f"{name}.chty", chty, _is_type, "resource types")
     om = value.get("om")
     if om is not None:
         out["om"] = _operation_monitors(f"{name}.om", om)
@@ -203,11 +183,35 @@ def v_enc(name: str, value: Any) -> Any:
     return out
 
 
-def _operation_monitors(name: str, value: Any) -> list[dict[str, Any]]:
-    if not isinstance(value, list) or not value or len(value) > MAX_LIST:
-        raise BadRequest(f"'{name}' must be a non-empty list of operation monitors")
-    for entry in value:
-        if not isinstance(entry, dict) or not entry or set(entry) - {"ops", "org"}:
+def _list_of(name: str, value: Any, valid: Callable[[Any], bool], what: str) -> list[Any]:
+    """``value`` if it is a non-empty list (of at most :data:`MAX_LIST`) of ``valid``
+    items."""
+    if (
+        not isinstance(value, list)
+        or not value
+        or len(value) > MAX_LIST
+        or not all(valid(item) for item in value)
+    ):
+        raise BadRequest(f"'{name}' must be a non-empty list of {what}")
+    return value
+
+
+def _is_event_type(value: Any) -> bool:
+    return is_int_not_bool(value) and 1 <= value <= len(_NET)
+
+
+def _is_name(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_NAME
+
+
+def _is_type(value: Any) -> bool:
+    return is_int_not_bool(value) and value > 0
+
+
+def _operation_monitors(name: str, value: Any) -> list[Any]:
+    monitors = _list_of(name, value, lambda entry: isinstance(entry, dict), "operation monitors")
+    for entry in monitors:
+        if not entry or set(entry) - {"ops", "org"}:
             raise BadRequest(f"each '{name}' entry must have 'ops' and/or 'org'")
         ops = entry.get("ops")
         if ops is not None and (not is_int_not_bool(ops) or ops not in OPERATIONS):
@@ -215,7 +219,7 @@ def _operation_monitors(name: str, value: Any) -> list[dict[str, Any]]:
         org = entry.get("org")
         if org is not None and (not isinstance(org, str) or not org or len(org) > MAX_NAME):
             raise BadRequest(f"'{name}.org' must be an originator ID")
-    return value
+    return monitors
 
 
 def _missing_data(name: str, value: Any) -> dict[str, Any]:
