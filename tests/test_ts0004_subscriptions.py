@@ -477,6 +477,21 @@ class BlockingUpdateTests(SubscriptionTestCase):
         self.assertEqual(self.successResultOf(deleted).rsc, RSC.DELETED)
         self.assertEqual(self.cse.notifier._locks, {})
 
+    def test_an_update_behind_a_delete_finds_the_resource_gone(self) -> None:
+        """TS-0001 10.2.10.7: an UPDATE that waited behind a DELETE of the resource is 4004,
+        and its target hears nothing of it."""
+        self.blocking()
+        first = self.update(lbl=["first"])
+        deleted = self.handle(4, CNT, self.aei)
+        late = self.update(lbl=["late"])
+        [sent] = self.sender.take()
+        sent.answer(RSC.OK)
+        self.assertEqual(self.successResultOf(first).rsc, RSC.UPDATED)
+        self.assertEqual(self.successResultOf(deleted).rsc, RSC.DELETED)  # type: ignore[arg-type]
+        self.assertEqual(self.successResultOf(late).rsc, RSC.NOT_FOUND)
+        self.assertEqual([s.target for s in self.flush()], [])
+        self.assertEqual(self.cse.notifier._locks, {})
+
 
 class StackSubscriptionTests(StackTestCase):
     """The same through the binding: AEs on WebSocket connections, the poa chain."""

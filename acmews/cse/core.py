@@ -547,10 +547,12 @@ class CSE:
         changes = kind.validate_update(body)
         kind.prepare_update(self, resource, changes)
         waiting = kind.confirm_update(self, request.fr, resource, changes)
-        gate = self.notifier.blocking_update(resource, body, request)
+        gate = (
+            None if waiting is not None else self.notifier.blocking_update(resource, body, request)
+        )
         if waiting is not None or gate is not None:
             return Deferred.fromCoroutine(
-                self._update_confirmed(request, resource, changes, rcn, waiting, gate)
+                self._update_confirmed(request, resource, body, changes, rcn, waiting, gate)
             )
         return self._updated(request, resource, changes, rcn)
 
@@ -568,6 +570,7 @@ class CSE:
         self,
         request: Request,
         resource: Resource,
+        body: dict[str, Any],
         changes: dict[str, Any],
         rcn: int,
         waiting: Deferred[None] | None,
@@ -577,6 +580,7 @@ class CSE:
         targets) has fired and ``gate`` (a blocking-update subscription's target) let it."""
         if waiting is not None:
             await waiting
+            gate = self.notifier.blocking_update(resource, body, request)
         lock = None if gate is None else await gate
         try:
             if self.store.get(resource.ri) is not resource:

@@ -33,6 +33,7 @@ from acmews.cse.resource import Changes, Delivery, Resource, ResourceReader, Tar
 from acmews.cse.store import Batch, IResourceStore
 from acmews.cse.subscription import Policy, compile_policy
 from acmews.errors import (
+    NotFound,
     OneM2MError,
     RemoteError,
     RequestTimeout,
@@ -497,12 +498,14 @@ class Notifier:
     def _count(self, ri: str, nu: str, which: int, count: int = 1) -> None:
         """Count for subscription ``ri``'s target ``nu``; written to its ``nsi`` at the end
         of this reactor turn (with every other count of the turn)."""
+        if self._store is None:
+            return  # nowhere to write them
         per_target = self._stats.setdefault(ri, {})
         counters = per_target.get(nu)
         if counters is None:
             counters = per_target[nu] = [0, 0, 0]
         counters[which] += count
-        if self._stats_call is None and self._store is not None:
+        if self._stats_call is None:
             self._stats_call = self._clock.callLater(0, self._write_stats)
 
     def _write_stats(self) -> None:
@@ -584,6 +587,8 @@ class Notifier:
             lock = self._locks[resource.ri] = DeferredLock()
         await lock.acquire()
         try:
+            if self._store is not None and self._store.get(resource.ri) is not resource:
+                raise NotFound(f"{resource.srn!r} was deleted while its UPDATE waited")
             if blocking is not None:
                 await self._notify_blocking(resource, body, request, *blocking)
         except BaseException:
