@@ -1,11 +1,12 @@
 """The embedded CSE: a transport-free :class:`~acmews.interfaces.IRequestHandler`.
 
 Requests are answered synchronously (a plain :class:`Response`) whenever possible; only a
-subscription CREATE (which must wait for verification), a NOTIFY forwarded to an AE, and any
+subscription CREATE or an UPDATE adding notification targets (which wait for verification),
+an UPDATE that a blocking-update subscription holds, a NOTIFY forwarded to an AE, and any
 change while the store makes changes durable (its ``apply`` returns a Deferred) return a
 Deferred. Notifications caused by a request are sent from ``callLater(0, ...)`` once its
-changes are applied, so they never delay the response to that request, and their failures
-are only logged.
+changes are applied, so they never delay the response to that request (but for a deleted
+subscription's notice, which TS-0004 has leave first), and their failures are only logged.
 
 A request that changes resources collects its changes in one :class:`Batch` (every check
 that may refuse it comes before the first change) and ends with one ``store.apply(batch)``.
