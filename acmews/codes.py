@@ -37,11 +37,14 @@ class RSC(IntEnum):
     ORIGINATOR_NOT_AUTHENTICATED = 4106
     INVALID_CHILD_RESOURCE_TYPE = 4108
     ORIGINATOR_HAS_ALREADY_REGISTERED = 4117
+    BLOCKING_SUBSCRIPTION_ALREADY_EXISTS = 4124
+    OPERATION_DENIED_BY_REMOTE_ENTITY = 4127
     INTERNAL_SERVER_ERROR = 5000
     NOT_IMPLEMENTED = 5001
     TARGET_NOT_REACHABLE = 5103
     RECEIVER_HAS_NO_PRIVILEGE = 5105
     ALREADY_EXISTS = 5106
+    REMOTE_ENTITY_NOT_REACHABLE = 5107
     TARGET_NOT_SUBSCRIBABLE = 5203
     SUBSCRIPTION_VERIFICATION_INITIATION_FAILED = 5204
     NOT_ACCEPTABLE = 5207
@@ -109,6 +112,30 @@ class NotificationEventType(IntEnum):
     DELETE = 2
     CREATE_CHILD = 3
     DELETE_CHILD = 4
+    #: a RETRIEVE of a container that holds no contentInstance
+    RETRIEVE_EMPTY_CONTAINER = 5
+    #: a trigger received for an AE (device triggering; not implemented by this CSE)
+    TRIGGER_FOR_AE = 6
+    #: an UPDATE blocked until the one notification target has answered
+    BLOCKING_UPDATE = 7
+    #: missing data points of a timeSeries
+    MISSING_DATA = 8
+
+
+class NotificationContentType(IntEnum):
+    ALL_ATTRIBUTES = 1
+    MODIFIED_ATTRIBUTES = 2
+    RESOURCE_ID = 3
+    TRIGGER_PAYLOAD = 4
+    TIME_SERIES_NOTIFICATION = 5
+
+
+class EventCategory(IntEnum):
+    """``ec`` (m2m:stdEventCats)."""
+
+    IMMEDIATE = 2
+    BEST_EFFORT = 3
+    LATEST = 4
 
 
 #: Release version indicators acmews accepts; it answers with DEFAULT_RELEASE.

@@ -125,7 +125,7 @@ class VerificationTests(SubscriptionTestCase):
             {"nu": []},
             {"nu": "http://a"},
             {"nu": [""]},
-            {"nu": ["x"], "enc": {"net": [5]}},
+            {"nu": ["x"], "enc": {"net": [0]}},
             {"nu": ["x"], "enc": {"net": []}},
             {"nu": ["x"], "enc": {"xyz": 1}},
             {"nu": ["x"], "nct": 4},
@@ -343,12 +343,15 @@ class NotificationTests(SubscriptionTestCase):
 
     def test_subscription_update(self) -> None:
         self.subscribe("cse-in/Cmyae/c", self.aei, nu=["http://a"], rn="s")
-        response = self.ok(
+        d = self.handle(
             3,
             "cse-in/Cmyae/c/s",
             self.aei,
             pc={"m2m:sub": {"enc": {"net": [3]}, "nu": ["http://b"]}},
         )
+        [verification] = self.sender.take()  # the new target is verified first
+        verification.answer(RSC.OK)
+        response = self.successResultOf(d)  # type: ignore[arg-type]
         self.assertEqual(response.pc["m2m:sub"]["enc"], {"net": [3]})
         self.create("cse-in/Cmyae/c", 4, "m2m:cin", self.aei, con="1")
         self.assertEqual([s.target for s in self.flush()], ["http://b"])

@@ -591,6 +591,36 @@ class DurableCSETests(StoreFiles, RecordTree):
         self.assertEqual(self.retrieve(f"cse-in/{aei}", aei).rsc, 2000)  # never deleted
         self.assertEqual(self.retrieve(pending, "Cother").rsc, 4103)
 
+    def test_subscription_policies_and_statistics_survive_a_restart(self) -> None:
+        """TS-0004 7.4.8: a subscription's conditions, policies and statistics (``nsi``,
+        written as notifications are answered) are in the file."""
+        aei = self.register("Cmyae")
+        self.create(f"cse-in/{aei}", 3, "m2m:cnt", aei, rn="c")
+        policies = {
+            "enc": {"net": [1], "atr": ["lbl"]},
+            "nct": 2,
+            "bn": {"num": 2, "dur": "PT5S"},
+            "ln": True,
+            "nse": True,
+            "eeno": True,
+        }
+        sub = self.subscribe(f"cse-in/{aei}/c", aei, nu=["http://n?ct=cbor"], **policies)
+        om = {"om": [{"ops": 3, "org": aei}]}
+        monitor = self.subscribe(f"cse-in/{aei}/c", aei, nu=["http://m"], enc=om)
+        for lbl in "ab":
+            self.ok(3, f"cse-in/{aei}/c", aei, pc={"m2m:cnt": {"lbl": [lbl]}})
+        for sent in self.flush():
+            sent.answer(RSC.OK)
+        self.flush()
+        self.commit()
+        before = [self.retrieve(s["ri"]).pc for s in (sub, monitor)]
+        self.assertEqual(
+            before[0]["m2m:sub"]["nsi"],
+            [{"tg": "http://n?ct=cbor", "rqs": 2, "rsr": 2, "noec": 2}],
+        )
+        self.restart()
+        self.assertEqual([self.retrieve(s["ri"]).pc for s in (sub, monitor)], before)
+
     def test_resource_ids_are_never_used_again(self) -> None:
         aei = self.register()
         seen = {aei}

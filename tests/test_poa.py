@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import cbor2
 from treq.testing import StubTreq
 from twisted.application.service import MultiService
 from twisted.internet.defer import CancelledError, Deferred, fail
@@ -847,6 +848,7 @@ class OneM2MResource(Resource):
                 "accept": h("Accept"),
                 "encoding": h("Accept-Encoding"),
                 "authorization": h("Authorization"),
+                "ec": h("X-M2M-EC"),
                 "body": request.content.read(),
             }
         )
@@ -895,6 +897,30 @@ class HttpConnectorTests(SynchronousTestCase):
         self.assertEqual((seen["origin"], seen["ri"]), ("/id-in", "n1"))
         self.assertEqual(json.loads(seen["body"]), {"m2m:sgn": {"sur": "sub1"}})
         self.assertEqual((response.rsc, response.pc), (2000, None))
+
+    def test_a_serialization_indication_chooses_the_body_and_leaves_the_url(self) -> None:
+        """TS-0004 7.5.1.2.2 step 2.5: a notification URI ending in ``?ct=cbor`` has its
+        notification serialized as CBOR, and the indication is not part of the target (its
+        other query parameters are); ``?ct=json`` is JSON. An Event Category goes in
+        ``X-M2M-EC`` (TS-0009)."""
+        self.resource.body = cbor2.dumps({"m2m:dbg": "ok"})
+        self.resource.headers = {b"Content-Type": b"application/cbor"}
+        response = self.successResultOf(
+            self.connector.send("http://h:8080/n?x=1&ct=cbor", notify(ec=4), 5)
+        )
+        seen = self.resource.seen[0]
+        self.assertEqual(seen["uri"], "/n?x=1")
+        self.assertEqual((seen["ctype"], seen["accept"]), ("application/cbor",) * 2)
+        self.assertEqual(cbor2.loads(seen["body"]), {"m2m:sgn": {"sur": "sub1"}})
+        self.assertEqual(seen["ec"], "4")
+        self.assertEqual(response.pc, {"m2m:dbg": "ok"})
+        self.resource.body = b""
+        self.successResultOf(self.connector.send("http://h:8080/n?ct=json", notify(), 5))
+        seen = self.resource.seen[1]
+        self.assertEqual(
+            (seen["uri"], seen["ctype"], seen["ec"]), ("/n", "application/json", None)
+        )
+        self.assertEqual(json.loads(seen["body"]), {"m2m:sgn": {"sur": "sub1"}})
 
     def test_credentials_for_the_poa_only(self) -> None:
         from acmews.poa import read_outbound_credentials

@@ -1,11 +1,12 @@
 """The embedded CSE: a transport-free :class:`~acmews.interfaces.IRequestHandler`.
 
 Requests are answered synchronously (a plain :class:`Response`) whenever possible; only a
-subscription CREATE (which must wait for verification), a NOTIFY forwarded to an AE, and any
+subscription CREATE or an UPDATE adding notification targets (which wait for verification),
+an UPDATE that a blocking-update subscription holds, a NOTIFY forwarded to an AE, and any
 change while the store makes changes durable (its ``apply`` returns a Deferred) return a
 Deferred. Notifications caused by a request are sent from ``callLater(0, ...)`` once its
-changes are applied, so they never delay the response to that request, and their failures
-are only logged.
+changes are applied, so they never delay the response to that request (but for a deleted
+subscription's notice, which TS-0004 has leave first), and their failures are only logged.
 
 A request that changes resources collects its changes in one :class:`Batch` (every check
 that may refuse it comes before the first change) and ends with one ``store.apply(batch)``.
@@ -26,7 +27,7 @@ from dataclasses import replace
 from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredLock, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
@@ -67,6 +68,8 @@ __all__ = ["CSE", "CSEConfig"]
 REGISTRATIONS_PER_MINUTE = 30
 
 _KNOWN_TYPES = frozenset(int(t) for t in ResourceType)
+_SUB = ResourceType.SUB
+_CNT = ResourceType.CNT
 
 _T = TypeVar("_T")
 _K = TypeVar("_K")
@@ -122,7 +125,9 @@ class CSE:
         self.addressing = addressing = Addressing(config, self.store, base)
         self.access = access = AccessControl(addressing, config.admin, clock)
         self.content = Content(self.store, access, config.admin)
-        self.notifier = Notifier(config, sender, clock, self._ts, addressing, self.route)
+        self.notifier = Notifier(
+            config, sender, clock, self._ts, addressing, self.route, self.store
+        )
         self._base_targets = addressing.base_targets
         self._registrations: WeakKeyDictionary[IConnection, Budget] = WeakKeyDictionary()
         #: requests waiting for their operation execution time (oet)
@@ -469,13 +474,40 @@ class CSE:
             to, _, attribute = to.partition("#")
         resource, virtual = self.addressing.locate(to)
         if virtual is not None:
-            resource = self.addressing.virtual(resource, virtual)
+            container = resource
+            try:
+                resource = self.addressing.virtual(resource, virtual)
+            except NotFound:
+                self._retrieved(request, container, virtual)
+                raise
         pc, rest = self.content.retrieve(request, resource, attribute)
+        if virtual is None and self.store.latest_child(resource.ri, _SUB) is not None:
+            self._retrieved(request, resource)
         response = self._respond(request, RSC.OK, pc)
         if rest is not None:  # the answer holds part of what was asked: fc.ofst gets the rest
             response.cnst = PARTIAL_CONTENT
             response.cnot = rest
         return response
+
+    def _retrieved(self, request: Request, resource: Resource, virtual: str | None = None) -> None:
+        """Tell the subscriptions of ``resource`` about its RETRIEVE: an operationMonitor
+        of RETRIEVE; notificationEventType 5 for a container that holds no contentInstance
+        (retrieved itself, or its latest or oldest, which then does not exist)."""
+        if virtual is not None:
+            if resource.ty != _CNT or self.store.latest_child(resource.ri, _SUB) is None:
+                return
+            try:
+                self.access.check(request.fr, resource, ACOP.RETRIEVE)
+            except OneM2MError:
+                return  # only an originator that may read it makes it heard
+        batch = Batch(self.store, request)
+        if virtual is None:
+            self._event(batch, resource, None, resource)
+        if resource.ty == _CNT and not resource.attrs.get("cni"):
+            self._event(batch, resource, NotificationEventType.RETRIEVE_EMPTY_CONTAINER, resource)
+        done = self._apply(batch)
+        if done is not None:
+            done.addErrback(self._log_failure, "could not store a RETRIEVE's changes")
 
     # --- CREATE -------------------------------------------------------------------------------
 
@@ -496,6 +528,11 @@ class CSE:
         if request.fc is not None:
             raise BadRequest("filter criteria (fc) are not allowed on CREATE (TS-0004 7.3.2.1)")
         if not kind.may_be_created_under(parent.kind):
+            if kind.ty == _SUB:
+                # TS-0004 7.4.8.2.1 Recv-6.4: 5203 rather than 4108
+                raise OneM2MError(
+                    f"a {parent.kind.name} is not subscribable", rsc=RSC.TARGET_NOT_SUBSCRIBABLE
+                )
             raise InvalidChildResourceType(
                 f"a {kind.key} cannot be created under {parent.kind.key} {parent.srn!r}"
             )
@@ -538,7 +575,7 @@ class CSE:
             return Deferred.fromCoroutine(
                 self._create_confirmed(request, parent, resource, rcn, waiting)
             )
-        done = self._change(CSE._add, resource, parent)
+        done = self._change(CSE._add, resource, parent, request)
         response = self._created(request, resource, rcn)
         return response if done is None else done.addCallback(_answer, response)
 
@@ -556,7 +593,7 @@ class CSE:
             raise NotFound(f"{parent.srn!r} was deleted during the subscription verification")
         if self.store.child(parent.ri, resource.rn) is not None:
             raise Conflict(f"a resource named {resource.rn!r} already exists under {parent.srn!r}")
-        done = self._change(CSE._add, resource, parent)
+        done = self._change(CSE._add, resource, parent, request)
         response = self._created(request, resource, rcn)
         if done is not None:
             await done
@@ -595,13 +632,51 @@ class CSE:
         if "et" in changes:
             changes["et"] = self.expiry.requested(changes["et"])
         kind.prepare_update(self, resource, changes)
+        waiting = kind.confirm_update(self, request.fr, resource, changes)
+        gate = (
+            None if waiting is not None else self.notifier.blocking_update(resource, body, request)
+        )
+        if waiting is not None or gate is not None:
+            return Deferred.fromCoroutine(
+                self._update_confirmed(request, resource, body, changes, rcn, waiting, gate)
+            )
+        return self._updated(request, resource, changes, rcn)
+
+    def _updated(
+        self, request: Request, resource: Resource, changes: dict[str, Any], rcn: int
+    ) -> Deferred[Response] | Response:
         changes["lt"] = self._now()
         before = resource.attrs  # never changed in place: the rcn 9 answer compares with it
-        done = self._change(CSE._replace, resource, changes)
+        done = self._change(CSE._replace, resource, changes, request)
         response = self._respond(
             request, RSC.UPDATED, self.content.result(resource, rcn, request, before)
         )
         return response if done is None else done.addCallback(_answer, response)
+
+    async def _update_confirmed(
+        self,
+        request: Request,
+        resource: Resource,
+        body: dict[str, Any],
+        changes: dict[str, Any],
+        rcn: int,
+        waiting: Deferred[None] | None,
+        gate: Deferred[DeferredLock] | None,
+    ) -> Response:
+        """Update ``resource`` once ``waiting`` (the verification of new notification
+        targets) has fired and ``gate`` (a blocking-update subscription's target) let it."""
+        if waiting is not None:
+            await waiting
+            gate = self.notifier.blocking_update(resource, body, request)
+        lock = None if gate is None else await gate
+        try:
+            if self.store.get(resource.ri) is not resource:
+                raise NotFound(f"{resource.srn!r} was deleted while its UPDATE waited")
+            result = self._updated(request, resource, changes, rcn)
+            return await result if isinstance(result, Deferred) else result
+        finally:
+            if lock is not None:
+                self.notifier.unblock(resource, lock)
 
     def _replace(self, batch: Batch, resource: Resource, changes: dict[str, Any]) -> None:
         """The changes of an UPDATE (see :meth:`_change`)."""
@@ -622,12 +697,33 @@ class CSE:
         self.access.check(request.fr, resource, ACOP.DELETE)
         if request.fc is not None:
             self.content.check_condition(request.fc, resource)
+        gate = self.notifier.blocked(resource)
+        if gate is not None:
+            # an UPDATE of it waits for a blocking-update target: this DELETE waits for it
+            return Deferred.fromCoroutine(self._delete_unblocked(request, resource, rcn, gate))
+        return self._deleted(request, resource, rcn)
+
+    def _deleted(
+        self, request: Request, resource: Resource, rcn: int
+    ) -> Deferred[Response] | Response:
         pc = self.content.content(resource, rcn, request.fr)
         parent = self.addressing.parent(resource)
         assert parent is not None
-        done = self._change(CSE.delete_tree, resource, parent)
+        done = self._change(CSE.delete_tree, resource, parent, request)
         response = self._respond(request, RSC.DELETED, pc)
         return response if done is None else done.addCallback(_answer, response)
+
+    async def _delete_unblocked(
+        self, request: Request, resource: Resource, rcn: int, gate: Deferred[DeferredLock]
+    ) -> Response:
+        lock = await gate
+        try:
+            if self.store.get(resource.ri) is not resource:
+                raise NotFound(f"{resource.srn!r} was deleted while its DELETE waited")
+            result = self._deleted(request, resource, rcn)
+            return await result if isinstance(result, Deferred) else result
+        finally:
+            self.notifier.unblock(resource, lock)
 
     # --- applying a request's changes ---------------------------------------------------------
 
@@ -636,8 +732,9 @@ class CSE:
         change: Callable[[CSE, Batch, Resource, _T], None],
         resource: Resource,
         argument: _T,
+        request: Request | None = None,
     ) -> Deferred[None] | None:
-        """Make a request's changes, ``change(self, batch, resource, argument)``, in a new
+        """Make ``request``'s changes, ``change(self, batch, resource, argument)``, in a new
         batch and :meth:`_apply` it.
 
         Should ``change`` fail unexpectedly half-way, what it changed in memory still
@@ -645,7 +742,7 @@ class CSE:
         change), and the error goes on to the caller. (A plain function and its arguments,
         not a closure: the hot path allocates nothing for this.)
         """
-        batch = Batch(self.store)
+        batch = Batch(self.store, request)
         try:
             change(self, batch, resource, argument)
         except BaseException:
@@ -660,7 +757,8 @@ class CSE:
         applied.
 
         A durable store's Deferred fires when the changes are durable; the caller answers
-        only then, and the notifications go out only then.
+        only then, and the notifications go out only then (the batch's urgent ones before
+        the answer).
         """
         if not batch:
             done = None
@@ -672,10 +770,11 @@ class CSE:
         notifications = batch.notifications
         if notifications is not None:
             deliver = self.notifier.deliver
+            urgent = batch.urgent
             if done is None:
-                deliver(notifications)
+                deliver(notifications, urgent)
             else:
-                done.addCallback(lambda _: deliver(notifications))
+                done.addCallback(lambda _: deliver(notifications, urgent))
         return done
 
     def _undone(self, failure: Failure, batch: Batch) -> Failure:
@@ -765,14 +864,19 @@ class CSE:
     def sur(self, sub: Resource) -> str:
         return self.notifier.sur(sub)
 
-    def verify(self, sub: Resource, originator: str | None) -> Deferred[None]:
-        return Deferred.fromCoroutine(self.notifier.verify(sub, originator))
+    def verify(
+        self, sub: Resource, originator: str | None, nus: Sequence[str] | None = None
+    ) -> Deferred[None]:
+        return Deferred.fromCoroutine(self.notifier.verify(sub, originator, nus))
+
+    def subscription_deleted(self, batch: Changes, sub: Resource) -> None:
+        self.notifier.subscription_deleted(batch, sub)
 
     def _event(
         self,
         batch: Changes,
         subject: Resource,
-        net: NotificationEventType,
+        net: NotificationEventType | None,
         rep: Resource,
         exclude: Resource | None = None,
         modified: dict[str, Any] | None = None,

@@ -24,14 +24,20 @@ from acmews.cse.resource import (
     v_any,
     v_api,
     v_bool,
-    v_enc,
-    v_nct,
     v_nonneg_int,
     v_nu,
     v_pos_int,
     v_privileges,
     v_str,
     v_str_list,
+)
+from acmews.cse.subscription import (
+    check_create,
+    check_update,
+    v_batch_notify,
+    v_enc,
+    v_nct,
+    v_subscription_nu,
 )
 from acmews.errors import (
     BadRequest,
@@ -227,14 +233,15 @@ class RemoteCSEKind(ResourceKind):
 
 
 class SubscriptionKind(ResourceKind):
-    """A subscription: ``enc`` and ``nct`` default to net 1 and 1; its notification targets
-    are verified before it is created; ``su`` hears of its deletion."""
+    """A subscription (TS-0004 7.4.8): its attributes are checked together and completed
+    with their defaults (:mod:`acmews.cse.subscription`); its notification targets are
+    verified before it is created, and new ones before an UPDATE that adds them; its pending
+    batch and its deletion notice to ``su`` go out before its DELETE is answered."""
 
     __slots__ = ()
 
     def prepare_create(self, cse: CSEServices, parent: Resource, attrs: dict[str, Any]) -> None:
-        attrs.setdefault("enc", {"net": [1]})
-        attrs.setdefault("nct", 1)
+        check_create(attrs, parent, cse.store.children(parent.ri, ResourceType.SUB))
 
     def confirm(
         self, cse: CSEServices, originator: str | None, resource: Resource
@@ -244,16 +251,31 @@ class SubscriptionKind(ResourceKind):
     def prepare_update(
         self, cse: CSEServices, resource: Resource, changes: dict[str, Any]
     ) -> None:
-        # removing enc or nct restores its default
         if "enc" in changes and changes["enc"] is None:
-            changes["enc"] = {"net": [1]}
-        if "nct" in changes and changes["nct"] is None:
-            changes["nct"] = 1
+            changes["enc"] = {"net": [1]}  # removing enc restores its default
+        check_update(changes, resource.attrs, cse.store.get(resource.pi))
+
+    def confirm_update(
+        self,
+        cse: CSEServices,
+        originator: str | None,
+        resource: Resource,
+        changes: dict[str, Any],
+    ) -> Deferred[None] | None:
+        """TS-0004 7.4.8.2.3: notification targets an UPDATE adds are verified first."""
+        nu = changes.get("nu")
+        if nu is None:
+            return None
+        known = set(resource.attrs["nu"])
+        added = [n for n in nu if n not in known]
+        return cse.verify(resource, originator, added) if added else None
 
     def deleted(self, cse: CSEServices, batch: Changes, resource: Resource) -> None:
-        su = resource.attrs.get("su")
-        if su:
-            cse.notify(batch, [su], {"m2m:sgn": {"sud": True, "sur": cse.sur(resource)}})
+        cse.subscription_deleted(batch, resource)
+
+
+def v_subscription_targets(name: str, value: Any) -> Any:
+    return v_subscription_nu(name, v_nu(name, value))
 
 
 class ACPKind(ResourceKind):
@@ -348,14 +370,18 @@ BUILTIN_KINDS: tuple[ResourceKind, ...] = (
         "sub",
         "subscription",
         {
-            "nu": v_nu,
+            "nu": v_subscription_targets,
             "enc": v_enc,
             "nct": v_nct,
             "su": v_str,
             "exc": v_pos_int,
+            "bn": v_batch_notify,
+            "ln": v_bool,
+            "nse": v_bool,
+            "eeno": v_bool,
         },
         frozenset({"nu"}),
-        {"lbl", "acpi", "et", "nu", "enc", "nct", "su", "exc"},
+        {"lbl", "acpi", "et", "nu", "enc", "nct", "su", "exc", "bn", "ln", "nse", "eeno"},
         set(),
     ),
     make_kind(

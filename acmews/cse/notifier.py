@@ -4,40 +4,107 @@ Events are found synchronously while a request changes resources (through the re
 :class:`~acmews.cse.store.Batch`). The notifications they cause are carried by that batch;
 once it has been applied (made durable), the CSE hands them to :meth:`Notifier.deliver`,
 which sends them from ``callLater(0, ...)``: they never delay the response to that request,
-and their failures are only logged.
+and their failures are only logged. The exception is a subscription's deletion notice (and
+its pending batch): TS-0004 has it sent before the DELETE is answered, so those (and the
+notifications before them) are handed to the sender before the response leaves.
+
+A subscription's attributes are read through its :class:`~acmews.cse.subscription.Policy`,
+compiled once per version of them. A subscription with a batch (``bn``), ``ln`` or
+statistics (``nse``) tags its notifications, which the notifier then collects, marks or
+counts; the others are sent as they are.
 """
 
 from __future__ import annotations
 
 import itertools
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import Deferred, DeferredLock, maybeDeferred
+from twisted.internet.defer import TimeoutError as DeferTimeoutError
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-from acmews.codes import RSC, NotificationEventType, Operation, ResourceType
+from acmews.codes import RSC, EventCategory, NotificationEventType, Operation, ResourceType
 from acmews.cse.addressing import Addressing
 from acmews.cse.config import CSEConfig
 from acmews.cse.resource import Changes, Delivery, Resource, ResourceReader, Target
-from acmews.errors import OneM2MError, SubscriptionVerificationInitiationFailed
+from acmews.cse.store import Batch, IResourceStore
+from acmews.cse.subscription import Policy, compile_policy
+from acmews.errors import (
+    NotFound,
+    OneM2MError,
+    RemoteError,
+    RequestTimeout,
+    SubscriptionVerificationInitiationFailed,
+    TargetNotReachable,
+)
 from acmews.interfaces import IRequestSender
 from acmews.logs import Logger, Throttle
-from acmews.poa.steps import target_key
+from acmews.poa.steps import scheme_of, split_ct, target_key
 from acmews.primitive import Request, Response
 from acmews.timestamps import Timestamps
 
 #: notifications sent per reactor turn in a fan-out
 DELIVERY_BATCH = 64
+#: notifications a batch (``bn``) collects at most before it is sent, whatever its ``num``
+MAX_BATCH = 1000
 
 __all__ = ["Notifier"]
 
 _SUB = ResourceType.SUB
+_NET = NotificationEventType
+#: the event an operation on the subscribed-to resource causes, for an operationMonitor
+#: (a RETRIEVE causes none: it is monitored with ``net`` None)
+_PRIMARY: dict[int, NotificationEventType | None] = {
+    Operation.CREATE: _NET.CREATE_CHILD,
+    Operation.RETRIEVE: None,
+    Operation.UPDATE: _NET.UPDATE,
+    Operation.DELETE: _NET.DELETE,
+}
+#: statistics counters of a notification target: requests, responses, events (``nsi``)
+_RQS, _RSR, _NOEC = 0, 1, 2
+#: the target of a delivery that goes nowhere itself (a flush)
+_NOWHERE: Target = ("", (), False, "")
 
 #: the next hop towards a CSE: (originator, poa), or None (see CSE.route)
 Route = Callable[[str], "tuple[str, tuple[str, ...]] | None"]
+
+
+class _Tag:
+    """A notification of a subscription whose policy applies at delivery: collected into
+    its batch, marked latest, counted (``nu`` as written names the target in ``nsi``)."""
+
+    __slots__ = ("nu", "policy", "ri")
+
+    def __init__(self, ri: str, nu: str, policy: Policy) -> None:
+        self.ri = ri
+        self.nu = nu
+        self.policy = policy
+
+
+class _Flush:
+    """Send the pending batches of a subscription being deleted (TS-0004 7.4.8.2.4)."""
+
+    __slots__ = ("ri",)
+
+    def __init__(self, ri: str) -> None:
+        self.ri = ri
+
+
+class _Pending:
+    """The notifications a batch (``bn``) holds for one target of one subscription."""
+
+    __slots__ = ("count", "notifications", "tag", "target", "timer")
+
+    def __init__(self, target: Target, tag: _Tag, timer: IDelayedCall) -> None:
+        self.target = target
+        self.tag = tag
+        self.timer = timer
+        self.notifications: list[Any] = []
+        #: notifications collected (with ``ln`` only the latest is kept, all count)
+        self.count = 0
 
 
 class Notifier:
@@ -53,7 +120,11 @@ class Notifier:
         timestamps: Timestamps,
         addressing: Addressing,
         route: Route | None = None,
+        store: IResourceStore | None = None,
     ) -> None:
+        """
+        @param store: where the notification statistics (``nsi``) are written.
+        """
         self._config = config
         self._route = route
         self._cse_id = config.cse_id
@@ -61,11 +132,24 @@ class Notifier:
         self._clock = clock
         self._ts = timestamps
         self._addressing = addressing
+        self._store = store
         self._rqis = itertools.count(1)
         self._rqi_prefix = f"acmews-{secrets.token_hex(3)}-"
         #: lines about a notification's fate, per target (a peer may fail or refuse every
         #: notification); summed up in the next line about it that gets through
         self._outcomes = Throttle(self.log, clock, "notification outcomes", timer=False)
+        #: subscription ri -> (the attrs it was compiled from, its policy)
+        self._policies: dict[str, tuple[Mapping[str, Any], Policy]] = {}
+        #: subscription ri -> target -> its batch collecting notifications
+        self._pending: dict[str, dict[str, _Pending]] = {}
+        #: subscription ri -> nu -> counters not written yet, and the call that writes them
+        self._stats: dict[str, dict[str, list[int]]] = {}
+        self._stats_call: IDelayedCall | None = None
+        #: resource ri -> the lock of its blocked UPDATEs (TS-0001 10.2.10.7)
+        self._locks: dict[str, DeferredLock] = {}
+        #: deliveries waiting for a later reactor turn, in the order they were scheduled
+        self._waiting: dict[int, tuple[list[Delivery], int]] = {}
+        self._turns = itertools.count()
 
     def sur(self, sub: Resource) -> str:
         """The subscription reference of ``sub`` (its SP-relative resource ID)."""
@@ -89,12 +173,34 @@ class Notifier:
             rqet=rqet,
         )
 
+    def policy(self, sub: Resource) -> Policy:
+        """The policy of ``sub`` as its attributes are now (compiled once per version)."""
+        attrs = sub.attrs
+        entry = self._policies.get(sub.ri)
+        if entry is not None and entry[0] is attrs:
+            return entry[1]
+        policy = compile_policy(attrs)
+        self._policies[sub.ri] = (attrs, policy)
+        return policy
+
     def resolve_target(self, nu: str, reader: ResourceReader | None = None) -> Target:
         """Where a notification for ``nu`` goes: a URL as is; an AE (or remote CSE)
         registered here by its originator and poa (``registered``: it may wait in
         store-and-forward); an ``nu`` on another CSE (``/id-mn/Cxyz``) to the next hop
         towards that CSE, addressed to ``nu``; anything else tried once as an originator.
-        ``reader`` is the store by default."""
+        ``reader`` is the store by default.
+
+        A serialization indication (``?ct=cbor``) is not part of the request's ``to``
+        (TS-0004 7.5.1.2.2 step 2.5); an http(s) hop keeps it, for the HTTP connector to
+        serialize by; any other target is sent in its connection's own serialization.
+        """
+        if "?" in nu:
+            plain, ct = split_ct(nu)
+            if ct is not None:
+                if "://" in plain:
+                    hop = nu if scheme_of(plain) in ("http", "https") else plain
+                    return hop, (), False, plain
+                nu = plain
         if "://" in nu:
             return nu, (), False, nu
         addressing = self._addressing
@@ -120,12 +226,13 @@ class Notifier:
         self,
         batch: Changes,
         subject: Resource,
-        net: NotificationEventType,
+        net: NotificationEventType | None,
         rep: Resource,
-        modified: dict[str, Any] | None = None,
+        modified: Mapping[str, Any] | None = None,
         exclude: Resource | None = None,
     ) -> list[Resource] | None:
-        """Notify the subscriptions that are children of ``subject`` about event ``net``.
+        """Notify the subscriptions that are children of ``subject`` about event ``net``
+        (None: a RETRIEVE of ``subject``, which only an operationMonitor hears).
 
         Only those still there: a subscription ``batch`` removed hears nothing. Counts down
         their ``exc`` (in ``batch``); returns the subscriptions whose last notification this
@@ -135,27 +242,43 @@ class Notifier:
         for sub in batch.children(subject.ri, _SUB):
             if sub is exclude:
                 continue
-            attrs = sub.attrs
-            if net not in attrs["enc"]["net"]:
+            policy = self.policy(sub)
+            monitored: dict[str, Any] | None = None
+            if net is not None and net in policy.net:
+                if net == 3 or net == 4:
+                    if policy.chty is not None and rep.ty not in policy.chty:
+                        continue
+                elif (
+                    net == 1
+                    and policy.atr is not None
+                    and (modified is None or policy.atr.isdisjoint(modified))
+                ):
+                    continue
+            elif policy.om is None:
                 continue
-            nct = attrs["nct"]
+            else:
+                monitored = _monitored(policy, batch.request, net)
+                if monitored is None:
+                    continue
+            nct = policy.nct
             if nct == 3:
                 representation: Any = {"m2m:uri": rep.ri}
             elif nct == 2 and modified is not None:
                 representation = {rep.kind.key: {k: rep.attrs.get(k) for k in modified}}
             else:
                 representation = rep.pc
-            self.schedule(
-                batch,
-                attrs["nu"],
-                {
-                    "m2m:sgn": {
-                        "nev": {"rep": representation, "net": int(net)},
-                        "sur": self.sur(sub),
-                    }
-                },
-            )
-            exc = attrs.get("exc")
+            if monitored is None:
+                nev: dict[str, Any] = {"rep": representation, "net": int(net or 0)}
+            else:
+                nev = {"rep": representation, "om": monitored}
+            sgn: dict[str, Any] = {"nev": nev, "sur": self.sur(sub)}
+            if policy.creator is not None or policy.eeno:
+                _add_creator(sgn, policy, batch.request)
+            if policy.tagged:
+                self._schedule_tagged(batch, sub, policy, {"m2m:sgn": sgn})
+            else:
+                self.schedule(batch, sub.attrs["nu"], {"m2m:sgn": sgn})
+            exc = sub.attrs.get("exc")
             if exc is not None:
                 if exc > 1:
                     sub.replace({"exc": exc - 1})
@@ -165,6 +288,18 @@ class Notifier:
                 else:
                     expired.append(sub)
         return expired
+
+    def subscription_deleted(self, batch: Changes, sub: Resource) -> None:
+        """``sub`` is being deleted: its pending batches are sent, then its deletion notice
+        to ``su`` (TS-0004 7.5.1.2.4), both before the response to the request."""
+        policy = self.policy(sub)
+        if policy.batch is not None:
+            batch.notify((_NOWHERE,), {}, _Flush(sub.ri), urgent=True)
+        su = sub.attrs.get("su")
+        if su:
+            pc = {"m2m:sgn": {"sud": True, "sur": self.sur(sub)}}
+            batch.notify(self._targets(batch, (su,)).values(), pc, urgent=True)
+        self._policies.pop(sub.ri, None)  # compiled again should the deletion fail
 
     # --- delivery -----------------------------------------------------------------------------
 
@@ -176,36 +311,111 @@ class Notifier:
         being deleted (with its subscriptions) is still known, so its ``sud`` still finds its
         poa; an AE the batch removed already is not.
         """
+        batch.notify(self._targets(batch, nus).values(), pc)
+
+    def _targets(self, batch: Changes, nus: Sequence[str]) -> dict[str, Target]:
         targets: dict[str, Target] = {}
         for nu in nus:
             target = self.resolve_target(nu, batch)
             targets.setdefault(target[3], target)  # duplicates in nu collapse
-        batch.notify(targets.values(), pc)
+        return targets
 
-    def deliver(self, deliveries: list[Delivery]) -> None:
-        """Send ``deliveries`` (a batch's notifications, once it has been applied) after the
-        response to its request: from ``callLater(0, ...)``."""
-        self._clock.callLater(0, self._deliver, deliveries, 0)
+    def _schedule_tagged(
+        self, batch: Changes, sub: Resource, policy: Policy, pc: dict[str, Any]
+    ) -> None:
+        """:meth:`schedule` for a subscription whose policy applies at delivery: each target
+        tagged with the ``nu`` that names it."""
+        seen: set[str] = set()
+        for nu in sub.attrs["nu"]:
+            target = self.resolve_target(nu, batch)
+            if target[3] not in seen:
+                seen.add(target[3])
+                batch.notify((target,), pc, _Tag(sub.ri, nu, policy))
+
+    def deliver(self, deliveries: list[Delivery], urgent: int = 0) -> None:
+        """Send ``deliveries`` (a batch's notifications, once it has been applied): the
+        first ``urgent`` ones now, before the response to its request (after what earlier
+        requests still have waiting: they are not overtaken); the others after it, from
+        ``callLater(0, ...)``."""
+        if urgent:
+            self._catch_up()
+            self._send_range(deliveries, 0, urgent)
+            if urgent < len(deliveries):
+                self._later(deliveries, urgent)
+        else:
+            self._later(deliveries, 0)
+
+    def _later(self, deliveries: list[Delivery], start: int) -> None:
+        """:meth:`_deliver` ``deliveries[start:]`` in the next reactor turn."""
+        key = next(self._turns)
+        self._waiting[key] = (deliveries, start)
+        self._clock.callLater(0, self._run, key)
+
+    def _run(self, key: int) -> None:
+        entry = self._waiting.pop(key, None)
+        if entry is not None:  # else :meth:`_catch_up` has sent it
+            self._deliver(*entry)
+
+    def _catch_up(self) -> None:
+        """Send at once what is waiting for a later turn, in the order it was scheduled."""
+        waiting = self._waiting
+        while waiting:
+            deliveries, start = waiting.pop(next(iter(waiting)))
+            self._send_range(deliveries, start, len(deliveries))
 
     def _deliver(self, deliveries: list[Delivery], start: int) -> None:
         """Send ``deliveries[start:]``, :data:`DELIVERY_BATCH` at a time: however large the
         fan-out, the reactor gets back between batches (to read, to answer others)."""
         end = start + DELIVERY_BATCH
         if end < len(deliveries):
-            self._clock.callLater(0, self._deliver, deliveries, end)
-        for (target, poa, registered, to), pc in deliveries[start:end]:
-            try:
-                request = self.notification(to, pc)
-                d = self._sender.send(target, request, poa=poa, store=registered)
-            except Exception:
-                self.log.failure("could not send a notification to {target}", target=target)
-                continue
-            d.addCallbacks(
-                self._delivered,
-                self._not_delivered,
-                callbackArgs=(target,),
-                errbackArgs=(target,),
-            )
+            self._later(deliveries, end)
+        self._send_range(deliveries, start, end)
+
+    def _send_range(self, deliveries: list[Delivery], start: int, end: int) -> None:
+        for target, pc, tag in deliveries[start:end]:
+            if tag is None:
+                self._send(target, pc)
+            elif isinstance(tag, _Tag):
+                self._send_tagged(target, pc, tag)
+            elif isinstance(tag, _Flush):
+                self._send_batches(tag.ri)
+
+    def _send(
+        self,
+        target: Target,
+        pc: dict[str, Any],
+        ec: EventCategory | None = None,
+        counted: _Tag | None = None,
+        count: int = 1,
+    ) -> None:
+        """Send ``pc`` to ``target``; its outcome is only logged (and counted in ``nsi`` for
+        a ``counted`` subscription's target)."""
+        hop, poa, registered, to = target
+        try:
+            request = self.notification(to, pc)
+            if ec is not None:
+                request.ec = int(ec)
+            d = self._sender.send(hop, request, poa=poa, store=registered)
+        except Exception:
+            self.log.failure("could not send a notification to {target}", target=hop)
+            return
+        if counted is not None:
+            self._count(counted.ri, counted.nu, _RQS, count)
+            d.addCallback(self._answered, counted, count)
+        d.addCallbacks(
+            self._delivered, self._not_delivered, callbackArgs=(hop,), errbackArgs=(hop,)
+        )
+
+    def _send_tagged(self, target: Target, pc: dict[str, Any], tag: _Tag) -> None:
+        policy = tag.policy
+        if policy.stats:
+            self._count(tag.ri, tag.nu, _NOEC)
+        if policy.batch is not None:
+            self._collect(target, pc, tag)
+            return
+        # TS-0004 7.5.1.2.2 step 2.3: latestNotify sets the Event Category "latest"
+        ec = EventCategory.LATEST if policy.latest else None
+        self._send(target, pc, ec, tag if policy.stats else None)
 
     def _delivered(self, response: Response, target: str) -> None:
         if not response.ok:
@@ -234,17 +444,217 @@ class Notifier:
         """A line about a notification's fate, within its target's budget."""
         self._outcomes.emit(target_key(target), emit, format, *args, target=target, **kwargs)
 
+    # --- batches (bn) -------------------------------------------------------------------------
+
+    def _collect(self, target: Target, pc: dict[str, Any], tag: _Tag) -> None:
+        """Add a notification to its target's batch (TS-0001 10.2.10.7): the batch is sent
+        once it holds ``num`` notifications or ``dur`` has passed since its first one."""
+        assert tag.policy.batch is not None
+        num, duration = tag.policy.batch
+        batches = self._pending.setdefault(tag.ri, {})
+        pending = batches.get(target[3])
+        if pending is None:
+            timer = self._clock.callLater(duration, self._send_batch, tag.ri, target[3])
+            pending = batches[target[3]] = _Pending(target, tag, timer)
+        if tag.policy.latest:
+            pending.notifications = [pc["m2m:sgn"]]  # only the latest is kept
+        else:
+            pending.notifications.append(pc["m2m:sgn"])
+        pending.count += 1
+        if pending.count >= MAX_BATCH or (num is not None and pending.count >= num):
+            self._send_batch(tag.ri, target[3])
+
+    def _send_batch(self, ri: str, to: str) -> None:
+        """Send the batch of subscription ``ri`` for target ``to`` as one aggregated
+        notification (``m2m:agn``), first in first out."""
+        batches = self._pending.get(ri)
+        pending = None if batches is None else batches.pop(to, None)
+        if pending is None:
+            return
+        if not batches:
+            del self._pending[ri]
+        if pending.timer.active():
+            pending.timer.cancel()
+        policy = pending.tag.policy
+        self._send(
+            pending.target,
+            {"m2m:agn": {"m2m:sgn": pending.notifications}},
+            EventCategory.LATEST if policy.latest else None,
+            pending.tag if policy.stats else None,
+            pending.count,
+        )
+
+    def _send_batches(self, ri: str) -> None:
+        """Send every batch subscription ``ri`` holds (it is being deleted)."""
+        for to in list(self._pending.get(ri, ())):
+            self._send_batch(ri, to)
+
+    # --- statistics (nse, nsi) ----------------------------------------------------------------
+
+    def _answered(self, response: Response, tag: _Tag, count: int) -> Response:
+        self._count(tag.ri, tag.nu, _RSR, count)
+        return response
+
+    def _count(self, ri: str, nu: str, which: int, count: int = 1) -> None:
+        """Count for subscription ``ri``'s target ``nu``; written to its ``nsi`` at the end
+        of this reactor turn (with every other count of the turn)."""
+        if self._store is None:
+            return  # nowhere to write them
+        per_target = self._stats.setdefault(ri, {})
+        counters = per_target.get(nu)
+        if counters is None:
+            counters = per_target[nu] = [0, 0, 0]
+        counters[which] += count
+        if self._stats_call is None:
+            self._stats_call = self._clock.callLater(0, self._write_stats)
+
+    def _write_stats(self) -> None:
+        """Add the counts of this turn to the ``nsi`` of the subscriptions (TS-0004
+        m2m:notificationStatsInfo): one batch for all, for those still collecting them."""
+        self._stats_call = None
+        stats, self._stats = self._stats, {}
+        store = self._store
+        assert store is not None
+        batch = Batch(store)
+        for ri, per_target in stats.items():
+            sub = store.get(ri)
+            if sub is None or sub.attrs.get("nse") is not True:
+                continue
+            nsi = [dict(entry) for entry in sub.attrs.get("nsi", ())]
+            entries = {entry.get("tg"): entry for entry in nsi}
+            for nu, counters in per_target.items():
+                entry = entries.get(nu)
+                if entry is None:
+                    entry = entries[nu] = {"tg": nu, "rqs": 0, "rsr": 0, "noec": 0}
+                    nsi.append(entry)
+                entry["rqs"] += counters[_RQS]
+                entry["rsr"] += counters[_RSR]
+                entry["noec"] += counters[_NOEC]
+            sub.replace({"nsi": nsi})
+            batch.update(sub)
+        if batch:
+            done = store.apply(batch)
+            if done is not None:
+                done.addErrback(self._stats_not_written)
+
+    def _stats_not_written(self, failure: Failure) -> None:
+        self.log.failure("could not store notification statistics", failure)
+
+    # --- blocking update (net 7) --------------------------------------------------------------
+
+    def blocking_update(
+        self, resource: Resource, body: Mapping[str, Any], request: Request
+    ) -> Deferred[DeferredLock] | None:
+        """The gate of an UPDATE of ``resource`` (TS-0004 7.5.1.2.19), or None when it has
+        none: a Deferred that fires with the resource's lock, held, once the blocking-update
+        subscription's target has accepted the update (the caller makes the change and
+        :meth:`unblock`); it fails with the rsc of TS-0004 7.3.2.9 when the target refuses.
+
+        While one UPDATE is blocked, the resource's other UPDATEs and DELETEs wait.
+        """
+        blocking = None
+        if self._store is not None and self._store.latest_child(resource.ri, _SUB) is not None:
+            for sub in self._store.children(resource.ri, _SUB):
+                policy = self.policy(sub)
+                if _NET.BLOCKING_UPDATE in policy.net:
+                    if policy.atr is None or not policy.atr.isdisjoint(body):
+                        blocking = (sub, policy)
+                    break
+        if blocking is None and resource.ri not in self._locks:
+            return None
+        return Deferred.fromCoroutine(self._blocked_update(resource, body, request, blocking))
+
+    def blocked(self, resource: Resource) -> Deferred[DeferredLock] | None:
+        """The gate of a DELETE of ``resource`` while an UPDATE of it is blocked: fires with
+        its lock once that UPDATE is done (the caller deletes and :meth:`unblock`)."""
+        lock = self._locks.get(resource.ri)
+        return None if lock is None else lock.acquire()
+
+    def unblock(self, resource: Resource, lock: DeferredLock) -> None:
+        lock.release()
+        if not lock.locked and not lock.waiting:
+            self._locks.pop(resource.ri, None)
+
+    async def _blocked_update(
+        self,
+        resource: Resource,
+        body: Mapping[str, Any],
+        request: Request,
+        blocking: tuple[Resource, Policy] | None,
+    ) -> DeferredLock:
+        lock = self._locks.get(resource.ri)
+        if lock is None:
+            lock = self._locks[resource.ri] = DeferredLock()
+        await lock.acquire()
+        try:
+            if self._store is not None and self._store.get(resource.ri) is not resource:
+                raise NotFound(f"{resource.srn!r} was deleted while its UPDATE waited")
+            if blocking is not None:
+                await self._notify_blocking(resource, body, request, *blocking)
+        except BaseException:
+            self.unblock(resource, lock)
+            raise
+        return lock
+
+    async def _notify_blocking(
+        self,
+        resource: Resource,
+        body: Mapping[str, Any],
+        request: Request,
+        sub: Resource,
+        policy: Policy,
+    ) -> None:
+        nu = sub.attrs["nu"][0]
+        hop, poa, _, to = self.resolve_target(nu)
+        sgn: dict[str, Any] = {
+            # the representation the UPDATE carries (nct 2, the only one allowed)
+            "nev": {"rep": {resource.kind.key: dict(body)}, "net": int(_NET.BLOCKING_UPDATE)},
+            "sur": self.sur(sub),
+        }
+        if policy.creator is not None or policy.eeno:
+            _add_creator(sgn, policy, request)
+        notification = self.notification(to, {"m2m:sgn": sgn})
+        d = maybeDeferred(self._sender.send, hop, notification, poa=poa, store=False)
+        d.addTimeout(self._config.verification_timeout, self._clock)
+        try:
+            answer = await d
+        except (TargetNotReachable, RequestTimeout, DeferTimeoutError) as e:
+            raise OneM2MError(
+                f"the blocking-update target {nu} is not reachable: {e}",
+                rsc=RSC.REMOTE_ENTITY_NOT_REACHABLE,
+            ) from None
+        if answer.ok:
+            return
+        if answer.rsc == RSC.TARGET_NOT_REACHABLE:
+            raise OneM2MError(
+                f"the blocking-update target {nu} is not reachable: {answer.debug}",
+                rsc=RSC.REMOTE_ENTITY_NOT_REACHABLE,
+            )
+        if answer.rsc == RSC.OPERATION_NOT_ALLOWED:
+            raise OneM2MError(
+                f"the blocking-update target {nu} refused the update: {answer.debug}",
+                rsc=RSC.OPERATION_DENIED_BY_REMOTE_ENTITY,
+            )
+        raise RemoteError(
+            f"the blocking-update target {nu} answered {int(answer.rsc)}",
+            answer.rsc,
+            answer.debug,
+        )
+
     # --- verification -------------------------------------------------------------------------
 
-    async def verify(self, sub: Resource, originator: str | None) -> None:
-        """Verify every ``nu`` of ``sub`` that is not ``originator``; 5204 if one fails.
+    async def verify(
+        self, sub: Resource, originator: str | None, nus: Sequence[str] | None = None
+    ) -> None:
+        """Verify every ``nu`` of ``sub`` (only ``nus`` if given) that is not
+        ``originator``; 5204 if one fails.
 
         The verification requests are sent at once (before the first ``await``).
         """
         sur = self.sur(sub)
         pending: list[tuple[str, Deferred[Response]]] = []
         verified: set[str] = set()
-        for nu in sub.attrs["nu"]:
+        for nu in sub.attrs["nu"] if nus is None else nus:
             target, poa, _, to = self.resolve_target(nu)
             if to == originator or to in verified:
                 continue  # the same target named twice is asked once
@@ -270,3 +680,35 @@ class Notifier:
             raise SubscriptionVerificationInitiationFailed(
                 "subscription verification failed for " + "; ".join(problems)
             )
+
+
+def _monitored(
+    policy: Policy, request: Request | None, net: NotificationEventType | None
+) -> dict[str, Any] | None:
+    """The ``om`` of a notification when ``policy``'s operationMonitor matches the request
+    whose own event ``net`` is (an event the request only causes, say an eviction, is none
+    of its operation's), else None."""
+    assert policy.om is not None
+    if request is None:
+        return None
+    op = request.op
+    if op not in _PRIMARY or _PRIMARY[op] != net:
+        return None
+    originator = request.fr
+    for ops, org in policy.om:
+        if (ops is None or ops == op) and (org is None or org == originator):
+            monitored: dict[str, Any] = {"ops": int(op)}
+            if originator is not None:
+                monitored["org"] = originator
+            return monitored
+    return None
+
+
+def _add_creator(sgn: dict[str, Any], policy: Policy, request: Request | None) -> None:
+    """TS-0001 10.2.10.7: a notification carries its subscription's creator (``cr``);
+    with ``eeno`` the originator of the event instead (as the reference implementations)."""
+    creator = policy.creator
+    if policy.eeno and request is not None and request.fr:
+        creator = request.fr
+    if creator is not None:
+        sgn["cr"] = creator

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
     from acmews.cse.config import CSEConfig
+    from acmews.primitive import Request
 
 __all__ = [
     "KINDS",
@@ -131,25 +132,6 @@ def v_any(name: str, value: Any) -> Any:
     return value
 
 
-def v_enc(name: str, value: Any) -> Any:
-    if not isinstance(value, dict) or set(value) - {"net"}:
-        raise BadRequest(f"attribute '{name}' must be an object with only 'net'")
-    net = value.get("net", [1])
-    if (
-        not isinstance(net, list)
-        or not net
-        or not all(is_int_not_bool(n) and 1 <= n <= 4 for n in net)
-    ):
-        raise BadRequest(f"'{name}.net' must be a non-empty list of event types 1-4")
-    return {"net": net}
-
-
-def v_nct(name: str, value: Any) -> Any:
-    if not is_int_not_bool(value) or value not in (1, 2, 3):
-        raise BadRequest(f"attribute '{name}' must be 1, 2 or 3")
-    return value
-
-
 def v_privileges(name: str, value: Any) -> Any:
     """``{"acr": [{"acor": [...], "acop": 1..63, ...}, ...]}``; a rule may also hold
     ``acco``, ``acod``, ``aca`` and ``acaf`` (see :mod:`acmews.cse.rules`)."""
@@ -226,13 +208,18 @@ class ResourceReader(Protocol):
 #: a resolved notification target: (next hop, its poa, registered, the request's ``to``);
 #: the hop is the target itself except for an ``nu`` on another CSE
 Target = tuple[str, tuple[str, ...], bool, str]
-#: one notification a request causes: where it goes, and its content
-Delivery = tuple[Target, dict[str, Any]]
+#: one notification a request causes: where it goes, its content, and a tag that only the
+#: notifier reads (None: send it as it is; else which subscription's policy applies)
+Delivery = tuple[Target, dict[str, Any], object]
 
 
 class Changes(ResourceReader, Protocol):
     """One request's changes as the hooks see them (an :class:`acmews.cse.store.Batch`);
     defined here, beside the hooks, so that this module needs nothing from the store."""
+
+    #: the request making the changes (its operation and originator, for the subscriptions
+    #: that monitor operations), or None for the CSE's own changes
+    request: Request | None
 
     def add(self, resource: Resource) -> None: ...
 
@@ -242,7 +229,13 @@ class Changes(ResourceReader, Protocol):
 
     def gone(self, resource: Resource) -> bool: ...
 
-    def notify(self, targets: Iterable[Target], pc: dict[str, Any]) -> None: ...
+    def notify(
+        self,
+        targets: Iterable[Target],
+        pc: dict[str, Any],
+        tag: object = None,
+        urgent: bool = False,
+    ) -> None: ...
 
 
 class CSEServices(Protocol):
@@ -277,8 +270,15 @@ class CSEServices(Protocol):
     def sur(self, sub: Resource) -> str:
         """The subscription reference of ``sub``."""
 
-    def verify(self, sub: Resource, originator: str | None) -> Deferred[None]:
-        """Verify the notification targets of ``sub``; fail with 5204."""
+    def verify(
+        self, sub: Resource, originator: str | None, nus: Sequence[str] | None = None
+    ) -> Deferred[None]:
+        """Verify the notification targets of ``sub`` (only ``nus`` if given); fail with
+        5204."""
+
+    def subscription_deleted(self, batch: Changes, sub: Resource) -> None:
+        """``sub`` is being deleted in ``batch``: its pending batch of notifications and its
+        deletion notice (to ``su``) go out before the response."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,7 +295,8 @@ class ResourceKind:
       the request's batch and :meth:`created` runs, then the batch is applied and
       :meth:`created_content` shapes the response.
     - UPDATE: :attr:`immutable` refuses, :meth:`prepare_update` may adjust the changes (or
-      refuse), then they are made and :meth:`updated` runs.
+      refuse), :meth:`confirm_update` may make the CSE wait (or refuse), then they are made
+      and :meth:`updated` runs.
     - DELETE: :attr:`deletable` refuses; then for each resource of the subtree, children
       first, :meth:`deleted`; then :meth:`detached` for the subtree's root and its parent.
 
@@ -413,6 +414,16 @@ class ResourceKind:
         self, cse: CSEServices, resource: Resource, changes: dict[str, Any]
     ) -> None:
         """Check and complete the validated ``changes`` (``None`` removes) of ``resource``."""
+
+    def confirm_update(
+        self,
+        cse: CSEServices,
+        originator: str | None,
+        resource: Resource,
+        changes: dict[str, Any],
+    ) -> Deferred[None] | None:
+        """A Deferred to wait for before ``changes`` are made (failing refuses), or None."""
+        return None
 
     def updated(self, cse: CSEServices, batch: Changes, resource: Resource) -> None:
         """``resource`` was just updated (``batch`` updates it)."""

@@ -13,6 +13,8 @@ from acmews.cse.resource import Delivery, Resource, Target
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
+    from acmews.primitive import Request
+
 __all__ = ["Batch", "IResourceReader", "IResourceStore", "MemoryResourceStore"]
 
 
@@ -104,13 +106,28 @@ class Batch:
 
     ``notifications``
         what the request's events cause (:meth:`notify`), or None: the CSE hands them to its
-        notifier once the batch is applied (durable). A store ignores them.
+        notifier once the batch is applied (durable). A store ignores them, and ``urgent``
+        (how many of them go out before the response) and ``request``.
     """
 
-    __slots__ = ("_parents", "_state", "_store", "added", "notifications", "removed", "updated")
+    __slots__ = (
+        "_parents",
+        "_state",
+        "_store",
+        "added",
+        "notifications",
+        "removed",
+        "request",
+        "updated",
+        "urgent",
+    )
 
-    def __init__(self, store: IResourceReader) -> None:
+    def __init__(self, store: IResourceReader, request: Request | None = None) -> None:
         self._store = store
+        #: the request making these changes (None: the CSE's own)
+        self.request = request
+        #: the first ``urgent`` notifications are handed to the sender before the response
+        self.urgent = 0
         self.added: list[Resource] = []
         self.updated: list[Resource] = []
         self.removed: list[Resource] = []
@@ -175,12 +192,21 @@ class Batch:
         """True if the batch removes ``resource`` (or cancels its addition)."""
         return self._state.get(resource, 0) >= _REMOVED
 
-    def notify(self, targets: Iterable[Target], pc: dict[str, Any]) -> None:
-        """Send ``pc`` to each of ``targets`` once the batch has been applied."""
+    def notify(
+        self,
+        targets: Iterable[Target],
+        pc: dict[str, Any],
+        tag: object = None,
+        urgent: bool = False,
+    ) -> None:
+        """Send ``pc`` to each of ``targets`` once the batch has been applied; ``tag`` is for
+        the notifier. ``urgent`` ones (and all before them) go before the response."""
         notifications = self.notifications
         if notifications is None:
             notifications = self.notifications = []
-        notifications.extend((target, pc) for target in targets)
+        notifications.extend((target, pc, tag) for target in targets)
+        if urgent:
+            self.urgent = len(notifications)
 
     # --- reads (IResourceReader) --------------------------------------------------------------
 

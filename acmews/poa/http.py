@@ -16,12 +16,13 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from zope.interface import implementer
 
-from acmews.codec import JSON
+from acmews.codec import CBOR, JSON
 from acmews.codes import Operation
 from acmews.errors import OneM2MError, RequestTimeout, TargetNotReachable
-from acmews.interfaces import IPoaConnector
+from acmews.interfaces import ICodec, IPoaConnector
 from acmews.logs import Logger
 from acmews.poa.credentials import OutboundCredentials
+from acmews.poa.steps import split_ct
 from acmews.primitive import Request, Response
 
 __all__ = ["AgentClient", "HttpClient", "HttpConnector", "http_url"]
@@ -135,6 +136,9 @@ def read_body(response: Any, limit: int) -> Deferred[bytes]:
     return finished
 
 
+#: the media type of a body, per codec (TS-0009 6.4.x: application/json, application/cbor)
+_MEDIA = {JSON.name: "application/json", CBOR.name: "application/cbor"}
+
 _HTTP_METHODS = {
     Operation.CREATE: "POST",
     Operation.RETRIEVE: "GET",
@@ -179,9 +183,11 @@ def http_url(poa: str, request: Request) -> str:
 class HttpConnector:
     """``http``/``https`` poa, mapped per TS-0009 (the oneM2M HTTP binding).
 
-    Only ``X-M2M-Origin``, ``X-M2M-RI``, ``X-M2M-RVI`` and the JSON body (``pc``) are mapped;
-    other request parameters (``rcn``, ``rqet``, filter criteria, ...) are not sent, which is
-    enough for notifications, the case this connector exists for.
+    Only ``X-M2M-Origin``, ``X-M2M-RI``, ``X-M2M-RVI``, ``X-M2M-EC`` and the body (``pc``)
+    are mapped; other request parameters (``rcn``, ``rqet``, filter criteria, ...) are not
+    sent, which is enough for notifications, the case this connector exists for. The body is
+    JSON, or CBOR for a URL that asks for it (``?ct=cbor``, a notification URI's
+    serialization indication, which is taken off the URL requested).
 
     Every peer is hostile: an answer counts only when it carries ``X-M2M-RSC`` (anything else,
     a plain web page, a redirect, fails the step with 5103 and nothing of it is relayed); its
@@ -225,25 +231,35 @@ class HttpConnector:
     async def _send(self, url: str, request: Request) -> Response:
         method = _HTTP_METHODS[request.op]
         target = http_url(url, request)
-        content_type = "application/json"
+        codec: ICodec = JSON
+        if "ct=" in target:
+            # a notification URI's serialization indication (TS-0004 7.5.1.2.2 step 2.5):
+            # the body is sent so, and the indication is not part of the URL requested
+            target, ct = split_ct(target)
+            if ct == "cbor":
+                codec = CBOR
+        media = _MEDIA[codec.name]
+        content_type = media
         if request.op == Operation.CREATE and request.ty is not None:
             content_type += f";ty={int(request.ty)}"
         headers = {
             "X-M2M-RI": [request.rqi],
             "X-M2M-RVI": [request.rvi],
             "Content-Type": [content_type],
-            "Accept": ["application/json"],
+            "Accept": [media],
             "Accept-Encoding": ["identity"],
         }
         if request.fr is not None:
             headers["X-M2M-Origin"] = [request.fr]
+        if request.ec is not None:
+            headers["X-M2M-EC"] = [str(request.ec)]
         if self._credentials is not None:
             authorization = self._credentials.authorization(url)
             if authorization is not None:
                 headers["Authorization"] = [authorization]
         kwargs: dict[str, Any] = {"headers": headers, "allow_redirects": False}
         if request.pc is not None:
-            kwargs["data"] = JSON.dumps(request.pc)
+            kwargs["data"] = codec.dumps(request.pc)
         try:
             answer = await self._client.request(method, target, **kwargs)
         except CancelledError:
@@ -288,10 +304,14 @@ class HttpConnector:
 
         pc: Any = None
         if body.strip():
+            content_type = (header("Content-Type") or "").lower()
+            codec = CBOR if "cbor" in content_type else JSON
             try:
-                pc = JSON.loads(body)
+                pc = codec.loads(body)
             except OneM2MError:
-                self.log.debug("{url}: the response body is not JSON, ignored", url=url)
+                self.log.debug(
+                    "{url}: the response body is not {codec}, ignored", url=url, codec=codec.name
+                )
         self.log.debug("{url} answered {rsc} (HTTP {code})", url=url, rsc=rsc, code=answer.code)
         return Response(
             rsc,

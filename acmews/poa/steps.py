@@ -18,6 +18,7 @@ __all__ = [
     "is_url",
     "reason",
     "scheme_of",
+    "split_ct",
     "target_key",
     "unwrap_timeout",
 ]
@@ -43,6 +44,25 @@ def target_key(target: str) -> str:
         except ValueError:
             return target
     return target
+
+
+def split_ct(uri: str) -> tuple[str, str | None]:
+    """``uri`` without its serialization indication (``?ct=cbor``), and that indication.
+
+    TS-0004 7.5.1.2.2 step 2.5: a notification URI may end in ``?ct=json`` (or ``cbor``);
+    the notification is serialized so, and the indication is not part of the target.
+    """
+    base, sep, query = uri.partition("?")
+    if not sep or "ct=" not in query:
+        return uri, None
+    ct = None
+    kept = []
+    for part in query.split("&"):
+        if part.startswith("ct="):
+            ct = part[3:]
+        else:
+            kept.append(part)
+    return (f"{base}?{'&'.join(kept)}" if kept else base), ct
 
 
 def is_default_poa(url: str) -> bool:
