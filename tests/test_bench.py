@@ -598,3 +598,77 @@ class RestartFillTests(SynchronousTestCase):
         latest = resources.latest_child(c0.ri, 4)
         assert latest is not None
         self.assertEqual(latest.attrs["con"], "value 27 x")
+
+
+class ProgressTests(SynchronousTestCase):
+    """#23: a run says what it does and how far it got, on its own stream."""
+
+    def test_a_log_gets_a_line_every_5_seconds(self) -> None:
+        from acmews.bench.progress import Progress
+
+        now = [100.0]
+        stream = io.StringIO()
+        progress = Progress(stream, "acmews bench", clock=lambda: now[0])
+        progress.say("retrieve, sequential")
+        for t in range(1, 21):
+            now[0] = 100.0 + t
+            progress.update(f"{t * 100}/2000 answered")
+        self.assertEqual(
+            stream.getvalue().splitlines(),
+            [
+                "acmews bench: retrieve, sequential",
+                "acmews bench: 500/2000 answered, 5 s",
+                "acmews bench: 1000/2000 answered, 10 s",
+                "acmews bench: 1500/2000 answered, 15 s",
+                "acmews bench: 2000/2000 answered, 20 s",
+            ],
+        )
+
+    def test_a_terminal_gets_one_line_rewritten(self) -> None:
+        from acmews.bench.progress import Progress
+
+        class Terminal(io.StringIO):
+            def isatty(self) -> bool:
+                return True
+
+        now = [0.0]
+        stream = Terminal()
+        progress = Progress(stream, "acmews bench", clock=lambda: now[0])
+        progress.say("fanout")
+        now[0] = 0.5
+        progress.update("round 1/10")
+        now[0] = 0.6  # too soon
+        progress.update("round 2/10")
+        now[0] = 1.0
+        progress.update("round 3/10")
+        progress.clear()
+        self.assertEqual(
+            stream.getvalue(),
+            "acmews bench: fanout\n"
+            "\racmews bench: round 1/10, 0 s\x1b[K"
+            "\racmews bench: round 3/10, 1 s\x1b[K"
+            "\r\x1b[K",
+        )
+
+    def test_silent_without_a_stream(self) -> None:
+        from acmews.bench.progress import Progress
+
+        progress = Progress(None)
+        progress.say("x")
+        progress.update("y")
+        progress.clear()  # nothing to write to, nothing raised
+
+    def test_it_goes_by_the_name_it_was_called(self) -> None:
+        from acmews.bench.cli import build_parser, describe_run
+
+        self.assertEqual(build_parser("acmews bench").prog, "acmews bench")
+        stderr = io.StringIO()
+        self.patch(sys, "stderr", stderr)
+        with self.assertRaises(SystemExit):
+            parse_options(["ws://h:1", "--window", "0"], "acmews bench")
+        self.assertIn("acmews bench: error: --window must be at least 1", stderr.getvalue())
+        opts = parse_options(["ws://h:1", "--requests", "100", "--duration", "20"])
+        self.assertEqual(
+            describe_run(opts, "ws://h:1"),
+            "retrieve, sequential, 1 connection(s) to ws://h:1: up to 100 requests within 20 s",
+        )
