@@ -135,8 +135,11 @@ EXAMPLES
     "shell": """\
 EXAMPLES
   acmews shell ws://127.0.0.1:8180 --register console
-  printf 'create cse-in --ty cnt --pc {"m2m:cnt":{"rn":"box"}}\\ndelete cse-in/box\\n' \\
-      | acmews shell ws://127.0.0.1:8180 --from CAdmin
+  acmews shell ws://127.0.0.1:8180 --from CAdmin <<'EOF'
+  create cse-in --ty cnt --pc '{"m2m:cnt": {"rn": "box"}}'
+  retrieve cse-in/box
+  delete cse-in/box
+  EOF
 """,
 }
 
@@ -513,7 +516,8 @@ def tls_hint(url: str, problem: str) -> str:
     if url.startswith("wss://"):
         if "no answer within" in text or "wrong version number" in text or "ssl" in text:
             return " (is it a plain ws:// port? wss:// waits for a TLS answer)"
-    elif "dropped the tcp connection" in text or "connection was closed uncleanly" in text:
+    elif "peer dropped the tcp connection without previous websocket closing" in text:
+        # a TLS server that read a plain HTTP request: it drops it without an answer
         return " (does the server speak TLS? then use wss://)"
     return ""
 

@@ -400,6 +400,8 @@ class HelpTests(TestCase):
         dropped = "peer dropped the TCP connection without previous WebSocket closing handshake"
         self.assertIn("use wss://", tls_hint("ws://h:1", dropped))
         self.assertEqual(tls_hint("ws://h:1", "Connection refused"), "")
+        refused = 'closed uncleanly ("WebSocket connection upgrade failed [401]: Unauthorized")'
+        self.assertEqual(tls_hint("ws://h:1", refused), "")
 
     def test_completion(self) -> None:
         import contextlib
