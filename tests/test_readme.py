@@ -554,3 +554,33 @@ def _own(argv: list[str]) -> list[str]:
             continue
         out.append(word)
     return out
+
+
+class ReferenceTests(TestCase):
+    """The reference names every option of both commands (#23.2)."""
+
+    def read(self, page: str) -> str:
+        with open(os.path.join(ROOT, "docs", "reference", page), encoding="utf-8") as f:
+            return f.read()
+
+    def test_every_twistd_acmews_option(self) -> None:
+        text = self.read("twistd.md")
+        for opt in Options().longOpt:
+            name = opt.rstrip("=")
+            if name not in ("help", "version"):
+                self.assertIn(f"`--{name}", text, name)
+
+    def test_every_acmews_option(self) -> None:
+        import argparse
+
+        from acmews.cli import build_parser
+
+        text = self.read("command-line.md")
+        parser = build_parser()
+        (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        for name, sub in commands.choices.items():
+            self.assertIn(f"`acmews {name}", text)
+            for action in sub._actions:
+                for option in action.option_strings:
+                    if option not in ("-h", "--help"):
+                        self.assertIn(f"`{option}", text, f"acmews {name} {option}")
