@@ -286,6 +286,23 @@ def request_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def who_and_where(
+    p: argparse.ArgumentParser, from_help: str, register_help: str, required: bool
+) -> None:
+    """URL, and who a long-lived command (watch, shell) speaks as: ``--from`` or
+    ``--register`` (under ``--cse``)."""
+    p.add_argument("url", metavar="URL", type=_url, help="ws://HOST:PORT of the CSE")
+    who = p.add_mutually_exclusive_group(required=required)
+    who.add_argument("--from", dest="originator", metavar="ORIGINATOR", help=from_help)
+    who.add_argument("--register", type=_name, metavar="NAME", help=register_help)
+    p.add_argument(
+        "--cse",
+        default="cse-in",
+        metavar="NAME",
+        help="the CSEBase an AE registers under (default cse-in)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="acmews",
@@ -347,17 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout passes first, or on Ctrl-C, and then deletes the subscriptions and the AE "
         "it created.",
     )
-    watch.add_argument("url", metavar="URL", type=_url, help="ws://HOST:PORT of the CSE")
-    who = watch.add_mutually_exclusive_group(required=True)
-    who.add_argument("--from", dest="originator", metavar="ORIGINATOR", help="X-M2M-Origin")
-    who.add_argument(
-        "--register", type=_name, metavar="NAME", help="register an AE named NAME first"
-    )
-    watch.add_argument(
-        "--cse",
-        default="cse-in",
-        metavar="NAME",
-        help="the CSEBase an AE registers under (default cse-in)",
+    who_and_where(
+        watch,
+        "X-M2M-Origin",
+        "register an AE named NAME first (deleted at the end)",
+        required=True,
     )
     watch.add_argument(
         "--subscribe",
@@ -390,26 +401,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(--ty, --pc, --rcn, --fc), 'wait [N] [SECONDS]' (for N more notifications, "
         "default 1 within 10 s), 'help' or 'quit'. # starts a comment.",
     )
-    shell.add_argument("url", metavar="URL", type=_url, help="ws://HOST:PORT of the CSE")
-    who = shell.add_mutually_exclusive_group()
-    who.add_argument(
-        "--from",
-        dest="originator",
-        metavar="ORIGINATOR",
-        help="X-M2M-Origin (without it and --register, the first request must be an AE "
-        "create; the session then speaks as the AE-ID it is given)",
-    )
-    who.add_argument(
-        "--register",
-        type=_name,
-        metavar="NAME",
-        help="register an AE named NAME first (deleted at the end)",
-    )
-    shell.add_argument(
-        "--cse",
-        default="cse-in",
-        metavar="NAME",
-        help="the CSEBase an AE registers under (default cse-in)",
+    who_and_where(
+        shell,
+        "X-M2M-Origin (without it and --register, the first request must be an AE create; "
+        "the session then speaks as the AE-ID it is given)",
+        "register an AE named NAME first (deleted at the end)",
+        required=False,
     )
     common(shell, per_response, DEFAULT_TIMEOUT)
 

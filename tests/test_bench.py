@@ -1,6 +1,7 @@
 """The load generator's pieces: handshake, client protocol, accounting, options.
 
-No sockets, no sleeps: the lean client is driven with ``StringTransport`` and ``task.Clock``.
+No sockets, no sleeps: the lean client is driven with ``StringTransport`` and ``task.Clock``;
+only LoopbackRunTests runs each scenario, tiny, against a CSE on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from typing import Any
 
 import cbor2
 import orjson
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from acmews.bench.cli import parse_options
 from acmews.bench.connections import SUBPROTOCOLS, Template
@@ -672,3 +674,35 @@ class ProgressTests(SynchronousTestCase):
             describe_run(opts, "ws://h:1"),
             "retrieve, sequential, 1 connection(s) to ws://h:1: up to 100 requests within 20 s",
         )
+
+
+class LoopbackRunTests(TestCase):
+    """Each scenario, tiny, against twistd acmews's service on 127.0.0.1 port 0: it runs,
+    reports on ``out`` and says what it does on its progress stream (#23.5)."""
+
+    timeout = 60
+
+    def test_each_scenario_runs_and_says_so(self) -> Deferred[None]:
+        async def go() -> None:
+            from twisted.internet import reactor
+
+            from acmews.bench.cli import run
+            from acmews.bench.progress import Progress
+
+            from .helpers import start_cse
+
+            _, url = await start_cse(self)
+            for argv in (
+                ["--requests", "20"],
+                ["--scenario", "create-cin", "--mode", "pipelined", "--requests", "20"],
+                ["--scenario", "fanout", "--connections", "2", "--requests", "2"],
+                ["--scenario", "idle", "--connections", "2", "--duration", "0.1"],
+            ):
+                out, said = io.StringIO(), io.StringIO()
+                code = await run(reactor, parse_options([url, *argv]), out, Progress(said, "x"))
+                self.assertEqual(code, 0, out.getvalue())
+                self.assertTrue(said.getvalue().startswith("x: "), said.getvalue())
+                self.assertIn(url, said.getvalue())
+                self.assertNotIn("CORRECTNESS FAILURE", out.getvalue())
+
+        return Deferred.fromCoroutine(go())

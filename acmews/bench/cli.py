@@ -16,7 +16,7 @@ from twisted.internet.defer import TimeoutError as DeferTimeoutError
 from acmews.bench.connections import SUBPROTOCOLS, BenchError, Target
 from acmews.bench.progress import Progress
 from acmews.bench.report import compare_summary, format_compare, format_report, report
-from acmews.bench.scenarios import RUNNERS, BenchOptions
+from acmews.bench.scenarios import RUNNERS, BenchOptions, Run
 from acmews.bench.workers import worker_main
 
 __all__ = [
@@ -159,9 +159,7 @@ async def run(
     runs: list[dict[str, Any]] = []
     if opts.compare is None:
         progress.say(describe_run(opts, opts.url))
-        result, server = await runner(
-            reactor, opts, opts.url, opts.server_pid, out, progress=progress
-        )
+        result, server = await runner(reactor, opts, Run(opts.url, opts.server_pid, out, progress))
         d = report(opts, opts.url, result, server)
         runs.append(d)
         out.write(format_report(d) + "\n")
@@ -173,7 +171,7 @@ async def run(
             for url, pid in ((opts.url, opts.server_pid), (opts.compare, opts.compare_pid)):
                 label = f"[round {i + 1} {'AB'[len(pair)]}]"
                 progress.say(f"{label} {describe_run(opts, url)}")
-                result, server = await runner(reactor, opts, url, pid, out, progress=progress)
+                result, server = await runner(reactor, opts, Run(url, pid, out, progress))
                 d = report(opts, url, result, server)
                 runs.append(d)
                 pair.append(d)

@@ -8,7 +8,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from twisted.internet.defer import (
@@ -36,6 +36,7 @@ from acmews.bench.workers import run_workers
 __all__ = [
     "RUNNERS",
     "BenchOptions",
+    "Run",
     "ServerSample",
     "admin_requests",
     "ae_create",
@@ -111,8 +112,15 @@ class BenchOptions:
         return 1 if self.mode == "sequential" else self.window
 
 
-#: a run that shows nothing while it runs
-SILENT = Progress(None)
+@dataclass(frozen=True)
+class Run:
+    """One run of a scenario: the server's URL and pid (None: not sampled), where its warnings
+    go (the report's stream) and where its progress goes."""
+
+    url: str
+    pid: int | None
+    out: TextIO
+    progress: Progress = field(default_factory=lambda: Progress(None))
 
 
 def ae_create(parent: str, aei: str) -> dict[str, Any]:
@@ -150,14 +158,10 @@ async def admin_requests(
 
 
 async def run_requests(
-    reactor: Any,
-    opts: BenchOptions,
-    url: str,
-    pid: int | None,
-    out: TextIO,
-    progress: Progress = SILENT,
+    reactor: Any, opts: BenchOptions, run: Run
 ) -> tuple[Result, dict[str, Any]]:
     """retrieve / create-cin: set up, run the load (in-process or in workers), clean up."""
+    url, pid, out, progress = run.url, run.pid, run.out, run.progress
     tag = secrets.token_hex(3)
     target = Target.parse(url)
     cleanup: list[str] = []
@@ -265,15 +269,9 @@ async def _noop() -> None:
     return None
 
 
-async def run_fanout(
-    reactor: Any,
-    opts: BenchOptions,
-    url: str,
-    pid: int | None,
-    out: TextIO,
-    progress: Progress = SILENT,
-) -> tuple[Result, dict[str, Any]]:
+async def run_fanout(reactor: Any, opts: BenchOptions, run: Run) -> tuple[Result, dict[str, Any]]:
     """N AEs subscribe to one container; each CIN must reach all N (rounds, timed)."""
+    url, pid, out, progress = run.url, run.pid, run.out, run.progress
     tag = secrets.token_hex(2)
     target = Target.parse(url)
     t = opts.timeout
@@ -458,15 +456,9 @@ async def _clean_up(
         )
 
 
-async def run_idle(
-    reactor: Any,
-    opts: BenchOptions,
-    url: str,
-    pid: int | None,
-    out: TextIO,
-    progress: Progress = SILENT,
-) -> tuple[Result, dict[str, Any]]:
+async def run_idle(reactor: Any, opts: BenchOptions, run: Run) -> tuple[Result, dict[str, Any]]:
     """Open N connections (distinct originators), hold them, measure the server's RSS."""
+    url, pid, progress = run.url, run.pid, run.progress
     tag = secrets.token_hex(2)
     target = Target.parse(url)
     before = sample_server(pid)
