@@ -223,8 +223,12 @@ async def run_shell(
                 break
         stay.end(1 if failed[0] else 0)
 
-    done = Deferred.fromCoroutine(session())
-    done.addErrback(lambda f: None if stay.finished.called else stay.end(2))
+    def broken(failure: Any) -> None:
+        if not stay.finished.called:  # not the read cancelled at the end: say what, end
+            err.write(f"acmews shell: {failure.getErrorMessage()}\n")
+            stay.end(2)
+
+    Deferred.fromCoroutine(session()).addErrback(broken)
     try:
         return await stay.finished
     finally:
