@@ -38,7 +38,7 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, TextIO
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -394,11 +394,36 @@ def _nobody(originator: str) -> None:
     return None
 
 
-def _main(argv: Sequence[str]) -> int:
-    if argv[:1] != ["hash"] or len(argv) > 2:
-        sys.stderr.write("usage: python -m acmews.auth hash [PASSWORD]\n")
+_HASH_USAGE = (
+    "usage: python -m acmews.auth hash\n"
+    "  prints a salted entry for a --basic-auth-file line (user:ENTRY[:originators]);\n"
+    "  the password is asked for on a terminal, else read from the first line of stdin\n"
+)
+
+
+def _main(argv: Sequence[str], stdin: TextIO | None = None) -> int:
+    """``python -m acmews.auth hash``: the password from a prompt (asked twice) or from the
+    first line of stdin, never from the command line, where ``ps`` and the shell's history
+    would show it."""
+    if argv[:1] != ["hash"] or len(argv) > 1:
+        if argv[:1] == ["hash"]:
+            sys.stderr.write(
+                "python -m acmews.auth hash: the password is read from a prompt or stdin, "
+                "never from the command line (ps and the shell's history would show it)\n"
+            )
+        sys.stderr.write(_HASH_USAGE)
         return 2
-    password = argv[1] if len(argv) == 2 else getpass.getpass("password: ")
+    stdin = sys.stdin if stdin is None else stdin
+    if stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            sys.stderr.write("python -m acmews.auth hash: the two passwords differ\n")
+            return 1
+    else:  # a pipe or a file: no prompt, and no warning that echo cannot be turned off
+        password = stdin.readline().rstrip("\r\n")
+    if not password:
+        sys.stderr.write("python -m acmews.auth hash: an empty password\n")
+        return 1
     print(hash_password(password))
     return 0
 

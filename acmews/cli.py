@@ -7,10 +7,15 @@
 ``acmews watch URL``
     keeps a connection open (registering an AE with ``--register NAME``), subscribes to every
     ``--subscribe TARGET`` with its own originator as ``nu``, prints each request that arrives
-    (notifications) as one line of JSON and answers it 2000; Ctrl-C or SIGTERM deletes what it
-    created, then exits.
+    (notifications) as one line of JSON and answers it 2000; it stops after ``--count N``
+    of them (exit 0), when ``--timeout S`` passes first (exit 1), or on Ctrl-C (exit 130) or
+    SIGTERM (143), deleting what it created.
+``acmews shell URL``
+    an interactive session on one connection (:mod:`acmews.shell`).
 ``acmews bench ...``
     the load generator (``python -m acmews.bench``).
+``acmews completion SHELL``
+    a completion script for bash, zsh or tcsh (with the ``shtab`` package).
 
 :func:`main` runs one command on a reactor (the global one when None) with
 :func:`twisted.internet.task.react`; :func:`run` is the same command as a coroutine, for a
@@ -24,16 +29,17 @@ import json
 import math
 import os
 import re
+import signal
 import sys
-from collections.abc import Sequence
-from typing import Any, NoReturn, TextIO
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn, Protocol, TextIO
 from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError
 
 from acmews import __version__
 from acmews.client import Client, client_credentials, connect
-from acmews.codes import ResourceType
+from acmews.codes import ResourceType, rsc_text
 from acmews.errors import OneM2MError, RequestTimeout, TargetNotReachable
 from acmews.primitive import Request, Response
 
@@ -45,26 +51,115 @@ __all__ = [
     "main",
     "parse_args",
     "run",
+    "tls_hint",
 ]
 
 OPERATIONS = ("create", "retrieve", "update", "delete", "notify")
+COMMANDS = ("request", "watch", "shell", "bench", "completion")
 
 #: what ``watch`` subscribes to: update, delete, create and delete of a direct child
 WATCH_EVENTS = [1, 2, 3, 4]
 
+#: seconds to wait for the connection and each response when no ``--timeout`` says
+DEFAULT_TIMEOUT = 10.0
 
 _NAME = re.compile(r"[A-Za-z0-9._~-]+")
+
+#: the EXIT STATUS section of each command's --help
+EXIT_STATUS = {
+    "acmews": """\
+EXIT STATUS
+  0    success: a 2xxx response; watch: --count notifications arrived; shell: every
+       request answered 2xxx and every wait met
+  1    a response that is not 2xxx, or none in time; watch: --timeout passed first
+  2    a wrong command line, or a connection that could not be made or was lost
+  130  interrupted by Ctrl-C (SIGINT); 143: stopped by SIGTERM (watch and shell delete
+       what they created first)
+""",
+    "request": """\
+EXIT STATUS
+  0    a 2xxx response
+  1    a response that is not 2xxx (named on stderr), or none within --timeout
+  2    a wrong command line, or a connection that could not be made or was lost
+  130  interrupted by Ctrl-C (SIGINT); 143: stopped by SIGTERM
+""",
+    "watch": """\
+EXIT STATUS
+  0    --count notifications arrived
+  1    --timeout passed first
+  2    a wrong command line, a set-up request refused, or the connection lost
+  130  interrupted by Ctrl-C (SIGINT); 143: stopped by SIGTERM
+""",
+    "shell": """\
+EXIT STATUS
+  0    every request answered 2xxx, every wait met
+  1    some request was not, a wait timed out, or a line could not be read
+  2    a wrong command line, or the connection could not be made or was lost
+  130  interrupted by Ctrl-C (SIGINT); 143: stopped by SIGTERM
+""",
+}
+
+ENVIRONMENT = """\
+ENVIRONMENT
+  ACMEWS_PASSWORD  the password of --user (HTTP Basic), kept off the command line;
+                   set without --user it is a usage error
+  ACMEWS_TOKEN     a Bearer token, used when no --user is given
+  SSL_CERT_FILE    OpenSSL's: a PEM file of the CAs that wss:// trusts instead of the
+                   system's (--ca-file does it for one command)
+"""
+
+EXAMPLES = {
+    "acmews": """\
+EXAMPLES
+  acmews request ws://127.0.0.1:8180 retrieve cse-in --from CAdmin
+  acmews watch ws://127.0.0.1:8180 --register watcher --subscribe cse-in/watcher \\
+      --count 1 --timeout 10
+  printf 'retrieve cse-in\\n' | acmews shell ws://127.0.0.1:8180 --from CAdmin
+  acmews bench ws://127.0.0.1:8180 --requests 2000
+""",
+    "request": """\
+EXAMPLES
+  acmews request ws://127.0.0.1:8180 retrieve cse-in --from CAdmin
+  acmews request ws://127.0.0.1:8180 create cse-in --ty ae \\
+      --pc '{"m2m:ae": {"rn": "lamp", "api": "Nlamp", "rr": true, "srv": ["4"]}}'
+  acmews request ws://127.0.0.1:8180 retrieve cse-in --fc fu=1 --fc ty=2 --from CAdmin
+  echo '{"m2m:cnt": {"rn": "state"}}' | acmews request ws://127.0.0.1:8180 \\
+      create cse-in/lamp --ty cnt --pc @- --from CAdmin
+""",
+    "watch": """\
+EXAMPLES
+  acmews watch ws://127.0.0.1:8180 --register watcher --subscribe cse-in/watcher
+  acmews watch ws://127.0.0.1:8180 --from CAdmin --subscribe cse-in/lamp/state \\
+      --count 1 --timeout 10 && echo "it changed"
+""",
+    "shell": """\
+EXAMPLES
+  acmews shell ws://127.0.0.1:8180 --register console
+  acmews shell ws://127.0.0.1:8180 --from CAdmin <<'EOF'
+  create cse-in --ty cnt --pc '{"m2m:cnt": {"rn": "box"}}'
+  retrieve cse-in/box
+  delete cse-in/box
+  EOF
+""",
+}
 
 
 class UsageError(Exception):
     """A command line that cannot be run; its message names the option and the rule."""
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """argparse, but an error is one line (no usage block) and raises UsageError."""
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
+
+
+class LineSource(Protocol):
+    """Where ``acmews shell`` reads its lines: ``get()`` fires with the next one, None at the
+    end (a ``DeferredQueue`` will do)."""
+
+    def get(self) -> Deferred[str | None]: ...
 
 
 def _url(value: str) -> str:
@@ -88,6 +183,12 @@ def _seconds(value: str) -> float:
     if not math.isfinite(number) or number <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {value!r}")
     return number
+
+
+def _count(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1, not {value!r}")
+    return int(value)
 
 
 def _resource_type(value: str) -> int:
@@ -146,21 +247,80 @@ def load_content(value: str) -> Any:
         raise UsageError(f"--pc {value}: not JSON ({e})") from None
 
 
+def _epilog(name: str) -> str:
+    """A command's EXIT STATUS, ENVIRONMENT and EXAMPLES sections."""
+    return "\n".join((EXIT_STATUS[name], ENVIRONMENT, EXAMPLES[name]))
+
+
+def _command(commands: Any, name: str, summary: str, description: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog=_epilog(name),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser
+
+
+def request_arguments(p: argparse.ArgumentParser) -> None:
+    """OP TARGET and the request's parameters: ``acmews request``'s and a shell line's."""
+    p.add_argument("op", metavar="OP", choices=OPERATIONS, help=" | ".join(OPERATIONS))
+    p.add_argument("target", metavar="TARGET", help="the 'to', e.g. cse-in/lamp")
+    p.add_argument(
+        "--ty", type=_resource_type, metavar="N", help="resource type of a create (2 or ae...)"
+    )
+    p.add_argument(
+        "--pc",
+        metavar="JSON|@FILE",
+        help="the content: JSON, @FILE or @- (stdin); for create, update and notify",
+    )
+    p.add_argument("--rcn", type=_rcn, metavar="N", help="result content")
+    p.add_argument(
+        "--fc",
+        type=_filter,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a filter criterion (repeatable; VALUE is JSON when it parses, else a string)",
+    )
+
+
+def who_and_where(
+    p: argparse.ArgumentParser, from_help: str, register_help: str, required: bool
+) -> None:
+    """URL, and who a long-lived command (watch, shell) speaks as: ``--from`` or
+    ``--register`` (under ``--cse``)."""
+    p.add_argument("url", metavar="URL", type=_url, help="ws://HOST:PORT of the CSE")
+    who = p.add_mutually_exclusive_group(required=required)
+    who.add_argument("--from", dest="originator", metavar="ORIGINATOR", help=from_help)
+    who.add_argument("--register", type=_name, metavar="NAME", help=register_help)
+    p.add_argument(
+        "--cse",
+        default="cse-in",
+        metavar="NAME",
+        help="the CSEBase an AE registers under (default cse-in)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
         prog="acmews",
         description="oneM2M over WebSocket (TS-0020) from the command line.",
+        epilog=_epilog("acmews"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"acmews {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def common(p: argparse.ArgumentParser) -> None:
+    def common(p: argparse.ArgumentParser, timeout_help: str, timeout: float | None) -> None:
         p.add_argument("--cbor", action="store_true", help="speak CBOR instead of JSON")
+        p.add_argument("--timeout", type=_seconds, default=timeout, help=timeout_help)
         p.add_argument(
-            "--timeout",
-            type=_seconds,
-            default=10.0,
-            help="seconds to wait for the connection and for each response (default 10)",
+            "-v",
+            "--verbose",
+            action="store_true",
+            help="show the connection and every message sent (>) and received (<) on stderr",
         )
         p.add_argument(
             "--user",
@@ -176,58 +336,39 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--client-key", metavar="PEM", help="the client certificate's key")
 
-    request = commands.add_parser(
+    per_response = "seconds to wait for the connection and for each response (default 10)"
+    request = _command(
+        commands,
         "request",
-        help="send one request and print the response",
-        description="Send one request and print the response (indented on a terminal, one "
-        "line when piped). Exit status: 0 for a 2xxx rsc, 1 otherwise, 2 when the command "
-        "line is wrong or the connection fails.",
+        "send one request and print the response",
+        "Send one request and print the response primitive as JSON (indented on a terminal, "
+        "one line when piped); a response that is not 2xxx is also named on stderr "
+        "(4004 Not Found).",
     )
     request.add_argument("url", metavar="URL", type=_url, help="ws://HOST:PORT of the CSE")
-    request.add_argument("op", metavar="OP", choices=OPERATIONS, help=" | ".join(OPERATIONS))
-    request.add_argument("target", metavar="TARGET", help="the 'to', e.g. cse-in/lamp")
+    request_arguments(request)
     request.add_argument(
         "--from",
         dest="originator",
         metavar="ORIGINATOR",
         help="X-M2M-Origin and 'fr' (without it, only an AE create makes sense)",
     )
-    request.add_argument(
-        "--ty", type=_resource_type, metavar="N", help="resource type of a create (2 or ae...)"
-    )
-    request.add_argument(
-        "--pc",
-        metavar="JSON|@FILE",
-        help="the content: JSON, @FILE or @- (stdin); for create, update and notify",
-    )
-    request.add_argument("--rcn", type=_rcn, metavar="N", help="result content")
-    request.add_argument(
-        "--fc",
-        type=_filter,
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="a filter criterion (repeatable; VALUE is JSON when it parses, else a string)",
-    )
-    common(request)
+    common(request, per_response, DEFAULT_TIMEOUT)
 
-    watch = commands.add_parser(
+    watch = _command(
+        commands,
         "watch",
-        help="print the notifications a connection receives",
-        description="Keep a connection open, print each request that arrives as one line "
-        "of JSON and answer it 2000. Ctrl-C deletes what was created.",
+        "print the notifications a connection receives",
+        "Keep a connection open, print each request that arrives (notifications) as one "
+        "line of JSON on stdout and answer it 2000. It stops after --count of them, when "
+        "--timeout passes first, or on Ctrl-C, and then deletes the subscriptions and the AE "
+        "it created.",
     )
-    watch.add_argument("url", metavar="URL", type=_url, help="ws://HOST:PORT of the CSE")
-    who = watch.add_mutually_exclusive_group(required=True)
-    who.add_argument("--from", dest="originator", metavar="ORIGINATOR", help="X-M2M-Origin")
-    who.add_argument(
-        "--register", type=_name, metavar="NAME", help="register an AE named NAME first"
-    )
-    watch.add_argument(
-        "--cse",
-        default="cse-in",
-        metavar="NAME",
-        help="the CSEBase an AE registers under (default cse-in)",
+    who_and_where(
+        watch,
+        "X-M2M-Origin",
+        "register an AE named NAME first (deleted at the end)",
+        required=True,
     )
     watch.add_argument(
         "--subscribe",
@@ -236,36 +377,83 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TARGET",
         help="subscribe to TARGET (repeatable); notifications go to this connection",
     )
-    common(watch)
+    watch.add_argument(
+        "--count",
+        type=_count,
+        metavar="N",
+        help="stop after N notifications (exit 0)",
+    )
+    common(
+        watch,
+        "stop after this many seconds of watching (exit 1) unless --count came first; the "
+        "set-up's own requests wait at most as long (default: watch until stopped; set-up "
+        "10 s)",
+        None,
+    )
+
+    shell = _command(
+        commands,
+        "shell",
+        "an interactive session on one connection",
+        "Read requests from stdin, one a line, and send them on one connection, printing "
+        "each response (its status, then the primitive) and every notification as it "
+        "arrives (answered 2000). A line is OP TARGET with acmews request's options "
+        "(--ty, --pc, --rcn, --fc), 'wait [N] [SECONDS]' (for N more notifications, "
+        "default 1 within 10 s), 'help' or 'quit'. # starts a comment.",
+    )
+    who_and_where(
+        shell,
+        "X-M2M-Origin (without it and --register, the first request must be an AE create; "
+        "the session then speaks as the AE-ID it is given)",
+        "register an AE named NAME first (deleted at the end)",
+        required=False,
+    )
+    common(shell, per_response, DEFAULT_TIMEOUT)
 
     commands.add_parser("bench", help="the load generator (acmews bench --help)", add_help=False)
+    completion = commands.add_parser(
+        "completion",
+        help="print a shell completion script (needs the shtab package)",
+        description="Print a completion script for SHELL, e.g. "
+        "'acmews completion bash > ~/.local/share/bash-completion/completions/acmews'. "
+        "Needs the shtab package: pip install 'acmews[completion]'.",
+    )
+    completion.add_argument("shell", metavar="SHELL", choices=("bash", "zsh", "tcsh"))
     return parser
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """The parsed command line; UsageError (one line) when it cannot be run."""
     args = build_parser().parse_args(list(argv))
+    if args.command in ("bench", "completion"):
+        return args
     _credentials(args)
     if args.command == "request":
-        if args.op == "create" and args.ty is None:
-            raise UsageError("create needs --ty (the resource type, e.g. --ty 2 or --ty ae)")
-        if args.op != "create" and args.ty is not None:
-            raise UsageError("--ty is for create only")
-        if args.op in ("create", "update", "notify") and args.pc is None:
-            raise UsageError(f"{args.op} needs --pc (JSON, @FILE or @-)")
-        if args.op in ("retrieve", "delete") and args.pc is not None:
-            raise UsageError("--pc is for create, update and notify")
-        if args.originator is None and not (args.op == "create" and args.ty == 2):
-            raise UsageError("--from ORIGINATOR is needed (only an AE create goes without)")
-        args.content = None if args.pc is None else load_content(args.pc)
-        fc: dict[str, Any] = {}
-        for name, value in args.fc:
-            if name in fc:  # a repeated criterion is a list
-                fc[name] = [*fc[name], value] if isinstance(fc[name], list) else [fc[name], value]
-            else:
-                fc[name] = value
-        args.filters = fc
+        check_request(args, needs_from=True)
     return args
+
+
+def check_request(args: argparse.Namespace, needs_from: bool) -> None:
+    """The rules argparse cannot say for OP and its parameters; sets ``args.content`` and
+    ``args.filters``."""
+    if args.op == "create" and args.ty is None:
+        raise UsageError("create needs --ty (the resource type, e.g. --ty 2 or --ty ae)")
+    if args.op != "create" and args.ty is not None:
+        raise UsageError("--ty is for create only")
+    if args.op in ("create", "update", "notify") and args.pc is None:
+        raise UsageError(f"{args.op} needs --pc (JSON, @FILE or @-)")
+    if args.op in ("retrieve", "delete") and args.pc is not None:
+        raise UsageError("--pc is for create, update and notify")
+    if needs_from and args.originator is None and not (args.op == "create" and args.ty == 2):
+        raise UsageError("--from ORIGINATOR is needed (only an AE create goes without)")
+    args.content = None if args.pc is None else load_content(args.pc)
+    fc: dict[str, Any] = {}
+    for name, value in args.fc:
+        if name in fc:  # a repeated criterion is a list
+            fc[name] = [*fc[name], value] if isinstance(fc[name], list) else [fc[name], value]
+        else:
+            fc[name] = value
+    args.filters = fc
 
 
 def _credentials(args: argparse.Namespace) -> None:
@@ -275,6 +463,12 @@ def _credentials(args: argparse.Namespace) -> None:
         args.url.startswith("wss://")
     ):
         raise UsageError("--ca-file and --client-certificate are for a wss:// URL")
+    if args.user is None and "ACMEWS_PASSWORD" in os.environ:
+        # a password with no user would be dropped, and the server would answer 401
+        raise UsageError(
+            "ACMEWS_PASSWORD is set but --user is not: name the user with --user USER "
+            "(or unset ACMEWS_PASSWORD to send ACMEWS_TOKEN, or nothing)"
+        )
     try:
         credentials = client_credentials(
             user=args.user,
@@ -295,15 +489,100 @@ def format_primitive(primitive: Request | Response, pretty: bool) -> str:
     return json.dumps(primitive.to_dict(), separators=(",", ":"), ensure_ascii=False, default=str)
 
 
+def describe(response: Response) -> str:
+    """A response's status for a person: ``4004 Not Found: <its m2m:dbg>``."""
+    text = rsc_text(response.rsc)
+    return f"{text}: {response.debug}" if response.debug else text
+
+
 def _problem(e: BaseException) -> str:
     if isinstance(e, OneM2MError):
         return e.reason
     return str(e) or type(e).__name__
 
 
-async def _connect(
-    reactor: Any, args: argparse.Namespace, originator: str | None, handler: Any = None
+def tls_hint(url: str, problem: str) -> str:
+    """What to try when a connection failed the way a TLS mix-up fails (a certificate not
+    trusted, wss:// to a plain port, ws:// to a TLS one); ``""`` otherwise."""
+    text = problem.lower()
+    if "certificate verify failed" in text:
+        return (
+            " (the server's certificate is not trusted: use --ca-file PEM with the CA that "
+            "signed it, or with the certificate itself when it is self-signed)"
+        )
+    if url.startswith("wss://"):
+        if "no answer within" in text or "wrong version number" in text or "ssl" in text:
+            return " (is it a plain ws:// port? wss:// waits for a TLS answer)"
+    elif "peer dropped the tcp connection without previous websocket closing" in text:
+        # a TLS server that read a plain HTTP request: it drops it without an answer
+        return " (does the server speak TLS? then use wss://)"
+    return ""
+
+
+def isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class Tracer:
+    """``-v``: the connection and every message, on ``err``: ``>`` sent, ``<`` received
+    (JSON as sent; CBOR shown as JSON, with its size)."""
+
+    def __init__(self, err: TextIO) -> None:
+        self.err = err
+
+    def note(self, text: str) -> None:
+        self.err.write(f"* {text}\n")
+        self.err.flush()
+
+    def connecting(self, args: argparse.Namespace, originator: str | None) -> None:
+        who = f"as {originator}" if originator else "without X-M2M-Origin"
+        offer = "oneM2M.cbor" if args.cbor else "oneM2M.json"
+        self.note(f"connecting to {args.url} {who}, offering {offer}")
+        authorization = args.headers.get("Authorization", "")
+        if authorization.startswith("Basic"):
+            self.note(f"with HTTP Basic for user {args.user} (the password is not shown)")
+        elif authorization:
+            self.note("with a Bearer token (not shown)")
+
+    def attach(self, client: Client) -> None:
+        self.note(f"connected, subprotocol {client.subprotocol}")
+        codec = client.session.codec
+        binary = codec.is_binary
+
+        def show(mark: str) -> Callable[[bytes], None]:
+            def write(data: bytes) -> None:
+                if binary:
+                    try:
+                        text = format_primitive(codec.decode(data), False)
+                    except Exception:
+                        text = repr(data[:300])
+                    text += f" (CBOR, {len(data)} bytes)"
+                else:
+                    text = data.decode("utf-8", "replace")
+                self.err.write(f"{mark} {text}\n")
+                self.err.flush()
+
+            return write
+
+        client.session.trace(show(">"), show("<"))
+
+
+async def connect_for(
+    reactor: Any,
+    args: argparse.Namespace,
+    originator: str | None,
+    err: TextIO,
+    handler: Any = None,
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> Client:
+    """The command's connection, within ``timeout``; its failures are TargetNotReachable with
+    a hint where a TLS mix-up is likely."""
+    tracer = Tracer(err) if args.verbose else None
+    if tracer is not None:
+        tracer.connecting(args, originator)
     connecting = connect(
         args.url,
         originator=originator,
@@ -313,48 +592,115 @@ async def _connect(
         headers=args.headers or None,
         tls=args.tls,
     )
-    connecting.addTimeout(args.timeout, reactor)
+    connecting.addTimeout(timeout, reactor)
     try:
-        return await connecting
+        client = await connecting
     except TimeoutError:
-        raise TargetNotReachable(
-            f"cannot connect to {args.url}: no answer within {args.timeout:g} seconds"
-        ) from None
+        problem = f"cannot connect to {args.url}: no answer within {timeout:g} seconds"
+        raise TargetNotReachable(problem + tls_hint(args.url, problem)) from None
+    except TargetNotReachable as e:
+        raise TargetNotReachable(e.reason + tls_hint(args.url, e.reason)) from None
+    if tracer is not None:
+        tracer.attach(client)
+    return client
 
 
-async def _request(reactor: Any, args: argparse.Namespace, out: TextIO) -> int:
-    client = await _connect(reactor, args, args.originator)
+async def _request(reactor: Any, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    client = await connect_for(reactor, args, args.originator, err, timeout=args.timeout)
     try:
-        params: dict[str, Any] = {}
-        if args.rcn is not None:
-            params["rcn"] = args.rcn
-        if args.filters:
-            params["fc"] = args.filters
-        t = args.timeout
-        if args.op == "create":
-            sent = client.create(args.target, args.ty, args.content, t, **params)
-        elif args.op == "retrieve":
-            sent = client.retrieve(args.target, t, **params)
-        elif args.op == "update":
-            sent = client.update(args.target, args.content, t, **params)
-        elif args.op == "delete":
-            sent = client.delete(args.target, t, **params)
-        else:
-            sent = client.notify(args.target, args.content, t, **params)
-        response = await sent
+        response = await send(client, args, args.timeout)
     finally:
         if client.connected:
             await client.close()
-    out.write(format_primitive(response, _isatty(out)) + "\n")
+    out.write(format_primitive(response, isatty(out)) + "\n")
     out.flush()
-    return 0 if 2000 <= response.rsc < 3000 else 1
+    if 2000 <= response.rsc < 3000:
+        return 0
+    err.write(f"acmews request: {describe(response)}\n")
+    return 1
 
 
-def _isatty(out: TextIO) -> bool:
-    try:
-        return out.isatty()
-    except (AttributeError, ValueError):
-        return False
+def send(client: Client, args: argparse.Namespace, timeout: float) -> Deferred[Response]:
+    """The request ``args`` describe (OP TARGET and its parameters) on ``client``."""
+    params: dict[str, Any] = {}
+    if args.rcn is not None:
+        params["rcn"] = args.rcn
+    if args.filters:
+        params["fc"] = args.filters
+    if args.op == "create":
+        return client.create(args.target, args.ty, args.content, timeout, **params)
+    if args.op == "retrieve":
+        return client.retrieve(args.target, timeout, **params)
+    if args.op == "update":
+        return client.update(args.target, args.content, timeout, **params)
+    if args.op == "delete":
+        return client.delete(args.target, timeout, **params)
+    return client.notify(args.target, args.content, timeout, **params)
+
+
+class Stay:
+    """What a long-lived command (watch, shell) created on its connection, deleted when it
+    ends, and how it ends: ``finished`` fires with the exit status, once."""
+
+    def __init__(self, client: Client, args: argparse.Namespace, err: TextIO, where: str):
+        self.client = client
+        self.args = args
+        self.err = err
+        self.where = where
+        self.step_timeout = args.timeout or DEFAULT_TIMEOUT
+        #: deleted in reverse order at the end
+        self.created: list[str] = []
+        self.finished: Deferred[int] = Deferred()
+        self._ending = False
+
+    async def register(self, name: str) -> bool:
+        client = self.client
+        r = await client.create(
+            self.args.cse,
+            ResourceType.AE,
+            {"m2m:ae": {"rn": name, "api": f"N{name}", "rr": True, "srv": ["4"]}},
+            self.step_timeout,
+        )
+        if not r.ok:
+            self.err.write(f"{self.where}: registering AE {name}: {describe(r)}\n")
+            return False
+        self.created.append(f"{self.args.cse}/{name}")
+        self.err.write(f"registered AE {name} as {client.originator}\n")
+        return True
+
+    def end(self, code: int) -> Deferred[None]:
+        """Delete what was created, close, then fire ``finished`` with ``code`` (once)."""
+
+        async def clean() -> None:
+            if self._ending:
+                return
+            self._ending = True
+            client = self.client
+            try:
+                if client.connected:
+                    await _delete(client, self.created, self.step_timeout)
+                    await client.close()
+            except Exception as e:
+                self.err.write(f"{self.where}: cleaning up: {_problem(e)}\n")
+            if not self.finished.called:
+                self.finished.callback(code)
+
+        return Deferred.fromCoroutine(clean())
+
+    def on_stop(self, reactor: Any, stop: Deferred[None] | None) -> None:
+        """End (status 0) when ``stop`` fires, or at reactor shutdown when it is None; end
+        with status 2 when the connection is lost first."""
+        if stop is None:
+            reactor.addSystemEventTrigger("before", "shutdown", lambda: self.end(0))
+        else:
+            stop.addCallback(lambda _: self.end(0))
+
+        def lost(_: object) -> None:
+            if not self.finished.called and not self._ending:
+                self.err.write(f"{self.where}: the connection to {self.args.url} closed\n")
+                self.finished.callback(2)
+
+        self.client.session.when_closed().addBoth(lost)
 
 
 async def _watch(
@@ -364,27 +710,25 @@ async def _watch(
     err: TextIO,
     stop: Deferred[None] | None,
 ) -> int:
+    stay: Stay | None = None
+    seen = [0]
+    watching = [False]
+
     def on_request(request: Request) -> Response:
         out.write(format_primitive(request, False) + "\n")
         out.flush()
+        seen[0] += 1
+        if args.count is not None and seen[0] == args.count and watching[0]:
+            assert stay is not None
+            reactor.callLater(0, stay.end, 0)  # once this answer has gone out
         return Response(2000, request.rqi, request.rvi)
 
-    client = await _connect(reactor, args, args.originator, on_request)
-    created: list[str] = []  # deleted in reverse order on shutdown
-    if args.register is not None:
-        name = args.register
-        r = await client.create(
-            args.cse,
-            ResourceType.AE,
-            {"m2m:ae": {"rn": name, "api": f"N{name}", "rr": True, "srv": ["4"]}},
-            args.timeout,
-        )
-        if not r.ok:
-            err.write(f"acmews watch: registering AE {name}: {r.rsc} {r.debug or ''}\n")
-            await client.close()
-            return 1
-        created.append(f"{args.cse}/{name}")
-        err.write(f"registered AE {name} as {client.originator}\n")
+    step = args.timeout or DEFAULT_TIMEOUT
+    client = await connect_for(reactor, args, args.originator, err, on_request, step)
+    stay = Stay(client, args, err, "acmews watch")
+    if args.register is not None and not await stay.register(args.register):
+        await stay.end(2)
+        return await stay.finished
     token = os.urandom(3).hex()
     for number, target in enumerate(args.subscribe, 1):
         rn = f"acmews-watch-{token}-{number}"
@@ -392,48 +736,37 @@ async def _watch(
             target,
             ResourceType.SUB,
             {"m2m:sub": {"rn": rn, "nu": [client.originator], "enc": {"net": WATCH_EVENTS}}},
-            args.timeout,
+            step,
         )
         if not r.ok:
-            err.write(f"acmews watch: subscribing to {target}: {r.rsc} {r.debug or ''}\n")
-            await _delete(client, created, args.timeout)
-            await client.close()
-            return 1
-        created.append(f"{target}/{rn}")
+            err.write(f"acmews watch: subscribing to {target}: {describe(r)}\n")
+            await stay.end(2)
+            return await stay.finished
+        stay.created.append(f"{target}/{rn}")
         err.write(f"subscribed to {target} ({rn})\n")
+    if args.count is not None and seen[0] >= args.count:
+        await stay.end(0)  # they came during the set-up
+        return await stay.finished
+    watching[0] = True
     err.write("watching; Ctrl-C to stop\n")
     err.flush()
+    stay.on_stop(reactor, stop)
+    if args.timeout is None:
+        return await stay.finished
+    timer = reactor.callLater(args.timeout, _timed_out, stay, args, seen)
+    try:
+        return await stay.finished
+    finally:
+        if timer.active():
+            timer.cancel()
 
-    finished: Deferred[int] = Deferred()
-    stopping: list[bool] = []
 
-    def on_shutdown() -> Deferred[None]:
-        async def clean() -> None:
-            stopping.append(True)
-            try:
-                if client.connected:
-                    await _delete(client, created, args.timeout)
-                    await client.close()
-            except Exception as e:
-                err.write(f"acmews watch: cleaning up: {_problem(e)}\n")
-            if not finished.called:
-                finished.callback(0)
-
-        return Deferred.fromCoroutine(clean())
-
-    if stop is None:
-        reactor.addSystemEventTrigger("before", "shutdown", on_shutdown)
-    else:
-        stop.addCallback(lambda _: on_shutdown())
-    closed = client.session.when_closed()
-
-    def lost(_: object) -> None:
-        if not finished.called and not stopping:
-            finished.callback(2)
-            err.write(f"acmews watch: the connection to {args.url} closed\n")
-
-    closed.addBoth(lost)
-    return await finished
+def _timed_out(stay: Stay, args: argparse.Namespace, seen: list[int]) -> None:
+    wanted = f" of {args.count}" if args.count is not None else ""
+    stay.err.write(
+        f"acmews watch: {seen[0]}{wanted} notifications within {args.timeout:g} seconds\n"
+    )
+    stay.end(1)
 
 
 async def _delete(client: Client, paths: list[str], timeout: float) -> None:
@@ -442,18 +775,31 @@ async def _delete(client: Client, paths: list[str], timeout: float) -> None:
     paths.clear()
 
 
+def usage_line() -> str:
+    """What bare ``acmews`` prints: the usage and where to read more."""
+    return (
+        f"usage: acmews COMMAND ...  (COMMAND: {', '.join(COMMANDS)})\n"
+        "       acmews --help, acmews COMMAND --help: what each does\n"
+    )
+
+
 async def run(
     reactor: Any,
     argv: Sequence[str],
     out: TextIO | None = None,
     err: TextIO | None = None,
     stop: Deferred[None] | None = None,
+    lines: LineSource | None = None,
 ) -> int:
-    """Run one command (not ``bench``) on a running reactor; returns the exit status. Every
-    error is one line on ``err``, never a traceback. ``watch`` cleans up and returns when
-    ``stop`` fires, or at reactor shutdown when ``stop`` is None."""
+    """Run one command (not ``bench`` or ``completion``) on a running reactor; returns the
+    exit status. Every error is one line on ``err``, never a traceback. ``watch`` and
+    ``shell`` clean up and return when ``stop`` fires, or at reactor shutdown when ``stop`` is
+    None; ``shell`` reads ``lines`` (stdin when None)."""
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
+    if not argv:
+        err.write(usage_line())
+        return 2
     try:
         args = parse_args(argv)
     except UsageError as e:
@@ -464,10 +810,14 @@ async def run(
     where = f"acmews {args.command}"
     try:
         if args.command == "request":
-            return await _request(reactor, args, out)
+            return await _request(reactor, args, out, err)
+        if args.command == "shell":
+            from acmews.shell import run_shell
+
+            return await run_shell(reactor, args, out, err, stop, lines)
         return await _watch(reactor, args, out, err, stop)
     except RequestTimeout:
-        err.write(f"{where}: no response within {args.timeout:g} seconds\n")
+        err.write(f"{where}: no response within {args.timeout or DEFAULT_TIMEOUT:g} seconds\n")
         return 1
     except TargetNotReachable as e:
         err.write(f"{where}: {e.reason}\n")
@@ -477,18 +827,57 @@ async def run(
         return 2
 
 
+def completion(shell: str, out: TextIO, err: TextIO) -> int:
+    """``acmews completion SHELL``: the script shtab writes for the command line."""
+    try:
+        import shtab
+    except ImportError:
+        err.write(
+            "acmews completion: needs the shtab package (pip install 'acmews[completion]')\n"
+        )
+        return 2
+    out.write(shtab.complete(build_parser(), shell=shell))
+    return 0
+
+
+def _note_signals(received: list[int]) -> None:
+    """Record SIGINT and SIGTERM in ``received``, then let the reactor's own handlers stop
+    it as before (which runs the clean-up triggers)."""
+    for number in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(number)
+
+        def handler(signum: int, frame: Any, previous: Any = previous) -> None:
+            received.append(signum)
+            if callable(previous):
+                previous(signum, frame)
+
+        signal.signal(number, handler)
+
+
 def main(argv: Sequence[str] | None = None, reactor: Any = None) -> int:
     """The ``acmews`` command: runs on ``reactor`` (the global one when None); returns the
-    exit status."""
+    exit status (128 + the signal's number when SIGINT or SIGTERM stopped it)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:
         from acmews.bench.cli import main as bench
 
-        return bench(argv[1:])
+        return bench(argv[1:], prog="acmews bench")
+    if argv[:1] == ["completion"]:
+        try:
+            args = parse_args(argv)
+        except UsageError as e:
+            sys.stderr.write(f"acmews: {e}\n")
+            return 2
+        except SystemExit as e:
+            return e.code if isinstance(e.code, int) else 0
+        return completion(args.shell, sys.stdout, sys.stderr)
+    received: list[int] = []
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
+        # only the process's own reactor: a test's reactor must leave the handlers alone
+        reactor.callWhenRunning(_note_signals, received)
     from twisted.internet import task
 
     async def body(r: Any) -> None:
@@ -499,8 +888,12 @@ def main(argv: Sequence[str] | None = None, reactor: Any = None) -> int:
     try:
         task.react(lambda r: Deferred.fromCoroutine(body(r)), _reactor=reactor)
     except SystemExit as e:
-        return e.code if isinstance(e.code, int) else 1
-    return 0  # pragma: no cover - react always exits
+        code = e.code if isinstance(e.code, int) else 1
+    else:  # pragma: no cover - react always exits
+        code = 0
+    if received:
+        return 128 + received[0]
+    return code
 
 
 def console() -> NoReturn:

@@ -50,6 +50,17 @@ class RSC(IntEnum):
     NOT_ACCEPTABLE = 5207
 
 
+def rsc_text(rsc: int) -> str:
+    """A response status code with its name, as a person reads it: ``4004 Not Found``
+    (``4999`` alone when acmews does not know the code)."""
+    try:
+        name = RSC(rsc).name
+    except ValueError:
+        return str(rsc)
+    words = " ".join(w if w == "OK" else w.capitalize() for w in name.split("_"))
+    return f"{int(rsc)} {words}"
+
+
 class ResourceType(IntEnum):
     ACP = 1
     AE = 2

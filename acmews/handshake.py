@@ -14,6 +14,7 @@ __all__ = [
     "HandshakeRefused",
     "basic_authorization",
     "bearer_authorization",
+    "claimed",
     "origin_header",
 ]
 
@@ -105,3 +106,25 @@ def bearer_authorization(token: str) -> str:
     if not token or any(c.isspace() for c in token):
         raise ValueError("a token must not be empty or contain white space")
     return "Bearer " + token
+
+
+def claimed(headers: Mapping[str, str]) -> str:
+    """Who a handshake claims to be, for a log line: its user (HTTP Basic) or that it showed
+    a token, and the originator it asked for; never a password or a token. What the peer
+    wrote is quoted and cut short."""
+    scheme, _, value = headers.get("authorization", "").strip().partition(" ")
+    scheme = scheme.lower()
+    if scheme == "basic":
+        try:
+            user = base64.b64decode(value.strip(), validate=True).decode().partition(":")[0]
+            who = f"user {user[:100]!r}"
+        except (ValueError, UnicodeDecodeError):  # binascii.Error is a ValueError
+            who = "an unreadable Basic credential"
+    elif scheme == "bearer":
+        who = "a Bearer token"
+    elif scheme:
+        who = f"an Authorization of kind {scheme[:20]!r}"
+    else:
+        who = "no credential"
+    origin = headers.get(ORIGIN_HEADER)
+    return f"{who}, originator {origin[:100]!r}" if origin is not None else f"{who}, no originator"

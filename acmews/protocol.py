@@ -32,7 +32,7 @@ from acmews.admission import Admission, ConnectionLimits
 from acmews.auth import DefaultAuthorizer
 from acmews.codec import CODECS
 from acmews.errors import TargetNotReachable
-from acmews.handshake import Authorization, Handshake, HandshakeRefused
+from acmews.handshake import Authorization, Handshake, HandshakeRefused, claimed
 from acmews.interfaces import ICodec, IHandshakeAuthorizer, IOriginatorMap, IRequestHandler
 from acmews.logs import Budget, Logger
 from acmews.options import (
@@ -592,12 +592,14 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
         budget = self.factory.refusal_log_budget
         if budget.allow(self.factory.clock.seconds()):
             left_out = budget.take_suppressed()
+            # who it claimed to be, never the secret: an operator can tell a typo from a guess
             _log.info(
-                "refused {peer}: {status} {reason}"
+                "refused {peer}: {status} {reason} ({claimed})"
                 + (" ({left_out} more refusals not logged)" if left_out else ""),
                 peer=self.peer,
                 status=status,
                 reason=reason[:300],
+                claimed=claimed(getattr(self, "http_headers", None) or {}),
                 left_out=left_out,
             )
 

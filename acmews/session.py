@@ -160,6 +160,23 @@ class Session:
         if self._close is not None and self.connected:
             self._close(code, reason)
 
+    def trace(self, sent: Callable[[bytes], None], received: Callable[[bytes], None]) -> None:
+        """Also hand every message this session sends to ``sent`` and every one it receives
+        to ``received`` (the ``acmews`` command's ``-v``). The two methods are wrapped on
+        this instance only, so that a session nobody traces pays nothing."""
+        send, receive = self._send, self.message_received
+
+        def traced_send(data: bytes, binary: bool) -> None:
+            sent(data)
+            send(data, binary)
+
+        def traced_receive(data: bytes) -> None:
+            received(data)
+            receive(data)
+
+        self._send = traced_send
+        self.message_received = traced_receive  # type: ignore[method-assign]
+
     # -- state -------------------------------------------------------------------------
 
     @property

@@ -8,8 +8,11 @@ hands it to :func:`acmews.server.make_service`, which composes the service tree.
 from __future__ import annotations
 
 import math
+import os
 import re
+import socket
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -23,9 +26,9 @@ from acmews.durable import StoreError
 from acmews.endpoints import ServerEndpoint
 from acmews.options import ConnectionOptions
 from acmews.poa import TargetPolicy, read_outbound_credentials
-from acmews.server import CSEService, make_service
+from acmews.server import CSEService, ListenError, make_service
 
-__all__ = ["Options", "TwistdExit", "makeService"]
+__all__ = ["Options", "TwistdExit", "check_ports", "makeService"]
 
 DEFAULTS = Config()
 _CONNECTION = DEFAULTS.connection
@@ -405,6 +408,38 @@ class Options(usage.Options):
         if rules.strip().lower() != "none":
             self["deny-targets"].extend(r for r in rules.split(",") if r.strip())
 
+    def getUsage(self, width: int | None = None) -> str:
+        """Twisted's layout of the options, without its two faults: ``textwrap``'s defaults
+        broke words at hyphens and long values apart (``--max-`` / ``connections``,
+        ``tcp:`` / ``8180:interface=...``), and a help taken from an ``opt_`` docstring kept
+        its line breaks' indentation as runs of spaces. Each help is one paragraph here,
+        wrapped at spaces only."""
+        width = width or int(os.environ.get("COLUMNS", "80"))
+        rows: list[tuple[str, str]] = []
+        for opt in sorted(self.longOpt, key=lambda o: o.rstrip("=")):
+            name = opt.rstrip("=")
+            doc = " ".join((self.docs.get(name) or "").split())
+            default = self.defaults.get(name)
+            if opt.endswith("=") and default is not None:
+                doc = f"{doc} [default: {default}]"
+            rows.append((f"--{opt}", doc))
+        label_width = max(len(label) for label, _ in rows)
+        indent = 6 + label_width + 2
+        text = ["Options:"]
+        for label, doc in rows:
+            lines = textwrap.wrap(
+                doc,
+                max(30, width - indent),
+                break_long_words=False,
+                break_on_hyphens=False,
+            ) or [""]
+            text.append(f"      {label:<{label_width}}  {lines[0]}".rstrip())
+            text.extend(" " * indent + line for line in lines[1:])
+        paragraph = textwrap.wrap(
+            " ".join(self.longdesc.split()), width, break_long_words=False, break_on_hyphens=False
+        )
+        return "\n".join(text) + "\n\n" + "\n".join(paragraph) + "\n"
+
     def opt_version(self) -> None:
         """Print acmews's version and exit."""
         from acmews import __version__
@@ -604,9 +639,33 @@ def makeService(options: Options, reactor: Any = None) -> CSEService:
         reactor = global_reactor
     if options.parent is None:
         return make_service(options.config, reactor)
+    if isinstance(options.parent, dict) and not options.parent.get("nodaemon", True):
+        check_ports(options.config.listen)  # twistd without -n: before it forks
     try:
         service = make_service(options.config, reactor)
     except StoreError as e:
         raise TwistdExit(e) from None
     service.start_error = TwistdExit
     return service
+
+
+def check_ports(listen: Sequence[str]) -> None:
+    """Before twistd goes into the background: can each TCP port be bound? A daemon's start
+    error reaches the terminal only as the repr of its first 100 bytes (``An error has
+    occurred: b'acmews.tap.TwistdExit: twistd acmews: cannot listen on tcp:8180:inte'``), so
+    a port in use or not allowed is found here, while the error is still one line on the
+    terminal. The socket is bound as Twisted binds (``SO_REUSEADDR``) and closed at once;
+    what is missed here (a port taken in between) still stops the daemon, only less
+    readably."""
+    for description in listen:
+        endpoint = ServerEndpoint.parse(description)
+        if not endpoint.is_tcp or not endpoint.port.isdigit() or endpoint.port == "0":
+            continue
+        host = endpoint.interface or ("::" if endpoint.kind == "tcp6" else "")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, int(endpoint.port)))
+            except OSError as e:
+                raise TwistdExit(ListenError(description, e)) from None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import os
 import sys
 from typing import Any
 
@@ -66,9 +67,17 @@ class FileTests(SynchronousTestCase):
     def test_the_hash_command(self) -> None:
         from acmews.auth import _main
 
-        printed = io.StringIO()
+        printed, errors = io.StringIO(), io.StringIO()
         self.patch(sys, "stdout", printed)
-        self.assertEqual(_main(["hash", "pw"]), 0)
+        self.patch(sys, "stderr", errors)
+        # never from the command line (#23.6)
+        self.assertEqual(_main(["hash", "pw"]), 2)
+        self.assertIn("never from the command line", errors.getvalue())
+        self.assertEqual(printed.getvalue(), "")
+        self.assertEqual(_main(["hash"], io.StringIO("\n")), 1)  # an empty password
+        self.assertEqual(printed.getvalue(), "")
+        # from stdin: its first line, without its line end
+        self.assertEqual(_main(["hash"], io.StringIO("pw\r\nnot this\n")), 0)
         out = printed.getvalue().strip()
         self.assertTrue(out.startswith("scrypt$16384$8$1$"))
         authorizer = CredentialAuthorizer(read_basic_file([f"u:{out}"]))
@@ -212,6 +221,8 @@ class RefusalLogTests(TestCase):
         lines = refused(30)
         self.assertEqual(len(lines), 20)
         self.assertNotIn("wrong", "".join(lines))
+        # #23.6: the user and the originator it tried are named, never the secret
+        self.assertIn("401 Unauthorized (user 'meters', originator 'Cmeter1')", lines[0])
         clock.advance(60)
         (line,) = refused(1)
         self.assertIn("(10 more refusals not logged)", line)
@@ -478,3 +489,44 @@ class RestartTests(TestCase):
             options=NO_PING,
         )
         await other.close()
+
+
+class ClaimedTests(SynchronousTestCase):
+    """What a refusal's log line says of the peer: who, never the secret (#23.6)."""
+
+    def test_claimed(self) -> None:
+        from acmews.handshake import claimed
+
+        self.assertEqual(
+            claimed({"authorization": basic("meters", "s3cret"), "x-m2m-origin": "Cmeter1"}),
+            "user 'meters', originator 'Cmeter1'",
+        )
+        self.assertEqual(
+            claimed({"authorization": "Bearer tok-s3cret"}), "a Bearer token, no originator"
+        )
+        self.assertEqual(claimed({}), "no credential, no originator")
+        self.assertEqual(
+            claimed({"authorization": "Basic !!!"}),
+            "an unreadable Basic credential, no originator",
+        )
+        self.assertEqual(
+            claimed({"authorization": "Digest x"}),
+            "an Authorization of kind 'digest', no originator",
+        )
+
+    def test_the_hash_command_as_a_program(self) -> None:
+        """A pipe gives the password without a prompt or a warning."""
+        import subprocess
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        done = subprocess.run(
+            [sys.executable, "-m", "acmews.auth", "hash"],
+            input=b"s3cret\n",
+            capture_output=True,
+            cwd=root,
+            timeout=60,
+        )
+        self.assertEqual((done.returncode, done.stderr), (0, b""))
+        entry = done.stdout.decode().strip()
+        authorizer = CredentialAuthorizer(read_basic_file([f"u:{entry}"]))
+        self.assertEqual(authorizer.authorize(shake(basic("u", "s3cret"), "Cx")).originator, "Cx")

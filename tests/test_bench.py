@@ -1,6 +1,7 @@
 """The load generator's pieces: handshake, client protocol, accounting, options.
 
-No sockets, no sleeps: the lean client is driven with ``StringTransport`` and ``task.Clock``.
+No sockets, no sleeps: the lean client is driven with ``StringTransport`` and ``task.Clock``;
+only LoopbackRunTests runs each scenario, tiny, against a CSE on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from typing import Any
 
 import cbor2
 import orjson
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from acmews.bench.cli import parse_options
 from acmews.bench.connections import SUBPROTOCOLS, Template
@@ -598,3 +600,109 @@ class RestartFillTests(SynchronousTestCase):
         latest = resources.latest_child(c0.ri, 4)
         assert latest is not None
         self.assertEqual(latest.attrs["con"], "value 27 x")
+
+
+class ProgressTests(SynchronousTestCase):
+    """#23: a run says what it does and how far it got, on its own stream."""
+
+    def test_a_log_gets_a_line_every_5_seconds(self) -> None:
+        from acmews.bench.progress import Progress
+
+        now = [100.0]
+        stream = io.StringIO()
+        progress = Progress(stream, "acmews bench", clock=lambda: now[0])
+        progress.say("retrieve, sequential")
+        for t in range(1, 21):
+            now[0] = 100.0 + t
+            progress.update(f"{t * 100}/2000 answered")
+        self.assertEqual(
+            stream.getvalue().splitlines(),
+            [
+                "acmews bench: retrieve, sequential",
+                "acmews bench: 500/2000 answered, 5 s",
+                "acmews bench: 1000/2000 answered, 10 s",
+                "acmews bench: 1500/2000 answered, 15 s",
+                "acmews bench: 2000/2000 answered, 20 s",
+            ],
+        )
+
+    def test_a_terminal_gets_one_line_rewritten(self) -> None:
+        from acmews.bench.progress import Progress
+
+        class Terminal(io.StringIO):
+            def isatty(self) -> bool:
+                return True
+
+        now = [0.0]
+        stream = Terminal()
+        progress = Progress(stream, "acmews bench", clock=lambda: now[0])
+        progress.say("fanout")
+        now[0] = 0.5
+        progress.update("round 1/10")
+        now[0] = 0.6  # too soon
+        progress.update("round 2/10")
+        now[0] = 1.0
+        progress.update("round 3/10")
+        progress.clear()
+        self.assertEqual(
+            stream.getvalue(),
+            "acmews bench: fanout\n"
+            "\racmews bench: round 1/10, 0 s\x1b[K"
+            "\racmews bench: round 3/10, 1 s\x1b[K"
+            "\r\x1b[K",
+        )
+
+    def test_silent_without_a_stream(self) -> None:
+        from acmews.bench.progress import Progress
+
+        progress = Progress(None)
+        progress.say("x")
+        progress.update("y")
+        progress.clear()  # nothing to write to, nothing raised
+
+    def test_it_goes_by_the_name_it_was_called(self) -> None:
+        from acmews.bench.cli import build_parser, describe_run
+
+        self.assertEqual(build_parser("acmews bench").prog, "acmews bench")
+        stderr = io.StringIO()
+        self.patch(sys, "stderr", stderr)
+        with self.assertRaises(SystemExit):
+            parse_options(["ws://h:1", "--window", "0"], "acmews bench")
+        self.assertIn("acmews bench: error: --window must be at least 1", stderr.getvalue())
+        opts = parse_options(["ws://h:1", "--requests", "100", "--duration", "20"])
+        self.assertEqual(
+            describe_run(opts, "ws://h:1"),
+            "retrieve, sequential, 1 connection(s) to ws://h:1: up to 100 requests within 20 s",
+        )
+
+
+class LoopbackRunTests(TestCase):
+    """Each scenario, tiny, against twistd acmews's service on 127.0.0.1 port 0: it runs,
+    reports on ``out`` and says what it does on its progress stream (#23.5)."""
+
+    timeout = 60
+
+    def test_each_scenario_runs_and_says_so(self) -> Deferred[None]:
+        async def go() -> None:
+            from twisted.internet import reactor
+
+            from acmews.bench.cli import run
+            from acmews.bench.progress import Progress
+
+            from .helpers import start_cse
+
+            _, url = await start_cse(self)
+            for argv in (
+                ["--requests", "20"],
+                ["--scenario", "create-cin", "--mode", "pipelined", "--requests", "20"],
+                ["--scenario", "fanout", "--connections", "2", "--requests", "2"],
+                ["--scenario", "idle", "--connections", "2", "--duration", "0.1"],
+            ):
+                out, said = io.StringIO(), io.StringIO()
+                code = await run(reactor, parse_options([url, *argv]), out, Progress(said, "x"))
+                self.assertEqual(code, 0, out.getvalue())
+                self.assertTrue(said.getvalue().startswith("x: "), said.getvalue())
+                self.assertIn(url, said.getvalue())
+                self.assertNotIn("CORRECTNESS FAILURE", out.getvalue())
+
+        return Deferred.fromCoroutine(go())

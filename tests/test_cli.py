@@ -9,7 +9,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.testing import MemoryReactorClock
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from acmews import __version__
 from acmews.cli import UsageError, format_primitive, main, parse_args, run
@@ -338,3 +338,81 @@ class LoopbackTests(TestCase):
         self.assertEqual([c["typ"] for c in r.pc["m2m:rrl"]["rrf"]], [4])  # the sub is gone
         r = yield admin.retrieve("cse-in/watcher")
         self.assertEqual(r.rsc, 4004)  # so is the AE
+
+
+class HelpTests(TestCase):
+    """#23: a usage line for bare ``acmews``; every --help has the sections of a man page."""
+
+    def test_bare_acmews_prints_a_usage_line(self) -> None:
+        out, err = io.StringIO(), io.StringIO()
+        code = self.successResultOf(Deferred.fromCoroutine(run(None, [], out, err)))
+        self.assertEqual(code, 2)
+        self.assertTrue(err.getvalue().startswith("usage: acmews COMMAND ..."), err.getvalue())
+        self.assertIn("request, watch, shell, bench, completion", err.getvalue())
+
+    def test_help_has_exit_status_environment_and_examples(self) -> None:
+        import contextlib
+
+        for argv in (["--help"], *([c, "--help"] for c in ("request", "watch", "shell"))):
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                code = main(argv, reactor=MemoryReactorClock())
+            self.assertEqual(code, 0)
+            text = out.getvalue()
+            for section in ("EXIT STATUS", "ENVIRONMENT", "EXAMPLES"):
+                self.assertIn(f"\n{section}\n", text, argv)
+            self.assertIn("ACMEWS_PASSWORD", text)
+            self.assertIn("130", text)
+
+    def test_status_codes_have_their_names(self) -> None:
+        from acmews.codes import rsc_text
+
+        self.assertEqual(rsc_text(4004), "4004 Not Found")
+        self.assertEqual(rsc_text(2000), "2000 OK")
+        self.assertEqual(rsc_text(4103), "4103 Originator Has No Privilege")
+        self.assertEqual(rsc_text(4999), "4999")
+
+    def test_a_password_without_a_user_is_a_usage_error(self) -> None:
+        import os
+
+        self.patch(os, "environ", {"ACMEWS_PASSWORD": "pw", "ACMEWS_TOKEN": "t"})
+        e = self.assertRaises(
+            UsageError, parse_args, ["request", URL, "retrieve", "cse-in", "--from", "C"]
+        )
+        self.assertIn("ACMEWS_PASSWORD is set but --user is not", str(e))
+        self.assertNotIn("pw", str(e))
+
+    def test_watch_count_and_timeout(self) -> None:
+        args = parse_args(["watch", URL, "--from", "C", "--count", "1", "--timeout", "10"])
+        self.assertEqual((args.count, args.timeout), (1, 10.0))
+        self.assertIsNone(parse_args(["watch", URL, "--from", "C"]).timeout)
+        for bad in ("0", "-1", "x"):
+            self.assertRaises(
+                UsageError, parse_args, ["watch", URL, "--from", "C", "--count", bad]
+            )
+
+    def test_tls_hints(self) -> None:
+        from acmews.cli import tls_hint
+
+        trust = tls_hint("wss://h:1", 'closed uncleanly ("SSL error: certificate verify failed")')
+        self.assertIn("use --ca-file", trust)
+        self.assertIn("plain ws://", tls_hint("wss://h:1", "no answer within 3 seconds"))
+        dropped = "peer dropped the TCP connection without previous WebSocket closing handshake"
+        self.assertIn("use wss://", tls_hint("ws://h:1", dropped))
+        self.assertEqual(tls_hint("ws://h:1", "Connection refused"), "")
+        refused = 'closed uncleanly ("WebSocket connection upgrade failed [401]: Unauthorized")'
+        self.assertEqual(tls_hint("ws://h:1", refused), "")
+
+    def test_completion(self) -> None:
+        import contextlib
+
+        try:
+            import shtab  # noqa: F401
+        except ImportError:
+            raise SkipTest("shtab is not installed (pip install '.[test]')") from None
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = main(["completion", "bash"], reactor=MemoryReactorClock())
+        self.assertEqual(code, 0)
+        self.assertIn("acmews", out.getvalue())
+        self.assertIn("--subscribe", out.getvalue())

@@ -640,7 +640,9 @@ class TwistdProcessTests(TestCase):
 
     timeout = 60
 
-    async def _twistd(self, *argv: str) -> tuple[int, str]:
+    async def _twistd(
+        self, *argv: str, twistd: tuple[str, ...] = ("-n", "--pidfile=")
+    ) -> tuple[int, str]:
         import sys
 
         from twisted.internet import reactor
@@ -649,7 +651,7 @@ class TwistdProcessTests(TestCase):
         env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
         out = _Output()
         code = "from twisted.scripts.twistd import run; run()"
-        args = [sys.executable, "-c", code, "-n", "--pidfile=", "acmews", *argv]
+        args = [sys.executable, "-c", code, *twistd, "acmews", *argv]
         reactor.spawnProcess(out, sys.executable, args, env=env, path=self.mktemp_dir())  # type: ignore[attr-defined]
         status = await out.ended
         return status, out.out.decode().strip()
@@ -679,6 +681,33 @@ class TwistdProcessTests(TestCase):
 
         return Deferred.fromCoroutine(run())
 
+    def test_a_busy_port_in_the_background(self) -> Deferred[None]:
+        """Daemonized (no -n), a port in use is still one line on the terminal (#23.4), not
+        twistd's ``An error has occurred: b'acmews.tap.TwistdExit: ...'`` cut at 100 bytes."""
+
+        async def run() -> None:
+            from twisted.internet import reactor
+            from twisted.internet.protocol import Factory
+
+            port = reactor.listenTCP(0, Factory(), interface="127.0.0.1")  # type: ignore[attr-defined]
+            self.addCleanup(port.stopListening)
+            listen = f"tcp:{port.getHost().port}:interface=127.0.0.1"
+            logs = self.mktemp_dir()
+            status, out = await self._twistd(
+                "--store",
+                "memory:",
+                "--listen",
+                listen,
+                twistd=(f"--pidfile={logs}/t.pid", f"--logfile={logs}/t.log"),
+            )
+            self.assertEqual(
+                (status, out),
+                (1, f"twistd acmews: cannot listen on {listen}: Address already in use"),
+            )
+            self.assertFalse(os.path.exists(f"{logs}/t.pid"))
+
+        return Deferred.fromCoroutine(run())
+
     def test_a_store_it_cannot_open(self) -> Deferred[None]:
         async def run() -> None:
             status, out = await self._twistd("--store", "sqlite:/nonexistent/dir/x.db")
@@ -688,6 +717,26 @@ class TwistdProcessTests(TestCase):
             self.assertIn("/nonexistent/dir/x.db", out)
 
         return Deferred.fromCoroutine(run())
+
+
+class UsageTests(TestCase):
+    """``twistd acmews --help`` (#23.4): no word split across lines, no runs of spaces."""
+
+    def test_every_help_reads_whole(self) -> None:
+        options = Options()
+        for width in (80, 120):
+            text = options.getUsage(width=width)
+            flat = " ".join(text.split())
+            for name, doc in options.docs.items():
+                self.assertIn(" ".join((doc or "").split()), flat, name)
+            self.assertIn("--max-connections", text.split())
+            self.assertIn(" tcp:8180:interface=127.0.0.1:backlog=1024", text)
+            indent = text.splitlines()[1].index("The admin")
+            for line in text.splitlines():
+                if line.startswith(" " * indent):  # a help's second line on
+                    self.assertNotIn("  ", line[indent:], line)
+                    self.assertNotEqual(line[indent], " ")
+            self.assertIn("Defaults match ACME's.", text)
 
 
 class StoreOptionTests(TestCase):

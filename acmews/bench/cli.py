@@ -14,8 +14,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.defer import TimeoutError as DeferTimeoutError
 
 from acmews.bench.connections import SUBPROTOCOLS, BenchError, Target
+from acmews.bench.progress import Progress
 from acmews.bench.report import compare_summary, format_compare, format_report, report
-from acmews.bench.scenarios import RUNNERS, BenchOptions
+from acmews.bench.scenarios import RUNNERS, BenchOptions, Run
 from acmews.bench.workers import worker_main
 
 __all__ = [
@@ -32,9 +33,13 @@ SCENARIOS = ("retrieve", "create-cin", "fanout", "idle")
 MODES = ("sequential", "pipelined")
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: the name the command goes by in its messages (``acmews bench`` from the acmews command)
+PROG = "python -m acmews.bench"
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m acmews.bench",
+        prog=prog,
         description="Load generator for oneM2M over WebSocket (TS-0020). Exit code 1 when "
         "any request was never answered, answered twice or answered with a foreign rqi; "
         "2 when the run could not be done.",
@@ -100,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_options(argv: Sequence[str]) -> BenchOptions:
-    parser = build_parser()
+def parse_options(argv: Sequence[str], prog: str = PROG) -> BenchOptions:
+    parser = build_parser(prog)
     ns = parser.parse_args(list(argv))
     opts = BenchOptions(**vars(ns))
     for name in ("window", "connections", "processes", "requests", "rounds"):
@@ -115,7 +120,7 @@ def parse_options(argv: Sequence[str]) -> BenchOptions:
         and "{k}" not in opts.originator
     ):
         sys.stderr.write(
-            "bench: warning: several connections share the originator "
+            f"{prog}: warning: several connections share the originator "
             f"{opts.originator}; servers close the older ones (use '{{k}}' and --register)\n"
         )
     if opts.register and opts.scenario not in ("retrieve", "create-cin"):
@@ -129,12 +134,32 @@ def parse_options(argv: Sequence[str]) -> BenchOptions:
     return opts
 
 
-async def run(reactor: Any, opts: BenchOptions, out: TextIO) -> int:
-    """Run the whole benchmark (with --compare: A B A B ...); returns the exit code."""
+def describe_run(opts: BenchOptions, url: str) -> str:
+    """What one run does, in a line: the scenario and its bounds."""
+    if opts.scenario == "idle":
+        return f"idle: {opts.connections} connections to {url}, held {opts.duration:g} s"
+    if opts.scenario == "fanout":
+        return (
+            f"fanout: {opts.connections} AEs subscribed at {url}, up to {opts.requests} "
+            f"rounds within {opts.duration:g} s"
+        )
+    return (
+        f"{opts.scenario}, {opts.mode}, {opts.connections} connection(s) to {url}: up to "
+        f"{opts.requests} requests within {opts.duration:g} s"
+    )
+
+
+async def run(
+    reactor: Any, opts: BenchOptions, out: TextIO, progress: Progress | None = None
+) -> int:
+    """Run the whole benchmark (with --compare: A B A B ...); returns the exit code. What it
+    is doing goes to ``progress`` (stderr from the command line), the report to ``out``."""
+    progress = progress if progress is not None else Progress(None)
     runner = RUNNERS[opts.scenario]
     runs: list[dict[str, Any]] = []
     if opts.compare is None:
-        result, server = await runner(reactor, opts, opts.url, opts.server_pid, out)
+        progress.say(describe_run(opts, opts.url))
+        result, server = await runner(reactor, opts, Run(opts.url, opts.server_pid, out, progress))
         d = report(opts, opts.url, result, server)
         runs.append(d)
         out.write(format_report(d) + "\n")
@@ -142,9 +167,11 @@ async def run(reactor: Any, opts: BenchOptions, out: TextIO) -> int:
     else:
         pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
         for i in range(opts.rounds):
-            pair = []
+            pair: list[dict[str, Any]] = []
             for url, pid in ((opts.url, opts.server_pid), (opts.compare, opts.compare_pid)):
-                result, server = await runner(reactor, opts, url, pid, out)
+                label = f"[round {i + 1} {'AB'[len(pair)]}]"
+                progress.say(f"{label} {describe_run(opts, url)}")
+                result, server = await runner(reactor, opts, Run(url, pid, out, progress))
                 d = report(opts, url, result, server)
                 runs.append(d)
                 pair.append(d)
@@ -157,7 +184,7 @@ async def run(reactor: Any, opts: BenchOptions, out: TextIO) -> int:
             json.dump(summary, f, indent=2)
     if all(r["correct"] for r in runs):
         return 0
-    out.write("bench: CORRECTNESS FAILURE (see above)\n")
+    out.write(f"{progress.prog}: CORRECTNESS FAILURE (see above)\n")
     return 1
 
 
@@ -171,21 +198,22 @@ def _one_line(error: BaseException) -> str:
     return text.splitlines()[0][:300]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
+    """The command: ``prog`` is its name in the help and in every message."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--worker"]:
         return worker_main(argv[1])
-    opts = parse_options(argv)
+    opts = parse_options(argv, prog)
     from twisted.internet import reactor
 
     code = [2]
 
     async def body() -> None:
         try:
-            code[0] = await run(reactor, opts, sys.stdout)
+            code[0] = await run(reactor, opts, sys.stdout, Progress(sys.stderr, prog))
         except Exception as e:
             # one line, no traceback: what went wrong, not where in the bench
-            sys.stderr.write(f"bench: {_one_line(e)}\n")
+            sys.stderr.write(f"{prog}: {_one_line(e)}\n")
             code[0] = 2
         finally:
             if reactor.running:

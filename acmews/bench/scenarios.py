@@ -8,7 +8,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from twisted.internet.defer import (
@@ -30,11 +30,13 @@ from acmews.bench.connections import (
 from acmews.bench.leanclient import LeanWebSocketClient
 from acmews.bench.ledger import Result
 from acmews.bench.load import LoadConfig, cpu_time, run_load, split_evenly
+from acmews.bench.progress import Progress
 from acmews.bench.workers import run_workers
 
 __all__ = [
     "RUNNERS",
     "BenchOptions",
+    "Run",
     "ServerSample",
     "admin_requests",
     "ae_create",
@@ -110,19 +112,15 @@ class BenchOptions:
         return 1 if self.mode == "sequential" else self.window
 
 
-def _progress_printer(out: TextIO, total: int) -> Callable[[int], None]:
-    if not out.isatty():
-        return lambda n: None
-    last = [0.0]
+@dataclass(frozen=True)
+class Run:
+    """One run of a scenario: the server's URL and pid (None: not sampled), where its warnings
+    go (the report's stream) and where its progress goes."""
 
-    def show(n: int) -> None:
-        now = time.monotonic()
-        if now - last[0] >= 0.25:
-            last[0] = now
-            out.write(f"\r  {n}/{total} answered ")
-            out.flush()
-
-    return show
+    url: str
+    pid: int | None
+    out: TextIO
+    progress: Progress = field(default_factory=lambda: Progress(None))
 
 
 def ae_create(parent: str, aei: str) -> dict[str, Any]:
@@ -160,9 +158,10 @@ async def admin_requests(
 
 
 async def run_requests(
-    reactor: Any, opts: BenchOptions, url: str, pid: int | None, out: TextIO
+    reactor: Any, opts: BenchOptions, run: Run
 ) -> tuple[Result, dict[str, Any]]:
     """retrieve / create-cin: set up, run the load (in-process or in workers), clean up."""
+    url, pid, out, progress = run.url, run.pid, run.out, run.progress
     tag = secrets.token_hex(3)
     target = Target.parse(url)
     cleanup: list[str] = []
@@ -220,7 +219,10 @@ async def run_requests(
             )
             for i in range(n_proc)
         ]
-        show = _progress_printer(out, opts.requests)
+
+        def show(answered: int) -> None:
+            progress.update(f"{answered}/{opts.requests} answered")
+
         before: ServerSample | None = None
 
         def sample_before() -> Deferred[None]:
@@ -233,8 +235,7 @@ async def run_requests(
         else:
             result = await run_workers(reactor, cfgs, sample_before, show)
         after = sample_server(pid)
-        if out.isatty():
-            out.write("\r" + " " * 40 + "\r")
+        progress.clear()
     finally:
         if cleanup:
             try:
@@ -268,10 +269,9 @@ async def _noop() -> None:
     return None
 
 
-async def run_fanout(
-    reactor: Any, opts: BenchOptions, url: str, pid: int | None, out: TextIO
-) -> tuple[Result, dict[str, Any]]:
+async def run_fanout(reactor: Any, opts: BenchOptions, run: Run) -> tuple[Result, dict[str, Any]]:
     """N AEs subscribe to one container; each CIN must reach all N (rounds, timed)."""
+    url, pid, out, progress = run.url, run.pid, run.out, run.progress
     tag = secrets.token_hex(2)
     target = Target.parse(url)
     t = opts.timeout
@@ -325,6 +325,7 @@ async def run_fanout(
                     resp = await admin.request(sub)
                 if resp.get("rsc") != 2001:
                     raise BenchError(f"subscription for {aei} failed: {resp}")
+                progress.update(f"{len(created_aes)}/{opts.connections} AEs subscribed")
             finally:
                 slots.release()
 
@@ -366,6 +367,7 @@ async def run_fanout(
         end = time.perf_counter() + opts.duration
         n = 0
         while n < opts.requests and time.perf_counter() < end:
+            progress.update(f"round {n + 1}/{opts.requests}")
             r = rounds[n] = {"t0": time.perf_counter(), "got": {}, "all": Deferred()}
             cin = await admin.request(
                 {"op": 1, "to": cnt, "ty": 4, "pc": {"m2m:cin": {"con": f"r{n}"}}}
@@ -383,6 +385,7 @@ async def run_fanout(
             n += 1
         result.ended, result.client_cpu = time.time(), cpu_time() - cpu0
         after = sample_server(pid)
+        progress.clear()
         result.extra["rounds"] = n
         result.extra["notify_latencies_ms"] = sorted(
             v * 1000 for r in rounds.values() for v in r["got"].values()
@@ -453,10 +456,9 @@ async def _clean_up(
         )
 
 
-async def run_idle(
-    reactor: Any, opts: BenchOptions, url: str, pid: int | None, out: TextIO
-) -> tuple[Result, dict[str, Any]]:
+async def run_idle(reactor: Any, opts: BenchOptions, run: Run) -> tuple[Result, dict[str, Any]]:
     """Open N connections (distinct originators), hold them, measure the server's RSS."""
+    url, pid, progress = run.url, run.pid, run.progress
     tag = secrets.token_hex(2)
     target = Target.parse(url)
     before = sample_server(pid)
@@ -469,6 +471,8 @@ async def run_idle(
                     reactor, target, opts.serialization, f"Cidle{tag}x{k}", opts.timeout
                 )
             )
+            progress.update(f"{k + 1}/{opts.connections} connections open")
+        progress.say(f"{len(clients)} connections open; holding them for {opts.duration:g} s")
         hold: Deferred[None] = Deferred()
         reactor.callLater(opts.duration, hold.callback, None)
         await hold
