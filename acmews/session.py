@@ -170,9 +170,9 @@ class Session:
             sent(data)
             send(data, binary)
 
-        def traced_receive(data: bytes) -> None:
+        def traced_receive(data: bytes, text: bool = False) -> None:
             received(data)
-            receive(data)
+            receive(data, text)
 
         self._send = traced_send
         self.message_received = traced_receive  # type: ignore[method-assign]
