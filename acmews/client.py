@@ -34,6 +34,7 @@ from acmews.errors import TargetNotReachable
 from acmews.handshake import basic_authorization, bearer_authorization
 from acmews.interfaces import IConnection, IHandshakeAuthorizer, IOriginatorMap, IRequestHandler
 from acmews.logs import Logger
+from acmews.metrics import BindingMetrics
 from acmews.options import ConnectionOptions
 from acmews.primitive import Request, Response
 from acmews.protocol import OneM2MClientFactory, OneM2MServerFactory
@@ -185,6 +186,7 @@ def connect(
     release: str = DEFAULT_RELEASE,
     headers: dict[str, str] | None = None,
     tls: TLSClientSettings | None = None,
+    metrics: BindingMetrics | None = None,
 ) -> Deferred[Client]:
     """Open a oneM2M WebSocket connection to ``url`` (``ws://`` or ``wss://``).
 
@@ -197,6 +199,7 @@ def connect(
     @param options: timeouts, message size and keep-alive (defaults when None).
     @param headers: more headers for the opening handshake, e.g. ``Authorization``.
     @param tls: for ``wss://``: a CA to trust and a client certificate to show.
+    @param metrics: where the connection is counted (a CSE's own, for the ones it opens).
     @return: a Deferred that fires with a :class:`Client` once the WebSocket is open, or fails
         with TargetNotReachable. Cancelling it (a timeout, say) aborts the attempt: the TCP
         connect in progress is stopped, a connection made meanwhile is aborted; no socket is
@@ -219,6 +222,7 @@ def connect(
         remote_originator=remote_originator,
         options=options,
         headers=headers,
+        metrics=metrics,
     )
     connecting = client_endpoint(url, reactor, endpoint, tls).connect(factory)
     #: the protocol, once the TCP (and TLS) connection is made

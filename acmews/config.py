@@ -93,6 +93,9 @@ class Config:
     insecure: bool = False
     #: log acmews's debug lines too (:func:`acmews.logs.set_debug`)
     log_debug: bool = False
+    #: a server endpoint for ``/metrics`` (Prometheus); None: no admin listener, and nothing
+    #: counted per request
+    admin_listen: str | None = None
 
     @property
     def endpoints(self) -> list[ServerEndpoint]:

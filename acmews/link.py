@@ -30,6 +30,7 @@ from acmews.cse import CSE
 from acmews.errors import OneM2MError, RemoteError, TargetNotReachable
 from acmews.interfaces import IOriginatorMap
 from acmews.logs import Logger
+from acmews.metrics import BindingMetrics
 from acmews.options import ConnectionOptions
 from acmews.primitive import Request, Response
 from acmews.protocol import OneM2MClientProtocolFactory
@@ -85,6 +86,7 @@ class RegistrarLink(MultiService):
         max_delay: float = 60.0,
         headers: dict[str, str] | None = None,
         tls: TLSClientSettings | None = None,
+        metrics: BindingMetrics | None = None,
     ) -> None:
         """
         @param initial_delay: and
@@ -93,6 +95,7 @@ class RegistrarLink(MultiService):
         @param headers: more headers for every opening handshake, e.g. the ``Authorization``
             the registrar asks of this CSE.
         @param tls: for a ``wss://`` registrar: the CA to trust and this CSE's certificate.
+        @param metrics: where the link's connection and the requests it answers are counted.
         """
         super().__init__()
         self.cse = cse
@@ -112,6 +115,7 @@ class RegistrarLink(MultiService):
             remote_originator=registrar_cse_id,
             options=options,
             headers=headers,
+            metrics=metrics,
         )
         self._policy = backoffPolicy(initialDelay=initial_delay, maxDelay=max_delay)
         self._service = ClientService(

@@ -35,6 +35,7 @@ from acmews.errors import TargetNotReachable
 from acmews.handshake import Authorization, Handshake, HandshakeRefused
 from acmews.interfaces import ICodec, IHandshakeAuthorizer, IOriginatorMap, IRequestHandler
 from acmews.logs import Budget, Logger
+from acmews.metrics import BindingMetrics
 from acmews.options import (
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_PING_INTERVAL,
@@ -61,6 +62,7 @@ __all__ = [
 
 #: bytes a client may send while its handshake is being authorized (its first frames)
 MAX_EARLY_DATA = 64 * 1024
+
 
 _log = Logger(namespace="acmews.protocol")
 
@@ -397,6 +399,10 @@ class _OneM2MProtocolMixin(_AutobahnFastPath):
     """What both roles share: the session and closing."""
 
     codec: ICodec
+    #: the ``direction`` label of this side's connections in the metrics
+    _direction = "in"
+    #: where this connection is counted, once open (the factory's metrics)
+    _metrics: BindingMetrics | None = None
 
     def _start_session(
         self,
@@ -420,7 +426,11 @@ class _OneM2MProtocolMixin(_AutobahnFastPath):
             max_message_size=factory.options.max_message_size,
             on_bound=on_bound,
             authorization=authorization,
+            metrics=factory.metrics,
         )
+        if factory.metrics is not None:
+            self._metrics = factory.metrics
+            factory.metrics.opened(self._direction, self.codec.name)
         self._start_keepalive()
         return self.session
 
@@ -441,6 +451,9 @@ class _OneM2MProtocolMixin(_AutobahnFastPath):
     def _session_closed(self, reason: str) -> None:
         session = self.session
         if session is not None:
+            metrics = self._metrics
+            if metrics is not None and session.connected:
+                metrics.closed(self._direction, session.subprotocol)
             session.connection_lost(reason)
 
 
@@ -450,6 +463,8 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
     factory: OneM2MServerFactory
     originator: str | None = None
     _refusal_headers: Any = None
+    #: why the handshake is refused, where its HTTP status does not tell (the metrics)
+    _refusal_kind: str | None = None
     #: the authorizer's decision, once made (the session carries its owner)
     _authorization = Authorization()
     #: the client address this connection counts against (None: not admitted)
@@ -506,6 +521,8 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
         peer = self.transport.getPeer()
         address = str(getattr(peer, "host", peer))
         if not self.factory.admission.admit(address):
+            if self.factory.metrics is not None:
+                self.factory.metrics.refusal(503, "connection_limit")
             # nothing it sent is read (buffered at most, as while a handshake is decided)
             self._handshake_pending = True
             self.transport.abortConnection()
@@ -537,6 +554,7 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
                 peer=self.peer,
                 offered=offered[:200],
             )
+            self._refusal_kind = "no_subprotocol"
             raise ConnectionDeny(
                 400,
                 f"no acceptable WebSocket subprotocol (offered: {offered[:200]}; supported: "
@@ -601,7 +619,10 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
 
     @override
     def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
-        """Autobahn's, plus the headers of our refusal (e.g. ``WWW-Authenticate``)."""
+        """Autobahn's, plus the headers of our refusal (e.g. ``WWW-Authenticate``); every
+        refused handshake comes here (counted by reason)."""
+        if self.factory.metrics is not None:
+            self.factory.metrics.refusal(code, self._refusal_kind)
         if self.transport is None:
             return  # the peer left while an asynchronous authorizer decided
         if responseHeaders is None:
@@ -679,6 +700,7 @@ class OneM2MServerFactory(WebSocketServerFactory):
         options: ConnectionOptions | None = None,
         authorizer: IHandshakeAuthorizer | None = None,
         limits: ConnectionLimits | None = None,
+        metrics: BindingMetrics | None = None,
     ) -> None:
         """
         @param handler: answers incoming requests (the CSE, a gateway's own code).
@@ -689,6 +711,7 @@ class OneM2MServerFactory(WebSocketServerFactory):
         @param options: timeouts, message size and keep-alive (defaults when None).
         @param authorizer: decides which originator a connection speaks for, or refuses it
             (default: X-M2M-Origin as sent, any claim accepted).
+        @param metrics: counts connections, refused handshakes and requests (None: none).
         """
         self.codecs = _codecs(subprotocols)
         super().__init__(url, protocols=list(self.codecs), reactor=reactor)
@@ -705,6 +728,7 @@ class OneM2MServerFactory(WebSocketServerFactory):
         self.admission = Admission(limits or ConnectionLimits(), self.clock)
         #: handshake refusals (401, 403, ...) logged: 20 a minute, then summed up
         self.refusal_log_budget = Budget(20, 60.0)
+        self.metrics = metrics
 
     def taken(self, authorization: Authorization) -> str | None:
         """Why the originator ``authorization`` claims is taken, or None. A CSE-ID with a
@@ -727,6 +751,7 @@ class OneM2MServerFactory(WebSocketServerFactory):
         if taken is not None:  # a link came up while this handshake was decided
             session.close(1008, taken)
             return
+
         _log.info(
             "connection from {peer}: originator {originator}, {subprotocol}",
             peer=session.peer,
@@ -749,6 +774,7 @@ class OneM2MClientProtocol(_OneM2MProtocolMixin, WebSocketClientProtocol):  # ty
     """The connecting side: an AE or CSE connecting to its registrar, or a CSE to a poa."""
 
     factory: OneM2MClientProtocolFactory
+    _direction = "out"
     #: why the connection ended before the WebSocket opened (see when_open)
     _not_opened: Exception | None = None
     _open_waiters: list[Deferred[Session]] | None = None
@@ -841,12 +867,15 @@ class OneM2MClientProtocolFactory(WebSocketClientFactory):
         enforce_originator: bool = False,
         options: ConnectionOptions | None = None,
         headers: dict[str, str] | None = None,
+        metrics: BindingMetrics | None = None,
     ) -> None:
         """
         @param originator: sent as X-M2M-Origin (omit only to register an AE).
         @param subprotocols: offered in this order of preference.
         @param remote_originator: who is at the other end, when known (a CSE-ID).
         @param options: timeouts, message size and keep-alive (defaults when None).
+        @param metrics: counts the connections (direction ``out``) and the requests they
+            answer (None: none).
         """
         headers = dict(headers or {})
         if originator:
@@ -862,6 +891,7 @@ class OneM2MClientProtocolFactory(WebSocketClientFactory):
         self.enforce_originator = enforce_originator
         self.options = options if options is not None else ConnectionOptions()
         self.setProtocolOptions(**self.options.autobahn())
+        self.metrics = metrics
 
     def opened(self, session: Session) -> None:
         """A connection opened (its protocol's ``when_open`` fires too)."""

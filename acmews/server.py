@@ -30,6 +30,7 @@ from acmews.endpoints import ServerEndpoint
 from acmews.interfaces import IHandshakeAuthorizer
 from acmews.link import RegistrarLink
 from acmews.logs import Logger, set_debug
+from acmews.metrics import BindingMetrics
 from acmews.originators import OriginatorMap
 from acmews.poa import (
     AgentClient,
@@ -47,6 +48,7 @@ __all__ = [
     "CSEService",
     "ListenError",
     "Listener",
+    "build_admin",
     "build_authorizer",
     "build_chain",
     "build_factory",
@@ -72,7 +74,11 @@ def build_store(config: Config, reactor: Any) -> Store:
 
 
 def build_chain(
-    config: Config, originators: OriginatorMap, queue: INotificationQueue, reactor: Any
+    config: Config,
+    originators: OriginatorMap,
+    queue: INotificationQueue,
+    reactor: Any,
+    metrics: BindingMetrics | None = None,
 ) -> PoaChain:
     """How the CSE reaches an originator: its live connection, its poa, the queue."""
     # an outbound poa connection serves one request and is closed: no keep-alive
@@ -88,6 +94,7 @@ def build_chain(
             options=poa_options,
             headers=credentials.headers(url) if credentials else None,
             tls=config.client_tls,
+            metrics=metrics,
         )
         return connecting.addCallback(lambda client: client.session)
 
@@ -111,7 +118,11 @@ def build_chain(
 
 
 def build_link(
-    config: Config, cse: CSE, originators: OriginatorMap, reactor: Any
+    config: Config,
+    cse: CSE,
+    originators: OriginatorMap,
+    reactor: Any,
+    metrics: BindingMetrics | None = None,
 ) -> RegistrarLink | None:
     """The one WebSocket to this CSE's registrar, when it has one."""
     registrar = config.registrar
@@ -129,6 +140,7 @@ def build_link(
         keep_registration=registrar.keep_registration,
         headers=dict(registrar.headers) or None,
         tls=config.client_tls,
+        metrics=metrics,
     )
 
 
@@ -157,7 +169,11 @@ def build_authorizer(config: Config, cse: CSE, reactor: Any) -> IHandshakeAuthor
 
 
 def build_factory(
-    config: Config, cse: CSE, originators: OriginatorMap, reactor: Any
+    config: Config,
+    cse: CSE,
+    originators: OriginatorMap,
+    reactor: Any,
+    metrics: BindingMetrics | None = None,
 ) -> OneM2MServerFactory:
     """The server factory every listener shares."""
     return OneM2MServerFactory(
@@ -167,7 +183,24 @@ def build_factory(
         limits=config.limits,
         reactor=reactor,
         options=config.connection,
+        metrics=metrics,
     )
+
+
+def build_admin(config: Config, service: CSEService, reactor: Any) -> Listener | None:
+    """The admin listener (``/metrics``), when ``config.admin_listen`` names one."""
+    if config.admin_listen is None:
+        return None
+    from acmews.admin import admin_site
+
+    endpoint = ServerEndpoint.parse(config.admin_listen)
+    if not endpoint.loopback_only:
+        log.warn(
+            "the admin listener {description} is reachable beyond loopback: anyone who "
+            "reaches it may read the metrics",
+            description=config.admin_listen,
+        )
+    return Listener(config.admin_listen, endpoint.endpoint(reactor), admin_site(service, reactor))
 
 
 def make_service(config: Config, reactor: Any) -> CSEService:
@@ -182,15 +215,19 @@ def make_service(config: Config, reactor: Any) -> CSEService:
     warn_without_nvx()
     store = build_store(config, reactor)
     originators = OriginatorMap()
-    chain = build_chain(config, originators, store.queue, reactor)
+    # counted per request only when someone reads them
+    metrics = BindingMetrics() if config.admin_listen is not None else None
+    chain = build_chain(config, originators, store.queue, reactor, metrics)
     cse = CSE(config.cse_config(), chain, reactor, store.resources)
-    link = build_link(config, cse, originators, reactor)
-    factory = build_factory(config, cse, originators, reactor)
+    link = build_link(config, cse, originators, reactor, metrics)
+    factory = build_factory(config, cse, originators, reactor, metrics)
     listeners = [
         Listener(e.description, e.endpoint(reactor, config.client_ca), factory)
         for e in config.endpoints
     ]
-    return CSEService(config, store, originators, chain, cse, factory, link, listeners)
+    service = CSEService(config, store, originators, chain, cse, factory, link, listeners)
+    service.add_admin(build_admin(config, service, reactor))
+    return service
 
 
 class ListenError(CannotListenError):
@@ -287,6 +324,10 @@ class CSEService(MultiService):
         self.factory = factory
         self.link = link
         self.listeners = list(listeners)
+        #: what the binding counts (the factory's), when an admin listener reads it
+        self.metrics = factory.metrics
+        #: the admin listener (``/metrics``), if any (see :meth:`add_admin`)
+        self.admin: Listener | None = None
         #: what a :class:`ListenError` becomes when raised at start (``twistd acmews`` makes
         #: it one line and exit status 1)
         self.start_error: Callable[[ListenError], BaseException] = _as_is
@@ -297,6 +338,12 @@ class CSEService(MultiService):
         for child in (store.service, originators, chain, link, *listeners):
             if child is not None:
                 child.setServiceParent(self)
+
+    def add_admin(self, admin: Listener | None) -> None:
+        """Serve ``admin`` (the admin listener, made for this service) too."""
+        if admin is not None:
+            self.admin = admin
+            admin.setServiceParent(self)
 
     def privilegedStartService(self) -> None:
         self._start(super().privilegedStartService)
@@ -336,6 +383,12 @@ class CSEService(MultiService):
         self.listening = listening = Deferred[list[IListeningPort]]()
         bound = [listener.bound for listener in self.listeners]
         gatherResults(bound).addCallback(self._announce).chainDeferred(listening)
+        if self.admin is not None:
+            self.admin.bound.addCallback(self._announce_admin)
+
+    def _announce_admin(self, port: IListeningPort) -> IListeningPort:
+        log.info("admin listener (/metrics) on {address}", address=_address(port))
+        return port
 
     def _announce(self, ports: list[IListeningPort]) -> list[IListeningPort]:
         config = self.config

@@ -362,6 +362,16 @@ class Options(usage.Options):
             "Seconds a stored notification without its own rqet is kept.",
             _seconds("notification-expiry"),
         ],
+        [
+            "admin-listen",
+            None,
+            None,
+            "A server endpoint for the admin listener, e.g. tcp:9180:interface=127.0.0.1: "
+            "Prometheus metrics at /metrics (connections, refused handshakes, requests by "
+            "operation and response class with their latency, notifications, queue, store "
+            "commits, registrar link, process). Off by default: then nothing is counted per "
+            "request. It has no authentication: keep it on loopback or a private network.",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -430,6 +440,11 @@ class Options(usage.Options):
             problem = ServerEndpoint.parse(description).problem()
             if problem:
                 raise usage.UsageError(f"--listen {description}: {problem}")
+        admin = self["admin-listen"]
+        if admin is not None:
+            problem = ServerEndpoint.parse(admin).problem()
+            if problem:
+                raise usage.UsageError(f"--admin-listen {admin}: {problem}")
         store = self["store"]
         if store != "memory:" and (not store.startswith("sqlite:") or store == "sqlite:"):
             raise usage.UsageError(f"--store must be sqlite:PATH or memory:, not {store!r}")
@@ -483,6 +498,7 @@ class Options(usage.Options):
             poa_credentials=self._read("poa-credentials", read_outbound_credentials),
             insecure=bool(self["insecure"]),
             log_debug=bool(self["log-debug"]),
+            admin_listen=admin,
             **self._outbound(),
         )
         exposure = self.config.exposure()
