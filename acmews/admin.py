@@ -1,4 +1,12 @@
-"""The admin listener (``twistd acmews --admin-listen``): ``/metrics`` for Prometheus.
+"""The admin listener (``twistd acmews --admin-listen``): ``/metrics`` for Prometheus,
+``/health`` and ``/ready`` for load balancers and orchestrators.
+
+- ``GET /health``: 200 and ``{"status": "ok", ...}`` whenever the process answers at all.
+- ``GET /ready``: 200 when the CSE should get traffic, else 503; the JSON body has each
+  check: ``listening`` (every listener listens, and the CSE is not stopping), ``store`` (it
+  takes changes: not read-only after a write the disk refused), ``registrar`` (registered
+  at its registrar; only when one is configured). See
+  :meth:`acmews.server.CSEService.readiness`.
 
 Every server has a registry of its own (never ``prometheus_client``'s global one, so that
 tests and several CSEs in one process do not collide) holding :class:`CSECollector`, which
@@ -13,6 +21,7 @@ hundred integers and three small files of ``/proc``: well under a millisecond.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -29,7 +38,15 @@ from twisted.web.server import Request, Site
 
 from acmews.metrics import OPERATIONS, BindingMetrics, ChainCounts, Histogram
 
-__all__ = ["LINK_STATES", "CSECollector", "MetricsResource", "admin_site", "metrics_registry"]
+__all__ = [
+    "LINK_STATES",
+    "CSECollector",
+    "HealthResource",
+    "MetricsResource",
+    "ReadyResource",
+    "admin_site",
+    "metrics_registry",
+]
 
 #: the registrar link's states (``state`` label), the first words of its ``state``
 LINK_STATES = (
@@ -218,6 +235,52 @@ class MetricsResource(Resource):
         return encoder(self.registry)
 
 
+def _json(request: Request, code: int, body: dict[str, Any]) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader("content-type", "application/json")
+    request.setHeader("cache-control", "no-store")
+    return json.dumps(body, sort_keys=True).encode() + b"\n"
+
+
+class HealthResource(Resource):
+    """``GET /health``: the process serves (200, always: a process that cannot answer is
+    what the orchestrator looks for)."""
+
+    isLeaf = True
+
+    def __init__(self, service: Any) -> None:
+        super().__init__()
+        self.service = service
+
+    def render_GET(self, request: Request) -> bytes:
+        from acmews import __version__
+
+        return _json(
+            request,
+            200,
+            {"status": "ok", "cse_id": self.service.config.cse_id, "version": __version__},
+        )
+
+
+class ReadyResource(Resource):
+    """``GET /ready``: 200 when every check of the service's readiness passes, else 503."""
+
+    isLeaf = True
+
+    def __init__(self, service: Any) -> None:
+        super().__init__()
+        self.service = service
+
+    def render_GET(self, request: Request) -> bytes:
+        checks: dict[str, dict[str, Any]] = self.service.readiness()
+        ready = all(check["ok"] for check in checks.values())
+        return _json(
+            request,
+            200 if ready else 503,
+            {"status": "ready" if ready else "not ready", "checks": checks},
+        )
+
+
 class _QuietSite(Site):
     """No access log: a scrape every few seconds would fill it."""
 
@@ -231,4 +294,6 @@ def admin_site(service: Any, reactor: Any) -> Site:
     """The admin listener's HTTP site for ``service`` (a CSEService)."""
     root = Resource()
     root.putChild(b"metrics", MetricsResource(metrics_registry(service)))
+    root.putChild(b"health", HealthResource(service))
+    root.putChild(b"ready", ReadyResource(service))
     return _QuietSite(root, reactor=reactor)

@@ -334,6 +334,7 @@ class CSEService(MultiService):
         self.listening: Deferred[list[IListeningPort]] = Deferred()
         self._watching = False
         self._files_fitted = False
+        self._stopping = False
         # the store is the first child: it stops last, once nothing changes any more
         for child in (store.service, originators, chain, link, *listeners):
             if child is not None:
@@ -345,6 +346,28 @@ class CSEService(MultiService):
             self.admin = admin
             admin.setServiceParent(self)
 
+    def readiness(self) -> dict[str, dict[str, Any]]:
+        """What ``/ready`` checks, each ``{"ok": bool, ...}``: ``listening`` (every listener
+        listens, and the CSE is not stopping), ``store`` (it takes changes), ``registrar``
+        (registered; only with a registrar)."""
+        unbound = [listener.description for listener in self.listeners if listener.port is None]
+        listening: dict[str, Any] = {"ok": self.running and not unbound}
+        if not self.running:
+            listening["reason"] = "stopping" if self._stopping else "not started"
+        elif unbound:
+            listening["reason"] = "not listening on " + ", ".join(unbound)
+        store: dict[str, Any] = {"ok": True, "store": self.store.description}
+        database = self.store.database
+        if database is not None and database.refused is not None:
+            store.update(
+                ok=False, reason=f"read-only: the disk refused a write ({database.refused})"
+            )
+        checks = {"listening": listening, "store": store}
+        if self.link is not None:
+            registrar: dict[str, Any] = {"ok": self.link.registered, "state": self.link.state}
+            checks["registrar"] = registrar
+        return checks
+
     def privilegedStartService(self) -> None:
         self._start(super().privilegedStartService)
 
@@ -353,6 +376,7 @@ class CSEService(MultiService):
 
     def _start(self, start: Callable[[], None]) -> None:
         """Either way of starting (twistd calls both; a program may call only startService)."""
+        self._stopping = False
         self._fit_open_files()
         self._watch()
         try:
@@ -362,6 +386,7 @@ class CSEService(MultiService):
 
     def stopService(self) -> Deferred[None]:
         self._watching = False
+        self._stopping = True
         stopped: Deferred[None] = super().stopService()
         return stopped
 

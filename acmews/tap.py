@@ -369,8 +369,10 @@ class Options(usage.Options):
             "A server endpoint for the admin listener, e.g. tcp:9180:interface=127.0.0.1: "
             "Prometheus metrics at /metrics (connections, refused handshakes, requests by "
             "operation and response class with their latency, notifications, queue, store "
-            "commits, registrar link, process). Off by default: then nothing is counted per "
-            "request. It has no authentication: keep it on loopback or a private network.",
+            "commits, registrar link, process); /health (200 while the process serves) and "
+            "/ready (200, or 503 while not listening, stopping, the store read-only or the "
+            "registrar link down), with JSON bodies. Off by default: then nothing is counted "
+            "per request. It has no authentication: keep it on loopback or a private network.",
         ],
     ]
 

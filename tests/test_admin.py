@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -323,17 +324,21 @@ class LoopbackScrapeTests(TestCase):
 
     timeout = 20
 
-    async def scrape(self, service: Any) -> str:
+    async def get(self, service: Any, path: str) -> tuple[int, Any]:
+        """``GET /path`` on the admin listener: the status code and the body (JSON, or the
+        text of /metrics)."""
         from twisted.internet import reactor
         from twisted.web.client import Agent, readBody
 
         port = service.admin.port.getHost().port
-        response = await Agent(reactor).request(
-            b"GET", f"http://127.0.0.1:{port}/metrics".encode()
-        )
-        self.assertEqual(response.code, 200)
+        response = await Agent(reactor).request(b"GET", f"http://127.0.0.1:{port}/{path}".encode())
         body: bytes = await readBody(response)
-        return body.decode()
+        return response.code, body.decode() if path == "metrics" else json.loads(body)
+
+    async def scrape(self, service: Any) -> str:
+        code, text = await self.get(service, "metrics")
+        self.assertEqual(code, 200)
+        return str(text)
 
     async def test_counters_match_the_client(self) -> Any:
         from acmews.client import connect
@@ -361,4 +366,63 @@ class LoopbackScrapeTests(TestCase):
         )
         self.assertNotIn("secret-originator", text)
         self.assertNotIn("no-such-path", text)
+        code, ready = await self.get(service, "ready")
+        self.assertEqual((code, ready["status"]), (200, "ready"))
+        code, health = await self.get(service, "health")
+        self.assertEqual((code, health["status"]), (200, "ok"))
         await client.close()
+
+
+class ReadinessTests(SynchronousTestCase):
+    """/health and /ready, rendered without sockets."""
+
+    def get(self, service: Any, path: bytes) -> tuple[int, dict[str, Any]]:
+        resource = service.admin.factory.resource.children[path]
+        request = DummyRequest([])
+        body = resource.render_GET(request)
+        self.assertEqual(
+            request.responseHeaders.getRawHeaders("content-type"), ["application/json"]
+        )
+        return request.responseCode or 200, json.loads(body)
+
+    def service(self, *argv: str) -> Any:
+        reactor = MemoryReactorClock()
+        return makeService(parse("--admin-listen", "tcp:9180:interface=127.0.0.1", *argv), reactor)
+
+    def test_ready_once_listening_and_not_while_stopping(self) -> None:
+        service = self.service()
+        code, body = self.get(service, b"ready")
+        self.assertEqual(
+            (code, body["checks"]["listening"]), (503, {"ok": False, "reason": "not started"})
+        )
+        service.startService()
+        code, body = self.get(service, b"ready")
+        self.assertEqual((code, body["status"]), (200, "ready"))
+        self.assertEqual(set(body["checks"]), {"listening", "store"})
+        self.successResultOf(service.stopService())
+        code, body = self.get(service, b"ready")
+        self.assertEqual((code, body["checks"]["listening"]["reason"]), (503, "stopping"))
+        code, body = self.get(service, b"health")
+        self.assertEqual((code, body["status"], body["cse_id"]), (200, "ok", "/id-in"))
+
+    def test_not_ready_while_the_store_is_read_only(self) -> None:
+        os.mkdir(directory := self.mktemp())
+        service = self.service("--store", f"sqlite:{os.path.join(directory, 'a.db')}")
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual(self.get(service, b"ready")[0], 200)
+        service.store.database.refused = "database or disk is full"
+        code, body = self.get(service, b"ready")
+        self.assertEqual((code, body["checks"]["store"]["ok"]), (503, False))
+        self.assertIn("database or disk is full", body["checks"]["store"]["reason"])
+
+    def test_not_ready_until_registered(self) -> None:
+        service = self.service("--registrar", "ws://127.0.0.1:1/", "--cse-id", "/id-mn")
+        service.startService()
+        self.addCleanup(service.stopService)
+        code, body = self.get(service, b"ready")
+        self.assertEqual(
+            (code, body["checks"]["registrar"]), (503, {"ok": False, "state": "connecting"})
+        )
+        service.link.registered = True
+        self.assertEqual(self.get(service, b"ready")[0], 200)
