@@ -96,6 +96,9 @@ class Config:
     #: a server endpoint for ``/metrics`` (Prometheus); None: no admin listener, and nothing
     #: counted per request
     admin_listen: str | None = None
+    #: seconds a graceful stop (SIGTERM) waits for the answers in flight before it closes
+    #: the connections anyway
+    shutdown_timeout: float = 10.0
 
     @property
     def endpoints(self) -> list[ServerEndpoint]:

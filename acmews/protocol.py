@@ -63,6 +63,9 @@ __all__ = [
 #: bytes a client may send while its handshake is being authorized (its first frames)
 MAX_EARLY_DATA = 64 * 1024
 
+#: the reason of the close (1001, going away) of a server that stops
+GOING_AWAY = "the CSE is shutting down"
+
 
 _log = Logger(namespace="acmews.protocol")
 
@@ -729,6 +732,10 @@ class OneM2MServerFactory(WebSocketServerFactory):
         #: handshake refusals (401, 403, ...) logged: 20 a minute, then summed up
         self.refusal_log_budget = Budget(20, 60.0)
         self.metrics = metrics
+        #: every session open on this factory's connections (what a graceful stop drains)
+        self.sessions: set[Session] = set()
+        #: set by a graceful stop: a connection that opens now is closed at once (1001)
+        self.draining = False
 
     def taken(self, authorization: Authorization) -> str | None:
         """Why the originator ``authorization`` claims is taken, or None. A CSE-ID with a
@@ -747,10 +754,14 @@ class OneM2MServerFactory(WebSocketServerFactory):
         return f"the CSE-ID {originator} has a live link here"
 
     def session_opened(self, session: Session) -> None:
+        if self.draining:  # its handshake began before the listeners stopped
+            session.close(1001, GOING_AWAY)
+            return
         taken = self.taken(session.authorization)
         if taken is not None:  # a link came up while this handshake was decided
             session.close(1008, taken)
             return
+        self.sessions.add(session)
 
         _log.info(
             "connection from {peer}: originator {originator}, {subprotocol}",
@@ -767,6 +778,7 @@ class OneM2MServerFactory(WebSocketServerFactory):
         self.originators.bind(originator, session)
 
     def session_closed(self, session: Session) -> None:
+        self.sessions.discard(session)
         self.originators.remove_connection(session)
 
 

@@ -15,7 +15,13 @@ from dataclasses import replace
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    gatherResults,
+    maybeDeferred,
+    succeed,
+)
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.python.failure import Failure
@@ -42,7 +48,8 @@ from acmews.poa import (
 )
 from acmews.poa.limits import system_resolver
 from acmews.poa.queue import INotificationQueue
-from acmews.protocol import OneM2MServerFactory
+from acmews.protocol import GOING_AWAY, OneM2MServerFactory
+from acmews.session import Session
 
 __all__ = [
     "CSEService",
@@ -385,10 +392,62 @@ class CSEService(MultiService):
             raise self.start_error(e) from None
 
     def stopService(self) -> Deferred[None]:
+        """A graceful stop (twistd's on SIGTERM): stop accepting, answer what the
+        connections have in flight, close each with 1001 (going away) once it is answered,
+        within ``shutdown_timeout``; then stop the rest (the registrar link deregisters,
+        what is left is closed with 1001), and the store last, once everything it was given
+        is written."""
         self._watching = False
         self._stopping = True
-        stopped: Deferred[None] = super().stopService()
-        return stopped
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        await gatherResults([maybeDeferred(listener.stopService) for listener in self.listeners])
+        await self._drain()
+        store = self.store.service
+        Service.stopService(self)
+        await gatherResults(
+            [
+                maybeDeferred(child.stopService)
+                for child in reversed(list(self))
+                if child is not store
+            ]
+        )
+        await maybeDeferred(store.stopService)
+
+    async def _drain(self) -> None:
+        """Answer what every accepted connection has in flight, then close it (1001); at
+        most ``shutdown_timeout`` seconds, after which the rest is closed as it is."""
+        factory = self.factory
+        factory.draining = True
+        sessions = list(factory.sessions)
+        if not sessions:
+            return
+        timeout = self.config.shutdown_timeout
+        serving = sum(session.serving_count for session in sessions)
+        log.info(
+            "stopping: answering {serving} requests in flight on {count} connections, then "
+            "closing them (at most {timeout:g} s)",
+            serving=serving,
+            count=len(sessions),
+            timeout=timeout,
+        )
+        drained = DeferredList(
+            [_closed_when_idle(session) for session in sessions], consumeErrors=True
+        )
+        # when it is over, what is left is left as it is (cancelled), and closed with the rest
+        timer = factory.clock.callLater(timeout, drained.cancel)
+        await drained
+        if timer.active():
+            timer.cancel()
+            return
+        left = [session for session in factory.sessions if session.serving_count]
+        log.warn(
+            "stopping: {count} connections still had requests in flight after {timeout:g} s; "
+            "closing them unanswered",
+            count=len(left),
+            timeout=timeout,
+        )
 
     def _fit_open_files(self) -> None:
         """Once, before listening: room in the open-file limit for every connection accepted
@@ -434,6 +493,18 @@ class CSEService(MultiService):
             poa=", ".join(self.cse.config.poa) or "(none)",
         )
         return ports
+
+
+def _closed_when_idle(session: Session) -> Deferred[None]:
+    """Close ``session`` with 1001 once it has answered what it was asked; fires once it is
+    gone (cancelling it leaves the connection as it is)."""
+
+    def close(_: None) -> Deferred[None]:
+        closed = session.when_closed()
+        session.close(1001, GOING_AWAY)
+        return closed
+
+    return session.when_idle().addCallback(close)
 
 
 def _port_number(port: IListeningPort) -> int | None:

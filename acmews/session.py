@@ -125,6 +125,8 @@ class Session:
         #: rqis of incoming requests still being answered
         self._serving: set[str] = set()
         self._closed_waiters: list[Deferred[None]] = []
+        #: fired once nothing is being answered (see :meth:`when_idle`)
+        self._idle_waiters: list[Deferred[None]] = []
         self.metrics = metrics
 
     # -- IConnection --------------------------------------------------------------------
@@ -180,6 +182,22 @@ class Session:
             d.callback(None)
         return d
 
+    @property
+    def serving_count(self) -> int:
+        """How many incoming requests are being answered (their handler's Deferred waits)."""
+        return len(self._serving)
+
+    def when_idle(self) -> Deferred[None]:
+        """A Deferred that fires once no incoming request is being answered (at once when
+        none is, or the connection is gone): what a graceful shutdown waits for before it
+        closes the connection. It fires after the last answer is sent."""
+        d: Deferred[None] = Deferred(self._idle_waiters.remove)
+        if self._serving and self.connected:
+            self._idle_waiters.append(d)
+        else:
+            d.callback(None)
+        return d
+
     def _cancel_request(self, d: Deferred[Response]) -> None:
         for rqi, (pending, call) in self._pending.items():
             if pending is d:
@@ -217,6 +235,8 @@ class Session:
                 call.cancel()
             d.errback(TargetNotReachable(f"{reason} before the response", rqi=rqi))
         waiters, self._closed_waiters = self._closed_waiters, []
+        waiters.extend(self._idle_waiters)
+        self._idle_waiters = []
         for w in waiters:
             w.callback(None)
         if self._log_budget is not None:
@@ -342,6 +362,16 @@ class Session:
     def _answer_later(self, response: Response, request: Request, started: float) -> None:
         self._serving.discard(request.rqi)
         self._answer(request, response, started)
+        if self._idle_waiters:
+            self._idle()
+
+    def _idle(self) -> None:
+        """Tell :meth:`when_idle`'s waiters once nothing is being answered (after the answer
+        is sent: a waiter may close the connection)."""
+        if not self._serving:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
 
     def _handler_failed(self, failure: Failure, request: Request, started: float) -> None:
         self._serving.discard(request.rqi)
@@ -358,6 +388,8 @@ class Session:
                 request.rqi, InternalServerError("internal error"), rvi=request.rvi
             )
         self._answer(request, response, started)
+        if self._idle_waiters:
+            self._idle()
 
     def _answer(self, request: Request, response: Response, started: float) -> None:
         if response.rqi != request.rqi:

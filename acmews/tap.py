@@ -363,6 +363,16 @@ class Options(usage.Options):
             _seconds("notification-expiry"),
         ],
         [
+            "shutdown-timeout",
+            None,
+            DEFAULTS.shutdown_timeout,
+            "Seconds a graceful stop (SIGTERM) may take to answer the requests in flight: "
+            "the listeners stop at once, each connection is closed with 1001 (going away) "
+            "once its requests are answered, and what is still unanswered after this long is "
+            "closed anyway; the store then writes what it holds.",
+            _seconds("shutdown-timeout"),
+        ],
+        [
             "admin-listen",
             None,
             None,
@@ -501,6 +511,7 @@ class Options(usage.Options):
             insecure=bool(self["insecure"]),
             log_debug=bool(self["log-debug"]),
             admin_listen=admin,
+            shutdown_timeout=float(self["shutdown-timeout"]),
             **self._outbound(),
         )
         exposure = self.config.exposure()
