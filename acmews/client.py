@@ -17,7 +17,7 @@ import inspect
 import itertools
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -195,6 +195,7 @@ def connect(
     headers: dict[str, str] | None = None,
     tls: TLSClientSettings | None = None,
     metrics: BindingMetrics | None = None,
+    compression: bool | None = None,
 ) -> Deferred[Client]:
     """Open a oneM2M WebSocket connection to ``url`` (``ws://`` or ``wss://``).
 
@@ -208,6 +209,9 @@ def connect(
     @param headers: more headers for the opening handshake, e.g. ``Authorization``.
     @param tls: for ``wss://``: a CA to trust and a client certificate to show.
     @param metrics: where the connection is counted (a CSE's own, for the ones it opens).
+    @param compression: offer permessage-deflate (RFC 7692), which the server may accept
+        (None: as ``options`` says, off by default); inflated messages are bounded by
+        ``options.max_message_size`` as they inflate.
     @return: a Deferred that fires with a :class:`Client` once the WebSocket is open, or fails
         with TargetNotReachable. Cancelling it (a timeout, say) aborts the attempt: the TCP
         connect in progress is stopped, a connection made meanwhile is aborted; no socket is
@@ -220,6 +224,8 @@ def connect(
     parts = urlsplit(url)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise ValueError(f"not a ws:// or wss:// URL: {url!r}")
+    if compression is not None:
+        options = replace(options or ConnectionOptions(), compression=compression)
     factory = OneM2MClientFactory(
         url,
         originator=originator,
