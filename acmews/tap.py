@@ -71,7 +71,10 @@ class Options(usage.Options):
         "Runs a oneM2M CSE (IN-CSE) on the WebSocket binding TS-0020 with the ACME "
         "extensions: X-M2M-Origin on the opening handshake, connections in either direction, "
         "and poa resolution (live connection, ws://default, ws:// or wss:// poa, http:// poa, "
-        "store-and-forward for notifications). Defaults match ACME's."
+        "store-and-forward for notifications). Defaults match ACME's. Logs with bounded "
+        "files (10 MB, 5 kept; $ACMEWS_LOGFILE, '-' for standard output): twistd "
+        "--logger=acmews.logs.bounded (text) or --logger=acmews.logs.json (one JSON object "
+        "per line)."
     )
     optFlags: list[Any] = [
         [
