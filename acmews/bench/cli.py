@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.defer import TimeoutError as DeferTimeoutError
 
 from acmews.bench.connections import SUBPROTOCOLS, BenchError, Target
+from acmews.bench.ledger import Result
 from acmews.bench.report import compare_summary, format_compare, format_report, report
 from acmews.bench.scenarios import RUNNERS, BenchOptions
 from acmews.bench.workers import worker_main
@@ -97,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(use '{k}', e.g. Cbench{k}), delete them at the end",
     )
     p.add_argument("--rounds", type=int, default=3, help="A/B pairs with --compare (3)")
+    p.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="draw the latency histogram and the throughput over time (both endpoints with "
+        "--compare) into FILE.png; needs matplotlib (pip install 'acmews[plot]')",
+    )
     return p
 
 
@@ -133,8 +140,10 @@ async def run(reactor: Any, opts: BenchOptions, out: TextIO) -> int:
     """Run the whole benchmark (with --compare: A B A B ...); returns the exit code."""
     runner = RUNNERS[opts.scenario]
     runs: list[dict[str, Any]] = []
+    results: list[tuple[str, Result]] = []  # for --plot
     if opts.compare is None:
         result, server = await runner(reactor, opts, opts.url, opts.server_pid, out)
+        results.append((opts.url, result))
         d = report(opts, opts.url, result, server)
         runs.append(d)
         out.write(format_report(d) + "\n")
@@ -145,6 +154,7 @@ async def run(reactor: Any, opts: BenchOptions, out: TextIO) -> int:
             pair = []
             for url, pid in ((opts.url, opts.server_pid), (opts.compare, opts.compare_pid)):
                 result, server = await runner(reactor, opts, url, pid, out)
+                results.append((url, result))
                 d = report(opts, url, result, server)
                 runs.append(d)
                 pair.append(d)
@@ -155,6 +165,10 @@ async def run(reactor: Any, opts: BenchOptions, out: TextIO) -> int:
     if opts.json_file:
         with open(opts.json_file, "w") as f:
             json.dump(summary, f, indent=2)
+    if opts.plot:
+        from acmews.bench.plot import plot
+
+        plot(opts.plot, results, f"{opts.scenario} {opts.mode} {opts.serialization}")
     if all(r["correct"] for r in runs):
         return 0
     out.write("bench: CORRECTNESS FAILURE (see above)\n")
