@@ -18,7 +18,7 @@ import itertools
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from twisted.application.internet import ClientService, backoffPolicy
@@ -60,6 +60,7 @@ __all__ = [
 ]
 
 HandlerFunction = Callable[[Request], "Response | Deferred[Response] | Awaitable[Response]"]
+_Factory = TypeVar("_Factory", bound=OneM2MClientProtocolFactory)
 
 
 @implementer(IRequestHandler)
@@ -224,17 +225,17 @@ def connect(
     parts = urlsplit(url)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise ValueError(f"not a ws:// or wss:// URL: {url!r}")
-    if compression is not None:
-        options = replace(options or ConnectionOptions(), compression=compression)
-    factory = OneM2MClientFactory(
+    factory = _protocol_factory(
+        OneM2MClientFactory,
         url,
-        originator=originator,
-        handler=as_handler(handler),
-        subprotocols=subprotocols_for(serialization),
-        reactor=reactor,
-        clock=clock,
-        remote_originator=remote_originator,
+        reactor,
+        clock,
+        originator,
+        serialization=serialization,
+        handler=handler,
         options=options,
+        compression=compression,
+        remote_originator=remote_originator,
         headers=headers,
         metrics=metrics,
     )
@@ -300,7 +301,8 @@ class ReconnectingClient(Service):
     handshake: a client that registers its AE gives its AE-ID here once it has one.
     Stopping the service closes the connection (1000) and connects no more.
 
-    Takes the arguments of :func:`connect`, and the backoff's ``initial_delay`` and
+    Takes the keyword arguments of :func:`connect` (``serialization``, ``handler``,
+    ``options``, ``headers``, ``compression``...), and the backoff's ``initial_delay`` and
     ``max_delay`` in seconds.
     """
 
@@ -308,18 +310,15 @@ class ReconnectingClient(Service):
         self,
         url: str,
         *,
-        originator: str | None = None,
-        serialization: str | Sequence[str] = "json",
-        handler: IRequestHandler | HandlerFunction | None = None,
-        endpoint: str | None = None,
         reactor: Any = None,
         clock: IReactorTime | None = None,
-        options: ConnectionOptions | None = None,
+        originator: str | None = None,
         release: str = DEFAULT_RELEASE,
-        headers: dict[str, str] | None = None,
+        endpoint: str | None = None,
         tls: TLSClientSettings | None = None,
         initial_delay: float = 1.0,
         max_delay: float = 30.0,
+        **connect_args: Any,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
@@ -327,15 +326,8 @@ class ReconnectingClient(Service):
             reactor = global_reactor
         self.originator = originator
         self.release = release
-        self._factory = OneM2MClientProtocolFactory(
-            url,
-            originator=originator,
-            handler=as_handler(handler),
-            subprotocols=subprotocols_for(serialization),
-            reactor=reactor,
-            clock=clock,
-            options=options,
-            headers=headers,
+        self._factory = _protocol_factory(
+            OneM2MClientProtocolFactory, url, reactor, clock, originator, **connect_args
         )
         self._service = ClientService(
             client_endpoint(url, reactor, endpoint, tls),
@@ -404,6 +396,35 @@ class ReconnectingClient(Service):
         if client is not None and client.connected:
             await client.close()
         await self._service.stopService()
+
+
+def _protocol_factory(
+    factory_class: type[_Factory],
+    url: str,
+    reactor: Any,
+    clock: IReactorTime | None,
+    originator: str | None,
+    *,
+    serialization: str | Sequence[str] = "json",
+    handler: IRequestHandler | HandlerFunction | None = None,
+    options: ConnectionOptions | None = None,
+    compression: bool | None = None,
+    **rest: Any,
+) -> _Factory:
+    """The client factory :func:`connect` and :class:`ReconnectingClient` use, from
+    :func:`connect`'s arguments."""
+    if compression is not None:
+        options = replace(options or ConnectionOptions(), compression=compression)
+    return factory_class(
+        url,
+        originator=originator,
+        handler=as_handler(handler),
+        subprotocols=subprotocols_for(serialization),
+        reactor=reactor,
+        clock=clock,
+        options=options,
+        **rest,
+    )
 
 
 @implementer(IPolicyForHTTPS)
