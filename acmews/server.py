@@ -358,9 +358,11 @@ class CSEService(MultiService):
         listens, and the CSE is not stopping), ``store`` (it takes changes), ``registrar``
         (registered; only with a registrar)."""
         unbound = [listener.description for listener in self.listeners if listener.port is None]
-        listening: dict[str, Any] = {"ok": self.running and not unbound}
-        if not self.running:
-            listening["reason"] = "stopping" if self._stopping else "not started"
+        listening: dict[str, Any] = {"ok": self.running and not self._stopping and not unbound}
+        if self._stopping:  # (draining: still running, the listeners stopped)
+            listening["reason"] = "stopping"
+        elif not self.running:
+            listening["reason"] = "not started"
         elif unbound:
             listening["reason"] = "not listening on " + ", ".join(unbound)
         store: dict[str, Any] = {"ok": True, "store": self.store.description}

@@ -66,7 +66,9 @@ class DrainTests(SynchronousTestCase):
         stopping = self.service.stopService()
         self.p.flush()
         self.assertIsNone(self.service.listeners[0].port)  # accepts no more
-        self.assertFalse(self.service.readiness()["listening"]["ok"])
+        self.assertEqual(
+            self.service.readiness()["listening"], {"ok": False, "reason": "stopping"}
+        )
         self.assertNoResult(stopping)
         self.gate.release(1)
         self.p.flush()
