@@ -17,11 +17,13 @@ import inspect
 import itertools
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, clientFromString, serverFromString
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.python.failure import Failure
@@ -34,23 +36,31 @@ from acmews.errors import TargetNotReachable
 from acmews.handshake import basic_authorization, bearer_authorization
 from acmews.interfaces import IConnection, IHandshakeAuthorizer, IOriginatorMap, IRequestHandler
 from acmews.logs import Logger
+from acmews.metrics import BindingMetrics
 from acmews.options import ConnectionOptions
 from acmews.primitive import Request, Response
-from acmews.protocol import OneM2MClientFactory, OneM2MServerFactory
+from acmews.protocol import (
+    OneM2MClientFactory,
+    OneM2MClientProtocolFactory,
+    OneM2MServerFactory,
+)
 from acmews.session import Session, registered_ae_id
 
 __all__ = [
     "Client",
     "ClientCredentials",
     "FunctionHandler",
+    "ReconnectingClient",
     "TLSClientSettings",
     "client_credentials",
     "connect",
+    "hold_loss",
     "listen",
     "subprotocols_for",
 ]
 
 HandlerFunction = Callable[[Request], "Response | Deferred[Response] | Awaitable[Response]"]
+_Factory = TypeVar("_Factory", bound=OneM2MClientProtocolFactory)
 
 
 @implementer(IRequestHandler)
@@ -185,6 +195,8 @@ def connect(
     release: str = DEFAULT_RELEASE,
     headers: dict[str, str] | None = None,
     tls: TLSClientSettings | None = None,
+    metrics: BindingMetrics | None = None,
+    compression: bool | None = None,
 ) -> Deferred[Client]:
     """Open a oneM2M WebSocket connection to ``url`` (``ws://`` or ``wss://``).
 
@@ -197,6 +209,10 @@ def connect(
     @param options: timeouts, message size and keep-alive (defaults when None).
     @param headers: more headers for the opening handshake, e.g. ``Authorization``.
     @param tls: for ``wss://``: a CA to trust and a client certificate to show.
+    @param metrics: where the connection is counted (a CSE's own, for the ones it opens).
+    @param compression: offer permessage-deflate (RFC 7692), which the server may accept
+        (None: as ``options`` says, off by default); inflated messages are bounded by
+        ``options.max_message_size`` as they inflate.
     @return: a Deferred that fires with a :class:`Client` once the WebSocket is open, or fails
         with TargetNotReachable. Cancelling it (a timeout, say) aborts the attempt: the TCP
         connect in progress is stopped, a connection made meanwhile is aborted; no socket is
@@ -209,16 +225,19 @@ def connect(
     parts = urlsplit(url)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise ValueError(f"not a ws:// or wss:// URL: {url!r}")
-    factory = OneM2MClientFactory(
+    factory = _protocol_factory(
+        OneM2MClientFactory,
         url,
-        originator=originator,
-        handler=as_handler(handler),
-        subprotocols=subprotocols_for(serialization),
-        reactor=reactor,
-        clock=clock,
-        remote_originator=remote_originator,
+        reactor,
+        clock,
+        originator,
+        serialization=serialization,
+        handler=handler,
         options=options,
+        compression=compression,
+        remote_originator=remote_originator,
         headers=headers,
+        metrics=metrics,
     )
     connecting = client_endpoint(url, reactor, endpoint, tls).connect(factory)
     #: the protocol, once the TCP (and TLS) connection is made
@@ -247,6 +266,165 @@ def connect(
 
     factory.ready.addBoth(settle)
     return opened
+
+
+def hold_loss(protocol: Any) -> Callable[[], None]:
+    """Keep the end of ``protocol``'s connection from its ``ClientService`` until the returned
+    callable accepts the connection.
+
+    The ``ClientService`` (Twisted 26.10) neither closes a connection that its
+    ``prepareConnection`` refused nor expects a connection to end before it accepted it: its
+    state machine has no transition for that, and the end raises automat's ``NoTransition``
+    out of ``connectionLost``. A refused connection is closed here instead; its end is none
+    of the ``ClientService``'s business, which counted the attempt as failed already. Its
+    protocol proxy offers no public way to say so: its ``_lostNotification`` is swapped.
+    """
+    notify = protocol._lostNotification
+    protocol._lostNotification = lambda reason: None
+
+    def accept() -> None:
+        protocol._lostNotification = notify
+
+    return accept
+
+
+class ReconnectingClient(Service):
+    """A connection to a CSE that comes back by itself: a Twisted service whose
+    ``ClientService`` connects again, with exponential backoff, whenever the connection is
+    lost or cannot be made (a CSE restarting closes every connection with 1001, going away,
+    once it has answered what was in flight).
+
+    Requests go over the connection of the moment (:meth:`request`); while there is none
+    they fail at once with 5103 (TargetNotReachable), as those in flight on a connection that
+    is lost do: retrying is the application's call. :meth:`when_connected` waits for the next
+    connection (an AE re-sending what failed, say). ``originator`` is sent on every
+    handshake: a client that registers its AE gives its AE-ID here once it has one.
+    Stopping the service closes the connection (1000) and connects no more.
+
+    Takes the keyword arguments of :func:`connect` (``serialization``, ``handler``,
+    ``options``, ``headers``, ``compression``...), and the backoff's ``initial_delay`` and
+    ``max_delay`` in seconds.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        reactor: Any = None,
+        clock: IReactorTime | None = None,
+        originator: str | None = None,
+        release: str = DEFAULT_RELEASE,
+        endpoint: str | None = None,
+        tls: TLSClientSettings | None = None,
+        initial_delay: float = 1.0,
+        max_delay: float = 30.0,
+        **connect_args: Any,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        self.originator = originator
+        self.release = release
+        self._factory = _protocol_factory(
+            OneM2MClientProtocolFactory, url, reactor, clock, originator, **connect_args
+        )
+        self._service = ClientService(
+            client_endpoint(url, reactor, endpoint, tls),
+            self._factory,
+            retryPolicy=backoffPolicy(initialDelay=initial_delay, maxDelay=max_delay),
+            clock=clock if clock is not None else reactor,
+            prepareConnection=self._prepare,
+        )
+        #: the connection of the moment (None while there is none)
+        self.client: Client | None = None
+        #: connections opened so far
+        self.connections = 0
+        self._waiters: list[Deferred[Client]] = []
+
+    def _prepare(self, protocol: Any) -> Deferred[None]:
+        """The ``ClientService``'s ``prepareConnection``: the connection counts once its
+        WebSocket is open (see :func:`hold_loss`)."""
+        accept = hold_loss(protocol)
+
+        def opened(session: Session) -> None:
+            self.client = client = Client(session, self.originator, self.release)
+            self.connections += 1
+            session.when_closed().addCallback(self._lost, client)
+            accept()
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                waiter.callback(client)
+
+        opening: Deferred[Session] = protocol.when_open()
+        return opening.addCallback(opened)
+
+    def _lost(self, _: object, client: Client) -> None:
+        if self.client is client:
+            self.client = None
+
+    def when_connected(self) -> Deferred[Client]:
+        """The :class:`Client` of the connection of the moment, or of the next one (the
+        ``ClientService``'s ``whenConnected`` would give a connection just lost, as it hears
+        of a loss after the protocol does)."""
+        if self.client is not None and self.client.connected:
+            return succeed(self.client)
+        waiter: Deferred[Client] = Deferred(self._waiters.remove)
+        self._waiters.append(waiter)
+        return waiter
+
+    def request(self, request: Request, timeout: float | None = None) -> Deferred[Response]:
+        """Send ``request`` over the connection of the moment (5103 at once without one)."""
+        client = self.client
+        if client is None or not client.connected:
+            return fail(TargetNotReachable("not connected (reconnecting)", rqi=request.rqi))
+        return client.request(request, timeout)
+
+    def startService(self) -> None:
+        super().startService()
+        self._service.startService()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.errback(TargetNotReachable("the client was stopped"))
+        client, self.client = self.client, None
+        if client is not None and client.connected:
+            await client.close()
+        await self._service.stopService()
+
+
+def _protocol_factory(
+    factory_class: type[_Factory],
+    url: str,
+    reactor: Any,
+    clock: IReactorTime | None,
+    originator: str | None,
+    *,
+    serialization: str | Sequence[str] = "json",
+    handler: IRequestHandler | HandlerFunction | None = None,
+    options: ConnectionOptions | None = None,
+    compression: bool | None = None,
+    **rest: Any,
+) -> _Factory:
+    """The client factory :func:`connect` and :class:`ReconnectingClient` use, from
+    :func:`connect`'s arguments."""
+    if compression is not None:
+        options = replace(options or ConnectionOptions(), compression=compression)
+    return factory_class(
+        url,
+        originator=originator,
+        handler=as_handler(handler),
+        subprotocols=subprotocols_for(serialization),
+        reactor=reactor,
+        clock=clock,
+        options=options,
+        **rest,
+    )
 
 
 @implementer(IPolicyForHTTPS)

@@ -93,6 +93,12 @@ class Config:
     insecure: bool = False
     #: log acmews's debug lines too (:func:`acmews.logs.set_debug`)
     log_debug: bool = False
+    #: a server endpoint for ``/metrics`` (Prometheus); None: no admin listener, and nothing
+    #: counted per request
+    admin_listen: str | None = None
+    #: seconds a graceful stop (SIGTERM) waits for the answers in flight before it closes
+    #: the connections anyway
+    shutdown_timeout: float = 10.0
 
     @property
     def endpoints(self) -> list[ServerEndpoint]:

@@ -16,7 +16,7 @@ remoteCSE at the registrar unless told to keep it.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.application.internet import ClientService, backoffPolicy
@@ -24,12 +24,19 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
 
-from acmews.client import Client, TLSClientSettings, client_endpoint, subprotocols_for
+from acmews.client import (
+    Client,
+    TLSClientSettings,
+    client_endpoint,
+    hold_loss,
+    subprotocols_for,
+)
 from acmews.codes import RSC, Operation, ResourceType
 from acmews.cse import CSE
 from acmews.errors import OneM2MError, RemoteError, TargetNotReachable
 from acmews.interfaces import IOriginatorMap
 from acmews.logs import Logger
+from acmews.metrics import BindingMetrics
 from acmews.options import ConnectionOptions
 from acmews.primitive import Request, Response
 from acmews.protocol import OneM2MClientProtocolFactory
@@ -39,26 +46,6 @@ __all__ = ["RegistrarLink"]
 
 #: the release versions this CSE supports, announced in its remoteCSE
 _SRV = ["2a", "3", "4", "5"]
-
-
-def _hold_loss(protocol: Any) -> Callable[[], None]:
-    """Keep the end of ``protocol``'s connection from its ``ClientService`` until the returned
-    callable accepts the connection.
-
-    The ``ClientService`` (Twisted 26.10) neither closes a connection that its
-    ``prepareConnection`` refused nor expects a connection to end before it accepted it: its
-    state machine has no transition for that, and the end raises automat's ``NoTransition``
-    out of ``connectionLost``. A refused connection is closed here instead; its end is none
-    of the ``ClientService``'s business, which counted the attempt as failed already. Its
-    protocol proxy offers no public way to say so: its ``_lostNotification`` is swapped.
-    """
-    notify = protocol._lostNotification
-    protocol._lostNotification = lambda reason: None
-
-    def accept() -> None:
-        protocol._lostNotification = notify
-
-    return accept
 
 
 class RegistrarLink(MultiService):
@@ -85,6 +72,7 @@ class RegistrarLink(MultiService):
         max_delay: float = 60.0,
         headers: dict[str, str] | None = None,
         tls: TLSClientSettings | None = None,
+        metrics: BindingMetrics | None = None,
     ) -> None:
         """
         @param initial_delay: and
@@ -93,6 +81,7 @@ class RegistrarLink(MultiService):
         @param headers: more headers for every opening handshake, e.g. the ``Authorization``
             the registrar asks of this CSE.
         @param tls: for a ``wss://`` registrar: the CA to trust and this CSE's certificate.
+        @param metrics: where the link's connection and the requests it answers are counted.
         """
         super().__init__()
         self.cse = cse
@@ -112,6 +101,7 @@ class RegistrarLink(MultiService):
             remote_originator=registrar_cse_id,
             options=options,
             headers=headers,
+            metrics=metrics,
         )
         self._policy = backoffPolicy(initialDelay=initial_delay, maxDelay=max_delay)
         self._service = ClientService(
@@ -216,7 +206,7 @@ class RegistrarLink(MultiService):
         its retry policy, which grows with each failure in a row. The connection itself is
         closed here (the ``ClientService`` leaves it open).
         """
-        accept = _hold_loss(protocol)
+        accept = hold_loss(protocol)
         d = Deferred.fromCoroutine(self._connected(protocol))
         return d.addCallback(lambda _: accept())
 

@@ -11,20 +11,42 @@
 - :func:`bounded`: a log observer for ``twistd --logger=acmews.logs.bounded``: a text log
   file that rotates at 10 MB and keeps 5 old files (twistd's own ``--logfile`` rotates at
   1 MB and keeps every old file).
+- :func:`json`: the same, one JSON object per line (``twistd --logger=acmews.logs.json``),
+  for log shippers: ``time``, ``level``, ``namespace``, ``message`` (the formatted text), the
+  event's own keys, and ``failure`` (a traceback) when there is one.
 """
 
 from __future__ import annotations
 
+import json as _json
 import os
+import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import FileLogObserver, ILogObserver, LogLevel, formatEventAsClassicLogText
+from twisted.logger import (
+    FileLogObserver,
+    ILogObserver,
+    LogLevel,
+    formatEvent,
+    formatEventAsClassicLogText,
+)
 from twisted.logger import Logger as _TwistedLogger
 from twisted.python.logfile import LogFile
 
-__all__ = ["MAX_VALUE", "Budget", "Logger", "Throttle", "bounded", "set_debug", "short"]
+__all__ = [
+    "MAX_VALUE",
+    "Budget",
+    "Logger",
+    "Throttle",
+    "bounded",
+    "format_json",
+    "json",
+    "set_debug",
+    "short",
+]
 
 #: the most characters of one value that reach a log event
 MAX_VALUE = 300
@@ -197,14 +219,76 @@ class Throttle:
         self.summarise()
 
 
+def _rotating(path: str | None, rotate_length: int, max_files: int) -> Any:
+    """``path`` (``$ACMEWS_LOGFILE``, else ``acmews.log``) rotated at ``rotate_length``
+    bytes with at most ``max_files`` old files kept; ``-``: standard output."""
+    path = path or os.environ.get("ACMEWS_LOGFILE") or "acmews.log"
+    if path == "-":
+        return sys.stdout
+    directory, name = os.path.split(os.path.abspath(path))
+    return LogFile(name, directory, rotateLength=rotate_length, maxRotatedFiles=max_files)
+
+
 def bounded(
     path: str | None = None, rotate_length: int = 10_000_000, max_files: int = 5
 ) -> ILogObserver:
-    """A text log observer writing to ``path`` (``$ACMEWS_LOGFILE``, else ``acmews.log``),
-    rotated at ``rotate_length`` bytes with at most ``max_files`` old files kept. Meant for
-    ``twistd --logger=acmews.logs.bounded acmews``."""
-    path = path or os.environ.get("ACMEWS_LOGFILE") or "acmews.log"
-    directory, name = os.path.split(os.path.abspath(path))
-    logfile = LogFile(name, directory, rotateLength=rotate_length, maxRotatedFiles=max_files)
+    """A text log observer writing to ``path`` (``$ACMEWS_LOGFILE``, else ``acmews.log``;
+    ``-``: standard output), rotated at ``rotate_length`` bytes with at most ``max_files``
+    old files kept. Meant for ``twistd --logger=acmews.logs.bounded acmews``."""
     format_event: Callable[[dict[str, Any]], str | None] = formatEventAsClassicLogText
-    return FileLogObserver(logfile, format_event)  # type: ignore[arg-type]  # a file-like
+    return FileLogObserver(_rotating(path, rotate_length, max_files), format_event)
+
+
+#: the most characters of a JSON line's ``message`` and of its ``failure``, and the most keys
+#: of an event a line carries (Twisted's and Autobahn's events are not cut by :class:`Logger`)
+MAX_MESSAGE = 2000
+MAX_FAILURE = 8000
+MAX_KEYS = 40
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON takes it, cut to :data:`MAX_VALUE`."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):
+        return short(value)
+    return short(str(short(value)))
+
+
+def format_json(event: dict[str, Any]) -> str:
+    """One log event as one line of JSON: ``time`` (ISO 8601, UTC), ``level``,
+    ``namespace``, ``message``, the event's own keys (cut to size, at most
+    :data:`MAX_KEYS`) and ``failure`` when it carries one."""
+    level = event.get("log_level")
+    record: dict[str, Any] = {
+        "time": datetime.fromtimestamp(event.get("log_time") or 0.0, UTC).isoformat(
+            timespec="milliseconds"
+        ),
+        "level": getattr(level, "name", "info"),
+        "namespace": event.get("log_namespace") or "",
+        "message": (formatEvent(event) or "")[:MAX_MESSAGE],
+    }
+    failure = event.get("log_failure")
+    if failure is not None:
+        try:
+            record["failure"] = failure.getTraceback()[-MAX_FAILURE:]
+        except Exception:  # a failure that cannot print itself must not lose the line
+            record["failure"] = repr(failure)[:MAX_FAILURE]
+    keys = 0
+    for key, value in event.items():
+        if key.startswith(("log_", "_")) or key in record or key in ("format", "isError"):
+            continue
+        if keys == MAX_KEYS:
+            break
+        keys += 1
+        record[key] = _plain(value)
+    return _json.dumps(record, ensure_ascii=False) + "\n"
+
+
+def json(
+    path: str | None = None, rotate_length: int = 10_000_000, max_files: int = 5
+) -> ILogObserver:
+    """A log observer writing one JSON object per line (:func:`format_json`) to ``path``,
+    with :func:`bounded`'s file and bounds. Meant for ``twistd --logger=acmews.logs.json
+    acmews``."""
+    return FileLogObserver(_rotating(path, rotate_length, max_files), format_json)

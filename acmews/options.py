@@ -55,6 +55,10 @@ class ConnectionOptions:
     #: (servers) seconds a connection may stay without an originator (no X-M2M-Origin, no AE
     #: registered on it) before it is closed (1008); 0: no limit
     unbound_timeout: float = 30.0
+    #: permessage-deflate (RFC 7692): a server accepts it from a client that offers it, a
+    #: client offers it; ``max_message_size`` then bounds the inflated size, checked while
+    #: inflating. Off by default: it costs memory per connection once a message has passed
+    compression: bool = False
 
     def __post_init__(self) -> None:
         if not self.request_timeout > 0:

@@ -19,6 +19,12 @@ from autobahn.twisted.websocket import (
     WebSocketServerFactory,
     WebSocketServerProtocol,
 )
+from autobahn.websocket.compress import (
+    PerMessageDeflateOffer,
+    PerMessageDeflateOfferAccept,
+    PerMessageDeflateResponse,
+    PerMessageDeflateResponseAccept,
+)
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest, ConnectionResponse
 from twisted.internet.defer import Deferred, fail, succeed
@@ -35,6 +41,7 @@ from acmews.errors import TargetNotReachable
 from acmews.handshake import Authorization, Handshake, HandshakeRefused, claimed
 from acmews.interfaces import ICodec, IHandshakeAuthorizer, IOriginatorMap, IRequestHandler
 from acmews.logs import Budget, Logger
+from acmews.metrics import BindingMetrics
 from acmews.options import (
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_PING_INTERVAL,
@@ -61,6 +68,59 @@ __all__ = [
 
 #: bytes a client may send while its handshake is being authorized (its first frames)
 MAX_EARLY_DATA = 64 * 1024
+
+#: the reason of the close (1001, going away) of a server that stops
+GOING_AWAY = "the CSE is shutting down"
+
+#: permessage-deflate's sliding window (2**12 bytes, several notifications of context) and
+#: zlib's memory level, for what this side compresses and asks the peer to compress: about
+#: 50 KiB of zlib state per connection once a message has passed each way, where zlib's
+#: defaults (15, 8) take about 300 KiB
+DEFLATE_WINDOW_BITS = 12
+DEFLATE_MEM_LEVEL = 5
+
+
+def _deflate_acceptor(max_message_size: int) -> Any:
+    """A server's ``perMessageCompressionAccept``: the client's permessage-deflate offer,
+    with the small window, and ``max_message_size`` as the inflated bound."""
+
+    def accept(offers: list[Any]) -> PerMessageDeflateOfferAccept | None:
+        for offer in offers:
+            if isinstance(offer, PerMessageDeflateOffer):
+                asked = offer.request_max_window_bits
+                return PerMessageDeflateOfferAccept(
+                    offer,
+                    request_max_window_bits=(
+                        DEFLATE_WINDOW_BITS if offer.accept_max_window_bits else 0
+                    ),
+                    window_bits=min(DEFLATE_WINDOW_BITS, asked or DEFLATE_WINDOW_BITS),
+                    mem_level=DEFLATE_MEM_LEVEL,
+                    max_message_size=max_message_size,
+                )
+        return None
+
+    return accept
+
+
+def _deflate_client_options(max_message_size: int) -> dict[str, Any]:
+    """A client's Autobahn options for permessage-deflate: offered with the small window."""
+
+    def accept(response: Any) -> PerMessageDeflateResponseAccept | None:
+        if isinstance(response, PerMessageDeflateResponse):
+            return PerMessageDeflateResponseAccept(
+                response, mem_level=DEFLATE_MEM_LEVEL, max_message_size=max_message_size
+            )
+        return None
+
+    return {
+        "perMessageCompressionOffers": [
+            PerMessageDeflateOffer(
+                accept_max_window_bits=True, request_max_window_bits=DEFLATE_WINDOW_BITS
+            )
+        ],
+        "perMessageCompressionAccept": accept,
+    }
+
 
 _log = Logger(namespace="acmews.protocol")
 
@@ -399,6 +459,10 @@ class _OneM2MProtocolMixin(_AutobahnFastPath):
     """What both roles share: the session and closing."""
 
     codec: ICodec
+    #: the ``direction`` label of this side's connections in the metrics
+    _direction = "in"
+    #: where this connection is counted, once open (the factory's metrics)
+    _metrics: BindingMetrics | None = None
 
     def _start_session(
         self,
@@ -422,7 +486,11 @@ class _OneM2MProtocolMixin(_AutobahnFastPath):
             max_message_size=factory.options.max_message_size,
             on_bound=on_bound,
             authorization=authorization,
+            metrics=factory.metrics,
         )
+        if factory.metrics is not None:
+            self._metrics = factory.metrics
+            factory.metrics.opened(self._direction, self.codec.name)
         self._start_keepalive()
         return self.session
 
@@ -443,6 +511,9 @@ class _OneM2MProtocolMixin(_AutobahnFastPath):
     def _session_closed(self, reason: str) -> None:
         session = self.session
         if session is not None:
+            metrics = self._metrics
+            if metrics is not None and session.connected:
+                metrics.closed(self._direction, session.subprotocol)
             session.connection_lost(reason)
 
 
@@ -452,6 +523,8 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
     factory: OneM2MServerFactory
     originator: str | None = None
     _refusal_headers: Any = None
+    #: why the handshake is refused, where its HTTP status does not tell (the metrics)
+    _refusal_kind: str | None = None
     #: the authorizer's decision, once made (the session carries its owner)
     _authorization = Authorization()
     #: the client address this connection counts against (None: not admitted)
@@ -508,6 +581,8 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
         peer = self.transport.getPeer()
         address = str(getattr(peer, "host", peer))
         if not self.factory.admission.admit(address):
+            if self.factory.metrics is not None:
+                self.factory.metrics.refusal(503, "connection_limit")
             # nothing it sent is read (buffered at most, as while a handshake is decided)
             self._handshake_pending = True
             self.transport.abortConnection()
@@ -539,6 +614,7 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
                 peer=self.peer,
                 offered=offered[:200],
             )
+            self._refusal_kind = "no_subprotocol"
             raise ConnectionDeny(
                 400,
                 f"no acceptable WebSocket subprotocol (offered: {offered[:200]}; supported: "
@@ -605,7 +681,10 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
 
     @override
     def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
-        """Autobahn's, plus the headers of our refusal (e.g. ``WWW-Authenticate``)."""
+        """Autobahn's, plus the headers of our refusal (e.g. ``WWW-Authenticate``); every
+        refused handshake comes here (counted by reason)."""
+        if self.factory.metrics is not None:
+            self.factory.metrics.refusal(code, self._refusal_kind)
         if self.transport is None:
             return  # the peer left while an asynchronous authorizer decided
         if responseHeaders is None:
@@ -683,6 +762,7 @@ class OneM2MServerFactory(WebSocketServerFactory):
         options: ConnectionOptions | None = None,
         authorizer: IHandshakeAuthorizer | None = None,
         limits: ConnectionLimits | None = None,
+        metrics: BindingMetrics | None = None,
     ) -> None:
         """
         @param handler: answers incoming requests (the CSE, a gateway's own code).
@@ -693,6 +773,7 @@ class OneM2MServerFactory(WebSocketServerFactory):
         @param options: timeouts, message size and keep-alive (defaults when None).
         @param authorizer: decides which originator a connection speaks for, or refuses it
             (default: X-M2M-Origin as sent, any claim accepted).
+        @param metrics: counts connections, refused handshakes and requests (None: none).
         """
         self.codecs = _codecs(subprotocols)
         super().__init__(url, protocols=list(self.codecs), reactor=reactor)
@@ -706,9 +787,18 @@ class OneM2MServerFactory(WebSocketServerFactory):
             authorizer if authorizer is not None else DefaultAuthorizer()
         )
         self.setProtocolOptions(**self.options.autobahn())
+        if self.options.compression:
+            self.setProtocolOptions(
+                perMessageCompressionAccept=_deflate_acceptor(self.options.max_message_size)
+            )
         self.admission = Admission(limits or ConnectionLimits(), self.clock)
         #: handshake refusals (401, 403, ...) logged: 20 a minute, then summed up
         self.refusal_log_budget = Budget(20, 60.0)
+        self.metrics = metrics
+        #: every session open on this factory's connections (what a graceful stop drains)
+        self.sessions: set[Session] = set()
+        #: set by a graceful stop: a connection that opens now is closed at once (1001)
+        self.draining = False
 
     def taken(self, authorization: Authorization) -> str | None:
         """Why the originator ``authorization`` claims is taken, or None. A CSE-ID with a
@@ -727,10 +817,15 @@ class OneM2MServerFactory(WebSocketServerFactory):
         return f"the CSE-ID {originator} has a live link here"
 
     def session_opened(self, session: Session) -> None:
+        if self.draining:  # its handshake began before the listeners stopped
+            session.close(1001, GOING_AWAY)
+            return
         taken = self.taken(session.authorization)
         if taken is not None:  # a link came up while this handshake was decided
             session.close(1008, taken)
             return
+        self.sessions.add(session)
+
         _log.info(
             "connection from {peer}: originator {originator}, {subprotocol}",
             peer=session.peer,
@@ -746,6 +841,7 @@ class OneM2MServerFactory(WebSocketServerFactory):
         self.originators.bind(originator, session)
 
     def session_closed(self, session: Session) -> None:
+        self.sessions.discard(session)
         self.originators.remove_connection(session)
 
 
@@ -753,6 +849,7 @@ class OneM2MClientProtocol(_OneM2MProtocolMixin, WebSocketClientProtocol):  # ty
     """The connecting side: an AE or CSE connecting to its registrar, or a CSE to a poa."""
 
     factory: OneM2MClientProtocolFactory
+    _direction = "out"
     #: why the connection ended before the WebSocket opened (see when_open)
     _not_opened: Exception | None = None
     _open_waiters: list[Deferred[Session]] | None = None
@@ -845,12 +942,15 @@ class OneM2MClientProtocolFactory(WebSocketClientFactory):
         enforce_originator: bool = False,
         options: ConnectionOptions | None = None,
         headers: dict[str, str] | None = None,
+        metrics: BindingMetrics | None = None,
     ) -> None:
         """
         @param originator: sent as X-M2M-Origin (omit only to register an AE).
         @param subprotocols: offered in this order of preference.
         @param remote_originator: who is at the other end, when known (a CSE-ID).
         @param options: timeouts, message size and keep-alive (defaults when None).
+        @param metrics: counts the connections (direction ``out``) and the requests they
+            answer (None: none).
         """
         headers = dict(headers or {})
         if originator:
@@ -866,6 +966,9 @@ class OneM2MClientProtocolFactory(WebSocketClientFactory):
         self.enforce_originator = enforce_originator
         self.options = options if options is not None else ConnectionOptions()
         self.setProtocolOptions(**self.options.autobahn())
+        if self.options.compression:
+            self.setProtocolOptions(**_deflate_client_options(self.options.max_message_size))
+        self.metrics = metrics
 
     def opened(self, session: Session) -> None:
         """A connection opened (its protocol's ``when_open`` fires too)."""

@@ -15,7 +15,13 @@ from dataclasses import replace
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    gatherResults,
+    maybeDeferred,
+    succeed,
+)
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.python.failure import Failure
@@ -31,6 +37,7 @@ from acmews.endpoints import ServerEndpoint
 from acmews.interfaces import IHandshakeAuthorizer
 from acmews.link import RegistrarLink
 from acmews.logs import Logger, set_debug
+from acmews.metrics import BindingMetrics
 from acmews.originators import OriginatorMap
 from acmews.poa import (
     AgentClient,
@@ -42,12 +49,14 @@ from acmews.poa import (
 )
 from acmews.poa.limits import system_resolver
 from acmews.poa.queue import INotificationQueue
-from acmews.protocol import OneM2MServerFactory
+from acmews.protocol import GOING_AWAY, OneM2MServerFactory
+from acmews.session import Session
 
 __all__ = [
     "CSEService",
     "ListenError",
     "Listener",
+    "build_admin",
     "build_authorizer",
     "build_chain",
     "build_factory",
@@ -73,7 +82,11 @@ def build_store(config: Config, reactor: Any) -> Store:
 
 
 def build_chain(
-    config: Config, originators: OriginatorMap, queue: INotificationQueue, reactor: Any
+    config: Config,
+    originators: OriginatorMap,
+    queue: INotificationQueue,
+    reactor: Any,
+    metrics: BindingMetrics | None = None,
 ) -> PoaChain:
     """How the CSE reaches an originator: its live connection, its poa, the queue."""
     # an outbound poa connection serves one request and is closed: no keep-alive
@@ -89,6 +102,7 @@ def build_chain(
             options=poa_options,
             headers=credentials.headers(url) if credentials else None,
             tls=config.client_tls,
+            metrics=metrics,
         )
         return connecting.addCallback(lambda client: client.session)
 
@@ -112,7 +126,11 @@ def build_chain(
 
 
 def build_link(
-    config: Config, cse: CSE, originators: OriginatorMap, reactor: Any
+    config: Config,
+    cse: CSE,
+    originators: OriginatorMap,
+    reactor: Any,
+    metrics: BindingMetrics | None = None,
 ) -> RegistrarLink | None:
     """The one WebSocket to this CSE's registrar, when it has one."""
     registrar = config.registrar
@@ -130,6 +148,7 @@ def build_link(
         keep_registration=registrar.keep_registration,
         headers=dict(registrar.headers) or None,
         tls=config.client_tls,
+        metrics=metrics,
     )
 
 
@@ -158,7 +177,11 @@ def build_authorizer(config: Config, cse: CSE, reactor: Any) -> IHandshakeAuthor
 
 
 def build_factory(
-    config: Config, cse: CSE, originators: OriginatorMap, reactor: Any
+    config: Config,
+    cse: CSE,
+    originators: OriginatorMap,
+    reactor: Any,
+    metrics: BindingMetrics | None = None,
 ) -> OneM2MServerFactory:
     """The server factory every listener shares."""
     return OneM2MServerFactory(
@@ -168,7 +191,24 @@ def build_factory(
         limits=config.limits,
         reactor=reactor,
         options=config.connection,
+        metrics=metrics,
     )
+
+
+def build_admin(config: Config, service: CSEService, reactor: Any) -> Listener | None:
+    """The admin listener (``/metrics``), when ``config.admin_listen`` names one."""
+    if config.admin_listen is None:
+        return None
+    from acmews.admin import admin_site
+
+    endpoint = ServerEndpoint.parse(config.admin_listen)
+    if not endpoint.loopback_only:
+        log.warn(
+            "the admin listener {description} is reachable beyond loopback: anyone who "
+            "reaches it may read the metrics",
+            description=config.admin_listen,
+        )
+    return Listener(config.admin_listen, endpoint.endpoint(reactor), admin_site(service, reactor))
 
 
 def make_service(config: Config, reactor: Any) -> CSEService:
@@ -183,15 +223,19 @@ def make_service(config: Config, reactor: Any) -> CSEService:
     warn_without_nvx()
     store = build_store(config, reactor)
     originators = OriginatorMap()
-    chain = build_chain(config, originators, store.queue, reactor)
+    # counted per request only when someone reads them
+    metrics = BindingMetrics() if config.admin_listen is not None else None
+    chain = build_chain(config, originators, store.queue, reactor, metrics)
     cse = CSE(config.cse_config(), chain, reactor, store.resources)
-    link = build_link(config, cse, originators, reactor)
-    factory = build_factory(config, cse, originators, reactor)
+    link = build_link(config, cse, originators, reactor, metrics)
+    factory = build_factory(config, cse, originators, reactor, metrics)
     listeners = [
         Listener(e.description, e.endpoint(reactor, config.client_ca), factory)
         for e in config.endpoints
     ]
-    return CSEService(config, store, originators, chain, cse, factory, link, listeners)
+    service = CSEService(config, store, originators, chain, cse, factory, link, listeners)
+    service.add_admin(build_admin(config, service, reactor))
+    return service
 
 
 class ListenError(CannotListenError):
@@ -288,12 +332,17 @@ class CSEService(MultiService):
         self.factory = factory
         self.link = link
         self.listeners = list(listeners)
+        #: what the binding counts (the factory's), when an admin listener reads it
+        self.metrics = factory.metrics
+        #: the admin listener (``/metrics``), if any (see :meth:`add_admin`)
+        self.admin: Listener | None = None
         #: what a :class:`ListenError` becomes when raised at start (``twistd acmews`` makes
         #: it one line and exit status 1)
         self.start_error: Callable[[ListenError], BaseException] = _as_is
         self.listening: Deferred[list[IListeningPort]] = Deferred()
         self._watching = False
         self._files_fitted = False
+        self._stopping = False
         #: deletes expired resources on time (and, at start, what expired while it was down)
         self.expiry = ExpiryService(cse.expiry)
         # the store is the first child: it stops last, once nothing changes any more; the
@@ -301,6 +350,36 @@ class CSEService(MultiService):
         for child in (store.service, originators, chain, self.expiry, link, *listeners):
             if child is not None:
                 child.setServiceParent(self)
+
+    def add_admin(self, admin: Listener | None) -> None:
+        """Serve ``admin`` (the admin listener, made for this service) too."""
+        if admin is not None:
+            self.admin = admin
+            admin.setServiceParent(self)
+
+    def readiness(self) -> dict[str, dict[str, Any]]:
+        """What ``/ready`` checks, each ``{"ok": bool, ...}``: ``listening`` (every listener
+        listens, and the CSE is not stopping), ``store`` (it takes changes), ``registrar``
+        (registered; only with a registrar)."""
+        unbound = [listener.description for listener in self.listeners if listener.port is None]
+        listening: dict[str, Any] = {"ok": self.running and not self._stopping and not unbound}
+        if self._stopping:  # (draining: still running, the listeners stopped)
+            listening["reason"] = "stopping"
+        elif not self.running:
+            listening["reason"] = "not started"
+        elif unbound:
+            listening["reason"] = "not listening on " + ", ".join(unbound)
+        store: dict[str, Any] = {"ok": True, "store": self.store.description}
+        database = self.store.database
+        if database is not None and database.refused is not None:
+            store.update(
+                ok=False, reason=f"read-only: the disk refused a write ({database.refused})"
+            )
+        checks = {"listening": listening, "store": store}
+        if self.link is not None:
+            registrar: dict[str, Any] = {"ok": self.link.registered, "state": self.link.state}
+            checks["registrar"] = registrar
+        return checks
 
     def privilegedStartService(self) -> None:
         self._start(super().privilegedStartService)
@@ -310,6 +389,7 @@ class CSEService(MultiService):
 
     def _start(self, start: Callable[[], None]) -> None:
         """Either way of starting (twistd calls both; a program may call only startService)."""
+        self._stopping = False
         self._fit_open_files()
         self._watch()
         try:
@@ -318,9 +398,62 @@ class CSEService(MultiService):
             raise self.start_error(e) from None
 
     def stopService(self) -> Deferred[None]:
+        """A graceful stop (twistd's on SIGTERM): stop accepting, answer what the
+        connections have in flight, close each with 1001 (going away) once it is answered,
+        within ``shutdown_timeout``; then stop the rest (the registrar link deregisters,
+        what is left is closed with 1001), and the store last, once everything it was given
+        is written."""
         self._watching = False
-        stopped: Deferred[None] = super().stopService()
-        return stopped
+        self._stopping = True
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        await gatherResults([maybeDeferred(listener.stopService) for listener in self.listeners])
+        await self._drain()
+        store = self.store.service
+        Service.stopService(self)
+        await gatherResults(
+            [
+                maybeDeferred(child.stopService)
+                for child in reversed(list(self))
+                if child is not store
+            ]
+        )
+        await maybeDeferred(store.stopService)
+
+    async def _drain(self) -> None:
+        """Answer what every accepted connection has in flight, then close it (1001); at
+        most ``shutdown_timeout`` seconds, after which the rest is closed as it is."""
+        factory = self.factory
+        factory.draining = True
+        sessions = list(factory.sessions)
+        if not sessions:
+            return
+        timeout = self.config.shutdown_timeout
+        serving = sum(session.serving_count for session in sessions)
+        log.info(
+            "stopping: answering {serving} requests in flight on {count} connections, then "
+            "closing them (at most {timeout:g} s)",
+            serving=serving,
+            count=len(sessions),
+            timeout=timeout,
+        )
+        drained = DeferredList(
+            [_closed_when_idle(session) for session in sessions], consumeErrors=True
+        )
+        # when it is over, what is left is left as it is (cancelled), and closed with the rest
+        timer = factory.clock.callLater(timeout, drained.cancel)
+        await drained
+        if timer.active():
+            timer.cancel()
+            return
+        left = [session for session in factory.sessions if session.serving_count]
+        log.warn(
+            "stopping: {count} connections still had requests in flight after {timeout:g} s; "
+            "closing them unanswered",
+            count=len(left),
+            timeout=timeout,
+        )
 
     def _fit_open_files(self) -> None:
         """Once, before listening: room in the open-file limit for every connection accepted
@@ -340,6 +473,12 @@ class CSEService(MultiService):
         self.listening = listening = Deferred[list[IListeningPort]]()
         bound = [listener.bound for listener in self.listeners]
         gatherResults(bound).addCallback(self._announce).chainDeferred(listening)
+        if self.admin is not None:
+            self.admin.bound.addCallback(self._announce_admin)
+
+    def _announce_admin(self, port: IListeningPort) -> IListeningPort:
+        log.info("admin listener (/metrics) on {address}", address=_address(port))
+        return port
 
     def _announce(self, ports: list[IListeningPort]) -> list[IListeningPort]:
         config = self.config
@@ -360,6 +499,18 @@ class CSEService(MultiService):
             poa=", ".join(self.cse.config.poa) or "(none)",
         )
         return ports
+
+
+def _closed_when_idle(session: Session) -> Deferred[None]:
+    """Close ``session`` with 1001 once it has answered what it was asked; fires once it is
+    gone (cancelling it leaves the connection as it is)."""
+
+    def close(_: None) -> Deferred[None]:
+        closed = session.when_closed()
+        session.close(1001, GOING_AWAY)
+        return closed
+
+    return session.when_idle().addCallback(close)
 
 
 def _port_number(port: IListeningPort) -> int | None:

@@ -32,6 +32,7 @@ from acmews.errors import (
 from acmews.handshake import Authorization
 from acmews.interfaces import ICodec, IConnection, IRequestHandler
 from acmews.logs import Budget, Logger
+from acmews.metrics import BindingMetrics
 from acmews.options import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_REQUEST_TIMEOUT
 from acmews.primitive import Request, Response, error_response
 from acmews.timestamps import expiry_delay
@@ -90,6 +91,7 @@ class Session:
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         on_bound: BoundCallback | None = None,
         authorization: Authorization = _UNVERIFIED,
+        metrics: BindingMetrics | None = None,
     ) -> None:
         """
         @param originator: the remote end's originator (X-M2M-Origin), if known.
@@ -98,6 +100,8 @@ class Session:
         @param on_bound: called when an unbound connection becomes bound by an AE CREATE.
         @param authorization: what the opening handshake proved of the peer
             (:attr:`IConnection.authorization`).
+        @param metrics: counts each request answered and its latency (None: nothing counted,
+            nothing timed).
         """
         self._send = send
         self.codec = codec
@@ -122,6 +126,9 @@ class Session:
         #: rqis of incoming requests still being answered
         self._serving: set[str] = set()
         self._closed_waiters: list[Deferred[None]] = []
+        #: fired once nothing is being answered (see :meth:`when_idle`)
+        self._idle_waiters: list[Deferred[None]] = []
+        self.metrics = metrics
 
     # -- IConnection --------------------------------------------------------------------
 
@@ -193,6 +200,22 @@ class Session:
             d.callback(None)
         return d
 
+    @property
+    def serving_count(self) -> int:
+        """How many incoming requests are being answered (their handler's Deferred waits)."""
+        return len(self._serving)
+
+    def when_idle(self) -> Deferred[None]:
+        """A Deferred that fires once no incoming request is being answered (at once when
+        none is, or the connection is gone): what a graceful shutdown waits for before it
+        closes the connection. It fires after the last answer is sent."""
+        d: Deferred[None] = Deferred(self._idle_waiters.remove)
+        if self._serving and self.connected:
+            self._idle_waiters.append(d)
+        else:
+            d.callback(None)
+        return d
+
     def _cancel_request(self, d: Deferred[Response]) -> None:
         for rqi, (pending, call) in self._pending.items():
             if pending is d:
@@ -230,6 +253,8 @@ class Session:
                 call.cancel()
             d.errback(TargetNotReachable(f"{reason} before the response", rqi=rqi))
         waiters, self._closed_waiters = self._closed_waiters, []
+        waiters.extend(self._idle_waiters)
+        self._idle_waiters = []
         for w in waiters:
             w.callback(None)
         if self._log_budget is not None:
@@ -293,6 +318,8 @@ class Session:
                     peer=self.peer,
                     reason=e.reason,
                 )
+                if self.metrics is not None:
+                    self.metrics.invalid()
                 self._reply(error_response(e.rqi, e))
             return
         if type(primitive) is Response:
@@ -318,6 +345,8 @@ class Session:
 
     def _request_received(self, request: Request) -> None:
         rqi = request.rqi
+        # the arrival time, only when someone counts (:meth:`_answer`)
+        started = self.clock.seconds() if self.metrics is not None else 0.0
         try:
             self._check_originator(request)
             if rqi in self._serving:
@@ -326,13 +355,14 @@ class Session:
                 raise OriginatorHasNoPrivilege("this endpoint accepts no requests")
             result = self.handler.handle_request(request, self)
         except OneM2MError as e:
-            self._answer(request, error_response(rqi, e, rvi=request.rvi))
+            self._answer(request, error_response(rqi, e, rvi=request.rvi), started)
             return
         except Exception:
             self.log.failure("request handler failed for {rqi}", rqi=rqi)
             self._answer(
                 request,
                 error_response(rqi, InternalServerError("internal error"), rvi=request.rvi),
+                started,
             )
             return
         if isinstance(result, Deferred):
@@ -340,11 +370,11 @@ class Session:
             result.addCallbacks(
                 self._answer_later,
                 self._handler_failed,
-                callbackArgs=(request,),
-                errbackArgs=(request,),
+                callbackArgs=(request, started),
+                errbackArgs=(request, started),
             )
         else:
-            self._answer(request, result)
+            self._answer(request, result, started)
 
     def _check_originator(self, request: Request) -> None:
         if not self.enforce_originator:
@@ -363,11 +393,21 @@ class Session:
                 f"'fr' {fr!r} does not match this connection's originator {originator!r}"
             )
 
-    def _answer_later(self, response: Response, request: Request) -> None:
+    def _answer_later(self, response: Response, request: Request, started: float) -> None:
         self._serving.discard(request.rqi)
-        self._answer(request, response)
+        self._answer(request, response, started)
+        if self._idle_waiters:
+            self._idle()
 
-    def _handler_failed(self, failure: Failure, request: Request) -> None:
+    def _idle(self) -> None:
+        """Tell :meth:`when_idle`'s waiters once nothing is being answered (after the answer
+        is sent: a waiter may close the connection)."""
+        if not self._serving:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def _handler_failed(self, failure: Failure, request: Request, started: float) -> None:
         self._serving.discard(request.rqi)
         error = failure.value
         if isinstance(error, OneM2MError):
@@ -381,11 +421,16 @@ class Session:
             response = error_response(
                 request.rqi, InternalServerError("internal error"), rvi=request.rvi
             )
-        self._answer(request, response)
+        self._answer(request, response, started)
+        if self._idle_waiters:
+            self._idle()
 
-    def _answer(self, request: Request, response: Response) -> None:
+    def _answer(self, request: Request, response: Response, started: float) -> None:
         if response.rqi != request.rqi:
             response.rqi = request.rqi
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.answered(request.op, response.rsc, self.clock.seconds() - started)
         if response.rsc >= 4000:
             # one log line per error answered, whoever produced it (handler or binding),
             # within the connection's budget

@@ -74,7 +74,10 @@ class Options(usage.Options):
         "Runs a oneM2M CSE (IN-CSE) on the WebSocket binding TS-0020 with the ACME "
         "extensions: X-M2M-Origin on the opening handshake, connections in either direction, "
         "and poa resolution (live connection, ws://default, ws:// or wss:// poa, http:// poa, "
-        "store-and-forward for notifications). Defaults match ACME's."
+        "store-and-forward for notifications). Defaults match ACME's. Logs with bounded "
+        "files (10 MB, 5 kept; $ACMEWS_LOGFILE, '-' for standard output): twistd "
+        "--logger=acmews.logs.bounded (text) or --logger=acmews.logs.json (one JSON object "
+        "per line)."
     )
     optFlags: list[Any] = [
         [
@@ -87,6 +90,15 @@ class Options(usage.Options):
             "keep-registration",
             None,
             "With --registrar: keep this CSE's remoteCSE at the registrar when it stops.",
+        ],
+        [
+            "compression",
+            None,
+            "Accept permessage-deflate (RFC 7692) from clients that offer it (the websockets "
+            "library does by default): the message size limit then applies to the inflated "
+            "size, checked while inflating (1009 beyond). Off by default: it costs about 50 "
+            "KiB of memory per connection that has passed a message each way, and CPU per "
+            "message (JSON notifications take about a tenth of the bytes).",
         ],
         [
             "log-debug",
@@ -365,6 +377,28 @@ class Options(usage.Options):
             "Seconds a stored notification without its own rqet is kept.",
             _seconds("notification-expiry"),
         ],
+        [
+            "shutdown-timeout",
+            None,
+            DEFAULTS.shutdown_timeout,
+            "Seconds a graceful stop (SIGTERM) may take to answer the requests in flight: "
+            "the listeners stop at once, each connection is closed with 1001 (going away) "
+            "once its requests are answered, and what is still unanswered after this long is "
+            "closed anyway; the store then writes what it holds.",
+            _seconds("shutdown-timeout"),
+        ],
+        [
+            "admin-listen",
+            None,
+            None,
+            "A server endpoint for the admin listener, e.g. tcp:9180:interface=127.0.0.1: "
+            "Prometheus metrics at /metrics (connections, refused handshakes, requests by "
+            "operation and response class with their latency, notifications, queue, store "
+            "commits, registrar link, process); /health (200 while the process serves) and "
+            "/ready (200, or 503 while not listening, stopping, the store read-only or the "
+            "registrar link down), with JSON bodies. Off by default: then nothing is counted "
+            "per request. It has no authentication: keep it on loopback or a private network.",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -465,6 +499,11 @@ class Options(usage.Options):
             problem = ServerEndpoint.parse(description).problem()
             if problem:
                 raise usage.UsageError(f"--listen {description}: {problem}")
+        admin = self["admin-listen"]
+        if admin is not None:
+            problem = ServerEndpoint.parse(admin).problem()
+            if problem:
+                raise usage.UsageError(f"--admin-listen {admin}: {problem}")
         store = self["store"]
         if store != "memory:" and (not store.startswith("sqlite:") or store == "sqlite:"):
             raise usage.UsageError(f"--store must be sqlite:PATH or memory:, not {store!r}")
@@ -493,6 +532,7 @@ class Options(usage.Options):
                 message_timeout=float(self["message-timeout"]),
                 max_handshake_size=int(self["max-handshake-size"]),
                 unbound_timeout=float(self["unbound-timeout"]),
+                compression=bool(self["compression"]),
             ),
             limits=type(DEFAULTS.limits)(
                 int(self["max-connections"]),
@@ -518,6 +558,8 @@ class Options(usage.Options):
             poa_credentials=self._read("poa-credentials", read_outbound_credentials),
             insecure=bool(self["insecure"]),
             log_debug=bool(self["log-debug"]),
+            admin_listen=admin,
+            shutdown_timeout=float(self["shutdown-timeout"]),
             **self._outbound(),
         )
         exposure = self.config.exposure()

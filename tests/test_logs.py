@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, capturedLogs, formatEvent
+from twisted.logger import ILogObserver, LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from acmews.codes import Operation
-from acmews.logs import MAX_VALUE, Budget, Logger, Throttle, bounded, set_debug, short
+from acmews.logs import (
+    MAX_VALUE,
+    Budget,
+    Logger,
+    Throttle,
+    bounded,
+    format_json,
+    set_debug,
+    short,
+)
+from acmews.logs import json as json_observer
 from acmews.poa import MemoryNotificationQueue, PoaChain
 from acmews.primitive import Request
 from acmews.testing import RecordingHandler, make_client_factory, make_server_factory
@@ -104,6 +115,77 @@ class LoggerTests(SynchronousTestCase):
         names = sorted(os.listdir(directory))
         self.assertEqual(names, ["acmews.log", "acmews.log.1", "acmews.log.2"])
         self.assertLessEqual(sum(os.path.getsize(os.path.join(directory, n)) for n in names), 4000)
+
+
+class JsonObserverTests(SynchronousTestCase):
+    """``twistd --logger=acmews.logs.json``: one JSON object per line, the same bounds."""
+
+    def observe(self, **kw: Any) -> tuple[Any, str]:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        path = os.path.join(directory, "acmews.log")
+        return json_observer(path, **kw), path
+
+    def lines(self, path: str) -> list[dict[str, Any]]:
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f]
+
+    def test_one_object_per_line_with_its_keys(self) -> None:
+        observer, path = self.observe()
+        log = Logger(namespace="acmews.test", observer=observer)
+        log.info("refused {peer}: {status}", peer="tcp:1.2.3.4:5", status=403, to="x" * 100_000)
+        try:
+            1 / 0  # noqa: B018
+        except ZeroDivisionError:
+            log.failure("handler failed for {rqi}", rqi="r1")
+        first, second = self.lines(path)
+        self.assertEqual(
+            (first["level"], first["namespace"], first["message"]),
+            ("info", "acmews.test", "refused tcp:1.2.3.4:5: 403"),
+        )
+        self.assertEqual((first["peer"], first["status"]), ("tcp:1.2.3.4:5", 403))
+        self.assertLess(len(first["to"]), MAX_VALUE + 100)
+        self.assertTrue(first["time"].endswith("+00:00"))
+        self.assertEqual((second["level"], second["rqi"]), ("critical", "r1"))
+        self.assertIn("ZeroDivisionError", second["failure"])
+
+    def test_foreign_events_are_cut_too(self) -> None:
+        """Events of Twisted's or Autobahn's loggers carry values of any size and kind."""
+        line = json.loads(
+            format_json(
+                {
+                    "log_format": "{big}",
+                    "big": "b" * 1_000_000,
+                    "obj": object(),
+                    "log_level": LogLevel.warn,
+                    "log_time": 0.0,
+                    **{f"k{n}": n for n in range(100)},
+                }
+            )
+        )
+        self.assertLessEqual(len(line["message"]), 2000)
+        self.assertLess(len(line["big"]), MAX_VALUE + 100)
+        self.assertIn("object", line["obj"])
+        self.assertLessEqual(len(line), 4 + 40)
+        self.assertEqual(line["time"], "1970-01-01T00:00:00.000+00:00")
+
+    def test_rotates_and_keeps_few_files(self) -> None:
+        observer, path = self.observe(rotate_length=1000, max_files=2)
+        for i in range(200):
+            observer({"log_format": "line {i}", "i": i, "log_level": LogLevel.info})
+        names = sorted(os.listdir(os.path.dirname(path)))
+        self.assertEqual(names, ["acmews.log", "acmews.log.1", "acmews.log.2"])
+        self.assertEqual(self.lines(path)[-1]["i"], 199)
+
+    def test_twistd_finds_it(self) -> None:
+        """twistd --logger takes the fully qualified name of a factory of observers."""
+        from twisted.python.reflect import namedAny
+        from zope.interface.verify import verifyObject
+
+        self.patch(os, "environ", {"ACMEWS_LOGFILE": os.path.join(self.mktemp() + "x.log")})
+        os.makedirs(os.path.dirname(os.environ["ACMEWS_LOGFILE"]), exist_ok=True)
+        observer = namedAny("acmews.logs.json")()
+        verifyObject(ILogObserver, observer)
 
 
 class PeerEventTests(TestCase):

@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.defer import TimeoutError as DeferTimeoutError
 
 from acmews.bench.connections import SUBPROTOCOLS, BenchError, Target
+from acmews.bench.ledger import Result
 from acmews.bench.progress import Progress
 from acmews.bench.report import compare_summary, format_compare, format_report, report
 from acmews.bench.scenarios import RUNNERS, BenchOptions, Run
@@ -102,6 +103,12 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "(use '{k}', e.g. Cbench{k}), delete them at the end",
     )
     p.add_argument("--rounds", type=int, default=3, help="A/B pairs with --compare (3)")
+    p.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="draw the latency histogram and the throughput over time (both endpoints with "
+        "--compare) into FILE.png; needs matplotlib (pip install 'acmews[plot]')",
+    )
     return p
 
 
@@ -157,9 +164,11 @@ async def run(
     progress = progress if progress is not None else Progress(None)
     runner = RUNNERS[opts.scenario]
     runs: list[dict[str, Any]] = []
+    results: list[tuple[str, Result]] = []  # for --plot
     if opts.compare is None:
         progress.say(describe_run(opts, opts.url))
         result, server = await runner(reactor, opts, Run(opts.url, opts.server_pid, out, progress))
+        results.append((opts.url, result))
         d = report(opts, opts.url, result, server)
         runs.append(d)
         out.write(format_report(d) + "\n")
@@ -172,6 +181,7 @@ async def run(
                 label = f"[round {i + 1} {'AB'[len(pair)]}]"
                 progress.say(f"{label} {describe_run(opts, url)}")
                 result, server = await runner(reactor, opts, Run(url, pid, out, progress))
+                results.append((url, result))
                 d = report(opts, url, result, server)
                 runs.append(d)
                 pair.append(d)
@@ -182,6 +192,10 @@ async def run(
     if opts.json_file:
         with open(opts.json_file, "w") as f:
             json.dump(summary, f, indent=2)
+    if opts.plot:
+        from acmews.bench.plot import plot
+
+        plot(opts.plot, results, f"{opts.scenario} {opts.mode} {opts.serialization}")
     if all(r["correct"] for r in runs):
         return 0
     out.write(f"{progress.prog}: CORRECTNESS FAILURE (see above)\n")

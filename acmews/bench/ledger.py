@@ -67,6 +67,7 @@ class Ledger:
         "_plen",
         "_sent",
         "_state",
+        "answered_at",
         "duplicates",
         "last",
         "late",
@@ -93,6 +94,8 @@ class Ledger:
         self.malformed = 0
         self.last = 0.0  # when the last first answer came
         self.latencies = array("d")
+        #: when each first answer came (``perf_counter``), for throughput over time
+        self.answered_at = array("d")
         self.rsc: Counter[int] = Counter()
 
     @property
@@ -129,6 +132,7 @@ class Ledger:
             self.outstanding -= 1
             self.last = now
             self.latencies.append(now - self._sent[n])
+            self.answered_at.append(now)
             self.rsc[rsc if isinstance(rsc, int) else -1] += 1
         elif state == _TIMED_OUT:
             self._state[n] = _LATE
@@ -174,6 +178,8 @@ class Result:
     malformed: int = 0
     rsc: dict[str, int] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
+    #: when each answer came (``perf_counter`` seconds, one clock for every process)
+    completions: list[float] = field(default_factory=list)
     started: float = 0.0
     ended: float = 0.0
     client_cpu: float = 0.0
@@ -193,6 +199,7 @@ class Result:
             malformed=ledger.malformed,
             rsc={str(k): v for k, v in ledger.rsc.items()},
             latencies=ledger.latencies.tolist(),
+            completions=ledger.answered_at.tolist(),
             connections=1,
         )
 
@@ -215,6 +222,7 @@ class Result:
             malformed=self.malformed + other.malformed,
             rsc=dict(rsc),
             latencies=self.latencies + other.latencies,
+            completions=self.completions + other.completions,
             started=min(starts) if starts else 0.0,
             ended=max(ends) if ends else 0.0,
             client_cpu=self.client_cpu + other.client_cpu,
@@ -241,7 +249,7 @@ class Result:
         """The machine-readable figures (no raw latencies)."""
         lat = sorted(self.latencies)
         d = asdict(self)
-        del d["latencies"]
+        del d["latencies"], d["completions"]
         d.update(
             elapsed=self.elapsed,
             requests_per_second=self.rate,

@@ -106,6 +106,8 @@ class BenchOptions:
     compare_pid: int | None = None
     rounds: int = 3
     register: bool = False
+    #: a PNG to draw the latency histogram and the throughput over time into
+    plot: str | None = None
 
     @property
     def effective_window(self) -> int:

@@ -59,6 +59,7 @@ from acmews.interfaces import (
     IRequestSender,
 )
 from acmews.logs import Logger, Throttle
+from acmews.metrics import ChainCounts
 from acmews.options import DEFAULT_NOTIFICATION_EXPIRY, DEFAULT_REQUEST_TIMEOUT
 from acmews.poa.limits import OutboundLimits, TargetDenied, TargetPolicy
 from acmews.poa.queue import DEFAULT_QUEUE_SIZE, INotificationQueue, MemoryNotificationQueue
@@ -141,6 +142,8 @@ class PoaChain(Service):
         self._in_flight: set[Deferred[Response]] = set()
         self._purge_call: IDelayedCall | None = None
         self._stopped = False
+        #: notifications by fate, poa steps by scheme and result (read by the metrics)
+        self.counts = ChainCounts()
         originators.add_observer(self)
 
     # -- registry ---------------------------------------------------------------------------
@@ -211,8 +214,18 @@ class PoaChain(Service):
         # The common case, a notification to a connected AE, needs no coroutine and no
         # second timer: an IConnection times its requests out itself (4008).
         live = connection.request(request, self.timeout)
-        live.addErrback(self._live_failed, target, request, poa, store, connection)
+        live.addCallbacks(
+            self._live_answered,
+            self._live_failed,
+            callbackArgs=(request,),
+            errbackArgs=(target, request, poa, store, connection),
+        )
         return self._track(live)
+
+    def _live_answered(self, response: Response, request: Request) -> Response:
+        if request.op == Operation.NOTIFY:
+            self.counts.delivered += 1
+        return response
 
     def _track(self, d: Deferred[Response]) -> Deferred[Response]:
         """Remember ``d`` until it fires, so that :meth:`stop` can cancel it."""
@@ -353,12 +366,15 @@ class PoaChain(Service):
         """
         floor = self._failure_floor()
         step = Deferred.fromCoroutine(self._outbound(connector, url, request))
+        counts = self.counts
         try:
             response = await await_step(step, self.timeout, self._clock)
         except CancelledError:
             _drop(floor)
             raise
         except Exception as e:
+            denied = isinstance(e.__cause__, TargetDenied)
+            counts.step(scheme_of(url), counts.DENIED if denied else counts.FAILED)
             if not isinstance(e, OneM2MError):
                 self._log_unexpected(target, request, url)
             if floor is not None:
@@ -369,6 +385,9 @@ class PoaChain(Service):
                 raise
             raise TargetNotReachable(f"{url} is not reachable", rqi=request.rqi) from e
         _drop(floor)
+        counts.step(scheme_of(url), counts.ANSWERED)
+        if request.op == Operation.NOTIFY:
+            counts.delivered += 1
         return response
 
     def _failure_floor(self) -> Deferred[None] | None:
@@ -437,6 +456,7 @@ class PoaChain(Service):
                 )
             expires = now + self.default_expiry
         if expires <= now:
+            self.counts.expired += 1
             self.log.info(
                 "notification {rqi} for {originator} not reachable and already expired",
                 rqi=request.rqi,
@@ -452,6 +472,7 @@ class PoaChain(Service):
             raise  # QueueFull: the queue logged it
         except OneM2MError as e:
             # it could never be delivered: keep it out rather than let it block the queue
+            self.counts.dropped += 1
             self.log.warn(
                 "notification {rqi} for {originator} cannot be stored: {reason}",
                 rqi=request.rqi,
@@ -462,6 +483,7 @@ class PoaChain(Service):
                 f"{originator} is not reachable and the notification cannot be stored",
                 rqi=request.rqi,
             ) from e
+        self.counts.queued += 1
         # one line when an originator's queue starts; the flush sums up what it delivers
         (self.log.info if count == 1 else self.log.debug)(
             "notification {rqi} for {originator} queued ({count} waiting) until it expires "
@@ -534,6 +556,7 @@ class PoaChain(Service):
                 if entry.expires <= self._clock.seconds():
                     queue.acknowledge(originator, entry)
                     expired += 1
+                    self.counts.expired += 1
                     continue
                 try:
                     response = await await_step(
@@ -551,6 +574,7 @@ class PoaChain(Service):
                         # this connection can never take it (too large for it, say): a
                         # poisoned entry must not block the ones behind it
                         queue.acknowledge(originator, entry)
+                        self.counts.dropped += 1
                         self.log.warn(
                             "queued notification {rqi} for {originator} cannot be sent "
                             "({reason}): dropped",
@@ -570,6 +594,7 @@ class PoaChain(Service):
                     return False
                 queue.acknowledge(originator, entry)  # nothing if it was dropped meanwhile
                 delivered += 1
+                self.counts.delivered += 1
                 self.log.debug(
                     "queued notification {rqi} delivered to {originator}: rsc {rsc}",
                     rqi=entry.rqi,

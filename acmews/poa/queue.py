@@ -155,6 +155,11 @@ class MemoryNotificationQueue:
         #: originators whose full queue has been reported; told again once it has drained
         self._reported_full: set[str] = set()
         self._reported_total = False
+        #: entries that left the queue unsent: ``expired`` (purged), ``dropped`` (pushed out
+        #: by a bound, refused by a full queue, or not kept by a durable store); read by the
+        #: metrics
+        self.expired = 0
+        self.dropped = 0
 
     def __len__(self) -> int:
         return self.total()
@@ -168,6 +173,7 @@ class MemoryNotificationQueue:
         data = encode_request(request)
         entry = QueuedNotification(data, request.rqi, expires, 0)
         if entry.size > self.originator_bytes:
+            self.dropped += 1
             raise QueueFull(
                 f"a notification of {len(data)} bytes exceeds the queue's bound", rqi=request.rqi
             )
@@ -182,6 +188,7 @@ class MemoryNotificationQueue:
         ):
             dropped = queue.popleft()
             self._forget(originator, dropped)
+            self.dropped += 1
             if originator not in self._reported_full:
                 self._reported_full.add(originator)
                 self.log.warn(
@@ -203,6 +210,7 @@ class MemoryNotificationQueue:
                     "refused until it drains (not logged again until then)",
                     limit=self.total_bytes,
                 )
+            self.dropped += 1
             raise QueueFull("the store-and-forward queue is full", rqi=request.rqi)
         entry.seq = next(self._seq)
         queue.append(entry)
@@ -283,6 +291,7 @@ class MemoryNotificationQueue:
             if entry.expires <= now:
                 self._forget(originator, entry)
         dropped = len(queue) - len(kept)
+        self.expired += dropped
         self.log.info(
             "{count} queued notifications for {originator} expired, dropped",
             count=dropped,
