@@ -129,11 +129,20 @@ def v_rn(name: str, value: Any) -> Any:
         raise BadRequest(f"attribute '{name}' must be a non-empty name without '/' (not la/ol)")
     if len(value) > MAX_NAME:
         raise BadRequest(f"attribute '{name}' may be at most {MAX_NAME} characters long")
-    if not _NAME.match(value):
-        raise BadRequest(
-            f"attribute '{name}' may hold only letters, digits and '-', '.', '_', '~' "
-            "(the unreserved characters of RFC 3986, TS-0001 9.6.1.3.1)"
-        )
+    return _matching(
+        _NAME,
+        name,
+        value,
+        "may hold only letters, digits and '-', '.', '_', '~' (the unreserved characters of "
+        "RFC 3986, TS-0001 9.6.1.3.1)",
+    )
+
+
+def _matching(pattern: re.Pattern[str], name: str, value: Any, says: str) -> Any:
+    """``value``, a string ``pattern`` matches (of at most :data:`MAX_NAME` characters);
+    else 4000: attribute ``name`` ``says``."""
+    if not isinstance(value, str) or len(value) > MAX_NAME or not pattern.match(value):
+        raise BadRequest(f"attribute '{name}' {says}")
     return value
 
 
@@ -169,12 +178,13 @@ def v_entity_id(name: str, value: Any) -> Any:
 
 def v_content_info(name: str, value: Any) -> Any:
     """``cnf``: ``type/subtype`` and optionally ``:encoding`` 0-2 (TS-0004 6.3.5)."""
-    if not isinstance(value, str) or len(value) > MAX_NAME or not _CONTENT_INFO.match(value):
-        raise BadRequest(
-            f"attribute '{name}' must be 'type/subtype' or 'type/subtype:encoding' with "
-            "encoding 0 (plain), 1 (base64 string) or 2 (base64 binary)"
-        )
-    return value
+    return _matching(
+        _CONTENT_INFO,
+        name,
+        value,
+        "must be 'type/subtype' or 'type/subtype:encoding' with encoding 0 (plain), "
+        "1 (base64 string) or 2 (base64 binary)",
+    )
 
 
 def v_serializations(name: str, value: Any) -> Any:
