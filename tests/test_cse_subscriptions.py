@@ -184,7 +184,10 @@ class NotificationTests(SubscriptionTestCase):
         self.assertEqual(rep["m2m:cnt"]["lbl"], ["new"])  # type: ignore[index]
         self.assertEqual(rep["m2m:cnt"]["ri"], self.cnt["ri"])  # type: ignore[index]
         rep = self.assert_notification(sent["http://mod"], modified, 1)
-        self.assertEqual(rep, {"m2m:cnt": {"lbl": ["new"], "lt": "20231114T221321,250000"}})
+        # the stateTag is modified too (TS-0001 9.6.6), as lt is
+        self.assertEqual(
+            rep, {"m2m:cnt": {"lbl": ["new"], "lt": "20231114T221321,250000", "st": 1}}
+        )
         rep = self.assert_notification(sent["http://ri"], ri_only, 1)
         self.assertEqual(rep, {"m2m:uri": self.cnt["ri"]})
         for s in sent.values():

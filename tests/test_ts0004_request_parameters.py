@@ -211,7 +211,7 @@ class ResultContentPerOperationTests(Stack):
         self.clock.advance(1)
         update = {"m2m:cnt": {"lbl": ["y"], "mni": None}}
         changed = self.ok(self.ae.update("cse-in/cpar/mod", update, rcn=9)).pc["m2m:cnt"]
-        self.assertEqual(changed, {"lt": self.at(0)})
+        self.assertEqual(changed, {"lt": self.at(0), "st": 1})  # stateTag: TS-0001 9.6.6
         self.assertEqual(self.ok(self.ae.retrieve("cse-in/cpar/mod")).pc["m2m:cnt"]["lbl"], ["y"])
 
     def test_child_resources_has_one_root_element(self) -> None:

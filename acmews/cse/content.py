@@ -12,10 +12,10 @@ see is left out, not what is below it (TS-0001 10.2.6). When more remain, the an
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from acmews.codes import ACOP, Operation
+from acmews.codes import ACOP, Operation, ResourceType
 from acmews.cse.access import AccessControl
 from acmews.cse.filters import DISCOVERY, Filter, parse_filter
 from acmews.cse.resource import MAX_LIST, Resource
@@ -38,6 +38,8 @@ _RCNS: dict[int, frozenset[int]] = {
 }
 #: what a discovery (``fc.fu`` 1) may answer with: 11 (the default) lists addresses
 _DISCOVERY_RCNS = frozenset({4, 5, 6, 8, 11})
+_CNT = ResourceType.CNT
+_CIN = ResourceType.CIN
 #: resources one answer may list, and resources one request may look at to find them
 MAX_TREE = 10_000
 MAX_VISITED = 200_000
@@ -181,11 +183,11 @@ class Content:
         skip = ofst - 1
         matches = None if flt is None or not flt.conditions else flt.matches
         allowed = None if originator == self._admin else self._access.allowed
-        children = self._store.children
+        children = self._children
         found: list[Entry] = []
         visited = 0
         stack: list[tuple[Resource, int, str | None]] = [
-            (c, 1, None) for c in reversed(children(root.ri))
+            (c, 1, None) for c in reversed(children(root))
         ]
         while stack:
             resource, level, anchor = stack.pop()
@@ -211,8 +213,17 @@ class Content:
                     found.append((resource, anchor))
                     below = resource.ri
             if lvl is None or level < lvl:
-                stack.extend((c, level + 1, below) for c in reversed(children(resource.ri)))
+                stack.extend((c, level + 1, below) for c in reversed(children(resource)))
         return found, None
+
+    def _children(self, resource: Resource) -> Sequence[Resource]:
+        """The children of ``resource`` that a listing shows: not the contentInstances of a
+        container whose disableRetrieval is true (TS-0004 7.4.7.2.2: not retrieved, so not
+        discovered either)."""
+        children = self._store.children(resource.ri)
+        if resource.ty == _CNT and resource.attrs.get("disr"):
+            return [c for c in children if c.ty != _CIN]
+        return children
 
     def _shape(self, root: Resource, rcn: int, entries: list[Entry], drt: int) -> Any:
         """The ``pc`` of result content ``rcn`` 4, 5, 6, 8 or 11 from the listed ``entries``."""

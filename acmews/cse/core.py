@@ -42,7 +42,13 @@ from acmews.cse.expiry import Expirations
 from acmews.cse.kinds import CSE_BASE
 from acmews.cse.nonblocking import NonBlocking
 from acmews.cse.notifier import Notifier
-from acmews.cse.resource import KINDS, MAX_DEPTH, Changes, Resource, ResourceKind
+from acmews.cse.resource import (
+    KINDS,
+    MAX_DEPTH,
+    Changes,
+    Resource,
+    ResourceKind,
+)
 from acmews.cse.store import Batch, IResourceStore, MemoryResourceStore
 from acmews.cse.timing import MAX_DELAYED, execution_delay
 from acmews.errors import (
@@ -67,9 +73,12 @@ __all__ = ["CSE", "CSEConfig"]
 #: AE registrations one connection may make per minute
 REGISTRATIONS_PER_MINUTE = 30
 
+#: the serializations this CSE speaks (its CSEBase's ``csz``, TS-0001 9.6.3)
+_SERIALIZATIONS = ("application/json", "application/cbor")
 _KNOWN_TYPES = frozenset(int(t) for t in ResourceType)
 _SUB = ResourceType.SUB
 _CNT = ResourceType.CNT
+_CIN = ResourceType.CIN
 
 _T = TypeVar("_T")
 _K = TypeVar("_K")
@@ -111,6 +120,8 @@ class CSE:
                     "cst": config.cse_type,
                     "srv": ["2a", "3", "4", "5"],
                     "poa": list(config.poa),
+                    "srt": _supported_types(),
+                    "csz": list(_SERIALIZATIONS),
                 },
                 config.cse_name,
                 None,
@@ -119,9 +130,20 @@ class CSE:
             batch.add(base)
             self._store_base(batch)
         self.base = base
-        if base.attrs.get("poa") != list(config.poa) or base.attrs.get("cst") != config.cse_type:
+        advertised = {
+            "poa": list(config.poa),
+            "cst": config.cse_type,
+            "srt": _supported_types(),
+            "csz": list(_SERIALIZATIONS),
+        }
+        if any(base.attrs.get(name) != value for name, value in advertised.items()):
             # a stored CSEBase: what it advertises follows this start's configuration
-            self._update_base({"poa": list(config.poa), "cst": config.cse_type})
+            self._update_base(advertised)
+        #: the CSEBase's representation with its currentTime (ctm), and the second and
+        #: the attrs it was made for: the RETRIEVE fast path makes it anew once a second
+        self._base_pc: dict[str, Any] = {}
+        self._base_second = -1
+        self._base_attrs: dict[str, Any] | None = None
         self.addressing = addressing = Addressing(config, self.store, base)
         self.access = access = AccessControl(addressing, config.admin, clock)
         self.content = Content(self.store, access, config.admin)
@@ -463,7 +485,7 @@ class CSE:
             and request.pc is None
         ):
             # the hot path (probes, benchmarks): a cached representation, no ACL walk
-            return self._respond(request, RSC.OK, self.base.pc)
+            return self._respond(request, RSC.OK, self._base_representation())
         if self._clock.seconds() >= self.expiry.due:
             self._sweep()
         foreign = self.addressing.foreign_cse(to)
@@ -473,6 +495,8 @@ class CSE:
         if "#" in to:  # a partial retrieve of one attribute (TS-0004 7.3.3.6 case 2)
             to, _, attribute = to.partition("#")
         resource, virtual = self.addressing.locate(to)
+        if virtual is not None or resource.ty == _CIN:
+            self._check_retrievable(resource, virtual)
         if virtual is not None:
             container = resource
             try:
@@ -488,6 +512,28 @@ class CSE:
             response.cnst = PARTIAL_CONTENT
             response.cnot = rest
         return response
+
+    def _check_retrievable(self, resource: Resource, virtual: str | None) -> None:
+        """4005 for a contentInstance (or ``la``/``ol``) of a container whose
+        disableRetrieval (``disr``) is true (TS-0004 7.4.7.2.2)."""
+        container = resource if virtual is not None else self.store.get(resource.pi)
+        if container is not None and container.attrs.get("disr"):
+            raise OperationNotAllowed(
+                f"the container {container.srn!r} disables the retrieval of its "
+                "contentInstances (disr)"
+            )
+
+    def _base_representation(self) -> dict[str, Any]:
+        """The CSEBase with its ``ctm`` (TS-0001 9.6.3: the CSE's current time), made anew
+        only when the second or the CSEBase changed: the fast path stays a comparison."""
+        now = self._clock.seconds()
+        second = int(now)
+        attrs = self.base.attrs
+        if second != self._base_second or attrs is not self._base_attrs:
+            self._base_second = second
+            self._base_attrs = attrs
+            self._base_pc = {CSE_BASE.key: {**attrs, "ctm": self._ts.format(second)}}
+        return self._base_pc
 
     def _retrieved(self, request: Request, resource: Resource, virtual: str | None = None) -> None:
         """Tell the subscriptions of ``resource`` about its RETRIEVE: an operationMonitor
@@ -542,6 +588,11 @@ class CSE:
             self._count_registration(connection)
         attrs = kind.validate_create(body)
         ri, creator = kind.identify(self, request.fr, parent)
+        if "cr" in attrs:  # asked for with a null (TS-0004 7.4.x.2.1): the originator
+            if request.fr:
+                attrs["cr"] = request.fr
+            else:
+                del attrs["cr"]
         acpi = attrs.get("acpi")
         if acpi:
             self.access.validate_acpi(acpi)
@@ -907,6 +958,11 @@ class CSE:
             return response
 
         return d.addCallback(answered)
+
+
+def _supported_types() -> list[int]:
+    """The CSEBase's ``srt``: every resource type registered (TS-0001 9.6.3)."""
+    return sorted(KINDS)
 
 
 def _body(pc: Any, kind: ResourceKind) -> dict[str, Any]:

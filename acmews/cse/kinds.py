@@ -24,12 +24,16 @@ from acmews.cse.resource import (
     v_any,
     v_api,
     v_bool,
+    v_content_info,
+    v_entity_id,
     v_nonneg_int,
     v_nu,
     v_pos_int,
     v_privileges,
+    v_serializations,
     v_str,
     v_str_list,
+    v_timestamp,
 )
 from acmews.cse.subscription import (
     check_create,
@@ -118,6 +122,13 @@ class ContainerKind(ResourceKind):
     def prepare_create(self, cse: CSEServices, parent: Resource, attrs: dict[str, Any]) -> None:
         attrs["cni"] = 0
         attrs["cbs"] = 0
+        attrs["st"] = 0  # TS-0001 9.6.6: stateTag, 0 at creation
+
+    def prepare_update(
+        self, cse: CSEServices, resource: Resource, changes: dict[str, Any]
+    ) -> None:
+        # TS-0001 9.6.6: the stateTag counts every modification (also a new instance)
+        changes["st"] = resource.attrs.get("st", 0) + 1
 
     def updated(self, cse: CSEServices, batch: Changes, resource: Resource) -> None:
         enforce_limits(cse, batch, resource)  # a smaller mni or mbs
@@ -154,15 +165,19 @@ class InstanceKind(ResourceKind):
 
     def prepare_create(self, cse: CSEServices, parent: Resource, attrs: dict[str, Any]) -> None:
         attrs["cs"] = cs = content_size(attrs["con"])
-        mbs = parent.attrs.get("mbs")
+        pattrs = parent.attrs
+        mbs = pattrs.get("mbs")
         if mbs is not None and cs > mbs:
             raise NotAcceptable(f"contentInstance size {cs} exceeds the container's mbs {mbs}")
+        # TS-0001 9.6.7: the container's stateTag goes up first and the instance gets it
+        attrs["st"] = pattrs.get("st", 0) + 1
 
     def created(
         self, cse: CSEServices, batch: Changes, resource: Resource, parent: Resource
     ) -> None:
         attrs = parent.attrs
-        parent.replace({"cni": attrs["cni"] + 1, "cbs": attrs["cbs"] + resource.attrs["cs"]})
+        new = resource.attrs
+        parent.replace({"cni": attrs["cni"] + 1, "cbs": attrs["cbs"] + new["cs"], "st": new["st"]})
         batch.update(parent)
         enforce_limits(cse, batch, parent)
 
@@ -337,7 +352,7 @@ BUILTIN_KINDS: tuple[ResourceKind, ...] = (
             "rr": v_bool,
             "poa": v_str_list,
             "srv": v_str_list,
-            "csz": v_str_list,
+            "csz": v_serializations,
         },
         frozenset({"api", "rr"}),
         {"lbl", "acpi", "et", "apn", "rr", "poa", "srv", "csz"},
@@ -348,21 +363,22 @@ BUILTIN_KINDS: tuple[ResourceKind, ...] = (
         _R.CNT,
         "cnt",
         "container",
-        {"mni": v_nonneg_int, "mbs": v_nonneg_int},
+        {"mni": v_nonneg_int, "mbs": v_nonneg_int, "disr": v_bool, "cstn": v_entity_id},
         frozenset(),
-        {"lbl", "acpi", "et", "mni", "mbs"},
+        {"lbl", "acpi", "et", "mni", "mbs", "disr", "cstn"},
         {_R.CNT, _R.CIN, _R.SUB},
+        ("rn", "lbl", "acpi", "et", "cr"),
     ),
     make_kind(
         InstanceKind,
         _R.CIN,
         "cin",
         "contentInstance",
-        {"con": v_any, "cnf": v_str},
+        {"con": v_any, "cnf": v_content_info, "dgt": v_timestamp, "dcnt": v_nonneg_int},
         frozenset({"con"}),
         set(),
         set(),
-        ("rn", "lbl", "et"),
+        ("rn", "lbl", "et", "cr"),
     ),
     make_kind(
         SubscriptionKind,
@@ -383,6 +399,7 @@ BUILTIN_KINDS: tuple[ResourceKind, ...] = (
         frozenset({"nu"}),
         {"lbl", "acpi", "et", "nu", "enc", "nct", "su", "exc", "bn", "ln", "nse", "eeno"},
         set(),
+        ("rn", "lbl", "acpi", "et", "cr"),
     ),
     make_kind(
         RemoteCSEKind,

@@ -44,6 +44,16 @@ __all__ = [
 Validator = Callable[[str, Any], Any]
 
 _TIMESTAMP = re.compile(r"^\d{8}T\d{6}(,\d{1,6})?$")
+#: TS-0001 9.6.1.3.1 resourceName: only the unreserved characters of RFC 3986 (section 2.3)
+_NAME = re.compile(r"^[A-Za-z0-9._~-]+$")
+#: TS-0004 6.3.3 m2m:labels is a list of xs:token: no leading, trailing or double spaces,
+#: no tabs or line breaks (and, as the reference implementations have it, not empty)
+_TOKEN = re.compile(r"^[^\s](?:[^\s]| (?! ))*(?<! )$")
+#: TS-0004 6.3.5 m2m:contentInfo: ``type/subtype[:encoding]``, encoding 0 plain,
+#: 1 base64-encoded string, 2 base64-encoded binary
+_CONTENT_INFO = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+(:[0-2])?$")
+#: TS-0004 6.7: the MIME types of the oneM2M serializations (an AE's ``csz``)
+SERIALIZATIONS = frozenset({"application/json", "application/cbor", "application/xml"})
 RESERVED_NAMES = frozenset({"la", "ol", "-"})
 
 
@@ -119,6 +129,73 @@ def v_rn(name: str, value: Any) -> Any:
         raise BadRequest(f"attribute '{name}' must be a non-empty name without '/' (not la/ol)")
     if len(value) > MAX_NAME:
         raise BadRequest(f"attribute '{name}' may be at most {MAX_NAME} characters long")
+    return _matching(
+        _NAME,
+        name,
+        value,
+        "may hold only letters, digits and '-', '.', '_', '~' (the unreserved characters of "
+        "RFC 3986, TS-0001 9.6.1.3.1)",
+    )
+
+
+def _matching(pattern: re.Pattern[str], name: str, value: Any, says: str) -> Any:
+    """``value``, a string ``pattern`` matches (of at most :data:`MAX_NAME` characters);
+    else 4000: attribute ``name`` ``says``."""
+    if not isinstance(value, str) or len(value) > MAX_NAME or not pattern.match(value):
+        raise BadRequest(f"attribute '{name}' {says}")
+    return value
+
+
+def v_labels(name: str, value: Any) -> Any:
+    """``lbl``: a list of xs:token (TS-0004 6.3.3 m2m:labels)."""
+    v_str_list(name, value)
+    for label in value:
+        if not _TOKEN.match(label):
+            raise BadRequest(
+                f"attribute '{name}' holds {label!r}: a label is not empty and has no "
+                "leading, trailing or double spaces, tabs or line breaks"
+            )
+    return value
+
+
+def v_creator(name: str, value: Any) -> Any:
+    """``cr`` in a CREATE: only ``null`` (TS-0004 7.4.x: the hosting CSE then sets it to the
+    originator); a value of its own is not the originator's to give (4000)."""
+    raise BadRequest(f"attribute '{name}' is set by the CSE: send it as null to ask for it")
+
+
+def v_entity_id(name: str, value: Any) -> Any:
+    """An AE-ID or CSE-ID (``cstn``): a non-empty string without white space."""
+    if (
+        not isinstance(value, str)
+        or not value
+        or len(value) > MAX_NAME
+        or any(c.isspace() for c in value)
+    ):
+        raise BadRequest(f"attribute '{name}' must be an AE-ID or CSE-ID")
+    return value
+
+
+def v_content_info(name: str, value: Any) -> Any:
+    """``cnf``: ``type/subtype`` and optionally ``:encoding`` 0-2 (TS-0004 6.3.5)."""
+    return _matching(
+        _CONTENT_INFO,
+        name,
+        value,
+        "must be 'type/subtype' or 'type/subtype:encoding' with encoding 0 (plain), "
+        "1 (base64 string) or 2 (base64 binary)",
+    )
+
+
+def v_serializations(name: str, value: Any) -> Any:
+    """An AE's ``csz``: MIME types of oneM2M serializations (TS-0004 6.7)."""
+    v_nonempty_str_list(name, value)
+    unknown = [v for v in value if v not in SERIALIZATIONS]
+    if unknown:
+        raise BadRequest(
+            f"attribute '{name}' may hold only {', '.join(sorted(SERIALIZATIONS))}: not "
+            f"{unknown[0]!r}"
+        )
     return value
 
 
@@ -185,9 +262,10 @@ def content_size(con: Any) -> int:
 
 COMMON: dict[str, Validator] = {
     "rn": v_rn,
-    "lbl": v_str_list,
+    "lbl": v_labels,
     "acpi": v_str_list,
     "et": v_timestamp,
+    "cr": v_creator,
 }
 
 
@@ -356,6 +434,8 @@ class ResourceKind:
                 raise BadRequest(f"attribute '{name}' is not allowed in a CREATE of {self.key}")
             if value is not None:
                 out[name] = validator(name, value)
+            elif name == "cr":
+                out[name] = None  # the creator, asked for: the CSE sets it (see identify)
         missing = self.mandatory - out.keys()
         if missing:
             raise BadRequest(
