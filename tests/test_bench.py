@@ -562,6 +562,24 @@ class LoadConnectionTests(SynchronousTestCase):
         self.assertEqual(lc.ledger.unanswered, 4)
         self.assertTrue(lc.budget.errors)
 
+    def test_a_server_going_away_fails_what_is_outstanding_cleanly(self) -> None:
+        """#24: a graceful stop closes with 1001 after answering what was in flight; what the
+        client sent meanwhile fails at once with 5103 on its side, not never answered."""
+        lc, transport = self.make(window=4, requests=10)
+        lc.fill()
+        sent = requests_sent(transport)
+        self.answer(lc, sent[0]["rqi"])  # the server answers one, then goes away
+        lc.client.dataReceived(server_frame(OP_CLOSE, struct.pack("!H", 1001) + b"bye"))
+        lc.client.connectionLost()
+        self.successResultOf(lc.done)
+        result = Result.from_ledger(lc.ledger)
+        self.assertEqual((result.answered, result.failed, result.unanswered), (1, 4, 0))
+        self.assertEqual(result.rsc, {"2000": 1, "5103": 4})
+        self.assertTrue(result.correct)
+        self.assertIn("5103", lc.budget.errors[0])
+        merged = result.merge(result)
+        self.assertEqual(merged.failed, 8)
+
 
 class OneLineErrorTests(SynchronousTestCase):
     def test_errors_are_one_short_line(self) -> None:

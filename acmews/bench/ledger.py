@@ -49,7 +49,7 @@ def ratio_summary(a: Sequence[float], b: Sequence[float]) -> tuple[list[float], 
 # correctness accounting
 
 
-_OUTSTANDING, _ANSWERED, _TIMED_OUT, _LATE = 1, 2, 3, 4
+_OUTSTANDING, _ANSWERED, _TIMED_OUT, _LATE, _FAILED = 1, 2, 3, 4, 5
 
 
 class Ledger:
@@ -59,7 +59,9 @@ class Ledger:
     response is matched without a dict lookup. A response whose rqi does not parse to one we
     sent is *unknown*; a second answer is a *duplicate*; a request unanswered after the
     timeout is *timed out* (its window slot is freed) and counts as *unanswered* unless a
-    *late* answer still comes before the end.
+    *late* answer still comes before the end. Requests outstanding when the server closes
+    the connection going away (1001, a graceful stop) are *failed*: the client knows at once
+    (a clean 5103 on its side), nothing is left waiting.
     """
 
     __slots__ = (
@@ -69,6 +71,7 @@ class Ledger:
         "_state",
         "answered_at",
         "duplicates",
+        "failed",
         "last",
         "late",
         "latencies",
@@ -87,6 +90,7 @@ class Ledger:
         self._state = bytearray()
         self._oldest = 0
         self.outstanding = 0
+        self.failed = 0
         self.duplicates = 0
         self.unknown = 0
         self.late = 0
@@ -160,6 +164,21 @@ class Ledger:
     def expire_all(self) -> int:
         return self.expire(float("inf"), 0.0)
 
+    def fail_all(self) -> int:
+        """Every outstanding request failed at once (5103 on the client's side): the server
+        closed the connection going away."""
+        state = self._state
+        failed = 0
+        for i in range(self._oldest, len(state)):
+            if state[i] == _OUTSTANDING:
+                state[i] = _FAILED
+                failed += 1
+        self.outstanding -= failed
+        self.failed += failed
+        if failed:
+            self.rsc[5103] = self.rsc.get(5103, 0) + failed
+        return failed
+
     @property
     def unanswered(self) -> int:
         return self.timed_out - self.late + self.outstanding
@@ -172,6 +191,8 @@ class Result:
     sent: int = 0
     answered: int = 0
     unanswered: int = 0
+    #: failed at once by the client (5103) when the server closed going away (1001)
+    failed: int = 0
     duplicates: int = 0
     unknown: int = 0
     late: int = 0
@@ -193,6 +214,7 @@ class Result:
             sent=ledger.sent,
             answered=len(ledger.latencies) + ledger.late,
             unanswered=ledger.unanswered,
+            failed=ledger.failed,
             duplicates=ledger.duplicates,
             unknown=ledger.unknown,
             late=ledger.late,
@@ -216,6 +238,7 @@ class Result:
             sent=self.sent + other.sent,
             answered=self.answered + other.answered,
             unanswered=self.unanswered + other.unanswered,
+            failed=self.failed + other.failed,
             duplicates=self.duplicates + other.duplicates,
             unknown=self.unknown + other.unknown,
             late=self.late + other.late,

@@ -77,8 +77,15 @@ class LoadConnection:
 
     def _lost(self, why: str) -> None:
         if not self.done.called:
-            self.ledger.expire_all()
-            self.budget.errors.append(f"connection closed during the run: {why}")
+            if self.client.close_code == 1001:
+                # going away (a graceful stop): what was outstanding failed cleanly, at once
+                failed = self.ledger.fail_all()
+                self.budget.errors.append(
+                    f"the server went away: {why} ({failed} requests failed with 5103)"
+                )
+            else:
+                self.ledger.expire_all()
+                self.budget.errors.append(f"connection closed during the run: {why}")
             self.done.callback(None)
 
     def on_message(self, payload: bytes) -> None:

@@ -72,6 +72,11 @@ def format_report(d: dict[str, Any]) -> str:
         )
         lines.append(f"  latency (ms)      {pcts}")
         lines.append(f"  rsc               {rsc}")
+        if d.get("failed"):
+            lines.append(
+                f"  failed            {d['failed']} with 5103 at once: the server closed the "
+                "connection going away (1001)"
+            )
         lines.append(
             f"  client CPU        {d['client_cpu_us_per_request']:.0f} us/request"
             f" ({d['client_cpu']:.2f} s)"

@@ -80,6 +80,24 @@ class ClientToAcmeTests(TestCase):
         # ACME sends the NOTIFY as JSON text on the oneM2M.cbor connection (module docstring)
         return Deferred.fromCoroutine(self._notify_round_trip("cbor", "oneM2M.cbor"))
 
+    def test_compressed(self) -> Any:
+        """permessage-deflate (RFC 7692) with ACME's server (websockets, which accepts it by
+        default): negotiated, and requests and answers pass compressed (#24)."""
+
+        async def run() -> None:
+            settle_autobahn_timers(self)
+            acme = await start_acme(self, IN_INI, "cse-in")
+            admin: Client = await connect(acme.url, originator="CAdmin", compression=True)
+            self.addCleanup(admin.close)
+            protocol = admin.session._close.__self__  # type: ignore[union-attr]
+            self.assertIsNotNone(protocol._perMessageCompress)
+            response = await admin.retrieve("/id-in/cse-in")
+            self.assertEqual(
+                (response.rsc, response.pc["m2m:cb"]["csi"]), (RSC.OK, "/id-in"), response
+            )
+
+        return Deferred.fromCoroutine(run())
+
     async def _notify_round_trip(self, serialization: str, subprotocol: str) -> None:
         settle_autobahn_timers(self)
         acme = await start_acme(self, IN_INI, "cse-in")
