@@ -34,6 +34,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from acmews.codes import ACOP, RSC, NotificationEventType, Operation, ResourceType
+from acmews.cse import mgmt as _mgmt  # noqa: F401 (registers <node> and <mgmtObj>)
 from acmews.cse.access import AccessControl
 from acmews.cse.addressing import Addressing
 from acmews.cse.config import CSEConfig
@@ -586,6 +587,8 @@ class CSE:
             if ty in _KNOWN_TYPES:
                 raise NotImplementedOp(f"resource type {ty} is not supported by this CSE")
             raise BadRequest(f"unknown resource type {ty!r}")
+        if kind.specialized:  # a mgmtObj: its specialization by the content's key
+            kind = kind.specialize(request.pc)
         body = _body(request.pc, kind)
         rcn = self.content.rcn(request, 1)
         if request.fc is not None:
