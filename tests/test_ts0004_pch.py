@@ -79,6 +79,22 @@ class PollingChannelTests(StackTestCase):
         self.assertEqual(got.rsc, RSC.OK)
         self.assertEqual(got.pc, {"m2m:dbg": "seen"})
 
+    def test_subscription_notification_polled(self) -> None:
+        """TS-0001 10.2.5.x: a notification for an AE with rr false (its own subscription
+        here) waits in its channel; once answered through pcu nothing is left waiting."""
+        cnt = {"m2m:cnt": {"rn": "box"}}
+        self.assertEqual(self.call(self.ae.create("cse-in/cpoll", 3, cnt)).rsc, RSC.CREATED)
+        sub = {"m2m:sub": {"rn": "s", "nu": ["Cpoll"], "enc": {"net": [3]}}}
+        r = self.call(self.ae.create("cse-in/cpoll/box", ResourceType.SUB, sub))
+        self.assertEqual(r.rsc, RSC.CREATED, r.debug)
+        cin = {"m2m:cin": {"con": "21"}}
+        self.call(self.ae.create("cse-in/cpoll/box", ResourceType.CIN, cin))
+        self.assertEqual(self.polled.requests, [])
+        rqp = self.successResultOf(self.poll()).pc["m2m:rqp"]
+        self.assertEqual(rqp["pc"]["m2m:sgn"]["nev"]["rep"]["m2m:cin"]["con"], "21")
+        self.assertEqual(self.answer(rqp).rsc, RSC.OK)
+        self.assertEqual(self.answer(rqp).rsc, RSC.NOT_FOUND)  # answered once only
+
     def test_long_poll_answered_when_a_request_arrives(self) -> None:
         """TS-0004 7.4.22 (long polling): a RETRIEVE of an empty pcu waits for a request."""
         polling = self.poll()
