@@ -58,6 +58,18 @@ class ManagementTests(StackTestCase):
         r = self.call(self.admin.update("cse-in/node1/bat", {"m2m:bat": {"mgd": 1003}}))
         self.assertEqual(r.rsc, RSC.BAD_REQUEST, r.debug)
 
+    def test_discovered_by_type(self) -> None:
+        """TS-0004 7.3.3.17: discovery by ty finds the node and its mgmtObjs of any
+        specialization."""
+        self.assertEqual(self.create(REBOOT).rsc, RSC.CREATED)
+        bat = {"m2m:bat": {"rn": "bat", "mgd": 1006, "btl": 80, "bts": 1}}
+        self.assertEqual(self.create(bat).rsc, RSC.CREATED)
+        r = self.call(self.admin.retrieve("cse-in", fc={"fu": 1, "ty": [13]}))
+        self.assertEqual(r.rsc, RSC.OK, r.debug)
+        self.assertEqual(sorted(r.pc["m2m:uril"]), ["cse-in/node1/bat", "cse-in/node1/reboot"])
+        r = self.call(self.admin.retrieve("cse-in", fc={"fu": 1, "ty": [14]}))
+        self.assertEqual(r.pc["m2m:uril"], ["cse-in/node1"])
+
     def test_only_under_a_node(self) -> None:
         """TS-0001 9.6.15: a mgmtObj is a child of a <node> (4108 elsewhere)."""
         r = self.call(self.admin.create("cse-in", MGO, REBOOT))
