@@ -14,6 +14,7 @@ from acmews.cse.polling import Polling
 from acmews.errors import RequestTimeout
 from acmews.primitive import Request, Response
 from acmews.testing import ADMIN, FakeConnection
+from acmews.timestamps import Timestamps
 
 from .test_e2e import Notifications, StackTestCase
 from .test_store_roundtrip_property import _Side
@@ -166,6 +167,19 @@ class PollingChannelTests(StackTestCase):
         r = self.call(self.ae.delete("cse-in/cpoll/pch"))
         self.assertEqual(r.rsc, RSC.DELETED, r.debug)
         self.assertEqual(self.successResultOf(relayed).rsc, RSC.TARGET_NOT_REACHABLE)
+
+    def test_expired_channel_closed(self) -> None:
+        """A channel deleted at its et (TS-0001 9.6.1.3.2) is closed like a DELETE: what
+        waits fails (5103) and later requests for the AE are sent to it as before."""
+        et = Timestamps().format(self.clock.seconds() + 10)
+        r = self.call(self.ae.update("cse-in/cpoll/pch", {"m2m:pch": {"et": et}}))
+        self.assertEqual(r.rsc, RSC.UPDATED, r.debug)
+        relayed = self.relay()
+        self.clock.advance(11)
+        self.call(self.ae.retrieve("cse-in/cpoll"))  # any request sweeps what has expired
+        self.assertEqual(self.successResultOf(relayed).rsc, RSC.TARGET_NOT_REACHABLE)
+        self.assertEqual(self.successResultOf(self.relay()).rsc, RSC.OK)
+        self.assertEqual(len(self.polled.requests), 1)
 
     def test_channel_is_bounded(self) -> None:
         """At most Polling.max_waiting requests wait per channel; past that 5103 at once."""
