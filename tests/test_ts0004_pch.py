@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from acmews.codes import RSC, Operation, ResourceType
 from acmews.cse.polling import Polling
-from acmews.errors import RequestTimeout
+from acmews.errors import RequestTimeout, TargetNotReachable
 from acmews.primitive import Request, Response
 from acmews.testing import ADMIN, FakeConnection
 from acmews.timestamps import Timestamps
@@ -186,6 +186,9 @@ class PollingChannelTests(StackTestCase):
         self.patch(Polling, "max_waiting", 2)
         first, second = self.relay(), self.relay()
         self.assertEqual(self.successResultOf(self.relay()).rsc, RSC.TARGET_NOT_REACHABLE)
+        # as any sender: a failed Deferred, not a raise (the notifier would log a traceback)
+        extra = Request(Operation.NOTIFY, "Cpoll", "x", "4", "/id-in", pc={})
+        self.failureResultOf(self.cse.polling.send("Cpoll", extra), TargetNotReachable)
         self.clock.advance(Polling.request_timeout)
         self.flush()
         for d in (first, second):

@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import implementer
 
@@ -185,7 +185,10 @@ class Polling:
         if channel is not None:
             ae = self._store.get(target)
             if ae is not None and ae.attrs.get("rr") is False:
-                return self._queue(channel, target, request)
+                try:
+                    return self._queue(channel, target, request)
+                except OneM2MError:  # a failed Deferred, as a sender answers (not a raise)
+                    return fail()
         return self._sender.send(target, request, poa=poa, store=store)
 
     def _queue(self, channel: _Channel, target: str, request: Request) -> Deferred[Response]:
