@@ -68,6 +68,9 @@ class ResourceType(IntEnum):
     CIN = 4
     CSEBASE = 5
     GRP = 9
+    MGMTOBJ = 13
+    NOD = 14
+    PCH = 15
     CSR = 16
     REQ = 17
     SUB = 23

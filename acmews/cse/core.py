@@ -34,6 +34,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from acmews.codes import ACOP, RSC, NotificationEventType, Operation, ResourceType
+from acmews.cse import mgmt as _mgmt  # noqa: F401 (registers <node> and <mgmtObj>)
 from acmews.cse.access import AccessControl
 from acmews.cse.addressing import Addressing
 from acmews.cse.config import CSEConfig
@@ -42,6 +43,7 @@ from acmews.cse.expiry import Expirations
 from acmews.cse.kinds import CSE_BASE
 from acmews.cse.nonblocking import NonBlocking
 from acmews.cse.notifier import Notifier
+from acmews.cse.polling import Polling
 from acmews.cse.resource import (
     KINDS,
     MAX_DEPTH,
@@ -98,9 +100,11 @@ class CSE:
         store: IResourceStore | None = None,
     ) -> None:
         self.config = config
-        self._sender = sender
         self._clock = clock
         self.store: IResourceStore = store if store is not None else MemoryResourceStore()
+        #: requests for an AE with rr false wait in its <pollingChannel> (acmews.cse.polling)
+        self.polling = Polling(sender, clock, self.store)
+        self._sender = sender = self.polling
         self._ts = Timestamps()
         self._cse_id = config.cse_id
         base_ri = config.cse_id.lstrip("/")
@@ -130,6 +134,7 @@ class CSE:
             batch.add(base)
             self._store_base(batch)
         self.base = base
+        self.polling.load(base)
         advertised = {
             "poa": list(config.poa),
             "cst": config.cse_type,
@@ -498,6 +503,8 @@ class CSE:
             to, _, attribute = to.partition("#")
         resource, virtual = self.addressing.locate(to)
         if virtual is not None or resource.ty == _CIN:
+            if virtual == "pcu":
+                return self._poll(request, resource)
             self._check_retrievable(resource, virtual)
         if virtual is not None:
             container = resource
@@ -514,6 +521,15 @@ class CSE:
             response.cnst = PARTIAL_CONTENT
             response.cnot = rest
         return response
+
+    def _poll(self, request: Request, pch: Resource) -> Deferred[Response] | Response:
+        """A RETRIEVE of a <pollingChannel>'s ``pcu``: the oldest request waiting for its AE,
+        at once or when one arrives (long polling, :mod:`acmews.cse.polling`)."""
+        self.access.check(request.fr, pch, ACOP.RETRIEVE)
+        pc = self.polling.retrieve(pch, request.rqet)
+        if isinstance(pc, Deferred):
+            return pc.addCallback(lambda rqp: self._respond(request, RSC.OK, rqp))
+        return self._respond(request, RSC.OK, pc)
 
     def _check_retrievable(self, resource: Resource, virtual: str | None) -> None:
         """4005 for a contentInstance (or ``la``/``ol``) of a container whose
@@ -571,6 +587,8 @@ class CSE:
             if ty in _KNOWN_TYPES:
                 raise NotImplementedOp(f"resource type {ty} is not supported by this CSE")
             raise BadRequest(f"unknown resource type {ty!r}")
+        if kind.specialized:  # a mgmtObj: its specialization by the content's key
+            kind = kind.specialize(request.pc)
         body = _body(request.pc, kind)
         rcn = self.content.rcn(request, 1)
         if request.fc is not None:
@@ -942,8 +960,14 @@ class CSE:
 
     # --- NOTIFY -------------------------------------------------------------------------------
 
-    def _notify(self, request: Request, connection: IConnection | None) -> Deferred[Response]:
+    def _notify(
+        self, request: Request, connection: IConnection | None
+    ) -> Deferred[Response] | Response:
         resource, virtual = self.addressing.locate(request.to)
+        if virtual == "pcu":  # a polled request's answer (acmews.cse.polling)
+            self.access.check(request.fr, resource, ACOP.NOTIFY)
+            self.polling.answer(resource, request.pc)
+            return self._respond(request, RSC.OK)
         if virtual is not None or not resource.kind.registrant:
             raise OperationNotAllowed("NOTIFY is only accepted for an AE")
         # a peer CSE relays its notifications: one registered here that proved its CSE-ID

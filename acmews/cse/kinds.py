@@ -353,9 +353,10 @@ BUILTIN_KINDS: tuple[ResourceKind, ...] = (
             "poa": v_str_list,
             "srv": v_str_list,
             "csz": v_serializations,
+            "nl": v_str,  # nodeLink: its <node> (acmews.cse.mgmt)
         },
         frozenset({"api", "rr"}),
-        {"lbl", "acpi", "et", "apn", "rr", "poa", "srv", "csz"},
+        {"lbl", "acpi", "et", "apn", "rr", "poa", "srv", "csz", "nl"},
         {_R.CNT, _R.SUB, _R.ACP},
     ),
     make_kind(

@@ -411,6 +411,13 @@ class ResourceKind:
     id_attribute: ClassVar[str | None] = None
     #: names of virtual children (a container's ``la``/``ol``), see :meth:`virtual_child`
     virtual: ClassVar[frozenset[str]] = frozenset()
+    #: one ``ty``, several kinds (a mgmtObj per ``mgd``): see :meth:`specialize`
+    specialized: ClassVar[bool] = False
+
+    def specialize(self, pc: Any = None, attrs: Mapping[str, Any] | None = None) -> ResourceKind:
+        """The kind of a resource of this ``ty`` (when :attr:`specialized`): by a CREATE's
+        content ``pc``, or by a stored resource's ``attrs``; 4000 for one it cannot be."""
+        return self
 
     def originator_of(self, resource: Resource) -> str:
         """The originator a registrant resource stands for (an AE: its ``ri``, the AE-ID)."""
@@ -671,6 +678,8 @@ class Resource:
         kind = KINDS.get(ty)
         if kind is None:
             raise ValueError(f"no resource kind is registered for ty {ty!r}")
+        if kind.specialized:
+            kind = kind.specialize(attrs=attrs)
         return cls(kind, attrs, srn, creator, owner)
 
     def __repr__(self) -> str:
