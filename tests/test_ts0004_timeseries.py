@@ -7,11 +7,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.trial.unittest import TestCase
+
 from acmews.codes import RSC, ResourceType
 from acmews.cse import CSE, MemoryResourceStore
 from acmews.primitive import Response
 from acmews.timestamps import Timestamps
+from tests.helpers import start_cse
 from tests.test_e2e import Notifications, StackTestCase
+from tests.test_ts0004_expiry import DurableCSETestCase
 
 TS = "cse-in/cowner/ts"
 _fmt = Timestamps().format
@@ -185,3 +190,46 @@ class MissingDataTests(_Series):
         self.assertEqual(series.attrs["mdlt"], [_fmt(t + 1), _fmt(t + 2), _fmt(t + 3)])
         self.assertEqual(series.attrs["mdt"], _fmt(t + 4))
         again.timeseries.stop()
+
+
+class DurableTests(DurableCSETestCase):
+    def test_detection_survives_a_restart_on_sqlite(self) -> None:
+        """On a SQLite store: the missing data recorded before a restart are kept, and the
+        periods missed while the CSE was down are recorded when it starts again."""
+        self.create("cse-in", 29, "m2m:ts", rn="ts", mdd=True, pei=1000, peid=0)
+        t = self.clock.seconds()
+        self.create("cse-in/ts", 30, "m2m:tsi", dgt=_fmt(t), con=1)
+        self.cse.timeseries.start()
+        self.clock.advance(1)
+        self.commit()
+        self.cse.timeseries.stop()
+        self.store.service.stopService()
+        self.commit()
+        self.clock.advance(2)  # down: t + 2 and t + 3 go missing
+        self.reopen()
+        self.cse.timeseries.start()
+        self.clock.advance(0)
+        self.commit()
+        self.cse.timeseries.stop()
+        self.store.service.stopService()
+        self.commit()
+        self.reopen()  # what the store has
+        got = self.retrieve("cse-in/ts").pc["m2m:ts"]
+        self.assertEqual(got["mdlt"], [_fmt(t + 1), _fmt(t + 2), _fmt(t + 3)])
+        self.assertEqual((got["mdc"], got["mdt"]), (3, _fmt(t + 4)))
+
+
+class ServerTests(TestCase):
+    timeout = 20
+
+    def test_the_server_runs_the_detection(self) -> Deferred[None]:
+        """``twistd acmews``: the missing-data timers start and stop with the CSE server."""
+
+        async def run() -> None:
+            service, _ = await start_cse(self)
+            self.assertIs(service.timeseries.monitor, service.cse.timeseries)
+            self.assertTrue(service.cse.timeseries.running)
+            await service.stopService()
+            self.assertFalse(service.cse.timeseries.running)
+
+        return ensureDeferred(run())
