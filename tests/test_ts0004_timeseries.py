@@ -193,26 +193,25 @@ class MissingDataTests(_Series):
 
 
 class DurableTests(DurableCSETestCase):
+    def run_for(self, seconds: float) -> None:
+        """Run the CSE (its missing-data timers) for ``seconds``, then stop it and its store."""
+        self.cse.timeseries.start()
+        self.clock.advance(seconds)
+        self.commit()
+        self.cse.timeseries.stop()
+        self.store.service.stopService()
+        self.commit()
+
     def test_detection_survives_a_restart_on_sqlite(self) -> None:
         """On a SQLite store: the missing data recorded before a restart are kept, and the
         periods missed while the CSE was down are recorded when it starts again."""
         self.create("cse-in", 29, "m2m:ts", rn="ts", mdd=True, pei=1000, peid=0)
         t = self.clock.seconds()
         self.create("cse-in/ts", 30, "m2m:tsi", dgt=_fmt(t), con=1)
-        self.cse.timeseries.start()
-        self.clock.advance(1)
-        self.commit()
-        self.cse.timeseries.stop()
-        self.store.service.stopService()
-        self.commit()
+        self.run_for(1)
         self.clock.advance(2)  # down: t + 2 and t + 3 go missing
         self.reopen()
-        self.cse.timeseries.start()
-        self.clock.advance(0)
-        self.commit()
-        self.cse.timeseries.stop()
-        self.store.service.stopService()
-        self.commit()
+        self.run_for(0)
         self.reopen()  # what the store has
         got = self.retrieve("cse-in/ts").pc["m2m:ts"]
         self.assertEqual(got["mdlt"], [_fmt(t + 1), _fmt(t + 2), _fmt(t + 3)])
@@ -227,7 +226,7 @@ class ServerTests(TestCase):
 
         async def run() -> None:
             service, _ = await start_cse(self)
-            self.assertIs(service.timeseries.monitor, service.cse.timeseries)
+            self.assertIs(service.timeseries.timers, service.cse.timeseries)
             self.assertTrue(service.cse.timeseries.running)
             await service.stopService()
             self.assertFalse(service.cse.timeseries.running)

@@ -28,7 +28,6 @@ import math
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from acmews.codes import NotificationEventType, ResourceType
@@ -62,7 +61,6 @@ __all__ = [
     "TimeSeriesInstanceKind",
     "TimeSeriesKind",
     "TimeSeriesMonitor",
-    "TimeSeriesService",
 ]
 
 _R = ResourceType
@@ -344,19 +342,3 @@ class TimeSeriesMonitor:
 
 def _not_recorded(failure: Failure) -> None:
     log.failure("could not record missing data", failure)
-
-
-class TimeSeriesService(Service):
-    """Runs the timers of :class:`TimeSeriesMonitor` while the CSE server runs."""
-
-    def __init__(self, monitor: TimeSeriesMonitor) -> None:
-        self.monitor = monitor
-
-    def startService(self) -> None:
-        super().startService()  # type: ignore[no-untyped-call]
-        self.monitor.start()
-
-    def stopService(self) -> Deferred[None] | None:
-        self.monitor.stop()
-        result: Deferred[None] | None = super().stopService()  # type: ignore[no-untyped-call]
-        return result
