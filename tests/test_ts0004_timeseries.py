@@ -106,6 +106,21 @@ class TimeSeriesTests(_Series):
         r = self.call(self.owner.create(TS, ResourceType.TSI, {"m2m:tsi": {"dgt": "x"}}))
         self.assertEqual(r.rsc, RSC.BAD_REQUEST)
 
+    def test_detection_attributes_are_updatable(self) -> None:
+        """TS-0004 7.4.36.2.3: pei, peid, mdd and mdn may be updated (the CSE's mdlt, mdc and
+        mdt not: 4000); peid follows a new pei unless given."""
+        self.ts(pei=1000)
+        r = self.call(self.owner.update(TS, {"m2m:ts": {"pei": 2000}}))
+        self.assertEqual(r.rsc, RSC.UPDATED, r.debug)
+        r = self.call(self.owner.update(TS, {"m2m:ts": {"mdd": True}}))
+        self.assertEqual(r.rsc, RSC.UPDATED, r.debug)
+        self.assertEqual(r.pc["m2m:ts"]["peid"], 1000)
+        r = self.call(self.owner.update(TS, {"m2m:ts": {"pei": 4000}}))
+        self.assertEqual(r.pc["m2m:ts"]["peid"], 2000)
+        for ro in ("mdlt", "mdc", "mdt"):
+            r = self.call(self.owner.update(TS, {"m2m:ts": {ro: 1}}))
+            self.assertEqual(r.rsc, RSC.BAD_REQUEST, ro)
+
 
 class MissingDataTests(_Series):
     def setUp(self) -> None:
@@ -137,6 +152,8 @@ class MissingDataTests(_Series):
         got = self.series()
         self.assertEqual(got["mdlt"], [_fmt(t + 31), _fmt(t + 41)])
         self.assertEqual(got["mdc"], 2)
+        r = self.call(self.owner.update(TS, {"m2m:ts": {"mdn": 1}}))  # keeps the latest
+        self.assertEqual((r.pc["m2m:ts"]["mdlt"], r.pc["m2m:ts"]["mdc"]), ([_fmt(t + 41)], 1))
 
     def test_switching_detection_off_stops_it(self) -> None:
         """TS-0001 9.6.36: missingDataDetect false: no detection."""

@@ -77,8 +77,8 @@ log = Logger()
 
 
 def _check_detection(attrs: dict[str, Any]) -> None:
-    """``mdd`` needs ``pei``; complete ``peid`` and ``mdn``; reset the detection when it is
-    off (``attrs``: the series as it will be, changed in place)."""
+    """``mdd`` needs ``pei``; complete ``peid``, ``mdn``, ``mdlt`` and ``mdc`` (``attrs``:
+    the series as it will be, changed in place)."""
     if attrs.get("mdd"):
         pei = attrs.get("pei")
         if pei is None:
@@ -108,7 +108,7 @@ class TimeSeriesKind(ContainerKind):
             if value is None:
                 del merged[name]
         if changes.get("pei") is not None and "peid" not in changes:
-            del merged["peid"]  # its default follows the new pei
+            merged.pop("peid", None)  # its default follows the new pei
         if "pei" in changes or "mdd" in changes:
             merged.pop("mdt", None)  # the detection starts again with the next instance
         _check_detection(merged)
