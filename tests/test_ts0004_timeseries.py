@@ -190,6 +190,20 @@ class MissingDataTests(_Series):
         self.assertEqual(sgn["nev"]["rep"], {"m2m:tsn": tsn})
         self.assertTrue(sgn["sur"].endswith(r.pc["m2m:sub"]["ri"]), sgn["sur"])
 
+    def test_expiration_counter_of_a_missing_data_subscription(self) -> None:
+        """TS-0004 7.5.1.2.2: a missing-data notification counts down the subscription's
+        expirationCounter like any other: at 0 the subscription is deleted."""
+        self.ts(mdd=True, pei=1000, peid=0)
+        enc = {"net": [8], "md": {"num": 1, "dur": "PT1M"}}
+        sub = {"rn": "s", "nu": ["Cwatch"], "enc": enc, "exc": 1}
+        r = self.call(self.owner.create(TS, ResourceType.SUB, {"m2m:sub": sub}))
+        self.assertEqual(r.rsc, RSC.CREATED, r.debug)
+        self.tsi(self.now())
+        self.clock.advance(1)
+        self.flush()
+        self.assertEqual(len(self.inbox.events()), 1)
+        self.assertEqual(self.call(self.owner.retrieve(f"{TS}/s")).rsc, RSC.NOT_FOUND)
+
     def test_detection_survives_a_restart(self) -> None:
         """The detection's state is the stored series: a CSE started again on the same store
         records the periods missed while it was down."""

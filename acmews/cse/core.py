@@ -165,7 +165,7 @@ class CSE:
         self.expiry.load(self._every_resource())
         #: the missing-data timers of the timeSeries (see acmews.cse.timeseries)
         self.timeseries = TimeSeriesMonitor(
-            self, clock, self.store, self._apply, self._every_resource
+            self._event, clock, self.store, self._apply, self._every_resource
         )
         #: non-blocking requests (rt 1 and 2) and their <request> resources
         self.nonblocking = NonBlocking(

@@ -49,7 +49,7 @@ from acmews.cse.resource import (
 from acmews.cse.store import Batch, IResourceReader
 from acmews.errors import BadRequest
 from acmews.logs import Logger
-from acmews.timestamps import Timestamps, parse_duration, parse_timestamp
+from acmews.timestamps import Timestamps, parse_timestamp
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -225,41 +225,23 @@ TIME_SERIES_INSTANCE = register_kind(
 )
 
 
-def notify_missing(cse: CSEServices, batch: Changes, series: Resource, now: float) -> None:
-    """Notify the missing-data subscriptions (``enc.net`` 8) of ``series`` that have at
-    least ``md.num`` missing data points within the last ``md.dur`` (TS-0001 9.6.8)."""
-    points = series.attrs.get("mdlt", ())
-    for sub in batch.children(series.ri, _R.SUB):
-        enc = sub.attrs.get("enc", {})
-        md = enc.get("md")
-        if md is None or NotificationEventType.MISSING_DATA not in enc.get("net", ()):
-            continue
-        since = now - parse_duration(md["dur"])
-        recent = [p for p in points if parse_timestamp(p) >= since]
-        if len(recent) < md["num"]:
-            continue
-        tsn = {"mdc": len(recent), "mdlt": recent}
-        nev = {"net": int(NotificationEventType.MISSING_DATA), "rep": {"m2m:tsn": tsn}}
-        cse.notify(batch, sub.attrs["nu"], {"m2m:sgn": {"nev": nev, "sur": cse.sur(sub)}})
-
-
 class TimeSeriesMonitor:
     """A timer per timeSeries with missing-data detection, for its ``mdt``, while started.
 
     The timers are derived from the stored series alone: :meth:`start` arms one for each,
     :meth:`track` re-arms those a batch changed. A timer that fires records the missing
-    data (:func:`detect`) and notifies in one batch of its own.
+    data (:func:`detect`) and notifies (``event``, net 8) in one batch of its own.
     """
 
     def __init__(
         self,
-        cse: CSEServices,
+        event: Callable[[Batch, Resource, NotificationEventType, Resource], None],
         clock: IReactorTime,
         store: IResourceReader,
         apply: Callable[[Batch], Deferred[None] | None],
         resources: Callable[[], Iterable[Resource]],
     ) -> None:
-        self._cse = cse
+        self._event = event
         self._clock = clock
         self._store = store
         self._apply = apply
@@ -330,7 +312,7 @@ class TimeSeriesMonitor:
             if found:
                 log.debug("{series}: {count} data missing", series=series.srn, count=len(found))
                 batch.update(series)
-                notify_missing(self._cse, batch, series, now)
+                self._event(batch, series, NotificationEventType.MISSING_DATA, series)
         finally:
             done = self._apply(batch)
         if done is not None:
