@@ -65,6 +65,18 @@ class TimeSeriesTests(_Series):
         self.assertEqual(self.call(self.owner.retrieve(f"{TS}/la")).pc["m2m:tsi"]["con"], "v2")
         self.assertEqual(self.call(self.owner.retrieve(f"{TS}/ol")).pc["m2m:tsi"]["con"], "v1")
 
+    def test_discovery_and_access(self) -> None:
+        """TS-0004 8.2.2 (discovery, fu 1) finds timeSeries and their instances by ty;
+        TS-0001 9.6.36: the series is accessed under its ``acpi`` (another AE: 4103)."""
+        self.ts()
+        self.tsi(self.now(), rn="i")
+        r = self.call(self.owner.retrieve("cse-in/cowner", fc={"fu": 1, "ty": 30}))
+        self.assertEqual(r.pc["m2m:uril"], ["cse-in/cowner/ts/i"])
+        r = self.call(self.owner.retrieve("cse-in", fc={"fu": 1, "ty": 29}))
+        self.assertEqual(r.pc["m2m:uril"], ["cse-in/cowner/ts"])
+        r = self.call(self.watcher.retrieve(TS))
+        self.assertEqual(r.rsc, RSC.ORIGINATOR_HAS_NO_PRIVILEGE)
+
     def test_data_generation_time_is_mandatory_and_unique(self) -> None:
         """TS-0001 9.6.37: dataGenerationTime is mandatory; TS-0004 7.4.37.2.1: a
         timeSeriesInstance with the dataGenerationTime of one in the series is refused."""
