@@ -31,7 +31,7 @@ from acmews.auth import CredentialAuthorizer
 from acmews.client import connect
 from acmews.config import Config
 from acmews.cse import CSE
-from acmews.cse.expiry import ExpiryService
+from acmews.cse.expiry import ExpiryService, TimerService
 from acmews.durable import Store, open_store
 from acmews.endpoints import ServerEndpoint
 from acmews.interfaces import IHandshakeAuthorizer
@@ -345,9 +345,19 @@ class CSEService(MultiService):
         self._stopping = False
         #: deletes expired resources on time (and, at start, what expired while it was down)
         self.expiry = ExpiryService(cse.expiry)
+        #: records missing data of the timeSeries on time (and what went missing while down)
+        self.timeseries = TimerService(cse.timeseries)
         # the store is the first child: it stops last, once nothing changes any more; the
         # expiry sweep starts once notifications can be sent
-        for child in (store.service, originators, chain, self.expiry, link, *listeners):
+        for child in (
+            store.service,
+            originators,
+            chain,
+            self.expiry,
+            self.timeseries,
+            link,
+            *listeners,
+        ):
             if child is not None:
                 child.setServiceParent(self)
 

@@ -247,9 +247,8 @@ class EveryTypeTests(CSETestCase):
         self.assertLessEqual(self.cse.expiry.entries, 2 * 2 + 1024)
 
 
-class RestartTests(StoreFiles, CSETestCase):
-    """A durable store keeps the ``et``; what expired while the CSE was down is deleted when it
-    starts (the sweep at start), with its notifications."""
+class DurableCSETestCase(StoreFiles, CSETestCase):
+    """A CSE on a SQLite store that :meth:`reopen` starts again on its file."""
 
     store: Store
 
@@ -271,6 +270,11 @@ class RestartTests(StoreFiles, CSETestCase):
             self.commit()
             return self.successResultOf(result)
         return result
+
+
+class RestartTests(DurableCSETestCase):
+    """A durable store keeps the ``et``; what expired while the CSE was down is deleted when it
+    starts (the sweep at start), with its notifications."""
 
     def test_expired_while_down(self) -> None:
         et = _TS.format(self.clock.seconds() + 60)

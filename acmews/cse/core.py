@@ -52,6 +52,7 @@ from acmews.cse.resource import (
     ResourceKind,
 )
 from acmews.cse.store import Batch, IResourceStore, MemoryResourceStore
+from acmews.cse.timeseries import TimeSeriesMonitor
 from acmews.cse.timing import MAX_DELAYED, execution_delay
 from acmews.errors import (
     BadRequest,
@@ -167,6 +168,10 @@ class CSE:
         # seconds shared with the responses' "now" would be rebuilt (strftime) at every CREATE
         self.expiry = Expirations(config, clock, Timestamps(), self.store, self._expire)
         self.expiry.load(self._every_resource())
+        #: the missing-data timers of the timeSeries (see acmews.cse.timeseries)
+        self.timeseries = TimeSeriesMonitor(
+            self._event, clock, self.store, self._apply, self._every_resource
+        )
         #: non-blocking requests (rt 1 and 2) and their <request> resources
         self.nonblocking = NonBlocking(
             config,
@@ -836,6 +841,8 @@ class CSE:
         else:
             done = self.store.apply(batch)
             self.expiry.track(batch)
+            if self.timeseries.running:
+                self.timeseries.track(batch)
             if done is not None:
                 done.addErrback(self._undone, batch)
         notifications = batch.notifications

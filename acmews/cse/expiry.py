@@ -24,7 +24,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -41,7 +41,15 @@ if TYPE_CHECKING:
 
     from acmews.cse.config import CSEConfig
 
-__all__ = ["MAX_TIMER", "RETRY_DELAY", "SWEEP_LIMIT", "Expirations", "ExpiryService"]
+__all__ = [
+    "MAX_TIMER",
+    "RETRY_DELAY",
+    "SWEEP_LIMIT",
+    "Expirations",
+    "ExpiryService",
+    "TimerService",
+    "Timers",
+]
 
 #: expired resources (subtree roots) one sweep deletes; the next sweep follows at once
 SWEEP_LIMIT = 1000
@@ -272,17 +280,33 @@ class Expirations:
         self._schedule()
 
 
-class ExpiryService(Service):
-    """Runs the timer of :class:`Expirations` while the CSE server runs."""
+class Timers(Protocol):
+    """Timers that run only while started (a CSE that is not started has none)."""
 
-    def __init__(self, expirations: Expirations) -> None:
-        self.expirations = expirations
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class TimerService(Service):
+    """Runs ``timers`` while the CSE server runs."""
+
+    def __init__(self, timers: Timers) -> None:
+        self.timers = timers
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
-        self.expirations.start()
+        self.timers.start()
 
     def stopService(self) -> Deferred[None] | None:
-        self.expirations.stop()
+        self.timers.stop()
         result: Deferred[None] | None = super().stopService()  # type: ignore[no-untyped-call]
         return result
+
+
+class ExpiryService(TimerService):
+    """Runs the timer of :class:`Expirations` while the CSE server runs."""
+
+    def __init__(self, expirations: Expirations) -> None:
+        super().__init__(expirations)
+        self.expirations = expirations

@@ -7,7 +7,7 @@ Importing this module registers them in :data:`~acmews.cse.resource.KINDS`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.internet.defer import Deferred
 
@@ -118,6 +118,8 @@ class ContainerKind(ResourceKind):
 
     __slots__ = ()
     virtual = frozenset({"la", "ol"})
+    #: the type of the instances it holds (a timeSeries holds timeSeriesInstances)
+    instance_ty: ClassVar[int] = _CIN
 
     def prepare_create(self, cse: CSEServices, parent: Resource, attrs: dict[str, Any]) -> None:
         attrs["cni"] = 0
@@ -131,27 +133,28 @@ class ContainerKind(ResourceKind):
         changes["st"] = resource.attrs.get("st", 0) + 1
 
     def updated(self, cse: CSEServices, batch: Changes, resource: Resource) -> None:
-        enforce_limits(cse, batch, resource)  # a smaller mni or mbs
+        enforce_limits(cse, batch, resource, self.instance_ty)  # a smaller mni or mbs
 
     def virtual_child(self, store: ResourceReader, resource: Resource, which: str) -> Resource:
         if which == "la":
-            cin = store.latest_child(resource.ri, _CIN)
+            cin = store.latest_child(resource.ri, self.instance_ty)
         else:
-            cin = store.oldest_child(resource.ri, _CIN)
+            cin = store.oldest_child(resource.ri, self.instance_ty)
         if cin is None:
-            raise NotFound(f"container {resource.srn!r} has no contentInstance ({which})")
+            raise NotFound(f"{self.name} {resource.srn!r} has no instance ({which})")
         return cin
 
 
-def enforce_limits(cse: CSEServices, batch: Changes, container: Resource) -> None:
-    """Delete the oldest instances of ``container`` until ``mni`` and ``mbs`` hold."""
+def enforce_limits(cse: CSEServices, batch: Changes, container: Resource, ty: int = _CIN) -> None:
+    """Delete the oldest instances (of type ``ty``) of ``container`` until ``mni`` and
+    ``mbs`` hold."""
     while True:
         attrs = container.attrs
         mni = attrs.get("mni")
         mbs = attrs.get("mbs")
         if (mni is None or attrs["cni"] <= mni) and (mbs is None or attrs["cbs"] <= mbs):
             return
-        oldest = batch.oldest_child(container.ri, _CIN)  # not one the batch removed already
+        oldest = batch.oldest_child(container.ri, ty)  # not one the batch removed already
         if oldest is None:
             return
         cse.delete_tree(batch, oldest, container)
@@ -168,7 +171,9 @@ class InstanceKind(ResourceKind):
         pattrs = parent.attrs
         mbs = pattrs.get("mbs")
         if mbs is not None and cs > mbs:
-            raise NotAcceptable(f"contentInstance size {cs} exceeds the container's mbs {mbs}")
+            raise NotAcceptable(
+                f"{self.name} size {cs} exceeds the {parent.kind.name}'s mbs {mbs}"
+            )
         # TS-0001 9.6.7: the container's stateTag goes up first and the instance gets it
         attrs["st"] = pattrs.get("st", 0) + 1
 
@@ -179,7 +184,7 @@ class InstanceKind(ResourceKind):
         new = resource.attrs
         parent.replace({"cni": attrs["cni"] + 1, "cbs": attrs["cbs"] + new["cs"], "st": new["st"]})
         batch.update(parent)
-        enforce_limits(cse, batch, parent)
+        enforce_limits(cse, batch, parent, self.ty)
 
     def detached(
         self, cse: CSEServices, batch: Changes, resource: Resource, parent: Resource

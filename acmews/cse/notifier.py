@@ -44,14 +44,14 @@ from acmews.interfaces import IRequestSender
 from acmews.logs import Logger, Throttle
 from acmews.poa.steps import scheme_of, split_ct, target_key
 from acmews.primitive import Request, Response
-from acmews.timestamps import Timestamps
+from acmews.timestamps import Timestamps, parse_duration, parse_timestamp
 
 #: notifications sent per reactor turn in a fan-out
 DELIVERY_BATCH = 64
 #: notifications a batch (``bn``) collects at most before it is sent, whatever its ``num``
 MAX_BATCH = 1000
 
-__all__ = ["Notifier"]
+__all__ = ["Notifier", "missing_data"]
 
 _SUB = ResourceType.SUB
 _NET = NotificationEventType
@@ -265,6 +265,10 @@ class Notifier:
                 representation: Any = {"m2m:uri": rep.ri}
             elif nct == 2 and modified is not None:
                 representation = {rep.kind.key: {k: rep.attrs.get(k) for k in modified}}
+            elif nct == 5:  # (only with net 8 alone: a timeSeries's missing data)
+                representation = missing_data(sub, rep, self._clock.seconds())
+                if representation is None:
+                    continue
             else:
                 representation = rep.pc
             if monitored is None:
@@ -702,6 +706,18 @@ def _monitored(
                 monitored["org"] = originator
             return monitored
     return None
+
+
+def missing_data(sub: Resource, series: Resource, now: float) -> dict[str, Any] | None:
+    """The timeSeriesNotification (nct 5) for ``sub`` about the missing data of ``series``:
+    those within the last ``enc.md.dur`` (TS-0001 9.6.8), if at least ``enc.md.num``; else
+    None (nothing to notify yet)."""
+    md = sub.attrs["enc"]["md"]
+    since = now - parse_duration(md["dur"])
+    recent = [p for p in series.attrs.get("mdlt", ()) if parse_timestamp(p) >= since]
+    if len(recent) < md["num"]:
+        return None
+    return {"m2m:tsn": {"mdc": len(recent), "mdlt": recent}}
 
 
 def _add_creator(sgn: dict[str, Any], policy: Policy, request: Request | None) -> None:
