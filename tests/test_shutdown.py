@@ -148,7 +148,10 @@ class LoopbackShutdownTests(TestCase):
         from acmews.tap import Options, makeService
 
         from .helpers import NO_PING, start_cse
+        from .interop.acme import settle_autobahn_timers
 
+        # the reconnecting client's handshakes run Autobahn's timers on the real reactor
+        settle_autobahn_timers(self)
         first, url = await start_cse(self)
         client = ReconnectingClient(
             url, originator="Crc", reactor=reactor, options=NO_PING, initial_delay=0.05
