@@ -143,15 +143,16 @@ class ContainerKind(ResourceKind):
         return cin
 
 
-def enforce_limits(cse: CSEServices, batch: Changes, container: Resource) -> None:
-    """Delete the oldest instances of ``container`` until ``mni`` and ``mbs`` hold."""
+def enforce_limits(cse: CSEServices, batch: Changes, container: Resource, ty: int = _CIN) -> None:
+    """Delete the oldest instances (of type ``ty``) of ``container`` until ``mni`` and
+    ``mbs`` hold."""
     while True:
         attrs = container.attrs
         mni = attrs.get("mni")
         mbs = attrs.get("mbs")
         if (mni is None or attrs["cni"] <= mni) and (mbs is None or attrs["cbs"] <= mbs):
             return
-        oldest = batch.oldest_child(container.ri, _CIN)  # not one the batch removed already
+        oldest = batch.oldest_child(container.ri, ty)  # not one the batch removed already
         if oldest is None:
             return
         cse.delete_tree(batch, oldest, container)
