@@ -171,3 +171,67 @@ class SpecializationTests(FlexTestCase):
         with self.assertRaises(ValueError):
             register_specialization({"short": "tst:dooLk", "cnd": "org.example.doorLock"})
         self.assertIn("tst:dooLk", SPECIALIZATIONS)
+
+
+class HistoryTests(FlexTestCase):
+    """TS-0001 9.6.35/9.6.61: with maxNrOfInstances or maxByteSize set, each change of the
+    custom attributes is kept in a <flexContainerInstance>, the oldest removed beyond them."""
+
+    def instances(self, to: str) -> list[dict[str, Any]]:
+        r = self.call(self.ae.retrieve(to, rcn=8))  # child resources
+        self.assertEqual(r.rsc, RSC.OK, r.debug)
+        return [i for i in r.pc[next(iter(r.pc))].get("m2m:fcin", [])]
+
+    def test_each_update_of_custom_attributes_records_an_instance(self) -> None:
+        """TS-0001 9.6.61: an instance holds the custom attributes, stateTag and contentSize
+        of its flexContainer at that change; la/ol address the latest and oldest."""
+        self.made("cod:bat", rn="b", lvl=90, mni=2)
+        sw = f"{AE}/b"
+        self.assertEqual(self.change(sw, "cod:bat", lvl=80).rsc, RSC.UPDATED)
+        self.assertEqual(self.change(sw, "cod:bat", lbl=["x"]).rsc, RSC.UPDATED)  # not custom
+        self.assertEqual(self.change(sw, "cod:bat", lvl=70, charg=True).rsc, RSC.UPDATED)
+        fcnt = self.get(sw).pc["cod:bat"]
+        kept = self.instances(sw)
+        self.assertEqual([i["lvl"] for i in kept], [80, 70])  # the first (90) evicted
+        self.assertEqual(kept[1]["charg"], True)
+        self.assertEqual(kept[1]["ty"], ResourceType.FCI)
+        self.assertEqual(kept[1]["st"], fcnt["st"])
+        self.assertEqual(kept[1]["org"], "Cdev")
+        self.assertEqual(kept[1]["cs"], fcnt["cs"])
+        self.assertEqual((fcnt["cni"], fcnt["cbs"]), (2, kept[0]["cs"] + kept[1]["cs"]))
+        la = self.get(f"{sw}/la").pc["m2m:fcin"]
+        ol = self.get(f"{sw}/ol").pc["m2m:fcin"]
+        self.assertEqual((la["lvl"], ol["lvl"]), (70, 80))
+
+    def test_mbs_and_a_smaller_mni(self) -> None:
+        """TS-0001 9.6.35: maxByteSize bounds the instances' sizes; lowering
+        maxNrOfInstances removes the oldest; a change larger than mbs is refused."""
+        self.made("m2m:fcnt", rn="g", cnd="c.g", v="aaaa", mbs=24)
+        g = f"{AE}/g"
+        one = self.get(g).pc["m2m:fcnt"]["cs"]
+        self.assertEqual(one, 12)  # {"v":"aaaa"}: 12 bytes, two fit in 24
+        self.change(g, "m2m:fcnt", v="bbbb")
+        self.change(g, "m2m:fcnt", v="cccc")
+        self.assertEqual([i["v"] for i in self.instances(g)], ["bbbb", "cccc"])
+        self.assertEqual(self.get(g).pc["m2m:fcnt"]["cbs"], 2 * one)
+        self.assertEqual(self.change(g, "m2m:fcnt", mni=1).rsc, RSC.UPDATED)
+        self.assertEqual([i["v"] for i in self.instances(g)], ["cccc"])
+        r = self.change(g, "m2m:fcnt", v="x" * 40)  # larger than mbs
+        self.assertEqual(r.rsc, RSC.NOT_ACCEPTABLE, r.debug)
+
+    def test_no_history_without_limits_and_instances_are_the_cses(self) -> None:
+        """Without mni/mbs no instance is kept; an instance is created by the CSE only and
+        never updated (TS-0004: 4005), but may be deleted (its flexContainer's cni drops)."""
+        self.made("cod:binSh", rn="s", powerSe=True)
+        self.change(f"{AE}/s", "cod:binSh", powerSe=False)
+        self.assertEqual(self.instances(f"{AE}/s"), [])
+        self.assertNotIn("cni", self.get(f"{AE}/s").pc["cod:binSh"])
+        self.assertEqual(self.get(f"{AE}/s/la").rsc, RSC.NOT_FOUND)
+        self.made("cod:binSh", rn="h", powerSe=True, mni=3)
+        r = self.call(self.ae.create(f"{AE}/h", ResourceType.FCI, {"m2m:fcin": {"powerSe": 1}}))
+        self.assertEqual(r.rsc, RSC.OPERATION_NOT_ALLOWED, r.debug)
+        [first] = self.instances(f"{AE}/h")
+        r = self.call(self.ae.update(f"{AE}/h/{first['rn']}", {"m2m:fcin": {"lbl": ["x"]}}))
+        self.assertEqual(r.rsc, RSC.OPERATION_NOT_ALLOWED, r.debug)
+        self.assertEqual(self.call(self.ae.delete(f"{AE}/h/{first['rn']}")).rsc, RSC.DELETED)
+        self.assertEqual(self.get(f"{AE}/h").pc["cod:binSh"]["cni"], 0)
