@@ -22,7 +22,7 @@ from acmews.cse.flexcontainer import (
 )
 from acmews.primitive import Response
 
-from .test_e2e import StackTestCase
+from .test_e2e import Notifications, StackTestCase
 
 FCNT = ResourceType.FCNT
 AE = "cse-in/cdev"
@@ -235,3 +235,47 @@ class HistoryTests(FlexTestCase):
         self.assertEqual(r.rsc, RSC.OPERATION_NOT_ALLOWED, r.debug)
         self.assertEqual(self.call(self.ae.delete(f"{AE}/h/{first['rn']}")).rsc, RSC.DELETED)
         self.assertEqual(self.get(f"{AE}/h").pc["cod:binSh"]["cni"], 0)
+
+
+class SubscriptionTests(FlexTestCase):
+    """TS-0004 7.5.1.2.2 step 1.0 (attribute condition) on a flexContainer's custom
+    attributes; TS-0001 9.6.35 lists <subscription> among its children."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.inbox = Notifications()
+        self.register("Cwatch", handler=self.inbox)
+        self.made("cod:binSh", rn="sw", powerSe=False)
+
+    def subscribe(self, **enc: Any) -> None:
+        body = {"rn": "s", "nu": ["Cwatch"], "enc": enc, "nct": 2}
+        r = self.call(self.ae.create(f"{AE}/sw", ResourceType.SUB, {"m2m:sub": body}))
+        self.assertEqual(r.rsc, RSC.CREATED, r.debug)
+
+    def test_notified_of_a_custom_attribute_it_names(self) -> None:
+        """enc.atr naming a custom attribute: an UPDATE of it notifies (the modified
+        attributes under the specialization's key), an UPDATE of others does not."""
+        self.subscribe(net=[1], atr=["powerSe"])
+        self.change(f"{AE}/sw", "cod:binSh", lbl=["kitchen"])
+        self.flush()
+        self.assertEqual(self.inbox.events(), [])
+        self.change(f"{AE}/sw", "cod:binSh", powerSe=True)
+        self.flush()
+        [event] = self.inbox.events()
+        self.assertEqual(event["nev"]["net"], 1)
+        self.assertEqual(event["nev"]["rep"]["cod:binSh"]["powerSe"], True)
+
+    def test_generic_custom_attribute_condition(self) -> None:
+        """The same for a generic flexContainer's custom attribute the CSE has no definition
+        of."""
+        self.made("m2m:fcnt", rn="g", cnd="com.example.g", lux=1)
+        body = {"rn": "s", "nu": ["Cwatch"], "enc": {"net": [1], "atr": ["lux"]}}
+        r = self.call(self.ae.create(f"{AE}/g", ResourceType.SUB, {"m2m:sub": body}))
+        self.assertEqual(r.rsc, RSC.CREATED, r.debug)
+        self.change(f"{AE}/g", "m2m:fcnt", other=2)
+        self.flush()
+        self.assertEqual(self.inbox.events(), [])
+        self.change(f"{AE}/g", "m2m:fcnt", lux=5)
+        self.flush()
+        [event] = self.inbox.events()
+        self.assertEqual(event["nev"]["rep"]["m2m:fcnt"]["lux"], 5)
