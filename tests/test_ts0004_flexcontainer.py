@@ -218,6 +218,11 @@ class HistoryTests(FlexTestCase):
         self.assertEqual([i["v"] for i in self.instances(g)], ["cccc"])
         r = self.change(g, "m2m:fcnt", v="x" * 40)  # larger than mbs
         self.assertEqual(r.rsc, RSC.NOT_ACCEPTABLE, r.debug)
+        after = self.get(g).pc["m2m:fcnt"]  # refused: nothing changed
+        self.assertEqual((after["v"], after["st"], after["cni"]), ("cccc", 3, 1))
+        r = self.make("m2m:fcnt", rn="big", cnd="c.g", v="x" * 40, mbs=24)
+        self.assertEqual(r.rsc, RSC.NOT_ACCEPTABLE, r.debug)
+        self.assertEqual(self.get(f"{AE}/big").rsc, RSC.NOT_FOUND)
 
     def test_no_history_without_limits_and_instances_are_the_cses(self) -> None:
         """Without mni/mbs no instance is kept; an instance is created by the CSE only and
@@ -235,6 +240,9 @@ class HistoryTests(FlexTestCase):
         self.assertEqual(r.rsc, RSC.OPERATION_NOT_ALLOWED, r.debug)
         self.assertEqual(self.call(self.ae.delete(f"{AE}/h/{first['rn']}")).rsc, RSC.DELETED)
         self.assertEqual(self.get(f"{AE}/h").pc["cod:binSh"]["cni"], 0)
+        self.made("m2m:fcnt", rn="e", cnd="c.e", mni=3)  # no custom attribute: no instance
+        self.assertEqual(self.instances(f"{AE}/e"), [])
+        self.assertEqual(self.get(f"{AE}/e").pc["m2m:fcnt"]["cs"], 0)
 
 
 class SubscriptionTests(FlexTestCase):

@@ -152,8 +152,9 @@ class FlexContainerKind(ResourceKind):
 
     def prepare_create(self, cse: CSEServices, parent: Resource, attrs: dict[str, Any]) -> None:
         attrs["st"] = 0  # TS-0001 9.6.35: stateTag, 0 at creation
-        attrs["cs"] = content_size(custom_attributes(attrs))
+        attrs["cs"] = _size(attrs)
         if _keeps_history(attrs):
+            _fits(attrs["cs"], attrs)
             attrs["cni"] = 0
             attrs["cbs"] = 0
 
@@ -161,12 +162,12 @@ class FlexContainerKind(ResourceKind):
         self, cse: CSEServices, resource: Resource, changes: dict[str, Any]
     ) -> None:
         attrs = resource.attrs
+        after = {**attrs, **changes}
         if any(name not in RESERVED for name in changes):
-            merged = {**attrs, **changes}
-            changes["cs"] = content_size(
-                {k: v for k, v in custom_attributes(merged).items() if v is not None}
-            )
-        if _keeps_history({**attrs, **changes}):
+            changes["cs"] = _size({k: v for k, v in after.items() if v is not None})
+            if _keeps_history(after):  # refused here, before anything has changed
+                _fits(changes["cs"], after)
+        if _keeps_history(after):
             if "cni" not in attrs:
                 changes["cni"] = 0
                 changes["cbs"] = 0
@@ -177,7 +178,7 @@ class FlexContainerKind(ResourceKind):
     def created(
         self, cse: CSEServices, batch: Changes, resource: Resource, parent: Resource
     ) -> None:
-        if "cni" in resource.attrs:
+        if "cni" in resource.attrs and resource.attrs["cs"]:
             _record_instance(cse, batch, resource)
 
     def updated(self, cse: CSEServices, batch: Changes, resource: Resource) -> None:
@@ -203,6 +204,19 @@ def custom_attributes(attrs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in attrs.items() if k not in RESERVED}
 
 
+def _size(attrs: Mapping[str, Any]) -> int:
+    """``cs``: the JSON size of the custom attributes, 0 without any."""
+    custom = custom_attributes(attrs)
+    return content_size(custom) if custom else 0
+
+
+def _fits(cs: int, attrs: Mapping[str, Any]) -> None:
+    """5207 for custom attributes an instance of which would exceed ``mbs``."""
+    mbs = attrs.get("mbs")
+    if mbs is not None and cs > mbs:
+        raise NotAcceptable(f"the custom attributes ({cs} bytes) exceed the mbs {mbs}")
+
+
 def _keeps_history(attrs: Mapping[str, Any]) -> bool:
     return attrs.get("mni") is not None or attrs.get("mbs") is not None
 
@@ -222,9 +236,6 @@ def _record_instance(cse: CSEServices, batch: Changes, fcnt: Resource) -> None:
     attrs = fcnt.attrs
     custom = custom_attributes(attrs)
     cs = attrs["cs"]
-    mbs = attrs.get("mbs")
-    if mbs is not None and cs > mbs:
-        raise NotAcceptable(f"the custom attributes ({cs} bytes) exceed the mbs {mbs}")
     ri = cse.new_ri(FLEX_INSTANCE)
     request = batch.request
     instance: dict[str, Any] = {
