@@ -287,3 +287,19 @@ class SubscriptionTests(FlexTestCase):
         self.flush()
         [event] = self.inbox.events()
         self.assertEqual(event["nev"]["rep"]["m2m:fcnt"]["lux"], 5)
+
+
+class DiscoveryTests(FlexTestCase):
+    def test_by_type_and_custom_attribute(self) -> None:
+        """TS-0004 7.3.3.17 (filterCriteria ty, atr) on flexContainers: found by their type
+        and by the value of a custom attribute."""
+        self.made("cod:binSh", rn="on", powerSe=True)
+        self.made("cod:binSh", rn="off", powerSe=False)
+        self.made("m2m:fcnt", rn="g", cnd="c.g", powerSe=True)
+        r = self.call(self.ae.retrieve(AE, fc={"fu": 1, "ty": [28]}))
+        self.assertEqual(r.rsc, RSC.OK, r.debug)
+        self.assertEqual(sorted(r.pc["m2m:uril"]), [f"{AE}/g", f"{AE}/off", f"{AE}/on"])
+        fc = {"fu": 1, "atr": [{"nm": "powerSe", "val": True}]}
+        r = self.call(self.ae.retrieve(AE, fc=fc))
+        self.assertEqual(r.rsc, RSC.OK, r.debug)
+        self.assertEqual(sorted(r.pc["m2m:uril"]), [f"{AE}/g", f"{AE}/on"])
