@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from acmews.codes import ResourceType
-from acmews.cse.kinds import enforce_limits
+from acmews.cse.kinds import enforce_limits, latest_or_oldest
 from acmews.cse.moduleclasses import MODULE_CLASSES
 from acmews.cse.resource import (
     Changes,
@@ -41,7 +41,7 @@ from acmews.cse.resource import (
     v_nonneg_int,
     v_str,
 )
-from acmews.errors import BadRequest, NotAcceptable, NotFound, OperationNotAllowed
+from acmews.errors import BadRequest, NotAcceptable, OperationNotAllowed
 from acmews.primitive import is_int_not_bool
 
 __all__ = [
@@ -190,13 +190,7 @@ class FlexContainerKind(ResourceKind):
             enforce_limits(cse, batch, resource, _FCI)  # a smaller mni or mbs
 
     def virtual_child(self, store: ResourceReader, resource: Resource, which: str) -> Resource:
-        if which == "la":
-            fci = store.latest_child(resource.ri, _FCI)
-        else:
-            fci = store.oldest_child(resource.ri, _FCI)
-        if fci is None:
-            raise NotFound(f"flexContainer {resource.srn!r} has no flexContainerInstance")
-        return fci
+        return latest_or_oldest(store, resource, which, _FCI, "flexContainerInstance")
 
 
 def custom_attributes(attrs: Mapping[str, Any]) -> dict[str, Any]:
