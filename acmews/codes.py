@@ -77,6 +77,7 @@ class ResourceType(IntEnum):
     FCNT = 28
     TS = 29
     TSI = 30
+    FCI = 58
 
 
 class ResultContent(IntEnum):

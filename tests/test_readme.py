@@ -253,9 +253,21 @@ class PythonBlockTests(Runs):
         needs a test of its own."""
         for block in all_blocks("python"):
             self.assertTrue(
-                any(marker in block.code for marker in ("ResourceType.AE, aed)", "MetersOnly")),
+                any(
+                    marker in block.code
+                    for marker in ("ResourceType.AE, aed)", "MetersOnly", "register_spec")
+                ),
                 f"{block} is run by no test",
             )
+
+    def test_a_flexcontainer_specialization(self) -> None:
+        """docs/reference/cse.md's registration of a ModuleClass makes it known."""
+        from acmews.cse.flexcontainer import SPECIALIZATIONS, unregister_specialization
+
+        (block,) = [b for b in all_blocks("python") if "register_spec" in b.code]
+        exec(compile(block.code, str(block), "exec"), {})
+        self.addCleanup(unregister_specialization, "acme:dooLk")
+        self.assertEqual(SPECIALIZATIONS["acme:dooLk"].name, "doorLock")
 
     def test_the_quick_start(self) -> Deferred[None]:
         async def go() -> None:

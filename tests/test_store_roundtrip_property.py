@@ -223,6 +223,13 @@ class RoundTripTests(SynchronousTestCase):
                 lambda s: _create(
                     s, "cse-in/ae", "Cae", 3, "m2m:cnt", {"rn": "nb"}, rt={"rtv": 1}
                 ),
+                # flexContainers (ty 28): generic, and of a specialization with its history
+                lambda s: _create(
+                    s, "cse-in/ae", "Cae", 28, "m2m:fcnt", {"rn": "g", "cnd": "x.y", **ae}
+                ),
+                lambda s: _create(
+                    s, "cse-in/ae/g", "Cae", 28, "cod:bat", {"rn": "b", "lvl": 50, "mni": 2}
+                ),
             ]
             for step in steps:
                 a, b = step(memory), step(durable)

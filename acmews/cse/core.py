@@ -33,6 +33,7 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+import acmews.cse.flexcontainer  # noqa: F401  (registers the flexContainer kinds)
 from acmews.codes import ACOP, RSC, NotificationEventType, Operation, ResourceType
 from acmews.cse import mgmt as _mgmt  # noqa: F401 (registers <node> and <mgmtObj>)
 from acmews.cse.access import AccessControl
@@ -50,6 +51,7 @@ from acmews.cse.resource import (
     Changes,
     Resource,
     ResourceKind,
+    body_of,
 )
 from acmews.cse.store import Batch, IResourceStore, MemoryResourceStore
 from acmews.cse.timeseries import TimeSeriesMonitor
@@ -594,7 +596,7 @@ class CSE:
             raise BadRequest(f"unknown resource type {ty!r}")
         if kind.specialized:  # a mgmtObj: its specialization by the content's key
             kind = kind.specialize(request.pc)
-        body = _body(request.pc, kind)
+        kind, body = kind.unwrap(request.pc)
         rcn = self.content.rcn(request, 1)
         if request.fc is not None:
             raise BadRequest("filter criteria (fc) are not allowed on CREATE (TS-0004 7.3.2.1)")
@@ -999,13 +1001,8 @@ def _supported_types() -> list[int]:
 
 
 def _body(pc: Any, kind: ResourceKind) -> dict[str, Any]:
-    """The resource body of a CREATE/UPDATE ``pc``: exactly ``{"m2m:<short>": {...}}``."""
-    if not isinstance(pc, dict) or len(pc) != 1 or kind.key not in pc:
-        raise BadRequest(f"'pc' must hold exactly one {kind.key!r} for this resource type")
-    body = pc[kind.key]
-    if not isinstance(body, dict):
-        raise BadRequest(f"'{kind.key}' must be an object")
-    return body
+    """The resource body of an UPDATE ``pc``: exactly ``{"m2m:<short>": {...}}``."""
+    return body_of(pc, kind.key)
 
 
 def _uncount(counts: dict[_K, int], key: _K) -> None:

@@ -136,13 +136,21 @@ class ContainerKind(ResourceKind):
         enforce_limits(cse, batch, resource, self.instance_ty)  # a smaller mni or mbs
 
     def virtual_child(self, store: ResourceReader, resource: Resource, which: str) -> Resource:
-        if which == "la":
-            cin = store.latest_child(resource.ri, self.instance_ty)
-        else:
-            cin = store.oldest_child(resource.ri, self.instance_ty)
-        if cin is None:
-            raise NotFound(f"{self.name} {resource.srn!r} has no instance ({which})")
-        return cin
+        return latest_or_oldest(store, resource, which, self.instance_ty, "instance")
+
+
+def latest_or_oldest(
+    store: ResourceReader, resource: Resource, which: str, ty: int, what: str
+) -> Resource:
+    """The latest (``la``) or else the oldest child of type ``ty`` (a ``what``) of
+    ``resource``; 4004 without any."""
+    if which == "la":
+        child = store.latest_child(resource.ri, ty)
+    else:
+        child = store.oldest_child(resource.ri, ty)
+    if child is None:
+        raise NotFound(f"{resource.kind.name} {resource.srn!r} has no {what} ({which})")
+    return child
 
 
 def enforce_limits(cse: CSEServices, batch: Changes, container: Resource, ty: int = _CIN) -> None:

@@ -468,6 +468,15 @@ class ResourceKind:
 
     # --- hooks --------------------------------------------------------------------------------
 
+    def unwrap(self, pc: Any) -> tuple[ResourceKind, dict[str, Any]]:
+        """The kind a CREATE's ``pc`` makes and its resource body: by default this kind and
+        exactly ``{"m2m:<short>": {...}}`` (a flexContainer: its specialization's)."""
+        return self, body_of(pc, self.key)
+
+    def restored(self, attrs: Mapping[str, Any]) -> ResourceKind:
+        """The kind of a stored resource with ``attrs`` (a flexContainer: by its ``cnd``)."""
+        return self
+
     def identify(
         self, cse: CSEServices, originator: str | None, parent: Resource
     ) -> tuple[str, str | None]:
@@ -536,6 +545,16 @@ class ResourceKind:
     def granted_privileges(self, resource: Resource) -> dict[str, Any] | None:
         """The privileges ``resource`` grants when an ``acpi`` lists it (an ACP's ``pv``)."""
         return None
+
+
+def body_of(pc: Any, key: str) -> dict[str, Any]:
+    """The resource body of a CREATE/UPDATE ``pc``: exactly ``{key: {...}}``."""
+    if not isinstance(pc, dict) or len(pc) != 1 or key not in pc:
+        raise BadRequest(f"'pc' must hold exactly one {key!r} for this resource type")
+    body = pc[key]
+    if not isinstance(body, dict):
+        raise BadRequest(f"'{key}' must be an object")
+    return body
 
 
 def make_kind(
@@ -680,7 +699,7 @@ class Resource:
             raise ValueError(f"no resource kind is registered for ty {ty!r}")
         if kind.specialized:
             kind = kind.specialize(attrs=attrs)
-        return cls(kind, attrs, srn, creator, owner)
+        return cls(kind.restored(attrs), attrs, srn, creator, owner)
 
     def __repr__(self) -> str:
         return f"<Resource {self.kind.short} {self.ri} {self.srn}>"
