@@ -39,6 +39,7 @@ from acmews.cse.addressing import Addressing
 from acmews.cse.config import CSEConfig
 from acmews.cse.content import PARTIAL_CONTENT, Content
 from acmews.cse.expiry import Expirations
+from acmews.cse.group import FanOut
 from acmews.cse.kinds import CSE_BASE
 from acmews.cse.nonblocking import NonBlocking
 from acmews.cse.notifier import Notifier
@@ -162,6 +163,10 @@ class CSE:
         # seconds shared with the responses' "now" would be rebuilt (strftime) at every CREATE
         self.expiry = Expirations(config, clock, Timestamps(), self.store, self._expire)
         self.expiry.load(self._every_resource())
+        #: requests to a group's fan-out point (fopt), sent to its members
+        self.fan_out = FanOut(
+            config.cse_id, config.admin, addressing, access, self.handle_request, clock
+        )
         #: non-blocking requests (rt 1 and 2) and their <request> resources
         self.nonblocking = NonBlocking(
             config,
@@ -265,6 +270,10 @@ class CSE:
     def _dispatch(
         self, request: Request, connection: IConnection | None
     ) -> Deferred[Response] | Response:
+        if "/fopt" in request.to:  # a group's fan-out point (acmews.cse.group)
+            fanned = self.fan_out.handle(request, connection)
+            if fanned is not None:
+                return fanned
         op = request.op
         if op == Operation.RETRIEVE:
             return self._retrieve(request, connection)
@@ -884,6 +893,12 @@ class CSE:
 
     def new_ri(self, kind: ResourceKind) -> str:
         return self.new_id(kind.short)
+
+    def find(self, address: str) -> Resource | None:
+        return self.addressing.find(address)
+
+    def foreign_cse(self, address: str) -> str | None:
+        return self.addressing.foreign_cse(address)
 
     def new_id(self, prefix: str) -> str:
         """``prefix``, the store's next number in hex, six random hex digits: never a stored

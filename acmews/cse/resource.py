@@ -336,6 +336,12 @@ class CSEServices(Protocol):
     def new_id(self, prefix: str) -> str:
         """A new resource ID starting with ``prefix``, never used before in this store."""
 
+    def find(self, address: str) -> Resource | None:
+        """The resource of this CSE ``address`` names (an ID or any address form), or None."""
+
+    def foreign_cse(self, address: str) -> str | None:
+        """The CSE-ID ``address`` names when that is another CSE, else None."""
+
     def new_ri(self, kind: ResourceKind) -> str:
         """A fresh resource ID for a resource of ``kind``."""
 

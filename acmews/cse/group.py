@@ -1,0 +1,332 @@
+"""The ``<group>`` resource (ty 9, TS-0001 9.6.13, TS-0004 7.4.13) and its ``fopt`` fan-out
+point (``<fanOutPoint>``, TS-0001 9.6.14 and 10.2.7.6).
+
+A group lists its members in ``mid`` (resource IDs, or addresses on other CSEs such as
+``/id-mn/cnt123``); ``cnm`` counts them, at most ``mnm``. Members are checked when the group
+is created and when ``mid`` or ``mnm`` changes: a duplicate is dropped, more than ``mnm`` is
+6010; a member on this CSE that does not exist or is not of the ``mt`` member type is
+handled by ``csy`` (1 abandon member: it is dropped; 2 abandon group: 6011; 3 set mixed:
+``mt`` becomes 24 mixed, and a member that does not exist is dropped). ``mtv`` is true when
+every member was checked: a member on another CSE is not, so with one of them and ``mt`` not
+mixed ``mtv`` is false.
+
+A request to ``<group>/fopt`` or ``<group>/fopt/relative/path`` is sent to every member (its
+address with the relative path appended), all at once: a member on this CSE through the
+CSE's own request handling, a member on another CSE forwarded over the CSE-to-CSE link (one
+forwarded request each, pipelined on the link). Each has :data:`MEMBER_TIMEOUT` seconds; the
+answer is 2000 with ``{"m2m:agr": {"m2m:rsp": [...]}}``, one response primitive per member in
+``mid`` order (``rsc``, ``rqi``, ``pc``, ``fr`` the member's address, ``to`` the originator):
+a member's failure is its own ``rsc``. Who may use ``fopt``: the ACPs ``macp`` lists, or when
+there are none whoever has the same privilege on the group itself; each member request is
+then checked as the originator's own request by the member's host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.python.failure import Failure
+
+from acmews.codes import ACOP, RSC, Operation, ResourceType
+from acmews.cse.resource import (
+    CSEServices,
+    Resource,
+    ResourceKind,
+    make_kind,
+    register_kind,
+    v_pos_int,
+    v_str,
+    v_str_list,
+)
+from acmews.errors import (
+    BadRequest,
+    InternalServerError,
+    OneM2MError,
+    OriginatorHasNoPrivilege,
+    RequestTimeout,
+)
+from acmews.primitive import Request, Response, copy_request, error_response
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
+    from acmews.cse.access import AccessControl
+    from acmews.cse.addressing import Addressing
+    from acmews.interfaces import IConnection
+
+__all__ = ["GROUP", "MEMBER_TIMEOUT", "FanOut", "GroupKind"]
+
+_GRP = ResourceType.GRP
+#: memberType "mixed" (TS-0004 6.3.4.2.x m2m:memberType)
+MIXED = 24
+ABANDON_MEMBER, ABANDON_GROUP, SET_MIXED = 1, 2, 3
+#: seconds each member has to answer a request through ``fopt``
+MEMBER_TIMEOUT = 10.0
+_ACOPS = {
+    Operation.CREATE: ACOP.CREATE,
+    Operation.RETRIEVE: ACOP.RETRIEVE,
+    Operation.UPDATE: ACOP.UPDATE,
+    Operation.DELETE: ACOP.DELETE,
+    Operation.NOTIFY: ACOP.NOTIFY,
+}
+
+
+def v_member_type(name: str, value: Any) -> Any:
+    known = {int(t) for t in ResourceType} | {MIXED}
+    if isinstance(value, bool) or value not in known:
+        raise BadRequest(f"attribute '{name}' must be a resource type (or 24, mixed)")
+    return value
+
+
+def v_consistency(name: str, value: Any) -> Any:
+    if isinstance(value, bool) or value not in (ABANDON_MEMBER, ABANDON_GROUP, SET_MIXED):
+        raise BadRequest(
+            f"attribute '{name}' must be 1 (abandon member), 2 (abandon group) or 3 (set mixed)"
+        )
+    return value
+
+
+class GroupKind(ResourceKind):
+    """A ``<group>``: its members are checked (``csy``) whenever ``mid`` or ``mnm`` is set;
+    ``fopt`` is its virtual fan-out point (handled by :class:`FanOut`)."""
+
+    __slots__ = ()
+    virtual = frozenset({"fopt"})
+
+    def prepare_create(self, cse: CSEServices, parent: Resource, attrs: dict[str, Any]) -> None:
+        attrs.setdefault("csy", ABANDON_MEMBER)
+        _check_macp(cse, attrs.get("macp"))
+        attrs.update(_members(cse, attrs["mid"], attrs["mnm"], attrs["mt"], attrs["csy"]))
+
+    def prepare_update(
+        self, cse: CSEServices, resource: Resource, changes: dict[str, Any]
+    ) -> None:
+        _check_macp(cse, changes.get("macp"))
+        if "mid" in changes or "mnm" in changes:
+            attrs = resource.attrs
+            mid = changes.get("mid", attrs["mid"])
+            mnm = changes.get("mnm", attrs["mnm"])
+            changes.update(_members(cse, mid, mnm, attrs["mt"], attrs.get("csy", ABANDON_MEMBER)))
+
+
+def _check_macp(cse: CSEServices, macp: list[str] | None) -> None:
+    """4000 unless each ``macp`` entry names an accessControlPolicy of this CSE."""
+    for acp_id in macp or ():
+        acp = cse.find(acp_id)
+        if acp is None or acp.ty != ResourceType.ACP:
+            raise BadRequest(f"macp names {acp_id!r}: no such accessControlPolicy")
+
+
+def _members(cse: CSEServices, mid: list[str], mnm: int, mt: int, csy: int) -> dict[str, Any]:
+    """The checked ``mid``, ``cnm``, ``mtv`` (and ``mt``, set mixed) of a group (TS-0001
+    10.2.7.2 and 10.2.7.4): 6010 past ``mnm``, 6011 for a bad member under abandon group."""
+    unique = list(dict.fromkeys(mid))
+    if len(unique) > mnm:
+        raise OneM2MError(
+            f"{len(unique)} members exceed the group's mnm {mnm}",
+            rsc=RSC.MAX_NUMBER_OF_MEMBER_EXCEEDED,
+        )
+    kept: list[str] = []
+    validated = True
+    for member in unique:
+        if cse.foreign_cse(member) is not None:
+            kept.append(member)  # on another CSE: kept unchecked
+            validated = mt == MIXED
+            continue
+        resource = cse.find(member)
+        if resource is not None and (mt == MIXED or resource.ty == mt):
+            kept.append(member)
+            continue
+        why = "does not exist" if resource is None else f"is of type {resource.ty}, not {mt}"
+        if csy == ABANDON_GROUP:
+            raise OneM2MError(
+                f"member {member!r} {why} (csy 2: abandon group)",
+                rsc=RSC.MEMBER_TYPE_INCONSISTENT,
+            )
+        if csy == SET_MIXED and resource is not None:
+            mt = MIXED
+            kept.append(member)
+    out: dict[str, Any] = {"mid": kept, "cnm": len(kept), "mtv": validated or mt == MIXED}
+    out["mt"] = mt
+    return out
+
+
+#: the group kind, registered with the others
+GROUP = register_kind(
+    make_kind(
+        GroupKind,
+        _GRP,
+        "grp",
+        "group",
+        {
+            "mt": v_member_type,
+            "mid": v_str_list,
+            "mnm": v_pos_int,
+            "macp": v_str_list,
+            "csy": v_consistency,
+            "gn": v_str,
+        },
+        frozenset({"mt", "mid", "mnm"}),
+        {"lbl", "acpi", "et", "mid", "mnm", "macp", "gn"},
+        {ResourceType.SUB},
+        ("rn", "lbl", "acpi", "et", "cr"),
+        parents={ResourceType.CSEBASE, ResourceType.AE, ResourceType.CSR},
+    )
+)
+
+Handler = Callable[[Request, "IConnection"], "Deferred[Response] | Response"]
+
+
+class FanOut:
+    """Requests to a group's ``fopt``: sent to every member, answered aggregated."""
+
+    def __init__(
+        self,
+        cse_id: str,
+        admin: str,
+        addressing: Addressing,
+        access: AccessControl,
+        handle: Handler,
+        clock: IReactorTime,
+        timeout: float = MEMBER_TIMEOUT,
+    ) -> None:
+        self._cse_id = cse_id
+        self._admin = admin
+        self._addressing = addressing
+        self._access = access
+        self._handle = handle
+        self._clock = clock
+        self.timeout = timeout
+
+    def handle(
+        self, request: Request, connection: IConnection | None
+    ) -> Deferred[Response] | None:
+        """The aggregated answer to ``request`` if it addresses a group's ``fopt`` on this
+        CSE; None for any other request (handled as usual)."""
+        to = request.to
+        head, sep, rest = to.partition("/fopt")
+        while sep and rest and rest[0] != "/":  # "/foptx": not the segment fopt
+            more, sep, rest = rest.partition("/fopt")
+            head = f"{head}/fopt{more}"
+        if not sep or self._addressing.foreign_cse(to) is not None:
+            return None
+        try:
+            group, virtual = self._addressing.locate(head)
+        except OneM2MError:
+            return None
+        if virtual is not None or group.ty != _GRP:
+            return None
+        acop = _ACOPS.get(request.op)
+        if acop is None:
+            raise BadRequest(f"unknown operation {request.op!r}")
+        self._check(request.fr, group, acop)
+        return self._fan_out(request, connection, group, rest)
+
+    def _check(self, originator: str | None, group: Resource, acop: ACOP) -> None:
+        """TS-0001 9.6.13: the ACPs of ``macp`` decide who may access the members through
+        ``fopt``; without them, the group's own privileges."""
+        macp = group.attrs.get("macp")
+        access = self._access
+        if not macp:
+            access.check(originator, group, acop)
+            return
+        if originator == self._admin:
+            return
+        if originator is None or not self._granted(macp, originator, acop, group):
+            raise OriginatorHasNoPrivilege(
+                f"originator {originator!r} has no {acop.name} privilege in the "
+                f"membersAccessControlPolicies (macp) of {group.srn!r}"
+            )
+
+    def _granted(self, macp: list[str], originator: str, acop: ACOP, group: Resource) -> bool:
+        find = self._addressing.find
+        for acp_id in macp:
+            acp = find(acp_id)
+            pv = None if acp is None else acp.kind.granted_privileges(acp)
+            if pv is not None and self._access.rules_allow(pv, originator, acop, group):
+                return True
+        return False
+
+    def _fan_out(
+        self, request: Request, connection: IConnection | None, group: Resource, rest: str
+    ) -> Deferred[Response]:
+        members: list[str] = group.attrs["mid"]
+        pending: list[Deferred[dict[str, Any]]] = []
+        for member in members:
+            target = member + rest
+            outgoing = copy_request(request, to=target, rt=None)
+            d = self._one(outgoing, connection)
+            pending.append(d.addCallback(_member_rsp, target, request.fr))
+        gathered = DeferredList(pending, consumeErrors=True)
+
+        def aggregate(results: list[tuple[bool, Any]]) -> Response:
+            rsps = [value for _, value in results]
+            return Response(
+                RSC.OK,
+                request.rqi,
+                request.rvi,
+                {"m2m:agr": {"m2m:rsp": rsps}},
+                request.fr,
+                self._cse_id,
+                None,
+                None,
+                None,
+                request.vsi,
+            )
+
+        return gathered.addCallback(aggregate)
+
+    def _one(self, outgoing: Request, connection: IConnection | None) -> Deferred[Response]:
+        """One member's answer, a Response whatever happens (4008 after the timeout)."""
+        try:
+            result = self._handle(outgoing, connection)  # type: ignore[arg-type]
+        except Exception as e:  # the handler answers errors; this is a last resort
+            result = self._error(outgoing, e)
+        if isinstance(result, Response):
+            return succeed(result)
+        # a timer of its own rather than addTimeout: cancelling the member's request makes
+        # the CSE answer it (5103 "cancelled"), and that answer must not be what is reported
+        answer: Deferred[Response] = Deferred()
+
+        def timed_out() -> None:
+            answer.callback(
+                self._error(
+                    outgoing,
+                    RequestTimeout(
+                        f"member {outgoing.to!r} did not answer within {self.timeout:g} s"
+                    ),
+                )
+            )
+            result.cancel()
+
+        timer = self._clock.callLater(self.timeout, timed_out)
+
+        def answered(outcome: Response | Failure) -> None:
+            if timer.active():
+                timer.cancel()
+                if isinstance(outcome, Failure):
+                    outcome = self._error(outgoing, outcome.value)
+                answer.callback(outcome)
+
+        result.addBoth(answered)
+        return answer
+
+    def _error(self, outgoing: Request, error: BaseException | None) -> Response:
+        if not isinstance(error, OneM2MError):
+            error = InternalServerError(f"internal error: {type(error).__name__}")
+        return error_response(
+            outgoing.rqi, error, rvi=outgoing.rvi, fr=self._cse_id, to=outgoing.fr
+        )
+
+
+def _member_rsp(response: Response, target: str, originator: str | None) -> dict[str, Any]:
+    """A member's response primitive in the aggregate: ``fr`` names the member."""
+    rsp = response.to_dict()
+    rsp["fr"] = target
+    if originator is not None:
+        rsp["to"] = originator
+    else:
+        rsp.pop("to", None)
+    return rsp
