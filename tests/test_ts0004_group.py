@@ -26,7 +26,7 @@ from acmews.testing import ADMIN, URL
 from tests.cse_helpers import CSETestCase
 
 from .test_cse_remote import MN, csr
-from .test_e2e import StackTestCase
+from .test_e2e import Notifications, StackTestCase
 from .test_store_roundtrip_property import _Side
 
 GRP = ResourceType.GRP
@@ -201,6 +201,27 @@ class FanOutTests(GroupTestCase):
         self.assertEqual([x["rsc"] for x in rsps], [RSC.OK, 4103, 4103])
         r = self.call(other.delete("cse-in/cgrp/g/fopt"))  # macp grants RETRIEVE only
         self.assertEqual(r.rsc, RSC.ORIGINATOR_HAS_NO_PRIVILEGE, r.debug)
+
+    def test_subscribing_to_the_members_through_fopt(self) -> None:
+        """TS-0001 10.2.7.6 and 10.2.7.11 (subscribe to the members of a group): a
+        <subscription> CREATE to fopt is made on each member, each verified with the
+        notification target; a member's change is then notified by that member's
+        subscription."""
+        self.created(self.cnts)
+        inbox = Notifications()
+        self.register("Cwatch", handler=inbox)
+        sub = {"m2m:sub": {"rn": "s", "nu": ["Cwatch"], "enc": {"net": [3]}}}
+        r = self.call(self.ae.create("cse-in/cgrp/g/fopt", ResourceType.SUB, sub))
+        rsps = self.rsps(r)
+        self.assertEqual({x["rsc"] for x in rsps}, {RSC.CREATED})
+        self.assertEqual([q.pc["m2m:sgn"].get("vrq") for q in inbox.requests], [True] * 3)
+        r = self.call(
+            self.ae.create("cse-in/cgrp/c2", ResourceType.CIN, {"m2m:cin": {"con": "hot"}})
+        )
+        self.assertEqual(r.rsc, RSC.CREATED, r.debug)
+        (event,) = inbox.events()
+        self.assertEqual(event["nev"]["rep"]["m2m:cin"]["con"], "hot")
+        self.assertEqual(event["sur"], f"/id-in/{rsps[2]['pc']['m2m:sub']['ri']}")
 
     def test_not_a_fan_out_point(self) -> None:
         """Only the segment fopt of a group fans out."""
