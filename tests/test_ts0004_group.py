@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from acmews.codes import RSC, Operation, ResourceType
 from acmews.cse import CSEConfig
-from acmews.cse.group import MEMBER_TIMEOUT
+from acmews.cse.group import MAX_MEMBERS, MEMBER_TIMEOUT
 from acmews.primitive import Response
 from acmews.testing import ADMIN, URL
 from tests.cse_helpers import CSETestCase
@@ -85,6 +85,15 @@ class GroupResourceTests(GroupTestCase):
         self.created(self.cnts, mnm=3)
         r = self.call(self.ae.update("cse-in/cgrp/g", {"m2m:grp": {"mnm": 2}}))
         self.assertEqual(r.rsc, RSC.MAX_NUMBER_OF_MEMBER_EXCEEDED, r.debug)
+
+    def test_a_thousand_members(self) -> None:
+        """mid may hold more than the 256 entries of other lists (TS-0001 leaves mnm open):
+        up to acmews.cse.group.MAX_MEMBERS."""
+        mid = [f"m{i}" for i in range(MAX_MEMBERS)]
+        r = self.group(mid, mnm=MAX_MEMBERS)
+        self.assertEqual((r.rsc, r.pc["m2m:grp"]["cnm"]), (RSC.CREATED, 0), r.debug)
+        r = self.call(self.ae.create("cse-in/cgrp", GRP, grp([*mid, "x"], rn="h", mnm=20_000)))
+        self.assertEqual(r.rsc, RSC.BAD_REQUEST, r.debug)
 
     def test_abandon_member(self) -> None:
         """csy 1: a member of another type, or that does not exist, is removed from mid."""

@@ -26,11 +26,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.python.failure import Failure
 
 from acmews.codes import ACOP, RSC, Operation, ResourceType
 from acmews.cse.resource import (
+    MAX_LIST_ITEM,
     CSEServices,
     Resource,
     ResourceKind,
@@ -56,7 +57,7 @@ if TYPE_CHECKING:
     from acmews.cse.addressing import Addressing
     from acmews.interfaces import IConnection
 
-__all__ = ["GROUP", "MEMBER_TIMEOUT", "FanOut", "GroupKind"]
+__all__ = ["GROUP", "MAX_MEMBERS", "MEMBER_TIMEOUT", "FanOut", "GroupKind"]
 
 _GRP = ResourceType.GRP
 #: memberType "mixed" (TS-0004 6.3.4.2.x m2m:memberType)
@@ -64,6 +65,8 @@ MIXED = 24
 ABANDON_MEMBER, ABANDON_GROUP, SET_MIXED = 1, 2, 3
 #: seconds each member has to answer a request through ``fopt``
 MEMBER_TIMEOUT = 10.0
+#: members a group may have (TS-0001 leaves it to the implementation): past it, 4000
+MAX_MEMBERS = 10_000
 _ACOPS = {
     Operation.CREATE: ACOP.CREATE,
     Operation.RETRIEVE: ACOP.RETRIEVE,
@@ -77,6 +80,18 @@ def v_member_type(name: str, value: Any) -> Any:
     known = {int(t) for t in ResourceType} | {MIXED}
     if isinstance(value, bool) or value not in known:
         raise BadRequest(f"attribute '{name}' must be a resource type (or 24, mixed)")
+    return value
+
+
+def v_member_ids(name: str, value: Any) -> Any:
+    """``mid``: member addresses, up to :data:`MAX_MEMBERS` (more than the other lists)."""
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise BadRequest(f"attribute '{name}' must be a list of non-empty strings")
+    if len(value) > MAX_MEMBERS or any(len(v) > MAX_LIST_ITEM for v in value):
+        raise BadRequest(
+            f"attribute '{name}' may hold at most {MAX_MEMBERS} members of at most "
+            f"{MAX_LIST_ITEM} characters"
+        )
     return value
 
 
@@ -162,7 +177,7 @@ GROUP = register_kind(
         "group",
         {
             "mt": v_member_type,
-            "mid": v_str_list,
+            "mid": v_member_ids,
             "mnm": v_pos_int,
             "macp": v_str_list,
             "csy": v_consistency,
@@ -202,7 +217,7 @@ class FanOut:
 
     def handle(
         self, request: Request, connection: IConnection | None
-    ) -> Deferred[Response] | None:
+    ) -> Deferred[Response] | Response | None:
         """The aggregated answer to ``request`` if it addresses a group's ``fopt`` on this
         CSE; None for any other request (handled as usual)."""
         to = request.to
@@ -251,41 +266,51 @@ class FanOut:
 
     def _fan_out(
         self, request: Request, connection: IConnection | None, group: Resource, rest: str
-    ) -> Deferred[Response]:
+    ) -> Deferred[Response] | Response:
         members: list[str] = group.attrs["mid"]
-        pending: list[Deferred[dict[str, Any]]] = []
-        for member in members:
+        originator = request.fr
+        rsps: list[dict[str, Any]] = []
+        # members answered at once (those on this CSE, mostly) need no Deferred: a thousand
+        # of them would cost more in Deferreds than in their requests
+        waiting: list[Deferred[None]] = []
+        for i, member in enumerate(members):
             target = member + rest
             outgoing = copy_request(request, to=target, rt=None)
-            d = self._one(outgoing, connection)
-            pending.append(d.addCallback(_member_rsp, target, request.fr))
-        gathered = DeferredList(pending, consumeErrors=True)
+            result = self._one(outgoing, connection)
+            if isinstance(result, Response):
+                rsps.append(_member_rsp(result, target, originator))
+                continue
+            rsps.append({})  # its place, filled in when it answers
+            waiting.append(result.addCallback(_fill, rsps, i, target, originator))
+        if not waiting:
+            return self._aggregate(request, rsps)
+        gathered = DeferredList(waiting, consumeErrors=True)
+        return gathered.addCallback(lambda _: self._aggregate(request, rsps))
 
-        def aggregate(results: list[tuple[bool, Any]]) -> Response:
-            rsps = [value for _, value in results]
-            return Response(
-                RSC.OK,
-                request.rqi,
-                request.rvi,
-                {"m2m:agr": {"m2m:rsp": rsps}},
-                request.fr,
-                self._cse_id,
-                None,
-                None,
-                None,
-                request.vsi,
-            )
+    def _aggregate(self, request: Request, rsps: list[dict[str, Any]]) -> Response:
+        return Response(
+            RSC.OK,
+            request.rqi,
+            request.rvi,
+            {"m2m:agr": {"m2m:rsp": rsps}},
+            request.fr,
+            self._cse_id,
+            None,
+            None,
+            None,
+            request.vsi,
+        )
 
-        return gathered.addCallback(aggregate)
-
-    def _one(self, outgoing: Request, connection: IConnection | None) -> Deferred[Response]:
+    def _one(
+        self, outgoing: Request, connection: IConnection | None
+    ) -> Deferred[Response] | Response:
         """One member's answer, a Response whatever happens (4008 after the timeout)."""
         try:
             result = self._handle(outgoing, connection)  # type: ignore[arg-type]
         except Exception as e:  # the handler answers errors; this is a last resort
             result = self._error(outgoing, e)
         if isinstance(result, Response):
-            return succeed(result)
+            return result
         # a timer of its own rather than addTimeout: cancelling the member's request makes
         # the CSE answer it (5103 "cancelled"), and that answer must not be what is reported
         answer: Deferred[Response] = Deferred()
@@ -319,6 +344,16 @@ class FanOut:
         return error_response(
             outgoing.rqi, error, rvi=outgoing.rvi, fr=self._cse_id, to=outgoing.fr
         )
+
+
+def _fill(
+    response: Response,
+    rsps: list[dict[str, Any]],
+    i: int,
+    target: str,
+    originator: str | None,
+) -> None:
+    rsps[i] = _member_rsp(response, target, originator)
 
 
 def _member_rsp(response: Response, target: str, originator: str | None) -> dict[str, Any]:
