@@ -248,15 +248,64 @@ class RemoteMemberTests(CSETestCase):
         self.ok(1, "cse-in", MN, ty=16, pc=csr())
         self.cnt = self.create("cse-in", CNT, "m2m:cnt", rn="local")["ri"]
 
+    def group(self, mid: list[str], answers: list[Response | None], **attrs: Any) -> Response:
+        """CREATE a group; each member on MN is RETRIEVEd (all at once) and answered with
+        ``answers`` in turn (None: never, so it times out)."""
+        d = self.handle(1, "cse-in", ty=9, pc=grp(mid, **attrs))
+        assert isinstance(d, Deferred)
+        sent = self.sender.take()
+        self.assertEqual([s.request.op for s in sent], [2] * len(answers))
+        self.assertEqual([s.request.to for s in sent], [m for m in mid if m.startswith(MN)])
+        for s, answer in zip(sent, answers, strict=True):
+            if answer is not None:
+                answer.rqi = s.request.rqi
+                s.deferred.callback(answer)
+        if None in answers:
+            self.assertNoResult(d)
+            self.clock.advance(MEMBER_TIMEOUT)
+        return self.successResultOf(d)
+
+    def test_members_on_another_cse_are_retrieved_and_validated(self) -> None:
+        """TS-0001 10.2.7.2: the group's host checks each member, also one on another CSE
+        (through it): one that does not exist or has another type is handled by csy; one
+        that cannot be reached in time stays unchecked, and memberTypeValidated is false."""
+        remote = [f"{MN}/c{i}" for i in range(4)]
+        answers: list[Response | None] = [
+            Response(2000, "", "4", {"m2m:cnt": {"ty": 3}}),
+            Response(4004, "", "4", {"m2m:dbg": "no"}),
+            Response(2000, "", "4", {"m2m:cin": {"ty": 4}}),
+            None,
+        ]
+        r = self.group([self.cnt, *remote], answers)
+        self.assertEqual(r.rsc, RSC.CREATED, r.debug)
+        body = r.pc["m2m:grp"]
+        self.assertEqual(body["mid"], [self.cnt, remote[0], remote[3]])
+        self.assertEqual((body["cnm"], body["mtv"]), (3, False))
+        ok = Response(2000, "", "4", {"m2m:cnt": {"ty": 3}})
+        r = self.group([remote[0]], [ok], rn="g2")
+        self.assertTrue(r.pc["m2m:grp"]["mtv"])
+        r = self.group([remote[1]], [Response(4004, "", "4", {})], rn="g3", csy=2)
+        self.assertEqual(r.rsc, RSC.MEMBER_TYPE_INCONSISTENT, r.debug)
+        # TS-0001 10.2.7.4: an UPDATE of mid is checked the same way
+        d = self.handle(3, "cse-in/g2", pc={"m2m:grp": {"mid": remote[:2]}})
+        assert isinstance(d, Deferred)
+        sent = self.sender.take()
+        self.assertEqual([s.request.to for s in sent], remote[:2])
+        sent[0].deferred.callback(Response(2000, sent[0].request.rqi, "4", {"m2m:cnt": {"ty": 3}}))
+        self.assertNoResult(d)
+        sent[1].deferred.callback(Response(4004, sent[1].request.rqi, "4", {}))
+        r = self.successResultOf(d)
+        self.assertEqual(r.rsc, RSC.UPDATED, r.debug)
+        self.assertEqual((r.pc["m2m:grp"]["mid"], r.pc["m2m:grp"]["mtv"]), (remote[:1], True))
+
     def test_remote_members_forwarded_at_once(self) -> None:
         """TS-0001 10.2.7.6: a member on another CSE gets its request through the CSE that
         hosts it (one forwarded request each, all sent before any answer: pipelined on the
         link); a member's timeout is its own 4008 (TS-0004 REQUEST_TIMEOUT)."""
         remote = [f"{MN}/cnt{i}" for i in range(3)]
-        body = self.create(
-            "cse-in", GRP, "m2m:grp", rn="g", mt=CNT, mnm=5, mid=[self.cnt, *remote]
-        )
-        self.assertFalse(body["mtv"])  # remote members are not validated here
+        ok = [Response(2000, "", "4", {"m2m:cnt": {"ty": 3}}) for _ in remote]
+        r = self.group([self.cnt, *remote], list(ok))
+        self.assertTrue(r.pc["m2m:grp"]["mtv"])
         d = self.handle(2, "cse-in/g/fopt/la", rqi="fan")
         assert isinstance(d, Deferred)
         sent = self.sender.take()

@@ -27,7 +27,7 @@ from dataclasses import replace
 from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredLock, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredLock, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
@@ -899,6 +899,13 @@ class CSE:
 
     def foreign_cse(self, address: str) -> str | None:
         return self.addressing.foreign_cse(address)
+
+    def retrieve_remote(self, address: str, originator: str | None) -> Deferred[Response]:
+        request = Request(
+            Operation.RETRIEVE, address, self.notifier.new_rqi(), self.config.release, originator
+        )
+        result = self.fan_out.one(request, None)
+        return result if isinstance(result, Deferred) else succeed(result)
 
     def new_id(self, prefix: str) -> str:
         """``prefix``, the store's next number in hex, six random hex digits: never a stored

@@ -6,9 +6,10 @@ A group lists its members in ``mid`` (resource IDs, or addresses on other CSEs s
 is created and when ``mid`` or ``mnm`` changes: a duplicate is dropped, more than ``mnm`` is
 6010; a member on this CSE that does not exist or is not of the ``mt`` member type is
 handled by ``csy`` (1 abandon member: it is dropped; 2 abandon group: 6011; 3 set mixed:
-``mt`` becomes 24 mixed, and a member that does not exist is dropped). ``mtv`` is true when
-every member was checked: a member on another CSE is not, so with one of them and ``mt`` not
-mixed ``mtv`` is false.
+``mt`` becomes 24 mixed, and a member that does not exist is dropped). A member on another
+CSE is RETRIEVEd through it (all at once, before the CREATE or UPDATE is done) and judged the
+same way; one that does not answer 2000 or 4004 in time stays unchecked. ``mtv`` is true when
+every member was checked (or ``mt`` is mixed).
 
 A request to ``<group>/fopt`` or ``<group>/fopt/relative/path`` is sent to every member (its
 address with the relative path appended), all at once: a member on this CSE through the
@@ -23,7 +24,7 @@ then checked as the originator's own request by the member's host.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, DeferredList
@@ -48,7 +49,7 @@ from acmews.errors import (
     OriginatorHasNoPrivilege,
     RequestTimeout,
 )
-from acmews.primitive import Request, Response, copy_request, error_response
+from acmews.primitive import Request, Response, copy_request, error_response, is_int_not_bool
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -125,6 +126,72 @@ class GroupKind(ResourceKind):
             mnm = changes.get("mnm", attrs["mnm"])
             changes.update(_members(cse, mid, mnm, attrs["mt"], attrs.get("csy", ABANDON_MEMBER)))
 
+    def confirm(
+        self, cse: CSEServices, originator: str | None, resource: Resource
+    ) -> Deferred[None] | None:
+        """TS-0001 10.2.7.2: members on other CSEs are retrieved to check their type."""
+        attrs = resource.attrs
+        d = _check_remote(cse, originator, attrs["mid"], attrs["mnm"], attrs["mt"], attrs["csy"])
+        return None if d is None else d.addCallback(resource.replace)
+
+    def confirm_update(
+        self,
+        cse: CSEServices,
+        originator: str | None,
+        resource: Resource,
+        changes: dict[str, Any],
+    ) -> Deferred[None] | None:
+        """TS-0001 10.2.7.4: as on CREATE, for a new ``mid``."""
+        if "mid" not in changes:
+            return None
+        attrs = resource.attrs
+        d = _check_remote(
+            cse,
+            originator,
+            changes["mid"],
+            changes.get("mnm", attrs["mnm"]),
+            changes["mt"],
+            attrs.get("csy", ABANDON_MEMBER),
+        )
+        return None if d is None else d.addCallback(changes.update)
+
+
+def _check_remote(
+    cse: CSEServices, originator: str | None, mid: list[str], mnm: int, mt: int, csy: int
+) -> Deferred[dict[str, Any]] | None:
+    """The members (as :func:`_members`) once those on other CSEs have answered a RETRIEVE
+    (all at once); None when there is nothing to ask (none of them, or ``mt`` mixed)."""
+    remote = [m for m in mid if cse.foreign_cse(m) is not None]
+    if not remote or mt == MIXED:
+        return None
+    asked = [cse.retrieve_remote(m, originator) for m in remote]
+
+    def judged(results: list[tuple[bool, Any]]) -> dict[str, Any]:
+        types: dict[str, int | None] = {}
+        for member, (_, response) in zip(remote, results, strict=True):
+            ty = _type_of(response)
+            if ty is not False:  # unreachable, refused: left unchecked
+                types[member] = ty
+        return _members(cse, mid, mnm, mt, csy, types)
+
+    return DeferredList(asked, consumeErrors=True).addCallback(judged)
+
+
+def _type_of(response: Any) -> int | bool | None:
+    """A member's ``ty`` from its RETRIEVE answer; None: it does not exist (4004); False:
+    not known (another answer)."""
+    if not isinstance(response, Response):
+        return False
+    if response.rsc == RSC.NOT_FOUND:
+        return None
+    pc = response.pc
+    if response.rsc == RSC.OK and isinstance(pc, dict) and len(pc) == 1:
+        body = next(iter(pc.values()))
+        ty = body.get("ty") if isinstance(body, dict) else None
+        if is_int_not_bool(ty):
+            return int(ty)
+    return False
+
 
 def _check_macp(cse: CSEServices, macp: list[str] | None) -> None:
     """4000 unless each ``macp`` entry names an accessControlPolicy of this CSE."""
@@ -134,9 +201,18 @@ def _check_macp(cse: CSEServices, macp: list[str] | None) -> None:
             raise BadRequest(f"macp names {acp_id!r}: no such accessControlPolicy")
 
 
-def _members(cse: CSEServices, mid: list[str], mnm: int, mt: int, csy: int) -> dict[str, Any]:
+def _members(
+    cse: CSEServices,
+    mid: list[str],
+    mnm: int,
+    mt: int,
+    csy: int,
+    remote: Mapping[str, int | None] | None = None,
+) -> dict[str, Any]:
     """The checked ``mid``, ``cnm``, ``mtv`` (and ``mt``, set mixed) of a group (TS-0001
-    10.2.7.2 and 10.2.7.4): 6010 past ``mnm``, 6011 for a bad member under abandon group."""
+    10.2.7.2 and 10.2.7.4): 6010 past ``mnm``, 6011 for a bad member under abandon group.
+    ``remote``: the types of members on other CSEs (None: it does not exist), as far as
+    known; the others are kept unchecked."""
     unique = list(dict.fromkeys(mid))
     if len(unique) > mnm:
         raise OneM2MError(
@@ -146,21 +222,26 @@ def _members(cse: CSEServices, mid: list[str], mnm: int, mt: int, csy: int) -> d
     kept: list[str] = []
     validated = True
     for member in unique:
+        ty: int | None
         if cse.foreign_cse(member) is not None:
-            kept.append(member)  # on another CSE: kept unchecked
-            validated = mt == MIXED
-            continue
-        resource = cse.find(member)
-        if resource is not None and (mt == MIXED or resource.ty == mt):
+            if remote is None or member not in remote:
+                kept.append(member)  # on another CSE, not (yet) checked
+                validated = False
+                continue
+            ty = remote[member]
+        else:
+            resource = cse.find(member)
+            ty = None if resource is None else resource.ty
+        if ty is not None and (mt == MIXED or ty == mt):
             kept.append(member)
             continue
-        why = "does not exist" if resource is None else f"is of type {resource.ty}, not {mt}"
+        why = "does not exist" if ty is None else f"is of type {ty}, not {mt}"
         if csy == ABANDON_GROUP:
             raise OneM2MError(
                 f"member {member!r} {why} (csy 2: abandon group)",
                 rsc=RSC.MEMBER_TYPE_INCONSISTENT,
             )
-        if csy == SET_MIXED and resource is not None:
+        if csy == SET_MIXED and ty is not None:
             mt = MIXED
             kept.append(member)
     out: dict[str, Any] = {"mid": kept, "cnm": len(kept), "mtv": validated or mt == MIXED}
@@ -276,7 +357,7 @@ class FanOut:
         for i, member in enumerate(members):
             target = member + rest
             outgoing = copy_request(request, to=target, rt=None)
-            result = self._one(outgoing, connection)
+            result = self.one(outgoing, connection)
             if isinstance(result, Response):
                 rsps.append(_member_rsp(result, target, originator))
                 continue
@@ -301,7 +382,7 @@ class FanOut:
             request.vsi,
         )
 
-    def _one(
+    def one(
         self, outgoing: Request, connection: IConnection | None
     ) -> Deferred[Response] | Response:
         """One member's answer, a Response whatever happens (4008 after the timeout)."""
