@@ -132,6 +132,8 @@ class GroupResourceTests(GroupTestCase):
             {"rn": "x", "mt": 99, "mid": [], "mnm": 1},
             {"rn": "x", "mt": 3, "mid": [], "mnm": 1, "csy": 4},
             {"rn": "x", "mt": 3, "mid": [], "mnm": 1, "macp": ["nothing"]},
+            {"rn": "x", "mt": 3, "mid": [""], "mnm": 1},
+            {"rn": "x", "mt": 3, "mid": "c0", "mnm": 1},
         ):
             r = self.call(self.ae.create("cse-in/cgrp", GRP, {"m2m:grp": body}))
             self.assertEqual(r.rsc, RSC.BAD_REQUEST, body)
