@@ -16,7 +16,7 @@ import tempfile
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from acmews.codes import RSC, Operation, ResourceType
 from acmews.cse import CSEConfig
@@ -27,6 +27,7 @@ from tests.cse_helpers import CSETestCase
 
 from .test_cse_remote import MN, csr
 from .test_e2e import Notifications, StackTestCase
+from .test_link import LinkTests
 from .test_store_roundtrip_property import _Side
 
 GRP = ResourceType.GRP
@@ -349,3 +350,50 @@ class StoreTests(SynchronousTestCase):
         r = durable.call(Operation.RETRIEVE, "cse-in/g/fopt", ADMIN)
         self.assertEqual(r.pc["m2m:agr"]["m2m:rsp"][0]["pc"]["m2m:cnt"]["rn"], "c")
         durable.stop()
+
+
+class LinkedMemberTests(TestCase):
+    """Members on an MN-CSE reached through its one WebSocket to this IN-CSE (iosim)."""
+
+    setUp = LinkTests.setUp
+    tearDown = LinkTests.tearDown
+    flush = LinkTests.flush
+    make_link = LinkTests.make_link
+    start = LinkTests.start
+    on = LinkTests.on
+
+    def test_fopt_over_the_cse_link(self) -> None:
+        """TS-0001 10.2.7.6: members on another CSE get their requests through the
+        CSE-to-CSE link, all on its one connection; the answers are aggregated here."""
+        self.start()
+        allow = {"acr": [{"acor": ["/id-in/CAdmin"], "acop": 63}]}
+        r = self.on(
+            self.mn,
+            Operation.CREATE,
+            "cse-mn",
+            "CAdmin",
+            ty=1,
+            pc={"m2m:acp": {"rn": "p", "pv": allow, "pvs": allow}},
+        )
+        self.assertEqual(r.rsc, RSC.CREATED, r.debug)
+        acp = r.pc["m2m:acp"]["ri"]
+        mid = []
+        for i in range(3):
+            r = self.on(
+                self.mn,
+                Operation.CREATE,
+                "cse-mn",
+                "CAdmin",
+                ty=3,
+                pc={"m2m:cnt": {"rn": f"c{i}", "acpi": [acp]}},
+            )
+            self.assertEqual(r.rsc, RSC.CREATED, r.debug)
+            mid.append(f"/id-mn/{r.pc['m2m:cnt']['ri']}")
+        r = self.on(self.inn, Operation.CREATE, "cse-in", "CAdmin", ty=9, pc=grp(mid))
+        self.assertEqual(r.rsc, RSC.CREATED, r.debug)
+        self.assertEqual((r.pc["m2m:grp"]["mid"], r.pc["m2m:grp"]["mtv"]), (mid, True))
+        r = self.on(self.inn, Operation.RETRIEVE, "cse-in/g/fopt", "CAdmin")
+        rsps = r.pc["m2m:agr"]["m2m:rsp"]
+        self.assertEqual([x["rsc"] for x in rsps], [RSC.OK] * 3)
+        self.assertEqual([x["pc"]["m2m:cnt"]["rn"] for x in rsps], ["c0", "c1", "c2"])
+        self.assertEqual(len(self.endpoint.pumps), 1)
