@@ -713,6 +713,7 @@ class LoopbackRunTests(TestCase):
             for argv in (
                 ["--requests", "20"],
                 ["--scenario", "create-cin", "--mode", "pipelined", "--requests", "20"],
+                ["--scenario", "group", "--members", "3", "--requests", "5"],
                 ["--scenario", "fanout", "--connections", "2", "--requests", "2"],
                 ["--scenario", "idle", "--connections", "2", "--duration", "0.1"],
             ):

@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 
-SCENARIOS = ("retrieve", "create-cin", "fanout", "idle")
+SCENARIOS = ("retrieve", "create-cin", "group", "fanout", "idle")
 MODES = ("sequential", "pipelined")
 
 
@@ -102,6 +102,13 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         help="retrieve/create-cin: first register one AE per connection as --originator "
         "(use '{k}', e.g. Cbench{k}), delete them at the end",
     )
+    p.add_argument(
+        "--members",
+        type=int,
+        default=100,
+        help="group: the containers each request is fanned out to (through the group's fopt) "
+        "(100)",
+    )
     p.add_argument("--rounds", type=int, default=3, help="A/B pairs with --compare (3)")
     p.add_argument(
         "--plot",
@@ -116,7 +123,7 @@ def parse_options(argv: Sequence[str], prog: str = PROG) -> BenchOptions:
     parser = build_parser(prog)
     ns = parser.parse_args(list(argv))
     opts = BenchOptions(**vars(ns))
-    for name in ("window", "connections", "processes", "requests", "rounds"):
+    for name in ("window", "connections", "processes", "requests", "rounds", "members"):
         if getattr(opts, name) < 1:
             parser.error(f"--{name} must be at least 1")
     if opts.duration <= 0 or opts.timeout <= 0:
@@ -150,6 +157,8 @@ def describe_run(opts: BenchOptions, url: str) -> str:
             f"fanout: {opts.connections} AEs subscribed at {url}, up to {opts.requests} "
             f"rounds within {opts.duration:g} s"
         )
+    if opts.scenario == "group":
+        url = f"{url}, each fanned out to {opts.members} members"
     return (
         f"{opts.scenario}, {opts.mode}, {opts.connections} connection(s) to {url}: up to "
         f"{opts.requests} requests within {opts.duration:g} s"

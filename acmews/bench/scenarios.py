@@ -108,6 +108,8 @@ class BenchOptions:
     register: bool = False
     #: a PNG to draw the latency histogram and the throughput over time into
     plot: str | None = None
+    #: the group scenario: containers in the group each request is fanned out to
+    members: int = 100
 
     @property
     def effective_window(self) -> int:
@@ -162,7 +164,7 @@ async def admin_requests(
 async def run_requests(
     reactor: Any, opts: BenchOptions, run: Run
 ) -> tuple[Result, dict[str, Any]]:
-    """retrieve / create-cin: set up, run the load (in-process or in workers), clean up."""
+    """retrieve / create-cin / group: set up, run the load (in-process or in workers), clean up."""
     url, pid, out, progress = run.url, run.pid, run.out, run.progress
     tag = secrets.token_hex(3)
     target = Target.parse(url)
@@ -202,6 +204,8 @@ async def run_requests(
                 "ty": 4,
                 "pc": {"m2m:cin": {"con": "bench", "cnf": "text/plain:0"}},
             }
+        elif opts.scenario == "group":
+            request = await _set_up_group(reactor, opts, target, first, tag, cleanup)
         n_proc = max(1, opts.processes)
         conns = split_evenly(max(opts.connections, n_proc), n_proc)
         reqs = split_evenly(opts.requests, n_proc)
@@ -265,6 +269,51 @@ async def run_requests(
     if before is not None and after is not None:
         server = {"cpu_s": after.cpu - before.cpu, "rss_kib": after.rss_kib}
     return result, server
+
+
+async def _set_up_group(
+    reactor: Any, opts: BenchOptions, target: Target, first: str, tag: str, cleanup: list[str]
+) -> dict[str, Any]:
+    """The group scenario's set-up: ``opts.members`` containers (each with one instance) in
+    a group; the request, a RETRIEVE of its fan-out point's ``la`` (each member's latest
+    instance, aggregated). One such request is checked first: one 2000 per member."""
+    n = opts.members
+    names = [f"bench{tag}m{i}" for i in range(n)]
+    rn = f"bench{tag}g"
+    setup: list[dict[str, Any]] = []
+    for name in names:
+        setup.append({"op": 1, "to": opts.target, "ty": 3, "pc": {"m2m:cnt": {"rn": name}}})
+        setup.append(
+            {"op": 1, "to": f"{opts.target}/{name}", "ty": 4, "pc": {"m2m:cin": {"con": name}}}
+        )
+    answers = await admin_requests(reactor, opts, target, first, setup)
+    cleanup.extend(
+        f"{opts.target}/{name}"
+        for name, r in zip(names, answers[::2], strict=True)
+        if r.get("rsc") == 2001
+    )
+    if any(r.get("rsc") != 2001 for r in answers):
+        raise BenchError(f"cannot create the group's members: {answers[-1]}")
+    mid = [f"{opts.target}/{name}" for name in names]
+    body = {"rn": rn, "mt": 3, "mid": mid, "mnm": n}
+    fopt = f"{opts.target}/{rn}/fopt/la"
+    [created, probe] = await admin_requests(
+        reactor,
+        opts,
+        target,
+        first,
+        [
+            {"op": 1, "to": opts.target, "ty": 9, "pc": {"m2m:grp": body}},
+            {"op": 2, "to": fopt},
+        ],
+    )
+    if created.get("rsc") != 2001:
+        raise BenchError(f"cannot create the group {opts.target}/{rn}: {created}")
+    cleanup.append(f"{opts.target}/{rn}")
+    rsps = (probe.get("pc") or {}).get("m2m:agr", {}).get("m2m:rsp", [])
+    if probe.get("rsc") != 2000 or [r.get("rsc") for r in rsps] != [2000] * n:
+        raise BenchError(f"the group's fan-out point does not answer for {n} members: {probe}")
+    return {"op": 2, "to": fopt, "fr": first, "rvi": RVI}
 
 
 async def _noop() -> None:
@@ -499,6 +548,7 @@ async def run_idle(reactor: Any, opts: BenchOptions, run: Run) -> tuple[Result, 
 RUNNERS = {
     "retrieve": run_requests,
     "create-cin": run_requests,
+    "group": run_requests,
     "fanout": run_fanout,
     "idle": run_idle,
 }

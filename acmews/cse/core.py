@@ -27,7 +27,7 @@ from dataclasses import replace
 from typing import Any, TypeVar
 from weakref import WeakKeyDictionary
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredLock, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredLock, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
@@ -41,6 +41,7 @@ from acmews.cse.addressing import Addressing
 from acmews.cse.config import CSEConfig
 from acmews.cse.content import PARTIAL_CONTENT, Content
 from acmews.cse.expiry import Expirations
+from acmews.cse.group import FanOut
 from acmews.cse.kinds import CSE_BASE
 from acmews.cse.nonblocking import NonBlocking
 from acmews.cse.notifier import Notifier
@@ -174,6 +175,10 @@ class CSE:
         self.timeseries = TimeSeriesMonitor(
             self._event, clock, self.store, self._apply, self._every_resource
         )
+        #: requests to a group's fan-out point (fopt), sent to its members
+        self.fan_out = FanOut(
+            config.cse_id, config.admin, addressing, access, self.handle_request, clock
+        )
         #: non-blocking requests (rt 1 and 2) and their <request> resources
         self.nonblocking = NonBlocking(
             config,
@@ -277,6 +282,10 @@ class CSE:
     def _dispatch(
         self, request: Request, connection: IConnection | None
     ) -> Deferred[Response] | Response:
+        if "/fopt" in request.to:  # a group's fan-out point (acmews.cse.group)
+            fanned = self.fan_out.handle(request, connection)
+            if fanned is not None:
+                return fanned
         op = request.op
         if op == Operation.RETRIEVE:
             return self._retrieve(request, connection)
@@ -911,6 +920,19 @@ class CSE:
 
     def new_ri(self, kind: ResourceKind) -> str:
         return self.new_id(kind.short)
+
+    def find(self, address: str) -> Resource | None:
+        return self.addressing.find(address)
+
+    def foreign_cse(self, address: str) -> str | None:
+        return self.addressing.foreign_cse(address)
+
+    def retrieve_remote(self, address: str, originator: str | None) -> Deferred[Response]:
+        request = Request(
+            Operation.RETRIEVE, address, self.notifier.new_rqi(), self.config.release, originator
+        )
+        result = self.fan_out.one(request, None)
+        return result if isinstance(result, Deferred) else succeed(result)
 
     def new_id(self, prefix: str) -> str:
         """``prefix``, the store's next number in hex, six random hex digits: never a stored

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
     from acmews.cse.config import CSEConfig
-    from acmews.primitive import Request
+    from acmews.primitive import Request, Response
 
 __all__ = [
     "KINDS",
@@ -335,6 +335,16 @@ class CSEServices(Protocol):
 
     def new_id(self, prefix: str) -> str:
         """A new resource ID starting with ``prefix``, never used before in this store."""
+
+    def find(self, address: str) -> Resource | None:
+        """The resource of this CSE ``address`` names (an ID or any address form), or None."""
+
+    def foreign_cse(self, address: str) -> str | None:
+        """The CSE-ID ``address`` names when that is another CSE, else None."""
+
+    def retrieve_remote(self, address: str, originator: str | None) -> Deferred[Response]:
+        """RETRIEVE ``address`` on another CSE as ``originator``: its answer, a Response
+        whatever happens (4008 past the group member timeout)."""
 
     def new_ri(self, kind: ResourceKind) -> str:
         """A fresh resource ID for a resource of ``kind``."""
