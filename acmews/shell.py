@@ -6,7 +6,7 @@ connection; its response is printed with its status (``2001 Created {...}``). Ev
 the CSE sends meanwhile (a notification) is printed as it arrives (``notification {...}``) and
 answered 2000. ``wait [N] [SECONDS]`` waits for N more notifications, so that a script can
 make something happen and see it; ``help`` and ``quit`` do what they say. The lines come from
-stdin (a prompt on a terminal) or, in a program, from any :class:`acmews.cli.LineSource`.
+stdin (a prompt on a terminal) or, in a program, from any :class:`acmews.command.LineSource`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from typing import Any, TextIO
 
 from twisted.internet.defer import Deferred, DeferredQueue, TimeoutError
 
-from acmews.cli import (
+from acmews.codes import rsc_text
+from acmews.command import (
     LineSource,
     OneLineParser,
     Stay,
@@ -32,7 +33,6 @@ from acmews.cli import (
     request_arguments,
     send,
 )
-from acmews.codes import rsc_text
 from acmews.errors import OneM2MError
 from acmews.primitive import Request, Response
 
