@@ -700,6 +700,35 @@ class LoopbackRunTests(TestCase):
 
     timeout = 60
 
+    def test_a_group_across_a_cse_link(self) -> Deferred[None]:
+        """#26: the group scenario with its members on an MN-CSE registered to the CSE under
+        load: each fan-out reaches them over the one CSE-to-CSE link."""
+
+        async def go() -> None:
+            from twisted.internet import reactor
+
+            from acmews.bench.cli import run
+            from acmews.bench.progress import Progress
+
+            from .helpers import start_cse
+
+            _, in_url = await start_cse(self, "--allowed-csr-originators", "/id-mn")
+            mn, mn_url = await start_cse(
+                self, "--cse-id", "/id-mn", "--cse-name", "cse-mn", "--registrar", in_url
+            )
+            await mn.link.when_registered()
+            argv = [in_url, "--scenario", "group", "--members", "4", "--requests", "6"]
+            argv += ["--member-url", mn_url, "--member-cse", "/id-mn/cse-mn"]
+            out = io.StringIO()
+            code = await run(reactor, parse_options(argv), out, Progress(io.StringIO(), "x"))
+            self.assertEqual(code, 0, out.getvalue())
+            self.assertIn("6 answered", out.getvalue())
+            self.assertNotIn("warning", out.getvalue())  # the members were deleted again
+            left = [r.rn for r in mn.cse.store.children(mn.cse.base.ri)]
+            self.assertEqual([n for n in left if n.startswith("bench")], [])
+
+        return Deferred.fromCoroutine(go())
+
     def test_each_scenario_runs_and_says_so(self) -> Deferred[None]:
         async def go() -> None:
             from twisted.internet import reactor

@@ -109,6 +109,18 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         help="group: the containers each request is fanned out to (through the group's fopt) "
         "(100)",
     )
+    p.add_argument(
+        "--member-url",
+        metavar="URL",
+        help="group: make the members on the CSE at URL instead (one registered to the CSE "
+        "under load, which reaches them over its CSE-to-CSE link), with --member-cse",
+    )
+    p.add_argument(
+        "--member-cse",
+        metavar="ID",
+        help="group, with --member-url: that CSE's CSEBase as the CSE under load addresses it "
+        "(e.g. /id-mn/cse-mn)",
+    )
     p.add_argument("--rounds", type=int, default=3, help="A/B pairs with --compare (3)")
     p.add_argument(
         "--plot",
@@ -139,10 +151,16 @@ def parse_options(argv: Sequence[str], prog: str = PROG) -> BenchOptions:
         )
     if opts.register and opts.scenario not in ("retrieve", "create-cin"):
         parser.error("--register is for retrieve and create-cin")
+    if (opts.member_url is None) != (opts.member_cse is None):
+        parser.error("--member-url and --member-cse go together")
+    if opts.member_url is not None and opts.scenario != "group":
+        parser.error("--member-url is for the group scenario")
     try:
         Target.parse(opts.url)
         if opts.compare:
             Target.parse(opts.compare)
+        if opts.member_url:
+            Target.parse(opts.member_url)
     except BenchError as e:
         parser.error(str(e))
     return opts

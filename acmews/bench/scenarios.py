@@ -110,6 +110,11 @@ class BenchOptions:
     plot: str | None = None
     #: the group scenario: containers in the group each request is fanned out to
     members: int = 100
+    #: the group scenario across a CSE-to-CSE link: the members are made on the CSE at this
+    #: URL (registered to the one under load), which the group's CSE knows as ``member_cse``
+    #: (its CSEBase's SP-relative address, e.g. ``/id-mn/cse-mn``)
+    member_url: str | None = None
+    member_cse: str | None = None
 
     @property
     def effective_window(self) -> int:
@@ -169,6 +174,8 @@ async def run_requests(
     tag = secrets.token_hex(3)
     target = Target.parse(url)
     cleanup: list[str] = []
+    #: what the group scenario made on the members' CSE (``--member-url``)
+    member_cleanup: list[str] = []
     first = opts.originator.replace("{k}", "0")
     request: dict[str, Any] = {"op": 2, "to": opts.target, "fr": first, "rvi": RVI}
     registered: list[str] = []
@@ -205,7 +212,9 @@ async def run_requests(
                 "pc": {"m2m:cin": {"con": "bench", "cnf": "text/plain:0"}},
             }
         elif opts.scenario == "group":
-            request = await _set_up_group(reactor, opts, target, first, tag, cleanup)
+            request = await _set_up_group(
+                reactor, opts, target, first, tag, cleanup, member_cleanup
+            )
         n_proc = max(1, opts.processes)
         conns = split_evenly(max(opts.connections, n_proc), n_proc)
         reqs = split_evenly(opts.requests, n_proc)
@@ -243,19 +252,10 @@ async def run_requests(
         after = sample_server(pid)
         progress.clear()
     finally:
-        if cleanup:
-            try:
-                for path, r in zip(
-                    cleanup,
-                    await admin_requests(
-                        reactor, opts, target, first, [{"op": 4, "to": p} for p in cleanup]
-                    ),
-                    strict=True,
-                ):
-                    if r.get("rsc") != 2002:
-                        out.write(f"  warning: could not delete {path}: {r}\n")
-            except Exception as e:
-                out.write(f"  warning: clean-up failed: {e}\n")
+        await _delete_all(reactor, opts, target, first, cleanup, out)
+        if member_cleanup and opts.member_url is not None:
+            member_target = Target.parse(opts.member_url)
+            await _delete_all(reactor, opts, member_target, first, member_cleanup, out)
         for aei in registered:  # an AE may delete itself
             try:
                 [r] = await admin_requests(
@@ -271,30 +271,72 @@ async def run_requests(
     return result, server
 
 
+async def _delete_all(
+    reactor: Any, opts: BenchOptions, target: Target, first: str, paths: list[str], out: Any
+) -> None:
+    """DELETE ``paths`` (newest first is not needed: each is a subtree of its own)."""
+    if not paths:
+        return
+    try:
+        answers = await admin_requests(
+            reactor, opts, target, first, [{"op": 4, "to": p} for p in paths]
+        )
+        for path, r in zip(paths, answers, strict=True):
+            if r.get("rsc") != 2002:
+                out.write(f"  warning: could not delete {path}: {r}\n")
+    except Exception as e:
+        out.write(f"  warning: clean-up failed: {e}\n")
+
+
 async def _set_up_group(
-    reactor: Any, opts: BenchOptions, target: Target, first: str, tag: str, cleanup: list[str]
+    reactor: Any,
+    opts: BenchOptions,
+    target: Target,
+    first: str,
+    tag: str,
+    cleanup: list[str],
+    member_cleanup: list[str],
 ) -> dict[str, Any]:
     """The group scenario's set-up: ``opts.members`` containers (each with one instance) in
     a group; the request, a RETRIEVE of its fan-out point's ``la`` (each member's latest
-    instance, aggregated). One such request is checked first: one 2000 per member."""
+    instance, aggregated). One such request is checked first: one 2000 per member.
+
+    With ``member_url`` the members are made on that CSE (by its admin, as ``--originator``),
+    under an ACP that lets anyone RETRIEVE them (the group's CSE forwards as its own
+    ``/cse-id/originator``), and the group names them by ``member_cse``."""
     n = opts.members
     names = [f"bench{tag}m{i}" for i in range(n)]
     rn = f"bench{tag}g"
+    member_target, base, remote = target, opts.target, opts.target
     setup: list[dict[str, Any]] = []
+    acpi: dict[str, Any] = {}
+    if opts.member_url is not None:
+        if opts.member_cse is None:
+            raise BenchError("--member-url needs --member-cse (e.g. /id-mn/cse-mn)")
+        member_target = Target.parse(opts.member_url)
+        remote = opts.member_cse
+        base = remote.rsplit("/", 1)[-1]
+        acp = f"bench{tag}acp"
+        rules = {
+            "pv": {"acr": [{"acor": ["*"], "acop": 2}]},
+            "pvs": {"acr": [{"acor": [first], "acop": 63}]},
+        }
+        setup.append({"op": 1, "to": base, "ty": 1, "pc": {"m2m:acp": {"rn": acp, **rules}}})
+        acpi = {"acpi": [f"{base}/{acp}"]}
     for name in names:
-        setup.append({"op": 1, "to": opts.target, "ty": 3, "pc": {"m2m:cnt": {"rn": name}}})
-        setup.append(
-            {"op": 1, "to": f"{opts.target}/{name}", "ty": 4, "pc": {"m2m:cin": {"con": name}}}
-        )
-    answers = await admin_requests(reactor, opts, target, first, setup)
-    cleanup.extend(
-        f"{opts.target}/{name}"
-        for name, r in zip(names, answers[::2], strict=True)
-        if r.get("rsc") == 2001
+        setup.append({"op": 1, "to": base, "ty": 3, "pc": {"m2m:cnt": {"rn": name, **acpi}}})
+        setup.append({"op": 1, "to": f"{base}/{name}", "ty": 4, "pc": {"m2m:cin": {"con": name}}})
+    answers = await admin_requests(reactor, opts, member_target, first, setup)
+    made = member_cleanup if opts.member_url is not None else cleanup
+    made.extend(
+        f"{base}/{request['pc'][key]['rn']}"
+        for request, answer in zip(setup, answers, strict=True)
+        for key in ("m2m:cnt", "m2m:acp")
+        if key in request["pc"] and answer.get("rsc") == 2001
     )
     if any(r.get("rsc") != 2001 for r in answers):
         raise BenchError(f"cannot create the group's members: {answers[-1]}")
-    mid = [f"{opts.target}/{name}" for name in names]
+    mid = [f"{remote}/{name}" for name in names]
     body = {"rn": rn, "mt": 3, "mid": mid, "mnm": n}
     fopt = f"{opts.target}/{rn}/fopt/la"
     [created, probe] = await admin_requests(
