@@ -13,14 +13,16 @@ __all__ = ["Timestamps", "expiry_delay", "parse_duration", "parse_expiry", "pars
 class Timestamps:
     """Formats oneM2M timestamps (``YYYYMMDDThhmmss,ffffff``, UTC), caching the seconds part.
 
-    Many responses fall in the same second, so ``strftime`` runs about once a second.
+    Many responses fall in the same second, so ``strftime`` runs about once a second. Two
+    seconds are kept: a request often formats "now" and a time far ahead (a default ``et``, a
+    notification's ``rqet``) in turn, and one cached second would be rebuilt at each call.
     """
 
-    __slots__ = ("_base", "_whole")
+    __slots__ = ("_base", "_other_base", "_other_whole", "_whole")
 
     def __init__(self) -> None:
-        self._whole = -1
-        self._base = ""
+        self._whole = self._other_whole = -1
+        self._base = self._other_base = ""
 
     def format(self, seconds: float) -> str:
         whole = int(seconds // 1)
@@ -28,8 +30,13 @@ class Timestamps:
         if micro > 999_999:  # float rounding
             micro = 999_999
         if whole != self._whole:
-            self._base = time.strftime("%Y%m%dT%H%M%S", time.gmtime(whole))
-            self._whole = whole
+            if whole == self._other_whole:
+                base = self._other_base
+            else:
+                base = time.strftime("%Y%m%dT%H%M%S", time.gmtime(whole))
+            # the one just used goes first; the other is kept
+            self._other_whole, self._other_base = self._whole, self._base
+            self._whole, self._base = whole, base
         return f"{self._base},{micro:06d}"
 
 

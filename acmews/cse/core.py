@@ -167,9 +167,7 @@ class CSE:
         self.forwarding: dict[str, int] = {}
         self.forwarding_by: dict[tuple[str, str], int] = {}
         #: the ``et`` of every resource; deletes the expired (see acmews.cse.expiry)
-        # a Timestamps of its own: it formats default ets years ahead, and one cache of the
-        # seconds shared with the responses' "now" would be rebuilt (strftime) at every CREATE
-        self.expiry = Expirations(config, clock, Timestamps(), self.store, self._expire)
+        self.expiry = Expirations(config, clock, self._ts, self.store, self._expire)
         self.expiry.load(self._every_resource())
         #: the missing-data timers of the timeSeries (see acmews.cse.timeseries)
         self.timeseries = TimeSeriesMonitor(
