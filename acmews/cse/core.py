@@ -24,7 +24,7 @@ import fnmatch
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 from weakref import WeakKeyDictionary
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredLock, maybeDeferred, succeed
@@ -329,7 +329,7 @@ class CSE:
         """May ``originator`` act as a CSE here (register a remoteCSE, relay notifications)?
         Only a CSE-ID its connection proved (a credential or certificate naming it, or the
         registrar this CSE dialled), or one ``allowed_csr_originators`` names."""
-        if not originator or not originator.startswith("/") or "/" in originator[1:]:
+        if not _is_cse_id(originator):
             return False
         if (
             connection is not None
@@ -341,7 +341,7 @@ class CSE:
 
     def _is_peer_cse(self, originator: str | None) -> bool:
         """Is ``originator`` a CSE registered here, or this CSE's registrar?"""
-        if not originator or not originator.startswith("/") or "/" in originator[1:]:
+        if not _is_cse_id(originator):
             return False
         if originator == self.config.registrar_cse_id:
             return True
@@ -1032,6 +1032,11 @@ def _uncount(counts: dict[_K, int], key: _K) -> None:
         counts[key] = left
     else:
         del counts[key]
+
+
+def _is_cse_id(originator: str | None) -> TypeGuard[str]:
+    """Is ``originator`` a CSE-ID (``/id-mn``: one slash, nothing after another)?"""
+    return originator is not None and originator.startswith("/") and "/" not in originator[1:]
 
 
 def _answer(_: None, response: Response) -> Response:
