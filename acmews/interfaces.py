@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from twisted.internet.defer import Deferred
 
@@ -61,6 +61,14 @@ class IConnection(Interface):
         TargetNotReachable (5103) when the connection is lost first. Cancelling it forgets
         the request.
         """
+
+    def request_then(
+        request: Request, then: Callable[[Any], object], timeout: float | None = None
+    ) -> None:
+        """Send a request as :meth:`request` does, but call ``then`` once with the response
+        or a Failure instead of returning a Deferred (the fan-out of notifications sends
+        many, and needs no Deferred for each). ``then`` may be called before this returns
+        (a request that cannot be sent)."""
 
     def close(code: int = 1000, reason: str = "") -> None:
         """Close the connection; every pending request fails with 5103."""
@@ -160,3 +168,15 @@ class IRequestSender(Interface):
         cannot be delivered now is kept for later delivery and the Deferred fires with an
         ACCEPTED (1000) response; otherwise it fails with TargetNotReachable (5103).
         """
+
+    def send_then(
+        target: str,
+        request: Request,
+        then: Callable[[Any], object],
+        poa: Sequence[str] = (),
+        store: bool = False,
+    ) -> None:
+        """Deliver ``request`` as :meth:`send` does, but call ``then`` once with the
+        response or a Failure instead of returning a Deferred (a sender may deliver to a
+        live connection with no Deferred at all). ``then`` may be called before this
+        returns."""

@@ -10,7 +10,10 @@ binding (X-M2M-Origin, ``fr`` checks). It never raises into the protocol.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
+from heapq import heapify, heappop, heappush
+from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -42,6 +45,16 @@ __all__ = ["DEFAULT_REQUEST_TIMEOUT", "Session", "fr_allowed"]
 SendFunction = Callable[[bytes, bool], None]
 CloseFunction = Callable[[int, str], None]
 BoundCallback = Callable[["Session", str], None]
+#: what :meth:`Session.request_then` calls once with the response, or a Failure
+Then = Callable[[Any], object]
+
+#: one request we sent: what waits for its response (a Deferred, or a callable), and the
+#: seconds it was given
+_Entry = tuple["Deferred[Response] | Then", float]
+
+#: a heap of timeouts holds the entries already answered until they reach its top, or until
+#: it holds this many more than are pending (then it is rebuilt)
+_HEAP_SLACK = 1024
 
 
 def fr_allowed(originator: str, fr: str) -> bool:
@@ -121,8 +134,14 @@ class Session:
         self.connected = True
         #: created when the peer first makes us log something (most connections never do)
         self._log_budget: Budget | None = None
-        #: rqi -> (Deferred, timeout call) for requests we sent
-        self._pending: dict[str, tuple[Deferred[Response], IDelayedCall]] = {}
+        #: rqi -> (what waits for the response, its timeout) for requests we sent
+        self._pending: dict[str, _Entry] = {}
+        #: their deadlines: (time, sequence, rqi, entry), earliest on top, on one timer
+        #: (:attr:`_timer`) instead of a timer each; an answered entry stays until it reaches
+        #: the top (the entry's identity tells it from a later request with the same rqi)
+        self._deadlines: list[tuple[float, int, str, _Entry]] = []
+        self._timer: IDelayedCall | None = None
+        self._timer_at = 0.0
         #: rqis of incoming requests still being answered
         self._serving: set[str] = set()
         self._closed_waiters: list[Deferred[None]] = []
@@ -134,34 +153,86 @@ class Session:
 
     def request(self, request: Request, timeout: float | None = None) -> Deferred[Response]:
         """Send ``request``; the Deferred fires with the response (see IConnection)."""
+        d: Deferred[Response] = Deferred(self._cancel_request)
+        error = self._send_request(request, timeout, d)
+        return d if error is None else fail(error)
+
+    def request_then(self, request: Request, then: Then, timeout: float | None = None) -> None:
+        """Send ``request``; call ``then`` once, with the response or a Failure (see
+        IConnection). No Deferred: the fan-out of notifications sends many."""
+        error = self._send_request(request, timeout, then)
+        if error is not None:
+            then(Failure(error))
+
+    def _send_request(
+        self, request: Request, timeout: float | None, waiter: Deferred[Response] | Then
+    ) -> OneM2MError | None:
+        """Send ``request`` and keep ``waiter`` for its response; or why it cannot be."""
         if not self.connected:
-            return fail(TargetNotReachable(f"connection to {self.peer} is closed"))
+            return TargetNotReachable(f"connection to {self.peer} is closed")
         rqi = request.rqi
-        if rqi in self._pending:
-            return fail(BadRequest(f"a request with rqi {rqi!r} is already pending", rqi=rqi))
+        pending = self._pending
+        if rqi in pending:
+            return BadRequest(f"a request with rqi {rqi!r} is already pending", rqi=rqi)
         try:
             data = self.codec.encode(request)
         except OneM2MError as e:
-            return fail(e)
+            return e
         if len(data) > self.max_message_size:
-            return fail(
-                NotAcceptable(
-                    f"the request ({len(data)} bytes) exceeds the message size limit "
-                    f"({self.max_message_size} bytes)",
-                    rqi=rqi,
-                )
+            return NotAcceptable(
+                f"the request ({len(data)} bytes) exceeds the message size limit "
+                f"({self.max_message_size} bytes)",
+                rqi=rqi,
             )
         delay = self.request_timeout if timeout is None else timeout
+        now = self.clock.seconds()
         if request.rqet is not None:
-            until = expiry_delay(request.rqet, self.clock.seconds())
+            until = expiry_delay(request.rqet, now)
             if until is not None:
                 delay = max(0.0, min(delay, until))
-        d: Deferred[Response] = Deferred(self._cancel_request)
-        # the canceller finds the entry by identity, so that it needs no closure per request
-        call = self.clock.callLater(delay, self._request_timed_out, rqi, delay)
-        self._pending[rqi] = (d, call)
+        entry = pending[rqi] = (waiter, delay)
+        self._add_deadline(now + delay, rqi, entry)
         self._send(data, self._binary)
-        return d
+        return None
+
+    def _add_deadline(self, when: float, rqi: str, entry: _Entry) -> None:
+        deadlines = self._deadlines
+        if len(deadlines) > len(self._pending) + _HEAP_SLACK:
+            pending = self._pending
+            deadlines[:] = [d for d in deadlines if pending.get(d[2]) is d[3]]
+            heapify(deadlines)
+        heappush(deadlines, (when, next(_sequence), rqi, entry))
+        timer = self._timer
+        if timer is None:
+            self._timer_at = when
+            self._timer = self.clock.callLater(when - self.clock.seconds(), self._time_out)
+        elif when < self._timer_at:
+            self._timer_at = when
+            timer.reset(max(0.0, when - self.clock.seconds()))
+
+    def _time_out(self) -> None:
+        """Fail the requests whose time is up (4008); wait for the next one."""
+        self._timer = None
+        now = self.clock.seconds()
+        deadlines, pending = self._deadlines, self._pending
+        while deadlines:
+            when, _, rqi, entry = deadlines[0]
+            if pending.get(rqi) is not entry:
+                heappop(deadlines)  # answered (or cancelled) already
+                continue
+            if when > now:
+                self._timer_at = when
+                self._timer = self.clock.callLater(when - now, self._time_out)
+                return
+            heappop(deadlines)
+            del pending[rqi]
+            self._request_timed_out(rqi, entry)
+
+    def _stop_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        self._deadlines = []
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         if self._close is not None and self.connected:
@@ -217,24 +288,23 @@ class Session:
         return d
 
     def _cancel_request(self, d: Deferred[Response]) -> None:
-        for rqi, (pending, call) in self._pending.items():
-            if pending is d:
-                del self._pending[rqi]
-                if call.active():
-                    call.cancel()
+        for rqi, (waiter, _) in self._pending.items():
+            if waiter is d:
+                del self._pending[rqi]  # its deadline goes when it reaches the top
+                if not self._pending:
+                    self._stop_timer()
                 return
 
-    def _request_timed_out(self, rqi: str, delay: float) -> None:
-        entry = self._pending.pop(rqi, None)
-        if entry is not None:
-            self._log_peer_event(
-                self.log.info,
-                "no response to {rqi} from {peer} within {delay}s",
-                rqi=rqi,
-                peer=self.peer,
-                delay=delay,
-            )
-            entry[0].errback(RequestTimeout(f"no response within {delay:g}s", rqi=rqi))
+    def _request_timed_out(self, rqi: str, entry: _Entry) -> None:
+        waiter, delay = entry
+        self._log_peer_event(
+            self.log.info,
+            "no response to {rqi} from {peer} within {delay}s",
+            rqi=rqi,
+            peer=self.peer,
+            delay=delay,
+        )
+        _settle(waiter, Failure(RequestTimeout(f"no response within {delay:g}s", rqi=rqi)))
 
     def detach_transport(self, send: SendFunction, close: CloseFunction) -> None:
         """Replace the callables that reach the transport (the protocol cuts its reference
@@ -248,10 +318,9 @@ class Session:
             return
         self.connected = False
         pending, self._pending = self._pending, {}
-        for rqi, (d, call) in pending.items():
-            if call.active():
-                call.cancel()
-            d.errback(TargetNotReachable(f"{reason} before the response", rqi=rqi))
+        self._stop_timer()
+        for rqi, (waiter, _) in pending.items():
+            _settle(waiter, Failure(TargetNotReachable(f"{reason} before the response", rqi=rqi)))
         waiters, self._closed_waiters = self._closed_waiters, []
         waiters.extend(self._idle_waiters)
         self._idle_waiters = []
@@ -339,9 +408,13 @@ class Session:
                 peer=self.peer,
             )
             return
-        d, call = entry
-        call.cancel()
-        d.callback(response)
+        waiter = entry[0]
+        if isinstance(waiter, Deferred):
+            waiter.callback(response)
+        else:
+            waiter(response)
+        if not self._pending:
+            self._stop_timer()  # nothing is left waiting on this connection
 
     def _request_received(self, request: Request) -> None:
         rqi = request.rqi
@@ -492,3 +565,18 @@ class Session:
 
     def __repr__(self) -> str:
         return f"<Session {self.originator or '(unbound)'} {self.subprotocol} {self.peer}>"
+
+
+#: orders the deadlines of equal time (the rqis and entries are not comparable)
+_sequence = itertools.count()
+
+
+def _settle(waiter: Deferred[Response] | Then, result: Response | Failure) -> None:
+    """Hand ``result`` to what waits for a response."""
+    if isinstance(waiter, Deferred):
+        if isinstance(result, Failure):
+            waiter.errback(result)
+        else:
+            waiter.callback(result)
+    else:
+        waiter(result)

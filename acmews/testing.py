@@ -327,6 +327,11 @@ class FakeConnection:
             d.addBoth(stop_timer)
         return d
 
+    def request_then(
+        self, request: Request, then: Callable[[Any], object], timeout: float | None = None
+    ) -> None:
+        self.request(request, timeout).addBoth(then)
+
     def close(self, code: int = 1000, reason: str = "") -> None:
         self.closed.append((code, reason))
         closing, self._closing = self._closing, []
@@ -422,6 +427,16 @@ class FakeSender:
         d: Deferred[Response] = Deferred()
         self.sent.append(Sent(target, request, tuple(poa), store, d))
         return d
+
+    def send_then(
+        self,
+        target: str,
+        request: Request,
+        then: Callable[[Any], object],
+        poa: Sequence[str] = (),
+        store: bool = False,
+    ) -> None:
+        self.send(target, request, poa, store).addBoth(then)
 
     def take(self) -> list[Sent]:
         """What was sent since the last take, forgotten here."""

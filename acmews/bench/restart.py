@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -44,6 +44,16 @@ class _Nowhere:
         self, target: str, request: Request, poa: Sequence[str] = (), store: bool = False
     ) -> Deferred[Response]:
         return Deferred.fromCoroutine(_unreachable(target))
+
+    def send_then(
+        self,
+        target: str,
+        request: Request,
+        then: Callable[[Any], object],
+        poa: Sequence[str] = (),
+        store: bool = False,
+    ) -> None:
+        self.send(target, request, poa, store).addBoth(then)
 
 
 async def _unreachable(target: str) -> Response:

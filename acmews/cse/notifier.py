@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import secrets
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredLock, maybeDeferred
@@ -399,16 +400,32 @@ class Notifier:
             request = self.notification(to, pc)
             if ec is not None:
                 request.ec = int(ec)
-            d = self._sender.send(hop, request, poa=poa, store=registered)
         except Exception:
             self.log.failure("could not send a notification to {target}", target=hop)
             return
         if counted is not None:
             self._count(counted.ri, counted.nu, _RQS, count)
-            d.addCallback(self._answered, counted, count)
-        d.addCallbacks(
-            self._delivered, self._not_delivered, callbackArgs=(hop,), errbackArgs=(hop,)
-        )
+            outcome = partial(self._counted_outcome, hop, counted, count)
+        else:
+            outcome = partial(self._outcome, hop)
+        try:
+            self._sender.send_then(hop, request, outcome, poa, registered)
+        except Exception:
+            self.log.failure("could not send a notification to {target}", target=hop)
+
+    def _outcome(self, target: str, result: Response | Failure) -> None:
+        """How a notification went: only what went wrong is logged."""
+        if isinstance(result, Failure):
+            self._not_delivered(result, target)
+        elif not result.ok:
+            self._delivered(result, target)
+
+    def _counted_outcome(
+        self, target: str, counted: _Tag, count: int, result: Response | Failure
+    ) -> None:
+        if not isinstance(result, Failure):
+            self._answered(result, counted, count)
+        self._outcome(target, result)
 
     def _send_tagged(self, target: Target, pc: dict[str, Any], tag: _Tag) -> None:
         policy = tag.policy

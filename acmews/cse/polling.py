@@ -21,7 +21,7 @@ in memory: after a restart a stored ``<pollingChannel>`` is known again, empty.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, fail
@@ -190,6 +190,19 @@ class Polling:
                 except OneM2MError:  # a failed Deferred, as a sender answers (not a raise)
                     return fail()
         return self._sender.send(target, request, poa=poa, store=store)
+
+    def send_then(
+        self,
+        target: str,
+        request: Request,
+        then: Callable[[Any], object],
+        poa: Sequence[str] = (),
+        store: bool = False,
+    ) -> None:
+        if target in self._channels:
+            self.send(target, request, poa, store).addBoth(then)
+        else:
+            self._sender.send_then(target, request, then, poa, store)
 
     def _queue(self, channel: _Channel, target: str, request: Request) -> Deferred[Response]:
         if len(channel) >= self.max_waiting:

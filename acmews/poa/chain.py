@@ -41,7 +41,8 @@ Queue policies:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
@@ -140,6 +141,8 @@ class PoaChain(Service):
         #: see it, to join the queue behind what is being sent)
         self._flushing: dict[str, Deferred[bool] | None] = {}
         self._in_flight: set[Deferred[Response]] = set()
+        #: what :meth:`send_then` sent on live connections, not answered yet
+        self._live: set[_LiveSend] = set()
         self._purge_call: IDelayedCall | None = None
         self._stopped = False
         #: notifications by fate, poa steps by scheme and result (read by the metrics)
@@ -183,6 +186,8 @@ class PoaChain(Service):
                 d.cancel()
         for sent in list(self._in_flight):
             sent.cancel()
+        for live in list(self._live):
+            live.cancel()
         self._failures.stop()
 
     # -- IRequestSender ---------------------------------------------------------------------
@@ -221,6 +226,27 @@ class PoaChain(Service):
             errbackArgs=(target, request, poa, store, connection),
         )
         return self._track(live)
+
+    def send_then(
+        self,
+        target: str,
+        request: Request,
+        then: Callable[[Any], object],
+        poa: Sequence[str] = (),
+        store: bool = False,
+    ) -> None:
+        """:meth:`send`, calling ``then`` with the outcome: to a live connection without a
+        Deferred (the fan-out's common case); any other way through :meth:`send`."""
+        if not is_url(target) and not (
+            store and request.op == Operation.NOTIFY and self.queue.count(target)
+        ):
+            connection = self._originators.lookup(target)
+            if connection is not None:
+                live = _LiveSend(self, target, request, tuple(poa), store, connection, then)
+                self._live.add(live)
+                connection.request_then(request, live, self.timeout)
+                return
+        self.send(target, request, poa, store).addBoth(then)
 
     def _live_answered(self, response: Response, request: Request) -> Response:
         if request.op == Operation.NOTIFY:
@@ -629,3 +655,54 @@ def _account(error: BaseException) -> str:
         reasons.append(reason(cause))
         cause = cause.__cause__
     return " <- ".join(reasons)
+
+
+class _LiveSend:
+    """A request :meth:`PoaChain.send_then` sent on a live connection: called with its
+    outcome, it counts a delivery or goes on with the chain (as :meth:`PoaChain.send` does),
+    then hands the result on."""
+
+    __slots__ = ("chain", "connection", "poa", "request", "store", "target", "then")
+
+    def __init__(
+        self,
+        chain: PoaChain,
+        target: str,
+        request: Request,
+        poa: tuple[str, ...],
+        store: bool,
+        connection: IConnection,
+        then: Callable[[Any], object],
+    ) -> None:
+        self.chain = chain
+        self.target = target
+        self.request = request
+        self.poa = poa
+        self.store = store
+        self.connection = connection
+        self.then: Callable[[Any], object] | None = then
+
+    def __call__(self, result: Response | Failure) -> None:
+        then = self.then
+        if then is None:
+            return  # cancelled: the chain has stopped
+        self.then = None
+        chain = self.chain
+        chain._live.discard(self)
+        if not isinstance(result, Failure):
+            then(chain._live_answered(result, self.request))
+            return
+        outcome = chain._live_failed(
+            result, self.target, self.request, self.poa, self.store, self.connection
+        )
+        if isinstance(outcome, Deferred):
+            chain._track(outcome).addBoth(then)
+        else:
+            then(outcome)
+
+    def cancel(self) -> None:
+        then = self.then
+        if then is not None:
+            self.then = None
+            self.chain._live.discard(self)
+            then(Failure(CancelledError()))
