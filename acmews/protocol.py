@@ -50,7 +50,7 @@ from acmews.options import (
 )
 from acmews.originators import OriginatorMap
 from acmews.session import Session
-from acmews.wsframe import frame_header
+from acmews.wsframe import frame_header, unmask
 
 _NOTHING_PROVED = Authorization()
 
@@ -230,6 +230,10 @@ class _AutobahnFastPath:
     data: bytes
     _perMessageCompress: Any
     current_frame: Any
+    inside_message: bool
+    trafficStats: Any
+    logFrames: bool
+    logOctets: bool
     is_closed: Any
     factory: Any
     session: Session | None = None
@@ -242,6 +246,12 @@ class _AutobahnFastPath:
     _stall_call: IDelayedCall | None = None
     _message_frames: int = 0
     _message_call: IDelayedCall | None = None
+    #: the mask bit every frame from the peer has (0x80 from a client, 0 from a server)
+    #: while whole one-frame messages are read here without Autobahn (:meth:`_read_frames`);
+    #: None: Autobahn reads everything (compression, frame logging)
+    _fast_mask: int | None = None
+    #: the largest payload :meth:`_read_frames` takes (the message size limit, at most 64 KiB)
+    _fast_limit: int = 0
     #: keep-alive: reads so far, the reads seen at the last check, and its two timers
     _reads: int = 0
     _reads_seen: int = -1
@@ -379,6 +389,19 @@ class _AutobahnFastPath:
         if transport is not None:
             transport.loseConnection()
 
+    def _protocol_violation(self, reason: str) -> bool:
+        """Autobahn's (close with 1002), then stop parsing: with ``failByDrop`` off Autobahn
+        would go on with the frame in hand, whose bytes :meth:`_fail_connection` has dropped
+        (a frame with reserved bits set then ended in an AssertionError raised into the
+        reactor, from a mask of no bytes)."""
+        super()._protocol_violation(reason)  # type: ignore[misc]
+        return True
+
+    def _invalid_payload(self, reason: str) -> bool:
+        """As :meth:`_protocol_violation`, with 1007 (a text message that is not UTF-8)."""
+        super()._invalid_payload(reason)  # type: ignore[misc]
+        return True
+
     def _onMessageFrameBegin(self, length: int) -> None:
         # in place of Autobahn's adapter method, which only calls this hook: no extra call
         # per frame for the count
@@ -421,7 +444,69 @@ class _AutobahnFastPath:
                 )
                 self.transport.abortConnection()
             return
+        if (
+            self._fast_mask is not None
+            and self.state == _STATE_OPEN
+            and not self.data
+            and self.current_frame is None
+            and not self.inside_message
+        ):
+            data = self._read_frames(data)
+            if not data:
+                return
         self._dataReceived(data)  # type: ignore[attr-defined]
+
+    def _read_frames(self, data: bytes) -> bytes:
+        """Read the whole one-frame text and binary messages at the start of ``data`` (most
+        messages: a oneM2M primitive is seldom fragmented) and hand each to the session,
+        without Autobahn's per-frame machinery; what is left (a control frame, a fragment, a
+        frame not complete yet, anything unusual) is returned for Autobahn to read, which
+        also refuses what breaks the rules. A text message must be UTF-8 here too."""
+        mask = self._fast_mask
+        limit = self._fast_limit
+        stats = self.trafficStats
+        n = len(data)
+        pos = 0
+        while n - pos >= 2:
+            b0 = data[pos]
+            b1 = data[pos + 1]
+            if (b0 != 0x81 and b0 != 0x82) or b1 & 0x80 != mask:
+                break
+            length = b1 & 0x7F
+            head = pos + 2
+            if length == 126:
+                if n - head < 2:
+                    break
+                length = (data[head] << 8) | data[head + 1]
+                head += 2
+            elif length == 127:
+                break
+            if mask:
+                key = data[head : head + 4]
+                head += 4
+            end = head + length
+            if end > n or length > limit:
+                break
+            payload = data[head:end]
+            if mask and length:
+                payload = unmask(payload, key)
+            text = b0 == 0x81
+            if text and not payload.isascii():
+                try:
+                    payload.decode("utf-8")
+                except UnicodeDecodeError:
+                    break  # Autobahn fails the connection (1007)
+            stats.incomingOctetsWireLevel += end - pos
+            pos = end
+            stats.incomingWebSocketFrames += 1
+            stats.incomingWebSocketMessages += 1
+            self.message_is_binary = not text  # as Autobahn leaves it
+            session = self.session
+            if session is not None:
+                session.message_received(payload, text)
+            if self.state != _STATE_OPEN or self.failedByMe:
+                break
+        return data[pos:] if pos else data
 
     def onMessageEnd(self) -> None:
         self._message_frames = 0
@@ -491,6 +576,9 @@ class _OneM2MProtocolMixin(_AutobahnFastPath):
         if factory.metrics is not None:
             self._metrics = factory.metrics
             factory.metrics.opened(self._direction, self.codec.name)
+        if self._perMessageCompress is None and not (self.logFrames or self.logOctets):
+            self._fast_mask = 0x80 if factory.isServer else 0
+            self._fast_limit = min(factory.options.max_message_size, 65535)
         self._start_keepalive()
         return self.session
 

@@ -21,6 +21,7 @@ __all__ = [
     "WebSocketProtocolError",
     "encode_frame",
     "frame_header",
+    "unmask",
 ]
 
 OP_CONTINUATION = 0x0
@@ -60,6 +61,13 @@ class Masker:
             if len(self._cache) < 256:
                 self._cache[n] = m
         return (int.from_bytes(payload, "little") ^ m).to_bytes(n, "little")
+
+
+def unmask(payload: bytes, key: bytes) -> bytes:
+    """``payload`` masked (or unmasked: the same) with the 4-byte ``key``."""
+    n = len(payload)
+    m = int.from_bytes((key * ((n + 3) >> 2))[:n], "little")
+    return (int.from_bytes(payload, "little") ^ m).to_bytes(n, "little")
 
 
 def frame_header(opcode: int, length: int, *, masked: bool, fin: bool = True) -> bytes:
