@@ -26,7 +26,7 @@ from acmews.durable import StoreError
 from acmews.endpoints import ServerEndpoint
 from acmews.options import ConnectionOptions
 from acmews.poa import TargetPolicy, read_outbound_credentials
-from acmews.server import CSEService, ListenError, make_service
+from acmews.server import CSEService, ListenError, make_service, tune_collector
 
 __all__ = ["Options", "TwistdExit", "check_ports", "makeService"]
 
@@ -688,6 +688,7 @@ def makeService(options: Options, reactor: Any = None) -> CSEService:
     except StoreError as e:
         raise TwistdExit(e) from None
     service.start_error = TwistdExit
+    tune_collector()  # the process is the server's: twistd's, not an embedding program's
     return service
 
 
