@@ -1,0 +1,363 @@
+"""The fan-out's lean paths: a request sent without a Deferred (``request_then``,
+``send_then``), the session's one timer for all its requests, whole frames read without
+Autobahn, the rqet's seconds parsed once, and the server's cycle collector."""
+
+from __future__ import annotations
+
+import gc
+import os
+from typing import Any
+
+import orjson
+from twisted.internet.defer import CancelledError
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from acmews.codec import JSON
+from acmews.codes import RSC, Operation
+from acmews.errors import BadRequest, RequestTimeout, TargetNotReachable
+from acmews.originators import OriginatorMap
+from acmews.poa import PoaChain
+from acmews.primitive import Request, Response
+from acmews.server import PYTHON_GC_THRESHOLDS, SERVER_GC_THRESHOLDS, tune_collector
+from acmews.session import Session
+from acmews.testing import (
+    FakeOriginatorMap,
+    Pair,
+    RecordingHandler,
+    connected_pair,
+    make_client_factory,
+    make_server_factory,
+)
+from acmews.timestamps import _parse_seconds, parse_timestamp
+from acmews.wsframe import Masker, encode_frame, unmask
+
+AE = "Cae1"
+
+
+def notify(rqi: str, **kw: Any) -> Request:
+    return Request(Operation.NOTIFY, AE, rqi, "4", "/id-in", pc={"m2m:sgn": {"sur": "s"}}, **kw)
+
+
+class Outcomes:
+    """A ``then``: keeps every outcome it is called with."""
+
+    def __init__(self) -> None:
+        self.results: list[Any] = []
+
+    def __call__(self, result: Any) -> None:
+        self.results.append(result)
+
+    def rsc(self) -> list[int]:
+        return [r.rsc for r in self.results if isinstance(r, Response)]
+
+    def errors(self) -> list[type]:
+        return [type(r.value) for r in self.results if isinstance(r, Failure)]
+
+
+class Wire:
+    """The send function of a session: every message it writes, decoded."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    def __call__(self, data: bytes, binary: bool) -> None:
+        self.sent.append(orjson.loads(data))
+
+    def answer(self, session: Session, index: int, rsc: int = RSC.OK) -> None:
+        rqi = self.sent[index]["rqi"]
+        session.message_received(orjson.dumps({"rsc": rsc, "rqi": rqi, "rvi": "4"}), True)
+
+
+class RequestThenTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.wire = Wire()
+        self.session = Session(self.wire, JSON, self.clock, None, originator=AE)
+
+    def test_response_reaches_then_and_no_timer_is_left(self) -> None:
+        then = Outcomes()
+        self.session.request_then(notify("n1"), then, 10)
+        self.assertEqual(self.wire.sent[0]["rqi"], "n1")
+        self.assertEqual(then.results, [])
+        self.wire.answer(self.session, 0)
+        self.assertEqual(then.rsc(), [RSC.OK])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.session.pending_count, 0)
+
+    def test_many_requests_share_one_timer(self) -> None:
+        then = Outcomes()
+        for i in range(100):
+            self.session.request_then(notify(f"n{i}"), then, 10)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        for i in range(0, 100, 2):
+            self.wire.answer(self.session, i)
+        self.clock.advance(9.9)
+        self.assertEqual(len(then.results), 50)
+        self.clock.advance(0.1)
+        self.assertEqual(then.rsc(), [RSC.OK] * 50)
+        self.assertEqual(then.errors(), [RequestTimeout] * 50)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_shorter_timeout_later_is_kept(self) -> None:
+        """The one timer moves forward for a request that must time out earlier."""
+        first, second = Outcomes(), Outcomes()
+        self.session.request_then(notify("long"), first, 10)
+        self.clock.advance(1)
+        self.session.request_then(notify("short"), second, 2)
+        self.clock.advance(2)
+        self.assertEqual((first.results, second.errors()), ([], [RequestTimeout]))
+        self.clock.advance(6.9)
+        self.assertEqual(first.results, [])
+        self.clock.advance(0.1)
+        self.assertEqual(first.errors(), [RequestTimeout])
+
+    def test_rqet_shortens_the_timeout(self) -> None:
+        then = Outcomes()
+        self.session.request_then(notify("n1", rqet="PT3S"), then, 10)
+        self.clock.advance(3)
+        self.assertEqual(then.errors(), [RequestTimeout])
+
+    def test_a_reused_rqi_keeps_its_own_deadline(self) -> None:
+        """An answered request's deadline does not time out a later one with its rqi."""
+        first, second = Outcomes(), Outcomes()
+        self.session.request_then(notify("same"), first, 10)
+        self.session.request_then(notify("other"), Outcomes(), 30)  # keeps the timer alive
+        self.wire.answer(self.session, 0)
+        self.clock.advance(5)
+        self.session.request_then(notify("same"), second, 10)
+        self.clock.advance(5)  # the first one's deadline
+        self.assertEqual(second.results, [])
+        self.clock.advance(5)
+        self.assertEqual(second.errors(), [RequestTimeout])
+        self.session.connection_lost()
+
+    def test_deadlines_of_answered_requests_do_not_pile_up(self) -> None:
+        self.session.request_then(notify("kept"), Outcomes(), 60)
+        for i in range(5000):
+            self.session.request_then(notify(f"n{i}"), Outcomes(), 60)
+            self.wire.answer(self.session, len(self.wire.sent) - 1)
+        self.assertLessEqual(len(self.session._deadlines), 1 + 1024 + 1)
+        self.session.connection_lost()
+
+    def test_connection_lost_fails_each_with_5103(self) -> None:
+        then = Outcomes()
+        self.session.request_then(notify("n1"), then, 10)
+        self.session.request_then(notify("n2"), then, 10)
+        self.session.connection_lost()
+        self.assertEqual(then.errors(), [TargetNotReachable] * 2)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.session.request_then(notify("n3"), then, 10)
+        self.assertEqual(then.errors(), [TargetNotReachable] * 3)
+
+    def test_a_pending_rqi_is_refused_at_once(self) -> None:
+        then = Outcomes()
+        self.session.request_then(notify("n1"), Outcomes(), 10)
+        self.session.request_then(notify("n1"), then, 10)
+        self.assertEqual(then.errors(), [BadRequest])
+        self.assertEqual(len(self.wire.sent), 1)
+        self.session.connection_lost()
+
+    def test_cancelling_a_deferred_request_leaves_no_timer(self) -> None:
+        d = self.session.request(notify("n1"), 10)
+        d.addErrback(lambda f: f.trap(CancelledError))
+        d.cancel()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.session.pending_count, 0)
+
+
+class SendThenTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.map = FakeOriginatorMap()
+        self.chain = PoaChain(self.map, self.clock, timeout=10)
+        self.wire = Wire()
+        self.session = Session(self.wire, JSON, self.clock, None, originator=AE)
+        self.map.bind(AE, self.session)
+
+    def tearDown(self) -> None:
+        self.chain.stop()
+
+    def test_live_delivery_counts_and_calls_then(self) -> None:
+        then = Outcomes()
+        self.chain.send_then(AE, notify("n1"), then, (), True)
+        self.assertEqual(self.wire.sent[0]["rqi"], "n1")
+        self.wire.answer(self.session, 0)
+        self.assertEqual(then.rsc(), [RSC.OK])
+        self.assertEqual(self.chain.counts.delivered, 1)
+        self.assertEqual(self.chain._live, set())
+
+    def test_lost_connection_goes_on_to_the_queue(self) -> None:
+        then = Outcomes()
+        self.chain.send_then(AE, notify("n1"), then, (), True)
+        self.map.unbind(AE, self.session)
+        self.session.connection_lost()
+        self.assertEqual(then.rsc(), [RSC.ACCEPTED])
+        self.assertEqual([r.rqi for r in self.chain.queued(AE)], ["n1"])
+
+    def test_timeout_without_store_fails(self) -> None:
+        then = Outcomes()
+        request = Request(Operation.RETRIEVE, "cse-in", "r1", "4", "/id-in")
+        self.chain.send_then(AE, request, then)
+        self.clock.advance(10)
+        self.assertEqual(then.errors(), [RequestTimeout])
+
+    def test_stop_cancels_and_a_late_answer_is_ignored(self) -> None:
+        then = Outcomes()
+        self.chain.send_then(AE, notify("n1"), then, (), True)
+        self.chain.stop()
+        self.assertEqual(then.errors(), [CancelledError])
+        self.wire.answer(self.session, 0)
+        self.assertEqual(len(then.results), 1)
+
+    def test_behind_a_queue_it_waits_its_turn(self) -> None:
+        """With notifications queued for the originator, a new one joins the queue (through
+        the chain's general path), so that order holds."""
+        self.map.unbind(AE, self.session)
+        first = Outcomes()
+        self.chain.send_then(AE, notify("n1"), first, (), True)
+        self.assertEqual(first.rsc(), [RSC.ACCEPTED])
+        self.map.bind(AE, self.session)  # the flush starts: n1 goes out first
+        second = Outcomes()
+        self.chain.send_then(AE, notify("n2"), second, (), True)
+        self.assertEqual([m["rqi"] for m in self.wire.sent], ["n1"])
+        self.assertEqual(second.rsc(), [RSC.ACCEPTED])
+        self.wire.answer(self.session, 0)
+        self.assertEqual([m["rqi"] for m in self.wire.sent], ["n1", "n2"])
+        self.wire.answer(self.session, 1)
+        self.assertEqual(self.chain.queued(AE), [])
+
+    def test_url_targets_take_the_general_path(self) -> None:
+        then = Outcomes()
+        self.chain.send_then("ftp://x/y", notify("n1"), then)
+        self.assertEqual(then.errors(), [TargetNotReachable])
+
+
+class FrameReadingTests(TestCase):
+    """Whole one-frame messages are read without Autobahn's per-frame machinery; whatever
+    else comes (control frames, fragments, partial frames, broken frames) is Autobahn's,
+    with the same outcome as before."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.handler = RecordingHandler()
+        self.factory = make_server_factory(
+            self.handler, self.clock, OriginatorMap(), max_message_size=100_000
+        )
+        self.pair: Pair = connected_pair(self.factory, make_client_factory(self.clock, AE))
+        self.received: list[tuple[bytes, bool]] = []
+        session = self.pair.server.session
+        assert session is not None
+        self.addCleanup(session.connection_lost)
+        self.pair.server.session.message_received = (  # type: ignore[method-assign,union-attr]
+            lambda data, text=False: self.received.append((data, text))
+        )
+        self.masker = Masker(os.urandom(4))
+
+    def frame(self, payload: bytes, opcode: int = 1, fin: bool = True) -> bytes:
+        return encode_frame(opcode, payload, self.masker, fin=fin)
+
+    def closed_with(self) -> int | None:
+        """The close code the server sent, if it sent a close frame."""
+        out = b"".join(self.pair.server.transport.stream)
+        index = out.rfind(b"\x88")
+        if index < 0:
+            return None
+        return int.from_bytes(out[index + 2 : index + 4], "big")
+
+    def test_every_length_in_any_chunking(self) -> None:
+        payloads = [b"", b"x", b"a" * 125, b"b" * 126, b"c" * 1000, b"d" * 65535, b"e" * 70000]
+        stream = b"".join(self.frame(p, opcode=1 if i % 2 else 2) for i, p in enumerate(payloads))
+        for chunk in (1, 7, 130, len(stream)):
+            self.received.clear()
+            for i in range(0, len(stream), chunk):
+                self.pair.server.dataReceived(stream[i : i + chunk])
+            self.assertEqual(self.received, [(p, bool(i % 2)) for i, p in enumerate(payloads)])
+        self.assertIsNone(self.closed_with())
+
+    def test_whole_frames_skip_autobahn(self) -> None:
+        calls: list[int] = []
+        original = self.pair.server.processData
+        self.pair.server.processData = lambda: calls.append(1) or original()  # type: ignore[method-assign]
+        self.pair.server.dataReceived(b"".join(self.frame(b"m%d" % i) for i in range(64)))
+        self.assertEqual(len(self.received), 64)
+        self.assertEqual(calls, [])
+        self.assertEqual(self.pair.server.trafficStats.incomingWebSocketMessages, 64 + 0)
+
+    def test_a_ping_between_messages_is_answered_in_order(self) -> None:
+        data = self.frame(b"one") + self.frame(b"p", opcode=9) + self.frame(b"two")
+        self.pair.server.dataReceived(data)
+        self.assertEqual([m for m, _ in self.received], [b"one", b"two"])
+        self.assertIn(b"\x8a\x01p", b"".join(self.pair.server.transport.stream))  # pong
+
+    def test_a_fragmented_message_is_joined(self) -> None:
+        data = self.frame(b"fir", fin=False) + self.frame(b"st", opcode=0) + self.frame(b"next")
+        self.pair.server.dataReceived(data)
+        self.assertEqual(self.received, [(b"first", True), (b"next", True)])
+
+    def test_invalid_utf8_text_closes_1007(self) -> None:
+        self.pair.server.dataReceived(self.frame(b"ok") + self.frame(b"\xff\xfe"))
+        self.assertEqual(self.received, [(b"ok", True)])
+        self.assertEqual(self.closed_with(), 1007)
+
+    def test_utf8_text_and_any_binary_pass(self) -> None:
+        self.pair.server.dataReceived(
+            self.frame("grüße".encode()) + self.frame(b"\xff\xfe", opcode=2)
+        )
+        self.assertEqual(self.received, [("grüße".encode(), True), (b"\xff\xfe", False)])
+
+    def test_an_unmasked_frame_from_a_client_closes_1002(self) -> None:
+        self.pair.server.dataReceived(encode_frame(1, b"plain"))
+        self.assertEqual(self.received, [])
+        self.assertEqual(self.closed_with(), 1002)
+
+    def test_over_the_size_limit_closes_1009(self) -> None:
+        self.pair.server.dataReceived(self.frame(b"z" * 100_001))
+        self.assertEqual(self.received, [])
+        self.assertEqual(self.closed_with(), 1009)
+
+    def test_reserved_bits_close_1002(self) -> None:
+        frame = bytearray(self.frame(b"x"))
+        frame[0] |= 0x40
+        self.pair.server.dataReceived(bytes(frame))
+        self.assertEqual(self.received, [])
+        self.assertEqual(self.closed_with(), 1002)
+
+    def test_unmask(self) -> None:
+        key = b"\x37\xfa\x21\x3d"
+        self.assertEqual(unmask(b"\x7f\x9f\x4d\x51\x58", key), b"Hello")  # RFC 6455 5.7
+        self.assertEqual(unmask(b"", key), b"")
+
+
+class TimestampTests(SynchronousTestCase):
+    def test_fractions(self) -> None:
+        self.assertEqual(parse_timestamp("20261206T182012"), 1796581212)
+        self.assertEqual(parse_timestamp("20261206T182012,5"), 1796581212.5)
+        self.assertAlmostEqual(parse_timestamp("20261206T182012,123456"), 1796581212.123456)
+        for bad in ("20261206T182012,12a", "20261206T182012,-1", "2026120GT182012", ""):
+            self.assertRaises(ValueError, parse_timestamp, bad)
+
+    def test_the_seconds_are_parsed_once(self) -> None:
+        _parse_seconds.cache_clear()
+        for micro in range(100):
+            parse_timestamp(f"20261206T182013,{micro:06d}")
+        self.assertEqual(_parse_seconds.cache_info().misses, 1)
+
+
+class CollectorTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        before = gc.get_threshold()
+        self.addCleanup(gc.set_threshold, *before)
+        self.addCleanup(gc.unfreeze)
+
+    def test_python_defaults_become_the_servers(self) -> None:
+        gc.set_threshold(*PYTHON_GC_THRESHOLDS)
+        self.assertTrue(tune_collector())
+        self.assertEqual(gc.get_threshold(), SERVER_GC_THRESHOLDS)
+        self.assertGreater(gc.get_freeze_count(), 0)
+
+    def test_a_programs_own_thresholds_are_kept(self) -> None:
+        gc.set_threshold(1234, 5, 6)
+        self.assertFalse(tune_collector())
+        self.assertEqual(gc.get_threshold(), (1234, 5, 6))
