@@ -7,6 +7,7 @@ only LoopbackRunTests runs each scenario, tiny, against a CSE on 127.0.0.1.
 from __future__ import annotations
 
 import io
+import os
 import struct
 import sys
 from dataclasses import asdict
@@ -314,6 +315,22 @@ class LedgerTests(SynchronousTestCase):
         self.assertNotIn("FAILURE", format_report(d))
         self.assertAlmostEqual(d["server_cpu_us_per_request"], 500.0)
         self.assertEqual(d["requests_per_second"], 2.0)
+
+    def test_fanout_cost_next_to_a_requests(self) -> None:
+        """A notification's server CPU, the pipelined RETRIEVE's per request, their ratio."""
+        opts = parse_options(["ws://127.0.0.1:1", "--scenario", "fanout"])
+        good = Result(sent=1, answered=100, started=1, ended=2, latencies=[0.1])
+        good.extra["rounds"] = 1
+        server = {"cpu_s": 0.005, "reference_us_per_request": 20.0}
+        d = report(opts, opts.url, good, server)
+        self.assertAlmostEqual(d["server_cpu_us_per_request"], 50.0)
+        self.assertAlmostEqual(d["notification_per_request_ratio"], 2.5)
+        self.assertIn(
+            "pipelined RETRIEVE on the same server: 20.0 us/request; a notification costs "
+            "2.50 x a request",
+            format_report(d),
+        )
+        self.assertNotIn("notification_per_request_ratio", report(opts, opts.url, good, {}))
 
 
 class StatisticsTests(SynchronousTestCase):
@@ -752,5 +769,30 @@ class LoopbackRunTests(TestCase):
                 self.assertTrue(said.getvalue().startswith("x: "), said.getvalue())
                 self.assertIn(url, said.getvalue())
                 self.assertNotIn("CORRECTNESS FAILURE", out.getvalue())
+
+        return Deferred.fromCoroutine(go())
+
+    def test_fanout_measures_a_reference_request(self) -> Deferred[None]:
+        """With the server's pid, the fan-out also runs pipelined RETRIEVEs on the same
+        server and says what a notification costs next to a request."""
+
+        async def go() -> None:
+            from twisted.internet import reactor
+
+            from acmews.bench import scenarios
+            from acmews.bench.cli import run
+            from acmews.bench.progress import Progress
+
+            from .helpers import start_cse
+
+            self.patch(scenarios, "REFERENCE_REQUESTS", 300)
+            _, url = await start_cse(self)
+            argv = ["--scenario", "fanout", "--connections", "3", "--requests", "3"]
+            argv += ["--server-pid", str(os.getpid())]  # the CSE runs in this process
+            out = io.StringIO()
+            code = await run(reactor, parse_options([url, *argv]), out, Progress(io.StringIO()))
+            self.assertEqual(code, 0, out.getvalue())
+            self.assertIn("pipelined RETRIEVE on the same server:", out.getvalue())
+            self.assertRegex(out.getvalue(), r"a notification costs \d+\.\d\d x a request")
 
         return Deferred.fromCoroutine(go())

@@ -31,6 +31,9 @@ def report(opts: BenchOptions, url: str, result: Result, server: dict[str, Any])
         n = result.sent if opts.scenario != "fanout" else result.answered
         if n:
             d["server_cpu_us_per_request"] = server["cpu_s"] / n * 1e6
+            reference = server.get("reference_us_per_request")
+            if reference:
+                d["notification_per_request_ratio"] = d["server_cpu_us_per_request"] / reference
     return d
 
 
@@ -83,8 +86,14 @@ def format_report(d: dict[str, Any]) -> str:
         )
     if "server_cpu_us_per_request" in d:
         lines.append(
-            f"  server CPU        {d['server_cpu_us_per_request']:.0f} us/{unit}"
+            f"  server CPU        {d['server_cpu_us_per_request']:.1f} us/{unit}"
             f" ({d['server']['cpu_s']:.2f} s)"
+        )
+    if "notification_per_request_ratio" in d:
+        lines.append(
+            f"  reference         pipelined RETRIEVE on the same server: "
+            f"{d['server']['reference_us_per_request']:.1f} us/request; a notification costs "
+            f"{d['notification_per_request_ratio']:.2f} x a request"
         )
     if "rss_growth_kib" in d["server"]:
         lines.append(

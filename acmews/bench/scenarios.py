@@ -500,7 +500,49 @@ async def run_fanout(reactor: Any, opts: BenchOptions, run: Run) -> tuple[Result
     server: dict[str, Any] = {}
     if before is not None and after is not None:
         server = {"cpu_s": after.cpu - before.cpu, "rss_kib": after.rss_kib}
+        if result.answered:
+            progress.update("pipelined RETRIEVE for reference")
+            reference = await reference_retrieve(reactor, opts, url, pid, tag)
+            progress.clear()
+            if reference is not None:
+                server["reference_us_per_request"] = reference
     return result, server
+
+
+#: requests of the pipelined RETRIEVE run the fan-out compares a notification with
+REFERENCE_REQUESTS = 20_000
+
+
+async def reference_retrieve(
+    reactor: Any, opts: BenchOptions, url: str, pid: int | None, tag: str
+) -> float | None:
+    """The server's CPU per request of a pipelined RETRIEVE of the CSEBase (one connection,
+    window 64, :data:`REFERENCE_REQUESTS`) on the server just measured: what a notification
+    should cost about as much as. None if the server's CPU cannot be read."""
+    before: ServerSample | None = None
+
+    def sample_before() -> Deferred[None]:
+        nonlocal before
+        before = sample_server(pid)
+        return Deferred.fromCoroutine(_noop())
+
+    cfg = LoadConfig(
+        url=url,
+        serialization=opts.serialization,
+        originator=opts.originator,
+        request={"op": 2, "to": opts.target, "fr": opts.originator, "rvi": RVI},
+        connections=1,
+        window=64,
+        requests=REFERENCE_REQUESTS,
+        duration=opts.duration,
+        timeout=opts.timeout,
+        tag=f"{tag}ref",
+    )
+    result = await run_load(reactor, cfg, go=sample_before)
+    after = sample_server(pid)
+    if before is None or after is None or not result.answered or not result.correct:
+        return None
+    return (after.cpu - before.cpu) / result.answered * 1e6
 
 
 #: AEs the fan-out scenario sets up at a time: a thousand connects at once would overflow a
