@@ -27,6 +27,7 @@ from autobahn.websocket.compress import (
 )
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest, ConnectionResponse
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ISSLTransport
 from twisted.internet.protocol import connectionDone
@@ -180,6 +181,51 @@ def _dropped(*args: object) -> None:
     """What a session's send and close become once its connection is gone."""
 
 
+class TurnWriter:
+    """Sends, at the end of a reactor turn, the frames each connection wrote during it: one
+    system call per connection and turn, straight to its socket.
+
+    Twisted's transport would do the same in the next turn, but registers the socket for
+    writing and removes it again each time (two more system calls and its bookkeeping per
+    connection and turn): a fan-out writes one notification to each of a thousand
+    connections in a turn. What the socket does not take at once (its buffer is full) goes
+    to the transport as usual, and so does everything while the transport still holds
+    something, so that order holds.
+    """
+
+    __slots__ = ("_call", "_clock", "_waiting")
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._waiting: list[_AutobahnFastPath] = []
+        self._call: IDelayedCall | None = None
+
+    def add(self, protocol: _AutobahnFastPath) -> None:
+        """``protocol`` has its first frame of this turn waiting."""
+        self._waiting.append(protocol)
+        if self._call is None:
+            self._call = self._clock.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        """Send what every connection has waiting (also called when the turn ends)."""
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+        waiting, self._waiting = self._waiting, []
+        for protocol in waiting:
+            protocol._send_waiting()
+
+
+def _direct_writes(transport: Any) -> bool:
+    """Can frames be written to ``transport``'s socket directly (:class:`TurnWriter`)? A plain
+    TCP connection of Twisted's, not TLS nor anything in memory."""
+    return (
+        isinstance(transport, tcp.Connection)
+        and hasattr(transport, "writeSomeData")
+        and hasattr(transport, "_tempDataBuffer")
+    )
+
+
 class _AutobahnFastPath:
     """Every override of Autobahn internals, in one place (checked against Autobahn 26.10.2).
 
@@ -252,6 +298,10 @@ class _AutobahnFastPath:
     _fast_mask: int | None = None
     #: the largest payload :meth:`_read_frames` takes (the message size limit, at most 64 KiB)
     _fast_limit: int = 0
+    #: frames written in this reactor turn, sent at its end (:class:`TurnWriter`); None:
+    #: each frame goes to the transport at once
+    _waiting: list[bytes] | None = None
+    _turn_writer: TurnWriter | None = None
     #: keep-alive: reads so far, the reads seen at the last check, and its two timers
     _reads: int = 0
     _reads_seen: int = -1
@@ -313,6 +363,7 @@ class _AutobahnFastPath:
             self._release()
 
     def _release(self) -> None:
+        self._waiting = None
         for call in (self._stall_call, self._message_call, self._ping_call, self._pong_call):
             if call is not None and call.active():
                 call.cancel()
@@ -365,10 +416,32 @@ class _AutobahnFastPath:
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         """Autobahn's way out for every frame but the server's own fast path (pongs, close
-        frames, the client role): counted while the peer is behind."""
+        frames, the client role): counted while the peer is behind; after the frames that
+        wait for the end of the turn."""
+        if self._waiting:
+            self._send_waiting()
         if self._behind is not None:
             self._count_behind(len(data))
         super().sendData(data, sync, chopsize)  # type: ignore[misc]
+
+    def _send_waiting(self) -> None:
+        """Send the frames written in this turn: to the socket directly if the transport
+        holds nothing; what the socket does not take, through the transport."""
+        waiting = self._waiting
+        if not waiting:
+            return
+        data = waiting[0] if len(waiting) == 1 else b"".join(waiting)
+        waiting.clear()
+        transport = self.transport
+        if transport is None or not transport.connected or transport.disconnecting:
+            return  # the connection is gone or going: as the transport would drop it
+        if not transport._tempDataBuffer and not transport.dataBuffer:
+            sent = transport.writeSomeData(data)
+            if isinstance(sent, int):  # else an error: the transport finds it again
+                if sent == len(data):
+                    return
+                data = data[sent:]
+        transport.write(data)
 
     def _stalled(self) -> None:
         self._stall_call = None
@@ -530,7 +603,14 @@ class _AutobahnFastPath:
             frame = frame_header(2 if binary else 1, len(data), masked=False) + data
             if self._behind is not None:
                 self._count_behind(len(frame))
-            self.transport.write(frame)
+            waiting = self._waiting
+            if waiting is None:
+                self.transport.write(frame)
+            else:
+                if not waiting:
+                    assert self._turn_writer is not None
+                    self._turn_writer.add(self)
+                waiting.append(frame)
             return True
         return False
 
@@ -579,6 +659,10 @@ class _OneM2MProtocolMixin(_AutobahnFastPath):
         if self._perMessageCompress is None and not (self.logFrames or self.logOctets):
             self._fast_mask = 0x80 if factory.isServer else 0
             self._fast_limit = min(factory.options.max_message_size, 65535)
+            writer = getattr(factory, "turn_writer", None)
+            if writer is not None and _direct_writes(self.transport):
+                self._turn_writer = writer
+                self._waiting = []
         self._start_keepalive()
         return self.session
 
@@ -887,6 +971,8 @@ class OneM2MServerFactory(WebSocketServerFactory):
         self.sessions: set[Session] = set()
         #: set by a graceful stop: a connection that opens now is closed at once (1001)
         self.draining = False
+        #: sends what the connections wrote in a reactor turn at its end
+        self.turn_writer = TurnWriter(self.clock)
 
     def taken(self, authorization: Authorization) -> str | None:
         """Why the originator ``authorization`` claims is taken, or None. A CSE-ID with a
