@@ -786,9 +786,16 @@ class LoopbackRunTests(TestCase):
             from .helpers import start_cse
 
             self.patch(scenarios, "REFERENCE_REQUESTS", 300)
+            # the CPU the server used, in steps finer than /proc's ticks
+            cpu = iter(range(1, 100))
+            self.patch(
+                scenarios,
+                "sample_server",
+                lambda pid: scenarios.ServerSample(next(cpu) / 100, 1000) if pid else None,
+            )
             _, url = await start_cse(self)
             argv = ["--scenario", "fanout", "--connections", "3", "--requests", "3"]
-            argv += ["--server-pid", str(os.getpid())]  # the CSE runs in this process
+            argv += ["--server-pid", str(os.getpid())]
             out = io.StringIO()
             code = await run(reactor, parse_options([url, *argv]), out, Progress(io.StringIO()))
             self.assertEqual(code, 0, out.getvalue())

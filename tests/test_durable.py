@@ -10,6 +10,7 @@ import sqlite3
 from typing import Any
 
 import cbor2
+import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor
@@ -19,6 +20,7 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
+from acmews.codec import JSON
 from acmews.codes import RSC, Operation
 from acmews.cse import CSE, CSEConfig, IResourceStore, MemoryResourceStore
 from acmews.cse.resource import Resource
@@ -35,9 +37,10 @@ from acmews.durable import (
 )
 from acmews.errors import InternalServerError, TargetNotReachable
 from acmews.handshake import Authorization
-from acmews.poa import INotificationQueue, MemoryNotificationQueue
+from acmews.poa import INotificationQueue, MemoryNotificationQueue, PoaChain
 from acmews.primitive import Request, Response
-from acmews.testing import START, FakeConnection, FakeSender
+from acmews.session import Session
+from acmews.testing import START, FakeConnection, FakeOriginatorMap, FakeSender
 from tests.test_cse import RecordTree
 
 
@@ -961,3 +964,85 @@ class ReplayTests(SynchronousTestCase):
             self.assertGreaterEqual(last, max(answered))
         finally:
             again.service.stopService()
+
+
+class DurableFanOutTests(StoreFiles, SynchronousTestCase):
+    """A fan-out on the SQLite store: the queue is written only for the subscribers that are
+    not connected; the others get their notification on their connection, with no write."""
+
+    def setUp(self) -> None:
+        self.disk = Clock()
+        os.mkdir(directory := self.mktemp())
+        self.path = os.path.join(directory, "acmews.db")
+
+    def test_only_targets_not_connected_are_queued(self) -> None:
+        store = self.open_store()
+        clock = Clock()
+        clock.advance(START)
+        originators = FakeOriginatorMap()
+        chain = PoaChain(originators, clock, queue=store.queue, timeout=10)
+        self.addCleanup(chain.stop)
+        cse = CSE(CSEConfig(poa=("ws://127.0.0.1:8180",)), chain, clock, store.resources)
+
+        def request(op: int, to: str, fr: str, **kw: Any) -> Any:
+            result = cse.handle_request(
+                Request(op, to, f"rq{next(rqis)}", "4", fr, **kw),  # type: ignore[arg-type]
+                FakeConnection(fr),
+            )
+            self.commit()
+            return self.successResultOf(result) if isinstance(result, Deferred) else result
+
+        rqis = iter(range(1, 1000))
+        aes = ["Cfan1", "Cfan2", "Cfan3"]
+        ae = {"api": "Nfan", "rr": True, "srv": ["4"]}
+        cnt = request(1, "cse-in", "CAdmin", ty=3, pc={"m2m:cnt": {"rn": "fan", "mni": 5}})
+        self.assertEqual(cnt.rsc, RSC.CREATED)
+        sessions: dict[str, tuple[Session, list[dict[str, Any]]]] = {}
+        acp = {
+            "pv": {"acr": [{"acor": aes, "acop": 63}]},
+            "pvs": {"acr": [{"acor": ["CAdmin"], "acop": 63}]},
+        }
+        request(1, "cse-in", "CAdmin", ty=1, pc={"m2m:acp": {"rn": "fanacp", **acp}})
+        request(3, "cse-in/fan", "CAdmin", pc={"m2m:cnt": {"acpi": ["cse-in/fanacp"]}})
+        for aei in aes:
+            self.assertEqual(
+                request(1, "cse-in", aei, ty=2, pc={"m2m:ae": {"rn": aei, **ae}}).rsc, 2001
+            )
+            sub = {"rn": f"s{aei}", "nu": [aei], "enc": {"net": [3], "chty": [4]}, "nct": 1}
+            self.assertEqual(request(1, "cse-in/fan", aei, ty=23, pc={"m2m:sub": sub}).rsc, 2001)
+            if aei != "Cfan3":  # Cfan3 is not connected
+                sent: list[dict[str, Any]] = []
+                session = Session(
+                    lambda data, binary, sent=sent: sent.append(orjson.loads(data)),
+                    JSON,
+                    clock,
+                    None,
+                    originator=aei,
+                )
+                originators.bind(aei, session)
+                sessions[aei] = (session, sent)
+        submitted: list[str] = []
+        database = store.database
+        assert database is not None
+        original = database.submit
+        self.patch(
+            database,
+            "submit",
+            lambda ops, *a, **kw: (submitted.extend(op for op, _ in ops), original(ops, *a, **kw))[
+                1
+            ],
+        )
+        response = request(1, "cse-in/fan", "CAdmin", ty=4, pc={"m2m:cin": {"con": "x"}})
+        self.assertEqual(response.rsc, RSC.CREATED)
+        clock.advance(0)  # the notifications go out after the response
+        self.commit()
+        for session, sent in sessions.values():
+            [notification] = [m for m in sent if m.get("op") == 5]
+            self.assertEqual(notification["pc"]["m2m:sgn"]["nev"]["rep"]["m2m:cin"]["con"], "x")
+            session.message_received(
+                orjson.dumps({"rsc": 2000, "rqi": notification["rqi"], "rvi": "4"}), True
+            )
+        enqueued = [op for op in submitted if op.startswith("INSERT INTO queue")]
+        self.assertEqual(len(enqueued), 1)
+        self.assertEqual(self.rows("SELECT originator FROM queue"), [("Cfan3",)])
+        self.assertEqual(chain.counts.delivered, 2)
