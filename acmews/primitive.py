@@ -356,6 +356,8 @@ class Response:
             raise _fail("'rqi' (request identifier) is missing", None)
         if rqi is None:
             raise _fail("'rqi' must be a string", None)
+        if len(m) <= 4 and _PLAIN_RESPONSE_KEYS.issuperset(m):  # most answers (a NOTIFY's)
+            return cls(_RSCS.get(rsc) or rsc, rqi, _check_rvi(m, rqi, required=False), m.get("pc"))
         response = cls(
             _RSCS.get(rsc) or rsc,
             rqi,
@@ -376,6 +378,9 @@ class Response:
                 response.extra = extra
         return response
 
+
+#: the parameters of a response that needs no more than its constructor's first four
+_PLAIN_RESPONSE_KEYS = frozenset(("rsc", "rqi", "rvi", "pc"))
 
 Primitive = Request | Response
 

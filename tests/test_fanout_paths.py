@@ -361,3 +361,41 @@ class CollectorTests(SynchronousTestCase):
         gc.set_threshold(1234, 5, 6)
         self.assertFalse(tune_collector())
         self.assertEqual(gc.get_threshold(), (1234, 5, 6))
+
+
+class ResponseParsingTests(SynchronousTestCase):
+    def test_plain_and_full_responses(self) -> None:
+        plain = Response.from_mapping({"rsc": 2000, "rqi": "a", "rvi": "4", "pc": {"x": 1}})
+        self.assertEqual((plain.rsc, plain.rqi, plain.rvi, plain.pc), (2000, "a", "4", {"x": 1}))
+        self.assertIs(plain.rsc, RSC.OK)
+        full = Response.from_mapping({"rsc": 2000, "rqi": "a", "rvi": "4", "to": "Cae1"})
+        self.assertEqual(full.to, "Cae1")
+        other = Response.from_mapping({"rsc": 2000, "rqi": "a", "zz": 1})
+        self.assertEqual(other.extra, {"zz": 1})
+        from acmews.errors import PrimitiveError
+
+        self.assertRaises(
+            PrimitiveError, Response.from_mapping, {"rsc": 2000, "rqi": "a", "rvi": "99"}
+        )
+
+
+class NotificationExpiryTests(SynchronousTestCase):
+    def test_one_rqet_per_millisecond(self) -> None:
+        from acmews.testing import memory_cse
+
+        cse = memory_cse()
+        notifier = cse.cse.notifier
+        first = notifier.notification("Cae1", {})
+        second = notifier.notification("Cae1", {})
+        self.assertIs(first.rqet, second.rqet)
+        self.assertEqual(parse_timestamp(str(first.rqet)), cse.clock.seconds() + 3600.0)
+        cse.clock.advance(0.002)
+        third = notifier.notification("Cae1", {})
+        self.assertNotEqual(third.rqet, first.rqet)
+        self.assertAlmostEqual(parse_timestamp(str(third.rqet)), cse.clock.seconds() + 3600.0)
+
+    def test_the_same_string_parses_the_same(self) -> None:
+        value = "20261206T182012,250000"
+        self.assertEqual(parse_timestamp(value), parse_timestamp(value))
+        self.assertEqual(parse_timestamp("".join(value)), 1796581212.25)
+        self.assertEqual(parse_timestamp("20261206T182013,5"), 1796581213.5)

@@ -135,6 +135,8 @@ class Notifier:
         self._addressing = addressing
         self._store = store
         self._rqis = itertools.count(1)
+        #: when the last rqet was made, and it
+        self._rqet: tuple[float, str] = (-1.0, "")
         self._rqi_prefix = f"acmews-{secrets.token_hex(3)}-"
         #: lines about a notification's fate, per target (a peer may fail or refuse every
         #: notification); summed up in the next line about it that gets through
@@ -163,7 +165,13 @@ class Notifier:
     def notification(self, target: str, pc: dict[str, Any], expires: bool = True) -> Request:
         rqet = None
         if expires:
-            rqet = self._ts.format(self._clock.seconds() + self._config.notification_expiry)
+            now = self._clock.seconds()
+            made, rqet = self._rqet
+            if not made <= now < made + 0.001:
+                # one string for the notifications of a millisecond (a fan-out's): formatted
+                # and parsed again (by the session, for its timeout) once
+                rqet = self._ts.format(now + self._config.notification_expiry)
+                self._rqet = (now, rqet)
         return Request(
             Operation.NOTIFY,
             target,
