@@ -50,7 +50,7 @@ from acmews.options import (
     ConnectionOptions,
 )
 from acmews.originators import OriginatorMap
-from acmews.session import Session
+from acmews.session import Deadlines, Session
 from acmews.wsframe import frame_header, unmask
 
 _NOTHING_PROVED = Authorization()
@@ -652,6 +652,8 @@ class _OneM2MProtocolMixin(_AutobahnFastPath):
             on_bound=on_bound,
             authorization=authorization,
             metrics=factory.metrics,
+            # a server's sessions share one timer for their requests' timeouts
+            deadlines=getattr(factory, "deadlines", None),
         )
         if factory.metrics is not None:
             self._metrics = factory.metrics
@@ -973,6 +975,8 @@ class OneM2MServerFactory(WebSocketServerFactory):
         self.draining = False
         #: sends what the connections wrote in a reactor turn at its end
         self.turn_writer = TurnWriter(self.clock)
+        #: times out the requests sent on all of them (notifications) on one timer
+        self.deadlines = Deadlines(self.clock)
 
     def taken(self, authorization: Authorization) -> str | None:
         """Why the originator ``authorization`` claims is taken, or None. A CSE-ID with a

@@ -40,7 +40,7 @@ from acmews.options import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_REQUEST_TIMEOUT
 from acmews.primitive import Request, Response, error_response
 from acmews.timestamps import expiry_delay
 
-__all__ = ["DEFAULT_REQUEST_TIMEOUT", "Session", "fr_allowed"]
+__all__ = ["DEFAULT_REQUEST_TIMEOUT", "Deadlines", "Session", "fr_allowed"]
 
 SendFunction = Callable[[bytes, bool], None]
 CloseFunction = Callable[[int, str], None]
@@ -105,6 +105,7 @@ class Session:
         on_bound: BoundCallback | None = None,
         authorization: Authorization = _UNVERIFIED,
         metrics: BindingMetrics | None = None,
+        deadlines: Deadlines | None = None,
     ) -> None:
         """
         @param originator: the remote end's originator (X-M2M-Origin), if known.
@@ -115,6 +116,8 @@ class Session:
             (:attr:`IConnection.authorization`).
         @param metrics: counts each request answered and its latency (None: nothing counted,
             nothing timed).
+        @param deadlines: where the requests this session sends are timed out: shared by the
+            sessions of a server (one timer for all of them); one of its own when None.
         """
         self._send = send
         self.codec = codec
@@ -136,12 +139,8 @@ class Session:
         self._log_budget: Budget | None = None
         #: rqi -> (what waits for the response, its timeout) for requests we sent
         self._pending: dict[str, _Entry] = {}
-        #: their deadlines: (time, sequence, rqi, entry), earliest on top, on one timer
-        #: (:attr:`_timer`) instead of a timer each; an answered entry stays until it reaches
-        #: the top (the entry's identity tells it from a later request with the same rqi)
-        self._deadlines: list[tuple[float, int, str, _Entry]] = []
-        self._timer: IDelayedCall | None = None
-        self._timer_at = 0.0
+        #: their timeouts
+        self._deadlines = deadlines if deadlines is not None else Deadlines(clock)
         #: rqis of incoming requests still being answered
         self._serving: set[str] = set()
         self._closed_waiters: list[Deferred[None]] = []
@@ -191,48 +190,9 @@ class Session:
             if until is not None:
                 delay = max(0.0, min(delay, until))
         entry = pending[rqi] = (waiter, delay)
-        self._add_deadline(now + delay, rqi, entry)
+        self._deadlines.add(now + delay, self, rqi, entry)
         self._send(data, self._binary)
         return None
-
-    def _add_deadline(self, when: float, rqi: str, entry: _Entry) -> None:
-        deadlines = self._deadlines
-        if len(deadlines) > len(self._pending) + _HEAP_SLACK:
-            pending = self._pending
-            deadlines[:] = [d for d in deadlines if pending.get(d[2]) is d[3]]
-            heapify(deadlines)
-        heappush(deadlines, (when, next(_sequence), rqi, entry))
-        timer = self._timer
-        if timer is None:
-            self._timer_at = when
-            self._timer = self.clock.callLater(when - self.clock.seconds(), self._time_out)
-        elif when < self._timer_at:
-            self._timer_at = when
-            timer.reset(max(0.0, when - self.clock.seconds()))
-
-    def _time_out(self) -> None:
-        """Fail the requests whose time is up (4008); wait for the next one."""
-        self._timer = None
-        now = self.clock.seconds()
-        deadlines, pending = self._deadlines, self._pending
-        while deadlines:
-            when, _, rqi, entry = deadlines[0]
-            if pending.get(rqi) is not entry:
-                heappop(deadlines)  # answered (or cancelled) already
-                continue
-            if when > now:
-                self._timer_at = when
-                self._timer = self.clock.callLater(when - now, self._time_out)
-                return
-            heappop(deadlines)
-            del pending[rqi]
-            self._request_timed_out(rqi, entry)
-
-    def _stop_timer(self) -> None:
-        timer, self._timer = self._timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
-        self._deadlines = []
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         if self._close is not None and self.connected:
@@ -291,8 +251,7 @@ class Session:
         for rqi, (waiter, _) in self._pending.items():
             if waiter is d:
                 del self._pending[rqi]  # its deadline goes when it reaches the top
-                if not self._pending:
-                    self._stop_timer()
+                self._deadlines.done(1)
                 return
 
     def _request_timed_out(self, rqi: str, entry: _Entry) -> None:
@@ -318,7 +277,7 @@ class Session:
             return
         self.connected = False
         pending, self._pending = self._pending, {}
-        self._stop_timer()
+        self._deadlines.done(len(pending))
         for rqi, (waiter, _) in pending.items():
             _settle(waiter, Failure(TargetNotReachable(f"{reason} before the response", rqi=rqi)))
         waiters, self._closed_waiters = self._closed_waiters, []
@@ -408,13 +367,12 @@ class Session:
                 peer=self.peer,
             )
             return
+        self._deadlines.done(1)
         waiter = entry[0]
         if isinstance(waiter, Deferred):
             waiter.callback(response)
         else:
             waiter(response)
-        if not self._pending:
-            self._stop_timer()  # nothing is left waiting on this connection
 
     def _request_received(self, request: Request) -> None:
         rqi = request.rqi
@@ -580,3 +538,79 @@ def _settle(waiter: Deferred[Response] | Then, result: Response | Failure) -> No
             waiter.callback(result)
     else:
         waiter(result)
+
+
+class Deadlines:
+    """The timeouts of the requests that sessions send, on one timer.
+
+    A deadline is ``(time, sequence, session, rqi, entry)`` in a heap, the timer at the
+    earliest. An answered request's deadline is not looked for: it stays until it reaches the
+    top (the entry's identity tells it from a later request with the same rqi), and the heap
+    is rebuilt once it holds :data:`_HEAP_SLACK` more than are pending. Once nothing is pending
+    in any of its sessions the timer is cancelled and the heap emptied, so that nothing is
+    left scheduled. A fan-out of a thousand notifications thus costs a heap push per
+    notification instead of a timer made and cancelled for each.
+    """
+
+    __slots__ = ("_at", "_clock", "_heap", "_live", "_timer")
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._heap: list[tuple[float, int, Session, str, _Entry]] = []
+        #: requests pending in all the sessions
+        self._live = 0
+        self._timer: IDelayedCall | None = None
+        self._at = 0.0
+
+    def __len__(self) -> int:
+        """Deadlines kept (those of answered requests included)."""
+        return len(self._heap)
+
+    def add(self, when: float, session: Session, rqi: str, entry: _Entry) -> None:
+        """``session`` sent request ``rqi`` (its ``entry``), which times out at ``when``."""
+        heap = self._heap
+        self._live += 1
+        if len(heap) > self._live + _HEAP_SLACK:
+            heap[:] = [d for d in heap if d[2]._pending.get(d[3]) is d[4]]
+            heapify(heap)
+        heappush(heap, (when, next(_sequence), session, rqi, entry))
+        timer = self._timer
+        if timer is None:
+            self._at = when
+            self._timer = self._clock.callLater(when - self._clock.seconds(), self._time_out)
+        elif when < self._at:
+            self._at = when
+            timer.reset(max(0.0, when - self._clock.seconds()))
+
+    def done(self, count: int) -> None:
+        """``count`` requests left their sessions' pending (answered, cancelled, lost)."""
+        live = self._live = max(0, self._live - count)
+        if not live:
+            self._heap = []
+            timer, self._timer = self._timer, None
+            if timer is not None and timer.active():
+                timer.cancel()
+
+    def _time_out(self) -> None:
+        """Fail the requests whose time is up (4008); wait for the next one."""
+        self._timer = None
+        now = self._clock.seconds()
+        heap = self._heap
+        expired: list[tuple[Session, str, _Entry]] = []
+        while heap:
+            when, _, session, rqi, entry = heap[0]
+            pending = session._pending
+            if pending.get(rqi) is not entry:
+                heappop(heap)  # answered (or cancelled) already
+                continue
+            if when > now:
+                self._at = when
+                self._timer = self._clock.callLater(when - now, self._time_out)
+                break
+            heappop(heap)
+            del pending[rqi]
+            expired.append((session, rqi, entry))
+        self._live = max(0, self._live - len(expired)) if heap else 0
+        # told last: what they do (send again) finds the timer as it should be
+        for session, rqi, entry in expired:
+            session._request_timed_out(rqi, entry)

@@ -21,7 +21,7 @@ from acmews.originators import OriginatorMap
 from acmews.poa import PoaChain
 from acmews.primitive import Request, Response
 from acmews.server import PYTHON_GC_THRESHOLDS, SERVER_GC_THRESHOLDS, tune_collector
-from acmews.session import Session
+from acmews.session import Deadlines, Session
 from acmews.testing import (
     FakeOriginatorMap,
     Pair,
@@ -165,6 +165,71 @@ class RequestThenTests(SynchronousTestCase):
         d.cancel()
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(self.session.pending_count, 0)
+
+
+class SharedDeadlinesTests(SynchronousTestCase):
+    """The sessions of a server share one timer for their requests' timeouts."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.deadlines = Deadlines(self.clock)
+        self.wires = [Wire(), Wire()]
+        self.sessions = [
+            Session(w, JSON, self.clock, None, originator=f"C{i}", deadlines=self.deadlines)
+            for i, w in enumerate(self.wires)
+        ]
+
+    def test_one_timer_until_every_session_is_answered(self) -> None:
+        a, b = Outcomes(), Outcomes()
+        for i in range(10):
+            self.sessions[0].request_then(notify(f"a{i}"), a, 10)
+            self.sessions[1].request_then(notify(f"b{i}"), b, 10)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        for i in range(10):
+            self.wires[0].answer(self.sessions[0], i)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)  # b's still wait
+        self.clock.advance(10)
+        self.assertEqual((a.rsc(), b.errors()), ([RSC.OK] * 10, [RequestTimeout] * 10))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_lost_session_leaves_the_others_timed(self) -> None:
+        a, b = Outcomes(), Outcomes()
+        self.sessions[0].request_then(notify("a"), a, 10)
+        self.sessions[1].request_then(notify("b"), b, 10)
+        self.sessions[0].connection_lost()
+        self.assertEqual(a.errors(), [TargetNotReachable])
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.wires[1].answer(self.sessions[1], 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_what_waits_longer_still_times_out(self) -> None:
+        """A timeout, then an answer elsewhere, leave a later deadline in force."""
+        b = Outcomes()
+        self.sessions[0].request_then(notify("a"), Outcomes(), 10)
+        self.sessions[1].request_then(notify("b"), b, 30)
+        self.clock.advance(10)  # a times out
+        self.sessions[0].request_then(notify("c"), Outcomes(), 10)
+        self.wires[0].answer(self.sessions[0], 1)  # c answered
+        self.clock.advance(20)
+        self.assertEqual(b.errors(), [RequestTimeout])
+
+    def test_sending_again_from_a_timeout(self) -> None:
+        """What a timed-out request's ``then`` sends gets its own deadline, on one timer."""
+        retried = Outcomes()
+
+        def again(result: Any) -> None:
+            if isinstance(result, Failure) and not retried.results:
+                self.sessions[0].request_then(notify("again"), retried, 5)
+
+        self.sessions[0].request_then(notify("first"), again, 10)
+        self.sessions[1].request_then(notify("other"), Outcomes(), 30)
+        self.clock.advance(10)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(5)
+        self.assertEqual(retried.errors(), [RequestTimeout])
+        self.clock.advance(15)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(len(self.deadlines), 0)
 
 
 class SendThenTests(SynchronousTestCase):

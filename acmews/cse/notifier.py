@@ -324,7 +324,10 @@ class Notifier:
         being deleted (with its subscriptions) is still known, so its ``sud`` still finds its
         poa; an AE the batch removed already is not.
         """
-        batch.notify(self._targets(batch, nus).values(), pc)
+        if len(nus) == 1:  # most subscriptions: no duplicates to collapse
+            batch.notify((self.resolve_target(nus[0], batch),), pc)
+        else:
+            batch.notify(self._targets(batch, nus).values(), pc)
 
     def _targets(self, batch: Changes, nus: Sequence[str]) -> dict[str, Target]:
         targets: dict[str, Target] = {}
