@@ -584,8 +584,11 @@ class Deadlines:
 
     def done(self, count: int) -> None:
         """``count`` requests left their sessions' pending (answered, cancelled, lost)."""
-        live = self._live = max(0, self._live - count)
-        if not live:
+        live = self._live - count
+        if live > 0:
+            self._live = live
+        else:
+            self._live = 0
             self._heap = []
             timer, self._timer = self._timer, None
             if timer is not None and timer.active():

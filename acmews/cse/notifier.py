@@ -248,6 +248,8 @@ class Notifier:
         was (the caller deletes them), or None.
         """
         expired: list[Resource] | None = None
+        #: the event with the whole resource, shared by the subscriptions that get it
+        whole: dict[str, Any] | None = None
         for sub in batch.children(subject.ri, _SUB):
             if sub is exclude:
                 continue
@@ -281,7 +283,12 @@ class Notifier:
             else:
                 representation = rep.pc
             if monitored is None:
-                nev: dict[str, Any] = {"rep": representation, "net": int(net or 0)}
+                if representation is rep.pc:  # the whole resource: the same for every one
+                    if whole is None:
+                        whole = {"rep": representation, "net": int(net or 0)}
+                    nev: dict[str, Any] = whole
+                else:
+                    nev = {"rep": representation, "net": int(net or 0)}
             else:
                 nev = {"rep": representation, "om": monitored}
             sgn: dict[str, Any] = {"nev": nev, "sur": self.sur(sub)}
