@@ -464,3 +464,52 @@ class NotificationExpiryTests(SynchronousTestCase):
         self.assertEqual(parse_timestamp(value), parse_timestamp(value))
         self.assertEqual(parse_timestamp("".join(value)), 1796581212.25)
         self.assertEqual(parse_timestamp("20261206T182013,5"), 1796581213.5)
+
+
+class KnownTargetTests(SynchronousTestCase):
+    """The notifier remembers which registrant an nu named, while that resource is stored
+    with the same attributes."""
+
+    def setUp(self) -> None:
+        from acmews.testing import memory_cse
+
+        self.m = memory_cse()
+        ae = {"rn": "Cae1", "api": "Nx", "rr": True, "srv": ["4"], "poa": ["http://a.example/"]}
+        self.ok(Operation.CREATE, "cse-in", fr="Cae1", ty=2, pc={"m2m:ae": ae})
+        self.ok(Operation.CREATE, "cse-in/Cae1", fr="Cae1", ty=3, pc={"m2m:cnt": {"rn": "c"}})
+        sub = {"rn": "s", "nu": ["Cae1"], "enc": {"net": [3]}}
+        self.ok(Operation.CREATE, "cse-in/Cae1/c", fr="Cae1", ty=23, pc={"m2m:sub": sub})
+        self.m.sender.take()
+
+    def ok(self, op: Operation, to: str, **kw: Any) -> Response:
+        response = self.successResultOf(self.m.request(op, to, **kw))
+        self.assertLess(response.rsc, 3000, response)
+        return response
+
+    def notified(self) -> list[tuple[str, tuple[str, ...], bool]]:
+        self.ok(Operation.CREATE, "cse-in/Cae1/c", fr="Cae1", ty=4, pc={"m2m:cin": {"con": 1}})
+        self.m.clock.advance(0)
+        sent = self.m.sender.take()
+        for s in sent:
+            s.answer()
+        return [(s.target, s.poa, s.store) for s in sent]
+
+    def test_a_new_poa_is_used(self) -> None:
+        self.assertEqual(self.notified(), [("Cae1", ("http://a.example/",), True)])
+        self.assertEqual(self.notified(), [("Cae1", ("http://a.example/",), True)])
+        self.ok(
+            Operation.UPDATE,
+            "cse-in/Cae1",
+            fr="Cae1",
+            pc={"m2m:ae": {"poa": ["http://b.example/"]}},
+        )
+        self.assertEqual(self.notified(), [("Cae1", ("http://b.example/",), True)])
+
+    def test_what_no_longer_names_a_registrant(self) -> None:
+        self.notified()
+        target = self.m.cse.notifier.resolve_target("Cae1", self.m.cse.store)
+        self.assertTrue(target[2])
+        self.ok(Operation.DELETE, "cse-in/Cae1", fr="Cae1")
+        self.m.sender.take()
+        target = self.m.cse.notifier.resolve_target("Cae1", self.m.cse.store)
+        self.assertEqual(target, ("Cae1", (), False, "Cae1"))

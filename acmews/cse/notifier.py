@@ -52,6 +52,9 @@ DELIVERY_BATCH = 64
 #: notifications a batch (``bn``) collects at most before it is sent, whatever its ``num``
 MAX_BATCH = 1000
 
+#: nus whose registrant the notifier remembers (then it forgets them all and starts again)
+MAX_KNOWN_TARGETS = 100_000
+
 __all__ = ["Notifier", "missing_data"]
 
 _SUB = ResourceType.SUB
@@ -150,6 +153,10 @@ class Notifier:
         self._stats_call: IDelayedCall | None = None
         #: resource ri -> the lock of its blocked UPDATEs (TS-0001 10.2.10.7)
         self._locks: dict[str, DeferredLock] = {}
+        #: nu -> the registrant (AE, remote CSE) it named, the attrs it had, and its target:
+        #: used again while that resource is stored with those attrs (a fan-out resolves the
+        #: same nus at every event)
+        self._registrants: dict[str, tuple[Resource, Mapping[str, Any], Target]] = {}
         #: deliveries waiting for a later reactor turn, in the order they were scheduled
         self._waiting: dict[int, tuple[list[Delivery], int]] = {}
         self._turns = itertools.count()
@@ -212,6 +219,13 @@ class Notifier:
                 nu = plain
         if "://" in nu:
             return nu, (), False, nu
+        known = self._registrants.get(nu)
+        if known is not None and reader is not None:
+            # what nu named last time, if it is still that resource, at that version
+            resource, attrs, target = known
+            if resource.attrs is attrs and reader.get(resource.ri) is resource:
+                return target
+            del self._registrants[nu]
         addressing = self._addressing
         try:
             foreign = addressing.foreign_cse(nu)
@@ -219,7 +233,11 @@ class Notifier:
                 resource, virtual = addressing.locate(nu, reader)
                 if virtual is None and resource.kind.registrant:
                     originator = resource.kind.originator_of(resource)
-                    return originator, tuple(resource.attrs.get("poa", ())), True, originator
+                    target = originator, tuple(resource.attrs.get("poa", ())), True, originator
+                    if len(self._registrants) >= MAX_KNOWN_TARGETS:
+                        self._registrants.clear()
+                    self._registrants[nu] = (resource, resource.attrs, target)
+                    return target
             elif self._route is not None:
                 route = self._route(foreign)
                 if route is not None:
