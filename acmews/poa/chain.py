@@ -542,7 +542,13 @@ class PoaChain(Service):
         if durable is not None:
             await durable  # ACCEPTED promises it survives a restart
         if self.cluster is not None:
-            self.cluster.queued(originator)  # the node holding it, if any, flushes
+            # it may have connected (here or to another node) while the chain went on:
+            # whichever node holds it now flushes, so that nothing waits for a reconnect
+            connection = self._originators.lookup(originator)
+            if connection is not None:
+                self._start_flush(originator, connection)
+            else:
+                self.cluster.queued(originator)
         return Response(RSC.ACCEPTED, request.rqi, request.rvi)
 
     def _schedule_purge(self) -> None:

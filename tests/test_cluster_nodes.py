@@ -1,0 +1,165 @@
+"""Several nodes of one CSE in one process (#22): each a whole ``make_service`` on a real
+loopback port with its own memory store, all sharing one real Redis under the test's key
+prefix; devices are real acmews clients."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from acmews.client import connect
+from acmews.codes import RSC, Operation
+from acmews.config import Config
+from acmews.options import ConnectionOptions
+from acmews.primitive import Request, Response
+from acmews.server import CSEService, make_service
+from tests.redis_helpers import REDIS, RedisTestCase
+
+AE = "Cae1"
+NO_PING = ConnectionOptions(ping_interval=0)
+
+
+def notify(rqi: str) -> Request:
+    return Request(Operation.NOTIFY, AE, rqi, fr="/id-in", pc={"m2m:sgn": {"sur": "s"}})
+
+
+class Device:
+    """A device: records the requests it gets; answers 2000 unless told to hold them."""
+
+    def __init__(self) -> None:
+        self.got: list[str] = []
+        self.hold = False
+        self.held: list[Deferred[Response]] = []
+        self.arrivals: list[Deferred[None]] = []
+
+    def __call__(self, request: Request) -> Response | Deferred[Response]:
+        self.got.append(request.rqi)
+        arrivals, self.arrivals = self.arrivals, []
+        for d in arrivals:
+            d.callback(None)
+        if self.hold:
+            self.held.append(Deferred())
+            return self.held[-1]
+        return Response(RSC.OK, request.rqi, request.rvi, {"ok": request.rqi})
+
+    def arrival(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self.arrivals.append(d)
+        return d
+
+
+class NodesTests(RedisTestCase):
+    async def start(self, name: str) -> CSEService:
+        config = Config(
+            listen=("tcp:0:interface=127.0.0.1",),
+            store="memory:",
+            connection=NO_PING,
+            cluster=REDIS,
+            node_name=name,
+            cluster_prefix=self.prefix,
+        )
+        service = make_service(config, self.reactor)
+        service.privilegedStartService()
+        service.startService()
+        self.addCleanup(service.stopService)
+        await service.listening
+        assert service.cluster is not None
+        await service.cluster.when_available()
+        return service
+
+    def ws_url(self, service: CSEService) -> str:
+        port = service.listeners[0].port
+        assert port is not None
+        return f"ws://127.0.0.1:{port.getHost().port}"
+
+    async def device(self, service: CSEService, device: Device) -> Any:
+        client = await connect(
+            self.ws_url(service),
+            originator=AE,
+            handler=device,
+            reactor=self.reactor,
+            options=NO_PING,
+        )
+        self.addCleanup(lambda: client.session.close(1000, "done") if client.connected else None)
+        return client
+
+    async def held_by(self, asking: CSEService, node: str | None) -> None:
+        """Until ``asking`` sees the device's binding on ``node`` (bound on its server side
+        right after the handshake the client saw)."""
+        assert asking.cluster is not None
+        for _ in range(500):
+            if await asking.cluster.holder(AE) == node:
+                return
+        self.fail(f"{AE} never held by {node}")
+
+    async def test_a_notification_from_one_node_reaches_a_device_on_another(self) -> None:
+        a, b = await self.start("a"), await self.start("b")
+        device = Device()
+        await self.device(b, device)
+        await self.held_by(a, "b")
+        response = await a.chain.send(AE, notify("n1"), store=True)
+        self.assertEqual((response.rsc, response.rqi, response.pc), (RSC.OK, "n1", {"ok": "n1"}))
+        self.assertEqual(device.got, ["n1"])
+        self.assertEqual(a.chain.queued(AE), [])
+
+    async def test_the_leader_runs_the_singletons(self) -> None:
+        a, b = await self.start("a"), await self.start("b")
+        assert a.cluster is not None and b.cluster is not None
+        await b.cluster.refresh()
+        self.assertEqual((a.cluster.leader, b.cluster.leader), (True, False))
+        self.assertTrue(a.expiry.running)
+        self.assertFalse(b.expiry.running)
+        self.assertEqual((a.chain.purging, b.chain.purging), (True, False))
+
+    async def test_newest_connection_wins_across_nodes(self) -> None:
+        a, b = await self.start("a"), await self.start("b")
+        old = await self.device(a, Device())
+        protocol = old.session._close.__self__  # (to read the close code the client got)
+        await self.held_by(b, "a")
+        closed = old.session.when_closed()
+        new_device = Device()
+        await self.device(b, new_device)
+        await closed
+        self.assertEqual(protocol.remoteCloseCode, 1000)
+        self.assertIn("replaced by a newer connection", protocol.remoteCloseReason)
+        await self.held_by(a, "b")
+        self.assertEqual((await a.chain.send(AE, notify("n2"), store=True)).rsc, RSC.OK)
+        self.assertEqual(new_device.got, ["n2"])
+
+    async def test_a_dead_nodes_devices_get_what_was_queued_where_they_reconnect(self) -> None:
+        a, b = await self.start("a"), await self.start("b")
+        assert b.cluster is not None
+        await self.device(b, Device())
+        await self.held_by(a, "b")
+        # b dies (as after kill -9): it answers nothing and renews nothing; its lease lapses
+        await b.cluster.subscriber.stop()
+        await b.cluster.commands.stop()
+        await self.redis.command("DEL", self.key("node:b"))
+        response = await a.chain.send(AE, notify("n1"), store=True)
+        self.assertEqual(response.rsc, RSC.ACCEPTED)
+        self.assertEqual([r.rqi for r in a.chain.queued(AE)], ["n1"])
+        # the device comes back on a: what was queued for it arrives
+        device = Device()
+        arrived = device.arrival()
+        await self.device(a, device)
+        await arrived
+        self.assertEqual(device.got, ["n1"])
+
+    async def test_a_duplicate_only_across_a_handover(self) -> None:
+        """At least once: a notification on its way to a device on b when the device moves to
+        a is queued at a (b's answer never came) and delivered again on the new connection."""
+        a, b = await self.start("a"), await self.start("b")
+        first = Device()
+        first.hold = True  # (it never gets to answer on its old connection)
+        arrived = first.arrival()
+        await self.device(b, first)
+        await self.held_by(a, "b")
+        sent = a.chain.send(AE, notify("n1"), store=True)
+        await arrived
+        second = Device()
+        again = second.arrival()
+        await self.device(a, second)
+        self.assertEqual((await sent).rsc, RSC.ACCEPTED)  # queued, since b's send failed
+        await again
+        self.assertEqual((first.got, second.got), (["n1"], ["n1"]))
