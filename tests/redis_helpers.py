@@ -8,10 +8,12 @@ its own (and deletes its keys at the end), so that ``trial -j2`` runs them side 
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
@@ -83,3 +85,62 @@ class RedisTestCase(TestCase):
         self.addCleanup(lambda: node.stopService() if node.running else None)
         await node.when_available()
         return node, originators
+
+
+class _RedisProcess(ProcessProtocol):
+    def __init__(self) -> None:
+        self.ready: Deferred[None] = Deferred()
+        self.ended: Deferred[None] = Deferred()
+        self.output = b""
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        if not self.ready.called and b"Ready to accept connections" in self.output:
+            self.ready.callback(None)
+
+    def processEnded(self, reason: Any) -> None:
+        if not self.ready.called:
+            self.ready.errback(RuntimeError(self.output[-500:].decode("utf-8", "replace")))
+        self.ended.callback(None)
+
+
+class PrivateRedis:
+    """A redis-server of a test's own (to stop and start again), on a free loopback port,
+    without persistence: a restart loses every key, as a Redis that crashed does."""
+
+    def __init__(self, test: TestCase) -> None:
+        import socket
+
+        from twisted.internet import reactor
+
+        self.reactor: Any = reactor
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self.directory = test.mktemp()
+        os.makedirs(self.directory)
+        self.process: _RedisProcess | None = None
+        test.addCleanup(self.stop)
+
+    async def start(self) -> None:
+        protocol = _RedisProcess()
+        binary = shutil.which("redis-server")
+        assert binary is not None
+        args = [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", ""]
+        args += ["--appendonly", "no", "--dir", self.directory, "--daemonize", "no"]
+        self.reactor.spawnProcess(protocol, binary, args, env=None)
+        self.process = protocol
+        await protocol.ready
+
+    async def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.ended.called:
+            return
+        process.transport.signalProcess("TERM")
+        await process.ended
+
+
+SKIP_SERVER = (
+    None if shutil.which("redis-server") else "no redis-server (apt-get install redis-server)"
+)

@@ -11,7 +11,9 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from acmews.cluster import ClusterNode, RedisURL, Singletons
 from acmews.cluster.node import LOOKUP
@@ -20,7 +22,7 @@ from acmews.errors import NoClusterRoute, RequestTimeout
 from acmews.poa import PoaChain
 from acmews.primitive import Request, Response
 from acmews.testing import FakeConnection, FakeOriginatorMap
-from tests.redis_helpers import RedisTestCase
+from tests.redis_helpers import SKIP_SERVER, PrivateRedis, RedisTestCase
 
 AE = "Cae1"
 
@@ -377,3 +379,74 @@ class LeaderTests(RedisTestCase):
         await a.stopService()
         await b.refresh()
         self.assertTrue(b.leader)
+
+
+class RedisDownTests(TestCase):
+    """Redis stopped and started again (a real redis-server of the test's own)."""
+
+    skip = SKIP_SERVER
+    timeout = 30
+
+    async def test_a_node_serves_its_own_queues_for_others_and_recovers(self) -> None:
+        from twisted.internet import reactor
+
+        from acmews.cluster import RedisURL
+
+        redis = PrivateRedis(self)
+        await redis.start()
+        clock = Clock()  # the leases' timers: only the reconnecting runs on the reactor
+        url = RedisURL.parse(redis.url)
+        nodes = []
+        with capturedLogs() as events:
+            for name in ("a", "b"):
+                originators = FakeOriginatorMap()
+                node = ClusterNode(url, name, originators, reactor, clock=clock, retry=0.05)
+                node.startService()
+                self.addCleanup(node.stopService)
+                await node.when_available()
+                nodes.append((node, originators))
+            (a, a_map), (b, b_map) = nodes
+            local = FakeConnection("Clocal", clock=clock)
+            a_map.bind("Clocal", local)
+            remote = FakeConnection(AE, clock=clock)
+            b_map.bind(AE, remote)
+            await b.sync()
+            chain = PoaChain(a_map, clock, timeout=5, cluster=a, pad_failures=False)
+
+            down = [a.when_unavailable(), b.when_unavailable()]
+            await redis.stop()
+            for d in down:
+                await d
+            await a.commands.after_failed_attempts(3)  # it kept trying, and said so once
+
+            # its own connections: served as ever
+            sent = chain.send("Clocal", Request(Operation.NOTIFY, "Clocal", "l1", fr="/id-in"))
+            local.answer()
+            self.assertEqual((await sent).rsc, RSC.OK)
+            # another node's originator: to the queue, at once
+            self.assertEqual((await chain.send(AE, notify("n1"), store=True)).rsc, RSC.ACCEPTED)
+            self.assertEqual([r.rqi for r in chain.queued(AE)], ["n1"])
+            self.assertEqual(remote.sent, [])
+
+            await redis.start()  # empty: it lost every key
+            await a.when_available()
+            await b.when_available()
+            # the bindings are back, and relaying with them
+            self.assertEqual(await a.holder(AE), "b")
+            self.assertEqual(await b.holder("Clocal"), "a")
+            sent = chain.send(AE, Request(Operation.RETRIEVE, "x", "r1", fr="/id-in"))
+            while not remote.sent:
+                await b.sync()
+            remote.answer()
+            self.assertEqual((await sent).rsc, RSC.OK)
+
+        lines = [formatEvent(e) for e in events]
+        for node in ("a", "b"):
+            unreachable = [
+                line
+                for line in lines
+                if "is unreachable" in line and f"node {node} serves" in line
+            ]
+            back = [line for line in lines if f"node {node} reaches Redis" in line]
+            self.assertEqual(len(unreachable), 1, lines)
+            self.assertEqual(len(back), 2, lines)  # at start, and once it was back

@@ -264,6 +264,7 @@ class ClusterNode(Service):
         self.available = False
         self.leader = False
         self._available_waiters: list[Deferred[None]] = []
+        self._unavailable_waiters: list[Deferred[None]] = []
         #: Redis reachable and this node's lease and bindings put (back) there
         self._published = False
         self.commands = RedisClient(
@@ -352,6 +353,9 @@ class ClusterNode(Service):
             Deferred.fromCoroutine(self._refresh(rebind=True)).addErrback(self._refresh_failed)
         else:
             self._published = False
+            waiters, self._unavailable_waiters = self._unavailable_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
             self.log.warn(
                 "cluster: Redis at {url} is unreachable ({reason}); node {node} serves its own "
                 "connections only, requests for other nodes' originators go on down the poa "
@@ -704,6 +708,15 @@ class ClusterNode(Service):
             d.callback(None)
         else:
             self._available_waiters.append(d)
+        return d
+
+    def when_unavailable(self) -> Deferred[None]:
+        """Fires once this node finds Redis unreachable (at once if it is now)."""
+        d: Deferred[None] = Deferred()
+        if self.running and not self.available:
+            d.callback(None)
+        else:
+            self._unavailable_waiters.append(d)
         return d
 
     def sync(self) -> Deferred[Any]:

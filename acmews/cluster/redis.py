@@ -134,6 +134,9 @@ class RedisClient:
         self._running = False
         #: None until the first attempt ends; then whether connected
         self.up: bool | None = None
+        #: connection attempts that failed so far
+        self.failed_attempts = 0
+        self._attempt_waiters: list[tuple[int, Deferred[None]]] = []
 
     # -- life ------------------------------------------------------------------------------
 
@@ -212,7 +215,23 @@ class RedisClient:
         timed_out = failure.check(DeferTimeoutError)
         why = "no answer in time" if timed_out else _describe(failure.value)
         self._state(False, why)
+        self.failed_attempts += 1
+        waiting, self._attempt_waiters = self._attempt_waiters, []
+        for count, d in waiting:
+            if self.failed_attempts >= count:
+                d.callback(None)
+            else:
+                self._attempt_waiters.append((count, d))
         self._schedule()
+
+    def after_failed_attempts(self, count: int) -> Deferred[None]:
+        """Fires once ``count`` connection attempts in all have failed."""
+        d: Deferred[None] = Deferred()
+        if self.failed_attempts >= count:
+            d.callback(None)
+        else:
+            self._attempt_waiters.append((count, d))
+        return d
 
     def _lost(self, protocol: Any, why: str) -> None:
         """A connection that was made is gone."""
