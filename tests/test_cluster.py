@@ -450,3 +450,66 @@ class RedisDownTests(TestCase):
             back = [line for line in lines if f"node {node} reaches Redis" in line]
             self.assertEqual(len(unreachable), 1, lines)
             self.assertEqual(len(back), 2, lines)  # at start, and once it was back
+
+
+class StatusCommandTests(RedisTestCase):
+    """``acmews cluster``: the nodes, the leader, the originators per node in one command."""
+
+    async def test_nodes_leader_and_originators(self) -> None:
+        import io
+        import uuid
+
+        from twisted.internet import reactor
+
+        from acmews.cli import run
+
+        cse = f"/id-{uuid.uuid4().hex[:12]}"
+        self.prefix = f"acmews:{cse}:"  # the keys of that CSE's cluster
+        a, a_map = await self.node("a")
+        b, b_map = await self.node("b")
+        await self.node("c")
+        for name in ("Cone", "Ctwo"):
+            a_map.bind(name, FakeConnection(name))
+        b_map.bind("Cthree", FakeConnection("Cthree"))
+        await a.sync()
+        await b.sync()
+        await self.redis.command("DEL", self.key("node:c"))  # c's lease lapsed
+        out, err = io.StringIO(), io.StringIO()
+        code = await run(
+            reactor,
+            ["cluster", self.url.description, "--cse-id", cse, "--originators", "5"],
+            out,
+            err,
+        )
+        self.assertEqual((code, err.getvalue()), (0, ""))
+        self.assertEqual(
+            out.getvalue().splitlines()[1:],
+            [
+                "leader: a",
+                "nodes: 2 up, 1 down",
+                "  a  leader               2 originators",
+                "    Cone",
+                "    Ctwo",
+                "  b                       1 originator",
+                "    Cthree",
+                "  c  down (lease lapsed)",
+            ],
+        )
+
+    async def test_redis_unreachable_is_one_line_and_status_2(self) -> None:
+        import io
+        import socket
+
+        from twisted.internet import reactor
+
+        from acmews.cli import run
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]  # nothing listens there once closed
+        out, err = io.StringIO(), io.StringIO()
+        code = await run(reactor, ["cluster", f"redis://:pw@127.0.0.1:{port}"], out, err)
+        self.assertEqual(code, 2)
+        self.assertEqual(len(err.getvalue().splitlines()), 1)
+        self.assertIn("cannot reach", err.getvalue())
+        self.assertNotIn("pw", err.getvalue())
