@@ -14,6 +14,7 @@ from acmews.config import Config
 from acmews.options import ConnectionOptions
 from acmews.primitive import Request, Response
 from acmews.server import CSEService, make_service
+from tests.interop.acme import settle_autobahn_timers
 from tests.redis_helpers import REDIS, RedisTestCase
 
 AE = "Cae1"
@@ -50,6 +51,10 @@ class Device:
 
 
 class NodesTests(RedisTestCase):
+    async def asyncSetUp(self) -> None:
+        settle_autobahn_timers(self)  # (first: its clean-up runs last)
+        await super().asyncSetUp()
+
     async def start(self, name: str) -> CSEService:
         config = Config(
             listen=("tcp:0:interface=127.0.0.1",),
