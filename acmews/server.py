@@ -201,7 +201,9 @@ def build_link(
         reactor=reactor,
         serialization=registrar.serialization,
         options=config.connection,
-        keep_registration=registrar.keep_registration,
+        # in a cluster the CSE lives on in the other nodes when this one stops or hands the
+        # link over to the next leader: its registration stays
+        keep_registration=registrar.keep_registration or config.cluster is not None,
         headers=dict(registrar.headers) or None,
         tls=config.client_tls,
         metrics=metrics,

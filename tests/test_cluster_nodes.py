@@ -10,7 +10,7 @@ from twisted.internet.defer import Deferred
 
 from acmews.client import connect
 from acmews.codes import RSC, Operation
-from acmews.config import Config
+from acmews.config import Config, RegistrarConfig
 from acmews.options import ConnectionOptions
 from acmews.primitive import Request, Response
 from acmews.server import CSEService, make_service
@@ -55,22 +55,25 @@ class NodesTests(RedisTestCase):
         settle_autobahn_timers(self)  # (first: its clean-up runs last)
         await super().asyncSetUp()
 
-    async def start(self, name: str) -> CSEService:
+    async def start(self, name: str | None, **kw: Any) -> CSEService:
+        """A node ``name`` of this test's cluster (a CSE of its own without a name)."""
+        cluster: dict[str, Any] = {}
+        if name is not None:
+            cluster = {"cluster": REDIS, "node_name": name, "cluster_prefix": self.prefix}
         config = Config(
             listen=("tcp:0:interface=127.0.0.1",),
             store="memory:",
             connection=NO_PING,
-            cluster=REDIS,
-            node_name=name,
-            cluster_prefix=self.prefix,
+            **cluster,
+            **kw,
         )
         service = make_service(config, self.reactor)
         service.privilegedStartService()
         service.startService()
         self.addCleanup(service.stopService)
         await service.listening
-        assert service.cluster is not None
-        await service.cluster.when_available()
+        if service.cluster is not None:
+            await service.cluster.when_available()
         return service
 
     def ws_url(self, service: CSEService) -> str:
@@ -89,14 +92,14 @@ class NodesTests(RedisTestCase):
         self.addCleanup(lambda: client.session.close(1000, "done") if client.connected else None)
         return client
 
-    async def held_by(self, asking: CSEService, node: str | None) -> None:
-        """Until ``asking`` sees the device's binding on ``node`` (bound on its server side
-        right after the handshake the client saw)."""
+    async def held_by(self, asking: CSEService, node: str | None, originator: str = AE) -> None:
+        """Until ``asking`` sees ``originator``'s binding on ``node`` (bound on its server
+        side right after the handshake the client saw)."""
         assert asking.cluster is not None
         for _ in range(500):
-            if await asking.cluster.holder(AE) == node:
+            if await asking.cluster.holder(originator) == node:
                 return
-        self.fail(f"{AE} never held by {node}")
+        self.fail(f"{originator} never held by {node}")
 
     async def test_a_notification_from_one_node_reaches_a_device_on_another(self) -> None:
         a, b = await self.start("a"), await self.start("b")
@@ -168,3 +171,37 @@ class NodesTests(RedisTestCase):
         self.assertEqual((await sent).rsc, RSC.ACCEPTED)  # queued, since b's send failed
         await again
         self.assertEqual((first.got, second.got), (["n1"], ["n1"]))
+
+    async def test_requests_for_the_registrar_go_through_the_leaders_link(self) -> None:
+        """An MN-CSE on two nodes: the leader keeps the one link to the IN-CSE; a request for
+        the IN that arrives at the other node goes through it; when the leader stops, the
+        other node takes the link over (the registration stays: the CSE lives on)."""
+        upper = await self.start(None, allowed_csr_originators=("/id-mn",))
+        mn = {"cse_id": "/id-mn", "cse_name": "cse-mn"}
+        registrar = RegistrarConfig(url=self.ws_url(upper))
+        a = await self.start("a", registrar=registrar, **mn)
+        b = await self.start("b", registrar=registrar, **mn)
+        assert a.link is not None and b.link is not None and b.cluster is not None
+        await b.cluster.refresh()
+        await a.link.when_registered()
+        self.assertFalse(b.link.running)
+        await self.held_by(b, "a", "/id-in")
+        admin = await connect(
+            self.ws_url(b), originator="CAdmin", reactor=self.reactor, options=NO_PING
+        )
+        self.addCleanup(lambda: admin.session.close(1000, "") if admin.connected else None)
+        response = await admin.retrieve("/id-in/cse-in")
+        self.assertEqual((response.rsc, response.pc["m2m:cb"]["csi"]), (RSC.OK, "/id-in"))
+
+        await a.stopService()  # hands the leader's lease back, keeps the registration
+        above = await connect(
+            self.ws_url(upper), originator="CAdmin", reactor=self.reactor, options=NO_PING
+        )
+        self.addCleanup(lambda: above.session.close(1000, "") if above.connected else None)
+        self.assertEqual((await above.retrieve("cse-in/id-mn")).rsc, RSC.OK)
+        await b.cluster.refresh()
+        self.assertTrue(b.cluster.leader)
+        await b.link.when_registered()
+        await self.held_by(b, None, "/id-in")  # b holds the link itself now
+        response = await admin.retrieve("/id-in/cse-in")
+        self.assertEqual(response.rsc, RSC.OK)
