@@ -205,3 +205,24 @@ class NodesTests(RedisTestCase):
         await self.held_by(b, None, "/id-in")  # b holds the link itself now
         response = await admin.retrieve("/id-in/cse-in")
         self.assertEqual(response.rsc, RSC.OK)
+
+    async def test_the_relay_latency_example_runs(self) -> None:
+        """examples/cluster/relay_latency.py (the figures in the docs), with a few sends."""
+        import contextlib
+        import importlib.util
+        import io
+        import os
+
+        path = os.path.join(
+            os.path.dirname(__file__), "..", "examples", "cluster", "relay_latency.py"
+        )
+        spec = importlib.util.spec_from_file_location("relay_latency", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            await module.main(self.reactor, REDIS, 20)
+        lines = out.getvalue().splitlines()
+        self.assertEqual([line.split(":")[0] for line in lines], ["same node", "cross node"] * 2)
+        self.assertTrue(all("n=20 p50=" in line for line in lines), lines)
