@@ -513,3 +513,37 @@ class StatusCommandTests(RedisTestCase):
         self.assertEqual(len(err.getvalue().splitlines()), 1)
         self.assertIn("cannot reach", err.getvalue())
         self.assertNotIn("pw", err.getvalue())
+
+
+class SweepTests(RedisTestCase):
+    async def test_the_leader_forgets_dead_nodes_and_their_bindings(self) -> None:
+        a, _ = await self.node("a")
+        b, b_map = await self.node("b")
+        b_map.bind(AE, FakeConnection(AE))
+        b_map.bind("Cmoved", FakeConnection("Cmoved"))
+        await b.sync()
+        # Cmoved went to a meanwhile; then b died and its lease lapsed
+        await self.redis.command("SET", self.key("o:Cmoved"), b"a x 1")
+        await b.commands.stop()
+        await self.redis.command("DEL", self.key("node:b"))
+        await a.refresh()  # a leads: its renewal sweeps
+        self.assertEqual(await self.redis.command("EXISTS", self.key("o:" + AE)), 0)
+        self.assertEqual(await self.redis.command("GET", self.key("o:Cmoved")), b"a x 1")
+        self.assertEqual(await self.redis.command("EXISTS", self.key("held:b")), 0)
+        self.assertEqual(await self.redis.command("SMEMBERS", self.key("nodes")), [b"a"])
+
+    async def test_a_sweep_takes_a_batch_at_a_time(self) -> None:
+        a, _ = await self.node("a")
+        b, b_map = await self.node("b")
+        for i in range(5):
+            b_map.bind(f"C{i}", FakeConnection(f"C{i}"))
+        await b.sync()
+        await b.commands.stop()
+        await self.redis.command("DEL", self.key("node:b"))
+        a.sweep_batch = 2
+        await a.refresh()
+        self.assertEqual(await self.redis.command("SCARD", self.key("held:b")), 3)
+        await a.refresh()
+        await a.refresh()
+        self.assertEqual(await self.redis.command("EXISTS", self.key("held:b")), 0)
+        self.assertEqual(await self.redis.command("KEYS", self.key("o:*")), [])

@@ -152,6 +152,37 @@ return 0
 )
 
 
+#: KEYS: nodes. ARGV: prefix, batch. The leader's sweep: a node whose lease is gone loses
+#: its bindings that still name it (at most ``batch`` a run), then its held set and its place
+#: in nodes. Returns how many bindings it removed.
+SWEEP = Script(
+    """
+local removed = 0
+local budget = tonumber(ARGV[2])
+for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if budget <= 0 then break end
+  if redis.call('EXISTS', ARGV[1] .. 'node:' .. node) == 0 then
+    local held = ARGV[1] .. 'held:' .. node
+    local batch = redis.call('SPOP', held, budget)
+    for _, o in ipairs(batch) do
+      local key = ARGV[1] .. 'o:' .. o
+      local v = redis.call('GET', key)
+      if v and string.match(v, '^(%S+)') == node then
+        redis.call('DEL', key)
+        removed = removed + 1
+      end
+    end
+    budget = budget - #batch
+    if redis.call('SCARD', held) == 0 then
+      redis.call('SREM', KEYS[1], node)
+    end
+  end
+end
+return removed
+"""
+)
+
+
 def valid_node_name(name: str) -> bool:
     return NODE_NAME.fullmatch(name) is not None
 
@@ -241,6 +272,8 @@ class ClusterNode(Service):
         self.renew = renew
         self.leader_lease = leader_lease
         self.max_relayed = max_relayed
+        #: bindings of dead nodes the leader removes per renewal at most
+        self.sweep_batch = 1000
         self.singletons = singletons if singletons is not None else Singletons()
         self.flush = flush
         self.incarnation = os.urandom(8).hex()
@@ -417,6 +450,7 @@ class ClusterNode(Service):
             )
             if renewed:
                 self._leader_renewed = now
+                await self._sweep()
                 return
             self._step_down("another node holds the leader's lease")
             return
@@ -428,6 +462,17 @@ class ClusterNode(Service):
             self._leader_renewed = now
             self.log.info("cluster: node {node} is the leader", node=self.node_name)
             self.singletons.lead()
+
+    async def _sweep(self) -> None:
+        """The leader forgets the nodes that died (their leases lapsed) and their bindings,
+        a batch at a time, so that Redis does not keep them for ever."""
+        removed = await self.commands.eval(
+            SWEEP, [(self.prefix + "nodes").encode()], [self.prefix.encode(), self.sweep_batch]
+        )
+        if removed:
+            self.log.info(
+                "cluster: forgot {count} bindings of nodes whose lease lapsed", count=removed
+            )
 
     def _check_leader_lease(self) -> None:
         """A leader that could not renew its lease steps down before it lapses, so that two
