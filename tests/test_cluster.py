@@ -547,3 +547,37 @@ class SweepTests(RedisTestCase):
         await a.refresh()
         self.assertEqual(await self.redis.command("EXISTS", self.key("held:b")), 0)
         self.assertEqual(await self.redis.command("KEYS", self.key("o:*")), [])
+
+
+class RedisHangsTests(TestCase):
+    """A Redis that stops answering (CLIENT PAUSE on one of the test's own)."""
+
+    skip = SKIP_SERVER
+    timeout = 30
+
+    async def test_a_redis_that_hangs_costs_no_more_than_the_senders_timeout(self) -> None:
+        from twisted.internet import reactor
+
+        from acmews.cluster import RedisClient, RedisURL
+        from tests.redis_helpers import connected
+
+        redis = PrivateRedis(self)
+        await redis.start()
+        clock = Clock()
+        url = RedisURL.parse(redis.url)
+        a_map = FakeOriginatorMap()
+        a = ClusterNode(url, "a", a_map, reactor, clock=clock)
+        a.startService()
+        self.addCleanup(a.stopService)
+        await a.when_available()
+        raw = await connected(RedisClient(url, reactor))
+        self.addCleanup(raw.stop)
+        await raw.command("CLIENT", "PAUSE", 300, "ALL")  # Redis answers nothing meanwhile
+        chain = PoaChain(a_map, clock, timeout=5, cluster=a, pad_failures=False)
+        sent = chain.send(AE, notify("n1"), store=True)
+        clock.advance(5)
+        self.assertEqual((await sent).rsc, RSC.ACCEPTED)
+        retrieve = chain.send(AE, Request(Operation.RETRIEVE, "x", "r1", fr="/id-in"))
+        clock.advance(5)
+        failure = await self.assertFailure(retrieve, RequestTimeout)
+        self.assertIn("no response within 5 s (directory)", failure.reason)

@@ -43,10 +43,11 @@ import itertools
 import os
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.application.service import IService, Service
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.defer import TimeoutError as DeferTimeoutError
 from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -62,6 +63,8 @@ from acmews.primitive import Request, Response
 from .redis import RedisClient, RedisUnavailable, RedisURL, Script
 
 __all__ = ["DEFAULT_PREFIX", "ClusterNode", "Singletons", "valid_node_name"]
+
+_T = TypeVar("_T")
 
 DEFAULT_PREFIX = "acmews:"
 #: a node name: what keys and channels are made of (no spaces: a binding is space-separated)
@@ -619,9 +622,21 @@ class ClusterNode(Service):
                 "PUBLISH", self._channel_prefix + node.encode(), b"F\0" + target.encode()
             )
 
+    async def _in_time(self, step: Deferred[_T], deadline: float, timeout: float, what: str) -> _T:
+        """``step``'s result, or RequestTimeout once the sender's ``timeout`` (ending at
+        ``deadline``) has passed: a Redis that hangs costs no more than a silent node."""
+        step.addTimeout(max(deadline - self._clock.seconds(), 0.001), self._clock)
+        try:
+            return await step
+        except DeferTimeoutError:
+            raise RequestTimeout(f"no response within {timeout:g} s ({what})") from None
+
     async def _relay(self, target: str, request: Request, timeout: float) -> Response:
         started = self._clock.seconds()
-        binding = await self._lookup(target)
+        deadline = started + timeout
+        binding = await self._in_time(
+            Deferred.fromCoroutine(self._lookup(target)), deadline, timeout, "directory"
+        )
         if binding is None:
             raise NoClusterRoute("no live connection in the cluster")
         node = binding.split(b" ", 1)[0]
@@ -645,8 +660,11 @@ class ClusterNode(Service):
         self._pending[rid] = waiting
         try:
             try:
-                receivers = await self.commands.command(
-                    "PUBLISH", self._channel_prefix + node, message
+                receivers = await self._in_time(
+                    self.commands.command("PUBLISH", self._channel_prefix + node, message),
+                    deadline,
+                    timeout,
+                    f"relayed to node {node.decode()}",
                 )
             except RedisUnavailable as e:
                 raise NoClusterRoute(f"the cluster directory is unreachable ({e})") from e
