@@ -226,3 +226,43 @@ class NodesTests(RedisTestCase):
         lines = out.getvalue().splitlines()
         self.assertEqual([line.split(":")[0] for line in lines], ["same node", "cross node"] * 2)
         self.assertTrue(all("n=20 p50=" in line for line in lines), lines)
+
+    async def test_the_bench_spreads_connections_and_measures_across_nodes(self) -> None:
+        """acmews bench with the URLs of two nodes: its connections go to each in turn, and
+        the cluster scenario tells same-node from cross-node notification latency."""
+        import io
+
+        from acmews.bench.cli import parse_options, run
+        from acmews.bench.progress import Progress
+
+        a, b = await self.start("a"), await self.start("b")
+        seen: dict[str, set[str]] = {"a": set(), "b": set()}
+
+        class Seen:
+            def __init__(self, name: str) -> None:
+                self.name = name
+
+            def originator_connected(self, originator: str, connection: Any) -> None:
+                seen[self.name].add(originator)
+
+            def originator_disconnected(self, originator: str, connection: Any) -> None:
+                pass
+
+        a.originators.add_observer(Seen("a"))
+        b.originators.add_observer(Seen("b"))
+        urls = [self.ws_url(a), self.ws_url(b)]
+        out = io.StringIO()
+        argv = [*urls, "--connections", "4", "--originator", "Cload{k}", "--requests", "20"]
+        code = await run(self.reactor, parse_options(argv), out, Progress(io.StringIO(), "x"))
+        self.assertEqual(code, 0, out.getvalue())
+        self.assertEqual((seen["a"], seen["b"]), ({"Cload0", "Cload2"}, {"Cload1", "Cload3"}))
+
+        out = io.StringIO()
+        argv = [*urls, "--scenario", "cluster", "--connections", "4", "--requests", "3"]
+        code = await run(self.reactor, parse_options(argv), out, Progress(io.StringIO(), "x"))
+        self.assertEqual(code, 0, out.getvalue())
+        report = out.getvalue()
+        self.assertIn("12/12 NOTIFYs", report)
+        self.assertRegex(report, r"same node ms +p50 [0-9.]+ .*\(6 NOTIFYs\)")
+        self.assertRegex(report, r"cross node ms +p50 [0-9.]+ .*\(6 NOTIFYs\)")
+        self.assertNotIn("warning", report)

@@ -115,6 +115,13 @@ class BenchOptions:
     #: (its CSEBase's SP-relative address, e.g. ``/id-mn/cse-mn``)
     member_url: str | None = None
     member_cse: str | None = None
+    #: every URL given: the nodes of one CSE, the connections spread over them in turn
+    urls: list[str] = field(default_factory=list)
+
+    def urls_for(self, url: str) -> list[str]:
+        """Where a run against ``url`` opens its connections: every node when ``url`` is the
+        first of several, else ``url`` alone (a --compare run)."""
+        return list(self.urls) if self.urls and url == self.urls[0] else [url]
 
     @property
     def effective_window(self) -> int:
@@ -221,6 +228,7 @@ async def run_requests(
         cfgs = [
             LoadConfig(
                 url=url,
+                urls=opts.urls_for(url),
                 serialization=opts.serialization,
                 originator=opts.originator,
                 request=request,
@@ -363,10 +371,16 @@ async def _noop() -> None:
 
 
 async def run_fanout(reactor: Any, opts: BenchOptions, run: Run) -> tuple[Result, dict[str, Any]]:
-    """N AEs subscribe to one container; each CIN must reach all N (rounds, timed)."""
+    """N AEs subscribe to one container; each CIN must reach all N (rounds, timed).
+
+    With several URLs (the nodes of one CSE) AE k connects to the k-th in turn, the admin
+    (who creates the container and each CIN) to the first; the ``cluster`` scenario then
+    reports the notifications to AEs on the first node (same node) and on the others
+    (relayed across the cluster) apart."""
     url, pid, out, progress = run.url, run.pid, run.out, run.progress
     tag = secrets.token_hex(2)
     target = Target.parse(url)
+    nodes = [Target.parse(u) for u in opts.urls_for(url)]
     t = opts.timeout
     admin_client = await open_client(reactor, target, opts.serialization, opts.originator, t)
     admin = RequestChannel(admin_client, opts.serialization, reactor, opts.originator, t)
@@ -396,7 +410,8 @@ async def run_fanout(reactor: Any, opts: BenchOptions, run: Run) -> tuple[Result
             await slots.acquire()
             try:
                 aei = f"Cbench{tag}x{k}"
-                client = await open_client(reactor, target, opts.serialization, aei, t)
+                node = nodes[k % len(nodes)]
+                client = await open_client(reactor, node, opts.serialization, aei, t)
                 s = opened[k] = RequestChannel(client, opts.serialization, reactor, aei, t)
                 resp = await s.request(ae_create(opts.target, aei))
                 if resp.get("rsc") != 2001:
@@ -412,9 +427,10 @@ async def run_fanout(reactor: Any, opts: BenchOptions, run: Run) -> tuple[Result
                     },
                 }
                 resp = await s.request(sub)
-                if resp.get("rsc") == 4103:
+                if resp.get("rsc") == 4103 or (resp.get("rsc") == 4004 and len(nodes) > 1):
                     # the AE may not subscribe to the admin's container (ACME's default
-                    # ACPs): the admin subscribes on its behalf; the CSE verifies with the AE
+                    # ACPs), or its node does not see it (nodes with stores of their own):
+                    # the admin subscribes on its behalf; the CSE verifies with the AE
                     resp = await admin.request(sub)
                 if resp.get("rsc") != 2001:
                     raise BenchError(f"subscription for {aei} failed: {resp}")
@@ -483,6 +499,14 @@ async def run_fanout(reactor: Any, opts: BenchOptions, run: Run) -> tuple[Result
         result.extra["notify_latencies_ms"] = sorted(
             v * 1000 for r in rounds.values() for v in r["got"].values()
         )
+        if len(nodes) > 1:
+            for name, same in (("same_node", True), ("cross_node", False)):
+                result.extra[f"notify_latencies_ms_{name}"] = sorted(
+                    v * 1000
+                    for r in rounds.values()
+                    for k, v in r["got"].items()
+                    if (k % len(nodes) == 0) == same
+                )
         for s in [admin, *channels]:
             result.duplicates += s.ledger.duplicates
             result.unknown += s.ledger.unknown
@@ -592,5 +616,6 @@ RUNNERS = {
     "create-cin": run_requests,
     "group": run_requests,
     "fanout": run_fanout,
+    "cluster": run_fanout,
     "idle": run_idle,
 }
