@@ -4,9 +4,11 @@ prefix; devices are real acmews clients."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ProcessProtocol
 
 from acmews.client import connect
 from acmews.codes import RSC, Operation
@@ -50,7 +52,9 @@ class Device:
         return d
 
 
-class NodesTests(RedisTestCase):
+class NodesTestCase(RedisTestCase):
+    """Nodes of this test's cluster on loopback ports, devices that connect to them."""
+
     async def asyncSetUp(self) -> None:
         settle_autobahn_timers(self)  # (first: its clean-up runs last)
         await super().asyncSetUp()
@@ -101,6 +105,8 @@ class NodesTests(RedisTestCase):
                 return
         self.fail(f"{originator} never held by {node}")
 
+
+class NodesTests(NodesTestCase):
     async def test_a_notification_from_one_node_reaches_a_device_on_another(self) -> None:
         a, b = await self.start("a"), await self.start("b")
         device = Device()
@@ -266,3 +272,90 @@ class NodesTests(RedisTestCase):
         self.assertRegex(report, r"same node ms +p50 [0-9.]+ .*\(6 NOTIFYs\)")
         self.assertRegex(report, r"cross node ms +p50 [0-9.]+ .*\(6 NOTIFYs\)")
         self.assertNotIn("warning", report)
+
+
+NODE_PROCESS = """
+import sys
+from twisted.internet import task
+from twisted.internet.defer import Deferred
+from acmews.config import Config
+from acmews.options import ConnectionOptions
+from acmews.server import make_service
+
+async def main(reactor):
+    config = Config(
+        listen=("tcp:0:interface=127.0.0.1",),
+        store="memory:",
+        connection=ConnectionOptions(ping_interval=0),
+        cluster=sys.argv[1],
+        node_name=sys.argv[2],
+        cluster_prefix=sys.argv[3],
+    )
+    service = make_service(config, reactor)
+    service.privilegedStartService()
+    service.startService()
+    (port,) = await service.listening
+    await service.cluster.when_available()
+    print(f"ws://127.0.0.1:{port.getHost().port}", flush=True)
+    await Deferred()
+
+task.react(lambda reactor: Deferred.fromCoroutine(main(reactor)))
+"""
+
+
+class _Node(ProcessProtocol):
+    def __init__(self) -> None:
+        self.url: Deferred[str] = Deferred()
+        self.ended: Deferred[None] = Deferred()
+        self.output = b""
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        if not self.url.called and b"\n" in self.output:
+            self.url.callback(self.output.split(b"\n", 1)[0].decode())
+
+    def processEnded(self, reason: Any) -> None:
+        if not self.url.called:
+            self.url.errback(RuntimeError("the node ended before it listened"))
+        self.ended.callback(None)
+
+
+class KilledNodeTests(NodesTestCase):
+    async def test_a_node_killed_with_kill_9_loses_no_queued_notification(self) -> None:
+        """Node b is a process of its own: killed (SIGKILL) while a device is on it, the
+        notifications for that device are queued at once (nothing listens on b's channel any
+        more) and delivered when it reconnects to a."""
+        import sys
+
+        a = await self.start("a")
+        node = _Node()
+        root = os.path.join(os.path.dirname(__file__), "..")
+        process = self.reactor.spawnProcess(
+            node,
+            sys.executable,
+            [sys.executable, "-c", NODE_PROCESS, REDIS, "b", self.prefix],
+            env={**os.environ, "PYTHONPATH": os.path.abspath(root)},
+        )
+        self.addCleanup(lambda: None if node.ended.called else process.signalProcess("KILL"))
+        self.addCleanup(lambda: node.ended)
+        b_url = await node.url
+        first = Device()
+        client = await connect(
+            b_url, originator=AE, handler=first, reactor=self.reactor, options=NO_PING
+        )
+        await self.held_by(a, "b")
+        self.assertEqual((await a.chain.send(AE, notify("n1"), store=True)).rsc, RSC.OK)
+        self.assertEqual(first.got, ["n1"])
+
+        gone = client.session.when_closed()
+        process.signalProcess("KILL")
+        await node.ended
+        await gone
+        response = await a.chain.send(AE, notify("n2"), store=True)
+        self.assertEqual(response.rsc, RSC.ACCEPTED)
+
+        second = Device()
+        arrived = second.arrival()
+        await self.device(a, second)
+        await arrived
+        self.assertEqual(second.got, ["n2"])
