@@ -293,6 +293,18 @@ class RelayTests(RedisTestCase):
         failure = await self.assertFailure(sent, TargetNotReachable)
         self.assertIn("connection lost", failure.reason)
 
+    async def test_a_connection_that_refuses_at_once_is_answered_at_once(self) -> None:
+        from acmews.errors import NotAcceptable, TargetNotReachable
+
+        _chain, a, _b, connection = await self.two_nodes()
+
+        def refuse(request: Request, timeout: float | None = None) -> Deferred[Response]:
+            raise NotAcceptable("too large for this connection")
+
+        connection.request = refuse  # type: ignore[method-assign]
+        failure = await self.assertFailure(a.relay(AE, notify("n1"), 5), TargetNotReachable)
+        self.assertIn("too large", failure.reason)
+
     async def test_queued_notifications_are_flushed_by_the_holding_node(self) -> None:
         """b is told (F) when a queues for an originator b holds; b flushes its chain."""
         flushed: list[str] = []
@@ -581,3 +593,19 @@ class RedisHangsTests(TestCase):
         clock.advance(5)
         failure = await self.assertFailure(retrieve, RequestTimeout)
         self.assertIn("no response within 5 s (directory)", failure.reason)
+
+
+class DefaultNodeNameTests(SynchronousTestCase):
+    def test_the_host_name_and_the_first_listeners_port(self) -> None:
+        import socket
+
+        from acmews.config import Config
+        from acmews.server import default_node_name
+
+        config = Config(listen=("unix:/tmp/x.sock", "tcp:8181:interface=127.0.0.1"))
+        name = default_node_name(config)
+        self.assertTrue(name.endswith(":8181"), name)
+        self.assertTrue(name.startswith(socket.gethostname()[:10].replace(" ", "-")), name)
+        from acmews.cluster import valid_node_name
+
+        self.assertTrue(valid_node_name(name))

@@ -730,7 +730,8 @@ class ClusterNode(Service):
         except OneM2MError as e:
             self._reply(reply_to, rid, b"e5103", b"the request cannot be relayed")
             raise ValueError(e.reason) from None
-        sent = entry[0].request(request, timeout)
+        # (a connection that refuses at once, say a request too large for it, fails the same)
+        sent: Deferred[Response] = maybeDeferred(entry[0].request, request, timeout)
         self._serving.add(sent)
 
         def done(result: Response | Failure) -> None:
