@@ -64,13 +64,8 @@ class NodesTestCase(RedisTestCase):
         cluster: dict[str, Any] = {}
         if name is not None:
             cluster = {"cluster": REDIS, "node_name": name, "cluster_prefix": self.prefix}
-        config = Config(
-            listen=("tcp:0:interface=127.0.0.1",),
-            store="memory:",
-            connection=NO_PING,
-            **cluster,
-            **kw,
-        )
+        kw.setdefault("connection", NO_PING)
+        config = Config(listen=("tcp:0:interface=127.0.0.1",), store="memory:", **cluster, **kw)
         service = make_service(config, self.reactor)
         service.privilegedStartService()
         service.startService()
@@ -336,8 +331,8 @@ class KilledNodeTests(NodesTestCase):
             [sys.executable, "-c", NODE_PROCESS, REDIS, "b", self.prefix],
             env={**os.environ, "PYTHONPATH": os.path.abspath(root)},
         )
+        self.addCleanup(lambda: node.ended)  # (clean-ups run last first: killed, then this)
         self.addCleanup(lambda: None if node.ended.called else process.signalProcess("KILL"))
-        self.addCleanup(lambda: node.ended)
         b_url = await node.url
         first = Device()
         client = await connect(
@@ -359,3 +354,38 @@ class KilledNodeTests(NodesTestCase):
         await self.device(a, second)
         await arrived
         self.assertEqual(second.got, ["n2"])
+
+    async def test_the_bench_kills_a_node_and_every_notification_still_arrives(self) -> None:
+        """acmews bench --scenario cluster --kill-pid: b is killed after a round; its AEs
+        reconnect to a, which delivers what it queued for them meanwhile; every round
+        reaches every AE (at least once)."""
+        import io
+        import sys
+
+        from acmews.bench.cli import parse_options, run
+        from acmews.bench.progress import Progress
+
+        # a relay that b took just before it died is given up after 2 s (then queued)
+        a = await self.start("a", connection=ConnectionOptions(ping_interval=0, request_timeout=2))
+        node = _Node()
+        root = os.path.join(os.path.dirname(__file__), "..")
+        process = self.reactor.spawnProcess(
+            node,
+            sys.executable,
+            [sys.executable, "-c", NODE_PROCESS, REDIS, "b", self.prefix],
+            env={**os.environ, "PYTHONPATH": os.path.abspath(root)},
+        )
+        self.addCleanup(lambda: node.ended)  # (clean-ups run last first: killed, then this)
+        self.addCleanup(lambda: None if node.ended.called else process.signalProcess("KILL"))
+        b_url = await node.url
+        argv = [self.ws_url(a), b_url, "--scenario", "cluster", "--connections", "4"]
+        argv += ["--requests", "4", "--kill-pid", str(process.pid), "--kill-after", "2"]
+        argv += ["--duration", "60", "--timeout", "10"]
+        out, said = io.StringIO(), io.StringIO()
+        code = await run(self.reactor, parse_options(argv), out, Progress(said, "x"))
+        report = out.getvalue()
+        self.assertEqual(code, 0, report)
+        self.assertTrue(node.ended.called)
+        self.assertIn("16/16 NOTIFYs", report)
+        self.assertRegex(report, r"killed before round 3; 2 AEs reconnected")
+        self.assertIn("killed node pid", said.getvalue())

@@ -127,6 +127,21 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         help="group, with --member-url: that CSE's CSEBase as the CSE under load addresses it "
         "(e.g. /id-mn/cse-mn)",
     )
+    p.add_argument(
+        "--kill-pid",
+        type=int,
+        metavar="PID",
+        help="cluster: kill this node's process (SIGKILL; not the first URL's) before round "
+        "--kill-after; its AEs reconnect to the next node, and every notification must still "
+        "reach every AE (at least once)",
+    )
+    p.add_argument(
+        "--kill-after",
+        type=int,
+        default=1,
+        metavar="N",
+        help="cluster, with --kill-pid: rounds before the kill (1)",
+    )
     p.add_argument("--rounds", type=int, default=3, help="A/B pairs with --compare (3)")
     p.add_argument(
         "--plot",
@@ -145,6 +160,10 @@ def parse_options(argv: Sequence[str], prog: str = PROG) -> BenchOptions:
     opts = BenchOptions(**vars(ns), urls=urls)
     if opts.scenario == "cluster" and len(urls) < 2:
         parser.error("the cluster scenario needs the URLs of two or more nodes")
+    if opts.kill_pid is not None and opts.scenario != "cluster":
+        parser.error("--kill-pid is for the cluster scenario")
+    if opts.kill_after < 0:
+        parser.error("--kill-after must be at least 0")
     for name in ("window", "connections", "processes", "requests", "rounds", "members"):
         if getattr(opts, name) < 1:
             parser.error(f"--{name} must be at least 1")

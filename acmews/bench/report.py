@@ -61,6 +61,13 @@ def format_report(d: dict[str, Any]) -> str:
             f"  each NOTIFY ms    p50 {percentile(per, 50):.2f}  p99 {percentile(per, 99):.2f}"
             f"  max {(per[-1] if per else 0.0):.2f}"
         )
+        kill = d["extra"].get("kill")
+        if kill:
+            lines.append(
+                f"  kill              node pid {kill.get('pid')} killed before round "
+                f"{kill.get('round', -1) + 1}; {kill.get('reconnected', 0)} AEs reconnected; "
+                f"{kill.get('duplicates', 0)} NOTIFYs came twice (at least once)"
+            )
         for name, label in (
             ("same_node", "  same node ms    "),
             ("cross_node", "  cross node ms   "),
