@@ -609,3 +609,18 @@ class DefaultNodeNameTests(SynchronousTestCase):
         from acmews.cluster import valid_node_name
 
         self.assertTrue(valid_node_name(name))
+
+
+class LeaderStopRaceTests(RedisTestCase):
+    async def test_a_node_stopped_while_it_takes_the_lease_starts_nothing(self) -> None:
+        on_a = Recorder()
+        a, _ = await self.node("a")
+        b, _ = await self.node("b", singletons=Singletons([on_a]))
+        await a.stopService()  # the lease is free
+        refreshing = b.refresh()  # b asks for it ...
+        stopping = b.stopService()  # ... and is stopped before the answer comes
+        await refreshing
+        await stopping
+        self.assertEqual(on_a.events, [])
+        self.assertFalse(b.leader)
+        self.assertIsNone(await self.redis.command("GET", self.key("leader")))

@@ -460,6 +460,10 @@ class ClusterNode(Service):
         taken = await self.commands.command(
             "SET", self._leader_key, self._leader_value, "NX", "PX", lease_ms
         )
+        if taken in (b"OK", "OK") and not self.running:
+            # stopped while it asked: hand the lease straight back, start nothing
+            await self.commands.eval(RESIGN, [self._leader_key], [self._leader_value])
+            return
         if taken in (b"OK", "OK"):
             self.leader = True
             self._leader_renewed = now
