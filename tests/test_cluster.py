@@ -624,3 +624,20 @@ class LeaderStopRaceTests(RedisTestCase):
         self.assertEqual(on_a.events, [])
         self.assertFalse(b.leader)
         self.assertIsNone(await self.redis.command("GET", self.key("leader")))
+
+
+class StoppingTests(RedisTestCase):
+    async def test_a_relay_in_flight_when_the_node_stops_is_queued(self) -> None:
+        a, a_map = await self.node("a")
+        b, b_map = await self.node("b")
+        connection = Arrivals(AE, clock=self.clock)
+        b_map.bind(AE, connection)
+        await b.sync()
+        chain = PoaChain(a_map, self.clock, timeout=5, cluster=a, pad_failures=False)
+        arrived = connection.arrival()
+        sent = chain.send(AE, notify("n1"), store=True)
+        await arrived
+        await a.sync()  # (the relay waits for b's answer)
+        await a.stopService()
+        self.assertEqual((await sent).rsc, RSC.ACCEPTED)
+        self.assertEqual([r.rqi for r in chain.queued(AE)], ["n1"])

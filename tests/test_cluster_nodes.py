@@ -268,6 +268,24 @@ class NodesTests(NodesTestCase):
         self.assertRegex(report, r"cross node ms +p50 [0-9.]+ .*\(6 NOTIFYs\)")
         self.assertNotIn("warning", report)
 
+    async def test_a_remote_cse_on_one_node_is_reached_from_another(self) -> None:
+        """An MN-CSE registers to the IN-CSE's node b; node a reaches it over b's link."""
+        allowed = {"allowed_csr_originators": ("/id-mn",)}
+        a, b = await self.start("a", **allowed), await self.start("b", **allowed)
+        mn = await self.start(
+            None,
+            cse_id="/id-mn",
+            cse_name="cse-mn",
+            registrar=RegistrarConfig(url=self.ws_url(b)),
+        )
+        assert mn.link is not None
+        await mn.link.when_registered()
+        await self.held_by(a, "b", "/id-mn")
+        request = Request(Operation.RETRIEVE, "/id-mn/cse-mn", "r1", fr="/id-in")
+        response = await a.chain.send("/id-mn", request)
+        self.assertEqual((response.rsc, response.rqi), (RSC.OK, "r1"))
+        self.assertEqual(response.pc["m2m:cb"]["csi"], "/id-mn")
+
 
 NODE_PROCESS = """
 import sys

@@ -448,11 +448,15 @@ async def run_fanout(reactor: Any, opts: BenchOptions, run: Run) -> tuple[Result
                 if resp.get("rsc") != 2001:
                     raise BenchError(f"subscription for {aei} failed: {resp}")
                 if where[k]:
-                    await close_all(reactor, [client])
-                    client = await open_client(
-                        reactor, nodes[where[k]], opts.serialization, aei, t
+                    # its own node first (newest wins: the route moves there in one step
+                    # and the first node closes the old connection), so that no
+                    # notification finds it connected nowhere
+                    old, client = (
+                        client,
+                        await open_client(reactor, nodes[where[k]], opts.serialization, aei, t),
                     )
                     s = opened[k] = RequestChannel(client, opts.serialization, reactor, aei, t)
+                    await close_all(reactor, [old])
                 progress.update(f"{len(created_aes)}/{opts.connections} AEs subscribed")
             finally:
                 slots.release()

@@ -348,8 +348,11 @@ class ClusterNode(Service):
         if self._tick_call is not None and self._tick_call.active():
             self._tick_call.cancel()
         self._tick_call = None
+        # a relay in flight fails as one to a node that is gone: its sender's chain goes on
+        # (a NOTIFY to the queue), which a cancellation would have ended
         for waiting in list(self._pending.values()):
-            waiting.cancel()
+            if not waiting.called:
+                waiting.errback(NoClusterRoute("this node is stopping"))
         for serving in list(self._serving):
             serving.cancel()
         await self.singletons.follow()
