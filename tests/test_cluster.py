@@ -323,6 +323,32 @@ class RelayTests(RedisTestCase):
             await self.redis.command("PING")
         self.assertEqual(flushed, [AE])
 
+    async def test_behind_a_queue_a_notification_waits_its_turn(self) -> None:
+        """Notifications already wait for an originator connected to another node: a new
+        one joins the queue (not its poa, not the relay: order) and that node is told to
+        deliver the queue."""
+        from tests.test_poa import FakeConnector
+
+        flushed: list[str] = []
+        a, a_map = await self.node("a")
+        b, b_map = await self.node("b", flush=flushed.append)
+        connection = FakeConnection(AE)
+        b_map.bind(AE, connection)
+        await b.sync()
+        http = FakeConnector("http")
+        chain = PoaChain(a_map, self.clock, [http], timeout=5, cluster=a, pad_failures=False)
+        chain.queue.enqueue(AE, notify("old"), 3600.0, 0.0)
+        poa = ("http://device.example/notify",)
+        response = await chain.send(AE, notify("new"), poa=poa, store=True)
+        self.assertEqual(response.rsc, RSC.ACCEPTED)
+        self.assertEqual([r.rqi for r in chain.queued(AE)], ["old", "new"])
+        self.assertEqual((http.calls, connection.sent), ([], []))
+        for _ in range(1000):
+            if flushed:
+                break
+            await self.redis.command("PING")
+        self.assertEqual(flushed, [AE])
+
     async def test_malformed_messages_are_dropped(self) -> None:
         a, a_map = await self.node("a")
         for junk in (b"", b"Z\0x", b"Q\0only", b"R\0x", b"T\0x"):
