@@ -133,6 +133,23 @@ return v
 """
 )
 
+#: KEYS: o:X. ARGV: node prefix, channel prefix, ME, relay id, X, timeout ms, request.
+#: A relay in one round trip: the binding (if its node's lease holds it) and the Q message
+#: published on that node's channel. Returns {binding or '', receivers}; receivers -1: the
+#: binding is ME's own (nothing published).
+RELAY = Script(
+    """
+local v = redis.call('GET', KEYS[1])
+if not v then return {'', 0} end
+local node, inc = string.match(v, '^(%S+) (%S+)')
+if not node or redis.call('GET', ARGV[1] .. node) ~= inc then return {'', 0} end
+if node == ARGV[3] then return {v, -1} end
+local message = 'Q\\0' .. ARGV[4] .. '\\0' .. ARGV[3] .. '\\0' .. ARGV[5] .. '\\0' .. v
+  .. '\\0' .. ARGV[6] .. '\\0' .. ARGV[7]
+return {v, redis.call('PUBLISH', ARGV[2] .. node, message)}
+"""
+)
+
 #: KEYS: leader. ARGV: ME-binding, lease ms. Renews the leader lease if it is still ours.
 RENEW_LEADER = Script(
     """
@@ -641,43 +658,41 @@ class ClusterNode(Service):
     async def _relay(self, target: str, request: Request, timeout: float) -> Response:
         started = self._clock.seconds()
         deadline = started + timeout
-        binding = await self._in_time(
-            Deferred.fromCoroutine(self._lookup(target)), deadline, timeout, "directory"
-        )
-        if binding is None:
-            raise NoClusterRoute("no live connection in the cluster")
-        node = binding.split(b" ", 1)[0]
-        if node == self._me:
-            raise NoClusterRoute("no live connection in the cluster")
+        if not self.available:
+            raise NoClusterRoute("the cluster directory is unreachable")
         payload = encode_request(request)
         rid = f"{self.node_name}/{next(self._relay_ids)}".encode()
-        remaining = max(timeout - (self._clock.seconds() - started), 0.001)
-        message = b"\0".join(
-            [
-                b"Q",
-                rid,
-                self._me,
-                target.encode("utf-8", "surrogatepass"),
-                binding,
-                str(int(remaining * 1000)).encode(),
-                payload,
-            ]
-        )
         waiting: Deferred[Response] = Deferred()
-        self._pending[rid] = waiting
+        self._pending[rid] = waiting  # (its answer may come before RELAY's own)
+        node = b"?"
         try:
             try:
-                receivers = await self._in_time(
-                    self.commands.command("PUBLISH", self._channel_prefix + node, message),
+                binding, receivers = await self._in_time(
+                    self.commands.eval(
+                        RELAY,
+                        [self._okey(target)],
+                        [
+                            self._node_prefix,
+                            self._channel_prefix,
+                            self._me,
+                            rid,
+                            target.encode("utf-8", "surrogatepass"),
+                            str(int(timeout * 1000)),
+                            payload,
+                        ],
+                    ),
                     deadline,
                     timeout,
-                    f"relayed to node {node.decode()}",
+                    "directory",
                 )
             except RedisUnavailable as e:
                 raise NoClusterRoute(f"the cluster directory is unreachable ({e})") from e
+            if not binding or receivers == -1:  # nowhere, or (a stale entry) here
+                raise NoClusterRoute("no live connection in the cluster")
+            node = binding.split(b" ", 1)[0]
             if not receivers:
                 raise NoClusterRoute(f"node {node.decode()} is not listening")
-            remaining = max(timeout - (self._clock.seconds() - started), 0.001)
+            remaining = max(deadline - self._clock.seconds(), 0.001)
             try:
                 response = await await_step(waiting, remaining, self._clock)
             except RequestTimeout:
