@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn, TextIO
 
 from twisted.internet.defer import Deferred
+from twisted.internet.defer import TimeoutError as DeferTimeoutError
 
 from acmews import __version__
 from acmews.codes import ResourceType
@@ -71,7 +72,7 @@ __all__ = [
     "tls_hint",
 ]
 
-COMMANDS = ("request", "watch", "shell", "bench", "completion")
+COMMANDS = ("request", "watch", "shell", "cluster", "bench", "completion")
 
 #: what ``watch`` subscribes to: update, delete, create and delete of a direct child
 WATCH_EVENTS = [1, 2, 3, 4]
@@ -109,6 +110,11 @@ EXIT STATUS
   2    a wrong command line, or the connection could not be made or was lost
   130  interrupted by Ctrl-C (SIGINT); 143: stopped by SIGTERM
 """,
+    "cluster": """\
+EXIT STATUS
+  0    the cluster was read (whatever it looks like)
+  2    a wrong command line, or Redis could not be reached
+""",
 }
 
 ENVIRONMENT = """\
@@ -143,6 +149,12 @@ EXAMPLES
   acmews watch ws://127.0.0.1:8180 --register watcher --subscribe cse-in/watcher
   acmews watch ws://127.0.0.1:8180 --from CAdmin --subscribe cse-in/lamp/state \\
       --count 1 --timeout 10 && echo "it changed"
+""",
+    "cluster": """\
+EXAMPLES
+  acmews cluster redis://127.0.0.1:6379
+  ACMEWS_REDIS_PASSWORD=... acmews cluster redis://redis.example/2 --cse-id /id-mn \\
+      --originators 20
 """,
     "shell": """\
 EXAMPLES
@@ -279,6 +291,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common(shell, per_response, DEFAULT_TIMEOUT)
 
+    cluster = _command(
+        commands,
+        "cluster",
+        "show the nodes of a CSE served by several (twistd acmews --cluster)",
+        "Read the cluster's Redis and print its nodes, which one is the leader, and how many "
+        "originators each holds the live connection of (a node whose lease lapsed is shown "
+        "down). The Redis password comes from the URL or, better, ACMEWS_REDIS_PASSWORD.",
+    )
+    cluster.add_argument(
+        "redis", metavar="REDIS_URL", help="redis://HOST[:PORT][/DB], as given to --cluster"
+    )
+    cluster.add_argument(
+        "--cse-id",
+        default="/id-in",
+        metavar="CSE-ID",
+        help="the CSE the nodes serve (default /id-in): its keys begin with acmews:CSE-ID:",
+    )
+    cluster.add_argument(
+        "--originators",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="also list up to N originators of each node",
+    )
+    cluster.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=DEFAULT_TIMEOUT,
+        help="seconds to wait for Redis (default 10)",
+    )
+
     commands.add_parser("bench", help="the load generator (acmews bench --help)", add_help=False)
     completion = commands.add_parser(
         "completion",
@@ -295,6 +338,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """The parsed command line; UsageError (one line) when it cannot be run."""
     args = build_parser().parse_args(list(argv))
     if args.command in ("bench", "completion"):
+        return args
+    if args.command == "cluster":
+        from acmews.cluster import RedisURL
+
+        try:
+            args.redis = RedisURL.parse(args.redis)
+        except ValueError as e:
+            raise UsageError(f"REDIS_URL: {e}") from None
         return args
     _credentials(args)
     if args.command == "request":
@@ -417,6 +468,8 @@ async def run(
         return e.code if isinstance(e.code, int) else 0
     where = f"acmews {args.command}"
     try:
+        if args.command == "cluster":
+            return await _cluster(reactor, args, out)
         if args.command == "request":
             return await _request(reactor, args, out, err)
         if args.command == "shell":
@@ -433,6 +486,30 @@ async def run(
     except Exception as e:  # one line, never a traceback
         err.write(f"{where}: {_problem(e)}\n")
         return 2
+
+
+async def _cluster(reactor: Any, args: argparse.Namespace, out: TextIO) -> int:
+    from acmews.cluster.status import format_status, read_status
+
+    reading = Deferred.fromCoroutine(
+        read_status(args.redis, reactor, f"acmews:{args.cse_id}:", args.originators)
+    )
+    reading.addTimeout(args.timeout, reactor)
+    try:
+        status = await reading
+    except DeferTimeoutError:
+        raise TargetNotReachable(
+            f"no answer from {args.redis.description} within {args.timeout:g} seconds"
+        ) from None
+    except Exception as e:
+        from acmews.cluster import RedisUnavailable
+
+        if isinstance(e, RedisUnavailable):
+            raise TargetNotReachable(str(e)) from None
+        raise
+    out.write(format_status(status))
+    out.flush()
+    return 0
 
 
 def completion(shell: str, out: TextIO, err: TextIO) -> int:

@@ -22,12 +22,14 @@ from acmews.poa import OutboundCredentials
 from acmews.poa.limits import DEFAULT_DENY, DEFAULT_OUTBOUND, DEFAULT_OUTBOUND_PER_HOST
 from acmews.poa.queue import DEFAULT_ORIGINATOR_BYTES, DEFAULT_QUEUE_SIZE, DEFAULT_TOTAL_BYTES
 
-__all__ = ["DEFAULT_LISTEN", "DEFAULT_STORE", "Config", "RegistrarConfig"]
+__all__ = ["DEFAULT_LISTEN", "DEFAULT_STORE", "SHARED_STORES", "Config", "RegistrarConfig"]
 
 #: a backlog of 1024 (Twisted's default is 50): a thousand clients connecting at once must not
 #: see refused connections
 DEFAULT_LISTEN = "tcp:8180:interface=127.0.0.1:backlog=1024"
 DEFAULT_STORE = "sqlite:acmews.db"
+#: stores every node of a cluster can share
+SHARED_STORES = ("postgresql:", "postgres:")
 
 _CSE = CSEConfig()
 
@@ -99,6 +101,14 @@ class Config:
     #: seconds a graceful stop (SIGTERM) waits for the answers in flight before it closes
     #: the connections anyway
     shutdown_timeout: float = 10.0
+    #: ``redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]``: this process is one node of several
+    #: serving this CSE (:mod:`acmews.cluster`); None: the only one. ``twistd acmews``
+    #: requires a shared store with it; an embedding application is trusted to give one
+    cluster: str | None = None
+    #: this node's name in the cluster; None: the host name and the first listener's port
+    node_name: str | None = None
+    #: what this CSE's keys and channels in Redis begin with; None: ``acmews:CSE-ID:``
+    cluster_prefix: str | None = None
 
     @property
     def endpoints(self) -> list[ServerEndpoint]:
@@ -108,6 +118,28 @@ class Config:
     def authenticates(self) -> bool:
         """Must connections authenticate?"""
         return bool(self.basic_credentials or self.token_credentials or self.client_ca)
+
+    def cluster_problem(self) -> str | None:
+        """Why ``cluster`` cannot be used as given (one line), or None."""
+        if self.cluster is None:
+            return None
+        from acmews.cluster import RedisURL, valid_node_name
+
+        if not self.store.startswith(SHARED_STORES):
+            return (
+                f"--cluster needs a store that every node shares (--store postgresql://...), "
+                f"not {self.store.split(':', 1)[0]}:"
+            )
+        try:
+            RedisURL.parse(self.cluster)
+        except ValueError as e:
+            return f"--cluster: {e}"
+        if self.node_name is not None and not valid_node_name(self.node_name):
+            return (
+                "--node-name must be 1 to 100 letters, digits or ._:@- (starting with a "
+                f"letter or digit), not {self.node_name[:100]!r}"
+            )
+        return None
 
     def exposure(self) -> str | None:
         """Why this configuration must not start, or None: a listener beyond loopback where

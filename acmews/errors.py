@@ -104,6 +104,11 @@ class TargetNotReachable(OneM2MError):
     rsc = RSC.TARGET_NOT_REACHABLE
 
 
+class NoClusterRoute(TargetNotReachable):
+    """No other node of the cluster holds a live connection for the target (or the cluster's
+    directory cannot be asked): the poa chain goes on with the next step."""
+
+
 class NotAcceptable(OneM2MError):
     """rsc 5207: e.g. a contentInstance larger than its container's ``mbs``."""
 

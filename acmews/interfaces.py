@@ -180,3 +180,23 @@ class IRequestSender(Interface):
         response or a Failure instead of returning a Deferred (a sender may deliver to a
         live connection with no Deferred at all). ``then`` may be called before this
         returns."""
+
+
+class IClusterRelay(Interface):
+    """The live connections of the other nodes of a cluster serving one CSE: step 1 of the poa
+    chain ("a live connection anywhere in the cluster") after this node's own."""
+
+    def relay(target: str, request: Request, timeout: float) -> Deferred[Response]:
+        """Send ``request`` on ``target``'s live connection on another node, with the
+        sender's ``timeout``; fire with its response.
+
+        Fail with :class:`~acmews.errors.NoClusterRoute` when no other node holds one (or
+        the directory cannot be asked), with RequestTimeout (4008) when no answer comes in
+        time, with TargetNotReachable (5103) when that connection failed.
+        """
+
+    def holder(target: str) -> Deferred[str | None]:
+        """The name of the other node that holds ``target``'s live connection, or None."""
+
+    def queued(target: str) -> None:
+        """Notifications were queued for ``target``: the node holding it should flush them."""

@@ -11,9 +11,11 @@ the store stops last, once nothing changes any more.
 from __future__ import annotations
 
 import gc
+import re
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import (
@@ -53,6 +55,9 @@ from acmews.poa.queue import INotificationQueue
 from acmews.protocol import GOING_AWAY, OneM2MServerFactory
 from acmews.session import Session
 
+if TYPE_CHECKING:
+    from acmews.cluster import ClusterNode
+
 __all__ = [
     "PYTHON_GC_THRESHOLDS",
     "SERVER_GC_THRESHOLDS",
@@ -62,6 +67,7 @@ __all__ = [
     "build_admin",
     "build_authorizer",
     "build_chain",
+    "build_cluster",
     "build_factory",
     "build_link",
     "build_store",
@@ -129,6 +135,56 @@ def build_chain(
     )
 
 
+def build_cluster(
+    config: Config, originators: OriginatorMap, chain: PoaChain, reactor: Any
+) -> ClusterNode | None:
+    """This node's part of a cluster (``config.cluster``), or None for a single node. The
+    chain's step 1 then reaches the other nodes' connections too, and its queue purge, like
+    every other singleton, runs on the leader only."""
+    if config.cluster is None:
+        return None
+    from acmews.cluster import ClusterNode, RedisURL, Singletons
+
+    node = ClusterNode(
+        RedisURL.parse(config.cluster),
+        config.node_name or default_node_name(config),
+        originators,
+        reactor,
+        prefix=config.cluster_prefix or f"acmews:{config.cse_id}:",
+        singletons=Singletons(),
+        flush=chain.flush,
+    )
+    chain.cluster = node
+    chain.purging = False
+    node.singletons.add(QueuePurge(chain))
+    return node
+
+
+def default_node_name(config: Config) -> str:
+    """The host name and the first listener's port (what a node is called without
+    ``--node-name``)."""
+    host = re.sub(r"[^A-Za-z0-9._@-]", "-", socket.gethostname()) or "node"
+    port = next((e.port for e in config.endpoints if e.is_tcp), "")
+    return f"{host}:{port}" if port else host
+
+
+class QueuePurge(Service):
+    """The chain's purge of expired queue entries, as a singleton of the cluster."""
+
+    name = "queue-purge"
+
+    def __init__(self, chain: PoaChain) -> None:
+        self.chain = chain
+
+    def startService(self) -> None:
+        super().startService()
+        self.chain.purging = True
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.chain.purging = False
+
+
 def build_link(
     config: Config,
     cse: CSE,
@@ -149,7 +205,9 @@ def build_link(
         reactor=reactor,
         serialization=registrar.serialization,
         options=config.connection,
-        keep_registration=registrar.keep_registration,
+        # in a cluster the CSE lives on in the other nodes when this one stops or hands the
+        # link over to the next leader: its registration stays
+        keep_registration=registrar.keep_registration or config.cluster is not None,
         headers=dict(registrar.headers) or None,
         tls=config.client_tls,
         metrics=metrics,
@@ -232,12 +290,15 @@ def make_service(config: Config, reactor: Any) -> CSEService:
     chain = build_chain(config, originators, store.queue, reactor, metrics)
     cse = CSE(config.cse_config(), chain, reactor, store.resources)
     link = build_link(config, cse, originators, reactor, metrics)
+    cluster = build_cluster(config, originators, chain, reactor)
     factory = build_factory(config, cse, originators, reactor, metrics)
     listeners = [
         Listener(e.description, e.endpoint(reactor, config.client_ca), factory)
         for e in config.endpoints
     ]
-    service = CSEService(config, store, originators, chain, cse, factory, link, listeners)
+    service = CSEService(
+        config, store, originators, chain, cse, factory, link, listeners, cluster=cluster
+    )
     service.add_admin(build_admin(config, service, reactor))
     return service
 
@@ -326,6 +387,8 @@ class CSEService(MultiService):
         factory: OneM2MServerFactory,
         link: RegistrarLink | None,
         listeners: Sequence[Listener],
+        *,
+        cluster: ClusterNode | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -336,6 +399,8 @@ class CSEService(MultiService):
         self.factory = factory
         self.link = link
         self.listeners = list(listeners)
+        #: this node's part of a cluster (None: a single node)
+        self.cluster = cluster
         #: what the binding counts (the factory's), when an admin listener reads it
         self.metrics = factory.metrics
         #: the admin listener (``/metrics``), if any (see :meth:`add_admin`)
@@ -352,16 +417,14 @@ class CSEService(MultiService):
         #: records missing data of the timeSeries on time (and what went missing while down)
         self.timeseries = TimerService(cse.timeseries)
         # the store is the first child: it stops last, once nothing changes any more; the
-        # expiry sweep starts once notifications can be sent
-        for child in (
-            store.service,
-            originators,
-            chain,
-            self.expiry,
-            self.timeseries,
-            link,
-            *listeners,
-        ):
+        # expiry sweep starts once notifications can be sent. In a cluster the sweeps and
+        # the registrar link run on the leader only (the node starts them when it leads)
+        singletons: tuple[Service | None, ...] = (self.expiry, self.timeseries, link)
+        if cluster is not None:
+            for singleton in singletons:
+                cluster.singletons.add(singleton)
+            singletons = (cluster,)
+        for child in (store.service, originators, chain, *singletons, *listeners):
             if child is not None:
                 child.setServiceParent(self)
 
@@ -392,6 +455,8 @@ class CSEService(MultiService):
         checks = {"listening": listening, "store": store}
         if self.link is not None:
             registrar: dict[str, Any] = {"ok": self.link.registered, "state": self.link.state}
+            if self.cluster is not None and not self.cluster.leader:
+                registrar = {"ok": True, "state": "kept by the cluster's leader"}
             checks["registrar"] = registrar
         return checks
 

@@ -21,7 +21,7 @@ from twisted.python import usage
 
 from acmews.auth import read_basic_file, read_token_file
 from acmews.client import client_credentials
-from acmews.config import Config, RegistrarConfig
+from acmews.config import SHARED_STORES, Config, RegistrarConfig
 from acmews.durable import StoreError
 from acmews.endpoints import ServerEndpoint
 from acmews.options import ConnectionOptions
@@ -198,6 +198,23 @@ class Options(usage.Options):
             None,
             _REGISTRAR.serialization,
             "With --registrar: json or cbor on the link to the registrar.",
+        ],
+        [
+            "cluster",
+            None,
+            None,
+            "redis://HOST[:PORT][/DB]: this process is one node of several serving one CSE "
+            "(behind a TCP load balancer), with the directory of live connections and the "
+            "relay between nodes on that Redis; needs a shared --store (postgresql:). A "
+            "password: redis://:PASSWORD@HOST or, better, the environment variable "
+            "ACMEWS_REDIS_PASSWORD (or REDISCLI_AUTH); it is never logged.",
+        ],
+        [
+            "node-name",
+            None,
+            None,
+            "With --cluster: this node's name, unique in the cluster (default: the host name "
+            "and the first listener's port).",
         ],
         ["cse-id", None, DEFAULTS.cse_id, "The CSE-ID (with its leading slash)."],
         ["cse-name", None, DEFAULTS.cse_name, "The resource name of the CSEBase."],
@@ -505,7 +522,18 @@ class Options(usage.Options):
             if problem:
                 raise usage.UsageError(f"--admin-listen {admin}: {problem}")
         store = self["store"]
-        if store != "memory:" and (not store.startswith("sqlite:") or store == "sqlite:"):
+        if self["node-name"] is not None and self["cluster"] is None:
+            raise usage.UsageError("--node-name needs --cluster")
+        shared = self["cluster"] is not None and store.startswith(SHARED_STORES)
+        if (
+            store != "memory:"
+            and (not store.startswith("sqlite:") or store == "sqlite:")
+            and not shared
+        ):
+            if self["cluster"] is not None:
+                raise usage.UsageError(
+                    "--cluster needs a store that every node shares (--store postgresql://...)"
+                )
             raise usage.UsageError(f"--store must be sqlite:PATH or memory:, not {store!r}")
         self._identity()
         if self["deny-targets"] is None:
@@ -560,8 +588,13 @@ class Options(usage.Options):
             log_debug=bool(self["log-debug"]),
             admin_listen=admin,
             shutdown_timeout=float(self["shutdown-timeout"]),
+            cluster=self["cluster"],
+            node_name=self["node-name"],
             **self._outbound(),
         )
+        problem = self.config.cluster_problem()
+        if problem is not None:
+            raise usage.UsageError(problem)
         exposure = self.config.exposure()
         if exposure is not None:
             raise usage.UsageError(exposure)
@@ -685,7 +718,7 @@ def makeService(options: Options, reactor: Any = None) -> CSEService:
         check_ports(options.config.listen)  # twistd without -n: before it forks
     try:
         service = make_service(options.config, reactor)
-    except StoreError as e:
+    except (StoreError, ValueError) as e:  # ValueError: a store this build cannot open
         raise TwistdExit(e) from None
     service.start_error = TwistdExit
     tune_collector()  # the process is the server's: twistd's, not an embedding program's

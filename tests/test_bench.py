@@ -711,6 +711,36 @@ class ProgressTests(SynchronousTestCase):
         )
 
 
+class SeveralURLsTests(TestCase):
+    """#22: several URLs (the nodes of one CSE) and the cluster scenario."""
+
+    def test_several_urls(self) -> None:
+        opts = parse_options(["ws://a:1", "ws://b:2", "ws://c:3"])
+        self.assertEqual((opts.url, opts.urls), ("ws://a:1", ["ws://a:1", "ws://b:2", "ws://c:3"]))
+        self.assertEqual(opts.urls_for("ws://a:1"), ["ws://a:1", "ws://b:2", "ws://c:3"])
+        self.assertEqual(opts.urls_for("ws://other:4"), ["ws://other:4"])  # --compare's
+
+    def test_connections_go_to_each_url_in_turn_across_workers(self) -> None:
+        from acmews.bench.load import LoadConfig
+
+        cfg = LoadConfig("ws://a:1", "json", "C", {}, 3, 1, 1, 1.0, 1.0, "t", 2, ["u0", "u1"])
+        self.assertEqual([cfg.url_for(i) for i in range(3)], ["u0", "u1", "u0"])
+        self.assertEqual(
+            LoadConfig("ws://a:1", "json", "C", {}, 1, 1, 1, 1.0, 1.0, "t").url_for(0), "ws://a:1"
+        )
+
+    def test_the_cluster_scenario_needs_two_nodes(self) -> None:
+        with self.assertRaises(SystemExit):
+            parse_options(["ws://a:1", "--scenario", "cluster"])
+        self.assertEqual(
+            parse_options(["ws://a:1", "ws://b:1", "--scenario", "cluster"]).scenario, "cluster"
+        )
+
+    def test_a_bad_one_among_several(self) -> None:
+        with self.assertRaises(SystemExit):
+            parse_options(["ws://a:1", "http://b:1"])
+
+
 class LoopbackRunTests(TestCase):
     """Each scenario, tiny, against twistd acmews's service on 127.0.0.1 port 0: it runs,
     reports on ``out`` and says what it does on its progress stream (#23.5)."""

@@ -348,7 +348,7 @@ class HelpTests(TestCase):
         code = self.successResultOf(Deferred.fromCoroutine(run(None, [], out, err)))
         self.assertEqual(code, 2)
         self.assertTrue(err.getvalue().startswith("usage: acmews COMMAND ..."), err.getvalue())
-        self.assertIn("request, watch, shell, bench, completion", err.getvalue())
+        self.assertIn("request, watch, shell, cluster, bench, completion", err.getvalue())
 
     def test_help_has_exit_status_environment_and_examples(self) -> None:
         import contextlib

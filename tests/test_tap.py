@@ -780,3 +780,47 @@ class StoreOptionTests(TestCase):
 
     def test_sqlite_store_is_wired(self) -> Any:
         return Deferred.fromCoroutine(self._wired())
+
+
+class ClusterOptionTests(TestCase):
+    """--cluster and --node-name (#22)."""
+
+    def test_cluster_needs_a_shared_store(self) -> None:
+        for store in ("memory:", "sqlite:/tmp/x.db"):
+            e = self.assertRaises(
+                usage.UsageError, parse, "--store", store, "--cluster", "redis://127.0.0.1"
+            )
+            self.assertTrue(str(e).startswith("--cluster needs a store that every node shares"))
+            self.assertNotIn("\n", str(e))
+
+    def test_cluster_with_a_shared_store(self) -> None:
+        o = parse(
+            "--store",
+            "postgresql://db/acmews",
+            "--cluster",
+            "redis://127.0.0.1:6380/2",
+            "--node-name",
+            "node-1",
+        )
+        self.assertEqual(o.config.cluster, "redis://127.0.0.1:6380/2")
+        self.assertEqual(o.config.node_name, "node-1")
+        self.assertEqual(
+            parse("--store", "postgres://db", "--cluster", "redis://h").config.store,
+            "postgres://db",
+        )
+
+    def test_bad_cluster_options_are_one_line_without_the_password(self) -> None:
+        for argv, start in (
+            (["--cluster", "http://h"], "--cluster: unsupported scheme 'http'"),
+            (["--cluster", "redis://:hunter2@h/x"], "--cluster: the database must be a number"),
+            (["--cluster", "redis://h", "--node-name", "a b"], "--node-name must be"),
+            (["--node-name", "a"], "--node-name needs --cluster"),
+        ):
+            e = self.assertRaises(usage.UsageError, parse, "--store", "postgresql://db", *argv)
+            self.assertTrue(str(e).startswith(start), (argv, str(e)))
+            self.assertNotIn("\n", str(e))
+            self.assertNotIn("hunter2", str(e))
+
+    def test_without_cluster_postgres_is_still_no_store(self) -> None:
+        e = self.assertRaises(usage.UsageError, parse, "--store", "postgres://db")
+        self.assertIn("--store must be", str(e))

@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 
-SCENARIOS = ("retrieve", "create-cin", "group", "fanout", "idle")
+SCENARIOS = ("retrieve", "create-cin", "group", "fanout", "cluster", "idle")
 MODES = ("sequential", "pipelined")
 
 
@@ -45,7 +45,13 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "any request was never answered, answered twice or answered with a foreign rqi; "
         "2 when the run could not be done.",
     )
-    p.add_argument("url", help="ws://host:port[/path] of the CSE")
+    p.add_argument(
+        "url",
+        nargs="+",
+        help="ws://host:port[/path] of the CSE; several: the nodes of one CSE (twistd acmews "
+        "--cluster), the connections spread over them in turn (set-up and clean-up on the "
+        "first); the cluster scenario needs two or more",
+    )
     p.add_argument(
         "--originator",
         default="CAdmin",
@@ -121,6 +127,21 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         help="group, with --member-url: that CSE's CSEBase as the CSE under load addresses it "
         "(e.g. /id-mn/cse-mn)",
     )
+    p.add_argument(
+        "--kill-pid",
+        type=int,
+        metavar="PID",
+        help="cluster: kill this node's process (SIGKILL; not the first URL's) before round "
+        "--kill-after; its AEs reconnect to the next node, and every notification must still "
+        "reach every AE (at least once)",
+    )
+    p.add_argument(
+        "--kill-after",
+        type=int,
+        default=1,
+        metavar="N",
+        help="cluster, with --kill-pid: rounds before the kill (1)",
+    )
     p.add_argument("--rounds", type=int, default=3, help="A/B pairs with --compare (3)")
     p.add_argument(
         "--plot",
@@ -134,7 +155,15 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 def parse_options(argv: Sequence[str], prog: str = PROG) -> BenchOptions:
     parser = build_parser(prog)
     ns = parser.parse_args(list(argv))
-    opts = BenchOptions(**vars(ns))
+    urls = list(ns.url)
+    ns.url = urls[0]
+    opts = BenchOptions(**vars(ns), urls=urls)
+    if opts.scenario == "cluster" and len(urls) < 2:
+        parser.error("the cluster scenario needs the URLs of two or more nodes")
+    if opts.kill_pid is not None and opts.scenario != "cluster":
+        parser.error("--kill-pid is for the cluster scenario")
+    if opts.kill_after < 0:
+        parser.error("--kill-after must be at least 0")
     for name in ("window", "connections", "processes", "requests", "rounds", "members"):
         if getattr(opts, name) < 1:
             parser.error(f"--{name} must be at least 1")
@@ -156,7 +185,8 @@ def parse_options(argv: Sequence[str], prog: str = PROG) -> BenchOptions:
     if opts.member_url is not None and opts.scenario != "group":
         parser.error("--member-url is for the group scenario")
     try:
-        Target.parse(opts.url)
+        for url in urls:
+            Target.parse(url)
         if opts.compare:
             Target.parse(opts.compare)
         if opts.member_url:
@@ -170,6 +200,11 @@ def describe_run(opts: BenchOptions, url: str) -> str:
     """What one run does, in a line: the scenario and its bounds."""
     if opts.scenario == "idle":
         return f"idle: {opts.connections} connections to {url}, held {opts.duration:g} s"
+    if opts.scenario == "cluster":
+        return (
+            f"cluster: {opts.connections} AEs spread over {url}, subscribed on the first, up "
+            f"to {opts.requests} rounds within {opts.duration:g} s"
+        )
     if opts.scenario == "fanout":
         return (
             f"fanout: {opts.connections} AEs subscribed at {url}, up to {opts.requests} "
@@ -193,10 +228,11 @@ async def run(
     runs: list[dict[str, Any]] = []
     results: list[tuple[str, Result]] = []  # for --plot
     if opts.compare is None:
-        progress.say(describe_run(opts, opts.url))
+        where = " + ".join(opts.urls) if len(opts.urls) > 1 else opts.url
+        progress.say(describe_run(opts, where))
         result, server = await runner(reactor, opts, Run(opts.url, opts.server_pid, out, progress))
-        results.append((opts.url, result))
-        d = report(opts, opts.url, result, server)
+        results.append((where, result))
+        d = report(opts, where, result, server)
         runs.append(d)
         out.write(format_report(d) + "\n")
         summary: dict[str, Any] = d

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import cbor2
@@ -141,6 +141,14 @@ class LoadConfig:
     timeout: float
     tag: str
     first_connection: int = 0
+    #: the nodes of one CSE: connection n (counted over every worker) opens to the n-th in
+    #: turn; empty: ``url``
+    urls: list[str] = field(default_factory=list)
+
+    def url_for(self, i: int) -> str:
+        if not self.urls:
+            return self.url
+        return self.urls[(self.first_connection + i) % len(self.urls)]
 
     def originator_for(self, i: int) -> str:
         """``--originator`` with ``{k}`` replaced by the global connection number."""
@@ -165,10 +173,10 @@ async def run_load(
     progress: Callable[[int], None] | None = None,
 ) -> Result:
     """Open the connections, wait for ``go()``, run the load, close; returns the result."""
-    target = Target.parse(cfg.url)
     clients: list[LeanWebSocketClient] = []
     try:
         for i in range(cfg.connections):
+            target = Target.parse(cfg.url_for(i))
             clients.append(
                 await open_client(
                     reactor, target, cfg.serialization, cfg.originator_for(i), cfg.timeout

@@ -28,7 +28,7 @@ def report(opts: BenchOptions, url: str, result: Result, server: dict[str, Any])
         server=server,
     )
     if server.get("cpu_s") is not None and opts.scenario != "idle":
-        n = result.sent if opts.scenario != "fanout" else result.answered
+        n = result.sent if opts.scenario not in ("fanout", "cluster") else result.answered
         if n:
             d["server_cpu_us_per_request"] = server["cpu_s"] / n * 1e6
             reference = server.get("reference_us_per_request")
@@ -50,7 +50,7 @@ def format_report(d: dict[str, Any]) -> str:
     unit = "request"
     if d["scenario"] == "idle":
         lines.append(f"  open connections  {d['extra'].get('open_connections', 0)}")
-    elif d["scenario"] == "fanout":
+    elif d["scenario"] in ("fanout", "cluster"):
         unit = "notification"
         n = d["connections"] * d["extra"].get("rounds", 0)
         lines.append(
@@ -64,6 +64,23 @@ def format_report(d: dict[str, Any]) -> str:
             f"  each NOTIFY ms    p50 {percentile(per, 50):.2f}  p99 {percentile(per, 99):.2f}"
             f"  max {(per[-1] if per else 0.0):.2f}"
         )
+        kill = d["extra"].get("kill")
+        if kill:
+            lines.append(
+                f"  kill              node pid {kill.get('pid')} killed before round "
+                f"{kill.get('round', -1) + 1}; {kill.get('reconnected', 0)} AEs reconnected; "
+                f"{kill.get('duplicates', 0)} NOTIFYs came twice (at least once)"
+            )
+        for name, label in (
+            ("same_node", "  same node ms    "),
+            ("cross_node", "  cross node ms   "),
+        ):
+            part = d["extra"].get(f"notify_latencies_ms_{name}")
+            if part is not None:
+                lines.append(
+                    f"{label} p50 {percentile(part, 50):.2f}  p99 {percentile(part, 99):.2f}"
+                    f"  max {(part[-1] if part else 0.0):.2f}  ({len(part)} NOTIFYs)"
+                )
         lines.append(
             f"  client CPU        {d['client_cpu'] / max(1, d['answered']) * 1e6:.0f}"
             f" us/notification ({d['client_cpu']:.2f} s)"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from typing import Any, TextIO
 
 from twisted.internet.defer import (
     Deferred,
+    DeferredList,
     DeferredSemaphore,
     FirstError,
     TimeoutError,
@@ -115,6 +117,17 @@ class BenchOptions:
     #: (its CSEBase's SP-relative address, e.g. ``/id-mn/cse-mn``)
     member_url: str | None = None
     member_cse: str | None = None
+    #: every URL given: the nodes of one CSE, the connections spread over them in turn
+    urls: list[str] = field(default_factory=list)
+    #: the cluster scenario's kill mode: this node process (not the first URL's) is killed
+    #: (SIGKILL) before round ``kill_after``; its AEs reconnect to the next node in turn
+    kill_pid: int | None = None
+    kill_after: int = 1
+
+    def urls_for(self, url: str) -> list[str]:
+        """Where a run against ``url`` opens its connections: every node when ``url`` is the
+        first of several, else ``url`` alone (a --compare run)."""
+        return list(self.urls) if self.urls and url == self.urls[0] else [url]
 
     @property
     def effective_window(self) -> int:
@@ -221,6 +234,7 @@ async def run_requests(
         cfgs = [
             LoadConfig(
                 url=url,
+                urls=opts.urls_for(url),
                 serialization=opts.serialization,
                 originator=opts.originator,
                 request=request,
@@ -363,10 +377,22 @@ async def _noop() -> None:
 
 
 async def run_fanout(reactor: Any, opts: BenchOptions, run: Run) -> tuple[Result, dict[str, Any]]:
-    """N AEs subscribe to one container; each CIN must reach all N (rounds, timed)."""
+    """N AEs subscribe to one container; each CIN must reach all N (rounds, timed).
+
+    With several URLs (the nodes of one CSE) AE k connects to the k-th in turn, the admin
+    (who creates the container and each CIN) to the first; the ``cluster`` scenario then
+    reports the notifications to AEs on the first node (same node) and on the others
+    (relayed across the cluster) apart."""
     url, pid, out, progress = run.url, run.pid, run.out, run.progress
     tag = secrets.token_hex(2)
     target = Target.parse(url)
+    nodes = [Target.parse(u) for u in opts.urls_for(url)]
+    #: the node each AE is connected to now, its AE-ID (kill mode: AEs move)
+    where = [k % len(nodes) for k in range(opts.connections)]
+    aei_of = [f"Cbench{tag}x{k}" for k in range(opts.connections)]
+    killing = opts.kill_pid is not None
+    finished = [False]
+    kill: dict[str, Any] = {}
     t = opts.timeout
     admin_client = await open_client(reactor, target, opts.serialization, opts.originator, t)
     admin = RequestChannel(admin_client, opts.serialization, reactor, opts.originator, t)
@@ -396,13 +422,16 @@ async def run_fanout(reactor: Any, opts: BenchOptions, run: Run) -> tuple[Result
             await slots.acquire()
             try:
                 aei = f"Cbench{tag}x{k}"
+                # registered and subscribed through the first node (where the container
+                # is: nodes with stores of their own see it only there), then connected to
+                # its own node
                 client = await open_client(reactor, target, opts.serialization, aei, t)
                 s = opened[k] = RequestChannel(client, opts.serialization, reactor, aei, t)
                 resp = await s.request(ae_create(opts.target, aei))
                 if resp.get("rsc") != 2001:
                     raise BenchError(f"AE CREATE for {aei} failed: {resp}")
                 created_aes.append(aei)
-                aei = resp.get("pc", {}).get("m2m:ae", {}).get("aei") or aei
+                aei = aei_of[k] = resp.get("pc", {}).get("m2m:ae", {}).get("aei") or aei
                 sub = {
                     "op": 1,
                     "to": cnt,
@@ -424,6 +453,16 @@ async def run_fanout(reactor: Any, opts: BenchOptions, run: Run) -> tuple[Result
                     resp = await admin.request(sub)
                 if resp.get("rsc") != 2001:
                     raise BenchError(f"subscription for {aei} failed: {resp}")
+                if where[k]:
+                    # its own node first (newest wins: the route moves there in one step
+                    # and the first node closes the old connection), so that no
+                    # notification finds it connected nowhere
+                    old, client = (
+                        client,
+                        await open_client(reactor, nodes[where[k]], opts.serialization, aei, t),
+                    )
+                    s = opened[k] = RequestChannel(client, opts.serialization, reactor, aei, t)
+                    await close_all(reactor, [old])
                 progress.update(f"{len(created_aes)}/{opts.connections} AEs subscribed")
             finally:
                 slots.release()
@@ -451,23 +490,61 @@ async def run_fanout(reactor: Any, opts: BenchOptions, run: Run) -> tuple[Result
                 if r is None:
                     result.unknown += 1
                 elif k in r["got"]:
-                    result.duplicates += 1
+                    if killing:  # at least once: a NOTIFY in flight at the kill comes again
+                        kill["duplicates"] = kill.get("duplicates", 0) + 1
+                    else:
+                        result.duplicates += 1
                 else:
                     r["got"][k] = time.perf_counter() - r["t0"]
-                    if len(r["got"]) == opts.connections and not r["all"].called:
-                        r["all"].callback(None)
+                    r["node"][k] = where[k]
+                    if len(r["got"]) == opts.connections:
+                        for whole in (r["all"], r["whole"]):  # (all: timed, whole: not)
+                            if not whole.called:
+                                whole.callback(None)
 
             return handle
 
+        def watch(k: int, s: RequestChannel) -> None:
+            """Kill mode: an AE whose connection is lost reconnects to the next node."""
+            if killing:
+                s.client.closed.addCallback(lambda _: None if finished[0] else moved(k))
+
+        def moved(k: int) -> None:
+            Deferred.fromCoroutine(reconnect(k)).addErrback(lambda _: None)
+
+        async def reconnect(k: int) -> None:
+            for attempt in range(3 * len(nodes)):
+                index = (where[k] + 1 + attempt) % len(nodes)
+                try:
+                    client = await open_client(
+                        reactor, nodes[index], opts.serialization, aei_of[k], t
+                    )
+                except Exception:
+                    continue
+                s = RequestChannel(client, opts.serialization, reactor, aei_of[k], t)
+                s.on_request = on_notify(k)
+                channels[k] = s
+                where[k] = index
+                kill["reconnected"] = kill.get("reconnected", 0) + 1
+                watch(k, s)
+                return
+
         for k, s in enumerate(channels):
             s.on_request = on_notify(k)
+            watch(k, s)
         before = sample_server(pid)
         result.started, cpu0 = time.time(), cpu_time()
         end = time.perf_counter() + opts.duration
         n = 0
         while n < opts.requests and time.perf_counter() < end:
             progress.update(f"round {n + 1}/{opts.requests}")
-            r = rounds[n] = {"t0": time.perf_counter(), "got": {}, "all": Deferred()}
+            if killing and n == opts.kill_after and "round" not in kill:
+                assert opts.kill_pid is not None
+                os.kill(opts.kill_pid, signal.SIGKILL)
+                kill.update(pid=opts.kill_pid, round=n)
+                progress.say(f"killed node pid {opts.kill_pid} before round {n + 1}")
+            r = rounds[n] = {"t0": time.perf_counter(), "got": {}, "node": {}}
+            r["all"], r["whole"] = Deferred(), Deferred()
             cin = await admin.request(
                 {"op": 1, "to": cnt, "ty": 4, "pc": {"m2m:cin": {"con": f"r{n}"}}}
             )
@@ -482,6 +559,20 @@ async def run_fanout(reactor: Any, opts: BenchOptions, run: Run) -> tuple[Result
             result.answered += len(r["got"])
             result.unanswered += opts.connections - len(r["got"])
             n += 1
+        if killing:
+            # what was queued for the moved AEs arrives once they are back: wait for it,
+            # then count every round whole (late is not lost)
+            late = [r["whole"] for r in rounds.values() if not r["whole"].called]
+            if late:
+                waiting = DeferredList(late, consumeErrors=True)
+                waiting.addTimeout(t, reactor)
+                try:
+                    await waiting
+                except TimeoutError:
+                    pass
+            result.answered = sum(len(r["got"]) for r in rounds.values())
+            result.unanswered = opts.connections * len(rounds) - result.answered
+            result.extra["kill"] = kill
         result.ended, result.client_cpu = time.time(), cpu_time() - cpu0
         after = sample_server(pid)
         progress.clear()
@@ -489,11 +580,20 @@ async def run_fanout(reactor: Any, opts: BenchOptions, run: Run) -> tuple[Result
         result.extra["notify_latencies_ms"] = sorted(
             v * 1000 for r in rounds.values() for v in r["got"].values()
         )
+        if len(nodes) > 1:
+            for name, same in (("same_node", True), ("cross_node", False)):
+                result.extra[f"notify_latencies_ms_{name}"] = sorted(
+                    v * 1000
+                    for r in rounds.values()
+                    for k, v in r["got"].items()
+                    if (r["node"][k] == 0) == same
+                )
         for s in [admin, *channels]:
             result.duplicates += s.ledger.duplicates
             result.unknown += s.ledger.unknown
             result.malformed += s.ledger.malformed
     finally:
+        finished[0] = True
         await _clean_up(reactor, opts, target, admin, [*created_aes, cnt.rsplit("/")[-1]], out)
         await close_all(reactor, [s.client for s in channels] + [admin_client])
     result.connections = opts.connections
@@ -640,5 +740,6 @@ RUNNERS = {
     "create-cin": run_requests,
     "group": run_requests,
     "fanout": run_fanout,
+    "cluster": run_fanout,
     "idle": run_idle,
 }

@@ -3,7 +3,9 @@
 :class:`PoaChain` sends a request the CSE originates (a notification, a verification request, a
 forwarded request) to an AE or CSE, stopping at the **first** step that gets an answer:
 
-1. the originator's live connection in the originator map;
+1. the originator's live connection in the originator map; in a cluster (``cluster``, an
+   :class:`~acmews.interfaces.IClusterRelay`), else its live connection on another node,
+   the request relayed there and the response back, with this chain's timeout;
 2. its ``poa`` entries in order: ``ws://default`` opens nothing (only the live connection could
    have been used), every other URL goes to the :class:`~acmews.interfaces.IPoaConnector`
    registered for its scheme (``ws``/``wss``: :class:`~acmews.poa.websocket.WebSocketConnector`,
@@ -51,8 +53,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from acmews.codes import RSC, Operation
-from acmews.errors import OneM2MError, RequestTimeout, TargetNotReachable
+from acmews.errors import NoClusterRoute, OneM2MError, RequestTimeout, TargetNotReachable
 from acmews.interfaces import (
+    IClusterRelay,
     IConnection,
     IOriginatorMap,
     IOriginatorObserver,
@@ -104,6 +107,7 @@ class PoaChain(Service):
         policy: TargetPolicy | None = None,
         limits: OutboundLimits | None = None,
         pad_failures: bool = True,
+        cluster: IClusterRelay | None = None,
     ) -> None:
         """
         @param queue: where undeliverable notifications wait; a
@@ -115,6 +119,8 @@ class PoaChain(Service):
         @param pad_failures: a failed poa or URL step reports its failure only once its
             ``timeout`` has passed (see :meth:`_through`); False reports it at once (for an
             application that contacts only hosts it trusts and wants fast fail-over).
+        @param cluster: the other nodes' live connections (None: a single node, and step 1
+            costs nothing more than a dict lookup).
         """
         self._originators = originators
         self._clock = clock
@@ -134,6 +140,9 @@ class PoaChain(Service):
         self.policy = policy if policy is not None else TargetPolicy(deny=())
         self.limits = limits if limits is not None else OutboundLimits()
         self.pad_failures = pad_failures
+        self.cluster = cluster
+        #: whether this chain purges expired queue entries (in a cluster only the leader's)
+        self.purging = True
         #: the failures logged per target (a host, an originator), the rest summed up
         self._failures = Throttle(self.log, clock, "delivery failures")
         #: the originators whose queue is being sent, each with its flush (None while the
@@ -211,6 +220,10 @@ class PoaChain(Service):
             return self._track(Deferred.fromCoroutine(self._send_queued(target, request, poa)))
         connection = self._originators.lookup(target)
         if connection is None:
+            if self.cluster is not None:
+                return self._track(
+                    Deferred.fromCoroutine(self._send_cluster(target, request, poa, store))
+                )
             return self._track(
                 Deferred.fromCoroutine(
                     self._send_poa(target, request, poa, store, ["no live connection"])
@@ -291,6 +304,34 @@ class PoaChain(Service):
             return Failure(error)
         return Deferred.fromCoroutine(self._send_poa(target, request, poa, store, tried))
 
+    async def _send_cluster(
+        self, target: str, request: Request, poa: tuple[str, ...], store: bool
+    ) -> Response:
+        """Step 1 in a cluster, for an originator with no live connection here: its live
+        connection on another node, then the rest of the chain as for a local one."""
+        assert self.cluster is not None
+        try:
+            response = await self.cluster.relay(target, request, self.timeout)
+        except CancelledError:
+            raise
+        except NoClusterRoute:
+            tried = ["no live connection"]
+        except Exception as e:
+            error = unwrap_timeout(e)
+            if not isinstance(error, OneM2MError):
+                self._log_unexpected(target, request, "live connection in the cluster")
+            tried = [f"live connection on another node: {reason(error)}"]
+            if (
+                isinstance(error, RequestTimeout)
+                and not poa
+                and not (store and request.op == Operation.NOTIFY)
+            ):
+                self._log_failed(target, request, tried)
+                raise error from None
+        else:
+            return self._live_answered(response, request)
+        return await self._send_poa(target, request, poa, store, tried)
+
     async def _send_queued(self, target: str, request: Request, poa: tuple[str, ...]) -> Response:
         """A NOTIFY for an originator with a non-empty queue: keep the order."""
         connection = self._originators.lookup(target)
@@ -299,6 +340,9 @@ class PoaChain(Service):
             if connection is not None:
                 self._start_flush(target, connection)
             return response
+        if self.cluster is not None and await self.cluster.holder(target) is not None:
+            # connected to another node, which flushes the (shared) queue in order
+            return await self._enqueue(target, request)
         return await self._send_poa(target, request, poa, True, ["no live connection"])
 
     async def _send_poa(
@@ -523,6 +567,14 @@ class PoaChain(Service):
         durable = self.queue.durable()
         if durable is not None:
             await durable  # ACCEPTED promises it survives a restart
+        if self.cluster is not None:
+            # it may have connected (here or to another node) while the chain went on:
+            # whichever node holds it now flushes, so that nothing waits for a reconnect
+            connection = self._originators.lookup(originator)
+            if connection is not None:
+                self._start_flush(originator, connection)
+            else:
+                self.cluster.queued(originator)
         return Response(RSC.ACCEPTED, request.rqi, request.rvi)
 
     def _schedule_purge(self) -> None:
@@ -532,7 +584,8 @@ class PoaChain(Service):
 
     def _purge_timer(self) -> None:
         self._purge_call = None
-        self.queue.purge_expired(self._clock.seconds())
+        if self.purging:
+            self.queue.purge_expired(self._clock.seconds())
         if self.queue.total():
             self._schedule_purge()
 
@@ -544,6 +597,13 @@ class PoaChain(Service):
 
     def originator_disconnected(self, originator: str, connection: IConnection) -> None:
         """Nothing to do: a flush in progress learns of it when its request fails."""
+
+    def flush(self, originator: str) -> None:
+        """Deliver what waits for ``originator`` on its live connection here, if it has one
+        and nothing is being delivered to it yet (another node of a cluster queued some)."""
+        connection = self._originators.lookup(originator)
+        if connection is not None:
+            self._start_flush(originator, connection)
 
     def _start_flush(self, originator: str, connection: IConnection) -> None:
         if self._stopped or originator in self._flushing or not self.queue.count(originator):
