@@ -367,7 +367,9 @@ class Options(usage.Options):
             None,
             DEFAULTS.store,
             "Where resources and queued notifications are kept: sqlite:PATH (a SQLite file, "
-            "created if missing; every change is on disk before its response is sent) or "
+            "created if missing; every change is on disk before its response is sent), "
+            "postgresql://[USER@]HOST[:PORT]/DBNAME[?params] (a libpq URI; a database "
+            "several acmews processes share as one CSE; the password the libpq ways) or "
             "memory: (lost when the process exits; for tests and benchmarks).",
         ],
         [
@@ -505,8 +507,16 @@ class Options(usage.Options):
             if problem:
                 raise usage.UsageError(f"--admin-listen {admin}: {problem}")
         store = self["store"]
-        if store != "memory:" and (not store.startswith("sqlite:") or store == "sqlite:"):
-            raise usage.UsageError(f"--store must be sqlite:PATH or memory:, not {store!r}")
+        shared = store.startswith(("postgresql://", "postgres://"))
+        if (
+            store != "memory:"
+            and not shared
+            and (not store.startswith("sqlite:") or store == "sqlite:")
+        ):
+            raise usage.UsageError(
+                "--store must be sqlite:PATH, postgresql://[USER@]HOST[:PORT]/DBNAME or "
+                f"memory:, not {store!r}"
+            )
         self._identity()
         if self["deny-targets"] is None:
             self["deny-targets"] = list(DEFAULTS.deny_targets)

@@ -745,7 +745,9 @@ class StoreOptionTests(TestCase):
         options.parseOptions([])
         self.assertEqual(options["store"], "sqlite:acmews.db")
         self.assertEqual(parse("--store", "sqlite:/tmp/x.db")["store"], "sqlite:/tmp/x.db")
-        for bad in ("sqlite:", "acmews.db", "postgres://db", "memory"):
+        for url in ("postgresql://acmews@db.example:5433/acmews", "postgres://db/acmews"):
+            self.assertEqual(parse("--store", url)["store"], url)
+        for bad in ("sqlite:", "acmews.db", "mysql://db/acmews", "postgres:db", "memory"):
             e = self.assertRaises(usage.UsageError, parse, "--store", bad)
             self.assertIn("--store", str(e))
 

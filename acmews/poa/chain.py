@@ -42,6 +42,7 @@ Queue policies:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TypeVar
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
@@ -74,6 +75,8 @@ from acmews.poa.steps import (
 )
 from acmews.primitive import Request, Response
 from acmews.timestamps import parse_expiry
+
+_R = TypeVar("_R")
 
 __all__ = ["PoaChain"]
 
@@ -520,8 +523,10 @@ class PoaChain(Service):
         """Nothing to do: a flush in progress learns of it when its request fails."""
 
     def _start_flush(self, originator: str, connection: IConnection) -> None:
-        if self._stopped or originator in self._flushing or not self.queue.count(originator):
+        if self._stopped or originator in self._flushing:
             return
+        if not getattr(self.queue, "shared", False) and not self.queue.count(originator):
+            return  # (a shared queue may hold entries other processes queued: take asks it)
         self._flushing[originator] = None
         d = self._flushing[originator] = Deferred.fromCoroutine(
             self._flush(originator, connection)
@@ -550,11 +555,11 @@ class PoaChain(Service):
         delivered = expired = 0
         try:
             while True:
-                entry = queue.take(originator)
+                entry = await _settled(queue.take(originator))
                 if entry is None:
                     break
                 if entry.expires <= self._clock.seconds():
-                    queue.acknowledge(originator, entry)
+                    await _settled(queue.acknowledge(originator, entry))
                     expired += 1
                     self.counts.expired += 1
                     continue
@@ -573,7 +578,7 @@ class PoaChain(Service):
                     ):
                         # this connection can never take it (too large for it, say): a
                         # poisoned entry must not block the ones behind it
-                        queue.acknowledge(originator, entry)
+                        await _settled(queue.acknowledge(originator, entry))
                         self.counts.dropped += 1
                         self.log.warn(
                             "queued notification {rqi} for {originator} cannot be sent "
@@ -583,6 +588,9 @@ class PoaChain(Service):
                             reason=error.reason,
                         )
                         continue
+                    release = getattr(queue, "release", None)
+                    if release is not None:  # a shared queue: another process may take it
+                        await _settled(release(originator, entry))
                     self.log.info(
                         "flush to {originator} on {peer} stopped ({reason}); "
                         "{count} notifications stay queued",
@@ -592,7 +600,8 @@ class PoaChain(Service):
                         count=queue.count(originator),
                     )
                     return False
-                queue.acknowledge(originator, entry)  # nothing if it was dropped meanwhile
+                # nothing if it was dropped meanwhile
+                await _settled(queue.acknowledge(originator, entry))
                 delivered += 1
                 self.counts.delivered += 1
                 self.log.debug(
@@ -611,6 +620,14 @@ class PoaChain(Service):
                     expired=expired,
                 )
         return True
+
+
+async def _settled(result: _R | Deferred[_R]) -> _R:
+    """What a queue's method returned: at once, or once its Deferred fires (a shared queue
+    asks its database)."""
+    if isinstance(result, Deferred):
+        return await result
+    return result
 
 
 def _drop(floor: Deferred[None] | None) -> None:
