@@ -836,22 +836,22 @@ def _enqueue(conn: Any, originator: str, expires: float, rqi: str, data: bytes) 
     return int(row[0])
 
 
-def _take(conn: Any, originator: str, now: float) -> tuple[Any, ...] | None:
-    """The oldest entry of ``originator``, leased to this process; None if there is none or
-    another process holds it (it goes on delivering in order)."""
+def _take(conn: Any, originator: str, now: float) -> tuple[Any, ...] | bool:
+    """The oldest entry of ``originator``, leased to this process; False if there is none,
+    True if another process holds it (it goes on delivering in order)."""
     with conn.transaction():
         head = conn.execute(
             "SELECT seq FROM queue WHERE originator = %s ORDER BY seq LIMIT 1", (originator,)
         ).fetchone()
         if head is None:
-            return None
+            return False
         row = conn.execute(
             "SELECT seq, expires, rqi, data FROM queue WHERE seq = %s"
             " AND (taken_until IS NULL OR taken_until < %s) FOR UPDATE SKIP LOCKED",
             (head[0], now),
         ).fetchone()
         if row is None:
-            return None
+            return True
         conn.execute(
             "UPDATE queue SET taken_until = %s WHERE seq = %s", (now + QUEUE_LEASE, row[0])
         )
@@ -921,16 +921,23 @@ class PostgreSQLNotificationQueue(MemoryNotificationQueue):
         return d.addCallback(lambda _: None)
 
     def take(self, originator: str) -> Deferred[QueuedNotification | None]:  # type: ignore[override]
-        d = self.durable()  # (our own enqueues first: order)
-        d.addCallback(lambda _: self.pg.run("queue", _take, originator, self._clock.seconds()))
+        # (our own enqueues are in the table first: order)
+        d: Deferred[Any] = self.durable().addCallback(
+            lambda _: self.pg.run("queue", _take, originator, self._clock.seconds())
+        )
 
-        def entry(row: tuple[Any, ...] | None) -> QueuedNotification | None:
-            if row is None:
+        def entry(row: tuple[Any, ...] | bool) -> QueuedNotification | None:
+            if row is False and originator in self._queues:
+                # delivered by other processes: what this one counted is gone
+                for gone in list(self._queues[originator]):
+                    super(PostgreSQLNotificationQueue, self).acknowledge(originator, gone)
+            if isinstance(row, bool):
                 return None
             seq, expires, rqi, data = row
             return QueuedNotification(bytes(data), rqi, expires, seq)
 
-        return d.addCallback(entry)
+        taken: Deferred[QueuedNotification | None] = d.addCallback(entry)
+        return taken
 
     def acknowledge(self, originator: str, entry: QueuedNotification) -> Deferred[None]:  # type: ignore[override]
         queue = self._queues.get(originator)

@@ -211,3 +211,126 @@ class CrossNodeTests(PostgreSQLCase):
         self.assertEqual(sql(self.url, "SELECT count(*) FROM resources WHERE rn = 'c'"), [(1,)])
         r = await self.ok(b, 2, "cse-in/ae/c", fr="Cae")
         self.assertEqual(r.pc["m2m:cnt"]["lbl"], ["new"])
+
+
+def notify(rqi: str, n: int = 0) -> Request:
+    return Request(Operation.NOTIFY, "Cae", rqi, "4", "/id-in", pc={"m2m:sgn": {"n": n}})
+
+
+class SharedQueueTests(PostgreSQLCase):
+    """The store-and-forward queue in the shared table."""
+
+    async def test_entries_queued_on_one_node_are_taken_on_another_in_order_once(self) -> None:
+        a = await self.node()
+        b = await self.node()
+        qa: Any = a.store.queue
+        qb: Any = b.store.queue
+        now = self.reactor.seconds()
+        for n in range(4):
+            qa.enqueue("Cae", notify(f"n{n}", n), now + 1000 + n, now)
+        qa.enqueue("Cother", notify("o0"), now + 1000, now)
+        await qa.durable()
+        first = await qb.take("Cae")
+        self.assertEqual((first.rqi, first.request.pc), ("n0", {"m2m:sgn": {"n": 0}}))
+        self.assertAlmostEqual(first.expires, now + 1000)
+        # b holds it (leased): a takes nothing meanwhile, not the next one either (order)
+        self.assertIsNone(await qa.take("Cae"))
+        await qb.acknowledge("Cae", first)
+        taken = []
+        for node in (a, b, a):  # whichever node the originator reaches next
+            queue: Any = node.store.queue
+            entry = await queue.take("Cae")
+            taken.append(entry.rqi)
+            await queue.acknowledge("Cae", entry)
+        self.assertEqual(taken, ["n1", "n2", "n3"])
+        self.assertIsNone(await qb.take("Cae"))
+        self.assertEqual(sql(self.url, "SELECT rqi FROM queue"), [("o0",)])
+
+    async def test_an_entry_not_delivered_is_released_for_the_next_take(self) -> None:
+        a = await self.node()
+        b = await self.node()
+        qa: Any = a.store.queue
+        qb: Any = b.store.queue
+        now = self.reactor.seconds()
+        qa.enqueue("Cae", notify("n0"), now + 1000, now)
+        await qa.durable()
+        entry = await qb.take("Cae")
+        await qb.release("Cae", entry)
+        self.assertEqual((await qa.take("Cae")).rqi, "n0")
+
+    async def test_concurrent_takes_deliver_each_entry_once(self) -> None:
+        a = await self.node()
+        b = await self.node()
+        qa: Any = a.store.queue
+        now = self.reactor.seconds()
+        for n in range(10):
+            qa.enqueue("Cae", notify(f"n{n}"), now + 1000, now)
+        await qa.durable()
+        delivered: list[str] = []
+
+        async def flush(node: Node) -> None:
+            queue: Any = node.store.queue
+            while True:
+                entry = await queue.take("Cae")
+                if entry is None:
+                    if not sql(self.url, "SELECT 1 FROM queue"):
+                        return
+                    await self._turn()  # (the other node holds the head: wait for it)
+                    continue
+                delivered.append(entry.rqi)
+                await queue.acknowledge("Cae", entry)
+
+        await defer.gatherResults([defer.ensureDeferred(flush(a)), defer.ensureDeferred(flush(b))])
+        self.assertEqual(delivered, [f"n{n}" for n in range(10)])  # once each, in order
+
+    def _turn(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self.reactor.callLater(0, d.callback, None)
+        return d
+
+    async def test_expired_entries_are_purged_from_the_table(self) -> None:
+        a = await self.node()
+        qa: Any = a.store.queue
+        now = self.reactor.seconds()
+        qa.enqueue("Cae", notify("old"), now + 10, now)
+        qa.enqueue("Cae", notify("new"), now + 1000, now)
+        await qa.durable()
+        qa.purge_expired(now + 20)
+        await qa.durable()
+        self.assertEqual(sql(self.url, "SELECT rqi FROM queue"), [("new",)])
+
+    async def test_the_chain_of_another_node_flushes_the_queue_in_order(self) -> None:
+        from acmews.poa import PoaChain
+        from acmews.testing import FakeConnection
+
+        a = await self.node()
+        b = await self.node()
+        qa: Any = a.store.queue
+        now = self.reactor.seconds()
+        for n in range(3):
+            qa.enqueue("Cae", notify(f"n{n}"), now + 1000, now)
+        await qa.durable()
+
+        class Nobody:
+            def lookup(self, originator: str) -> None:
+                return None
+
+            def add_observer(self, observer: object) -> None:
+                pass
+
+            def remove_observer(self, observer: object) -> None:
+                pass
+
+        chain = PoaChain(Nobody(), self.reactor, queue=b.store.queue)  # type: ignore[arg-type]
+        chain.startService()
+        self.addCleanup(chain.stopService)
+        connection = FakeConnection("Cae")
+        chain.originator_connected("Cae", connection)
+        for expected in ("n0", "n1", "n2"):
+            while not connection.sent:
+                await self._turn()
+            request, _, d = connection.sent.pop(0)
+            self.assertEqual(request.rqi, expected)
+            d.callback(Response(RSC.OK, request.rqi, "4"))
+        while sql(self.url, "SELECT 1 FROM queue"):
+            await self._turn()
