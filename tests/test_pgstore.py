@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import cbor2
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
@@ -334,3 +335,82 @@ class SharedQueueTests(PostgreSQLCase):
             d.callback(Response(RSC.OK, request.rqi, "4"))
         while sql(self.url, "SELECT 1 FROM queue"):
             await self._turn()
+
+
+class FaultTests(TestCase):
+    """PostgreSQL stopped and started under load: a server of the test's own."""
+
+    skip = SKIP
+
+    def setUp(self) -> None:
+        from twisted.internet import reactor
+
+        from tests.pg_helpers import PrivateServer, free_port
+
+        self.reactor = reactor
+        self.server = PrivateServer(free_port())
+        self.addCleanup(self.server.remove)
+        self.server.start()
+        self.clock = Clock()
+        self.clock.advance(1_800_000_000)
+
+    async def test_stopped_and_started_under_load(self) -> None:
+        from twisted.internet.threads import deferToThread
+        from twisted.logger import capturedLogs, formatEvent
+
+        node = Node(self.server.url, self.reactor, self.clock)
+        self.addCleanup(node.stop)
+        await node.resources.flushed()
+        ae = {"m2m:ae": {"rn": "ae", "api": "Nx", "rr": True, "srv": ["4"]}}
+        self.assertTrue((await node.request(1, "cse-in", fr="Cae", ty=2, pc=ae)).ok)
+        cnt = {"m2m:cnt": {"rn": "c"}}
+        self.assertTrue((await node.request(1, "cse-in/ae", fr="Cae", ty=3, pc=cnt)).ok)
+        acknowledged: list[str] = []
+        refused: list[str] = []
+        n = 0
+
+        async def load(count: int) -> None:
+            nonlocal n
+            window = []
+            for _ in range(count):
+                n += 1
+                con = f"v{n}"
+                cin = {"m2m:cin": {"con": con}}
+                window.append((con, node.request(1, "cse-in/ae/c", fr="Cae", ty=4, pc=cin)))
+                read = node.request(2, "cse-in/ae/c", fr="Cae")
+                window.append(("", read))
+            for con, d in window:
+                response = await d
+                self.assertIn(response.rsc, (RSC.CREATED, RSC.OK, RSC.INTERNAL_SERVER_ERROR))
+                if response.rsc == RSC.INTERNAL_SERVER_ERROR:
+                    self.assertIn("database", response.debug)
+                    refused.append(con)
+                elif con:
+                    acknowledged.append(con)
+
+        with capturedLogs() as events:
+            await load(20)
+            stopping = deferToThread(self.server.stop)
+            while not stopping.called:  # requests while it shuts down
+                await load(4)
+            await stopping
+            before = len(refused)
+            await load(10)  # down: every one a clean 5000, at once
+            self.assertEqual(len(refused) - before, 20)
+            await deferToThread(self.server.start)
+            for _ in range(10):  # (the first may meet a broken connection: 5000)
+                await load(1)
+                if acknowledged[-1] == f"v{n}":
+                    break
+            await load(20)  # and it serves again, without a restart
+        self.assertEqual(acknowledged[-20:], [f"v{i}" for i in range(n - 19, n + 1)])
+        stored = {
+            cbor2.loads(row[0])[1]["con"]
+            for row in sql(self.server.url, "SELECT data FROM resources WHERE ty = 4")
+        }
+        self.assertTrue(set(acknowledged) <= stored)  # nothing acknowledged is lost
+        self.assertFalse(stored & set(refused))  # nothing refused is there
+        lines = [formatEvent(e) for e in events]
+        self.assertEqual(len([x for x in lines if "does not answer" in x]), 1, lines)
+        self.assertEqual(len([x for x in lines if "answers again" in x]), 1, lines)
+        self.assertFalse([x for x in lines if "password" in x])
