@@ -924,7 +924,7 @@ def open_store(
     if scheme in ("postgresql", "postgres") and path.startswith("//"):
         from acmews.pgstore import open_postgresql, redact
 
-        opened = open_postgresql(url, reactor, cse_id, **queue_options)
+        opened = open_postgresql(url, reactor, cse_id, run, **queue_options)
         log.info(
             "store {url}: {count} resources and {queued} queued notifications",
             url=redact(url),

@@ -191,8 +191,15 @@ class PostgreSQL:
     """The connections to one database: one thread and connection for the write
     transactions, one for refreshes and the queue (each reconnects by itself)."""
 
-    def __init__(self, url: str, reactor: Any) -> None:
+    def __init__(
+        self, url: str, reactor: Any, run: Callable[..., Deferred[Any]] | None = None
+    ) -> None:
+        """
+        @param run: runs a database call, ``run(function, *args) -> Deferred``; by default on
+            a thread of its lane (tests run it inline, on a clock of their own).
+        """
         self.url = url
+        self._run = run
         self.shown = redact(url)
         self._reactor = reactor
         self._local = threading.local()
@@ -246,6 +253,8 @@ class PostgreSQL:
         failing with :class:`Unavailable` if PostgreSQL does not answer."""
         if self.closed:
             return fail(Unavailable("the store is closed"))
+        if self._run is not None:
+            return self._run(self.call, function, *args).addCallbacks(self._answered, self._failed)
         pool = self._pools.get(lane)
         if pool is None:
             pool = self._pools[lane] = ThreadPool(1, 1, f"acmews-pg-{lane}")
@@ -1039,12 +1048,16 @@ class Opened:
 
 
 def open_postgresql(
-    url: str, reactor: Any, cse_id: str | None = None, **queue_options: Any
+    url: str,
+    reactor: Any,
+    cse_id: str | None = None,
+    run: Callable[..., Deferred[Any]] | None = None,
+    **queue_options: Any,
 ) -> Opened:
     """Connect, create or check the schema, read the tree (start-up: blocks)."""
     import psycopg
 
-    database = PostgreSQL(url, reactor)
+    database = PostgreSQL(url, reactor, run)
     shown = database.shown
     try:
         conn = database.connect()
