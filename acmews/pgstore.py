@@ -203,6 +203,9 @@ class PostgreSQL:
         self.shown = redact(url)
         self._reactor = reactor
         self._local = threading.local()
+        #: every connection opened (closed by :meth:`stop_threads`)
+        self._connections: list[Any] = []
+        self._lock = threading.Lock()
         self._pools: dict[str, ThreadPool] = {}
         #: why PostgreSQL does not answer now (logged once per change), or None
         self.down: str | None = None
@@ -226,6 +229,9 @@ class PostgreSQL:
         conn = getattr(self._local, "conn", None)
         if conn is None or conn.closed:
             conn = self._local.conn = self.connect()
+            with self._lock:
+                self._connections = [c for c in self._connections if not c.closed]
+                self._connections.append(conn)
         return conn
 
     def call(self, function: Callable[..., Any], *args: Any) -> Any:
@@ -288,9 +294,14 @@ class PostgreSQL:
         return failure
 
     def stop_threads(self) -> None:
+        """Stop the threads, then close their connections."""
         pools, self._pools = self._pools, {}
         for pool in pools.values():
             pool.stop()
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            conn.close()
 
 
 def _select_changes(conn: Any, seen: int, again: list[str]) -> list[tuple[Any, ...]]:

@@ -193,6 +193,7 @@ class _RoundTrip(SynchronousTestCase):
         csr: dict[str, Any],
     ) -> None:
         directory = tempfile.mkdtemp()
+        durable: _Side | None = None
         try:
             memory = _Side(self, None)
             durable = _Side(self, self.durable_store(directory))
@@ -237,8 +238,9 @@ class _RoundTrip(SynchronousTestCase):
             self.assertEqual(durable.tree(), before)
             durable.restart()
             self.assertEqual(durable.tree(), before)
-            durable.stop()
         finally:
+            if durable is not None:
+                durable.stop()  # (its connections too, should the example fail)
             shutil.rmtree(directory, ignore_errors=True)
 
 
