@@ -414,3 +414,40 @@ class FaultTests(TestCase):
         self.assertEqual(len([x for x in lines if "does not answer" in x]), 1, lines)
         self.assertEqual(len([x for x in lines if "answers again" in x]), 1, lines)
         self.assertFalse([x for x in lines if "password" in x])
+
+
+class SchemaTests(PostgreSQLCase):
+    def test_a_newer_schema_is_refused_in_one_line(self) -> None:
+        from acmews.durable import StoreError
+
+        open_store(self.url, self.reactor).service.stopService()
+        sql(self.url, "UPDATE meta SET value = 99 WHERE key = 'schema'")
+        e = self.assertRaises(StoreError, open_store, self.url, self.reactor)
+        self.assertIn("schema version 99, written by a newer acmews", str(e))
+        self.assertNotIn("\n", str(e))
+
+    def test_an_older_schema_is_upgraded_at_start(self) -> None:
+        # version 0: the meta table of an acmews that kept no schema row
+        sql(self.url, "CREATE TABLE meta (key text PRIMARY KEY, value bigint NOT NULL)")
+        store = open_store(self.url, self.reactor)
+        store.service.stopService()
+        self.assertEqual(sql(self.url, "SELECT value FROM meta WHERE key = 'schema'"), [(1,)])
+        self.assertEqual(sql(self.url, "SELECT count(*) FROM resources"), [(0,)])
+
+    def test_the_password_is_never_shown(self) -> None:
+        from twisted.logger import capturedLogs, formatEvent
+
+        from acmews.pgstore import redact
+
+        self.assertEqual(
+            redact("postgresql://u:s3cret@h:5/db?password=s3cret&x=1"),
+            "postgresql://u:***@h:5/db?password=***&x=1",
+        )
+        url = self.url.replace("://acmews@", "://acmews:s3cret@")  # (trust: not checked)
+        with capturedLogs() as events:
+            store = open_store(url, self.reactor)
+            store.service.stopService()
+        self.assertNotIn("s3cret", store.description)
+        lines = [formatEvent(e) for e in events]
+        self.assertTrue(lines)
+        self.assertFalse([x for x in lines if "s3cret" in x])
