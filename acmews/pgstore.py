@@ -137,10 +137,7 @@ _CHANGES = (
 )
 _REREAD = "SELECT 3, ri, seq, ver, data FROM resources WHERE ri = ANY(%s)"
 _LOCK = "UPDATE meta SET value = value + 1 WHERE key = 'version' RETURNING value"
-_INSERT = (
-    "INSERT INTO resources (ri, pi, rn, ty, ver, data) VALUES (%s, %s, %s, %s, %s, %s)"
-    " RETURNING seq"
-)
+_INSERT = "INSERT INTO resources (ri, pi, rn, ty, ver, data) VALUES (%s, %s, %s, %s, %s, %s)"
 _UPDATE = "UPDATE resources SET data = %s, ver = %s WHERE ri = %s"
 _DELETE = "DELETE FROM resources WHERE ri = %s"
 _TOMBSTONE = (
@@ -328,7 +325,7 @@ def _begin(
         for ops in outside:
             conn.execute("SAVEPOINT change")
             try:
-                error = _validate(conn, ops)
+                error = _validate(conn, ops, version)
                 if error is None:
                     _write_ops(conn, ops, version)
             except psycopg.IntegrityError as e:
@@ -359,13 +356,18 @@ def _integrity(error: Exception) -> str:
     return _one_line(error)
 
 
-def _validate(conn: Any, ops: list[_Op]) -> str | None:
+def _validate(conn: Any, ops: list[_Op], version: int) -> str | None:
+    """Why ``ops`` (made outside the gate) may not be written: a row they change or drop
+    has another version than the one they were made on (or is gone). A row this
+    transaction wrote already (``version``, an earlier batch of this process: the lock is
+    ours) is the one they were made on."""
     expected = {op[1]: op[6] for op in ops if op[0] != _ADD}
     if not expected:
         return None
     found = dict(conn.execute(_VERSIONS, (list(expected),)).fetchall())
     for ri, ver in expected.items():
-        if found.get(ri) != ver:
+        now = found.get(ri)
+        if now != ver and (now != version or now is None):
             return f"another CSE node changed {ri} meanwhile"
     return None
 
@@ -401,9 +403,13 @@ def _write_ops(conn: Any, ops: list[_Op], version: int) -> None:
     if drops:
         cursor.executemany(_DELETE, drops)
         cursor.executemany(_TOMBSTONE, [(ri, version) for (ri,) in drops])
-    for kind, ri, pi, rn, ty, data, _ in ops:
-        if kind == _ADD:
-            cursor.execute(_INSERT, (ri, pi or None, rn, ty, version, data))
+    adds = [
+        (ri, pi or None, rn, ty, version, data)
+        for kind, ri, pi, rn, ty, data, _ in ops
+        if kind == _ADD
+    ]
+    if adds:
+        cursor.executemany(_INSERT, adds)
     changes = [(op[5], version, op[1]) for op in ops if op[0] == _CHANGE]
     if changes:
         cursor.executemany(_UPDATE, changes)
@@ -460,6 +466,7 @@ class PostgreSQLResourceStore(SQLiteResourceStore):
         self._outside: list[_Submission] = []
         self._gated: list[_Submission] | None = None  # while the gate is open
         self._flushing: list[Deferred[None]] = []
+        self._scheduled: Any = None
         self._version = 0  # the open transaction's
         self._writing = False
         self._again: set[str] = set()
@@ -523,9 +530,14 @@ class PostgreSQLResourceStore(SQLiteResourceStore):
                 self._refresh()
         else:
             self._writers.append(d)
-            if not self._writing:
-                self._write()
+            self._soon()
         return d
+
+    def _soon(self) -> None:
+        """Start the next write transaction in the next reactor turn (unless one is in
+        flight): whatever arrives in this turn goes in it too."""
+        if not self._writing and self._scheduled is None:
+            self._scheduled = self._reactor.callLater(0, self._next)
 
     def _refresh(self) -> None:
         readers, self._readers = self._readers, []
@@ -747,6 +759,7 @@ class PostgreSQLResourceStore(SQLiteResourceStore):
         self._next()
 
     def _next(self) -> None:
+        self._scheduled = None
         if (self._writers or self._outside or self._flushers) and not self._writing:
             self._write()
 
@@ -815,8 +828,7 @@ class PostgreSQLResourceStore(SQLiteResourceStore):
             for op in ops:
                 dirty[op[1]] = dirty.get(op[1], 0) + 1
             self._outside.append(submission)
-            if not self._writing:
-                self._reactor.callLater(0, self._next)
+            self._soon()
         return waiter
 
     def _refuse(self, batch: Batch, error: ChangeRefused) -> Deferred[None]:

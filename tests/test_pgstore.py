@@ -451,3 +451,30 @@ class SchemaTests(PostgreSQLCase):
         lines = [formatEvent(e) for e in events]
         self.assertTrue(lines)
         self.assertFalse([x for x in lines if "s3cret" in x])
+
+
+class OutsideTheGateTests(PostgreSQLCase):
+    async def test_two_batches_on_one_resource_in_one_transaction_are_both_written(self) -> None:
+        """Timers' batches (outside the gate) changing the same resource one after the other
+        share a transaction: the second was made on the first, not on a stale row."""
+        from acmews.cse import Batch
+
+        a = await self.node()
+        await self.ok(
+            a,
+            1,
+            "cse-in",
+            fr="Cae",
+            ty=2,
+            pc={"m2m:ae": {"rn": "ae", "api": "Nx", "rr": True, "srv": ["4"]}},
+        )
+        ae = a.resources.child("id-in", "ae")
+        done = []
+        for label in ("one", "two"):
+            batch = Batch(a.resources)
+            ae.replace({"lbl": [label]})
+            batch.update(ae)
+            done.append(a.resources.apply(batch))
+        await defer.gatherResults(done)
+        [(data,)] = sql(self.url, "SELECT data FROM resources WHERE rn = 'ae'")
+        self.assertEqual(cbor2.loads(data)[1]["lbl"], ["two"])
