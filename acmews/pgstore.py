@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -310,8 +311,8 @@ def _begin(
     seen: int,
     again: list[str],
     outside: list[list[_Op]],
-    numbers: bool,
-) -> tuple[int, list[tuple[Any, ...]], list[str | None], int | None]:
+    numbers: int,
+) -> tuple[int, list[tuple[Any, ...]], list[str | None], list[int]]:
     """In the writer thread: open the transaction, take the version lock, read what is new,
     write the batches made outside the gate (each validated, under a savepoint)."""
     import psycopg
@@ -338,14 +339,19 @@ def _begin(
             refused.append(error)
         if failed:
             rows.extend(conn.execute(_REREAD, (failed,)))
-        block = None
+        blocks = []
         if numbers:
-            block = conn.execute("SELECT nextval('resource_numbers')").fetchone()[0]
+            blocks = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT nextval('resource_numbers') FROM generate_series(1, %s)", (numbers,)
+                )
+            ]
     except BaseException:
         conn.rollback()
         conn.autocommit = True
         raise
-    return version, rows, refused, block
+    return version, rows, refused, blocks
 
 
 def _integrity(error: Exception) -> str:
@@ -474,7 +480,8 @@ class PostgreSQLResourceStore(SQLiteResourceStore):
         self._dirty: dict[str, int] = {}
         self._numbers: Iterator[int] = iter(())
         self._left = 0
-        self._next_block: int | None = None
+        #: blocks taken ahead (the last number of each)
+        self._blocks: deque[int] = deque()
         self.commits = 0
         self.refreshes = 0
 
@@ -510,10 +517,9 @@ class PostgreSQLResourceStore(SQLiteResourceStore):
 
     def new_number(self) -> int:
         if self._left == 0:
-            if self._next_block is None:
+            if not self._blocks:
                 raise Unavailable("the store has no resource numbers left: try again")
-            self._take_block(self._next_block)
-            self._next_block = None
+            self._take_block(self._blocks.popleft())
         self._left -= 1
         return next(self._numbers)
 
@@ -663,7 +669,7 @@ class PostgreSQLResourceStore(SQLiteResourceStore):
             self.seen,
             again,
             [s.ops for s in outside],
-            self._left < NUMBER_BLOCK // 2 and self._next_block is None,
+            self._blocks_wanted(len(writers) + len(outside)),
         )
         d.addCallbacks(
             self._begun,
@@ -672,16 +678,22 @@ class PostgreSQLResourceStore(SQLiteResourceStore):
             errbackArgs=(writers, outside),
         )
 
+    def _blocks_wanted(self, requests: int) -> int:
+        """How many blocks of numbers to take in this transaction: enough for two new
+        resources per request in it, with half a block to spare."""
+        left = self._left + NUMBER_BLOCK * len(self._blocks)
+        need = 2 * requests + NUMBER_BLOCK // 2 - left
+        return max(0, -(-need // NUMBER_BLOCK))
+
     def _begun(
         self,
-        result: tuple[int, list[tuple[Any, ...]], list[str | None], int | None],
+        result: tuple[int, list[tuple[Any, ...]], list[str | None], list[int]],
         writers: list[Deferred[None]],
         outside: list[_Submission],
         again: list[str],
     ) -> None:
-        version, rows, refused, block = result
-        if block is not None:
-            self._next_block = block
+        version, rows, refused, blocks = result
+        self._blocks.extend(blocks)
         self._again.difference_update(again)
         failed = [s for s, error in zip(outside, refused, strict=True) if error is not None]
         for submission, error in zip(outside, refused, strict=True):
