@@ -303,7 +303,15 @@ class PostgreSQL:
 
 
 def _select_changes(conn: Any, seen: int, again: list[str]) -> list[tuple[Any, ...]]:
-    return list(conn.execute(_CHANGES, {"seen": seen, "again": again}))
+    """What changed above ``seen`` (and the rows ``again``). A process so far behind that
+    the tombstones it needs are purged (the horizon is above ``seen``) reads every row, and
+    a marker row (4) says that what is not among them is gone."""
+    rows = list(conn.execute(_CHANGES, {"seen": seen, "again": again}))
+    horizon = max((row[3] for row in rows if row[0] == 2 and row[1] == "horizon"), default=0)
+    if horizon > seen:
+        rows = list(conn.execute(_CHANGES, {"seen": 0, "again": again}))
+        rows.append((4, "", 0, 0, None))
+    return rows
 
 
 def _begin(
@@ -586,6 +594,7 @@ class PostgreSQLResourceStore(SQLiteResourceStore):
         version = self.seen
         reread: dict[str, tuple[Any, ...]] = {}
         changed: list[tuple[Any, ...]] = []
+        full = False
         for row in rows:
             what = row[0]
             if what == 0:
@@ -602,8 +611,17 @@ class PostgreSQLResourceStore(SQLiteResourceStore):
             elif what == 2:
                 if row[1] == "version":
                     version = max(version, row[3])
-            else:
+            elif what == 3:
                 reread[row[1]] = row
+            else:
+                full = True
+        if full:  # (behind the horizon: every row was read, the others are gone)
+            present = {row[1] for row in changed}
+            for ri, resource in list(self._resources.items()):
+                # (not this process's own, still being committed: above what it has seen)
+                if ri not in present and ri not in dirty and ver.get(ri, 0) <= self.seen:
+                    self._forget(resource)
+                    batch.removed.append(resource)
         for ri in again:
             if ri in dirty:
                 continue

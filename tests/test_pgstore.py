@@ -453,7 +453,7 @@ class SchemaTests(PostgreSQLCase):
         self.assertFalse([x for x in lines if "s3cret" in x])
 
 
-class OutsideTheGateTests(PostgreSQLCase):
+class CacheTests(PostgreSQLCase):
     async def test_two_batches_on_one_resource_in_one_transaction_are_both_written(self) -> None:
         """Timers' batches (outside the gate) changing the same resource one after the other
         share a transaction: the second was made on the first, not on a stale row."""
@@ -478,3 +478,24 @@ class OutsideTheGateTests(PostgreSQLCase):
         await defer.gatherResults(done)
         [(data,)] = sql(self.url, "SELECT data FROM resources WHERE rn = 'ae'")
         self.assertEqual(cbor2.loads(data)[1]["lbl"], ["two"])
+
+    async def test_a_node_behind_the_purged_tombstones_reads_everything_again(self) -> None:
+        a = await self.node()
+        b = await self.node()
+        ae = {"m2m:ae": {"rn": "ae", "api": "Nx", "rr": True, "srv": ["4"]}}
+        await self.ok(a, 1, "cse-in", fr="Cae", ty=2, pc=ae)
+        for rn in ("gone", "kept"):
+            await self.ok(a, 1, "cse-in/ae", fr="Cae", ty=3, pc={"m2m:cnt": {"rn": rn}})
+        await self.ok(b, 2, "cse-in/ae/gone", fr="Cae")
+        await self.ok(a, 4, "cse-in/ae/gone", fr="Cae")
+        # the tombstone is purged before b reads it (as after a million changes)
+        sql(self.url, "DELETE FROM tombstones")
+        sql(
+            self.url,
+            "UPDATE meta SET value = (SELECT value FROM meta WHERE key = 'version')"
+            " WHERE key = 'horizon'",
+        )
+        r = await b.request(2, "cse-in/ae/gone", fr="Cae")
+        self.assertEqual(r.rsc, RSC.NOT_FOUND)
+        await self.ok(b, 2, "cse-in/ae/kept", fr="Cae")
+        self.assertEqual(len(b.resources), 3)
