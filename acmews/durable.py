@@ -886,6 +886,9 @@ class Store:
     description: str
     #: the SQLite file's (None for ``memory:``): its read-only state and commit figures
     database: Database | None = None
+    #: why the store takes no changes now (None: it does), for the readiness check; a
+    #: shared database's (PostgreSQL does not answer)
+    down: Callable[[], str | None] | None = None
 
 
 class _DatabaseService(Service):
@@ -931,7 +934,14 @@ def open_store(
             count=opened.count,
             queued=opened.queued,
         )
-        return Store(opened.resources, opened.queue, opened.service, redact(url))
+        pg = opened.resources.pg
+        return Store(
+            opened.resources,
+            opened.queue,
+            opened.service,
+            redact(url),
+            down=lambda: pg.down,
+        )
     if scheme != "sqlite" or not sep or not path:
         raise ValueError(
             f"a store is sqlite:PATH, postgresql://HOST/DBNAME or memory:, not {url!r}"

@@ -201,6 +201,8 @@ class PostgreSQL:
         self.shown = redact(url)
         self._reactor = reactor
         self._local = threading.local()
+        #: one more each time PostgreSQL stops answering
+        self._generation = 0
         #: every connection opened (closed by :meth:`stop_threads`)
         self._connections: list[Any] = []
         self._lock = threading.Lock()
@@ -226,7 +228,9 @@ class PostgreSQL:
     def _connection(self) -> Any:
         conn = getattr(self._local, "conn", None)
         if conn is None or conn.closed:
+            generation = self._generation
             conn = self._local.conn = self.connect()
+            self._local.generation = generation
             with self._lock:
                 self._connections = [c for c in self._connections if not c.closed]
                 self._connections.append(conn)
@@ -239,7 +243,7 @@ class PostgreSQL:
 
         conn = self._connection()
         try:
-            return function(conn, *args)
+            return self._local.generation, function(conn, *args)
         except psycopg.Error as e:
             if conn.closed or isinstance(e, psycopg.OperationalError):
                 conn.close()
@@ -268,8 +272,12 @@ class PostgreSQL:
         d = deferToThreadPool(self._reactor, pool, self.call, function, *args)
         return d.addCallbacks(self._answered, self._failed)
 
-    def _answered(self, result: Any) -> Any:
-        if self.down is not None:
+    def _answered(self, answer: tuple[int, Any]) -> Any:
+        """A call's result. PostgreSQL is back once a connection opened since it stopped
+        answering works (one that was open before may still have finished a statement
+        while the server went down: that is no change of state)."""
+        generation, result = answer
+        if self.down is not None and generation == self._generation:
             self.down = None
             log.info("PostgreSQL {url} answers again", url=self.shown)
         return result
@@ -281,6 +289,7 @@ class PostgreSQL:
         if isinstance(error, psycopg.OperationalError | psycopg.InterfaceError):
             reason = _one_line(error)
             if self.down is None:
+                self._generation += 1  # (connections opened from now on tell it is back)
                 log.error(
                     "PostgreSQL {url} does not answer ({reason}): requests that need it are "
                     "answered 5000 until it does",
@@ -586,8 +595,15 @@ class PostgreSQLResourceStore(SQLiteResourceStore):
         if self._readers:
             self._refresh()
 
-    def _absorb(self, rows: list[tuple[Any, ...]], again: set[str] = frozenset()) -> None:  # type: ignore[assignment]
-        """Bring the cache up to ``rows`` (what :data:`_CHANGES` read) and tell observers."""
+    def _absorb(
+        self,
+        rows: list[tuple[Any, ...]],
+        again: set[str] = frozenset(),  # type: ignore[assignment]
+        below: int | None = None,
+    ) -> None:
+        """Bring the cache up to ``rows`` (what :data:`_CHANGES` read) and tell observers.
+        ``below``: read inside this process's own write transaction, whose version (not
+        committed yet) is the one the rows name: what is seen is what is below it."""
         ver = self._ver
         dirty = self._dirty
         batch = Batch(self)
@@ -624,6 +640,7 @@ class PostgreSQLResourceStore(SQLiteResourceStore):
                     batch.removed.append(resource)
         for ri in again:
             if ri in dirty:
+                self._again.add(ri)  # (read again once this process's change is settled)
                 continue
             current = reread.get(ri)
             if current is None:
@@ -657,6 +674,8 @@ class PostgreSQLResourceStore(SQLiteResourceStore):
                 if not resource.kind.immutable:
                     self._applied[ri] = fresh.attrs
                 batch.updated.append(resource)
+        if below is not None:
+            version = min(version, below - 1)
         self.seen = max(self.seen, version)
         if batch:
             for observer in self.observers:
@@ -727,7 +746,7 @@ class PostgreSQLResourceStore(SQLiteResourceStore):
             reread.update(op[1] for op in submission.ops)
         self._version = version
         try:
-            self._absorb(rows, reread)
+            self._absorb(rows, reread, below=version)
         except Exception:
             log.failure("could not bring the cache up to date")
         gated = self._gated = []
@@ -814,13 +833,12 @@ class PostgreSQLResourceStore(SQLiteResourceStore):
     def _clean(self, submissions: list[_Submission]) -> None:
         dirty = self._dirty
         for submission in submissions:
-            if submission.outside:
-                for op in submission.ops:
-                    left = dirty.get(op[1], 0) - 1
-                    if left > 0:
-                        dirty[op[1]] = left
-                    else:
-                        dirty.pop(op[1], None)
+            for op in submission.ops:
+                left = dirty.get(op[1], 0) - 1
+                if left > 0:
+                    dirty[op[1]] = left
+                else:
+                    dirty.pop(op[1], None)
 
     def apply(self, batch: Batch) -> Deferred[None] | None:
         """Apply ``batch`` to the cache and write it: in the open transaction inside the
@@ -845,6 +863,9 @@ class PostgreSQLResourceStore(SQLiteResourceStore):
         waiter: Deferred[None] = Deferred()
         gated = self._gated
         submission = _Submission(ops, waiter, self._apply_undoably(batch), gated is None, versions)
+        dirty = self._dirty  # (until written or undone: a refresh leaves these rows alone)
+        for op in ops:
+            dirty[op[1]] = dirty.get(op[1], 0) + 1
         if gated is not None:
             gated.append(submission)
             version = self._version
@@ -854,9 +875,6 @@ class PostgreSQLResourceStore(SQLiteResourceStore):
                 else:
                     ver[ri] = version
         else:
-            dirty = self._dirty
-            for op in ops:
-                dirty[op[1]] = dirty.get(op[1], 0) + 1
             self._outside.append(submission)
             self._soon()
         return waiter

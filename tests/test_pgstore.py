@@ -395,8 +395,10 @@ class FaultTests(TestCase):
                 await load(4)
             await stopping
             before = len(refused)
+            await load(1)  # (meets the closed server)
+            self.assertIn("Connection refused", node.store.down())  # type: ignore[misc]
             await load(10)  # down: every one a clean 5000, at once
-            self.assertEqual(len(refused) - before, 20)
+            self.assertEqual(len(refused) - before, 22)
             await deferToThread(self.server.start)
             for _ in range(10):  # (the first may meet a broken connection: 5000)
                 await load(1)
@@ -408,7 +410,12 @@ class FaultTests(TestCase):
             cbor2.loads(row[0])[1]["con"]
             for row in sql(self.server.url, "SELECT data FROM resources WHERE ty = 4")
         }
+        self.assertIsNone(node.store.down())  # type: ignore[misc]
         self.assertTrue(set(acknowledged) <= stored)  # nothing acknowledged is lost
+        # nothing half done: the container counts what the database holds
+        c = (await node.request(2, "cse-in/ae/c", fr="Cae")).pc["m2m:cnt"]
+        self.assertEqual(c["cni"], len(stored))
+        self.assertEqual(c["cbs"], sum(len(con) for con in stored))
         self.assertFalse(stored & set(refused))  # nothing refused is there
         lines = [formatEvent(e) for e in events]
         self.assertEqual(len([x for x in lines if "does not answer" in x]), 1, lines)
@@ -499,3 +506,47 @@ class CacheTests(PostgreSQLCase):
         self.assertEqual(r.rsc, RSC.NOT_FOUND)
         await self.ok(b, 2, "cse-in/ae/kept", fr="Cae")
         self.assertEqual(len(b.resources), 3)
+
+    async def test_a_version_whose_commit_failed_is_not_taken_as_seen(self) -> None:
+        """A transaction that could not COMMIT leaves its version to the next writer (on
+        any node): the node that failed must still read that writer's rows."""
+        import psycopg
+
+        from acmews.pgstore import _abort, _commit
+
+        failing = []
+
+        def run(call: Any, function: Any, *args: Any) -> Deferred[Any]:
+            if function is _commit and failing:
+                failing.pop()
+
+                def broken(conn: Any, *_: Any) -> None:
+                    _abort(conn)
+                    raise psycopg.OperationalError("the connection is lost (injected)")
+
+                function = broken
+            return defer.maybeDeferred(call, function, *args)
+
+        b = await self.node()  # (writes the CSEBase)
+        disk = Clock()
+        store = open_store(self.url, disk, run=run)
+        self.addCleanup(store.service.stopService)
+        a = CSE(CSEConfig(poa=("ws://127.0.0.1:8180",)), FakeSender(), self.clock, store.resources)
+
+        def on_a(op: int, to: str, **kw: Any) -> Response:
+            d = a.handle_request(
+                Request(Operation(op), to, "rq", "4", "Cae", **kw), FakeConnection()
+            )
+            disk.advance(0)
+            assert isinstance(d, Deferred)
+            return self.successResultOf(d)
+
+        ae = {"m2m:ae": {"rn": "ae", "api": "Nx", "rr": True, "srv": ["4"]}}
+        self.assertEqual(on_a(1, "cse-in", ty=2, pc=ae).rsc, RSC.CREATED)
+        failing.append(True)
+        r = on_a(1, "cse-in/ae", ty=3, pc={"m2m:cnt": {"rn": "lost"}})
+        self.assertEqual(r.rsc, RSC.INTERNAL_SERVER_ERROR)
+        # b takes the version the failed transaction had
+        await self.ok(b, 3, "cse-in/ae", fr="Cae", pc={"m2m:ae": {"lbl": ["from-b"]}})
+        r = on_a(2, "cse-in/ae")
+        self.assertEqual(r.pc["m2m:ae"].get("lbl"), ["from-b"])
