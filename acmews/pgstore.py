@@ -103,7 +103,9 @@ TOMBSTONE_VERSIONS = 1_000_000
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value bigint NOT NULL)",
     "CREATE SEQUENCE IF NOT EXISTS resource_seq",
-    f"CREATE SEQUENCE IF NOT EXISTS resource_numbers INCREMENT BY {NUMBER_BLOCK}",
+    # (nextval is the last number of a block: the first block is 1 to NUMBER_BLOCK)
+    f"CREATE SEQUENCE IF NOT EXISTS resource_numbers INCREMENT BY {NUMBER_BLOCK}"
+    f" MINVALUE {NUMBER_BLOCK} START WITH {NUMBER_BLOCK}",
     "CREATE TABLE IF NOT EXISTS resources ("
     " ri text PRIMARY KEY,"
     " pi text REFERENCES resources (ri),"

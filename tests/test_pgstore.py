@@ -174,6 +174,7 @@ class CrossNodeTests(PostgreSQLCase):
                 numbers.extend(node.resources.new_number() for _ in range(400))
                 await self.ok(node, 3, "cse-in/ae/c", fr="Cae", pc={"m2m:cnt": {"lbl": []}})
         self.assertEqual(len(set(numbers)), 3200)
+        self.assertGreaterEqual(min(numbers), 1)  # (an ID is prefix, hex digits, random part)
         pending = [
             node.request(1, "cse-in/ae/c", fr="Cae", ty=4, pc={"m2m:cin": {"con": "x"}})
             for _ in range(100)
