@@ -218,14 +218,21 @@ class PostgreSQL:
         from psycopg.conninfo import conninfo_to_dict
 
         # (the URI's own options, a search_path say, are kept: ours come after them)
-        options = conninfo_to_dict(self.url).get("options") or ""
-        options = f"{options} -c statement_timeout={int(STATEMENT_TIMEOUT * 1000)}"
-        return psycopg.connect(
-            self.url,
-            autocommit=True,
-            connect_timeout=CONNECT_TIMEOUT,
-            options=options.strip(),
+        given = conninfo_to_dict(self.url)
+        options = (
+            f"{given.get('options') or ''} -c statement_timeout={int(STATEMENT_TIMEOUT * 1000)}"
         )
+        # a server that vanished without closing the connection (a cable, a firewall) is
+        # given up on within seconds, not TCP's minutes: the request fails fast
+        unless_given = {
+            "connect_timeout": CONNECT_TIMEOUT,
+            "tcp_user_timeout": int(STATEMENT_TIMEOUT * 1000),
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 2,
+        }
+        extra: dict[str, Any] = {k: v for k, v in unless_given.items() if k not in given}
+        return psycopg.connect(self.url, autocommit=True, options=options.strip(), **extra)
 
     def _connection(self) -> Any:
         conn = getattr(self._local, "conn", None)
