@@ -309,6 +309,33 @@ class PostgreSQL:
             return _failure(Unavailable(f"the store's database does not answer: {reason}"))
         return failure
 
+    def listen(self, channel: str, heard: Callable[[str], None]) -> None:
+        """Call ``heard(payload)`` on the reactor for every NOTIFY on ``channel``, on a
+        thread and connection of their own, reconnecting while PostgreSQL is away, until
+        :meth:`stop_threads`."""
+        pool = self._pools["listen"] = ThreadPool(1, 1, "acmews-pg-listen")
+        pool.start()
+        if len(self._pools) == 1:
+            self._reactor.addSystemEventTrigger("during", "shutdown", self.stop_threads)
+        pool.callInThread(self._listening, channel, heard)
+
+    def _listening(self, channel: str, heard: Callable[[str], None]) -> None:
+        import psycopg
+
+        while not self.closed and "listen" in self._pools:
+            try:
+                conn = self._connection()
+                conn.execute(f'LISTEN "{channel}"')
+                while not self.closed and "listen" in self._pools:
+                    for notify in conn.notifies(timeout=0.5):
+                        self._reactor.callFromThread(heard, notify.payload)
+            except psycopg.Error:
+                conn = getattr(self._local, "conn", None)
+                if conn is not None:
+                    conn.close()
+                self._local.conn = None
+                threading.Event().wait(1.0)  # (a thread of its own: PostgreSQL is away)
+
     def stop_threads(self) -> None:
         """Stop the threads, then close their connections."""
         pools, self._pools = self._pools, {}
@@ -917,10 +944,21 @@ def _encode(resource: Resource) -> bytes:
 # --- the queue ------------------------------------------------------------------------------
 
 
-def _enqueue(conn: Any, originator: str, expires: float, rqi: str, data: bytes) -> int:
+def channel(schema: str) -> str:
+    """The channel on which every process of the CSE whose tables are in ``schema`` hears
+    which originator has a new entry (NOTIFY is per database: one per schema)."""
+    return f"acmews_queue.{schema}"
+
+
+def _enqueue(
+    conn: Any, originator: str, expires: float, rqi: str, data: bytes, channel: str
+) -> int:
+    """Insert the entry and tell every process listening (NOTIFY, sent at the commit)."""
     row = conn.execute(
-        "INSERT INTO queue (originator, expires, rqi, data) VALUES (%s, %s, %s, %s) RETURNING seq",
-        (originator, expires, rqi, data),
+        "WITH new AS (INSERT INTO queue (originator, expires, rqi, data)"
+        " VALUES (%s, %s, %s, %s) RETURNING seq)"
+        " SELECT seq, pg_notify(%s, %s) FROM new",
+        (originator, expires, rqi, data, channel, originator),
     ).fetchone()
     return int(row[0])
 
@@ -970,9 +1008,21 @@ class PostgreSQLNotificationQueue(MemoryNotificationQueue):
         self.pg = database
         self._clock = clock
         self._writes: list[Deferred[Any]] = []
+        #: see :func:`channel` (set at opening)
+        self.channel = channel("public")
+
+    def watch(self, queued: Callable[[str], None]) -> None:
+        """Call ``queued(originator)`` (on the reactor) whenever any process queues an
+        entry for ``originator``: the chain flushes it if the originator is connected here.
+        Listens on a connection and thread of its own until the store stops (not with an
+        inline ``run``: tests)."""
+        if self.pg._run is None:
+            self.pg.listen(self.channel, queued)
 
     def _appended(self, originator: str, entry: QueuedNotification) -> None:
-        d = self.pg.run("queue", _enqueue, originator, entry.expires, entry.rqi, entry.data)
+        d = self.pg.run(
+            "queue", _enqueue, originator, entry.expires, entry.rqi, entry.data, self.channel
+        )
 
         def stored(seq: int) -> None:
             entry.seq = seq
@@ -1154,6 +1204,7 @@ def open_postgresql(
             )
         queue = PostgreSQLNotificationQueue(database, reactor, **queue_options)
         queued = queue.load_from(conn)
+        queue.channel = channel(conn.execute("SELECT current_schema()").fetchone()[0])
     except psycopg.Error as e:
         raise StoreError(f"cannot open the store {shown}: {_one_line(e)}") from e
     finally:

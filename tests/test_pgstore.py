@@ -290,6 +290,52 @@ class SharedQueueTests(PostgreSQLCase):
         self.reactor.callLater(0, d.callback, None)
         return d
 
+    async def test_an_entry_queued_on_one_node_reaches_an_originator_connected_to_another(
+        self,
+    ) -> None:
+        """Node a cannot reach the AE (it is connected to node b): what a queues, b is told
+        of at once (LISTEN/NOTIFY) and delivers on the AE's connection."""
+        from acmews.poa import PoaChain
+        from acmews.testing import FakeConnection
+
+        a = await self.node()
+        b = await self.node()
+        connection = FakeConnection("Cae")
+
+        class OnB:
+            def lookup(self, originator: str) -> FakeConnection | None:
+                return connection if originator == "Cae" else None
+
+            def add_observer(self, observer: object) -> None:
+                pass
+
+            def remove_observer(self, observer: object) -> None:
+                pass
+
+        chain = PoaChain(OnB(), self.reactor, queue=b.store.queue)  # type: ignore[arg-type]
+        chain.startService()
+        self.addCleanup(chain.stopService)
+        qa: Any = a.store.queue
+        now = self.reactor.seconds()
+        listening = f'LISTEN "{qa.channel}"'  # (b's listener is there: it hears a's NOTIFY)
+        await self._turns(
+            lambda: sql(self.url, "SELECT 1 FROM pg_stat_activity WHERE query = %s", listening)
+        )
+        for n in range(3):
+            qa.enqueue("Cae", notify(f"n{n}"), now + 1000, now)
+        await qa.durable()
+        for expected in ("n0", "n1", "n2"):
+            await self._turns(lambda: connection.sent)
+            request, _, d = connection.sent.pop(0)
+            self.assertEqual(request.rqi, expected)
+            d.callback(Response(RSC.OK, request.rqi, "4"))
+        await self._turns(lambda: not sql(self.url, "SELECT 1 FROM queue"))
+
+    async def _turns(self, done: Any) -> None:
+        """Reactor turns until ``done()`` (no timers: the test's timeout bounds it)."""
+        while not done():
+            await self._turn()
+
     async def test_expired_entries_are_purged_from_the_table(self) -> None:
         a = await self.node()
         qa: Any = a.store.queue

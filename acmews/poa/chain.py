@@ -167,6 +167,18 @@ class PoaChain(Service):
         super().startService()
         if self.queue.total():  # a durable queue restored at start: expire it on time too
             self._schedule_purge()
+        watch = getattr(self.queue, "watch", None)
+        if watch is not None:  # a queue shared with other processes: they queue for us too
+            watch(self._queued_elsewhere)
+
+    def _queued_elsewhere(self, originator: str) -> None:
+        """Some process (maybe another) queued a notification for ``originator``: deliver
+        it if the originator is connected here."""
+        if self._stopped:
+            return
+        connection = self._originators.lookup(originator)
+        if connection is not None:
+            self._start_flush(originator, connection)
 
     def stopService(self) -> None:
         super().stopService()
