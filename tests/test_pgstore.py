@@ -597,3 +597,30 @@ class CacheTests(PostgreSQLCase):
         await self.ok(b, 3, "cse-in/ae", fr="Cae", pc={"m2m:ae": {"lbl": ["from-b"]}})
         r = on_a(2, "cse-in/ae")
         self.assertEqual(r.pc["m2m:ae"].get("lbl"), ["from-b"])
+
+    async def test_both_nodes_expire_a_resource_once(self) -> None:
+        """Each node's expiry timer deletes what expired (outside the gate): one deletion
+        is written, the other is refused as made on a row that is gone, and both caches and
+        the database agree."""
+        a = await self.node()
+        b = await self.node()
+        ae = {"m2m:ae": {"rn": "ae", "api": "Nx", "rr": True, "srv": ["4"]}}
+        await self.ok(a, 1, "cse-in", fr="Cae", ty=2, pc=ae)
+        cnt = {"m2m:cnt": {"rn": "short", "et": "20270115T080010"}}  # (the clock: 08:00:00)
+        await self.ok(a, 1, "cse-in/ae", fr="Cae", ty=3, pc=cnt)
+        await self.ok(b, 2, "cse-in/ae/short", fr="Cae")  # (b indexed its et on the way)
+        for node in (a, b):
+            node.cse.expiry.start()
+            self.addCleanup(node.cse.expiry.stop)
+        self.clock.advance(11)  # both timers fire
+        await defer.gatherResults([a.resources.flushed(), b.resources.flushed()])
+        # one node's deletion was refused (its sweep holds off, as for any refusal)
+        held = sorted(node.cse.expiry._hold_until > 0 for node in (a, b))
+        self.assertEqual(held, [False, True])
+        self.assertEqual(
+            sql(self.url, "SELECT count(*) FROM resources WHERE rn = 'short'"), [(0,)]
+        )
+        for node in (a, b):
+            r = await node.request(2, "cse-in/ae/short", fr="Cae")
+            self.assertEqual(r.rsc, RSC.NOT_FOUND)
+            self.assertIsNotNone(node.resources.child("id-in", "ae"))
