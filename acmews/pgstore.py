@@ -401,8 +401,7 @@ def _begin(
                 )
             ]
     except BaseException:
-        conn.rollback()
-        conn.autocommit = True
+        _abort(conn)
         raise
     return version, rows, refused, blocks
 
@@ -486,17 +485,21 @@ def _commit(conn: Any, ops: list[_Op], version: int, purge: bool) -> None:
                 conn.execute("UPDATE meta SET value = %s WHERE key = 'horizon'", (horizon,))
         conn.commit()
     except BaseException:
-        conn.rollback()
+        _abort(conn)
         raise
-    finally:
-        conn.autocommit = True
+    conn.autocommit = True
 
 
 def _abort(conn: Any) -> None:
+    """Roll back and go back to autocommit, or close ``conn`` if it cannot (a connection
+    broken in the middle of a statement): the caller raises its own error, not this one's,
+    and the next call reconnects."""
     try:
-        conn.rollback()
-    finally:
-        conn.autocommit = True
+        if not conn.closed:
+            conn.rollback()
+            conn.autocommit = True
+    except Exception:
+        conn.close()
 
 
 @implementer(IResourceStore)
