@@ -624,3 +624,68 @@ class CacheTests(PostgreSQLCase):
             r = await node.request(2, "cse-in/ae/short", fr="Cae")
             self.assertEqual(r.rsc, RSC.NOT_FOUND)
             self.assertIsNotNone(node.resources.child("id-in", "ae"))
+
+    async def test_a_row_read_again_leaves_a_change_being_committed_alone(self) -> None:
+        """After a refused change its rows are read again. A read doing so while the next
+        change to the same container is being committed must not put the container back
+        as the database has it (the cache would stay one instance behind for good)."""
+        import psycopg
+
+        from acmews.pgstore import _abort, _commit, _select_changes
+
+        failing: list[bool] = []
+        hold: set[Any] = set()
+        held: dict[Any, tuple[Any, tuple[Any, ...], Deferred[Any]]] = {}
+
+        def run(call: Any, function: Any, *args: Any) -> Deferred[Any]:
+            if function is _commit and failing:
+                failing.pop()
+
+                def broken(conn: Any, *_: Any) -> None:
+                    _abort(conn)
+                    raise psycopg.OperationalError("the connection is lost (injected)")
+
+                function = broken
+            elif function in hold:
+                d: Deferred[Any] = Deferred()
+                held[function] = (call, args, d)
+                return d
+            return defer.maybeDeferred(call, function, *args)
+
+        def release(function: Any) -> None:
+            hold.discard(function)
+            call, args, d = held.pop(function)
+            defer.maybeDeferred(call, function, *args).chainDeferred(d)
+
+        await self.node()  # (writes the CSEBase)
+        disk = Clock()
+        store = open_store(self.url, disk, run=run)
+        self.addCleanup(store.service.stopService)
+        a = CSE(CSEConfig(poa=("ws://127.0.0.1:8180",)), FakeSender(), self.clock, store.resources)
+
+        def on_a(op: int, to: str, **kw: Any) -> Deferred[Response]:
+            d = a.handle_request(
+                Request(Operation(op), to, "rq", "4", "Cae", **kw), FakeConnection()
+            )
+            disk.advance(0)
+            assert isinstance(d, Deferred)
+            return d
+
+        ae = {"m2m:ae": {"rn": "ae", "api": "Nx", "rr": True, "srv": ["4"]}}
+        self.successResultOf(on_a(1, "cse-in", ty=2, pc=ae))
+        self.successResultOf(on_a(1, "cse-in/ae", ty=3, pc={"m2m:cnt": {"rn": "c"}}))
+        cin = {"m2m:cin": {"con": "x"}}
+        failing.append(True)
+        r = self.successResultOf(on_a(1, "cse-in/ae/c", ty=4, pc=cin))
+        self.assertEqual(r.rsc, RSC.INTERNAL_SERVER_ERROR)  # (its rows are to be read again)
+        hold.add(_select_changes)
+        read = on_a(2, "cse-in/ae/c")  # a read: its refresh is on its way
+        hold.add(_commit)
+        created = on_a(1, "cse-in/ae/c", ty=4, pc=cin)  # the next change, COMMIT on its way
+        release(_select_changes)  # the read's refresh comes back first (cni 0 in the table)
+        self.assertEqual(self.successResultOf(read).rsc, RSC.OK)
+        release(_commit)
+        self.assertEqual(self.successResultOf(created).rsc, RSC.CREATED)
+        r = self.successResultOf(on_a(2, "cse-in/ae/c"))
+        self.assertEqual(r.pc["m2m:cnt"]["cni"], 1)
+        self.assertEqual(sql(self.url, "SELECT count(*) FROM resources WHERE ty = 4"), [(1,)])
