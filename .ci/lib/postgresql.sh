@@ -46,7 +46,11 @@ acmews_start_postgresql() {
   export ACMEWS_TEST_POSTGRESQL="postgresql://acmews@127.0.0.1:$port/acmews_test"
   # the fault tests start servers of their own (they stop and start them) from these
   export ACMEWS_TEST_POSTGRESQL_BIN="$bin"
-  trap acmews_stop_postgresql EXIT
+  # (after whatever EXIT trap is there already: other scripts sourced by .ci/run set theirs)
+  local before
+  before=$(trap -p EXIT | sed -e "s/^trap -- '//" -e "s/' EXIT\$//")
+  # shellcheck disable=SC2064
+  trap "acmews_stop_postgresql${before:+; $before}" EXIT
   echo "+ postgresql on 127.0.0.1:$port ($dir, as $user)"
 }
 
