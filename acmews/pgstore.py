@@ -94,6 +94,10 @@ NUMBER_BLOCK = 1000
 CONNECT_TIMEOUT = 2
 STATEMENT_TIMEOUT = 5.0
 
+#: seconds a session may sit in an open transaction (between a write transaction's two
+#: steps: normally milliseconds) before PostgreSQL ends it, releasing its locks
+IDLE_IN_TRANSACTION = 30.0
+
 #: seconds a process may hold a queue entry it took before another may take it again
 QUEUE_LEASE = 60.0
 
@@ -219,8 +223,11 @@ class PostgreSQL:
 
         # (the URI's own options, a search_path say, are kept: ours come after them)
         given = conninfo_to_dict(self.url)
+        # (a process that stops between the two steps of a write transaction, frozen or
+        # in a debugger, must not hold the version lock, and every node's writes, for long)
         options = (
             f"{given.get('options') or ''} -c statement_timeout={int(STATEMENT_TIMEOUT * 1000)}"
+            f" -c idle_in_transaction_session_timeout={int(IDLE_IN_TRANSACTION * 1000)}"
         )
         # a server that vanished without closing the connection (a cable, a firewall) is
         # given up on within seconds, not TCP's minutes: the request fails fast
