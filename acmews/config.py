@@ -29,7 +29,7 @@ __all__ = ["DEFAULT_LISTEN", "DEFAULT_STORE", "SHARED_STORES", "Config", "Regist
 DEFAULT_LISTEN = "tcp:8180:interface=127.0.0.1:backlog=1024"
 DEFAULT_STORE = "sqlite:acmews.db"
 #: stores every node of a cluster can share
-SHARED_STORES = ("postgresql:", "postgres:")
+SHARED_STORES = ("postgresql://", "postgres://")
 
 _CSE = CSEConfig()
 

@@ -28,7 +28,8 @@ the queue (delivered, expired, dropped) is not put back: its deletion is written
 transaction that succeeds (should the process stop first, it may be delivered once more after
 a restart: the queue is at-least-once anyway).
 
-:func:`open_store` opens a store named by a URL: ``sqlite:PATH`` or ``memory:``.
+:func:`open_store` opens a store named by a URL: ``sqlite:PATH``, ``memory:``, or
+``postgresql://...`` (a database several processes share: :mod:`acmews.pgstore`).
 
 The file (SQLite 3, WAL journal, ``synchronous=FULL``):
 
@@ -885,6 +886,9 @@ class Store:
     description: str
     #: the SQLite file's (None for ``memory:``): its read-only state and commit figures
     database: Database | None = None
+    #: why the store takes no changes now (None: it does), for the readiness check; a
+    #: shared database's (PostgreSQL does not answer)
+    down: Callable[[], str | None] | None = None
 
 
 class _DatabaseService(Service):
@@ -920,8 +924,28 @@ def open_store(
             "memory (lost when the process exits)",
         )
     scheme, sep, path = url.partition(":")
+    if scheme in ("postgresql", "postgres") and path.startswith("//"):
+        from acmews.pgstore import open_postgresql, redact
+
+        opened = open_postgresql(url, reactor, cse_id, run, **queue_options)
+        log.info(
+            "store {url}: {count} resources and {queued} queued notifications",
+            url=redact(url),
+            count=opened.count,
+            queued=opened.queued,
+        )
+        pg = opened.resources.pg
+        return Store(
+            opened.resources,
+            opened.queue,
+            opened.service,
+            redact(url),
+            down=lambda: pg.down,
+        )
     if scheme != "sqlite" or not sep or not path:
-        raise ValueError(f"a store is sqlite:PATH or memory:, not {url!r}")
+        raise ValueError(
+            f"a store is sqlite:PATH, postgresql://HOST/DBNAME or memory:, not {url!r}"
+        )
     database = Database(path, reactor, run)
     database.open()
     try:

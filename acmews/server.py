@@ -452,6 +452,9 @@ class CSEService(MultiService):
             store.update(
                 ok=False, reason=f"read-only: the disk refused a write ({database.refused})"
             )
+        down = self.store.down() if self.store.down is not None else None
+        if down is not None:
+            store.update(ok=False, reason=f"the database does not answer ({down})")
         checks = {"listening": listening, "store": store}
         if self.link is not None:
             registrar: dict[str, Any] = {"ok": self.link.registered, "state": self.link.state}

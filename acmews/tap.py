@@ -384,7 +384,9 @@ class Options(usage.Options):
             None,
             DEFAULTS.store,
             "Where resources and queued notifications are kept: sqlite:PATH (a SQLite file, "
-            "created if missing; every change is on disk before its response is sent) or "
+            "created if missing; every change is on disk before its response is sent), "
+            "postgresql://[USER@]HOST[:PORT]/DBNAME[?params] (a libpq URI; a database "
+            "several acmews processes share as one CSE; the password the libpq ways) or "
             "memory: (lost when the process exits; for tests and benchmarks).",
         ],
         [
@@ -524,17 +526,20 @@ class Options(usage.Options):
         store = self["store"]
         if self["node-name"] is not None and self["cluster"] is None:
             raise usage.UsageError("--node-name needs --cluster")
-        shared = self["cluster"] is not None and store.startswith(SHARED_STORES)
+        shared = store.startswith(SHARED_STORES)
+        if self["cluster"] is not None and not shared:
+            raise usage.UsageError(
+                "--cluster needs a store that every node shares (--store postgresql://...)"
+            )
         if (
             store != "memory:"
-            and (not store.startswith("sqlite:") or store == "sqlite:")
             and not shared
+            and (not store.startswith("sqlite:") or store == "sqlite:")
         ):
-            if self["cluster"] is not None:
-                raise usage.UsageError(
-                    "--cluster needs a store that every node shares (--store postgresql://...)"
-                )
-            raise usage.UsageError(f"--store must be sqlite:PATH or memory:, not {store!r}")
+            raise usage.UsageError(
+                "--store must be sqlite:PATH, postgresql://[USER@]HOST[:PORT]/DBNAME or "
+                f"memory:, not {store!r}"
+            )
         self._identity()
         if self["deny-targets"] is None:
             self["deny-targets"] = list(DEFAULTS.deny_targets)

@@ -355,7 +355,7 @@ class DatabaseTests(StoreFiles, SynchronousTestCase):
         self.assertEqual(os.listdir(os.path.dirname(self.path)), [])
 
     def test_unknown_urls(self) -> None:
-        for url in ("sqlite:", "postgres://x", "memory", "acmews.db"):
+        for url in ("sqlite:", "mysql://x", "memory", "acmews.db"):
             self.assertRaises(ValueError, open_store, url, self.disk)
 
 

@@ -28,6 +28,7 @@ from acmews.cse.resource import Resource
 from acmews.durable import Store, open_store
 from acmews.primitive import Request, Response
 from acmews.testing import ADMIN, START, FakeConnection, FakeSender
+from tests.pg_helpers import SKIP, fresh_database
 
 CONFIG = CSEConfig(poa=("ws://127.0.0.1:8180",), allowed_csr_originators=("/id-mn",))
 
@@ -92,6 +93,7 @@ class _Side:
     """One CSE and how to drive it to quiet (the SQLite one commits its group)."""
 
     def __init__(self, test: SynchronousTestCase, path: str | None) -> None:
+        """``path``: a SQLite file, a postgresql:// URL, or None (the memory store)."""
         self.test = test
         self.path = path
         self.clock = Clock()
@@ -104,7 +106,8 @@ class _Side:
     def _start(self) -> CSE:
         resources = None
         if self.path is not None:
-            self.store = open_store(f"sqlite:{self.path}", self.disk, run=maybeDeferred)
+            url = self.path if "://" in self.path else f"sqlite:{self.path}"
+            self.store = open_store(url, self.disk, run=maybeDeferred)
             resources = self.store.resources
         cse = CSE(CONFIG, self.sender, self.clock, resources)
         self.settle()
@@ -176,14 +179,11 @@ def _create(
     return side.call(Operation.CREATE, to, fr, ty=ty, pc={key: body}, **kw)
 
 
-class RoundTripTests(SynchronousTestCase):
-    @settings(
-        max_examples=8,
-        deadline=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
-    @given(ae=_ae, cnt=_cnt, cins=_cin, sub=_sub, acp=_acp, csr=_csr)
-    def test_every_resource_round_trips(
+class _RoundTrip(SynchronousTestCase):
+    def durable_store(self, directory: str) -> str:
+        return os.path.join(directory, "acmews.db")
+
+    def round_trip(
         self,
         ae: dict[str, Any],
         cnt: dict[str, Any],
@@ -192,12 +192,11 @@ class RoundTripTests(SynchronousTestCase):
         acp: dict[str, Any],
         csr: dict[str, Any],
     ) -> None:
-        """Each accepted CREATE gives the same resources on the memory and the SQLite store,
-        also after the SQLite one restarts."""
         directory = tempfile.mkdtemp()
+        durable: _Side | None = None
         try:
             memory = _Side(self, None)
-            durable = _Side(self, os.path.join(directory, "acmews.db"))
+            durable = _Side(self, self.durable_store(directory))
             steps: list[Callable[[_Side], Response]] = [
                 lambda s: _create(
                     s, "cse-in", "Cae", 2, "m2m:ae", {"rn": "ae", "api": "Nx", "rr": True, **ae}
@@ -239,6 +238,56 @@ class RoundTripTests(SynchronousTestCase):
             self.assertEqual(durable.tree(), before)
             durable.restart()
             self.assertEqual(durable.tree(), before)
-            durable.stop()
         finally:
+            if durable is not None:
+                durable.stop()  # (its connections too, should the example fail)
             shutil.rmtree(directory, ignore_errors=True)
+
+
+class RoundTripTests(_RoundTrip):
+    @settings(
+        max_examples=8,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(ae=_ae, cnt=_cnt, cins=_cin, sub=_sub, acp=_acp, csr=_csr)
+    def test_every_resource_round_trips(
+        self,
+        ae: dict[str, Any],
+        cnt: dict[str, Any],
+        cins: list[dict[str, Any]],
+        sub: dict[str, Any],
+        acp: dict[str, Any],
+        csr: dict[str, Any],
+    ) -> None:
+        """Each accepted CREATE gives the same resources on the memory and the SQLite store,
+        also after the SQLite one restarts."""
+        self.round_trip(ae, cnt, cins, sub, acp, csr)
+
+
+class PostgreSQLRoundTripTests(_RoundTrip):
+    """The same, the durable side on the postgresql: store (inline, a schema per example)."""
+
+    skip = SKIP
+
+    @settings(
+        max_examples=8,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(ae=_ae, cnt=_cnt, cins=_cin, sub=_sub, acp=_acp, csr=_csr)
+    def test_every_resource_round_trips(
+        self,
+        ae: dict[str, Any],
+        cnt: dict[str, Any],
+        cins: list[dict[str, Any]],
+        sub: dict[str, Any],
+        acp: dict[str, Any],
+        csr: dict[str, Any],
+    ) -> None:
+        """Each accepted CREATE gives the same resources on the memory and the postgresql:
+        store, also after the PostgreSQL one restarts."""
+        self.round_trip(ae, cnt, cins, sub, acp, csr)
+
+    def durable_store(self, directory: str) -> str:
+        return fresh_database(self)

@@ -745,7 +745,9 @@ class StoreOptionTests(TestCase):
         options.parseOptions([])
         self.assertEqual(options["store"], "sqlite:acmews.db")
         self.assertEqual(parse("--store", "sqlite:/tmp/x.db")["store"], "sqlite:/tmp/x.db")
-        for bad in ("sqlite:", "acmews.db", "postgres://db", "memory"):
+        for url in ("postgresql://acmews@db.example:5433/acmews", "postgres://db/acmews"):
+            self.assertEqual(parse("--store", url)["store"], url)
+        for bad in ("sqlite:", "acmews.db", "mysql://db/acmews", "postgres:db", "memory"):
             e = self.assertRaises(usage.UsageError, parse, "--store", bad)
             self.assertIn("--store", str(e))
 
@@ -821,6 +823,7 @@ class ClusterOptionTests(TestCase):
             self.assertNotIn("\n", str(e))
             self.assertNotIn("hunter2", str(e))
 
-    def test_without_cluster_postgres_is_still_no_store(self) -> None:
-        e = self.assertRaises(usage.UsageError, parse, "--store", "postgres://db")
-        self.assertIn("--store must be", str(e))
+    def test_a_shared_store_alone_is_fine_and_cluster_needs_one(self) -> None:
+        self.assertEqual(parse("--store", "postgres://db")["store"], "postgres://db")
+        for store in ("memory:", "sqlite:x.db", "postgres:db"):
+            self.assertRaises(usage.UsageError, parse, "--store", store, "--cluster", "redis://h")

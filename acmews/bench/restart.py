@@ -4,7 +4,8 @@ It writes a SQLite store of ``--instances`` contentInstances (spread over ``--co
 containers) through the embedded CSE, then starts ``twistd acmews`` on that file (127.0.0.1,
 a free port) and prints how long it took to listen and to answer a RETRIEVE of the newest
 instance of the first container. The file goes in a temporary directory, removed at the end
-unless ``--keep DIR`` names one to keep it in.
+unless ``--keep DIR`` names one to keep it in. With ``--store postgresql://...`` it fills
+that database instead (it must be empty: a new database, or a schema of its own).
 """
 
 from __future__ import annotations
@@ -61,13 +62,14 @@ async def _unreachable(target: str) -> Response:
 
 
 def fill(path: str, instances: int, containers: int = 10, size: int = 40) -> int:
-    """Write a store at ``path`` with ``containers`` containers under the CSEBase (``c0``,
-    ``c1``, ...) and ``instances`` contentInstances of about ``size`` bytes spread over
-    them, as the CSE writes them (transactions of 2,000 requests); the number of resources."""
+    """Write a store at ``path`` (a SQLite file, or a postgresql:// URL) with ``containers``
+    containers under the CSEBase (``c0``, ``c1``, ...) and ``instances`` contentInstances of
+    about ``size`` bytes spread over them, as the CSE writes them (transactions of 2,000
+    requests); the number of resources."""
     disk = Clock()  # transactions run inline, when this clock is advanced
     clock = Clock()
     clock.advance(time.time())
-    store = open_store(f"sqlite:{path}", disk, run=lambda f, *a: maybeDeferred(f, *a))
+    store = open_store(_url(path), disk, run=lambda f, *a: maybeDeferred(f, *a))
     cse = CSE(CSEConfig(), _Nowhere(), clock, store.resources)
     connection: Any = None
     failed: list[Any] = []
@@ -100,6 +102,10 @@ def fill(path: str, instances: int, containers: int = 10, size: int = 40) -> int
     return count
 
 
+def _url(path: str) -> str:
+    return path if path.startswith(("postgresql://", "postgres://")) else f"sqlite:{path}"
+
+
 def time_start(path: str, timeout: float = 60.0) -> tuple[float, float, str]:
     """Start ``twistd acmews`` on ``path``; seconds until it listened and until it answered
     a RETRIEVE of ``cse-in/c0/la`` (``acmews request``, whose own start is included), and
@@ -108,7 +114,7 @@ def time_start(path: str, timeout: float = 60.0) -> tuple[float, float, str]:
     command = [twistd, "-n", "--pidfile=", "acmews", "--listen", "tcp:0:interface=127.0.0.1"]
     started = time.monotonic()
     process = subprocess.Popen(
-        [*command, "--ping-interval", "0", "--store", f"sqlite:{path}"],
+        [*command, "--ping-interval", "0", "--store", _url(path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -116,7 +122,9 @@ def time_start(path: str, timeout: float = 60.0) -> tuple[float, float, str]:
     try:
         assert process.stdout is not None
         port = None
+        said: list[str] = []
         for line in process.stdout:  # bounded: twistd exits or listens
+            said = [*said[-5:], line.rstrip()]
             found = _LISTENING.search(line)
             if found:
                 port = found.group(1)
@@ -124,7 +132,7 @@ def time_start(path: str, timeout: float = 60.0) -> tuple[float, float, str]:
             if time.monotonic() - started > timeout:
                 break
         if port is None:
-            raise RuntimeError("twistd acmews did not start listening")
+            raise RuntimeError("twistd acmews did not start listening: " + " | ".join(said))
         listening = time.monotonic() - started
         answer = subprocess.run(
             [
@@ -148,24 +156,37 @@ def time_start(path: str, timeout: float = 60.0) -> tuple[float, float, str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m acmews.bench.restart",
-        description="Time a restart of twistd acmews on a SQLite store of many instances.",
+        description="Time a restart of twistd acmews on a store (SQLite, or PostgreSQL with "
+        "--store) of many instances.",
     )
     parser.add_argument("--instances", type=int, default=100_000)
     parser.add_argument("--containers", type=int, default=10)
     parser.add_argument("--keep", metavar="DIR", help="write the store here and keep it")
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        help="postgresql://[USER@]HOST[:PORT]/DBNAME: fill this empty database instead of a "
+        "SQLite file (and keep it)",
+    )
     args = parser.parse_args(argv)
     if args.instances < 1 or args.containers < 1:
         parser.error("--instances and --containers must be positive")
+    if args.store is not None and not args.store.startswith(("postgresql://", "postgres://")):
+        parser.error("--store must be postgresql://...")
     directory = args.keep or tempfile.mkdtemp(prefix="acmews-restart-")
     os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, "acmews.db")
+    path = args.store or os.path.join(directory, "acmews.db")
     try:
         began = time.monotonic()
         count = fill(path, args.instances, args.containers)
-        print(
-            f"store {path}: {count} resources, {os.path.getsize(path) / 1e6:.1f} MB, "
-            f"written in {time.monotonic() - began:.1f} s"
-        )
+        written = time.monotonic() - began
+        if args.store:
+            from acmews.pgstore import redact
+
+            print(f"store {redact(path)}: {count} resources, written in {written:.1f} s")
+        else:
+            size = os.path.getsize(path) / 1e6
+            print(f"store {path}: {count} resources, {size:.1f} MB, written in {written:.1f} s")
         listening, answered, answer = time_start(path)
         print(f"twistd acmews listening after {listening:.2f} s")
         print(f"RETRIEVE cse-in/c0/la answered after {answered:.2f} s: {answer[:120]}")

@@ -106,6 +106,10 @@ class CSE:
         self.config = config
         self._clock = clock
         self.store: IResourceStore = store if store is not None else MemoryResourceStore()
+        #: a shared store's gate (``ready(request) -> Deferred | None``), None for the others
+        self._gate: Callable[[Request], Deferred[None] | None] | None = getattr(
+            self.store, "ready", None
+        )
         #: requests for an AE with rr false wait in its <pollingChannel> (acmews.cse.polling)
         self.polling = Polling(sender, clock, self.store)
         self._sender = sender = self.polling
@@ -173,6 +177,9 @@ class CSE:
         self.timeseries = TimeSeriesMonitor(
             self._event, clock, self.store, self._apply, self._every_resource
         )
+        observers = getattr(self.store, "observers", None)
+        if observers is not None:  # a shared store: what other CSE nodes changed
+            observers.append(self._changed_elsewhere)
         #: requests to a group's fan-out point (fopt), sent to its members
         self.fan_out = FanOut(
             config.cse_id, config.admin, addressing, access, self.handle_request, clock
@@ -259,6 +266,20 @@ class CSE:
         self, request: Request, connection: IConnection
     ) -> Deferred[Response] | Response:
         """Answer ``request``; every error becomes a response, nothing is raised."""
+        gate = self._gate
+        if gate is not None:
+            # a shared store: the request waits until the cache is current (see
+            # acmews.pgstore); a store that cannot say so answers 5000
+            try:
+                ready = gate(request)
+            except Exception as e:
+                return self._answer_error(request, e)
+            if ready is not None:
+                d = ready.addCallback(lambda _: self._handle(request, connection))
+                return d.addErrback(self._failed, request)
+        return self._handle(request, connection)
+
+    def _handle(self, request: Request, connection: IConnection) -> Deferred[Response] | Response:
         access = self.access
         access.request = request
         access.connection = connection
@@ -863,6 +884,13 @@ class CSE:
             else:
                 done.addCallback(lambda _: deliver(notifications, urgent))
         return done
+
+    def _changed_elsewhere(self, batch: Batch) -> None:
+        """A shared store brought in what another CSE node changed: index it as if it were
+        this node's own change (the store has applied it)."""
+        self.expiry.track(batch)
+        if self.timeseries.running:
+            self.timeseries.track(batch)
 
     def _undone(self, failure: Failure, batch: Batch) -> Failure:
         """The store could not make ``batch`` durable and put back what it changed: index

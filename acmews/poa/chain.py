@@ -44,7 +44,7 @@ Queue policies:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
@@ -78,6 +78,8 @@ from acmews.poa.steps import (
 )
 from acmews.primitive import Request, Response
 from acmews.timestamps import parse_expiry
+
+_R = TypeVar("_R")
 
 __all__ = ["PoaChain"]
 
@@ -176,6 +178,18 @@ class PoaChain(Service):
         super().startService()
         if self.queue.total():  # a durable queue restored at start: expire it on time too
             self._schedule_purge()
+        watch = getattr(self.queue, "watch", None)
+        if watch is not None:  # a queue shared with other processes: they queue for us too
+            watch(self._queued_elsewhere)
+
+    def _queued_elsewhere(self, originator: str) -> None:
+        """Some process (maybe another) queued a notification for ``originator``: deliver
+        it if the originator is connected here."""
+        if self._stopped:
+            return
+        connection = self._originators.lookup(originator)
+        if connection is not None:
+            self._start_flush(originator, connection)
 
     def stopService(self) -> None:
         super().stopService()
@@ -606,8 +620,10 @@ class PoaChain(Service):
             self._start_flush(originator, connection)
 
     def _start_flush(self, originator: str, connection: IConnection) -> None:
-        if self._stopped or originator in self._flushing or not self.queue.count(originator):
+        if self._stopped or originator in self._flushing:
             return
+        if not getattr(self.queue, "shared", False) and not self.queue.count(originator):
+            return  # (a shared queue may hold entries other processes queued: take asks it)
         self._flushing[originator] = None
         d = self._flushing[originator] = Deferred.fromCoroutine(
             self._flush(originator, connection)
@@ -636,11 +652,11 @@ class PoaChain(Service):
         delivered = expired = 0
         try:
             while True:
-                entry = queue.take(originator)
+                entry = await _settled(queue.take(originator))
                 if entry is None:
                     break
                 if entry.expires <= self._clock.seconds():
-                    queue.acknowledge(originator, entry)
+                    await _settled(queue.acknowledge(originator, entry))
                     expired += 1
                     self.counts.expired += 1
                     continue
@@ -659,7 +675,7 @@ class PoaChain(Service):
                     ):
                         # this connection can never take it (too large for it, say): a
                         # poisoned entry must not block the ones behind it
-                        queue.acknowledge(originator, entry)
+                        await _settled(queue.acknowledge(originator, entry))
                         self.counts.dropped += 1
                         self.log.warn(
                             "queued notification {rqi} for {originator} cannot be sent "
@@ -669,6 +685,9 @@ class PoaChain(Service):
                             reason=error.reason,
                         )
                         continue
+                    release = getattr(queue, "release", None)
+                    if release is not None:  # a shared queue: another process may take it
+                        await _settled(release(originator, entry))
                     self.log.info(
                         "flush to {originator} on {peer} stopped ({reason}); "
                         "{count} notifications stay queued",
@@ -678,7 +697,8 @@ class PoaChain(Service):
                         count=queue.count(originator),
                     )
                     return False
-                queue.acknowledge(originator, entry)  # nothing if it was dropped meanwhile
+                # nothing if it was dropped meanwhile
+                await _settled(queue.acknowledge(originator, entry))
                 delivered += 1
                 self.counts.delivered += 1
                 self.log.debug(
@@ -697,6 +717,14 @@ class PoaChain(Service):
                     expired=expired,
                 )
         return True
+
+
+async def _settled(result: _R | Deferred[_R]) -> _R:
+    """What a queue's method returned: at once, or once its Deferred fires (a shared queue
+    asks its database)."""
+    if isinstance(result, Deferred):
+        return await result
+    return result
 
 
 def _drop(floor: Deferred[None] | None) -> None:

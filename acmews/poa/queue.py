@@ -105,11 +105,15 @@ class INotificationQueue(Interface):
     def pending(originator: str) -> Sequence[QueuedNotification]:
         """The entries waiting for ``originator``, oldest first (a snapshot)."""
 
-    def take(originator: str) -> QueuedNotification | None:
-        """The oldest entry for ``originator``; it stays queued until acknowledged."""
+    def take(
+        originator: str,
+    ) -> QueuedNotification | Deferred[QueuedNotification | None] | None:
+        """The oldest entry for ``originator``; it stays queued until acknowledged. (A queue
+        shared with other processes answers with a Deferred.)"""
 
-    def acknowledge(originator: str, entry: QueuedNotification) -> None:
-        """Remove ``entry`` (delivered, expired, or undeliverable); nothing if it is gone."""
+    def acknowledge(originator: str, entry: QueuedNotification) -> Deferred[None] | None:
+        """Remove ``entry`` (delivered, expired, or undeliverable); nothing if it is gone.
+        (A queue shared with other processes answers with a Deferred.)"""
 
     def purge_expired(now: float) -> int:
         """Drop every entry that expired at ``now`` (logged); return how many."""
