@@ -384,6 +384,46 @@ class SharedQueueTests(PostgreSQLCase):
             await self._turn()
 
 
+class SharedQueueOrderTests(PostgreSQLCase):
+    async def _turn(self) -> None:
+        from twisted.internet.task import deferLater
+
+        await deferLater(self.reactor, 0)
+
+    async def test_a_new_notification_waits_behind_what_another_node_queued(self) -> None:
+        """Node b flushes what node a queued for an AE now connected to b; a notification b
+        sends it meanwhile goes behind them, though b itself queued none of them."""
+        from acmews.poa import PoaChain
+        from acmews.testing import FakeConnection, FakeOriginatorMap
+
+        a = await self.node()
+        b = await self.node()
+        qa: Any = a.store.queue
+        now = self.reactor.seconds()
+        for n in range(2):
+            qa.enqueue("Cae", notify(f"n{n}"), now + 1000, now)
+        await qa.durable()
+        originators = FakeOriginatorMap()
+        chain = PoaChain(originators, self.reactor, queue=b.store.queue)
+        chain.startService()
+        self.addCleanup(chain.stopService)
+        connection = FakeConnection("Cae")
+        originators.bind("Cae", connection)  # the flush starts
+        while not connection.sent:
+            await self._turn()
+        late: list[Any] = []
+        chain.send_then("Cae", notify("new"), late.append, (), True)
+        order = []
+        for _ in range(3):
+            while not connection.sent:
+                await self._turn()
+            request, _, d = connection.sent.pop(0)
+            order.append(request.rqi)
+            d.callback(Response(RSC.OK, request.rqi, "4"))
+        self.assertEqual(order, ["n0", "n1", "new"])
+        self.assertEqual([r.rsc for r in late], [RSC.ACCEPTED])
+
+
 class FaultTests(TestCase):
     """PostgreSQL stopped and started under load: a server of the test's own."""
 

@@ -229,7 +229,7 @@ class PoaChain(Service):
         poa = tuple(poa)
         if is_url(target):
             return self._track(Deferred.fromCoroutine(self._send_url(target, request)))
-        if store and request.op == Operation.NOTIFY and self.queue.count(target):
+        if store and request.op == Operation.NOTIFY and self._behind_queue(target):
             # older notifications are waiting: this one may have to go behind them
             return self._track(Deferred.fromCoroutine(self._send_queued(target, request, poa)))
         connection = self._originators.lookup(target)
@@ -265,7 +265,7 @@ class PoaChain(Service):
         """:meth:`send`, calling ``then`` with the outcome: to a live connection without a
         Deferred (the fan-out's common case); any other way through :meth:`send`."""
         if not is_url(target) and not (
-            store and request.op == Operation.NOTIFY and self.queue.count(target)
+            store and request.op == Operation.NOTIFY and self._behind_queue(target)
         ):
             connection = self._originators.lookup(target)
             if connection is not None:
@@ -274,6 +274,12 @@ class PoaChain(Service):
                 connection.request_then(request, live, self.timeout)
                 return
         self.send(target, request, poa, store).addBoth(then)
+
+    def _behind_queue(self, target: str) -> bool:
+        """Must a new notification for ``target`` go behind queued ones? When this process
+        queued some, or is sending what is queued (a shared queue may hold entries that
+        other processes queued: this one does not count them)."""
+        return bool(self.queue.count(target)) or target in self._flushing
 
     def _live_answered(self, response: Response, request: Request) -> Response:
         if request.op == Operation.NOTIFY:
