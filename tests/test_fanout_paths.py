@@ -513,3 +513,87 @@ class KnownTargetTests(SynchronousTestCase):
         self.m.sender.take()
         target = self.m.cse.notifier.resolve_target("Cae1", self.m.cse.store)
         self.assertEqual(target, ("Cae1", (), False, "Cae1"))
+
+
+class FrameStreamPropertyTests(SynchronousTestCase):
+    """Any stream of frames, valid or not, cut anywhere: the server's own reading of whole
+    frames and Autobahn's alone deliver the same messages and close with the same code, and
+    nothing is raised out of dataReceived."""
+
+    def run_stream(self, stream: bytes, cuts: list[int], fast: bool) -> tuple[list[Any], Any]:
+        clock = Clock()
+        factory = make_server_factory(
+            RecordingHandler(), clock, OriginatorMap(), max_message_size=1000
+        )
+        pair = connected_pair(factory, make_client_factory(clock, AE))
+        server = pair.server
+        session = server.session
+        assert session is not None
+        got: list[Any] = []
+        session.message_received = lambda data, text=False: got.append((data, text))  # type: ignore[method-assign]
+        if not fast:
+            server._fast_mask = None
+        start = 0
+        for cut in [*sorted(cuts), len(stream)]:
+            if cut > start:
+                server.dataReceived(stream[start:cut])
+                start = cut
+        out = b"".join(server.transport.stream)
+        index = out.find(b"\x88")
+        code = out[index + 2 : index + 4] if index >= 0 else None
+        session.connection_lost()
+        for call in clock.getDelayedCalls():
+            call.cancel()
+        return got, code
+
+    def test_the_same_as_autobahn_alone(self) -> None:
+        from hypothesis import HealthCheck, given, settings
+        from hypothesis import strategies as st
+
+        frame = st.builds(
+            lambda opcode, payload, fin, masked, rsv, key: _raw_frame(
+                opcode, payload, fin, masked, rsv, key
+            ),
+            # mostly data frames by the rules, with what is wrong now and then
+            st.sampled_from([1, 1, 1, 2, 2, 2, 0, 8, 9, 10, 3]),
+            st.one_of(
+                st.binary(max_size=300),
+                st.text(max_size=100).map(str.encode),
+                st.binary(max_size=20).map(lambda b: b + b"\xc3"),  # cut in a code point
+                st.just(b"x" * 1001),  # over the limit
+            ),
+            st.sampled_from([True, True, True, False]),
+            st.sampled_from([True, True, True, False]),
+            st.sampled_from([0, 0, 0, 0, 4, 7]),
+            st.binary(min_size=4, max_size=4),
+        )
+
+        @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(
+            frames=st.lists(frame, max_size=6),
+            cuts=st.lists(st.integers(0, 2000), max_size=4),
+        )
+        def check(frames: list[bytes], cuts: list[int]) -> None:
+            stream = b"".join(frames)
+            self.assertEqual(
+                self.run_stream(stream, cuts, fast=True),
+                self.run_stream(stream, cuts, fast=False),
+            )
+
+        check()
+
+
+def _raw_frame(
+    opcode: int, payload: bytes, fin: bool, masked: bool, rsv: int, key: bytes
+) -> bytes:
+    """One frame as a peer might send it, rules broken or not."""
+    n = len(payload)
+    head = bytes([(0x80 if fin else 0) | (rsv << 4) | opcode])
+    bit = 0x80 if masked else 0
+    if n < 126:
+        head += bytes([bit | n])
+    elif n < 65536:
+        head += bytes([bit | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([bit | 127]) + n.to_bytes(8, "big")
+    return head + (key + unmask(payload, key) if masked else payload)
