@@ -19,7 +19,7 @@ from zope.interface import implementer
 
 from acmews.errors import InternalServerError, PrimitiveError
 from acmews.interfaces import ICodec
-from acmews.primitive import Primitive, primitive_from_object
+from acmews.primitive import Primitive, Request, Shared, primitive_from_object
 
 __all__ = [
     "CBOR",
@@ -169,7 +169,30 @@ class JsonCodec:
         return primitive_from_object(self.loads(data))
 
     def encode(self, primitive: Primitive) -> bytes:
+        if type(primitive) is Request:
+            pc = primitive.pc
+            if type(pc) is dict and len(pc) == 1:
+                sgn = pc.get("m2m:sgn")
+                if type(sgn) is dict:
+                    nev = sgn.get("nev")
+                    if type(nev) is Shared:
+                        return self._notification(primitive, sgn, nev)
         return self.dumps(primitive.to_dict())
+
+    def _notification(self, request: Request, sgn: dict[str, Any], nev: Shared) -> bytes:
+        """A notification whose event is shared by a fan-out's targets: the event encoded
+        once, its bytes spliced into each target's message."""
+        data = nev.json
+        if data is None:
+            data = nev.json = self.dumps(dict(nev))
+        if len(data) < SHARED_MIN:  # encoding it again costs less than splicing it in
+            return self.dumps(request.to_dict())
+        d = request.to_dict()
+        d["pc"] = {"m2m:sgn": {**sgn, "nev": orjson.Fragment(data)}}
+        try:
+            return orjson.dumps(d, option=orjson.OPT_NON_STR_KEYS)
+        except orjson.JSONEncodeError:  # integers beyond 64 bits elsewhere: the plain way
+            return self.dumps(request.to_dict())
 
 
 @implementer(ICodec)
@@ -209,6 +232,11 @@ class CborCodec:
     def encode(self, primitive: Primitive) -> bytes:
         return self.dumps(primitive.to_dict())
 
+
+#: the smallest JSON of a shared event (:class:`~acmews.primitive.Shared`) that is spliced
+#: into each message rather than encoded again: a contentInstance of a few bytes costs more
+#: to splice (20 KB: 37.6 -> 31.4 us per notification of a fan-out to 1,000, server side)
+SHARED_MIN = 1024
 
 JSON = JsonCodec()
 CBOR = CborCodec()

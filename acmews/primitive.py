@@ -30,9 +30,25 @@ __all__ = [
     "Primitive",
     "Request",
     "Response",
+    "Shared",
     "error_response",
     "primitive_from_object",
 ]
+
+
+class Shared(dict):  # type: ignore[type-arg]
+    """A part of many primitives' content that is the same in each: a fan-out's event (the
+    ``nev`` of every target's notification, whose ``sur`` and ``rqi`` differ). It reads as
+    the dict it is; the JSON codec encodes it once and splices the bytes into each message
+    (:meth:`acmews.codec.JsonCodec.encode`)."""
+
+    __slots__ = ("json",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: its JSON, once a codec has made it
+        self.json: bytes | None = None
+
 
 #: Request parameters modelled as attributes, in wire order (TS-0004's short names).
 REQUEST_PARAMETERS = (

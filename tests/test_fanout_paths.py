@@ -597,3 +597,89 @@ def _raw_frame(
     else:
         head += bytes([bit | 127]) + n.to_bytes(8, "big")
     return head + (key + unmask(payload, key) if masked else payload)
+
+
+class SharedEventTests(SynchronousTestCase):
+    """A fan-out's event is encoded once in JSON, its bytes spliced into each message."""
+
+    def notifications(self, rep: dict[str, Any]) -> tuple[Any, list[Request]]:
+        from acmews.primitive import Shared
+
+        nev = Shared(rep=rep, net=3)
+        return nev, [
+            Request(
+                Operation.NOTIFY,
+                f"Cae{i}",
+                f"r{i}",
+                "4",
+                "/id-in",
+                pc={"m2m:sgn": {"nev": nev, "sur": f"/id-in/sub{i}"}},
+            )
+            for i in range(3)
+        ]
+
+    def test_the_same_bytes_as_without_sharing(self) -> None:
+        rep = {"m2m:cin": {"con": "x" * 1000, "ty": 4, "ri": "cin1", "lbl": ["ä"]}}
+        nev, requests = self.notifications(rep)
+        for request in requests:
+            plain = Request(
+                request.op,
+                request.to,
+                request.rqi,
+                request.rvi,
+                request.fr,
+                pc={"m2m:sgn": {"nev": dict(nev), "sur": request.pc["m2m:sgn"]["sur"]}},
+            )
+            self.assertEqual(orjson.loads(JSON.encode(request)), orjson.loads(JSON.encode(plain)))
+            from acmews.codec import CBOR
+
+            self.assertEqual(CBOR.encode(request), CBOR.encode(plain))
+
+    def test_encoded_once(self) -> None:
+        nev, requests = self.notifications({"m2m:cin": {"con": "y" * 2000}})
+        first = JSON.encode(requests[0])
+        cached = nev.json
+        self.assertIsNotNone(cached)
+        self.assertIn(cached, first)
+        JSON.encode(requests[1])
+        self.assertIs(nev.json, cached)
+
+    def test_integers_beyond_64_bits(self) -> None:
+        """In the event (its JSON is made the stdlib's way) or beside it (the whole
+        message is)."""
+        _, requests = self.notifications({"m2m:cin": {"con": 2**70}})
+        self.assertIn(str(2**70).encode(), JSON.encode(requests[0]))
+        requests[1].pc["m2m:sgn"]["cr"] = 2**71
+        data = JSON.encode(requests[1])
+        self.assertIn(str(2**70).encode(), data)
+        self.assertIn(str(2**71).encode(), data)
+
+    def test_a_fan_out_shares_its_event(self) -> None:
+        from acmews.primitive import Shared
+        from acmews.testing import memory_cse
+
+        m = memory_cse()
+        for i in range(2):
+            ae = {"rn": f"Cae{i}", "api": "Nx", "rr": True, "srv": ["4"]}
+            created = m.request(Operation.CREATE, "cse-in", fr=f"Cae{i}", ty=2, pc={"m2m:ae": ae})
+            self.assertEqual(self.successResultOf(created).rsc, RSC.CREATED)
+        cnt = m.request(Operation.CREATE, "cse-in", ty=3, pc={"m2m:cnt": {"rn": "c"}})
+        self.assertEqual(self.successResultOf(cnt).rsc, RSC.CREATED)
+        for i in range(2):
+            sub = {"rn": f"s{i}", "nu": [f"Cae{i}"], "enc": {"net": [3], "chty": [4]}}
+            d = m.request(Operation.CREATE, "cse-in/c", ty=23, pc={"m2m:sub": sub})
+            for verification in m.sender.take():
+                verification.answer()
+            self.assertEqual(self.successResultOf(d).rsc, RSC.CREATED)
+        cin = m.request(Operation.CREATE, "cse-in/c", ty=4, pc={"m2m:cin": {"con": 1}})
+        self.assertEqual(self.successResultOf(cin).rsc, RSC.CREATED)
+        m.clock.advance(0)
+        sent = m.sender.take()
+        events = [s.request.pc["m2m:sgn"]["nev"] for s in sent]
+        self.assertEqual(len(events), 2)
+        self.assertIs(events[0], events[1])
+        self.assertIs(type(events[0]), Shared)
+        surs = [s.request.pc["m2m:sgn"]["sur"] for s in sent]
+        self.assertEqual(len(set(surs)), 2)
+        for s in sent:
+            s.answer()

@@ -44,7 +44,7 @@ from acmews.errors import (
 from acmews.interfaces import IRequestSender
 from acmews.logs import Logger, Throttle
 from acmews.poa.steps import scheme_of, split_ct, target_key
-from acmews.primitive import Request, Response
+from acmews.primitive import Request, Response, Shared
 from acmews.timestamps import Timestamps, parse_duration, parse_timestamp
 
 #: notifications sent per reactor turn in a fan-out
@@ -267,7 +267,7 @@ class Notifier:
         """
         expired: list[Resource] | None = None
         #: the event with the whole resource, shared by the subscriptions that get it
-        whole: dict[str, Any] | None = None
+        whole: Shared | None = None
         for sub in batch.children(subject.ri, _SUB):
             if sub is exclude:
                 continue
@@ -303,7 +303,7 @@ class Notifier:
             if monitored is None:
                 if representation is rep.pc:  # the whole resource: the same for every one
                     if whole is None:
-                        whole = {"rep": representation, "net": int(net or 0)}
+                        whole = Shared(rep=representation, net=int(net or 0))
                     nev: dict[str, Any] = whole
                 else:
                     nev = {"rep": representation, "net": int(net or 0)}
