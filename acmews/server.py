@@ -153,6 +153,7 @@ def build_cluster(
         prefix=config.cluster_prefix or f"acmews:{config.cse_id}:",
         singletons=Singletons(),
         flush=chain.flush,
+        busy=chain.flushing,
     )
     chain.cluster = node
     chain.purging = False
