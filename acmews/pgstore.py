@@ -1045,7 +1045,8 @@ class PostgreSQLNotificationQueue(MemoryNotificationQueue):
         super().__init__(*args, **kwargs)
         self.pg = database
         self._clock = clock
-        self._writes: list[Deferred[Any]] = []
+        #: the last write to the table in flight, and who waits for it
+        self._last_write: tuple[Deferred[Any], list[Deferred[None]]] | None = None
         #: see :func:`channel` (set at opening)
         self.channel = channel("public")
         #: what :meth:`watch` was given: told when an entry may be taken here
@@ -1105,23 +1106,34 @@ class PostgreSQLNotificationQueue(MemoryNotificationQueue):
         self._track(d)
 
     def _track(self, d: Deferred[Any]) -> None:
-        self._writes.append(d)
+        waiters: list[Deferred[None]] = []
+        last = self._last_write = (d, waiters)
 
-        def done(result: object) -> object:
-            self._writes.remove(d)
-            return result
+        def done(result: object) -> None:
+            if self._last_write is last:
+                self._last_write = None
+            for waiter in waiters:
+                if isinstance(result, Failure):
+                    waiter.errback(result)
+                else:
+                    waiter.callback(None)
+            # (consumed: the waiters have it; the entry was forgotten, and counted dropped)
 
         d.addBoth(done)
 
     def durable(self) -> Deferred[None]:  # type: ignore[override]
-        """Fires once every enqueue so far is in the table (fails if one could not be)."""
-        writes = list(self._writes)
-        if not writes:
+        """Fires once every enqueue so far is in the table; fails if the last one could not
+        be (the chain asks right after its own). The writes go in order on one lane: once
+        the last is done, so are the others. One Deferred per call, whatever the number of
+        writes in flight (thousands when a fan-out's relays fail at once: waiting for each
+        of them made every call cost as much as all of them, and the memory of a node grew
+        by gigabytes)."""
+        last = self._last_write
+        if last is None:
             return succeed(None)
-        from twisted.internet.defer import gatherResults
-
-        d = gatherResults(writes, consumeErrors=True)
-        return d.addCallback(lambda _: None)
+        waiter: Deferred[None] = Deferred()
+        last[1].append(waiter)
+        return waiter
 
     def take(self, originator: str) -> Deferred[QueuedNotification | None]:  # type: ignore[override]
         # (our own enqueues are in the table first: order)

@@ -284,6 +284,38 @@ class SharedQueueTests(PostgreSQLCase):
                 break
         self.assertEqual((await qa.take("Cae")).rqi, "n0")
 
+    def test_durable_waits_for_the_last_write_only(self) -> None:
+        """The chain asks durable() after each enqueue: with thousands in flight (a fan-out
+        whose relays failed at once) each call must not wait on every write (it did: the
+        work and memory grew as their square, and a node grew to gigabytes)."""
+        from twisted.python.failure import Failure
+
+        from acmews.pgstore import open_postgresql
+
+        writes: list[Deferred[Any]] = []
+
+        def run(call: Any, function: Any, *args: Any) -> Deferred[Any]:
+            writes.append(Deferred())
+            return writes[-1]
+
+        opened = open_postgresql(self.url, self.reactor, run=run)
+        queue = opened.queue
+        now = self.reactor.seconds()
+        waits = []
+        for n in range(100):
+            queue.enqueue("Cae", notify(f"n{n}"), now + 1000, now)
+            waits.append(queue.durable())
+            if n == 0:
+                first = len(writes[0].callbacks)
+        self.assertEqual(len(writes[0].callbacks), first)  # later calls added nothing to it
+        for n, write in enumerate(writes[:99]):
+            write.callback((0, n + 1))
+        self.assertTrue(all(w.called for w in waits[:99]))
+        self.assertFalse(waits[99].called)
+        writes[99].errback(Failure(RuntimeError("lost")))
+        self.failureResultOf(waits[99], RuntimeError)
+        self.assertIsNone(self.successResultOf(queue.durable()))
+
     async def test_concurrent_takes_deliver_each_entry_once(self) -> None:
         a = await self.node()
         b = await self.node()
