@@ -281,7 +281,17 @@ class PoaChain(Service):
     def _behind(self, target: str) -> bool:
         """Whether a stored notification for ``target`` has to wait behind others: some
         queued here, or its queue being delivered here (a shared queue's entries that other
-        processes queued)."""
+        processes queued). In a cluster on a shared queue, for an originator not connected
+        here, the node that holds it decides (it refuses a relayed notification while it
+        delivers the queue): what this process counts is only what it queued, and another
+        process may have delivered it long since."""
+        if (
+            self.cluster is not None
+            and getattr(self.queue, "shared", False)
+            and target not in self._flushing
+            and self._originators.lookup(target) is None
+        ):
+            return False
         return bool(self.queue.count(target)) or target in self._flushing
 
     def _live_answered(self, response: Response, request: Request) -> Response:
