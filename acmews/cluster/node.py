@@ -675,6 +675,8 @@ class ClusterNode(Service):
         waiting: Deferred[Response] = Deferred()
         self._pending[rid] = waiting  # (its answer may come before RELAY's own)
         node = b"?"
+        # (a RELAY on a connection that then breaks may have run: see below)
+        sent = self.commands.connected
         try:
             try:
                 binding, receivers = await self._in_time(
@@ -697,24 +699,40 @@ class ClusterNode(Service):
                     "directory",
                 )
             except RedisUnavailable as e:
-                raise NoClusterRoute(f"the cluster directory is unreachable ({e})") from e
+                if not sent:
+                    raise NoClusterRoute(f"the cluster directory is unreachable ({e})") from e
+                # Redis's answer was lost with the connection (no answer in time, a node too
+                # busy to read it): the request may be on its way to the holding node, whose
+                # answer comes on the other connection. Waiting for it, rather than failing
+                # at once into the queue, keeps a notification from being delivered twice.
+                return await self._answer_of(waiting, deadline, timeout, request, b"?")
             if not binding or receivers == -1:  # nowhere, or (a stale entry) here
                 raise NoClusterRoute("no live connection in the cluster")
             node = binding.split(b" ", 1)[0]
             if not receivers:
                 raise NoClusterRoute(f"node {node.decode()} is not listening")
-            remaining = max(deadline - self._clock.seconds(), 0.001)
-            try:
-                response = await await_step(waiting, remaining, self._clock)
-            except RequestTimeout:
-                raise RequestTimeout(
-                    f"no response within {timeout:g} s (relayed to node {node.decode()})",
-                    rqi=request.rqi,
-                ) from None
-            self.counts["relayed"] += 1
-            return response
+            return await self._answer_of(waiting, deadline, timeout, request, node)
         finally:
             self._pending.pop(rid, None)
+
+    async def _answer_of(
+        self,
+        waiting: Deferred[Response],
+        deadline: float,
+        timeout: float,
+        request: Request,
+        node: bytes,
+    ) -> Response:
+        remaining = max(deadline - self._clock.seconds(), 0.001)
+        try:
+            response = await await_step(waiting, remaining, self._clock)
+        except RequestTimeout:
+            raise RequestTimeout(
+                f"no response within {timeout:g} s (relayed to node {node.decode()})",
+                rqi=request.rqi,
+            ) from None
+        self.counts["relayed"] += 1
+        return response
 
     def _answered(self, data: bytes) -> None:
         _, rid, status, payload = data.split(b"\0", 3)
