@@ -109,6 +109,9 @@ class Config:
     node_name: str | None = None
     #: what this CSE's keys and channels in Redis begin with; None: ``acmews:CSE-ID:``
     cluster_prefix: str | None = None
+    #: seconds a node's lease lasts in Redis; renewed every 0.3 of it, the leader's lease
+    #: lasts 1.2 of it (10: 3 and 12 s)
+    cluster_lease: float = 10.0
 
     @property
     def endpoints(self) -> list[ServerEndpoint]:

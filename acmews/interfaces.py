@@ -186,9 +186,13 @@ class IClusterRelay(Interface):
     """The live connections of the other nodes of a cluster serving one CSE: step 1 of the poa
     chain ("a live connection anywhere in the cluster") after this node's own."""
 
-    def relay(target: str, request: Request, timeout: float) -> Deferred[Response]:
+    def relay(
+        target: str, request: Request, timeout: float, stored: bool = False
+    ) -> Deferred[Response]:
         """Send ``request`` on ``target``'s live connection on another node, with the
-        sender's ``timeout``; fire with its response.
+        sender's ``timeout``; fire with its response. ``stored``: a notification that may be
+        queued instead (the holding node refuses it, as NoClusterRoute, while it delivers
+        ``target``'s queue: it goes behind).
 
         Fail with :class:`~acmews.errors.NoClusterRoute` when no other node holds one (or
         the directory cannot be asked), with RequestTimeout (4008) when no answer comes in

@@ -84,8 +84,9 @@ __all__ = [
     "redact",
 ]
 
-#: the layout this module writes; a database with a higher one is refused
-SCHEMA_VERSION = 1
+#: the layout this module writes; a database with a higher one is refused (2: the queue's
+#: entries name the database session that took them)
+SCHEMA_VERSION = 2
 
 #: resource numbers a process takes from the sequence at a time
 NUMBER_BLOCK = 1000
@@ -100,6 +101,9 @@ IDLE_IN_TRANSACTION = 30.0
 
 #: seconds a process may hold a queue entry it took before another may take it again
 QUEUE_LEASE = 60.0
+
+#: seconds after which a process looks again at an originator's entry another session held
+HELD_RETRY = 1.0
 
 #: tombstones are kept for this many versions; a process further behind reads everything again
 TOMBSTONE_VERSIONS = 1_000_000
@@ -130,6 +134,9 @@ _SCHEMA = (
     " data bytea NOT NULL,"
     " taken_until double precision)",
     "CREATE INDEX IF NOT EXISTS queue_originator ON queue (originator, seq)",
+    # (2) the session that took an entry: its lease ends with it (a process killed)
+    "ALTER TABLE queue ADD COLUMN IF NOT EXISTS taken_by integer",
+    "ALTER TABLE queue ADD COLUMN IF NOT EXISTS taken_since timestamptz",
     "INSERT INTO meta (key, value) VALUES ('version', 0), ('horizon', 0) "
     "ON CONFLICT (key) DO NOTHING",
 )
@@ -973,6 +980,25 @@ def _enqueue(
     return int(row[0])
 
 
+#: the head entry, unless another live session holds it: a lease lasts QUEUE_LEASE seconds
+#: or as long as the database session that took it, whichever is shorter, so that the
+#: entries a process killed with kill -9 was delivering (its connections closed by the
+#: kernel at once) can be taken by the process its originator reconnects to at once, not a
+#: minute later
+_TAKE = (
+    "SELECT seq, expires, rqi, data FROM queue q WHERE seq = %s"
+    " AND (taken_until IS NULL OR taken_until < %s OR NOT EXISTS ("
+    " SELECT 1 FROM pg_stat_activity a"
+    " WHERE a.pid = q.taken_by AND a.backend_start = q.taken_since))"
+    " FOR UPDATE SKIP LOCKED"
+)
+_TAKEN = (
+    "UPDATE queue SET taken_until = %s, taken_by = pg_backend_pid(), taken_since ="
+    " (SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid())"
+    " WHERE seq = %s"
+)
+
+
 def _take(conn: Any, originator: str, now: float) -> tuple[Any, ...] | bool:
     """The oldest entry of ``originator``, leased to this process; False if there is none,
     True if another process holds it (it goes on delivering in order)."""
@@ -982,17 +1008,19 @@ def _take(conn: Any, originator: str, now: float) -> tuple[Any, ...] | bool:
         ).fetchone()
         if head is None:
             return False
-        row = conn.execute(
-            "SELECT seq, expires, rqi, data FROM queue WHERE seq = %s"
-            " AND (taken_until IS NULL OR taken_until < %s) FOR UPDATE SKIP LOCKED",
-            (head[0], now),
-        ).fetchone()
+        row = conn.execute(_TAKE, (head[0], now)).fetchone()
         if row is None:
             return True
-        conn.execute(
-            "UPDATE queue SET taken_until = %s WHERE seq = %s", (now + QUEUE_LEASE, row[0])
-        )
+        conn.execute(_TAKEN, (now + QUEUE_LEASE, row[0]))
         return tuple(row)
+
+
+def _release(conn: Any, seq: int, originator: str, channel: str) -> None:
+    """``seq`` may be taken again; the processes listening are told (the one the
+    originator reconnected to meanwhile found it held and stopped)."""
+    with conn.transaction():  # (NOTIFY is sent at the commit: after the release)
+        conn.execute("UPDATE queue SET taken_until = NULL, taken_by = NULL WHERE seq = %s", (seq,))
+        conn.execute("SELECT pg_notify(%s, %s)", (channel, originator))
 
 
 def _count(conn: Any, originator: str) -> int:
@@ -1017,17 +1045,44 @@ class PostgreSQLNotificationQueue(MemoryNotificationQueue):
         super().__init__(*args, **kwargs)
         self.pg = database
         self._clock = clock
-        self._writes: list[Deferred[Any]] = []
+        #: the last write to the table in flight, and who waits for it
+        self._last_write: tuple[Deferred[Any], list[Deferred[None]]] | None = None
         #: see :func:`channel` (set at opening)
         self.channel = channel("public")
+        #: what :meth:`watch` was given: told when an entry may be taken here
+        self._queued: Callable[[str], None] | None = None
+        #: originators whose held head is looked at again soon
+        self._retrying: dict[str, Any] = {}
 
     def watch(self, queued: Callable[[str], None]) -> None:
         """Call ``queued(originator)`` (on the reactor) whenever any process queues an
         entry for ``originator``: the chain flushes it if the originator is connected here.
         Listens on a connection and thread of its own until the store stops (not with an
         inline ``run``: tests)."""
+        self._queued = queued
         if self.pg._run is None:
             self.pg.listen(self.channel, queued)
+
+    def _held_elsewhere(self, originator: str) -> None:
+        """The head of ``originator``'s entries is held by another session (another process
+        delivering it, or one that was killed and whose session PostgreSQL has not ended
+        yet): this process looks again in a second, in case it is not taken back."""
+        queued = self._queued
+        if queued is None or originator in self._retrying or self.pg.closed:
+            return
+
+        def again() -> None:
+            del self._retrying[originator]
+            queued(originator)
+
+        self._retrying[originator] = self._clock.callLater(HELD_RETRY, again)
+
+    def stop(self) -> None:
+        """Look again at nothing any more (the store stops)."""
+        retrying, self._retrying = self._retrying, {}
+        for call in retrying.values():
+            if call.active():
+                call.cancel()
 
     def _appended(self, originator: str, entry: QueuedNotification) -> None:
         d = self.pg.run(
@@ -1051,23 +1106,34 @@ class PostgreSQLNotificationQueue(MemoryNotificationQueue):
         self._track(d)
 
     def _track(self, d: Deferred[Any]) -> None:
-        self._writes.append(d)
+        waiters: list[Deferred[None]] = []
+        last = self._last_write = (d, waiters)
 
-        def done(result: object) -> object:
-            self._writes.remove(d)
-            return result
+        def done(result: object) -> None:
+            if self._last_write is last:
+                self._last_write = None
+            for waiter in waiters:
+                if isinstance(result, Failure):
+                    waiter.errback(result)
+                else:
+                    waiter.callback(None)
+            # (consumed: the waiters have it; the entry was forgotten, and counted dropped)
 
         d.addBoth(done)
 
     def durable(self) -> Deferred[None]:  # type: ignore[override]
-        """Fires once every enqueue so far is in the table (fails if one could not be)."""
-        writes = list(self._writes)
-        if not writes:
+        """Fires once every enqueue so far is in the table; fails if the last one could not
+        be (the chain asks right after its own). The writes go in order on one lane: once
+        the last is done, so are the others. One Deferred per call, whatever the number of
+        writes in flight (thousands when a fan-out's relays fail at once: waiting for each
+        of them made every call cost as much as all of them, and the memory of a node grew
+        by gigabytes)."""
+        last = self._last_write
+        if last is None:
             return succeed(None)
-        from twisted.internet.defer import gatherResults
-
-        d = gatherResults(writes, consumeErrors=True)
-        return d.addCallback(lambda _: None)
+        waiter: Deferred[None] = Deferred()
+        last[1].append(waiter)
+        return waiter
 
     def take(self, originator: str) -> Deferred[QueuedNotification | None]:  # type: ignore[override]
         # (our own enqueues are in the table first: order)
@@ -1080,6 +1146,8 @@ class PostgreSQLNotificationQueue(MemoryNotificationQueue):
                 # delivered by other processes: what this one counted is gone
                 for gone in list(self._queues[originator]):
                     super(PostgreSQLNotificationQueue, self).acknowledge(originator, gone)
+            if row is True:
+                self._held_elsewhere(originator)
             if isinstance(row, bool):
                 return None
             seq, expires, rqi, data = row
@@ -1103,13 +1171,7 @@ class PostgreSQLNotificationQueue(MemoryNotificationQueue):
 
     def release(self, originator: str, entry: QueuedNotification) -> Deferred[None]:
         """``entry`` was not delivered: another process (or this one) may take it again."""
-        d = self.pg.run(
-            "queue",
-            lambda conn, seq: conn.execute(
-                "UPDATE queue SET taken_until = NULL WHERE seq = %s", (seq,)
-            ),
-            entry.seq,
-        )
+        d = self.pg.run("queue", _release, entry.seq, originator, self.channel)
         return d.addCallback(lambda _: None)
 
     def waiting(self, originator: str) -> Deferred[int]:
@@ -1164,11 +1226,16 @@ def _prepare(conn: Any, shown: str) -> None:
 
 
 class _Service(Service):
-    def __init__(self, store: PostgreSQLResourceStore) -> None:
+    def __init__(
+        self, store: PostgreSQLResourceStore, queue: PostgreSQLNotificationQueue | None = None
+    ) -> None:
         self.store = store
+        self.queue = queue
 
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
+        if self.queue is not None:
+            self.queue.stop()
         d = self.store.flushed()
 
         def close(_: object) -> None:
@@ -1219,4 +1286,4 @@ def open_postgresql(
         raise StoreError(f"cannot open the store {shown}: {_one_line(e)}") from e
     finally:
         conn.close()  # (twistd may fork after this: no connection crosses it)
-    return Opened(resources, queue, _Service(resources), count, queued)
+    return Opened(resources, queue, _Service(resources, queue), count, queued)

@@ -152,7 +152,11 @@ def build_cluster(
         reactor,
         prefix=config.cluster_prefix or f"acmews:{config.cse_id}:",
         singletons=Singletons(),
+        lease=config.cluster_lease,
+        renew=config.cluster_lease * 3 / 10,
+        leader_lease=config.cluster_lease * 12 / 10,
         flush=chain.flush,
+        busy=chain.flushing,
     )
     chain.cluster = node
     chain.purging = False

@@ -216,6 +216,15 @@ class Options(usage.Options):
             "With --cluster: this node's name, unique in the cluster (default: the host name "
             "and the first listener's port).",
         ],
+        [
+            "cluster-lease",
+            None,
+            DEFAULTS.cluster_lease,
+            "With --cluster: seconds a node's lease in Redis lasts (renewed every 0.3 of it;"
+            " the leader's lasts 1.2 of it): a node that died is passed over, and its"
+            " singletons (the registrar link, the sweeps) taken over, within about that long.",
+            _seconds("cluster-lease"),
+        ],
         ["cse-id", None, DEFAULTS.cse_id, "The CSE-ID (with its leading slash)."],
         ["cse-name", None, DEFAULTS.cse_name, "The resource name of the CSEBase."],
         ["sp-id", None, DEFAULTS.sp_id, "The M2M Service Provider ID."],
@@ -595,6 +604,7 @@ class Options(usage.Options):
             shutdown_timeout=float(self["shutdown-timeout"]),
             cluster=self["cluster"],
             node_name=self["node-name"],
+            cluster_lease=float(self["cluster-lease"]),
             **self._outbound(),
         )
         problem = self.config.cluster_problem()

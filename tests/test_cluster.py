@@ -293,6 +293,33 @@ class RelayTests(RedisTestCase):
         failure = await self.assertFailure(sent, TargetNotReachable)
         self.assertIn("connection lost", failure.reason)
 
+    async def test_a_relay_whose_redis_answer_was_lost_waits_for_the_holders(self) -> None:
+        """Redis ran the RELAY but its answer was lost (the connection broke, or no answer
+        came in time from a node too busy to read it): the holding node has the request,
+        and its answer comes on the channel; failing into the queue would deliver twice."""
+        from acmews.cluster.node import RELAY
+        from acmews.cluster.redis import RedisUnavailable
+
+        _chain, a, _b, connection = await self.two_nodes()
+        real = a.commands.eval
+
+        def lossy(script: Any, keys: Any, args: Any) -> Deferred[Any]:
+            d = real(script, keys, args)
+            if script is RELAY:
+
+                def lost(_: object) -> None:
+                    raise RedisUnavailable("no answer from Redis in 5 s")
+
+                d.addCallback(lost)
+            return d
+
+        a.commands.eval = lossy  # type: ignore[method-assign]
+        arrived = connection.arrival()
+        sent = a.relay(AE, notify("n1"), 5)
+        await arrived
+        connection.answer()
+        self.assertEqual((await sent).rsc, RSC.OK)
+
     async def test_a_connection_that_refuses_at_once_is_answered_at_once(self) -> None:
         from acmews.errors import NotAcceptable, TargetNotReachable
 

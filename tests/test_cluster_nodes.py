@@ -112,6 +112,31 @@ class NodesTests(NodesTestCase):
         self.assertEqual(device.got, ["n1"])
         self.assertEqual(a.chain.queued(AE), [])
 
+    async def test_a_notification_goes_behind_a_queue_being_delivered_on_another_node(
+        self,
+    ) -> None:
+        """b is delivering the device's queue: a stored notification relayed from a
+        meanwhile is refused by b and queued by a (behind, in a shared store), not sent
+        ahead of what waits; a notification that may not be queued is still relayed."""
+        a, b = await self.start("a"), await self.start("b")
+        assert b.cluster is not None
+        now = self.reactor.seconds()
+        b.chain.queue.enqueue(AE, notify("q1"), now + 60, now)
+        device = Device()
+        device.hold = True
+        arrived = device.arrival()
+        await self.device(b, device)
+        await arrived  # q1 is on its way: b's flush waits for its answer
+        await self.held_by(a, "b")
+        self.assertTrue(b.chain.flushing(AE))
+        response = await a.chain.send(AE, notify("n1"), store=True)
+        self.assertEqual(response.rsc, RSC.ACCEPTED)
+        self.assertEqual([r.rqi for r in a.chain.queued(AE)], ["n1"])
+        self.assertEqual(device.got, ["q1"])
+        device.hold = False
+        response = await a.chain.send(AE, notify("v1"), store=False)
+        self.assertEqual((response.rsc, device.got), (RSC.OK, ["q1", "v1"]))
+
     async def test_the_leader_runs_the_singletons(self) -> None:
         a, b = await self.start("a"), await self.start("b")
         assert a.cluster is not None and b.cluster is not None

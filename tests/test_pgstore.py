@@ -260,6 +260,62 @@ class SharedQueueTests(PostgreSQLCase):
         await qb.release("Cae", entry)
         self.assertEqual((await qa.take("Cae")).rqi, "n0")
 
+    async def test_an_entry_held_by_a_session_that_ended_is_taken_at_once(self) -> None:
+        """A process killed (kill -9) while it delivered an entry: the kernel closes its
+        connections, PostgreSQL ends its session, and the entry is free at once for the
+        process its originator reconnects to, not after the lease's minute."""
+        import psycopg
+
+        from acmews.pgstore import _take
+
+        a = await self.node()
+        qa: Any = a.store.queue
+        now = self.reactor.seconds()
+        qa.enqueue("Cae", notify("n0"), now + 1000, now)
+        await qa.durable()
+        other = psycopg.connect(self.url, autocommit=True)  # (the other process's session)
+        self.addCleanup(other.close)
+        pid = other.info.backend_pid
+        self.assertEqual(_take(other, "Cae", now)[2], "n0")
+        self.assertIsNone(await qa.take("Cae"))  # held: its session lives
+        other.close()
+        for _ in range(1000):  # (until PostgreSQL has ended that session)
+            if not sql(self.url, "SELECT 1 FROM pg_stat_activity WHERE pid = %s", pid):
+                break
+        self.assertEqual((await qa.take("Cae")).rqi, "n0")
+
+    def test_durable_waits_for_the_last_write_only(self) -> None:
+        """The chain asks durable() after each enqueue: with thousands in flight (a fan-out
+        whose relays failed at once) each call must not wait on every write (it did: the
+        work and memory grew as their square, and a node grew to gigabytes)."""
+        from twisted.python.failure import Failure
+
+        from acmews.pgstore import open_postgresql
+
+        writes: list[Deferred[Any]] = []
+
+        def run(call: Any, function: Any, *args: Any) -> Deferred[Any]:
+            writes.append(Deferred())
+            return writes[-1]
+
+        opened = open_postgresql(self.url, self.reactor, run=run)
+        queue = opened.queue
+        now = self.reactor.seconds()
+        waits = []
+        for n in range(100):
+            queue.enqueue("Cae", notify(f"n{n}"), now + 1000, now)
+            waits.append(queue.durable())
+            if n == 0:
+                first = len(writes[0].callbacks)
+        self.assertEqual(len(writes[0].callbacks), first)  # later calls added nothing to it
+        for n, write in enumerate(writes[:99]):
+            write.callback((0, n + 1))
+        self.assertTrue(all(w.called for w in waits[:99]))
+        self.assertFalse(waits[99].called)
+        writes[99].errback(Failure(RuntimeError("lost")))
+        self.failureResultOf(waits[99], RuntimeError)
+        self.assertIsNone(self.successResultOf(queue.durable()))
+
     async def test_concurrent_takes_deliver_each_entry_once(self) -> None:
         a = await self.node()
         b = await self.node()
@@ -525,8 +581,17 @@ class SchemaTests(PostgreSQLCase):
         sql(self.url, "CREATE TABLE meta (key text PRIMARY KEY, value bigint NOT NULL)")
         store = open_store(self.url, self.reactor)
         store.service.stopService()
-        self.assertEqual(sql(self.url, "SELECT value FROM meta WHERE key = 'schema'"), [(1,)])
+        self.assertEqual(sql(self.url, "SELECT value FROM meta WHERE key = 'schema'"), [(2,)])
         self.assertEqual(sql(self.url, "SELECT count(*) FROM resources"), [(0,)])
+
+    def test_a_version_1_queue_gets_the_columns_of_its_takers(self) -> None:
+        store = open_store(self.url, self.reactor)
+        store.service.stopService()
+        sql(self.url, "ALTER TABLE queue DROP COLUMN taken_by, DROP COLUMN taken_since")
+        sql(self.url, "UPDATE meta SET value = 1 WHERE key = 'schema'")
+        open_store(self.url, self.reactor).service.stopService()
+        self.assertEqual(sql(self.url, "SELECT value FROM meta WHERE key = 'schema'"), [(2,)])
+        self.assertEqual(sql(self.url, "SELECT taken_by, taken_since FROM queue"), [])
 
     def test_the_password_is_never_shown(self) -> None:
         from twisted.logger import capturedLogs, formatEvent

@@ -1243,3 +1243,54 @@ class OutboundCredentialsTests(SynchronousTestCase):
                 read_outbound_credentials(["", line])
             self.assertIn("line 2", str(caught.exception))
             self.assertNotIn("secret", str(caught.exception))
+
+
+class _SharedQueue(MemoryNotificationQueue):
+    """A queue shared with other processes, as the PostgreSQL one is: ``take`` answers later
+    (the test fires it) and may find entries this process did not queue."""
+
+    shared = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.takes: list[Deferred[Any]] = []
+
+    def take(self, originator: str) -> Deferred[Any]:  # type: ignore[override]
+        d: Deferred[Any] = Deferred()
+        self.takes.append(d)
+        return d
+
+
+class SharedQueueFlushTests(SynchronousTestCase):
+    """The chain on a queue other processes fill too (a cluster on PostgreSQL)."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.map = FakeMap()
+        self.queue = _SharedQueue()
+        self.chain = PoaChain(self.map, self.clock, queue=self.queue)
+        self.addCleanup(self.chain.stop)
+
+    def test_an_entry_queued_elsewhere_as_a_flush_ends_is_not_left_waiting(self) -> None:
+        """Told of a new entry after the flush's last look (its take in flight): the flush
+        looks once more when it ends, rather than leave the entry until the next connect."""
+        conn = FakeConnection()
+        self.map.bind(AE, conn)
+        self.assertEqual(len(self.queue.takes), 1)
+        self.chain._queued_elsewhere(AE)  # (another process's NOTIFY, or a cluster's F)
+        self.queue.takes[0].callback(None)  # the last look found nothing
+        self.assertEqual(len(self.queue.takes), 2)
+        self.queue.takes[1].callback(None)
+        self.assertEqual(len(self.queue.takes), 2)
+        self.assertFalse(self.chain.flushing(AE))
+
+    def test_a_notification_waits_behind_a_flush_of_entries_queued_elsewhere(self) -> None:
+        """While the queue (entries other processes queued, none counted here) is being
+        delivered, a new notification goes behind it, not straight on the connection."""
+        conn = FakeConnection()
+        self.map.bind(AE, conn)
+        self.assertTrue(self.chain.flushing(AE))
+        d = self.chain.send(AE, notify("n9"), store=True)
+        self.assertEqual(conn.sent, [])
+        self.assertEqual(self.successResultOf(d).rsc, RSC.ACCEPTED)
+        self.assertEqual([r.rqi for r in self.chain.queued(AE)], ["n9"])

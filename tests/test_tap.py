@@ -811,6 +811,25 @@ class ClusterOptionTests(TestCase):
             "postgres://db",
         )
 
+    def test_the_cluster_lease(self) -> None:
+        from acmews.server import build_chain, build_cluster
+
+        shared = ("--store", "postgresql://db/acmews", "--cluster", "redis://127.0.0.1")
+        self.assertEqual(parse(*shared).config.cluster_lease, 10.0)
+        config = parse(*shared, "--cluster-lease", "2").config
+        self.assertEqual(config.cluster_lease, 2.0)
+        from twisted.internet.task import Clock
+
+        from acmews.originators import OriginatorMap
+        from acmews.poa.queue import MemoryNotificationQueue
+
+        originators = OriginatorMap()
+        chain = build_chain(config, originators, MemoryNotificationQueue(), Clock())
+        node = build_cluster(config, originators, chain, Clock())
+        assert node is not None
+        self.assertEqual((node.lease, node.renew, node.leader_lease), (2.0, 0.6, 2.4))
+        self.assertRaises(usage.UsageError, parse, *shared, "--cluster-lease", "0")
+
     def test_bad_cluster_options_are_one_line_without_the_password(self) -> None:
         for argv, start in (
             (["--cluster", "http://h"], "--cluster: unsupported scheme 'http'"),

@@ -70,6 +70,12 @@ def format_report(d: dict[str, Any]) -> str:
                 f"  kill              node pid {kill.get('pid')} killed before round "
                 f"{kill.get('round', -1) + 1}; {kill.get('reconnected', 0)} AEs reconnected; "
                 f"{kill.get('duplicates', 0)} NOTIFYs came twice (at least once)"
+                + (
+                    f"; all reconnected {kill['reconnect_s']:.2f} s after the kill, every "
+                    f"round sent until then complete {kill['drained_s']:.2f} s after it"
+                    if kill.get("drained_s") is not None
+                    else ""
+                )
             )
         for name, label in (
             ("same_node", "  same node ms    "),

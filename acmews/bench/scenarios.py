@@ -376,6 +376,26 @@ async def _noop() -> None:
     return None
 
 
+def _drain_times(kill: dict[str, Any], rounds: dict[int, dict[str, Any]], count: int) -> None:
+    """Kill mode: seconds from the kill until the last AE reconnected (``reconnect_s``) and
+    until every round sent before then had reached every AE (``drained_s``: what was queued
+    for the moved AEs delivered; None if some round never did)."""
+    killed = kill.pop("at", None)
+    last = kill.pop("reconnected_at", None)
+    if killed is None or last is None:
+        return
+    kill["reconnect_s"] = last - killed
+    ends = []
+    for r in rounds.values():
+        if r["t0"] > last:
+            continue
+        if len(r["got"]) < count:
+            kill["drained_s"] = None
+            return
+        ends.append(r["t0"] + max(r["got"].values()))
+    kill["drained_s"] = max(max(ends, default=killed) - killed, 0.0)
+
+
 async def run_fanout(reactor: Any, opts: BenchOptions, run: Run) -> tuple[Result, dict[str, Any]]:
     """N AEs subscribe to one container; each CIN must reach all N (rounds, timed).
 
@@ -526,6 +546,7 @@ async def run_fanout(reactor: Any, opts: BenchOptions, run: Run) -> tuple[Result
                 channels[k] = s
                 where[k] = index
                 kill["reconnected"] = kill.get("reconnected", 0) + 1
+                kill["reconnected_at"] = time.perf_counter()
                 watch(k, s)
                 return
 
@@ -541,7 +562,7 @@ async def run_fanout(reactor: Any, opts: BenchOptions, run: Run) -> tuple[Result
             if killing and n == opts.kill_after and "round" not in kill:
                 assert opts.kill_pid is not None
                 os.kill(opts.kill_pid, signal.SIGKILL)
-                kill.update(pid=opts.kill_pid, round=n)
+                kill.update(pid=opts.kill_pid, round=n, at=time.perf_counter())
                 progress.say(f"killed node pid {opts.kill_pid} before round {n + 1}")
             r = rounds[n] = {"t0": time.perf_counter(), "got": {}, "node": {}}
             r["all"], r["whole"] = Deferred(), Deferred()
@@ -572,6 +593,7 @@ async def run_fanout(reactor: Any, opts: BenchOptions, run: Run) -> tuple[Result
                     pass
             result.answered = sum(len(r["got"]) for r in rounds.values())
             result.unanswered = opts.connections * len(rounds) - result.answered
+            _drain_times(kill, rounds, opts.connections)
             result.extra["kill"] = kill
         result.ended, result.client_cpu = time.time(), cpu_time() - cpu0
         after = sample_server(pid)

@@ -258,6 +258,9 @@ class ClusterNode(Service):
         the connections to Redis).
     @param flush: called with an originator this node holds when another node queued
         notifications for it (the poa chain's ``flush``).
+    @param busy: whether an originator's queue is being delivered here (the poa chain's
+        ``flushing``): a stored notification relayed for it meanwhile is refused, and so
+        queued behind by its sender.
     """
 
     log = Logger()
@@ -277,6 +280,7 @@ class ClusterNode(Service):
         max_relayed: int = 10_000,
         singletons: Singletons | None = None,
         flush: Callable[[str], None] | None = None,
+        busy: Callable[[str], bool] | None = None,
         retry: float = 1.0,
         clock: Any = None,
     ) -> None:
@@ -296,6 +300,7 @@ class ClusterNode(Service):
         self.sweep_batch = 1000
         self.singletons = singletons if singletons is not None else Singletons()
         self.flush = flush
+        self.busy = busy
         self.incarnation = os.urandom(8).hex()
         self._me = node_name.encode()
         self._node_prefix = (prefix + "node:").encode()
@@ -605,12 +610,15 @@ class ClusterNode(Service):
 
     # -- relaying: IClusterRelay ------------------------------------------------------------
 
-    def relay(self, target: str, request: Request, timeout: float) -> Deferred[Response]:
+    def relay(
+        self, target: str, request: Request, timeout: float, stored: bool = False
+    ) -> Deferred[Response]:
         """Send ``request`` on ``target``'s live connection on another node; fails with
         :class:`~acmews.errors.NoClusterRoute` when no other node holds one (or Redis cannot
-        be asked), with 4008 when no answer comes within ``timeout``, and as the holding
-        node's connection failed otherwise."""
-        return Deferred.fromCoroutine(self._relay(target, request, timeout))
+        be asked, or, ``stored``, the holding node is delivering ``target``'s queue: the
+        notification goes behind), with 4008 when no answer comes within ``timeout``, and as
+        the holding node's connection failed otherwise."""
+        return Deferred.fromCoroutine(self._relay(target, request, timeout, stored))
 
     def holder(self, target: str) -> Deferred[str | None]:
         """The other node that holds ``target``'s live connection, or None."""
@@ -655,7 +663,9 @@ class ClusterNode(Service):
         except DeferTimeoutError:
             raise RequestTimeout(f"no response within {timeout:g} s ({what})") from None
 
-    async def _relay(self, target: str, request: Request, timeout: float) -> Response:
+    async def _relay(
+        self, target: str, request: Request, timeout: float, stored: bool = False
+    ) -> Response:
         started = self._clock.seconds()
         deadline = started + timeout
         if not self.available:
@@ -665,6 +675,8 @@ class ClusterNode(Service):
         waiting: Deferred[Response] = Deferred()
         self._pending[rid] = waiting  # (its answer may come before RELAY's own)
         node = b"?"
+        # (a RELAY on a connection that then breaks may have run: see below)
+        sent = self.commands.connected
         try:
             try:
                 binding, receivers = await self._in_time(
@@ -677,7 +689,8 @@ class ClusterNode(Service):
                             self._me,
                             rid,
                             target.encode("utf-8", "surrogatepass"),
-                            str(int(timeout * 1000)),
+                            # (q: it may be queued instead, see _serve)
+                            f"{int(timeout * 1000)}{'q' if stored else ''}",
                             payload,
                         ],
                     ),
@@ -686,24 +699,40 @@ class ClusterNode(Service):
                     "directory",
                 )
             except RedisUnavailable as e:
-                raise NoClusterRoute(f"the cluster directory is unreachable ({e})") from e
+                if not sent:
+                    raise NoClusterRoute(f"the cluster directory is unreachable ({e})") from e
+                # Redis's answer was lost with the connection (no answer in time, a node too
+                # busy to read it): the request may be on its way to the holding node, whose
+                # answer comes on the other connection. Waiting for it, rather than failing
+                # at once into the queue, keeps a notification from being delivered twice.
+                return await self._answer_of(waiting, deadline, timeout, request, b"?")
             if not binding or receivers == -1:  # nowhere, or (a stale entry) here
                 raise NoClusterRoute("no live connection in the cluster")
             node = binding.split(b" ", 1)[0]
             if not receivers:
                 raise NoClusterRoute(f"node {node.decode()} is not listening")
-            remaining = max(deadline - self._clock.seconds(), 0.001)
-            try:
-                response = await await_step(waiting, remaining, self._clock)
-            except RequestTimeout:
-                raise RequestTimeout(
-                    f"no response within {timeout:g} s (relayed to node {node.decode()})",
-                    rqi=request.rqi,
-                ) from None
-            self.counts["relayed"] += 1
-            return response
+            return await self._answer_of(waiting, deadline, timeout, request, node)
         finally:
             self._pending.pop(rid, None)
+
+    async def _answer_of(
+        self,
+        waiting: Deferred[Response],
+        deadline: float,
+        timeout: float,
+        request: Request,
+        node: bytes,
+    ) -> Response:
+        remaining = max(deadline - self._clock.seconds(), 0.001)
+        try:
+            response = await await_step(waiting, remaining, self._clock)
+        except RequestTimeout:
+            raise RequestTimeout(
+                f"no response within {timeout:g} s (relayed to node {node.decode()})",
+                rqi=request.rqi,
+            ) from None
+        self.counts["relayed"] += 1
+        return response
 
     def _answered(self, data: bytes) -> None:
         _, rid, status, payload = data.split(b"\0", 3)
@@ -738,11 +767,16 @@ class ClusterNode(Service):
         """Another node asks this one to send a request on one of its connections."""
         _, rid, sender, target_bytes, binding, timeout_ms, payload = data.split(b"\0", 6)
         target = target_bytes.decode("utf-8", "surrogatepass")
-        timeout = int(timeout_ms) / 1000.0
+        stored = timeout_ms.endswith(b"q")
+        timeout = int(timeout_ms.rstrip(b"q")) / 1000.0
         reply_to = self._channel_prefix + sender
         entry = self._bound.get(target)
         if entry is None or entry[1] != binding:
             self._reply(reply_to, rid, b"no", b"no live connection here any more")
+            return
+        if stored and self.busy is not None and self.busy(target):
+            # its queue is being delivered here: the sender queues it, behind (order)
+            self._reply(reply_to, rid, b"no", b"its queue is being delivered; queue it")
             return
         if len(self._serving) >= self.max_relayed:
             self._reply(reply_to, rid, b"e5103", b"the holding node is busy")

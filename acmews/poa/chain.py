@@ -151,6 +151,9 @@ class PoaChain(Service):
         #: flush takes its first steps, which run at once: a notification sent meanwhile must
         #: see it, to join the queue behind what is being sent)
         self._flushing: dict[str, Deferred[bool] | None] = {}
+        #: originators told of new entries while their flush ran: it looks again once over
+        #: (the entry may have come after its last look)
+        self._flush_again: set[str] = set()
         self._in_flight: set[Deferred[Response]] = set()
         #: what :meth:`send_then` sent on live connections, not answered yet
         self._live: set[_LiveSend] = set()
@@ -229,7 +232,7 @@ class PoaChain(Service):
         poa = tuple(poa)
         if is_url(target):
             return self._track(Deferred.fromCoroutine(self._send_url(target, request)))
-        if store and request.op == Operation.NOTIFY and self._behind_queue(target):
+        if store and request.op == Operation.NOTIFY and self._behind(target):
             # older notifications are waiting: this one may have to go behind them
             return self._track(Deferred.fromCoroutine(self._send_queued(target, request, poa)))
         connection = self._originators.lookup(target)
@@ -265,7 +268,7 @@ class PoaChain(Service):
         """:meth:`send`, calling ``then`` with the outcome: to a live connection without a
         Deferred (the fan-out's common case); any other way through :meth:`send`."""
         if not is_url(target) and not (
-            store and request.op == Operation.NOTIFY and self._behind_queue(target)
+            store and request.op == Operation.NOTIFY and self._behind(target)
         ):
             connection = self._originators.lookup(target)
             if connection is not None:
@@ -275,10 +278,20 @@ class PoaChain(Service):
                 return
         self.send(target, request, poa, store).addBoth(then)
 
-    def _behind_queue(self, target: str) -> bool:
-        """Must a new notification for ``target`` go behind queued ones? When this process
-        queued some, or is sending what is queued (a shared queue may hold entries that
-        other processes queued: this one does not count them)."""
+    def _behind(self, target: str) -> bool:
+        """Whether a stored notification for ``target`` has to wait behind others: some
+        queued here, or its queue being delivered here (a shared queue's entries that other
+        processes queued). In a cluster on a shared queue, for an originator not connected
+        here, the node that holds it decides (it refuses a relayed notification while it
+        delivers the queue): what this process counts is only what it queued, and another
+        process may have delivered it long since."""
+        if (
+            self.cluster is not None
+            and getattr(self.queue, "shared", False)
+            and target not in self._flushing
+            and self._originators.lookup(target) is None
+        ):
+            return False
         return bool(self.queue.count(target)) or target in self._flushing
 
     def _live_answered(self, response: Response, request: Request) -> Response:
@@ -331,7 +344,9 @@ class PoaChain(Service):
         connection on another node, then the rest of the chain as for a local one."""
         assert self.cluster is not None
         try:
-            response = await self.cluster.relay(target, request, self.timeout)
+            response = await self.cluster.relay(
+                target, request, self.timeout, store and request.op == Operation.NOTIFY
+            )
         except CancelledError:
             raise
         except NoClusterRoute:
@@ -625,8 +640,17 @@ class PoaChain(Service):
         if connection is not None:
             self._start_flush(originator, connection)
 
+    def flushing(self, originator: str) -> bool:
+        """Whether the queue of ``originator`` is being delivered here (a new notification
+        then goes behind it: in a cluster the node holding the connection tells the sender
+        to queue it)."""
+        return originator in self._flushing
+
     def _start_flush(self, originator: str, connection: IConnection) -> None:
-        if self._stopped or originator in self._flushing:
+        if self._stopped:
+            return
+        if originator in self._flushing:
+            self._flush_again.add(originator)
             return
         if not getattr(self.queue, "shared", False) and not self.queue.count(originator):
             return  # (a shared queue may hold entries other processes queued: take asks it)
@@ -637,16 +661,20 @@ class PoaChain(Service):
 
         def done(result: bool | Failure) -> None:
             del self._flushing[originator]
+            again = originator in self._flush_again
+            self._flush_again.discard(originator)
             if isinstance(result, Failure):
                 if not isinstance(result.value, CancelledError):
                     self.log.failure(
                         "flush for {originator} failed", result, originator=originator
                     )
                 return
+            current = self._originators.lookup(originator)
             if result:
+                if again and current is not None:
+                    self._start_flush(originator, current)
                 return
             # Stopped on a transport failure: a newer connection may have arrived meanwhile.
-            current = self._originators.lookup(originator)
             if current is not None and current is not connection:
                 self._start_flush(originator, current)
 
