@@ -62,7 +62,7 @@ class Config:
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)
     #: the CSEBase's points of access; empty: derived from ``listen``
     poa: tuple[str, ...] = ()
-    #: ``sqlite:PATH`` or ``memory:`` (see :func:`acmews.durable.open_store`)
+    #: ``sqlite:PATH``, ``postgresql://...`` or ``memory:`` (see :func:`acmews.stores.open_store`)
     store: str = DEFAULT_STORE
     #: every connection's options; its ``request_timeout`` is also the timeout of what the
     #: CSE sends (notifications, verifications, poa deliveries)

@@ -924,27 +924,10 @@ def open_store(
             "memory (lost when the process exits)",
         )
     scheme, sep, path = url.partition(":")
-    if scheme in ("postgresql", "postgres") and path.startswith("//"):
-        from acmews.pgstore import open_postgresql, redact
-
-        opened = open_postgresql(url, reactor, cse_id, run, **queue_options)
-        log.info(
-            "store {url}: {count} resources and {queued} queued notifications",
-            url=redact(url),
-            count=opened.count,
-            queued=opened.queued,
-        )
-        pg = opened.resources.pg
-        return Store(
-            opened.resources,
-            opened.queue,
-            opened.service,
-            redact(url),
-            down=lambda: pg.down,
-        )
     if scheme != "sqlite" or not sep or not path:
         raise ValueError(
             f"a store is sqlite:PATH, postgresql://HOST/DBNAME or memory:, not {url!r}"
+            + (" (postgresql: acmews.stores.open_store)" if scheme.startswith("postgres") else "")
         )
     database = Database(path, reactor, run)
     database.open()

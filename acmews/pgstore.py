@@ -65,7 +65,7 @@ from zope.interface import implementer
 from acmews.codes import Operation
 from acmews.cse.resource import Resource
 from acmews.cse.store import Batch, IResourceStore
-from acmews.durable import ChangeRefused, SQLiteResourceStore, StoreError, _one_line
+from acmews.durable import ChangeRefused, SQLiteResourceStore, Store, StoreError, _one_line
 from acmews.logs import Logger
 from acmews.poa.queue import (
     INotificationQueue,
@@ -1287,3 +1287,30 @@ def open_postgresql(
     finally:
         conn.close()  # (twistd may fork after this: no connection crosses it)
     return Opened(resources, queue, _Service(resources, queue), count, queued)
+
+
+def open_postgresql_store(
+    url: str,
+    reactor: Any,
+    *,
+    cse_id: str | None = None,
+    run: Callable[..., Deferred[Any]] | None = None,
+    **queue_options: Any,
+) -> Store:
+    """The :class:`~acmews.durable.Store` of the database ``url`` names (see
+    :func:`acmews.stores.open_store`); its password is in no description or log line."""
+    opened = open_postgresql(url, reactor, cse_id, run, **queue_options)
+    log.info(
+        "store {url}: {count} resources and {queued} queued notifications",
+        url=redact(url),
+        count=opened.count,
+        queued=opened.queued,
+    )
+    pg = opened.resources.pg
+    return Store(
+        opened.resources,
+        opened.queue,
+        opened.service,
+        redact(url),
+        down=lambda: pg.down,
+    )

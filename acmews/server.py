@@ -35,7 +35,7 @@ from acmews.client import connect
 from acmews.config import Config
 from acmews.cse import CSE
 from acmews.cse.expiry import ExpiryService, TimerService
-from acmews.durable import Store, open_store
+from acmews.durable import Store
 from acmews.endpoints import ServerEndpoint
 from acmews.interfaces import IHandshakeAuthorizer
 from acmews.link import RegistrarLink
@@ -54,6 +54,7 @@ from acmews.poa.limits import system_resolver
 from acmews.poa.queue import INotificationQueue
 from acmews.protocol import GOING_AWAY, OneM2MServerFactory
 from acmews.session import Session
+from acmews.stores import open_store
 
 if TYPE_CHECKING:
     from acmews.cluster import ClusterNode

@@ -25,8 +25,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from acmews.codes import RSC, Operation
 from acmews.cse import CSE, CSEConfig
 from acmews.cse.resource import Resource
-from acmews.durable import Store, open_store
+from acmews.durable import Store
 from acmews.primitive import Request, Response
+from acmews.stores import open_store
 from acmews.testing import ADMIN, START, FakeConnection, FakeSender
 from tests.pg_helpers import SKIP, fresh_database
 

@@ -27,10 +27,10 @@ from zope.interface import implementer
 
 from acmews.codes import Operation
 from acmews.cse import CSE, CSEConfig
-from acmews.durable import open_store
 from acmews.errors import TargetNotReachable
 from acmews.interfaces import IRequestSender
 from acmews.primitive import Request, Response
+from acmews.stores import open_store
 
 __all__ = ["fill", "main"]
 
