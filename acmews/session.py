@@ -368,11 +368,7 @@ class Session:
             )
             return
         self._deadlines.done(1)
-        waiter = entry[0]
-        if isinstance(waiter, Deferred):
-            waiter.callback(response)
-        else:
-            waiter(response)
+        _settle(entry[0], response)
 
     def _request_received(self, request: Request) -> None:
         rqi = request.rqi

@@ -230,21 +230,10 @@ class PoaChain(Service):
         Cancelling the returned Deferred cancels the step in flight and ends the chain.
         """
         poa = tuple(poa)
-        if is_url(target):
-            return self._track(Deferred.fromCoroutine(self._send_url(target, request)))
-        if store and request.op == Operation.NOTIFY and self._behind(target):
-            # older notifications are waiting: this one may have to go behind them
-            return self._track(Deferred.fromCoroutine(self._send_queued(target, request, poa)))
-        connection = self._originators.lookup(target)
+        connection = self._live_connection(target, request, store)
         if connection is None:
-            if self.cluster is not None:
-                return self._track(
-                    Deferred.fromCoroutine(self._send_cluster(target, request, poa, store))
-                )
             return self._track(
-                Deferred.fromCoroutine(
-                    self._send_poa(target, request, poa, store, ["no live connection"])
-                )
+                Deferred.fromCoroutine(self._send_other(target, request, poa, store))
             )
         # The common case, a notification to a connected AE, needs no coroutine and no
         # second timer: an IConnection times its requests out itself (4008).
@@ -266,17 +255,37 @@ class PoaChain(Service):
         store: bool = False,
     ) -> None:
         """:meth:`send`, calling ``then`` with the outcome: to a live connection without a
-        Deferred (the fan-out's common case); any other way through :meth:`send`."""
-        if not is_url(target) and not (
-            store and request.op == Operation.NOTIFY and self._behind(target)
-        ):
-            connection = self._originators.lookup(target)
-            if connection is not None:
-                live = _LiveSend(self, target, request, tuple(poa), store, connection, then)
-                self._live.add(live)
-                connection.request_then(request, live, self.timeout)
-                return
-        self.send(target, request, poa, store).addBoth(then)
+        Deferred (the fan-out's common case); any other way as :meth:`send` goes."""
+        poa = tuple(poa)
+        connection = self._live_connection(target, request, store)
+        if connection is None:
+            other = self._send_other(target, request, poa, store)
+            self._track(Deferred.fromCoroutine(other)).addBoth(then)
+            return
+        live = _LiveSend(self, target, request, poa, store, connection, then)
+        self._live.add(live)
+        connection.request_then(request, live, self.timeout)
+
+    def _live_connection(self, target: str, request: Request, store: bool) -> IConnection | None:
+        """The live connection here that ``request`` goes on at once, if any: not for a
+        URL, nor for a stored notification that must wait behind queued ones."""
+        if is_url(target) or (store and request.op == Operation.NOTIFY and self._behind(target)):
+            return None
+        return self._originators.lookup(target)
+
+    async def _send_other(
+        self, target: str, request: Request, poa: tuple[str, ...], store: bool
+    ) -> Response:
+        """The ways other than a live connection here: a URL as is; behind the queue; a live
+        connection on another node of a cluster; the poa entries, then the queue."""
+        if is_url(target):
+            return await self._send_url(target, request)
+        if store and request.op == Operation.NOTIFY and self._behind(target):
+            # older notifications are waiting: this one may have to go behind them
+            return await self._send_queued(target, request, poa)
+        if self.cluster is not None:
+            return await self._send_cluster(target, request, poa, store)
+        return await self._send_poa(target, request, poa, store, ["no live connection"])
 
     def _behind(self, target: str) -> bool:
         """Whether a stored notification for ``target`` has to wait behind others: some
