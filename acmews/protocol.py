@@ -906,14 +906,6 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
         # per-send bookkeeping and eagerly formatted debug log arguments
         if self.state != _STATE_OPEN:
             return
-        waiting = self._waiting
-        if waiting is not None and self._behind is None and not self.send_queue:
-            # the common case of _write_server_frame, inline: a frame for the turn's write
-            if not waiting:
-                assert self._turn_writer is not None
-                self._turn_writer.add(self)
-            waiting.append(frame_header(2 if binary else 1, len(data), masked=False) + data)
-            return
         if not self._write_server_frame(data, binary):
             self.sendMessage(data, binary)
 
