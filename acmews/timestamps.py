@@ -40,25 +40,17 @@ class Timestamps:
         return f"{self._base},{micro:06d}"
 
 
+@functools.lru_cache(maxsize=256)
 def parse_timestamp(value: str) -> float:
-    """A oneM2M timestamp to seconds since the epoch; ValueError if it is not one."""
-    global _last_parsed
-    last = _last_parsed
-    if value is last[0]:  # the same string again: the notifications of one fan-out
-        return last[1]
+    """A oneM2M timestamp to seconds since the epoch; ValueError if it is not one. (The
+    same string again costs a cache lookup: the notifications of a fan-out share theirs.)"""
     main, _, fraction = value.partition(",")
     seconds = _parse_seconds(main)
     if seconds is None or (fraction and not fraction.isdigit()):
         raise ValueError(f"not a oneM2M timestamp: {value!r}")
     # the fraction apart: timestamps with microseconds (a notification's rqet) are all
     # different, their seconds seldom
-    result = seconds + int(fraction) / 10 ** len(fraction) if fraction else seconds
-    _last_parsed = (value, result)
-    return result
-
-
-#: the last timestamp :func:`parse_timestamp` parsed (the very string) and its value
-_last_parsed: tuple[str | None, float] = (None, 0.0)
+    return seconds + int(fraction) / 10 ** len(fraction) if fraction else seconds
 
 
 @functools.lru_cache(maxsize=256)
