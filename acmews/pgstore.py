@@ -1122,12 +1122,12 @@ class PostgreSQLNotificationQueue(MemoryNotificationQueue):
         d.addBoth(done)
 
     def durable(self) -> Deferred[None]:  # type: ignore[override]
-        """Fires once every enqueue so far is in the table; fails if the last one could not
-        be (the chain asks right after its own). The writes go in order on one lane: once
-        the last is done, so are the others. One Deferred per call, whatever the number of
-        writes in flight (thousands when a fan-out's relays fail at once: waiting for each
-        of them made every call cost as much as all of them, and the memory of a node grew
-        by gigabytes)."""
+        """Fires once every write so far (an enqueue, a purge) is in the table; fails if the
+        last one, an enqueue, could not be (the chain asks right after its own). The writes go
+        in order on one lane: once the last is done, so are the others. One Deferred per
+        call, whatever the number of writes in flight (thousands when a fan-out's relays fail
+        at once: waiting for each of them made every call cost as much as all of them, and
+        the memory of a node grew by gigabytes)."""
         last = self._last_write
         if last is None:
             return succeed(None)
@@ -1185,7 +1185,8 @@ class PostgreSQLNotificationQueue(MemoryNotificationQueue):
             lambda conn, t: conn.execute("DELETE FROM queue WHERE expires <= %s", (t,)),
             now,
         )
-        d.addErrback(lambda _: None)
+        d.addErrback(lambda _: None)  # (the next purge deletes them)
+        self._track(d)  # durable() waits for it too: the writes go in order on one lane
         return dropped
 
     def load_from(self, conn: Any) -> int:
