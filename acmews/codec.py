@@ -19,7 +19,14 @@ from zope.interface import implementer
 
 from acmews.errors import InternalServerError, PrimitiveError
 from acmews.interfaces import ICodec
-from acmews.primitive import Primitive, Request, Shared, primitive_from_object
+from acmews.primitive import (
+    OPTIONAL_REQUEST_PARAMETERS,
+    Primitive,
+    Request,
+    Shared,
+    optional_request_values,
+    primitive_from_object,
+)
 
 __all__ = [
     "CBOR",
@@ -185,6 +192,36 @@ class JsonCodec:
         data = nev.json
         if data is None:
             data = nev.json = self.dumps(dict(nev))
+        sur = sgn.get("sur")
+        rqet = request.rqet
+        if (
+            len(sgn) == 2
+            and type(sur) is str
+            and type(rqet) is str
+            and request.op == 5
+            and type(request.fr) is str
+            and not request.extra
+            and optional_request_values(request).count(None) == _PLAIN_NOTIFICATION_NONES
+        ):
+            # the common case (nothing but the event and sur; no ec, no creator): the
+            # message put together as to_dict's encoding would have it, key for key, from
+            # the parts its targets share (made again when fr, rvi or rqet differ)
+            key = (request.fr, request.rvi, rqet)
+            parts = nev.parts
+            if parts is None or parts[0] != key:
+                parts = nev.parts = (key, *_notification_parts(*key, data))
+            dumps = orjson.dumps
+            return b"".join(
+                (
+                    parts[1],
+                    dumps(request.to),
+                    parts[2],
+                    dumps(request.rqi),
+                    parts[3],
+                    dumps(sur),
+                    parts[4],
+                )
+            )
         if len(data) < SHARED_MIN:  # encoding it again costs less than splicing it in
             return self.dumps(request.to_dict())
         d = request.to_dict()
@@ -232,6 +269,20 @@ class CborCodec:
     def encode(self, primitive: Primitive) -> bytes:
         return self.dumps(primitive.to_dict())
 
+
+def _notification_parts(fr: str, rvi: str, rqet: str, nev: bytes) -> tuple[bytes, ...]:
+    """The JSON of a plain notification around its ``to``, ``rqi`` and ``sur``."""
+    dumps = orjson.dumps
+    return (
+        b'{"op":5,"to":',
+        b',"fr":' + dumps(fr) + b',"rqi":',
+        b',"rvi":' + dumps(rvi) + b',"pc":{"m2m:sgn":{"nev":' + nev + b',"sur":',
+        b'}},"rqet":' + dumps(rqet) + b"}",
+    )
+
+
+#: a plain notification's optional parameters: all None but pc and rqet
+_PLAIN_NOTIFICATION_NONES = len(OPTIONAL_REQUEST_PARAMETERS) - 2
 
 #: the smallest JSON of a shared event (:class:`~acmews.primitive.Shared`) that is spliced
 #: into each message rather than encoded again: a contentInstance of a few bytes costs more

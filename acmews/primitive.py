@@ -42,12 +42,14 @@ class Shared(dict):  # type: ignore[type-arg]
     the dict it is; the JSON codec encodes it once and splices the bytes into each message
     (:meth:`acmews.codec.JsonCodec.encode`)."""
 
-    __slots__ = ("json",)
+    __slots__ = ("json", "parts")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         #: its JSON, once a codec has made it
         self.json: bytes | None = None
+        #: what the JSON codec keeps of the notifications that carry it
+        self.parts: tuple[Any, ...] | None = None
 
 
 #: Request parameters modelled as attributes, in wire order (TS-0004's short names).
@@ -240,8 +242,10 @@ class Request:
             d["fr"] = self.fr
         d["rqi"] = self.rqi
         d["rvi"] = self.rvi
-        for name in REQUEST_PARAMETERS[5:]:
-            value = getattr(self, name)
+        # the optional parameters read in one call (a notification has two of eighteen)
+        for name, value in zip(
+            OPTIONAL_REQUEST_PARAMETERS, optional_request_values(self), strict=True
+        ):
             if value is not None:
                 d[name] = value
         if self.extra:
@@ -401,6 +405,9 @@ _PLAIN_RESPONSE_KEYS = frozenset(("rsc", "rqi", "rvi", "pc"))
 Primitive = Request | Response
 
 _REQUEST_FIELDS = operator.attrgetter(*Request.__slots__)
+#: the request parameters after ``rvi``, and a function that reads them off a request
+OPTIONAL_REQUEST_PARAMETERS = REQUEST_PARAMETERS[5:]
+optional_request_values = operator.attrgetter(*OPTIONAL_REQUEST_PARAMETERS)
 
 
 def copy_request(request: Request, **changes: Any) -> Request:

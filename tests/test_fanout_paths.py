@@ -9,6 +9,9 @@ import os
 from typing import Any
 
 import orjson
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -683,3 +686,153 @@ class SharedEventTests(SynchronousTestCase):
         self.assertEqual(len(set(surs)), 2)
         for s in sent:
             s.answer()
+
+
+class PlainNotificationEncodingTests(SynchronousTestCase):
+    """A plain notification (its event shared, nothing but ``nev`` and ``sur``) is put
+    together from parts its targets share: byte for byte what encoding it whole gives."""
+
+    @hypothesis_settings(max_examples=200, deadline=None, database=None)
+    @given(
+        to=st.text(max_size=12),
+        fr=st.text(max_size=12),
+        rqi=st.text(min_size=1, max_size=12),
+        rvi=st.sampled_from(["2a", "3", "4", "5"]),
+        rqet=st.one_of(st.text(max_size=24), st.integers(0, 10**6)),
+        rep=st.dictionaries(st.text(max_size=6), st.integers() | st.text(max_size=8)),
+        sur=st.one_of(st.text(max_size=12), st.integers(0, 9)),
+        ec=st.none() | st.integers(1, 4),
+        cr=st.none() | st.text(max_size=6),
+        size=st.sampled_from([0, 2000]),
+        extra=st.dictionaries(st.sampled_from(["xyz", "acmewsx"]), st.integers(), max_size=1),
+    )
+    def test_the_same_bytes(self, **kw: Any) -> None:
+        from acmews.primitive import Shared
+
+        rep = {"m2m:cin": {**kw["rep"], "con": "x" * kw["size"]}}
+        nev = Shared(rep=rep, net=3)
+        for event in (nev, nev):  # made once, then from the parts kept
+            sgn: dict[str, Any] = {"nev": event, "sur": kw["sur"]}
+            if kw["cr"] is not None:
+                sgn["cr"] = kw["cr"]
+            request = Request(
+                Operation.NOTIFY,
+                kw["to"],
+                kw["rqi"],
+                kw["rvi"],
+                kw["fr"],
+                pc={"m2m:sgn": sgn},
+                rqet=kw["rqet"],
+                ec=kw["ec"],
+                extra=dict(kw["extra"]),
+            )
+            whole = Request(
+                Operation.NOTIFY,
+                kw["to"],
+                kw["rqi"],
+                kw["rvi"],
+                kw["fr"],
+                pc={"m2m:sgn": {**sgn, "nev": dict(nev)}},
+                rqet=kw["rqet"],
+                ec=kw["ec"],
+                extra=dict(kw["extra"]),
+            )
+            self.assertEqual(JSON.encode(request), JSON.dumps(whole.to_dict()))
+
+    def test_parts_follow_the_rqet(self) -> None:
+        """The parts are kept for one (fr, rvi, rqet): the next millisecond's rqet is not
+        written with the last one's."""
+        from acmews.primitive import Shared
+
+        nev = Shared(rep={"m2m:cin": {"con": 1}}, net=3)
+        sent = []
+        for rqet in ("20270101T000000,001000", "20270101T000000,002000"):
+            request = Request(
+                Operation.NOTIFY,
+                AE,
+                "r1",
+                "4",
+                "/id-in",
+                pc={"m2m:sgn": {"nev": nev, "sur": "/id-in/s"}},
+                rqet=rqet,
+            )
+            sent.append(orjson.loads(JSON.encode(request))["rqet"])
+        self.assertEqual(sent, ["20270101T000000,001000", "20270101T000000,002000"])
+
+
+class PlainSubscriptionTests(SynchronousTestCase):
+    """Most subscriptions take the notifier's short path (one nu, the whole resource, no
+    creator, no exc, nothing done at delivery): what it sends is what the general path
+    would, and the filters still apply."""
+
+    def setUp(self) -> None:
+        from acmews.testing import memory_cse
+
+        self.m = m = memory_cse()
+        ae = {"rn": "Cae1", "api": "Nx", "rr": True, "srv": ["4"]}
+        created = m.request(Operation.CREATE, "cse-in", fr=AE, ty=2, pc={"m2m:ae": ae})
+        self.assertEqual(self.successResultOf(created).rsc, RSC.CREATED)
+        cnt = m.request(Operation.CREATE, "cse-in", ty=3, pc={"m2m:cnt": {"rn": "c"}})
+        self.assertEqual(self.successResultOf(cnt).rsc, RSC.CREATED)
+
+    def subscribe(self, rn: str, **attrs: Any) -> None:
+        sub = {"rn": rn, "nu": [AE], **attrs}
+        d = self.m.request(Operation.CREATE, "cse-in/c", ty=23, pc={"m2m:sub": sub})
+        for verification in self.m.sender.take():
+            verification.answer()
+        self.assertEqual(self.successResultOf(d).rsc, RSC.CREATED)
+
+    def sent(self, op: Operation, to: str, **kw: Any) -> dict[str, Any]:
+        """What each subscription (by sur) is sent after request ``op``."""
+        d = self.m.request(op, to, **kw)
+        self.assertLess(self.successResultOf(d).rsc, 3000)
+        self.m.clock.advance(0)
+        out = {}
+        for s in self.m.sender.take():
+            sgn = s.request.pc["m2m:sgn"]
+            out[sgn["sur"].rsplit("/", 1)[1]] = (s.target, sgn)
+            s.answer()
+        return out
+
+    def ri(self, rn: str) -> str:
+        d = self.m.request(Operation.RETRIEVE, f"cse-in/c/{rn}")
+        ri: str = self.successResultOf(d).pc["m2m:sub"]["ri"]
+        return ri
+
+    def test_the_same_as_the_general_path(self) -> None:
+        """A plain subscription's notification next to one that takes the general path
+        (``exc``): the same target and event; only ``sur`` differs."""
+        self.subscribe("plain", enc={"net": [3]})
+        self.subscribe("counted", enc={"net": [3]}, exc=10)
+        sent = self.sent(Operation.CREATE, "cse-in/c", ty=4, pc={"m2m:cin": {"con": "v"}})
+        self.assertEqual(set(sent), {self.ri("plain"), self.ri("counted")})
+        (target_a, plain), (target_b, general) = sent[self.ri("plain")], sent[self.ri("counted")]
+        self.assertEqual(target_a, target_b)
+        self.assertEqual(dict(plain["nev"]), dict(general["nev"]))
+        self.assertEqual(plain["nev"]["net"], 3)
+        self.assertEqual(plain["nev"]["rep"]["m2m:cin"]["con"], "v")
+        self.assertEqual(set(plain), {"nev", "sur"})
+        self.assertEqual(plain["sur"], f"/id-in/{self.ri('plain')}")
+
+    def test_filters_apply(self) -> None:
+        """``net``, ``chty`` and ``atr`` on the short path."""
+        self.subscribe("cin", enc={"net": [3], "chty": [4]})
+        self.subscribe("cnt", enc={"net": [3], "chty": [3]})
+        self.subscribe("update", enc={"net": [1]})
+        self.subscribe("lbl", enc={"net": [1], "atr": ["lbl"]})
+        sent = self.sent(Operation.CREATE, "cse-in/c", ty=4, pc={"m2m:cin": {"con": "v"}})
+        self.assertEqual(set(sent), {self.ri("cin")})
+        sent = self.sent(Operation.UPDATE, "cse-in/c", pc={"m2m:cnt": {"mni": 5}})
+        self.assertEqual(set(sent), {self.ri("update")})
+        sent = self.sent(Operation.UPDATE, "cse-in/c", pc={"m2m:cnt": {"lbl": ["a"]}})
+        self.assertEqual(set(sent), {self.ri("update"), self.ri("lbl")})
+
+    def test_a_changed_subscription_is_read_again(self) -> None:
+        """The short path's compiled subscription is that of its attrs as they are: after an
+        UPDATE of ``enc`` the new filter applies."""
+        self.subscribe("s", enc={"net": [3], "chty": [4]})
+        sent = self.sent(Operation.CREATE, "cse-in/c", ty=4, pc={"m2m:cin": {"con": "v"}})
+        self.assertEqual(set(sent), {self.ri("s")})
+        self.sent(Operation.UPDATE, "cse-in/c/s", pc={"m2m:sub": {"enc": {"net": [1]}}})
+        sent = self.sent(Operation.CREATE, "cse-in/c", ty=4, pc={"m2m:cin": {"con": "w"}})
+        self.assertEqual(sent, {})

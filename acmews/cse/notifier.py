@@ -72,6 +72,9 @@ _RQS, _RSR, _NOEC = 0, 1, 2
 #: the target of a delivery that goes nowhere itself (a flush)
 _NOWHERE: Target = ("", (), False, "")
 
+#: a subscription's compiled attributes: the attrs, their policy, and (sur, nu) if plain
+_Compiled = tuple[Mapping[str, Any], Policy, "tuple[str, str] | None"]
+
 #: the next hop towards a CSE: (originator, poa), or None (see CSE.route)
 Route = Callable[[str], "tuple[str, tuple[str, ...]] | None"]
 
@@ -144,8 +147,9 @@ class Notifier:
         #: lines about a notification's fate, per target (a peer may fail or refuse every
         #: notification); summed up in the next line about it that gets through
         self._outcomes = Throttle(self.log, clock, "notification outcomes", timer=False)
-        #: subscription ri -> (the attrs it was compiled from, its policy)
-        self._policies: dict[str, tuple[Mapping[str, Any], Policy]] = {}
+        #: subscription ri -> (the attrs it was compiled from, its policy, and for a plain
+        #: subscription its sur and nu)
+        self._policies: dict[str, _Compiled] = {}
         #: subscription ri -> target -> its batch collecting notifications
         self._pending: dict[str, dict[str, _Pending]] = {}
         #: subscription ri -> nu -> counters not written yet, and the call that writes them
@@ -195,9 +199,30 @@ class Notifier:
         entry = self._policies.get(sub.ri)
         if entry is not None and entry[0] is attrs:
             return entry[1]
+        return self._compile(sub)[1]
+
+    def _compile(self, sub: Resource) -> _Compiled:
+        """Compile ``sub``'s policy for its attributes as they are now, and whether it is
+        plain: its notification carries the whole resource to its one ``nu`` and nothing
+        else (no creator, no counting down ``exc``, nothing done at delivery)."""
+        attrs = sub.attrs
         policy = compile_policy(attrs)
-        self._policies[sub.ri] = (attrs, policy)
-        return policy
+        nus = attrs.get("nu")
+        plain = None
+        if (
+            policy.nct == 1
+            and policy.om is None
+            and policy.creator is None
+            and not policy.eeno
+            and not policy.tagged
+            and attrs.get("exc") is None
+            and isinstance(nus, list)
+            and len(nus) == 1
+            and isinstance(nus[0], str)
+        ):
+            plain = (self.sur(sub), nus[0])
+        entry = self._policies[sub.ri] = (attrs, policy, plain)
+        return entry
 
     def resolve_target(self, nu: str, reader: ResourceReader | None = None) -> Target:
         """Where a notification for ``nu`` goes: a URL as is; an AE (or remote CSE)
@@ -268,10 +293,34 @@ class Notifier:
         expired: list[Resource] | None = None
         #: the event with the whole resource, shared by the subscriptions that get it
         whole: Shared | None = None
+        policies = self._policies
         for sub in batch.children(subject.ri, _SUB):
             if sub is exclude:
                 continue
-            policy = self.policy(sub)
+            attrs = sub.attrs
+            entry = policies.get(attrs["ri"])
+            if entry is None or entry[0] is not attrs:
+                entry = self._compile(sub)
+            policy = entry[1]
+            plain = entry[2]
+            if plain is not None and net is not None and net in policy.net:
+                # the common case (a fan-out): what the general path below does for it
+                if net == 3 or net == 4:
+                    if policy.chty is not None and rep.ty not in policy.chty:
+                        continue
+                elif (
+                    net == 1
+                    and policy.atr is not None
+                    and (modified is None or policy.atr.isdisjoint(modified))
+                ):
+                    continue
+                if whole is None:
+                    whole = Shared(rep=rep.pc, net=int(net))
+                batch.notify(
+                    (self.resolve_target(plain[1], batch),),
+                    {"m2m:sgn": {"nev": whole, "sur": plain[0]}},
+                )
+                continue
             monitored: dict[str, Any] | None = None
             if net is not None and net in policy.net:
                 if net == 3 or net == 4:

@@ -204,7 +204,7 @@ class Batch:
         notifications = self.notifications
         if notifications is None:
             notifications = self.notifications = []
-        notifications.extend((target, pc, tag) for target in targets)
+        notifications.extend([(target, pc, tag) for target in targets])
         if urgent:
             self.urgent = len(notifications)
 
