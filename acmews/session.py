@@ -368,7 +368,11 @@ class Session:
             )
             return
         self._deadlines.done(1)
-        _settle(entry[0], response)
+        waiter = entry[0]
+        if isinstance(waiter, Deferred):
+            waiter.callback(response)
+        else:
+            waiter(response)
 
     def _request_received(self, request: Request) -> None:
         rqi = request.rqi

@@ -229,7 +229,8 @@ class PoaChain(Service):
 
         Cancelling the returned Deferred cancels the step in flight and ends the chain.
         """
-        poa = tuple(poa)
+        if type(poa) is not tuple:
+            poa = tuple(poa)
         connection = self._live_connection(target, request, store)
         if connection is None:
             return self._track(
@@ -256,7 +257,8 @@ class PoaChain(Service):
     ) -> None:
         """:meth:`send`, calling ``then`` with the outcome: to a live connection without a
         Deferred (the fan-out's common case); any other way as :meth:`send` goes."""
-        poa = tuple(poa)
+        if type(poa) is not tuple:
+            poa = tuple(poa)
         connection = self._live_connection(target, request, store)
         if connection is None:
             other = self._send_other(target, request, poa, store)
@@ -821,7 +823,9 @@ class _LiveSend:
         chain = self.chain
         chain._live.discard(self)
         if not isinstance(result, Failure):
-            then(chain._live_answered(result, self.request))
+            if self.request.op == Operation.NOTIFY:  # (as _live_answered counts)
+                chain.counts.delivered += 1
+            then(result)
             return
         outcome = chain._live_failed(
             result, self.target, self.request, self.poa, self.store, self.connection
