@@ -30,7 +30,14 @@ from acmews.bench.connections import (
     close_all,
     open_client,
 )
-from acmews.bench.idle import IdleConfig, IdleCounts, hold, open_concurrency, sample_for
+from acmews.bench.idle import (
+    IdleConfig,
+    IdleCounts,
+    hold,
+    open_concurrency,
+    per_node_concurrency,
+    sample_for,
+)
 from acmews.bench.ledger import Result
 from acmews.bench.load import LoadConfig, cpu_time, run_load, split_evenly
 from acmews.bench.progress import Progress
@@ -758,6 +765,7 @@ async def run_idle(reactor: Any, opts: BenchOptions, run: Run) -> tuple[Result, 
             timeout=opts.timeout,
             first_connection=firsts[i],
             concurrency=open_concurrency(len(urls), n_proc),
+            per_node=per_node_concurrency(n_proc),
             sample=sample_for(sample, firsts[i], shares[i]),
             container=container,
             parent=opts.target,
