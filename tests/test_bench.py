@@ -926,6 +926,7 @@ class IdleTests(TestCase):
         self.assertIn("node ws://a:1: 2048 connections, RSS 10 MiB before", text)
         self.assertIn("10.0 KiB/connection", text)
         self.assertIn("1/2 notified", text)
+        self.assertIn("0 twice", text)
         self.assertIn("CORRECTNESS FAILURE", text)
 
     def test_each_sampled_connection_is_notified(self) -> Deferred[None]:
@@ -948,7 +949,7 @@ class IdleTests(TestCase):
             text = out.getvalue()
             self.assertEqual(code, 0, text)
             self.assertIn("6 of 6 still open after the hold (6 opened, 0 failed", text)
-            self.assertIn("3/3 notified (3 subscribed)", text)
+            self.assertIn("3/3 notified (3 subscribed, 0 twice)", text)
             self.assertIn(f"node {url}: 6 connections", text)
             self.assertNotIn("warning", text)
 

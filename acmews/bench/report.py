@@ -169,7 +169,8 @@ def _idle_lines(d: dict[str, Any]) -> list[str]:
         lat = d["latency_ms"]
         lines.append(
             f"  sample            {c.get('notified', 0)}/{c.get('sampled', 0)} notified "
-            f"({c.get('subscribed', 0)} subscribed), ms p50 {lat['p50']:.1f}  "
+            f"({c.get('subscribed', 0)} subscribed, {d['duplicates']} twice), "
+            f"ms p50 {lat['p50']:.1f}  "
             f"p90 {lat['p90']:.1f}  p99 {lat['p99']:.1f}  max {lat['max']:.1f}"
         )
     return lines
