@@ -892,6 +892,30 @@ class IdleTests(TestCase):
         )
         self.assertEqual((total.asked, total.opened, total.failed, total.notified), (5, 4, 1, 1))
 
+    def test_too_many_connections_for_one_process_say_how_many_processes(self) -> Deferred[None]:
+        """Each process holds at most its open-file limit: the run says so before it opens
+        anything (a connection refused for want of files would be counted as the server's)."""
+        from acmews.bench import idle
+        from acmews.bench.cli import run
+        from acmews.bench.connections import BenchError
+
+        self.assertEqual(idle.processes_needed(100_000, 20_000), 6)
+        self.assertEqual(idle.processes_needed(19_936, 20_000), 1)
+        self.assertEqual(idle.processes_needed(19_937, 20_000), 2)
+        self.patch(idle, "open_files_limit", lambda: 164)
+
+        async def go() -> None:
+            from twisted.internet import reactor
+
+            argv = ["ws://127.0.0.1:9", "--scenario", "idle", "--connections", "250"]
+            with self.assertRaises(BenchError) as cm:
+                await run(reactor, parse_options(argv), io.StringIO())
+            said = str(cm.exception)
+            self.assertIn("250 connections in one process need more than its 164", said)
+            self.assertIn("use --processes 3 or more", said)
+
+        return Deferred.fromCoroutine(go())
+
     def test_report_per_node(self) -> None:
         from acmews.bench.report import format_report
 

@@ -9,6 +9,7 @@ connection must get.
 
 from __future__ import annotations
 
+import resource
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -53,6 +54,31 @@ def per_node_concurrency(processes: int) -> int:
     when it answers slower than the others (the slots of a process would otherwise pile up
     on it: a 100,000-connection run had 146 refused at 128 unfinished handshakes)."""
     return max(1, HANDSHAKES_PER_NODE // processes)
+
+
+#: open files a bench process needs besides its connections (the interpreter, the admin's
+#: connection, pipes)
+FILES_RESERVE = 64
+
+
+def open_files_limit() -> int:
+    """How many files a process of the bench may open: the hard limit (it raises its soft
+    limit to it, see :func:`raise_open_files`)."""
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+
+
+def raise_open_files(needed: int) -> None:
+    """The soft open-file limit raised to ``needed`` (at most to the hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def processes_needed(connections: int, limit: int) -> int:
+    """Processes to hold ``connections`` when each may open ``limit`` files."""
+    per = max(1, limit - FILES_RESERVE)
+    return -(-connections // per)
 
 
 def sample_for(sample: Sequence[int], first: int, count: int) -> list[int]:
@@ -167,6 +193,7 @@ async def hold(
 
     The result: ``completions`` are the wall-clock times the notifications came, ``errors``
     the first few failures, ``extra["idle:FIRST"]`` the :class:`IdleCounts`."""
+    raise_open_files(cfg.connections + FILES_RESERVE)
     counts = IdleCounts(asked=cfg.connections, sampled=len(cfg.sample))
     result = Result(connections=0, started=wall())
     channels: dict[int, RequestChannel] = {}

@@ -22,6 +22,7 @@ from twisted.internet.defer import (
     gatherResults,
 )
 
+from acmews.bench import idle
 from acmews.bench.connections import (
     RVI,
     BenchError,
@@ -755,6 +756,13 @@ async def run_idle(reactor: Any, opts: BenchOptions, run: Run) -> tuple[Result, 
     created: list[float] = []
     n_proc = max(1, opts.processes)
     shares = split_evenly(n, n_proc)
+    limit = idle.open_files_limit()
+    if idle.processes_needed(max(shares), limit) > 1:
+        raise BenchError(
+            f"{max(shares)} connections in one process need more than its {limit} open "
+            f"files: use --processes {idle.processes_needed(n, limit)} or more (or raise "
+            "ulimit -n)"
+        )
     firsts = [sum(shares[:i]) for i in range(n_proc)]
     cfgs = [
         IdleConfig(
