@@ -833,3 +833,148 @@ class LoopbackRunTests(TestCase):
             self.assertRegex(out.getvalue(), r"a notification costs \d+\.\d\d x a request")
 
         return Deferred.fromCoroutine(go())
+
+
+class IdleTests(TestCase):
+    """#22's 100,000 connections: the idle scenario spread over nodes and processes, each
+    node's RSS, and a sample notified to show each connection is reachable."""
+
+    def test_options(self) -> None:
+        o = parse_options(
+            [
+                *("ws://a:1", "ws://b:2", "--scenario", "idle", "--sample", "5"),
+                *("--node-pids", "11,12", "--processes", "3"),
+            ]
+        )
+        self.assertEqual((o.sample, o.node_pids, o.processes), (5, [11, 12], 3))
+        stderr = io.StringIO()
+        self.patch(sys, "stderr", stderr)
+        for argv in (
+            ["ws://a:1", "--sample", "5"],  # not idle
+            ["ws://a:1", "--scenario", "idle", "--sample", "-1"],
+            ["ws://a:1", "ws://b:2", "--scenario", "idle", "--node-pids", "11"],  # one per URL
+            ["ws://a:1", "--scenario", "idle", "--node-pids", "x"],
+        ):
+            with self.assertRaises(SystemExit):
+                parse_options(argv)
+
+    def test_no_node_sees_more_handshakes_than_it_allows_from_one_address(self) -> None:
+        from acmews.bench.idle import (
+            HANDSHAKES_PER_NODE,
+            MAX_OPEN_CONCURRENCY,
+            open_concurrency,
+            per_node_concurrency,
+        )
+
+        self.assertEqual(open_concurrency(1, 1), MAX_OPEN_CONCURRENCY)
+        for nodes in (1, 3, 6):
+            for processes in (1, 2, 6, 12):
+                # even when every slot of every process waits on one slow node
+                at_once = per_node_concurrency(processes) * processes
+                self.assertLessEqual(at_once, HANDSHAKES_PER_NODE)
+                self.assertGreaterEqual(open_concurrency(nodes, processes), 1)
+        self.assertEqual(per_node_concurrency(200), 1)
+        self.assertLess(HANDSHAKES_PER_NODE, 128)  # --max-handshakes-per-address's default
+
+    def test_the_sample_is_split_by_process_and_the_counts_summed(self) -> None:
+        from acmews.bench.idle import IdleConfig, IdleCounts, sample_for
+
+        self.assertEqual(sample_for([1, 4, 5, 9], 4, 5), [4, 5])
+        cfg = IdleConfig(["u0", "u1", "u2"], "json", "t", 4, 1.0, first_connection=4)
+        self.assertEqual([cfg.url_for(k) for k in (4, 5, 6)], ["u1", "u2", "u0"])
+        self.assertEqual(cfg.originator_for(5), "Cidletx5")
+        total = IdleCounts.total(
+            {
+                "idle:0": {"asked": 3, "opened": 3, "notified": 1},
+                "idle:3": {"asked": 2, "opened": 1, "failed": 1},
+                "other": {"asked": 100},
+            }
+        )
+        self.assertEqual((total.asked, total.opened, total.failed, total.notified), (5, 4, 1, 1))
+
+    def test_too_many_connections_for_one_process_say_how_many_processes(self) -> Deferred[None]:
+        """Each process holds at most its open-file limit: the run says so before it opens
+        anything (a connection refused for want of files would be counted as the server's)."""
+        from acmews.bench import idle
+        from acmews.bench.cli import run
+        from acmews.bench.connections import BenchError
+
+        self.assertEqual(idle.processes_needed(100_000, 20_000), 6)
+        self.assertEqual(idle.processes_needed(19_936, 20_000), 1)
+        self.assertEqual(idle.processes_needed(19_937, 20_000), 2)
+        self.patch(idle, "open_files_limit", lambda: 164)
+
+        async def go() -> None:
+            from twisted.internet import reactor
+
+            argv = ["ws://127.0.0.1:9", "--scenario", "idle", "--connections", "250"]
+            with self.assertRaises(BenchError) as cm:
+                await run(reactor, parse_options(argv), io.StringIO())
+            said = str(cm.exception)
+            self.assertIn("250 connections in one process need more than its 164", said)
+            self.assertIn("use --processes 3 or more", said)
+
+        return Deferred.fromCoroutine(go())
+
+    def test_report_per_node(self) -> None:
+        from acmews.bench.report import format_report
+
+        d = Result(connections=4, sent=2, answered=1, unanswered=1, latencies=[0.01]).summary()
+        d.update(
+            url="ws://a:1 + ws://b:2",
+            scenario="idle",
+            mode="sequential",
+            window=1,
+            serialization="json",
+            processes=2,
+            server={
+                "nodes": [
+                    {
+                        "url": "ws://a:1",
+                        "pid": 11,
+                        "connections": 2048,
+                        "rss_before_kib": 10240,
+                        "rss_open_kib": 20480,
+                        "rss_held_kib": 30720,
+                        "cpu_s": 1.0,
+                    }
+                ]
+            },
+        )
+        d["extra"] = {
+            "open_connections": 3,
+            "counts": {"asked": 4, "opened": 4, "open_at_end": 3, "sampled": 2, "notified": 1},
+        }
+        text = format_report(d)
+        self.assertIn("3 of 4 still open after the hold", text)
+        self.assertIn("node ws://a:1: 2048 connections, RSS 10 MiB before", text)
+        self.assertIn("10.0 KiB/connection", text)
+        self.assertIn("1/2 notified", text)
+        self.assertIn("0 twice", text)
+        self.assertIn("CORRECTNESS FAILURE", text)
+
+    def test_each_sampled_connection_is_notified(self) -> Deferred[None]:
+        """Against a CSE on port 0: 6 connections, 3 of them sampled, registered and
+        subscribed; the contentInstance after the hold reaches all 3, and the run cleans up."""
+
+        async def go() -> None:
+            from twisted.internet import reactor
+
+            from acmews.bench.cli import run
+            from acmews.bench.progress import Progress
+
+            from .helpers import start_cse
+
+            _, url = await start_cse(self)
+            argv = ["--scenario", "idle", "--connections", "6", "--sample", "3"]
+            argv += ["--duration", "0.1", "--node-pids", str(os.getpid())]
+            out = io.StringIO()
+            code = await run(reactor, parse_options([url, *argv]), out, Progress(io.StringIO()))
+            text = out.getvalue()
+            self.assertEqual(code, 0, text)
+            self.assertIn("6 of 6 still open after the hold (6 opened, 0 failed", text)
+            self.assertIn("3/3 notified (3 subscribed, 0 twice)", text)
+            self.assertIn(f"node {url}: 6 connections", text)
+            self.assertNotIn("warning", text)
+
+        return Deferred.fromCoroutine(go())

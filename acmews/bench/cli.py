@@ -77,7 +77,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "--processes",
         type=int,
         default=1,
-        help="load processes (retrieve/create-cin only), each with its own reactor",
+        help="load processes (retrieve/create-cin/idle), each with its own reactor (and its "
+        "own open-file limit: idle needs one per ~19,000 connections)",
     )
     p.add_argument(
         "--requests",
@@ -142,6 +143,21 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         metavar="N",
         help="cluster, with --kill-pid: rounds before the kill (1)",
     )
+    p.add_argument(
+        "--sample",
+        type=int,
+        default=0,
+        metavar="S",
+        help="idle: register S of the connections, chosen at random, as AEs subscribed to "
+        "one container, and after the hold check that one contentInstance notifies each (0)",
+    )
+    p.add_argument(
+        "--node-pids",
+        type=_pids,
+        default=[],
+        metavar="PID,PID,...",
+        help="idle: the pids of the nodes, one per URL in order: RSS growth per node",
+    )
     p.add_argument("--rounds", type=int, default=3, help="A/B pairs with --compare (3)")
     p.add_argument(
         "--plot",
@@ -150,6 +166,16 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "--compare) into FILE.png; needs matplotlib (pip install 'acmews[plot]')",
     )
     return p
+
+
+def _pids(text: str) -> list[int]:
+    try:
+        pids = [int(p) for p in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of pids: {text!r}") from None
+    if any(p < 1 for p in pids):
+        raise argparse.ArgumentTypeError(f"not a list of pids: {text!r}")
+    return pids
 
 
 def parse_options(argv: Sequence[str], prog: str = PROG) -> BenchOptions:
@@ -162,6 +188,12 @@ def parse_options(argv: Sequence[str], prog: str = PROG) -> BenchOptions:
         parser.error("the cluster scenario needs the URLs of two or more nodes")
     if opts.kill_pid is not None and opts.scenario != "cluster":
         parser.error("--kill-pid is for the cluster scenario")
+    if opts.scenario != "idle" and (opts.sample or opts.node_pids):
+        parser.error("--sample and --node-pids are for the idle scenario")
+    if opts.sample < 0:
+        parser.error("--sample must be at least 0")
+    if opts.node_pids and len(opts.node_pids) != len(urls):
+        parser.error("--node-pids needs one pid per URL")
     if opts.kill_after < 0:
         parser.error("--kill-after must be at least 0")
     for name in ("window", "connections", "processes", "requests", "rounds", "members"):
@@ -199,7 +231,11 @@ def parse_options(argv: Sequence[str], prog: str = PROG) -> BenchOptions:
 def describe_run(opts: BenchOptions, url: str) -> str:
     """What one run does, in a line: the scenario and its bounds."""
     if opts.scenario == "idle":
-        return f"idle: {opts.connections} connections to {url}, held {opts.duration:g} s"
+        sampled = f", {opts.sample} of them notified after" if opts.sample else ""
+        return (
+            f"idle: {opts.connections} connections to {url} from {opts.processes} "
+            f"process(es), held {opts.duration:g} s{sampled}"
+        )
     if opts.scenario == "cluster":
         return (
             f"cluster: {opts.connections} AEs spread over {url}, subscribed on the first, up "

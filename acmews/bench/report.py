@@ -49,7 +49,7 @@ def format_report(d: dict[str, Any]) -> str:
     rsc = ", ".join(f"{k}: {v}" for k, v in sorted(d["rsc"].items())) or "-"
     unit = "request"
     if d["scenario"] == "idle":
-        lines.append(f"  open connections  {d['extra'].get('open_connections', 0)}")
+        lines.extend(_idle_lines(d))
     elif d["scenario"] in ("fanout", "cluster"):
         unit = "notification"
         n = d["connections"] * d["extra"].get("rounds", 0)
@@ -118,7 +118,7 @@ def format_report(d: dict[str, Any]) -> str:
             f"{d['server']['reference_us_per_request']:.1f} us/request; a notification costs "
             f"{d['notification_per_request_ratio']:.2f} x a request"
         )
-    if "rss_growth_kib" in d["server"]:
+    if "rss_growth_kib" in d["server"] and d["scenario"] != "idle":
         lines.append(
             f"  server RSS        +{d['server']['rss_growth_kib']} KiB"
             f" ({d['server']['rss_per_connection_kib']:.1f} KiB/connection)"
@@ -129,7 +129,7 @@ def format_report(d: dict[str, Any]) -> str:
         lines.append(
             "  correctness       OK: "
             + {
-                "idle": "every connection opened and stayed open",
+                "idle": "every connection opened and stayed open, every sampled one notified",
                 "fanout": "every NOTIFY arrived exactly once, every request answered once",
             }.get(d["scenario"], "every request answered exactly once, with its own rqi")
         )
@@ -140,6 +140,40 @@ def format_report(d: dict[str, Any]) -> str:
             f"{d['malformed']} malformed (late answers: {d['late']}) !!!"
         )
     return "\n".join(lines)
+
+
+def _idle_lines(d: dict[str, Any]) -> list[str]:
+    """The idle scenario's connections held, each node's RSS and the sample's notifications."""
+    c = d["extra"].get("counts", {})
+    lines = [
+        f"  open connections  {d['extra'].get('open_connections', 0)}",
+        f"  connections held  {c.get('open_at_end', 0)} of {c.get('asked', 0)} still open "
+        f"after the hold ({c.get('opened', 0)} opened, {c.get('failed', 0)} failed to open)",
+    ]
+    for node in d["server"].get("nodes", []):
+        n = max(1, node["connections"])
+        lines.append(
+            f"  node {node['url'] or node['pid']}: {node['connections']} connections, RSS "
+            f"{node['rss_before_kib'] / 1024:.0f} MiB before, "
+            f"{node['rss_open_kib'] / 1024:.0f} MiB open, "
+            f"{node['rss_held_kib'] / 1024:.0f} MiB held: "
+            f"{(node['rss_held_kib'] - node['rss_before_kib']) / n:.1f} KiB/connection, "
+            f"CPU {node['cpu_s']:.1f} s"
+        )
+    if "rss_growth_kib" in d["server"]:
+        lines.append(
+            f"  server RSS        +{d['server']['rss_growth_kib']} KiB"
+            f" ({d['server']['rss_per_connection_kib']:.1f} KiB/connection)"
+        )
+    if c.get("sampled"):
+        lat = d["latency_ms"]
+        lines.append(
+            f"  sample            {c.get('notified', 0)}/{c.get('sampled', 0)} notified "
+            f"({c.get('subscribed', 0)} subscribed, {d['duplicates']} twice), "
+            f"ms p50 {lat['p50']:.1f}  "
+            f"p90 {lat['p90']:.1f}  p99 {lat['p99']:.1f}  max {lat['max']:.1f}"
+        )
+    return lines
 
 
 def compare_summary(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:

@@ -5,11 +5,12 @@ server's CPU time and RSS read from /proc around them.
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import signal
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
 from twisted.internet.defer import (
@@ -21,6 +22,7 @@ from twisted.internet.defer import (
     gatherResults,
 )
 
+from acmews.bench import idle
 from acmews.bench.connections import (
     RVI,
     BenchError,
@@ -29,7 +31,14 @@ from acmews.bench.connections import (
     close_all,
     open_client,
 )
-from acmews.bench.leanclient import LeanWebSocketClient
+from acmews.bench.idle import (
+    IdleConfig,
+    IdleCounts,
+    hold,
+    open_concurrency,
+    per_node_concurrency,
+    sample_for,
+)
 from acmews.bench.ledger import Result
 from acmews.bench.load import LoadConfig, cpu_time, run_load, split_evenly
 from acmews.bench.progress import Progress
@@ -123,6 +132,10 @@ class BenchOptions:
     #: (SIGKILL) before round ``kill_after``; its AEs reconnect to the next node in turn
     kill_pid: int | None = None
     kill_after: int = 1
+    #: the idle scenario: connections registered and subscribed, then notified once
+    sample: int = 0
+    #: the idle scenario: the nodes' pids, one per URL in order (RSS per node)
+    node_pids: list[int] = field(default_factory=list)
 
     def urls_for(self, url: str) -> list[str]:
         """Where a run against ``url`` opens its connections: every node when ``url`` is the
@@ -720,41 +733,189 @@ async def _clean_up(
 
 
 async def run_idle(reactor: Any, opts: BenchOptions, run: Run) -> tuple[Result, dict[str, Any]]:
-    """Open N connections (distinct originators), hold them, measure the server's RSS."""
-    url, pid, progress = run.url, run.pid, run.progress
+    """Open N connections (distinct originators, spread over the nodes, over ``--processes``
+    processes), hold them ``--duration`` s, measure each node's RSS; with ``--sample S``, S of
+    them chosen at random are registered as AEs and subscribed to one container before the
+    hold, and one contentInstance made after it must notify each of them."""
+    url, progress = run.url, run.progress
     tag = secrets.token_hex(2)
+    urls = opts.urls_for(url)
+    pids = node_pids(opts, run)
     target = Target.parse(url)
-    before = sample_server(pid)
-    result = Result(started=time.time())
-    clients: list[LeanWebSocketClient] = []
+    n = opts.connections
+    sample = sorted(random.sample(range(n), min(opts.sample, n)))
+    marker = f"idle{tag}"
+    container = f"{opts.target}/benchidle{tag}" if sample else ""
+    admin: RequestChannel | None = None
+    acp = f"benchidle{tag}acp"
+    #: what the run made besides the sample's AEs, deleted in this order
+    made: list[str] = []
+    before = [sample_server(pid) for pid in pids]
+    opened: list[ServerSample | None] = []
+    held: list[ServerSample | None] = []
+    created: list[float] = []
+    n_proc = max(1, opts.processes)
+    shares = split_evenly(n, n_proc)
+    limit = idle.open_files_limit()
+    if idle.processes_needed(max(shares), limit) > 1:
+        raise BenchError(
+            f"{max(shares)} connections in one process need more than its {limit} open "
+            f"files: use --processes {idle.processes_needed(n, limit)} or more (or raise "
+            "ulimit -n)"
+        )
+    firsts = [sum(shares[:i]) for i in range(n_proc)]
+    cfgs = [
+        IdleConfig(
+            urls=urls,
+            serialization=opts.serialization,
+            tag=tag,
+            connections=shares[i],
+            timeout=opts.timeout,
+            first_connection=firsts[i],
+            concurrency=open_concurrency(len(urls), n_proc),
+            per_node=per_node_concurrency(n_proc),
+            sample=sample_for(sample, firsts[i], shares[i]),
+            container=container,
+            parent=opts.target,
+            marker=marker,
+        )
+        for i in range(n_proc)
+    ]
     try:
-        for k in range(opts.connections):
-            clients.append(
-                await open_client(
-                    reactor, target, opts.serialization, f"Cidle{tag}x{k}", opts.timeout
-                )
+        if sample:
+            client = await open_client(
+                reactor, target, opts.serialization, opts.originator, opts.timeout
             )
-            progress.update(f"{k + 1}/{opts.connections} connections open")
-        progress.say(f"{len(clients)} connections open; holding them for {opts.duration:g} s")
-        hold: Deferred[None] = Deferred()
-        reactor.callLater(opts.duration, hold.callback, None)
-        await hold
-        after = sample_server(pid)
-        result.ended = time.time()
-        result.connections = len(clients)
-        result.extra["open_connections"] = sum(c.is_open for c in clients)
-        result.unanswered = len(clients) - result.extra["open_connections"]
+            admin = RequestChannel(
+                client, opts.serialization, reactor, opts.originator, opts.timeout
+            )
+            # the sampled AEs subscribe themselves: an ACP lets anyone RETRIEVE the container
+            # and subscribe to it (the CSE's default lets the creator only)
+            rules = {
+                "pv": {"acr": [{"acor": ["*"], "acop": 63}]},
+                "pvs": {"acr": [{"acor": [opts.originator], "acop": 63}]},
+            }
+            resp = await admin.request(
+                {"op": 1, "to": opts.target, "ty": 1, "pc": {"m2m:acp": {"rn": acp, **rules}}}
+            )
+            if resp.get("rsc") != 2001:
+                raise BenchError(f"cannot create the ACP {opts.target}/{acp}: {resp}")
+            made.append(f"{opts.target}/{acp}")
+            rn = container.rsplit("/", 1)[-1]
+            body = {"rn": rn, "mni": 1, "acpi": [f"{opts.target}/{acp}"]}
+            resp = await admin.request(
+                {"op": 1, "to": opts.target, "ty": 3, "pc": {"m2m:cnt": body}}
+            )
+            if resp.get("rsc") != 2001:
+                raise BenchError(f"cannot create the container {container}: {resp}")
+            made.insert(0, container)
+
+        def show(count: int) -> None:
+            progress.update(f"{count}/{n} connections open")
+
+        async def held_then_notify() -> None:
+            opened.extend(sample_server(pid) for pid in pids)
+            progress.say(f"connections open; holding them for {opts.duration:g} s")
+            hold_for: Deferred[None] = Deferred()
+            reactor.callLater(opts.duration, hold_for.callback, None)
+            await hold_for
+            held.extend(sample_server(pid) for pid in pids)
+            if admin is not None:
+                progress.say(f"notifying the {len(sample)} sampled connections")
+                created.append(time.time())
+                resp = await admin.request(
+                    {"op": 1, "to": container, "ty": 4, "pc": {"m2m:cin": {"con": marker}}}
+                )
+                if resp.get("rsc") != 2001:
+                    raise BenchError(f"cannot create the contentInstance: {resp}")
+
+        def go() -> Deferred[None]:
+            return Deferred.fromCoroutine(held_then_notify())
+
+        if n_proc == 1:
+            result = await hold(reactor, cfgs[0], go, show)
+        else:
+            result = await run_workers(reactor, cfgs, go, show)
+        progress.clear()
     finally:
-        await close_all(reactor, clients)
-    server: dict[str, Any] = {}
-    if before is not None and after is not None:
-        server = {
-            "cpu_s": after.cpu - before.cpu,
-            "rss_kib": after.rss_kib,
-            "rss_growth_kib": after.rss_kib - before.rss_kib,
-            "rss_per_connection_kib": (after.rss_kib - before.rss_kib) / max(1, len(clients)),
-        }
+        if admin is not None:
+            await _delete_idle(reactor, opts, admin, made, tag, sample, run.out)
+            await close_all(reactor, [admin.client])
+    counts = IdleCounts.total(result.extra)
+    result.extra["open_connections"] = counts.open_at_end
+    result.extra["counts"] = asdict(counts)
+    if created:
+        result.latencies = sorted(t - created[0] for t in result.completions)
+    # every connection asked for: opened, still open after the hold, the sample notified
+    result.unanswered += (counts.asked - counts.opened) + (counts.opened - counts.open_at_end)
+    result.unanswered += counts.sampled - counts.subscribed
+    per_node = split_evenly(n, len(urls))
+    server: dict[str, Any] = {"nodes": []}
+    for i, pid in enumerate(pids):
+        b, o, h = before[i], _at(opened, i), _at(held, i)
+        if b is None or o is None or h is None:
+            continue
+        server["nodes"].append(
+            {
+                "url": urls[i] if i < len(urls) else "",
+                "pid": pid,
+                "connections": per_node[i] if i < len(per_node) else 0,
+                "rss_before_kib": b.rss_kib,
+                "rss_open_kib": o.rss_kib,
+                "rss_held_kib": h.rss_kib,
+                "cpu_s": h.cpu - b.cpu,
+            }
+        )
+    nodes = server["nodes"]
+    if nodes:
+        growth = sum(x["rss_held_kib"] - x["rss_before_kib"] for x in nodes)
+        conns = sum(x["connections"] for x in nodes) if len(nodes) > 1 else n
+        server.update(
+            cpu_s=sum(x["cpu_s"] for x in nodes),
+            rss_kib=sum(x["rss_held_kib"] for x in nodes),
+            rss_growth_kib=growth,
+            rss_per_connection_kib=growth / max(1, conns),
+        )
     return result, server
+
+
+def node_pids(opts: BenchOptions, run: Run) -> list[int | None]:
+    """The processes to sample: ``--node-pids`` (one per URL, in order) for a run against
+    the nodes, else the run's ``--server-pid``."""
+    if opts.node_pids and run.url == (opts.urls or [opts.url])[0]:
+        return list(opts.node_pids)
+    return [run.pid] if run.pid is not None else []
+
+
+def _at(samples: list[ServerSample | None], i: int) -> ServerSample | None:
+    return samples[i] if i < len(samples) else None
+
+
+async def _delete_idle(
+    reactor: Any,
+    opts: BenchOptions,
+    admin: RequestChannel,
+    made: Sequence[str],
+    tag: str,
+    sample: Sequence[int],
+    out: TextIO,
+) -> None:
+    """Delete the sample's AEs, the container (with its subscriptions) and its ACP."""
+    failed = 0
+    for k in sample:
+        try:
+            resp = await admin.request({"op": 4, "to": f"{opts.target}/Cidle{tag}x{k}"})
+            failed += resp.get("rsc") not in (2002, 4004)
+        except Exception:
+            failed += 1
+    for path in made:
+        try:
+            resp = await admin.request({"op": 4, "to": path})
+            failed += resp.get("rsc") not in (2002, 4004)
+        except Exception:
+            failed += 1
+    if failed:
+        out.write(f"  warning: could not delete {failed} of the idle run's resources\n")
 
 
 RUNNERS = {

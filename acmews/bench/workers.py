@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -19,6 +19,7 @@ from twisted.internet.protocol import ProcessProtocol, connectionDone
 from twisted.python.failure import Failure
 
 from acmews.bench.connections import BenchError
+from acmews.bench.idle import IdleConfig, hold
 from acmews.bench.ledger import Result
 from acmews.bench.load import LoadConfig, run_load
 
@@ -78,7 +79,7 @@ class Worker(ProcessProtocol):
 
 async def run_workers(
     reactor: Any,
-    cfgs: list[LoadConfig],
+    cfgs: Sequence[LoadConfig | IdleConfig],
     sample_before: Callable[[], Deferred[None]],
     show: Callable[[int], None],
 ) -> Result:
@@ -117,7 +118,10 @@ def worker_main(cfg_json: str) -> int:
     from twisted.protocols.basic import LineReceiver
     from zope.interface import implementer
 
-    cfg = LoadConfig(**json.loads(cfg_json))
+    raw = json.loads(cfg_json)
+    cfg: LoadConfig | IdleConfig = (
+        IdleConfig(**raw) if raw.get("kind") == "idle" else LoadConfig(**raw)
+    )
     go: Deferred[None] = Deferred()
 
     @implementer(IHalfCloseableProtocol)
@@ -155,9 +159,12 @@ def worker_main(cfg_json: str) -> int:
 
     async def body() -> None:
         try:
-            result = await run_load(
-                reactor, cfg, go=ready, progress=lambda n: emit(f"progress {n}")
-            )
+            if isinstance(cfg, IdleConfig):
+                result = await hold(reactor, cfg, ready, lambda n: emit(f"progress {n}"))
+            else:
+                result = await run_load(
+                    reactor, cfg, go=ready, progress=lambda n: emit(f"progress {n}")
+                )
             emit("result " + json.dumps(asdict(result)))
         except Exception as e:
             emit(f"error {e}")
