@@ -138,8 +138,10 @@ return v
 #: (``rid NUL X NUL timeout-ms NUL request``). A round's relays in one round trip: each
 #: binding looked up (valid while its node's lease holds it), and one B message a holding
 #: node with its requests in order (``B NUL ME NUL`` then per request ``binding NUL length NUL
-#: request``). Returns a flat list, two items a key: the binding or '', and the receivers of
-#: its node's message (0: nobody listens; -1: the binding is ME's own, nothing published).
+#: request``). Returns one string (one reply for the client to read, not two items a key):
+#: ``R`` then per key, NUL-separated, ``+NODE`` (published to NODE), ``0NODE`` (NODE's channel
+#: has no listener), ``-`` (no live binding) or ``=`` (the binding is ME's own: nothing
+#: published).
 RELAY = Script(
     """
 local me = ARGV[3]
@@ -155,11 +157,9 @@ for i = 1, #KEYS do
     live[node] = redis.call('GET', ARGV[1] .. node) or false
   end
   if not node or live[node] ~= inc then
-    out[2 * i - 1] = ''
-    out[2 * i] = 0
+    out[i] = '-'
   elseif node == me then
-    out[2 * i - 1] = v
-    out[2 * i] = -1
+    out[i] = '='
   else
     local parts = messages[node]
     if not parts then
@@ -169,8 +169,7 @@ for i = 1, #KEYS do
     end
     local request = ARGV[3 + i]
     parts[#parts + 1] = v .. '\\0' .. #request .. '\\0' .. request
-    out[2 * i - 1] = v
-    out[2 * i] = node
+    out[i] = node
   end
 end
 local receivers = {}
@@ -178,10 +177,12 @@ for _, node in ipairs(order) do
   receivers[node] = redis.call('PUBLISH', ARGV[2] .. node, table.concat(messages[node]))
 end
 for i = 1, #KEYS do
-  local r = out[2 * i]
-  if type(r) == 'string' then out[2 * i] = receivers[r] end
+  local r = out[i]
+  if r ~= '-' and r ~= '=' then
+    if receivers[r] > 0 then out[i] = '+' .. r else out[i] = '0' .. r end
+  end
 end
-return out
+return 'R' .. table.concat(out, '\\0')
 """
 )
 
@@ -782,23 +783,26 @@ class ClusterNode(Service):
 
     def _looked_up(self, result: Any, chunk: list[_Relay]) -> None:
         """RELAY's answer: where each request went (its answer may have come already)."""
-        for index, relayed in enumerate(chunk):
+        outcomes: list[bytes] = []
+        if isinstance(result, bytes) and result[:1] == b"R":
+            outcomes = result[1:].split(b"\0")
+        if len(outcomes) != len(chunk):
+            outcomes = [b"?"] * len(chunk)
+        for relayed, outcome in zip(chunk, outcomes, strict=True):
             if relayed.waiting.called:
                 continue
-            try:
-                binding, receivers = result[2 * index], result[2 * index + 1]
-            except (TypeError, IndexError):
-                self._settle(relayed, Failure(TargetNotReachable("a malformed directory answer")))
-                continue
-            if not binding or receivers == -1:  # nowhere, or (a stale entry) here
+            code, node = outcome[:1], outcome[1:]
+            if code == b"+":
+                relayed.node = node
+            elif code == b"-" or code == b"=":  # nowhere, or (a stale entry) here
                 self._settle(relayed, Failure(NoClusterRoute("no live connection in the cluster")))
-                continue
-            relayed.node = bytes(binding).split(b" ", 1)[0]
-            if not receivers:
+            elif code == b"0":
+                relayed.node = node
                 self._settle(
-                    relayed,
-                    Failure(NoClusterRoute(f"node {relayed.node.decode()} is not listening")),
+                    relayed, Failure(NoClusterRoute(f"node {node.decode()} is not listening"))
                 )
+            else:
+                self._settle(relayed, Failure(TargetNotReachable("a malformed directory answer")))
 
     def _lookup_lost(self, failure: Failure, chunk: list[_Relay]) -> None:
         if failure.check(RedisUnavailable):
