@@ -385,6 +385,201 @@ class RelayTests(RedisTestCase):
         self.flushLoggedErrors()
 
 
+def record_messages(node: ClusterNode) -> list[bytes]:
+    """The messages ``node`` receives on its channel, as they come (it still handles them)."""
+    received: list[bytes] = []
+    handle = node.subscriber._on_message
+    assert handle is not None
+
+    def recording(channel: bytes, data: bytes) -> None:
+        received.append(data)
+        handle(channel, data)
+
+    node.subscriber._on_message = recording
+    return received
+
+
+class BatchedRelayTests(RedisTestCase):
+    """The relays of one turn go together: one RELAY for them, one message a holding node,
+    the answers back in one message a turn; each request keeps its own rqi, timeout and
+    outcome."""
+
+    async def two_nodes(
+        self, **kw: Any
+    ) -> tuple[PoaChain, ClusterNode, ClusterNode, FakeConnection, list[bytes], list[bytes]]:
+        a, a_map = await self.node("a", **kw)
+        b, b_map = await self.node("b", **kw)
+        # (no clock: the connection never times out by itself, an answer not given is lost)
+        connection = FakeConnection(AE)
+        b_map.bind(AE, connection)
+        await b.sync()
+        chain = PoaChain(a_map, self.clock, timeout=5, cluster=a, pad_failures=False)
+        return chain, a, b, connection, record_messages(a), record_messages(b)
+
+    async def arrivals(self, connection: FakeConnection, count: int) -> None:
+        for _ in range(2000):
+            if len(connection.sent) >= count:
+                return
+            await self.redis.command("PING")
+        self.fail(f"{len(connection.sent)} of {count} requests arrived")
+
+    async def answers(self, node: ClusterNode, received: list[bytes], kind: bytes) -> None:
+        for _ in range(2000):
+            if any(data.startswith(kind) for data in received):
+                return
+            await self.redis.command("PING")
+        self.fail(f"no {kind!r} message reached node {node.node_name}")
+
+    async def test_a_turns_requests_for_one_node_go_in_one_message(self) -> None:
+        from acmews.cluster.node import RELAY
+
+        chain, a, _b, connection, _a_got, b_got = await self.two_nodes()
+        real = a.commands.eval
+        relays: list[int] = []
+
+        def counting(script: Any, keys: Any, args: Any) -> Deferred[Any]:
+            if script is RELAY:
+                relays.append(len(keys))
+            return real(script, keys, args)
+
+        a.commands.eval = counting  # type: ignore[method-assign]
+        sends = [chain.send(AE, notify(f"n{i}"), store=True) for i in range(5)]
+        await self.arrivals(connection, 5)
+        self.assertEqual(relays, [5])  # one round trip to Redis for the five
+        self.assertEqual([data[:2] for data in b_got], [b"B\0"])  # one message to b
+        self.assertEqual(connection.rqis(), [f"n{i}" for i in range(5)])
+        self.assertEqual([timeout for _, timeout, _ in connection.sent], [5] * 5)
+        for index in range(5):
+            connection.answer(index)
+        for sent in sends:
+            self.assertEqual((await sent).rsc, RSC.OK)
+
+    async def test_answers_come_back_together_each_to_its_request(self) -> None:
+        _chain, a, b, connection, a_got, _b_got = await self.two_nodes()
+        sends = [a.relay(AE, notify(f"n{i}"), 5) for i in range(4)]
+        await self.arrivals(connection, 4)
+        # answered in another order, each with a content of its own, in one turn of b's
+        for index in (2, 0, 3, 1):
+            request, _, d = connection.sent[index]
+            d.callback(Response(RSC.OK, request.rqi, "4", {"n": index}))
+        responses = [await sent for sent in sends]
+        self.assertEqual(
+            [(r.rqi, r.pc) for r in responses], [(f"n{i}", {"n": i}) for i in range(4)]
+        )
+        self.assertEqual([data[:2] for data in a_got], [b"A\0"])  # one message back
+        self.assertEqual((a.counts["relayed"], b.counts["served"]), (4, 4))
+
+    async def test_a_lost_answer_sends_that_request_alone_to_the_queue(self) -> None:
+        chain, _a, _b, connection, _a_got, _b_got = await self.two_nodes()
+        sends = [chain.send(AE, notify(f"n{i}"), store=True) for i in range(3)]
+        await self.arrivals(connection, 3)
+        connection.answer(0)
+        connection.answer(2)  # n1's answer never comes
+        self.assertEqual((await sends[0]).rsc, RSC.OK)
+        self.assertEqual((await sends[2]).rsc, RSC.OK)
+        self.assertFalse(sends[1].called)
+        self.clock.advance(5)
+        self.assertEqual((await sends[1]).rsc, RSC.ACCEPTED)
+        self.assertEqual([r.rqi for r in chain.queued(AE)], ["n1"])
+
+    async def test_order_per_originator_across_messages(self) -> None:
+        """More relays in a turn than go in one message: several messages, in order."""
+        chain, _a, _b, connection, _a_got, b_got = await self.two_nodes(relay_batch=3)
+        sends = [chain.send(AE, notify(f"n{i}"), store=True) for i in range(10)]
+        await self.arrivals(connection, 10)
+        self.assertEqual([data[:2] for data in b_got], [b"B\0"] * 4)
+        self.assertEqual(connection.rqis(), [f"n{i}" for i in range(10)])
+        for index in range(10):
+            connection.answer(index)
+        for sent in sends:
+            self.assertEqual((await sent).rsc, RSC.OK)
+
+    async def test_each_request_keeps_its_own_timeout(self) -> None:
+        _chain, a, _b, connection, _a_got, _b_got = await self.two_nodes()
+        long = a.relay(AE, notify("n1"), 10)
+        short = a.relay(AE, notify("n2"), 5)
+        await self.arrivals(connection, 2)
+        self.assertEqual([timeout for _, timeout, _ in connection.sent], [10, 5])
+        self.clock.advance(4.9)
+        self.assertFalse(short.called)
+        self.clock.advance(0.1)
+        failure = await self.assertFailure(short, RequestTimeout)
+        self.assertIn("no response within 5 s (relayed to node b)", failure.reason)
+        self.assertEqual(failure.rqi, "n2")
+        self.assertFalse(long.called)
+        connection.answer(0)
+        self.assertEqual((await long).rqi, "n1")
+
+    async def test_an_answer_waiting_to_be_read_when_the_timeout_fires_counts(self) -> None:
+        """Twisted runs its timers before it reads what came in: an answer that reached
+        this node in time but was not read yet (a busy node) is still taken, not queued
+        (which would deliver the notification twice)."""
+        chain, a, b, connection, a_got, _b_got = await self.two_nodes()
+        sent = chain.send(AE, notify("n1"), store=True)
+        await self.arrivals(connection, 1)
+        a.subscriber._protocol.transport.pauseProducing()  # a reads nothing meanwhile
+        connection.answer()
+        await b.sync()  # (b's answers go at the end of its turn; wait for that turn)
+        while b._replies or b._replies_call is not None:
+            await b.sync()
+        await b.sync()  # b's PUBLISH is done: the answer waits for a
+        self.assertEqual(a_got, [])
+        self.clock.advance(5)  # a's timer first
+        a.subscriber._protocol.transport.resumeProducing()
+        self.assertEqual((await sent).rsc, RSC.OK)
+        self.assertEqual(chain.queued(AE), [])
+
+    async def test_without_the_marker_the_catch_up_ends_after_its_grace(self) -> None:
+        """Redis does not hand the marker over in time: the relay times out then."""
+        chain, a, _b, connection, _a_got, _b_got = await self.two_nodes()
+        sent = chain.send(AE, notify("n1"), store=True)
+        await self.arrivals(connection, 1)
+        a.subscriber._protocol.transport.pauseProducing()
+        self.clock.advance(5)
+        await a.sync()
+        self.assertFalse(sent.called)
+        self.clock.advance(a.catch_up)
+        self.assertEqual((await sent).rsc, RSC.ACCEPTED)
+        self.assertEqual([r.rqi for r in chain.queued(AE)], ["n1"])
+        a.subscriber._protocol.transport.resumeProducing()
+
+    async def test_send_then_relays_and_falls_through_per_request(self) -> None:
+        """The fan-out's way (send_then): relayed, answered or, unanswered, queued."""
+        chain, _a, _b, connection, _a_got, _b_got = await self.two_nodes()
+        outcomes: dict[str, Any] = {}
+        for rqi in ("n0", "n1"):
+            chain.send_then(
+                AE,
+                notify(rqi),
+                lambda result, rqi=rqi: outcomes.setdefault(rqi, result),
+                store=True,
+            )
+        await self.arrivals(connection, 2)
+        connection.answer(0)
+        for _ in range(2000):
+            if "n0" in outcomes:
+                break
+            await self.redis.command("PING")
+        self.assertEqual(outcomes["n0"].rsc, RSC.OK)
+        self.clock.advance(5)
+        for _ in range(2000):
+            if "n1" in outcomes:
+                break
+            await self.redis.command("PING")
+        self.assertEqual(outcomes["n1"].rsc, RSC.ACCEPTED)
+        self.assertEqual([r.rqi for r in chain.queued(AE)], ["n1"])
+        self.assertEqual(chain.counts.delivered, 1)
+
+    async def test_malformed_batches_are_dropped(self) -> None:
+        a, a_map = await self.node("a")
+        for junk in (b"B\0", b"B\0x", b"B\0x\0bad", b"B\0x\0b\099\0short", b"A\0x\0ok"):
+            a._message(b"ch", junk)
+        a._message(b"ch", b"A\0x\0ok\0999\0short")
+        chain = PoaChain(a_map, self.clock, timeout=5, cluster=a, pad_failures=False)
+        self.assertEqual((await chain.send("Cx", notify(), store=True)).rsc, RSC.ACCEPTED)
+        self.flushLoggedErrors()
+
+
 class Recorder(Service):
     def __init__(self) -> None:
         self.events: list[str] = []
@@ -621,6 +816,8 @@ class RedisHangsTests(TestCase):
     timeout = 30
 
     async def test_a_redis_that_hangs_costs_no_more_than_the_senders_timeout(self) -> None:
+        """... and the catch-up's grace (a relay that times out first waits that long at
+        most for what Redis already has for its node; a hung Redis hands nothing over)."""
         from twisted.internet import reactor
 
         from acmews.cluster import RedisClient, RedisURL
@@ -641,9 +838,12 @@ class RedisHangsTests(TestCase):
         chain = PoaChain(a_map, clock, timeout=5, cluster=a, pad_failures=False)
         sent = chain.send(AE, notify("n1"), store=True)
         clock.advance(5)
+        self.assertFalse(sent.called)
+        clock.advance(a.catch_up)
         self.assertEqual((await sent).rsc, RSC.ACCEPTED)
         retrieve = chain.send(AE, Request(Operation.RETRIEVE, "x", "r1", fr="/id-in"))
         clock.advance(5)
+        clock.advance(a.catch_up)
         failure = await self.assertFailure(retrieve, RequestTimeout)
         self.assertIn("no response within 5 s (directory)", failure.reason)
 

@@ -39,15 +39,16 @@ answer was lost on the way back is queued and delivered again.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import os
 import re
+from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 from twisted.application.service import IService, Service
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
-from twisted.internet.defer import TimeoutError as DeferTimeoutError
+from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -57,16 +58,16 @@ from acmews.errors import NoClusterRoute, OneM2MError, RequestTimeout, TargetNot
 from acmews.interfaces import IClusterRelay, IConnection, IOriginatorMap, IOriginatorObserver
 from acmews.logs import Logger
 from acmews.poa.queue import decode_request, encode_request
-from acmews.poa.steps import await_step, reason
+from acmews.poa.steps import reason
 from acmews.primitive import Request, Response
 
 from .redis import RedisClient, RedisUnavailable, RedisURL, Script
 
 __all__ = ["DEFAULT_PREFIX", "ClusterNode", "Singletons", "valid_node_name"]
 
-_T = TypeVar("_T")
-
 DEFAULT_PREFIX = "acmews:"
+UNREACHABLE = "the cluster directory is unreachable"
+MALFORMED = "a malformed answer from the holding node"
 #: a node name: what keys and channels are made of (no spaces: a binding is space-separated)
 NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}")
 
@@ -133,20 +134,55 @@ return v
 """
 )
 
-#: KEYS: o:X. ARGV: node prefix, channel prefix, ME, relay id, X, timeout ms, request.
-#: A relay in one round trip: the binding (if its node's lease holds it) and the Q message
-#: published on that node's channel. Returns {binding or '', receivers}; receivers -1: the
-#: binding is ME's own (nothing published).
+#: KEYS: o:X1 .. o:Xn. ARGV: node prefix, channel prefix, ME, then one relayed request a key
+#: (``rid NUL X NUL timeout-ms NUL request``). A round's relays in one round trip: each
+#: binding looked up (valid while its node's lease holds it), and one B message a holding
+#: node with its requests in order (``B NUL ME NUL`` then per request ``binding NUL length NUL
+#: request``). Returns one string (one reply for the client to read, not two items a key):
+#: ``R`` then per key, NUL-separated, ``+NODE`` (published to NODE), ``0NODE`` (NODE's channel
+#: has no listener), ``-`` (no live binding) or ``=`` (the binding is ME's own: nothing
+#: published).
 RELAY = Script(
     """
-local v = redis.call('GET', KEYS[1])
-if not v then return {'', 0} end
-local node, inc = string.match(v, '^(%S+) (%S+)')
-if not node or redis.call('GET', ARGV[1] .. node) ~= inc then return {'', 0} end
-if node == ARGV[3] then return {v, -1} end
-local message = 'Q\\0' .. ARGV[4] .. '\\0' .. ARGV[3] .. '\\0' .. ARGV[5] .. '\\0' .. v
-  .. '\\0' .. ARGV[6] .. '\\0' .. ARGV[7]
-return {v, redis.call('PUBLISH', ARGV[2] .. node, message)}
+local me = ARGV[3]
+local out = {}
+local live = {}
+local messages = {}
+local order = {}
+for i = 1, #KEYS do
+  local v = redis.call('GET', KEYS[i])
+  local node, inc
+  if v then node, inc = string.match(v, '^(%S+) (%S+)') end
+  if node and live[node] == nil then
+    live[node] = redis.call('GET', ARGV[1] .. node) or false
+  end
+  if not node or live[node] ~= inc then
+    out[i] = '-'
+  elseif node == me then
+    out[i] = '='
+  else
+    local parts = messages[node]
+    if not parts then
+      parts = {'B\\0' .. me .. '\\0'}
+      messages[node] = parts
+      order[#order + 1] = node
+    end
+    local request = ARGV[3 + i]
+    parts[#parts + 1] = v .. '\\0' .. #request .. '\\0' .. request
+    out[i] = node
+  end
+end
+local receivers = {}
+for _, node in ipairs(order) do
+  receivers[node] = redis.call('PUBLISH', ARGV[2] .. node, table.concat(messages[node]))
+end
+for i = 1, #KEYS do
+  local r = out[i]
+  if r ~= '-' and r ~= '=' then
+    if receivers[r] > 0 then out[i] = '+' .. r else out[i] = '0' .. r end
+  end
+end
+return 'R' .. table.concat(out, '\\0')
 """
 )
 
@@ -278,6 +314,8 @@ class ClusterNode(Service):
         renew: float = 3.0,
         leader_lease: float = 12.0,
         max_relayed: int = 10_000,
+        relay_batch: int = 1000,
+        catch_up: float = 1.0,
         singletons: Singletons | None = None,
         flush: Callable[[str], None] | None = None,
         busy: Callable[[str], bool] | None = None,
@@ -296,6 +334,11 @@ class ClusterNode(Service):
         self.renew = renew
         self.leader_lease = leader_lease
         self.max_relayed = max_relayed
+        #: relays (and answers) in one Redis command at most
+        self.relay_batch = relay_batch
+        #: seconds a relay that timed out may wait for Redis to hand over what it already
+        #: has for this node (see ``_catch_up``)
+        self.catch_up = catch_up
         #: bindings of dead nodes the leader removes per renewal at most
         self.sweep_batch = 1000
         self.singletons = singletons if singletons is not None else Singletons()
@@ -311,8 +354,20 @@ class ClusterNode(Service):
         self._relay_ids = itertools.count(1)
         #: originator -> (its connection here, its binding)
         self._bound: dict[str, tuple[IConnection, bytes]] = {}
+        self._reactor = reactor
         #: relays this node waits for, by id
-        self._pending: dict[bytes, Deferred[Response]] = {}
+        self._pending: dict[bytes, _Relay] = {}
+        #: relays asked for in this turn of the reactor, sent by ``_send_outbox``
+        self._outbox: list[_Relay] = []
+        self._outbox_call: IDelayedCall | None = None
+        #: (deadline, relay id) of the relays sent, earliest first; one timer for them all
+        self._deadlines: deque[tuple[float, bytes]] = deque()
+        self._expiry_call: IDelayedCall | None = None
+        self._marker_ids = itertools.count(1)
+        self._markers: dict[bytes, _CatchUp] = {}
+        #: answers to other nodes' relays made in this turn, by the channel they go to
+        self._replies: dict[bytes, list[bytes]] = {}
+        self._replies_call: IDelayedCall | None = None
         #: requests other nodes asked this node to send, in flight
         self._serving: set[Deferred[Response]] = set()
         self._tick_call: IDelayedCall | None = None
@@ -372,9 +427,19 @@ class ClusterNode(Service):
         self._tick_call = None
         # a relay in flight fails as one to a node that is gone: its sender's chain goes on
         # (a NOTIFY to the queue), which a cancellation would have ended
-        for waiting in list(self._pending.values()):
-            if not waiting.called:
-                waiting.errback(NoClusterRoute("this node is stopping"))
+        for call in (self._outbox_call, self._expiry_call, self._replies_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._outbox_call = self._expiry_call = self._replies_call = None
+        for marker in self._markers.values():
+            if marker.grace is not None and marker.grace.active():
+                marker.grace.cancel()
+        self._markers.clear()
+        self._outbox.clear()
+        self._deadlines.clear()
+        self._replies.clear()
+        for relayed in list(self._pending.values()):
+            self._settle(relayed, Failure(NoClusterRoute("this node is stopping")))
         for serving in list(self._serving):
             serving.cancel()
         await self.singletons.follow()
@@ -587,10 +652,12 @@ class ClusterNode(Service):
     def _message(self, channel: bytes, data: bytes) -> None:
         kind = data[:2]
         try:
-            if kind == b"Q\0":
-                self._serve(data)
-            elif kind == b"R\0":
-                self._answered(data)
+            if kind == b"B\0":
+                self._serve_batch(data)
+            elif kind == b"A\0":
+                self._answers(data)
+            elif kind == b"S\0":
+                self._marker(data[2:])
             elif kind == b"T\0":
                 _, originator, binding = data.split(b"\0", 2)
                 self._taken_over(originator.decode("utf-8", "surrogatepass"), binding)
@@ -617,8 +684,22 @@ class ClusterNode(Service):
         :class:`~acmews.errors.NoClusterRoute` when no other node holds one (or Redis cannot
         be asked, or, ``stored``, the holding node is delivering ``target``'s queue: the
         notification goes behind), with 4008 when no answer comes within ``timeout``, and as
-        the holding node's connection failed otherwise."""
-        return Deferred.fromCoroutine(self._relay(target, request, timeout, stored))
+        the holding node's connection failed otherwise.
+
+        The relays asked for in one turn of the reactor go together: one :data:`RELAY` for
+        all of them, one message a holding node, and the answers back likewise (one message
+        a turn of the holding node); each keeps its own rqi, timeout and outcome."""
+        if not self.available:
+            return fail(NoClusterRoute("the cluster directory is unreachable"))
+        now = self._clock.seconds()
+        rid = b"%s/%d" % (self._me, next(self._relay_ids))
+        relayed = _Relay(rid, target, request, timeout, stored, now + timeout)
+        self._pending[rid] = relayed
+        self._outbox.append(relayed)
+        if self._outbox_call is None:
+            self._outbox_call = self._reactor.callLater(0, self._send_outbox)
+        self._expect(relayed)
+        return relayed.waiting
 
     def holder(self, target: str) -> Deferred[str | None]:
         """The other node that holds ``target``'s live connection, or None."""
@@ -654,103 +735,226 @@ class ClusterNode(Service):
                 "PUBLISH", self._channel_prefix + node.encode(), b"F\0" + target.encode()
             )
 
-    async def _in_time(self, step: Deferred[_T], deadline: float, timeout: float, what: str) -> _T:
-        """``step``'s result, or RequestTimeout once the sender's ``timeout`` (ending at
-        ``deadline``) has passed: a Redis that hangs costs no more than a silent node."""
-        step.addTimeout(max(deadline - self._clock.seconds(), 0.001), self._clock)
-        try:
-            return await step
-        except DeferTimeoutError:
-            raise RequestTimeout(f"no response within {timeout:g} s ({what})") from None
-
-    async def _relay(
-        self, target: str, request: Request, timeout: float, stored: bool = False
-    ) -> Response:
-        started = self._clock.seconds()
-        deadline = started + timeout
-        if not self.available:
-            raise NoClusterRoute("the cluster directory is unreachable")
-        payload = encode_request(request)
-        rid = f"{self.node_name}/{next(self._relay_ids)}".encode()
-        waiting: Deferred[Response] = Deferred()
-        self._pending[rid] = waiting  # (its answer may come before RELAY's own)
-        node = b"?"
-        # (a RELAY on a connection that then breaks may have run: see below)
-        sent = self.commands.connected
-        try:
+    def _send_outbox(self) -> None:
+        """This turn's relays, to Redis: one :data:`RELAY` (a chunk of them)."""
+        self._outbox_call = None
+        outbox, self._outbox = self._outbox, []
+        chunk: list[_Relay] = []
+        requests: list[bytes] = []
+        for relayed in outbox:
+            if relayed.waiting.called:
+                continue  # timed out (or this node stopped) before it could be sent
             try:
-                binding, receivers = await self._in_time(
-                    self.commands.eval(
-                        RELAY,
-                        [self._okey(target)],
-                        [
-                            self._node_prefix,
-                            self._channel_prefix,
-                            self._me,
-                            rid,
-                            target.encode("utf-8", "surrogatepass"),
-                            # (q: it may be queued instead, see _serve)
-                            f"{int(timeout * 1000)}{'q' if stored else ''}",
-                            payload,
-                        ],
-                    ),
-                    deadline,
-                    timeout,
-                    "directory",
+                payload = encode_request(relayed.request)
+            except Exception as e:
+                self._settle(relayed, Failure(e))
+                continue
+            timeout_ms = f"{int(relayed.timeout * 1000)}{'q' if relayed.stored else ''}"
+            requests.append(
+                b"\0".join(
+                    [
+                        relayed.rid,
+                        relayed.target.encode("utf-8", "surrogatepass"),
+                        timeout_ms.encode(),
+                        payload,
+                    ]
                 )
-            except RedisUnavailable as e:
-                if not sent:
-                    raise NoClusterRoute(f"the cluster directory is unreachable ({e})") from e
-                # Redis's answer was lost with the connection (no answer in time, a node too
-                # busy to read it): the request may be on its way to the holding node, whose
-                # answer comes on the other connection. Waiting for it, rather than failing
-                # at once into the queue, keeps a notification from being delivered twice.
-                return await self._answer_of(waiting, deadline, timeout, request, b"?")
-            if not binding or receivers == -1:  # nowhere, or (a stale entry) here
-                raise NoClusterRoute("no live connection in the cluster")
-            node = binding.split(b" ", 1)[0]
-            if not receivers:
-                raise NoClusterRoute(f"node {node.decode()} is not listening")
-            return await self._answer_of(waiting, deadline, timeout, request, node)
-        finally:
-            self._pending.pop(rid, None)
+            )
+            chunk.append(relayed)
+            if len(chunk) >= self.relay_batch:
+                self._send_chunk(chunk, requests)
+                chunk, requests = [], []
+        if chunk:
+            self._send_chunk(chunk, requests)
 
-    async def _answer_of(
-        self,
-        waiting: Deferred[Response],
-        deadline: float,
-        timeout: float,
-        request: Request,
-        node: bytes,
-    ) -> Response:
-        remaining = max(deadline - self._clock.seconds(), 0.001)
-        try:
-            response = await await_step(waiting, remaining, self._clock)
-        except RequestTimeout:
-            raise RequestTimeout(
-                f"no response within {timeout:g} s (relayed to node {node.decode()})",
-                rqi=request.rqi,
-            ) from None
-        self.counts["relayed"] += 1
-        return response
+    def _send_chunk(self, chunk: list[_Relay], requests: list[bytes]) -> None:
+        if not self.commands.connected:
+            for relayed in chunk:
+                self._settle(relayed, Failure(NoClusterRoute(UNREACHABLE)))
+            return
+        sent = self.commands.eval(
+            RELAY,
+            [self._okey(relayed.target) for relayed in chunk],
+            [self._node_prefix, self._channel_prefix, self._me, *requests],
+        )
+        sent.addCallbacks(
+            self._looked_up, self._lookup_lost, callbackArgs=(chunk,), errbackArgs=(chunk,)
+        )
 
-    def _answered(self, data: bytes) -> None:
-        _, rid, status, payload = data.split(b"\0", 3)
-        waiting = self._pending.pop(rid, None)
-        if waiting is None or waiting.called:
+    def _looked_up(self, result: Any, chunk: list[_Relay]) -> None:
+        """RELAY's answer: where each request went (its answer may have come already)."""
+        outcomes: list[bytes] = []
+        if isinstance(result, bytes) and result[:1] == b"R":
+            outcomes = result[1:].split(b"\0")
+        if len(outcomes) != len(chunk):
+            outcomes = [b"?"] * len(chunk)
+        for relayed, outcome in zip(chunk, outcomes, strict=True):
+            if relayed.waiting.called:
+                continue
+            code, node = outcome[:1], outcome[1:]
+            if code == b"+":
+                relayed.node = node
+            elif code == b"-" or code == b"=":  # nowhere, or (a stale entry) here
+                self._settle(relayed, Failure(NoClusterRoute("no live connection in the cluster")))
+            elif code == b"0":
+                relayed.node = node
+                self._settle(
+                    relayed, Failure(NoClusterRoute(f"node {node.decode()} is not listening"))
+                )
+            else:
+                self._settle(relayed, Failure(TargetNotReachable("a malformed directory answer")))
+
+    def _lookup_lost(self, failure: Failure, chunk: list[_Relay]) -> None:
+        if failure.check(RedisUnavailable):
+            # Redis's answer was lost with the connection (no answer in time, a node too
+            # busy to read it): the requests may be on their way to the holding nodes, whose
+            # answers come on the other connection. Waiting for them until the timeout,
+            # rather than failing at once into the queue, keeps a notification from being
+            # delivered twice.
+            for relayed in chunk:
+                if relayed.node is None:
+                    relayed.node = b"?"
+            return
+        for relayed in chunk:
+            self._settle(relayed, failure)
+
+    def _settle(self, relayed: _Relay, result: Response | Failure) -> None:
+        self._pending.pop(relayed.rid, None)
+        if relayed.waiting.called:
+            return
+        if isinstance(result, Failure):
+            relayed.waiting.errback(result)
+        else:
+            self.counts["relayed"] += 1
+            relayed.waiting.callback(result)
+
+    # (the timeouts: one timer for all the relays waiting, at the earliest deadline)
+
+    def _expect(self, relayed: _Relay) -> None:
+        deadlines = self._deadlines
+        item = (relayed.deadline, relayed.rid)
+        if deadlines and item < deadlines[-1]:
+            bisect.insort(deadlines, item)  # (a shorter timeout than the relays before)
+        else:
+            deadlines.append(item)
+        call = self._expiry_call
+        if call is None:
+            self._expiry_call = self._clock.callLater(
+                max(relayed.deadline - self._clock.seconds(), 0), self._expire
+            )
+        elif relayed.deadline < call.getTime():
+            call.reset(max(relayed.deadline - self._clock.seconds(), 0))
+
+    def _expire(self) -> None:
+        self._expiry_call = None
+        now = self._clock.seconds()
+        deadlines = self._deadlines
+        due: list[_Relay] = []
+        while deadlines and deadlines[0][0] <= now:
+            _, rid = deadlines.popleft()
+            relayed = self._pending.get(rid)
+            if relayed is None:
+                continue
+            if relayed.waiting.called:  # (cancelled: the chain stopped)
+                del self._pending[rid]
+                continue
+            due.append(relayed)
+        if deadlines:
+            self._expiry_call = self._clock.callLater(max(deadlines[0][0] - now, 0), self._expire)
+        if due:
+            self._catch_up(due)
+
+    def _catch_up(self, due: list[_Relay]) -> None:
+        """Before relays time out: read what Redis already has for this node. Twisted runs
+        its timers before it reads the answers waiting, so a node too busy to read for a
+        while would take answers that came in time for lost ones (and queue notifications
+        that were delivered). A marker published on this node's channel now comes back
+        after every answer published before it, and PUBLISH's own reply after every reply
+        to this node's commands: once both are read (or ``catch_up`` seconds passed, or
+        Redis is not connected), what is still waiting has timed out."""
+        if not (self.commands.connected and self.subscriber.connected):
+            self._time_out(due)
+            return
+        token = b"%d" % next(self._marker_ids)
+        marker = _CatchUp(due)
+        self._markers[token] = marker
+
+        def done(_: object = None) -> None:
+            marker.waiting -= 1
+            if marker.waiting <= 0:
+                finish()
+
+        def finish() -> None:
+            if self._markers.pop(token, None) is None:
+                return
+            if marker.grace is not None and marker.grace.active():
+                marker.grace.cancel()
+            self._time_out(marker.due)
+
+        marker.arrived = done
+        marker.grace = self._clock.callLater(self.catch_up, finish)
+        published = self.commands.command(
+            "PUBLISH", self._channel_prefix + self._me, b"S\0" + token
+        )
+        published.addCallbacks(done, lambda _: finish())
+
+    def _time_out(self, due: list[_Relay]) -> None:
+        for relayed in due:
+            if relayed.waiting.called:
+                continue
+            if relayed.node is None:
+                error = RequestTimeout(f"no response within {relayed.timeout:g} s (directory)")
+            else:
+                error = RequestTimeout(
+                    f"no response within {relayed.timeout:g} s "
+                    f"(relayed to node {relayed.node.decode()})",
+                    rqi=relayed.request.rqi,
+                )
+            self._settle(relayed, Failure(error))
+
+    def _marker(self, token: bytes) -> None:
+        marker = self._markers.get(token)
+        if marker is not None and marker.arrived is not None:
+            marker.arrived()
+
+    # (the answers)
+
+    def _answers(self, data: bytes) -> None:
+        """An A message: answers to this node's relays (``A NUL`` then per answer ``rid NUL
+        status NUL length NUL payload``)."""
+        position = 2
+        end = len(data)
+        while position < end:
+            rid_end = data.index(b"\0", position)
+            status_end = data.index(b"\0", rid_end + 1)
+            length_end = data.index(b"\0", status_end + 1)
+            length = int(data[status_end + 1 : length_end])
+            start = length_end + 1
+            if length < 0 or start + length > end:
+                raise ValueError("a truncated answer")
+            rid, status = data[position:rid_end], data[rid_end + 1 : status_end]
+            self._answered(rid, status, data[start : start + length])
+            position = start + length
+
+    def _answered(self, rid: bytes, status: bytes, payload: bytes) -> None:
+        relayed = self._pending.get(rid)
+        if relayed is None:
             return  # timed out meanwhile (the chain went on), or a stray
+        if relayed.waiting.called:  # (cancelled: the chain stopped)
+            del self._pending[rid]
+            return
         if status == b"ok":
             try:
                 response = CBOR.decode(payload)
-            except OneM2MError as e:
-                waiting.errback(TargetNotReachable("a malformed answer from the holding node"))
-                raise ValueError(e.reason) from None
+            except OneM2MError:
+                response = None
             if not isinstance(response, Response):
-                waiting.errback(TargetNotReachable("a malformed answer from the holding node"))
-                raise ValueError("the answer is no response")
-            waiting.callback(response)
+                self.log.warn("cluster: a malformed answer to relay {rid}", rid=rid[:100])
+                self._settle(relayed, Failure(TargetNotReachable(MALFORMED)))
+                return
+            self._settle(relayed, response)
         elif status == b"no":
-            waiting.errback(NoClusterRoute(payload.decode("utf-8", "replace")))
+            self._settle(relayed, Failure(NoClusterRoute(payload.decode("utf-8", "replace"))))
         elif status[:1] == b"e" and status[1:].isdigit():
             rsc = int(status[1:])
             text = payload.decode("utf-8", "replace")
@@ -759,17 +963,45 @@ class ClusterNode(Service):
                 error = RequestTimeout(text)
             else:
                 error = TargetNotReachable(text)
-            waiting.errback(error)
+            self._settle(relayed, Failure(error))
         else:
-            waiting.errback(TargetNotReachable("a malformed answer from the holding node"))
+            self._settle(relayed, Failure(TargetNotReachable(MALFORMED)))
 
-    def _serve(self, data: bytes) -> None:
+    # (serving other nodes' relays)
+
+    def _serve_batch(self, data: bytes) -> None:
+        """A B message: other node's requests for this node's connections, in order."""
+        sender_end = data.index(b"\0", 2)
+        sender = data[2:sender_end]
+        if not sender:
+            raise ValueError("no sender")
+        reply_to = self._channel_prefix + sender
+        position = sender_end + 1
+        end = len(data)
+        while position < end:
+            binding_end = data.index(b"\0", position)
+            length_end = data.index(b"\0", binding_end + 1)
+            length = int(data[binding_end + 1 : length_end])
+            start = length_end + 1
+            if length < 0 or start + length > end:
+                raise ValueError("a truncated request")
+            rid, target, timeout_ms, payload = data[start : start + length].split(b"\0", 3)
+            self._serve(reply_to, rid, target, data[position:binding_end], timeout_ms, payload)
+            position = start + length
+
+    def _serve(
+        self,
+        reply_to: bytes,
+        rid: bytes,
+        target_bytes: bytes,
+        binding: bytes,
+        timeout_ms: bytes,
+        payload: bytes,
+    ) -> None:
         """Another node asks this one to send a request on one of its connections."""
-        _, rid, sender, target_bytes, binding, timeout_ms, payload = data.split(b"\0", 6)
         target = target_bytes.decode("utf-8", "surrogatepass")
         stored = timeout_ms.endswith(b"q")
         timeout = int(timeout_ms.rstrip(b"q")) / 1000.0
-        reply_to = self._channel_prefix + sender
         entry = self._bound.get(target)
         if entry is None or entry[1] != binding:
             self._reply(reply_to, rid, b"no", b"no live connection here any more")
@@ -785,7 +1017,11 @@ class ClusterNode(Service):
             request = decode_request(payload)
         except OneM2MError as e:
             self._reply(reply_to, rid, b"e5103", b"the request cannot be relayed")
-            raise ValueError(e.reason) from None
+            self.log.warn(
+                "cluster: a relayed request that cannot be decoded ({error})",
+                error=e.reason[:200],
+            )
+            return
         # (a connection that refuses at once, say a request too large for it, fails the same)
         sent: Deferred[Response] = maybeDeferred(entry[0].request, request, timeout)
         self._serving.add(sent)
@@ -815,9 +1051,24 @@ class ClusterNode(Service):
         sent.addBoth(done)
 
     def _reply(self, channel: bytes, rid: bytes, status: bytes, payload: bytes) -> None:
-        sent = self.commands.command("PUBLISH", channel, b"\0".join([b"R", rid, status, payload]))
-        # lost on the way: the sender's timeout sends it down the chain (at least once)
-        sent.addErrback(lambda _: None)
+        """An answer, sent with the others of this turn for the same node (one A message)."""
+        answers = self._replies.get(channel)
+        if answers is None:
+            answers = self._replies[channel] = []
+        answers.append(b"%s\0%s\0%d\0%s" % (rid, status, len(payload), payload))
+        if self._replies_call is None:
+            self._replies_call = self._reactor.callLater(0, self._send_replies)
+
+    def _send_replies(self) -> None:
+        self._replies_call = None
+        replies, self._replies = self._replies, {}
+        for channel, answers in replies.items():
+            for start in range(0, len(answers), self.relay_batch):
+                message = b"A\0" + b"".join(answers[start : start + self.relay_batch])
+                sent = self.commands.command("PUBLISH", channel, message)
+                # lost on the way: the sender's timeout sends them down the chain (at least
+                # once)
+                sent.addErrback(lambda _: None)
 
     # -- what the cluster looks like ---------------------------------------------------------
 
@@ -846,6 +1097,45 @@ class ClusterNode(Service):
 
     def bound_here(self) -> list[str]:
         return list(self._bound)
+
+
+class _Relay:
+    """A request this node relays to another, until it is answered or times out."""
+
+    __slots__ = ("deadline", "node", "request", "rid", "stored", "target", "timeout", "waiting")
+
+    def __init__(
+        self,
+        rid: bytes,
+        target: str,
+        request: Request,
+        timeout: float,
+        stored: bool,
+        deadline: float,
+    ) -> None:
+        self.rid = rid
+        self.target = target
+        self.request = request
+        self.timeout = timeout
+        self.stored = stored
+        self.deadline = deadline
+        #: the holding node, once the directory said (b"?": its answer was lost)
+        self.node: bytes | None = None
+        self.waiting: Deferred[Response] = Deferred()
+
+
+class _CatchUp:
+    """Relays past their deadline, waiting for the marker that says Redis handed over
+    whatever answers it had for them."""
+
+    __slots__ = ("arrived", "due", "grace", "waiting")
+
+    def __init__(self, due: list[_Relay]) -> None:
+        self.due = due
+        #: the marker's message and PUBLISH's reply
+        self.waiting = 2
+        self.arrived: Callable[[], None] | None = None
+        self.grace: IDelayedCall | None = None
 
 
 def _bound_originators(originators: IOriginatorMap) -> list[str]:

@@ -299,20 +299,40 @@ class RedisClient:
         return self._guard(d, protocol)
 
     def _guard(self, d: Deferred[Any], protocol: Any) -> Deferred[Any]:
-        d.addTimeout(self.timeout, self._reactor)
+        reactor = self._reactor
+        timed_out = False
+
+        def expired() -> None:
+            # Twisted runs its timers before it reads what came in meanwhile: a busy process
+            # would take an answer waiting to be read for none. Read once more first.
+            timer[0] = reactor.callLater(0, broken)
+
+        def broken() -> None:
+            nonlocal timed_out
+            if d.called:
+                return
+            timed_out = True
+            if protocol.transport is not None:
+                protocol.transport.abortConnection()
+            d.cancel()
+
+        timer: list[IDelayedCall] = [reactor.callLater(self.timeout, expired)]
+
+        def settled(result: Any) -> Any:
+            if timer[0].active():
+                timer[0].cancel()
+            return result
 
         def failed(failure: Failure) -> Failure:
             from txredisapi import ConnectionError as RedisConnectionError
 
-            if failure.check(DeferTimeoutError):
-                if protocol.transport is not None:
-                    protocol.transport.abortConnection()
+            if timed_out:
                 return Failure(RedisUnavailable(f"no answer from Redis in {self.timeout:g} s"))
             if failure.check(RedisConnectionError):
                 return Failure(RedisUnavailable(_describe(failure.value)))
             return failure
 
-        return d.addErrback(failed)
+        return d.addBoth(settled).addErrback(failed)
 
 
 async def _nothing() -> None:

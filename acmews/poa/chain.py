@@ -233,6 +233,8 @@ class PoaChain(Service):
             poa = tuple(poa)
         connection = self._live_connection(target, request, store)
         if connection is None:
+            if self._relayable(target, request, store):
+                return self._track(self._send_relayed(target, request, poa, store))
             return self._track(
                 Deferred.fromCoroutine(self._send_other(target, request, poa, store))
             )
@@ -261,6 +263,9 @@ class PoaChain(Service):
             poa = tuple(poa)
         connection = self._live_connection(target, request, store)
         if connection is None:
+            if self._relayable(target, request, store):
+                self._track(self._send_relayed(target, request, poa, store)).addBoth(then)
+                return
             other = self._send_other(target, request, poa, store)
             self._track(Deferred.fromCoroutine(other)).addBoth(then)
             return
@@ -286,7 +291,7 @@ class PoaChain(Service):
             # older notifications are waiting: this one may have to go behind them
             return await self._send_queued(target, request, poa)
         if self.cluster is not None:
-            return await self._send_cluster(target, request, poa, store)
+            return await self._send_relayed(target, request, poa, store)
         return await self._send_poa(target, request, poa, store, ["no live connection"])
 
     def _behind(self, target: str) -> bool:
@@ -348,24 +353,49 @@ class PoaChain(Service):
             return Failure(error)
         return Deferred.fromCoroutine(self._send_poa(target, request, poa, store, tried))
 
-    async def _send_cluster(
+    def _relayable(self, target: str, request: Request, store: bool) -> bool:
+        """Whether, with no live connection here, ``request`` goes to the cluster next (not
+        a URL, not behind a queue): :meth:`_send_relayed` without a coroutine."""
+        return (
+            self.cluster is not None
+            and not is_url(target)
+            and not (store and request.op == Operation.NOTIFY and self._behind(target))
+        )
+
+    def _send_relayed(
         self, target: str, request: Request, poa: tuple[str, ...], store: bool
-    ) -> Response:
+    ) -> Deferred[Response]:
         """Step 1 in a cluster, for an originator with no live connection here: its live
         connection on another node, then the rest of the chain as for a local one."""
         assert self.cluster is not None
-        try:
-            response = await self.cluster.relay(
-                target, request, self.timeout, store and request.op == Operation.NOTIFY
-            )
-        except CancelledError:
-            raise
-        except NoClusterRoute:
+        relayed = self.cluster.relay(
+            target, request, self.timeout, store and request.op == Operation.NOTIFY
+        )
+        relayed.addCallbacks(
+            self._live_answered,
+            self._relay_failed,
+            callbackArgs=(request,),
+            errbackArgs=(target, request, poa, store),
+        )
+        return relayed
+
+    def _relay_failed(
+        self,
+        failure: Failure,
+        target: str,
+        request: Request,
+        poa: tuple[str, ...],
+        store: bool,
+    ) -> Deferred[Response] | Failure:
+        if failure.check(CancelledError):
+            return failure
+        if failure.check(NoClusterRoute):
             tried = ["no live connection"]
-        except Exception as e:
-            error = unwrap_timeout(e)
+        else:
+            error = unwrap_timeout(failure.value or Exception("unknown failure"))
+            assert isinstance(error, Exception)
             if not isinstance(error, OneM2MError):
-                self._log_unexpected(target, request, "live connection in the cluster")
+                self._log_unexpected(target, request, "live connection in the cluster", failure)
             tried = [f"live connection on another node: {reason(error)}"]
             if (
                 isinstance(error, RequestTimeout)
@@ -373,10 +403,8 @@ class PoaChain(Service):
                 and not (store and request.op == Operation.NOTIFY)
             ):
                 self._log_failed(target, request, tried)
-                raise error from None
-        else:
-            return self._live_answered(response, request)
-        return await self._send_poa(target, request, poa, store, tried)
+                return Failure(error)
+        return Deferred.fromCoroutine(self._send_poa(target, request, poa, store, tried))
 
     async def _send_queued(self, target: str, request: Request, poa: tuple[str, ...]) -> Response:
         """A NOTIFY for an originator with a non-empty queue: keep the order."""
