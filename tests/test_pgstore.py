@@ -795,3 +795,32 @@ class CacheTests(PostgreSQLCase):
         r = self.successResultOf(on_a(2, "cse-in/ae/c"))
         self.assertEqual(r.pc["m2m:cnt"]["cni"], 1)
         self.assertEqual(sql(self.url, "SELECT count(*) FROM resources WHERE ty = 4"), [(1,)])
+
+
+class StartedTogetherTests(PostgreSQLCase):
+    """Nodes started at once on an empty database each make a CSEBase; one is stored, and
+    the others take it (before: a critical 'could not store the CSEBase' on each of them,
+    and a CSEBase of its own answered by each)."""
+
+    async def test_one_cse_base(self) -> None:
+        nodes = [Node(self.url, self.reactor, self.clock) for _ in range(3)]
+        for node in nodes:
+            self.addCleanup(node.stop)
+        for node in nodes:
+            await node.resources.flushed()
+        bases = []
+        for node in nodes:
+            response = await self.ok(node, 2, "cse-in")  # (a refresh comes first)
+            bases.append(response.pc["m2m:cb"])
+            self.assertIs(node.cse.base, node.resources.get("id-in"))
+            self.assertIs(node.cse.addressing.base, node.cse.base)
+        self.assertEqual(len({base["ct"] for base in bases}), 1, bases)
+        [(ct,)] = sql(self.url, "SELECT count(*) FROM resources WHERE ri = 'id-in'")
+        self.assertEqual(ct, 1)
+        # and each works on it: a child made through one is read through the others
+        ae = {"m2m:ae": {"rn": "ae", "api": "Nx", "rr": True, "srv": ["4"]}}
+        await self.ok(nodes[1], 1, "cse-in", fr="Cae", ty=2, pc=ae)
+        for node in nodes:
+            await self.ok(node, 2, "cse-in/ae", fr="Cae")
+            children = node.resources.children("id-in")
+            self.assertEqual([c.rn for c in children if c.ty == 2], ["ae"])

@@ -140,7 +140,9 @@ class CSE:
             )
             batch = Batch(self.store)
             batch.add(base)
-            self._store_base(batch)
+            done = self.store.apply(batch)
+            if done is not None:
+                done.addErrback(self._base_not_created)
         self.base = base
         self.polling.load(base)
         advertised = {
@@ -215,6 +217,47 @@ class CSE:
         done = self.store.apply(batch)
         if done is not None:
             done.addErrback(self._log_failure, "could not store the CSEBase")
+
+    def _base_not_created(self, failure: Failure) -> Deferred[None] | None:
+        """The CSEBase this start made could not be stored. On a shared store another CSE
+        node may have stored one first (nodes started together on an empty database): once
+        a refresh has brought it in, this node uses that one (:meth:`_use_base`), as if it
+        had started after it. Anything else is logged as the failure it is."""
+        gate = self._gate
+        if gate is None:
+            self._log_failure(failure, "could not store the CSEBase")
+            return None
+        refreshed = gate(Request(Operation.RETRIEVE, self.base.ri, "acmews-cse-base"))
+        if refreshed is None:
+            self._stored_base(None, failure)
+            return None
+        refreshed.addCallback(self._stored_base, failure)
+        refreshed.addErrback(self._log_failure, "could not store the CSEBase")
+        return refreshed
+
+    def _stored_base(self, _: object, failure: Failure) -> None:
+        stored = self.store.get(self.base.ri)
+        if stored is None:
+            self._log_failure(failure, "could not store the CSEBase")
+        elif stored is not self.base:
+            self._use_base(stored)
+
+    def _use_base(self, stored: Resource) -> None:
+        """Take ``stored``, the CSEBase another node stored, instead of the one this start
+        made; what this node advertises follows its configuration, as for any start."""
+        self.log.info("the CSEBase was stored by another CSE node first: using that one")
+        self.base = stored
+        self.addressing.base = stored
+        self.nonblocking.use_base(stored)
+        self.polling.load(stored)
+        advertised = {
+            "poa": list(self.config.poa),
+            "cst": self.config.cse_type,
+            "srt": _supported_types(),
+            "csz": list(_SERIALIZATIONS),
+        }
+        if any(stored.attrs.get(name) != value for name, value in advertised.items()):
+            self._update_base(advertised)
 
     def owner_of(self, aei: str) -> str | None:
         """The credential an AE registered through (``Resource.owner``), or None: for
@@ -888,6 +931,11 @@ class CSE:
     def _changed_elsewhere(self, batch: Batch) -> None:
         """A shared store brought in what another CSE node changed: index it as if it were
         this node's own change (the store has applied it)."""
+        base = self.base
+        for resource in batch.added:
+            if resource.ri == base.ri and resource is not base:
+                # (another node's CSEBase, this start's was not stored: see _base_not_created)
+                self._use_base(resource)
         self.expiry.track(batch)
         if self.timeseries.running:
             self.timeseries.track(batch)

@@ -197,6 +197,10 @@ class NonBlocking:
         self._ledger = _Ledger(config.max_requests_per_originator, config.max_requests)
         self._restore()
 
+    def use_base(self, base: Resource) -> None:
+        """The CSEBase is ``base`` from now on (another CSE node stored it first)."""
+        self._base = base
+
     def _restore(self) -> None:
         """Know the ``<request>`` resources a durable store kept; those still pending were
         cut short by a stop (their result is lost): they are marked failed."""
