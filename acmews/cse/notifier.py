@@ -299,6 +299,7 @@ class Notifier:
         #: the event with the whole resource, shared by the subscriptions that get it
         whole: Shared | None = None
         policies = self._policies
+        rep_ty = rep.ty
         for sub in batch.children(subject.ri, _SUB):
             if sub is exclude:
                 continue
@@ -311,7 +312,7 @@ class Notifier:
             if plain is not None and net is not None and net in policy.net:
                 # the common case (a fan-out): what the general path below does for it
                 if net == 3 or net == 4:
-                    if policy.chty is not None and rep.ty not in policy.chty:
+                    if policy.chty is not None and rep_ty not in policy.chty:
                         continue
                 elif (
                     net == 1
@@ -321,15 +322,15 @@ class Notifier:
                     continue
                 if whole is None:
                     whole = Shared(rep=rep.pc, net=int(net))
-                batch.notify(
-                    (self.resolve_target(plain[1], batch),),
+                batch.notify_one(
+                    self.resolve_target(plain[1], batch),
                     {"m2m:sgn": {"nev": whole, "sur": plain[0]}},
                 )
                 continue
             monitored: dict[str, Any] | None = None
             if net is not None and net in policy.net:
                 if net == 3 or net == 4:
-                    if policy.chty is not None and rep.ty not in policy.chty:
+                    if policy.chty is not None and rep_ty not in policy.chty:
                         continue
                 elif (
                     net == 1

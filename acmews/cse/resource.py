@@ -315,6 +315,8 @@ class Changes(ResourceReader, Protocol):
         urgent: bool = False,
     ) -> None: ...
 
+    def notify_one(self, target: Target, pc: dict[str, Any]) -> None: ...
+
 
 class CSEServices(Protocol):
     """What the CSE offers the hooks of a :class:`ResourceKind` (the CSE provides it).

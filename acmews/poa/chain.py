@@ -345,11 +345,7 @@ class PoaChain(Service):
         if not isinstance(error, OneM2MError):
             self._log_unexpected(target, request, "live connection", failure)
         tried = [f"live connection {connection.peer}: {reason(error)}"]
-        if (
-            isinstance(error, RequestTimeout)
-            and not poa
-            and not (store and request.op == _NOTIFY)
-        ):
+        if isinstance(error, RequestTimeout) and not poa and not (store and request.op == _NOTIFY):
             # the only way there timed out (a forwarded request over a CSE link): 4008
             self._log_failed(target, request, tried)
             return Failure(error)
