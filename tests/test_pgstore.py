@@ -824,3 +824,27 @@ class StartedTogetherTests(PostgreSQLCase):
             await self.ok(node, 2, "cse-in/ae", fr="Cae")
             children = node.resources.children("id-in")
             self.assertEqual([c.rn for c in children if c.ty == 2], ["ae"])
+
+    async def test_nodes_advertising_at_once(self) -> None:
+        """Nodes that start together on a database with a CSEBase each write the poa they
+        listen on into it: the writes made at once are refused but one (before: a critical
+        'could not store the CSEBase' each); every node then answers the stored one."""
+        first = await self.node()
+        nodes = []
+        for port in (8181, 8182, 8183):
+            store = open_store(self.url, self.reactor, cse_id="/id-in")
+            self.addCleanup(store.service.stopService)
+            config = CSEConfig(poa=(f"ws://127.0.0.1:{port}",))
+            nodes.append((store, CSE(config, FakeSender(), self.clock, store.resources)))
+        for store, _ in nodes:
+            await store.resources.flushed()
+        seen = [(await self.ok(first, 2, "cse-in")).pc["m2m:cb"]["poa"]]
+        for _store, cse in nodes:
+            response = cse.handle_request(
+                Request(Operation.RETRIEVE, "cse-in", "rq", "4", ADMIN), FakeConnection()
+            )
+            if isinstance(response, Deferred):
+                response = await response
+            seen.append(response.pc["m2m:cb"]["poa"])
+        self.assertEqual(len({tuple(p) for p in seen}), 1, seen)
+        self.assertIn(seen[0], [[f"ws://127.0.0.1:{port}"] for port in (8181, 8182, 8183)])

@@ -211,12 +211,32 @@ class CSE:
         batch = Batch(self.store)
         self.base.replace({**changes, "lt": self._now()})
         batch.update(self.base)
-        self._store_base(batch)
-
-    def _store_base(self, batch: Batch) -> None:
         done = self.store.apply(batch)
         if done is not None:
-            done.addErrback(self._log_failure, "could not store the CSEBase")
+            done.addErrback(self._base_not_updated)
+
+    def _base_not_updated(self, failure: Failure) -> Deferred[None] | None:
+        """The CSEBase's changes could not be stored. On a shared store another CSE node may
+        have changed it meanwhile (nodes that start together each advertise their own poa:
+        one is stored, as when they start one after the other; see ``--poa``): once a
+        refresh has read the stored one, that is what this node answers, and it says so.
+        Anything else is logged as the failure it is."""
+        gate = self._gate
+        if gate is None:
+            self._log_failure(failure, "could not store the CSEBase")
+            return None
+        refreshed = gate(Request(Operation.RETRIEVE, self.base.ri, "acmews-cse-base"))
+        if refreshed is None:
+            return None
+        refreshed.addCallback(
+            lambda _: self.log.info(
+                "the CSEBase was changed by another CSE node meanwhile: {reason}; "
+                "this node answers the stored one",
+                reason=failure.getErrorMessage(),
+            )
+        )
+        refreshed.addErrback(self._log_failure, "could not store the CSEBase")
+        return refreshed
 
     def _base_not_created(self, failure: Failure) -> Deferred[None] | None:
         """The CSEBase this start made could not be stored. On a shared store another CSE
