@@ -308,25 +308,6 @@ class Notifier:
             if entry is None or entry[0] is not attrs:
                 entry = self._compile(sub)
             policy = entry[1]
-            plain = entry[2]
-            if plain is not None and net is not None and net in policy.net:
-                # the common case (a fan-out): what the general path below does for it
-                if net == 3 or net == 4:
-                    if policy.chty is not None and rep_ty not in policy.chty:
-                        continue
-                elif (
-                    net == 1
-                    and policy.atr is not None
-                    and (modified is None or policy.atr.isdisjoint(modified))
-                ):
-                    continue
-                if whole is None:
-                    whole = Shared(rep=rep.pc, net=int(net))
-                batch.notify_one(
-                    self.resolve_target(plain[1], batch),
-                    {"m2m:sgn": {"nev": whole, "sur": plain[0]}},
-                )
-                continue
             monitored: dict[str, Any] | None = None
             if net is not None and net in policy.net:
                 if net == 3 or net == 4:
@@ -337,6 +318,16 @@ class Notifier:
                     and policy.atr is not None
                     and (modified is None or policy.atr.isdisjoint(modified))
                 ):
+                    continue
+                plain = entry[2]
+                if plain is not None:
+                    # the common case (a fan-out): what the rest of the loop does for it
+                    if whole is None:
+                        whole = Shared(rep=rep.pc, net=int(net))
+                    batch.notify_one(
+                        self.resolve_target(plain[1], batch),
+                        {"m2m:sgn": {"nev": whole, "sur": plain[0]}},
+                    )
                     continue
             elif policy.om is None:
                 continue
