@@ -145,15 +145,7 @@ class CSE:
                 done.addErrback(self._base_not_created)
         self.base = base
         self.polling.load(base)
-        advertised = {
-            "poa": list(config.poa),
-            "cst": config.cse_type,
-            "srt": _supported_types(),
-            "csz": list(_SERIALIZATIONS),
-        }
-        if any(base.attrs.get(name) != value for name, value in advertised.items()):
-            # a stored CSEBase: what it advertises follows this start's configuration
-            self._update_base(advertised)
+        self._advertise_configured()
         #: the CSEBase's representation with its currentTime (ctm), and the second and
         #: the attrs it was made for: the RETRIEVE fast path makes it anew once a second
         self._base_pc: dict[str, Any] = {}
@@ -219,48 +211,47 @@ class CSE:
         """The CSEBase's changes could not be stored. On a shared store another CSE node may
         have changed it meanwhile (nodes that start together each advertise their own poa:
         one is stored, as when they start one after the other; see ``--poa``): once a
-        refresh has read the stored one, that is what this node answers, and it says so.
-        Anything else is logged as the failure it is."""
-        gate = self._gate
-        if gate is None:
-            self._log_failure(failure, "could not store the CSEBase")
-            return None
-        refreshed = gate(Request(Operation.RETRIEVE, self.base.ri, "acmews-cse-base"))
-        if refreshed is None:
-            return None
-        refreshed.addCallback(
-            lambda _: self.log.info(
+        refresh has read the stored one, that is what this node answers, and it says so."""
+
+        def answered_stored() -> None:
+            self.log.info(
                 "the CSEBase was changed by another CSE node meanwhile: {reason}; "
                 "this node answers the stored one",
                 reason=failure.getErrorMessage(),
             )
-        )
-        refreshed.addErrback(self._log_failure, "could not store the CSEBase")
-        return refreshed
+
+        return self._after_refresh(failure, answered_stored)
 
     def _base_not_created(self, failure: Failure) -> Deferred[None] | None:
         """The CSEBase this start made could not be stored. On a shared store another CSE
         node may have stored one first (nodes started together on an empty database): once
         a refresh has brought it in, this node uses that one (:meth:`_use_base`), as if it
-        had started after it. Anything else is logged as the failure it is."""
+        had started after it."""
+
+        def use_stored() -> None:
+            stored = self.store.get(self.base.ri)
+            if stored is None:
+                self._log_failure(failure, "could not store the CSEBase")
+            elif stored is not self.base:
+                self._use_base(stored)
+
+        return self._after_refresh(failure, use_stored)
+
+    def _after_refresh(self, failure: Failure, then: Callable[[], None]) -> Deferred[None] | None:
+        """A change of the CSEBase was refused (``failure``): on a shared store call
+        ``then`` once a refresh has read what is stored; anything else, or a refresh that
+        fails, is logged as the failure it is."""
         gate = self._gate
         if gate is None:
             self._log_failure(failure, "could not store the CSEBase")
             return None
         refreshed = gate(Request(Operation.RETRIEVE, self.base.ri, "acmews-cse-base"))
         if refreshed is None:
-            self._stored_base(None, failure)
+            then()
             return None
-        refreshed.addCallback(self._stored_base, failure)
+        refreshed.addCallback(lambda _: then())
         refreshed.addErrback(self._log_failure, "could not store the CSEBase")
         return refreshed
-
-    def _stored_base(self, _: object, failure: Failure) -> None:
-        stored = self.store.get(self.base.ri)
-        if stored is None:
-            self._log_failure(failure, "could not store the CSEBase")
-        elif stored is not self.base:
-            self._use_base(stored)
 
     def _use_base(self, stored: Resource) -> None:
         """Take ``stored``, the CSEBase another node stored, instead of the one this start
@@ -270,13 +261,19 @@ class CSE:
         self.addressing.base = stored
         self.nonblocking.use_base(stored)
         self.polling.load(stored)
+        self._advertise_configured()
+
+    def _advertise_configured(self) -> None:
+        """What the CSEBase advertises follows this start's configuration (a stored one,
+        made by an earlier start or another node, is updated where it differs)."""
+        config = self.config
         advertised = {
-            "poa": list(self.config.poa),
-            "cst": self.config.cse_type,
+            "poa": list(config.poa),
+            "cst": config.cse_type,
             "srt": _supported_types(),
             "csz": list(_SERIALIZATIONS),
         }
-        if any(stored.attrs.get(name) != value for name, value in advertised.items()):
+        if any(self.base.attrs.get(name) != value for name, value in advertised.items()):
             self._update_base(advertised)
 
     def owner_of(self, aei: str) -> str | None:
