@@ -27,6 +27,7 @@ __all__ = [
     "RequestChannel",
     "Target",
     "Template",
+    "ae_create",
     "close_all",
     "open_client",
     "response_frame",
@@ -199,3 +200,21 @@ class RequestChannel:
             self.on_request(msg)
         else:
             self.ledger.malformed += 1
+
+
+def ae_create(parent: str, aei: str) -> dict[str, Any]:
+    """An AE CREATE asking for the AE-ID ``aei`` (also its resource name)."""
+    return {
+        "op": 1,
+        "to": parent,
+        "ty": 2,
+        "pc": {
+            "m2m:ae": {
+                "rn": aei,
+                "api": "Nbench",
+                "rr": True,
+                "srv": [RVI],
+                "poa": ["ws://default"],
+            }
+        },
+    }

@@ -17,7 +17,13 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
 
-from acmews.bench.connections import RVI, RequestChannel, Target, close_all, open_client
+from acmews.bench.connections import (
+    RequestChannel,
+    Target,
+    ae_create,
+    close_all,
+    open_client,
+)
 from acmews.bench.ledger import Result
 
 __all__ = [
@@ -140,6 +146,7 @@ class IdleCounts:
 
 
 def subscription(container: str, k: int, aei: str) -> dict[str, Any]:
+    """AE ``aei``'s subscription ``sub{k}`` to the contentInstances made in ``container``."""
     return {
         "op": 1,
         "to": container,
@@ -150,23 +157,6 @@ def subscription(container: str, k: int, aei: str) -> dict[str, Any]:
                 "nu": [aei],
                 "enc": {"net": [3], "chty": [4]},
                 "nct": 1,
-            }
-        },
-    }
-
-
-def ae_registration(parent: str, aei: str) -> dict[str, Any]:
-    return {
-        "op": 1,
-        "to": parent,
-        "ty": 2,
-        "pc": {
-            "m2m:ae": {
-                "rn": aei,
-                "api": "Nbench",
-                "rr": True,
-                "srv": [RVI],
-                "poa": ["ws://default"],
             }
         },
     }
@@ -259,7 +249,7 @@ async def hold(
         await subscribing.acquire()
         try:
             aei = cfg.originator_for(k)
-            resp = await channel.request(ae_registration(cfg.parent, aei))
+            resp = await channel.request(ae_create(cfg.parent, aei))
             if resp.get("rsc") != 2001:
                 error(f"AE CREATE for {aei}: rsc {resp.get('rsc')}")
                 return

@@ -28,6 +28,7 @@ from acmews.bench.connections import (
     BenchError,
     RequestChannel,
     Target,
+    ae_create,
     close_all,
     open_client,
 )
@@ -38,6 +39,7 @@ from acmews.bench.idle import (
     open_concurrency,
     per_node_concurrency,
     sample_for,
+    subscription,
 )
 from acmews.bench.ledger import Result
 from acmews.bench.load import LoadConfig, cpu_time, run_load, split_evenly
@@ -156,24 +158,6 @@ class Run:
     pid: int | None
     out: TextIO
     progress: Progress = field(default_factory=lambda: Progress(None))
-
-
-def ae_create(parent: str, aei: str) -> dict[str, Any]:
-    """An AE CREATE asking for the AE-ID ``aei`` (also its resource name)."""
-    return {
-        "op": 1,
-        "to": parent,
-        "ty": 2,
-        "pc": {
-            "m2m:ae": {
-                "rn": aei,
-                "api": "Nbench",
-                "rr": True,
-                "srv": [RVI],
-                "poa": ["ws://default"],
-            }
-        },
-    }
 
 
 async def admin_requests(
@@ -465,20 +449,8 @@ async def run_fanout(reactor: Any, opts: BenchOptions, run: Run) -> tuple[Result
                     raise BenchError(f"AE CREATE for {aei} failed: {resp}")
                 created_aes.append(aei)
                 aei = aei_of[k] = resp.get("pc", {}).get("m2m:ae", {}).get("aei") or aei
-                sub = {
-                    "op": 1,
-                    "to": cnt,
-                    "ty": 23,
-                    "pc": {
-                        "m2m:sub": {
-                            "rn": f"sub{k}",
-                            "nu": [aei],
-                            # contentInstances only: not the other AEs' subscriptions
-                            "enc": {"net": [3], "chty": [4]},
-                            "nct": 1,
-                        }
-                    },
-                }
+                # (contentInstances only: not the other AEs' subscriptions)
+                sub = subscription(cnt, k, aei)
                 resp = await s.request(sub)
                 if resp.get("rsc") == 4103:
                     # the AE may not subscribe to the admin's container (ACME's default
