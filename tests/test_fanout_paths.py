@@ -763,7 +763,9 @@ class PlainNotificationEncodingTests(SynchronousTestCase):
 class PlainSubscriptionTests(SynchronousTestCase):
     """Most subscriptions take the notifier's short path (one nu, the whole resource, no
     creator, no exc, nothing done at delivery): what it sends is what the general path
-    would, and the filters still apply."""
+    would (the notification of TS-0004 7.5.1.2.2: ``m2m:sgn`` with ``nev`` and ``sur``), and
+    the eventNotificationCriteria still apply (TS-0001 9.6.8, Table 9.6.8-2: ``net``,
+    ``chty``, ``atr``)."""
 
     def setUp(self) -> None:
         from acmews.testing import memory_cse
