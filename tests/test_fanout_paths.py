@@ -23,6 +23,7 @@ from acmews.errors import BadRequest, RequestTimeout, TargetNotReachable
 from acmews.originators import OriginatorMap
 from acmews.poa import PoaChain
 from acmews.primitive import Request, Response
+from acmews.protocol import _AutobahnFastPath
 from acmews.server import PYTHON_GC_THRESHOLDS, SERVER_GC_THRESHOLDS, tune_collector
 from acmews.session import Deadlines, Session
 from acmews.testing import (
@@ -302,6 +303,27 @@ class SendThenTests(SynchronousTestCase):
         self.assertEqual(then.errors(), [TargetNotReachable])
 
 
+class HotAttributeTests(SynchronousTestCase):
+    """What every notification and every answer reads of a connection is kept in the
+    protocol object itself, not in its instance dict (see ``_AutobahnFastPath.__slots__``):
+    a thousand connections' dicts do not stay in the processor's caches between messages."""
+
+    def test_the_open_connection_keeps_them_out_of_its_dict(self) -> None:
+        clock = Clock()
+        pair = connected_pair(
+            make_server_factory(RecordingHandler(), clock, OriginatorMap()),
+            make_client_factory(clock, AE),
+        )
+        for protocol in (pair.server, pair.client):
+            self.addCleanup(protocol.session.connection_lost)  # type: ignore[union-attr]
+            hot = list(_AutobahnFastPath.__slots__)
+            self.assertIn("state", hot)
+            self.assertEqual([n for n in hot if n in vars(protocol)], [])
+            self.assertIs(protocol.session.connected, True)  # type: ignore[union-attr]
+            self.assertIsNotNone(protocol.trafficStats)
+            self.assertEqual(protocol._fast_mask, 0x80 if protocol is pair.server else 0)
+
+
 class FrameReadingTests(TestCase):
     """Whole one-frame messages are read without Autobahn's per-frame machinery; whatever
     else comes (control frames, fragments, partial frames, broken frames) is Autobahn's,
@@ -343,6 +365,34 @@ class FrameReadingTests(TestCase):
                 self.pair.server.dataReceived(stream[i : i + chunk])
             self.assertEqual(self.received, [(p, bool(i % 2)) for i, p in enumerate(payloads)])
         self.assertIsNone(self.closed_with())
+
+    def test_what_is_read_here_is_counted_as_autobahn_counts_it(self) -> None:
+        """Autobahn's traffic counters include the messages read without it, once each,
+        however often they are looked at, and go on from there in Autobahn's own path."""
+        stats = self.pair.server.trafficStats
+        before = (
+            stats.incomingOctetsWireLevel,
+            stats.incomingWebSocketFrames,
+            stats.incomingWebSocketMessages,
+        )
+        data = b"".join(self.frame(b"m%d" % i) for i in range(10))
+        self.pair.server.dataReceived(data)
+        for _ in range(2):
+            stats = self.pair.server.trafficStats
+            self.assertEqual(
+                (
+                    stats.incomingOctetsWireLevel,
+                    stats.incomingWebSocketFrames,
+                    stats.incomingWebSocketMessages,
+                ),
+                (before[0] + len(data), before[1] + 10, before[2] + 10),
+            )
+        fragment = self.frame(b"a", fin=False) + self.frame(b"b", opcode=0)  # Autobahn's
+        self.pair.server.dataReceived(fragment)
+        self.assertEqual(self.received[-1], (b"ab", True))
+        stats = self.pair.server.trafficStats
+        self.assertEqual(stats.incomingOctetsWireLevel, before[0] + len(data) + len(fragment))
+        self.assertEqual(stats.incomingWebSocketMessages, before[2] + 11)
 
     def test_whole_frames_skip_autobahn(self) -> None:
         calls: list[int] = []
