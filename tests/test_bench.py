@@ -383,6 +383,46 @@ class StatisticsTests(SynchronousTestCase):
         self.assertEqual(s.rss_kib, 2048)
 
 
+class UntilQuietTests(SynchronousTestCase):
+    """The fan-out's reference waits for the server to settle after the clean-up: what
+    closing a thousand connections costs it is not a RETRIEVE's cost."""
+
+    def wait(self, cpu: list[float]) -> tuple[list[Any], int]:
+        from acmews.bench import scenarios
+
+        samples = iter(cpu)
+        self.patch(
+            scenarios, "sample_server", lambda pid: scenarios.ServerSample(next(samples), 1)
+        )
+        clock = Clock()
+        outcome: list[Any] = []
+        Deferred.fromCoroutine(scenarios.until_quiet(clock, 1)).addBoth(outcome.append)
+        steps = 0
+        while not outcome and steps < 100:
+            clock.advance(scenarios.QUIET_STEP)
+            steps += 1
+        return outcome, steps
+
+    def test_it_waits_until_a_step_costs_the_server_nothing_more(self) -> None:
+        outcome, steps = self.wait([1.0, 1.2, 1.4, 1.405, 9.0])
+        self.assertEqual((outcome, steps), ([True], 3))
+
+    def test_a_server_that_stays_busy_is_measured_after_the_bound(self) -> None:
+        from acmews.bench import scenarios
+
+        outcome, steps = self.wait([i * 0.1 for i in range(1000)])
+        self.assertEqual(
+            (outcome, steps), ([False], round(scenarios.QUIET_WAIT / scenarios.QUIET_STEP))
+        )
+
+    def test_without_a_pid_nothing_is_waited_for(self) -> None:
+        from acmews.bench import scenarios
+
+        outcome: list[Any] = []
+        Deferred.fromCoroutine(scenarios.until_quiet(Clock(), None)).addBoth(outcome.append)
+        self.assertEqual(outcome, [True])
+
+
 class OptionTests(SynchronousTestCase):
     def test_defaults(self) -> None:
         o = parse_options(["ws://127.0.0.1:8180"])

@@ -21,6 +21,7 @@ from twisted.internet.defer import (
     TimeoutError,
     gatherResults,
 )
+from twisted.internet.task import deferLater
 
 from acmews.bench import idle
 from acmews.bench.connections import (
@@ -616,16 +617,42 @@ async def run_fanout(reactor: Any, opts: BenchOptions, run: Run) -> tuple[Result
     return result, server
 
 
-#: requests of the pipelined RETRIEVE run the fan-out compares a notification with
-REFERENCE_REQUESTS = 20_000
+#: requests of the pipelined RETRIEVE run the fan-out compares a notification with (about a
+#: second of the server's CPU: /proc counts in 10 ms ticks)
+REFERENCE_REQUESTS = 50_000
+
+#: before that run the server is let settle (the fan-out's clean-up has it close a thousand
+#: connections and free what they held): at most QUIET_WAIT s, in steps of QUIET_STEP s, until
+#: a step costs it at most QUIET_CPU s of CPU
+QUIET_WAIT = 5.0
+QUIET_STEP = 0.2
+QUIET_CPU = 0.01
+
+
+async def until_quiet(reactor: Any, pid: int | None) -> bool:
+    """Wait until the server at ``pid`` is (almost) idle, so that what the fan-out left it
+    to do is not counted as the reference's. False if it is still busy after
+    :data:`QUIET_WAIT` s (the reference is measured anyway)."""
+    last = sample_server(pid)
+    steps = round(QUIET_WAIT / QUIET_STEP)
+    for _ in range(steps):
+        if last is None:
+            return True
+        await deferLater(reactor, QUIET_STEP, lambda: None)
+        now = sample_server(pid)
+        if now is not None and now.cpu - last.cpu <= QUIET_CPU:
+            return True
+        last = now
+    return False
 
 
 async def reference_retrieve(
     reactor: Any, opts: BenchOptions, url: str, pid: int | None, tag: str
 ) -> float | None:
     """The server's CPU per request of a pipelined RETRIEVE of the CSEBase (one connection,
-    window 64, :data:`REFERENCE_REQUESTS`) on the server just measured: what a notification
-    should cost about as much as. None if the server's CPU cannot be read."""
+    window 64, :data:`REFERENCE_REQUESTS`) on the server just measured, once it has settled
+    (:func:`until_quiet`): what a notification should cost about as much as. None if the
+    server's CPU cannot be read."""
     before: ServerSample | None = None
 
     def sample_before() -> Deferred[None]:
@@ -645,6 +672,7 @@ async def reference_retrieve(
         timeout=opts.timeout,
         tag=f"{tag}ref",
     )
+    await until_quiet(reactor, pid)
     result = await run_load(reactor, cfg, go=sample_before)
     after = sample_server(pid)
     if before is None or after is None or not result.answered or not result.correct:
