@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SynchronousTestCase
 
 from acmews.codes import RSC
+from acmews.cse import subscription
+from acmews.cse.subscription import compile_policy
 from acmews.errors import RequestTimeout, TargetNotReachable
 from acmews.testing import ADMIN, Sent
 from tests.cse_helpers import CSETestCase
@@ -359,3 +362,40 @@ class NotificationTests(SubscriptionTestCase):
         self.create("cse-in/Cmyae/c", 4, "m2m:cin", self.aei, con="1")
         self.assertEqual([s.target for s in self.flush()], ["http://b"])
         self.fails(RSC.BAD_REQUEST, 3, "cse-in/Cmyae/c/s", self.aei, pc={"m2m:sub": {"nu": None}})
+
+
+class SharedPolicyTests(SynchronousTestCase):
+    """Subscriptions that ask for the same get one compiled Policy (a fan-out's thousand
+    subscriptions read one object and its sets); what differs in any way gets its own."""
+
+    def test_equal_attributes_share_one_policy(self) -> None:
+        attrs = {"enc": {"net": [3], "chty": [4]}, "nct": 1, "nu": ["Cae1"]}
+        first = compile_policy(attrs)
+        second = compile_policy({**attrs, "nu": ["Cae2"], "ri": "sub2"})
+        self.assertIs(first, second)
+        self.assertIs(first.net, second.net)
+
+    def test_what_differs_is_kept_apart(self) -> None:
+        base = {"enc": {"net": [3], "chty": [4]}, "nct": 1}
+        policies = [
+            compile_policy(base),
+            compile_policy({**base, "enc": {"net": [3], "chty": [23]}}),
+            compile_policy({**base, "nct": 2}),
+            compile_policy({**base, "cr": "Cae1"}),
+            compile_policy({**base, "ln": True}),
+        ]
+        self.assertEqual(len({id(p) for p in policies}), 5)
+        self.assertEqual(policies[1].chty, frozenset({23}))
+        self.assertEqual(policies[3].creator, "Cae1")
+
+    def test_an_unhashable_value_is_compiled_for_itself(self) -> None:
+        attrs = {"enc": {"net": [3], "om": [{"ops": [1, 2], "org": "Cae1"}]}}
+        self.assertIsNot(compile_policy(attrs), compile_policy(attrs))
+        self.assertEqual(compile_policy(attrs), compile_policy(attrs))
+
+    def test_the_store_of_policies_is_bounded(self) -> None:
+        self.patch(subscription, "MAX_SHARED_POLICIES", 3)
+        self.patch(subscription, "_SHARED", {})
+        for n in range(10):
+            compile_policy({"enc": {"net": [3], "chty": [n]}})
+            self.assertLessEqual(len(subscription._SHARED), 3)

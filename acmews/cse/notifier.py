@@ -73,8 +73,9 @@ _RQS, _RSR, _NOEC = 0, 1, 2
 #: the target of a delivery that goes nowhere itself (a flush)
 _NOWHERE: Target = ("", (), False, "")
 
-#: a subscription's compiled attributes: the attrs, their policy, and (sur, nu) if plain
-_Compiled = tuple[Mapping[str, Any], Policy, "tuple[str, str] | None"]
+#: a subscription's compiled attributes: the attrs, their policy, and its sur and nu if it is
+#: plain (else None and ""): one tuple, as the fan-out reads it for every subscription
+_Compiled = tuple[Mapping[str, Any], Policy, str | None, str]
 
 #: the next hop towards a CSE: (originator, poa), or None (see CSE.route)
 Route = Callable[[str], "tuple[str, tuple[str, ...]] | None"]
@@ -149,7 +150,7 @@ class Notifier:
         #: notification); summed up in the next line about it that gets through
         self._outcomes = Throttle(self.log, clock, "notification outcomes", timer=False)
         #: subscription ri -> (the attrs it was compiled from, its policy, and for a plain
-        #: subscription its sur and nu)
+        #: subscription its sur and nu: None and "" for another)
         self._policies: dict[str, _Compiled] = {}
         #: subscription ri -> target -> its batch collecting notifications
         self._pending: dict[str, dict[str, _Pending]] = {}
@@ -213,7 +214,7 @@ class Notifier:
         attrs = sub.attrs
         policy = compile_policy(attrs)
         nus = attrs.get("nu")
-        plain = None
+        sur, nu = None, ""
         if (
             policy.nct == 1
             and policy.om is None
@@ -225,8 +226,8 @@ class Notifier:
             and len(nus) == 1
             and isinstance(nus[0], str)
         ):
-            plain = (self.sur(sub), nus[0])
-        entry = self._policies[sub.ri] = (attrs, policy, plain)
+            sur, nu = self.sur(sub), nus[0]
+        entry = self._policies[sub.ri] = (attrs, policy, sur, nu)
         return entry
 
     def resolve_target(self, nu: str, reader: ResourceReader | None = None) -> Target:
@@ -319,14 +320,14 @@ class Notifier:
                     and (modified is None or policy.atr.isdisjoint(modified))
                 ):
                     continue
-                plain = entry[2]
-                if plain is not None:
+                sur = entry[2]
+                if sur is not None:
                     # the common case (a fan-out): what the rest of the loop does for it
                     if whole is None:
                         whole = Shared(rep=rep.pc, net=int(net))
                     batch.notify_one(
-                        self.resolve_target(plain[1], batch),
-                        {"m2m:sgn": {"nev": whole, "sur": plain[0]}},
+                        self.resolve_target(entry[3], batch),
+                        {"m2m:sgn": {"nev": whole, "sur": sur}},
                     )
                     continue
             elif policy.om is None:

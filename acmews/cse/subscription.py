@@ -363,7 +363,29 @@ class Policy:
     tagged: bool
 
 
+#: the policies compiled so far, each kept once: the subscriptions of a fan-out mostly ask for
+#: the same, and one shared Policy (its sets included) stays in the processor's caches while
+#: the notifier reads a thousand subscriptions' (bounded: emptied when full)
+_SHARED: dict[Policy, Policy] = {}
+MAX_SHARED_POLICIES = 4096
+
+
 def compile_policy(attrs: Mapping[str, Any]) -> Policy:
+    """The policy of a subscription with ``attrs``; an equal one compiled before, if any."""
+    policy = _compile_policy(attrs)
+    try:
+        shared = _SHARED.get(policy)
+    except TypeError:  # (an unhashable value that slipped through: kept for itself)
+        return policy
+    if shared is not None:
+        return shared
+    if len(_SHARED) >= MAX_SHARED_POLICIES:
+        _SHARED.clear()
+    _SHARED[policy] = policy
+    return policy
+
+
+def _compile_policy(attrs: Mapping[str, Any]) -> Policy:
     enc = attrs.get("enc") or {}
     atr = enc.get("atr")
     chty = enc.get("chty")
