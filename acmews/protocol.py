@@ -191,29 +191,53 @@ class TurnWriter:
     connections in a turn. What the socket does not take at once (its buffer is full) goes
     to the transport as usual, and so does everything while the transport still holds
     something, so that order holds.
+
+    The frames wait here, not in each connection: the writer's two lists stay in the
+    processor's caches while a fan-out writes to a thousand connections, a list of each
+    connection's would not. A connection knows the index of its frames (``_turn_index``,
+    -1 while it has none waiting).
     """
 
-    __slots__ = ("_call", "_clock", "_waiting")
+    __slots__ = ("_call", "_clock", "_frames", "_waiting")
 
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
+        #: the connections with frames waiting, and their frames (joined)
         self._waiting: list[_AutobahnFastPath] = []
+        self._frames: list[bytes] = []
         self._call: IDelayedCall | None = None
 
-    def add(self, protocol: _AutobahnFastPath) -> None:
-        """``protocol`` has its first frame of this turn waiting."""
-        self._waiting.append(protocol)
+    def add(self, protocol: _AutobahnFastPath, frame: bytes) -> None:
+        """``protocol``'s first frame of this turn."""
+        waiting = self._waiting
+        protocol._turn_index = len(waiting)
+        waiting.append(protocol)
+        self._frames.append(frame)
         if self._call is None:
             self._call = self._clock.callLater(0, self.flush)
+
+    def append(self, index: int, frame: bytes) -> None:
+        """One more frame of the connection at ``index`` in this turn."""
+        self._frames[index] += frame
+
+    def take(self, index: int) -> bytes:
+        """The frames of the connection at ``index``, which sends them itself (or drops
+        them): nothing is left here for it."""
+        frames = self._frames
+        data, frames[index] = frames[index], b""
+        return data
 
     def flush(self) -> None:
         """Send what every connection has waiting (also called when the turn ends)."""
         call, self._call = self._call, None
         if call is not None and call.active():
             call.cancel()
-        waiting, self._waiting = self._waiting, []
-        for protocol in waiting:
-            protocol._send_waiting()
+        waiting, frames = self._waiting, self._frames
+        self._waiting, self._frames = [], []
+        for protocol, data in zip(waiting, frames, strict=True):
+            protocol._turn_index = -1
+            if data:
+                protocol._send_now(data)
 
 
 def _direct_writes(transport: Any) -> bool:
@@ -325,7 +349,7 @@ class _AutobahnFastPath:
         "_perMessageCompress",
         "send_queue",
         "_behind",
-        "_waiting",
+        "_turn_index",
         "_turn_writer",
         "transport",
         "_traffic",
@@ -342,7 +366,7 @@ class _AutobahnFastPath:
         self._behind = None
         self._fast_mask = None
         self._fast_limit = 0
-        self._waiting = None
+        self._turn_index = -1
         self._turn_writer = None
         self._reads = 0
         self._in_octets = self._in_messages = 0
@@ -404,7 +428,7 @@ class _AutobahnFastPath:
     _fast_limit: int
     #: frames written in this reactor turn, sent at its end (:class:`TurnWriter`); None:
     #: each frame goes to the transport at once
-    _waiting: list[bytes] | None
+    _turn_index: int
     _turn_writer: TurnWriter | None
     #: keep-alive: reads so far, the reads seen at the last check, and its two timers
     _reads: int
@@ -467,7 +491,10 @@ class _AutobahnFastPath:
             self._release()
 
     def _release(self) -> None:
-        self._waiting = None
+        index, self._turn_index = self._turn_index, -1
+        if index >= 0 and self._turn_writer is not None:
+            self._turn_writer.take(index)  # dropped, as the transport would drop them
+        self._turn_writer = None
         for call in (self._stall_call, self._message_call, self._ping_call, self._pong_call):
             if call is not None and call.active():
                 call.cancel()
@@ -522,20 +549,18 @@ class _AutobahnFastPath:
         """Autobahn's way out for every frame but the server's own fast path (pongs, close
         frames, the client role): counted while the peer is behind; after the frames that
         wait for the end of the turn."""
-        if self._waiting:
-            self._send_waiting()
+        index = self._turn_index
+        if index >= 0:
+            assert self._turn_writer is not None
+            self._turn_index = -1
+            self._send_now(self._turn_writer.take(index))
         if self._behind is not None:
             self._count_behind(len(data))
         super().sendData(data, sync, chopsize)  # type: ignore[misc]
 
-    def _send_waiting(self) -> None:
+    def _send_now(self, data: bytes) -> None:
         """Send the frames written in this turn: to the socket directly if the transport
         holds nothing; what the socket does not take, through the transport."""
-        waiting = self._waiting
-        if not waiting:
-            return
-        data = waiting[0] if len(waiting) == 1 else b"".join(waiting)
-        waiting.clear()
         transport = self.transport
         if transport is None or not transport.connected or transport.disconnecting:
             return  # the connection is gone or going: as the transport would drop it
@@ -705,14 +730,15 @@ class _AutobahnFastPath:
             frame = frame_header(2 if binary else 1, len(data), masked=False) + data
             if self._behind is not None:
                 self._count_behind(len(frame))
-            waiting = self._waiting
-            if waiting is None:
+            writer = self._turn_writer
+            if writer is None:
                 self.transport.write(frame)
             else:
-                if not waiting:
-                    assert self._turn_writer is not None
-                    self._turn_writer.add(self)
-                waiting.append(frame)
+                index = self._turn_index
+                if index < 0:
+                    writer.add(self, frame)
+                else:
+                    writer.append(index, frame)
             return True
         return False
 
@@ -771,7 +797,6 @@ class _OneM2MProtocolMixin(_AutobahnFastPath):
             writer = getattr(factory, "turn_writer", None)
             if writer is not None and _direct_writes(self.transport):
                 self._turn_writer = writer
-                self._waiting = []
         self._start_keepalive()
         return self.session
 

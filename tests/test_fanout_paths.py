@@ -23,7 +23,7 @@ from acmews.errors import BadRequest, RequestTimeout, TargetNotReachable
 from acmews.originators import OriginatorMap
 from acmews.poa import PoaChain
 from acmews.primitive import Request, Response
-from acmews.protocol import _AutobahnFastPath
+from acmews.protocol import TurnWriter, _AutobahnFastPath
 from acmews.server import PYTHON_GC_THRESHOLDS, SERVER_GC_THRESHOLDS, tune_collector
 from acmews.session import Deadlines, Session
 from acmews.testing import (
@@ -322,6 +322,82 @@ class HotAttributeTests(SynchronousTestCase):
             self.assertIs(protocol.session.connected, True)  # type: ignore[union-attr]
             self.assertIsNotNone(protocol.trafficStats)
             self.assertEqual(protocol._fast_mask, 0x80 if protocol is pair.server else 0)
+
+
+class _SocketLike:
+    """What :meth:`_send_now` uses of a TCP transport: everything the socket takes is kept."""
+
+    connected = True
+    disconnecting = False
+
+    def __init__(self) -> None:
+        self._tempDataBuffer: list[bytes] = []
+        self.dataBuffer = b""
+        self.sent: list[bytes] = []
+
+    def writeSomeData(self, data: bytes) -> int:
+        self.sent.append(data)
+        return len(data)
+
+    def write(self, data: bytes) -> None:
+        self.sent.append(data)
+
+
+class TurnWriterTests(SynchronousTestCase):
+    """The frames written to a connection during a reactor turn go out together at its end,
+    in order, and after them whatever Autobahn writes; a connection that goes drops them."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.writer = TurnWriter(self.clock)
+        self.protocols: list[Any] = []
+        self.sockets: list[_SocketLike] = []
+        for k in range(2):
+            pair = connected_pair(
+                make_server_factory(RecordingHandler(), self.clock, OriginatorMap()),
+                make_client_factory(self.clock, f"Cae{k}"),
+            )
+            server = pair.server
+            self.addCleanup(server.session.connection_lost)  # type: ignore[union-attr]
+            server.transport = socket = _SocketLike()
+            server._turn_writer = self.writer
+            self.protocols.append(server)
+            self.sockets.append(socket)
+
+    def frame(self, text: bytes) -> bytes:
+        return encode_frame(1, text)
+
+    def test_a_turns_frames_go_out_once_per_connection_in_order(self) -> None:
+        a, b = self.protocols
+        a._send_message(b"a1", False)
+        b._send_message(b"b1", False)
+        a._send_message(b"a2", False)
+        self.assertEqual([s.sent for s in self.sockets], [[], []])
+        self.clock.advance(0)
+        self.assertEqual(
+            [s.sent for s in self.sockets],
+            [[self.frame(b"a1") + self.frame(b"a2")], [self.frame(b"b1")]],
+        )
+        a._send_message(b"a3", False)  # the next turn
+        self.clock.advance(0)
+        self.assertEqual(self.sockets[0].sent[1:], [self.frame(b"a3")])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_what_autobahn_writes_goes_after_the_waiting_frames(self) -> None:
+        a, _ = self.protocols
+        a._send_message(b"a1", False)
+        a.sendPing(b"p")
+        self.assertEqual(self.sockets[0].sent, [self.frame(b"a1"), encode_frame(9, b"p")])
+        self.clock.advance(0)  # nothing left for the end of the turn
+        self.assertEqual(len(self.sockets[0].sent), 2)
+
+    def test_a_connection_that_goes_drops_its_frames_and_not_the_others(self) -> None:
+        a, b = self.protocols
+        a._send_message(b"a1", False)
+        b._send_message(b"b1", False)
+        a._release()
+        self.clock.advance(0)
+        self.assertEqual([s.sent for s in self.sockets], [[], [self.frame(b"b1")]])
 
 
 class FrameReadingTests(TestCase):

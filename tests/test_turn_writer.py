@@ -20,6 +20,20 @@ def retrieve(rqi: str, fr: str = "CAdmin") -> Request:
     return Request(Operation.RETRIEVE, "cse-in", rqi, "4", fr)
 
 
+def _frames_in(data: bytes) -> int:
+    """How many whole unmasked frames ``data`` holds (a server's)."""
+    count = pos = 0
+    while pos < len(data):
+        length, pos = data[pos + 1] & 0x7F, pos + 2
+        if length == 126:
+            length, pos = int.from_bytes(data[pos : pos + 2], "big"), pos + 2
+        elif length == 127:
+            length, pos = int.from_bytes(data[pos : pos + 8], "big"), pos + 8
+        pos += length
+        count += 1
+    return count
+
+
 class TurnWriterTests(TestCase):
     timeout = 20
 
@@ -27,16 +41,15 @@ class TurnWriterTests(TestCase):
         return Deferred.fromCoroutine(start_cse(self))
 
     def writes(self) -> list[int]:
-        """Patch the server's direct writes: the size of each, in order."""
+        """Patch the server's direct writes: the frames in each, in order."""
         sizes: list[int] = []
-        original = OneM2MServerProtocol._send_waiting
+        original = OneM2MServerProtocol._send_now
 
-        def counted(protocol: OneM2MServerProtocol) -> None:
-            if protocol._waiting:
-                sizes.append(len(protocol._waiting))
-            original(protocol)
+        def counted(protocol: OneM2MServerProtocol, data: bytes) -> None:
+            sizes.append(_frames_in(data))
+            original(protocol, data)
 
-        self.patch(OneM2MServerProtocol, "_send_waiting", counted)
+        self.patch(OneM2MServerProtocol, "_send_now", counted)
         return sizes
 
     @inlineCallbacks
