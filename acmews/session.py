@@ -87,6 +87,25 @@ _UNVERIFIED = Authorization()
 class Session:
     """The oneM2M side of one WebSocket connection (either role)."""
 
+    #: what each request sent and each response received reads, in the object itself: with a
+    #: thousand connections a session's attributes are out of the processor's caches by the
+    #: time its next message comes, and slots are one cache line where an instance dict's
+    #: values are others (the rest, and anything set later, in the instance dict)
+    __slots__ = (  # noqa: RUF023 (in the order they are read)
+        "connected",
+        "_pending",
+        "codec",
+        "_binary",
+        "max_message_size",
+        "request_timeout",
+        "clock",
+        "_deadlines",
+        "_send",
+        "metrics",
+        "__dict__",
+        "__weakref__",
+    )
+
     log = Logger()
 
     def __init__(
