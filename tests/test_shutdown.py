@@ -125,6 +125,10 @@ class LoopbackShutdownTests(TestCase):
         from .helpers import NO_PING, start_cse
 
         service, url = await start_cse(self)
+        # the server waits for the client's closing handshake however loaded the machine
+        # is: after its 1 s default it would abort the connection, and with it a close frame
+        # the client (not scheduled meanwhile) had not read yet
+        service.factory.setProtocolOptions(closeHandshakeTimeout=60)
         gate = Gate(expect=5)
         service.factory.handler = gate
         factory = OneM2MClientFactory(url, originator="Cae1", reactor=reactor, options=NO_PING)
