@@ -202,9 +202,10 @@ class TurnWriter:
 
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
-        #: the connections with frames waiting, and their frames (joined)
+        #: the connections with frames waiting, and their frames: one, or a list of several
+        #: (joined once, when sent: a pipelined connection writes dozens in a turn)
         self._waiting: list[_AutobahnFastPath] = []
-        self._frames: list[bytes] = []
+        self._frames: list[bytes | list[bytes]] = []
         self._call: IDelayedCall | None = None
 
     def add(self, protocol: _AutobahnFastPath, frame: bytes) -> None:
@@ -218,14 +219,19 @@ class TurnWriter:
 
     def append(self, index: int, frame: bytes) -> None:
         """One more frame of the connection at ``index`` in this turn."""
-        self._frames[index] += frame
+        frames = self._frames
+        waiting = frames[index]
+        if isinstance(waiting, list):
+            waiting.append(frame)
+        else:
+            frames[index] = [waiting, frame]
 
     def take(self, index: int) -> bytes:
         """The frames of the connection at ``index``, which sends them itself (or drops
         them): nothing is left here for it."""
         frames = self._frames
         data, frames[index] = frames[index], b""
-        return data
+        return b"".join(data) if isinstance(data, list) else data
 
     def flush(self) -> None:
         """Send what every connection has waiting (also called when the turn ends)."""
@@ -236,7 +242,9 @@ class TurnWriter:
         self._waiting, self._frames = [], []
         for protocol, data in zip(waiting, frames, strict=True):
             protocol._turn_index = -1
-            if data:
+            if isinstance(data, list):
+                protocol._send_now(b"".join(data))
+            elif data:
                 protocol._send_now(data)
 
 

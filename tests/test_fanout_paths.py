@@ -394,12 +394,17 @@ class TurnWriterTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_what_autobahn_writes_goes_after_the_waiting_frames(self) -> None:
-        a, _ = self.protocols
+        a, b = self.protocols
         a._send_message(b"a1", False)
         a.sendPing(b"p")
         self.assertEqual(self.sockets[0].sent, [self.frame(b"a1"), encode_frame(9, b"p")])
+        for text in (b"b1", b"b2", b"b3"):  # several frames, then Autobahn's
+            b._send_message(text, False)
+        b.sendPing(b"q")
+        frames = self.frame(b"b1") + self.frame(b"b2") + self.frame(b"b3")
+        self.assertEqual(self.sockets[1].sent, [frames, encode_frame(9, b"q")])
         self.clock.advance(0)  # nothing left for the end of the turn
-        self.assertEqual(len(self.sockets[0].sent), 2)
+        self.assertEqual([len(s.sent) for s in self.sockets], [2, 2])
 
     def test_a_connection_that_goes_drops_its_frames_and_not_the_others(self) -> None:
         a, b = self.protocols
