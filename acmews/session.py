@@ -87,11 +87,10 @@ _UNVERIFIED = Authorization()
 class Session:
     """The oneM2M side of one WebSocket connection (either role)."""
 
-    #: every attribute in the object itself, those each request sent and each response
-    #: received reads first: with a thousand connections a session is out of the
-    #: processor's caches by the time its next message comes, and slots are one or two cache
-    #: lines where an instance dict's values are others. The instance dict stays empty
-    #: (a method call does not look into it) but for what :meth:`trace` wraps.
+    #: what each request sent and each response received reads, in the object itself: with a
+    #: thousand connections a session's attributes are out of the processor's caches by the
+    #: time its next message comes, and slots are one cache line where an instance dict's
+    #: values are others (the rest, and anything set later, in the instance dict)
     __slots__ = (  # noqa: RUF023 (in the order they are read)
         "connected",
         "_pending",
@@ -103,18 +102,6 @@ class Session:
         "_deadlines",
         "_send",
         "metrics",
-        "handler",
-        "originator",
-        "enforce_originator",
-        "_serving",
-        "peer",
-        "_log_budget",
-        "_close",
-        "subprotocol",
-        "on_bound",
-        "authorization",
-        "_closed_waiters",
-        "_idle_waiters",
         "__dict__",
         "__weakref__",
     )
