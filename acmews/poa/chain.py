@@ -278,7 +278,7 @@ class PoaChain(Service):
     def _live_connection(self, target: str, request: Request, store: bool) -> IConnection | None:
         """The live connection here that ``request`` goes on at once, if any: not for a
         URL, nor for a stored notification that must wait behind queued ones."""
-        if is_url(target) or (store and request.op == _NOTIFY and self._behind(target)):
+        if is_url(target) or self._waits_behind(target, request, store):
             return None
         return self._originators.lookup(target)
 
@@ -289,20 +289,22 @@ class PoaChain(Service):
         connection on another node of a cluster; the poa entries, then the queue."""
         if is_url(target):
             return await self._send_url(target, request)
-        if store and request.op == _NOTIFY and self._behind(target):
+        if self._waits_behind(target, request, store):
             # older notifications are waiting: this one may have to go behind them
             return await self._send_queued(target, request, poa)
         if self.cluster is not None:
             return await self._send_relayed(target, request, poa, store)
         return await self._send_poa(target, request, poa, store, ["no live connection"])
 
-    def _behind(self, target: str) -> bool:
-        """Whether a stored notification for ``target`` has to wait behind others: some
-        queued here, or its queue being delivered here (a shared queue's entries that other
-        processes queued). In a cluster on a shared queue, for an originator not connected
-        here, the node that holds it decides (it refuses a relayed notification while it
-        delivers the queue): what this process counts is only what it queued, and another
-        process may have delivered it long since."""
+    def _waits_behind(self, target: str, request: Request, store: bool) -> bool:
+        """Whether ``request`` is a stored notification (``store``) for ``target`` that has
+        to wait behind others: some queued here, or its queue being delivered here (a shared
+        queue's entries that other processes queued). In a cluster on a shared queue, for an
+        originator not connected here, the node that holds it decides (it refuses a relayed
+        notification while it delivers the queue): what this process counts is only what it
+        queued, and another process may have delivered it long since."""
+        if not store or request.op != _NOTIFY:
+            return False
         if (
             self.cluster is not None
             and getattr(self.queue, "shared", False)
@@ -357,7 +359,7 @@ class PoaChain(Service):
         return (
             self.cluster is not None
             and not is_url(target)
-            and not (store and request.op == _NOTIFY and self._behind(target))
+            and not self._waits_behind(target, request, store)
         )
 
     def _send_relayed(
