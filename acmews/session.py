@@ -205,7 +205,7 @@ class Session:
         delay = self.request_timeout if timeout is None else timeout
         now = self.clock.seconds()
         if request.rqet is not None:
-            until = expiry_delay(request.rqet, now)
+            until = self._deadlines.until(request.rqet, now)
             if until is not None:
                 delay = max(0.0, min(delay, until))
         entry = pending[rqi] = (waiter, delay)
@@ -388,7 +388,9 @@ class Session:
             return
         self._deadlines.done(1)
         waiter = entry[0]
-        if isinstance(waiter, Deferred):
+        # (the waiter is the Deferred :meth:`request` made, or a callable: no isinstance,
+        # which costs an ABC check, as Deferred is an Awaitable)
+        if type(waiter) is Deferred:
             waiter.callback(response)
         else:
             waiter(response)
@@ -550,7 +552,7 @@ _sequence = itertools.count()
 
 def _settle(waiter: Deferred[Response] | Then, result: Response | Failure) -> None:
     """Hand ``result`` to what waits for a response."""
-    if isinstance(waiter, Deferred):
+    if type(waiter) is Deferred:  # made by Session.request (see _response_received)
         if isinstance(result, Failure):
             waiter.errback(result)
         else:
@@ -571,7 +573,7 @@ class Deadlines:
     notification instead of a timer made and cancelled for each.
     """
 
-    __slots__ = ("_at", "_clock", "_heap", "_live", "_timer")
+    __slots__ = ("_at", "_clock", "_expiry", "_heap", "_live", "_timer")
 
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
@@ -580,6 +582,20 @@ class Deadlines:
         self._live = 0
         self._timer: IDelayedCall | None = None
         self._at = 0.0
+        #: the last absolute ``rqet`` read, and when it expires
+        self._expiry: tuple[object, float] = (None, 0.0)
+
+    def until(self, rqet: str | int, now: float) -> float | None:
+        """Seconds from ``now`` until ``rqet`` (see :func:`expiry_delay`). An absolute
+        timestamp is read once while the same string comes again: the notifications of a
+        fan-out share theirs."""
+        last, at = self._expiry
+        if last is rqet:
+            return at - now
+        delay = expiry_delay(rqet, now)
+        if delay is not None and type(rqet) is str and rqet[:1] != "P" and not rqet.isdigit():
+            self._expiry = (rqet, now + delay)
+        return delay
 
     def __len__(self) -> int:
         """Deadlines kept (those of answered requests included)."""

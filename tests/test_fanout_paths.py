@@ -18,6 +18,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from acmews import session as session_module
 from acmews.codec import JSON
 from acmews.codes import RSC, Operation
 from acmews.errors import BadRequest, RequestTimeout, TargetNotReachable
@@ -217,6 +218,30 @@ class SharedDeadlinesTests(SynchronousTestCase):
         self.wires[0].answer(self.sessions[0], 1)  # c answered
         self.clock.advance(20)
         self.assertEqual(b.errors(), [RequestTimeout])
+
+    def test_an_absolute_rqet_is_read_once(self) -> None:
+        """The notifications of a fan-out share their rqet (one string): it is read once. A
+        relative rqet counts from each request's own time, and what is unreadable sets no
+        limit."""
+        read: list[object] = []
+        real = session_module.expiry_delay
+
+        def counting(value: str | int, now: float) -> float | None:
+            read.append(value)
+            return real(value, now)
+
+        self.patch(session_module, "expiry_delay", counting)
+        rqet = "20300101T000000,500000"
+        at = parse_timestamp(rqet)
+        self.assertEqual(self.deadlines.until(rqet, 100.0), at - 100.0)
+        self.assertEqual(self.deadlines.until(rqet, 160.0), at - 160.0)
+        self.assertEqual(read, [rqet])
+        for relative in ("PT2S", "2000", 2000):
+            self.assertEqual(self.deadlines.until(relative, 0.0), 2.0)
+            self.assertEqual(self.deadlines.until(relative, 50.0), 2.0)
+        for _ in range(2):
+            self.assertIsNone(self.deadlines.until("tomorrow", 0.0))
+        self.assertEqual(read.count("tomorrow"), 2)
 
     def test_sending_again_from_a_timeout(self) -> None:
         """What a timed-out request's ``then`` sends gets its own deadline, on one timer."""
