@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from acmews.codes import RSC
+from acmews.cse import notifier as notifier_module
 from acmews.cse import subscription
 from acmews.cse.subscription import compile_policy
 from acmews.errors import RequestTimeout, TargetNotReachable
+from acmews.primitive import Request
 from acmews.testing import ADMIN, Sent
 from tests.cse_helpers import CSETestCase
 
@@ -173,6 +177,34 @@ class NotificationTests(SubscriptionTestCase):
         [sent] = self.flush()
         sent.fail(ValueError("bug"))
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+    def test_a_targets_outcome_handler_is_made_once(self) -> None:
+        """A fan-out notifies the same targets at every event: what takes a target's outcome
+        is made once for it, not once per notification; only so many are kept."""
+        self.patch(notifier_module, "MAX_KNOWN_TARGETS", 2)
+        thens: list[tuple[str, object]] = []
+        send_then = self.sender.send_then
+
+        def recording(target: str, request: Request, then: Any, *args: Any) -> None:
+            thens.append((target, then))
+            send_then(target, request, then, *args)
+
+        self.patch(self.sender, "send_then", recording)
+        for rn, nu in (("s1", "http://a"), ("s2", "http://b")):
+            self.subscribe("cse-in/Cmyae/c", self.aei, nu=[nu], rn=rn, enc={"net": [3]})
+        for con in ("1", "2"):
+            self.create("cse-in/Cmyae/c", 4, "m2m:cin", self.aei, con=con)
+            for sent in self.flush():
+                sent.answer(RSC.OK)
+        handlers: dict[str, set[int]] = {}
+        for target, then in thens:
+            handlers.setdefault(target, set()).add(id(then))
+        self.assertEqual({t: len(h) for t, h in handlers.items()}, {"http://a": 1, "http://b": 1})
+        self.subscribe("cse-in/Cmyae/c", self.aei, nu=["http://c"], rn="s3", enc={"net": [3]})
+        self.create("cse-in/Cmyae/c", 4, "m2m:cin", self.aei, con="3")
+        for sent in self.flush():
+            sent.answer(RSC.OK)
+        self.assertLessEqual(len(self.cse.notifier._outcome_of), 2)
 
     def test_update_nct_variants(self) -> None:
         all_attrs = self.subscribe("cse-in/Cmyae/c", self.aei, nu=["http://all"], rn="s1")

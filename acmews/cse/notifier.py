@@ -163,6 +163,8 @@ class Notifier:
         #: used again while that resource is stored with those attrs (a fan-out resolves the
         #: same nus at every event)
         self._registrants: dict[str, tuple[Resource, Mapping[str, Any], Target]] = {}
+        #: target -> what a notification's outcome is handed to (:meth:`_outcome` for it)
+        self._outcome_of: dict[str, Callable[[Any], None]] = {}
         #: deliveries waiting for a later reactor turn, in the order they were scheduled
         self._waiting: dict[int, tuple[list[Delivery], int]] = {}
         self._turns = itertools.count()
@@ -490,7 +492,12 @@ class Notifier:
             self._count(counted.ri, counted.nu, _RQS, count)
             outcome = partial(self._counted_outcome, hop, counted, count)
         else:
-            outcome = partial(self._outcome, hop)
+            # one per target, made once: a fan-out sends to the same targets at every event
+            outcome = self._outcome_of.get(hop)
+            if outcome is None:
+                if len(self._outcome_of) >= MAX_KNOWN_TARGETS:
+                    self._outcome_of.clear()
+                outcome = self._outcome_of[hop] = partial(self._outcome, hop)
         try:
             self._sender.send_then(hop, request, outcome, poa, registered)
         except Exception:
