@@ -368,16 +368,23 @@ class Response:
     @classmethod
     def from_mapping(cls, m: Mapping[Any, Any]) -> Response:
         """Validate a decoded mapping as a response; raise :class:`PrimitiveError` if invalid."""
-        rqi = _readable_rqi(m)
+        # (the checks of _readable_rqi, is_int_not_bool and _check_rvi written out for the
+        # common case: every NOTIFY of a fan-out is answered, and read, this way)
+        rqi = m.get("rqi")
+        if not isinstance(rqi, str):
+            rqi = None
         rsc: int = m.get("rsc")  # type: ignore[assignment]
-        if not is_int_not_bool(rsc) or not 1000 <= rsc <= 6999:
+        if not (type(rsc) is int or is_int_not_bool(rsc)) or not 1000 <= rsc <= 6999:
             raise _fail("'rsc' must be an integer from 1000 to 6999", rqi)
-        if "rqi" not in m:
-            raise _fail("'rqi' (request identifier) is missing", None)
         if rqi is None:
+            if "rqi" not in m:
+                raise _fail("'rqi' (request identifier) is missing", None)
             raise _fail("'rqi' must be a string", None)
         if len(m) <= 4 and _PLAIN_RESPONSE_KEYS.issuperset(m):  # most answers (a NOTIFY's)
-            return cls(_RSCS.get(rsc) or rsc, rqi, _check_rvi(m, rqi, required=False), m.get("pc"))
+            rvi = m.get("rvi")
+            if rvi is not None and (type(rvi) is not str or rvi not in SUPPORTED_RELEASES):
+                rvi = _check_rvi(m, rqi, required=False)  # says why it is not one
+            return cls(_RSCS.get(rsc) or rsc, rqi, rvi, m.get("pc"))
         response = cls(
             _RSCS.get(rsc) or rsc,
             rqi,

@@ -226,6 +226,21 @@ class ResponseValidationTests(SynchronousTestCase):
             e = self.assertRaises(PrimitiveError, primitive_from_object, m)
             self.assertEqual((e.rsc, e.rqi, e.is_response), (RSC.BAD_REQUEST, rqi, True))
 
+    def test_plain_response_checks(self) -> None:
+        """A response of rsc, rqi, rvi and pc (every NOTIFY's answer) is checked as any
+        other: a bool is no rsc, and rvi must be a supported release, as a string."""
+        for m, rsc, text in (
+            ({"rsc": True, "rqi": "a"}, RSC.BAD_REQUEST, "'rsc'"),
+            ({"rsc": 2000, "rqi": "a", "rvi": 4}, RSC.BAD_REQUEST, "'rvi' must be a string"),
+            ({"rsc": 2000, "rqi": "a", "rvi": ["4"]}, RSC.BAD_REQUEST, "'rvi' must be"),
+            ({"rsc": 2000, "rqi": "a", "rvi": "9"}, RSC.RELEASE_VERSION_NOT_SUPPORTED, "'9'"),
+        ):
+            e = self.assertRaises(PrimitiveError, primitive_from_object, m)
+            self.assertEqual((e.rsc, e.rqi, e.is_response), (rsc, "a", True))
+            self.assertIn(text, e.reason)
+        r = primitive_from_object({"rsc": 2000, "rqi": "a", "rvi": "2a"})
+        self.assertEqual((r.rsc, r.rvi), (RSC.OK, "2a"))
+
     def test_response_with_op_is_a_response(self) -> None:
         self.assertIsInstance(primitive_from_object({"rsc": 2000, "rqi": "a", "op": 1}), Response)
 
