@@ -393,7 +393,7 @@ class Session:
         if type(waiter) is Deferred:
             waiter.callback(response)
         else:
-            waiter(response)
+            waiter(response)  # type: ignore[operator]  # (mypy narrows only by isinstance)
 
     def _request_received(self, request: Request) -> None:
         rqi = request.rqi
@@ -558,7 +558,7 @@ def _settle(waiter: Deferred[Response] | Then, result: Response | Failure) -> No
         else:
             waiter.callback(result)
     else:
-        waiter(result)
+        waiter(result)  # type: ignore[operator]  # (see Session._response_received)
 
 
 class Deadlines:

@@ -488,6 +488,7 @@ class Notifier:
         except Exception:
             self.log.failure("could not send a notification to {target}", target=hop)
             return
+        outcome: Callable[[Any], None] | None
         if counted is not None:
             self._count(counted.ri, counted.nu, _RQS, count)
             outcome = partial(self._counted_outcome, hop, counted, count)
