@@ -253,7 +253,7 @@ def _direct_writes(transport: Any) -> bool:
     TCP connection of Twisted's, not TLS nor anything in memory."""
     return (
         isinstance(transport, tcp.Connection)
-        and hasattr(transport, "writeSomeData")
+        and hasattr(transport, "socket")
         and hasattr(transport, "_tempDataBuffer")
     )
 
@@ -576,10 +576,16 @@ class _AutobahnFastPath:
         if transport is None or not transport.connected or transport.disconnecting:
             return  # the connection is gone or going: as the transport would drop it
         if not transport._tempDataBuffer and not transport.dataBuffer:
-            sent = transport.writeSomeData(data)
-            if isinstance(sent, int):  # else an error: the transport finds it again
-                if sent == len(data):
-                    return
+            # the socket's own send, not the transport's writeSomeData (which wraps the data
+            # in a memoryview and calls send through untilConcludes: five calls more per
+            # notification of a fan-out)
+            try:
+                sent = transport.socket.send(data)
+            except OSError:  # full, or failed: the transport finds out which as it writes
+                sent = 0
+            if sent == len(data):
+                return
+            if sent:
                 data = data[sent:]
         transport.write(data)
 

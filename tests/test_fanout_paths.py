@@ -4,6 +4,7 @@ Autobahn, the rqet's seconds parsed once, and the server's cycle collector."""
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import weakref
@@ -369,8 +370,9 @@ class _SocketLike:
         self._tempDataBuffer: list[bytes] = []
         self.dataBuffer = b""
         self.sent: list[bytes] = []
+        self.socket = self
 
-    def writeSomeData(self, data: bytes) -> int:
+    def send(self, data: bytes) -> int:
         self.sent.append(data)
         return len(data)
 
@@ -430,6 +432,28 @@ class TurnWriterTests(SynchronousTestCase):
         self.assertEqual(self.sockets[1].sent, [frames, encode_frame(9, b"q")])
         self.clock.advance(0)  # nothing left for the end of the turn
         self.assertEqual([len(s.sent) for s in self.sockets], [2, 2])
+
+    def test_what_the_socket_does_not_take_goes_to_the_transport(self) -> None:
+        """A full socket (it takes a part, or raises) or a failed one (it raises): the rest
+        goes to the transport, which sends it later or finds the failure."""
+        a, _ = self.protocols
+        socket = self.sockets[0]
+        frame = self.frame(b"a1")
+        errors = (BlockingIOError(errno.EAGAIN, "full"), ConnectionResetError(errno.ECONNRESET))
+        for error in errors:
+
+            def refuse(data: bytes, error: OSError = error) -> int:
+                raise error
+
+            socket.send = refuse  # type: ignore[method-assign]
+            a._send_message(b"a1", False)
+            self.clock.advance(0)
+            self.assertEqual(socket.sent, [frame])  # through write
+            socket.sent.clear()
+        socket.send = lambda data: 3  # type: ignore[method-assign]
+        a._send_message(b"a1", False)
+        self.clock.advance(0)
+        self.assertEqual(socket.sent, [frame[3:]])
 
     def test_a_connection_that_goes_drops_its_frames_and_not_the_others(self) -> None:
         a, b = self.protocols

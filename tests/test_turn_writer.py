@@ -112,9 +112,7 @@ class TurnWriterTests(TestCase):
         [protocol] = _protocols(service)
         wire: list[bytes] = []
         transport = protocol.transport
-        write, write_some = transport.write, transport.writeSomeData
-        transport.write = lambda data: (wire.append(bytes(data)), write(data))[1]
-        transport.writeSomeData = lambda data: (wire.append(bytes(data)), write_some(data))[1]
+        transport.socket = _Recording(transport.socket, wire)
         pending = server_session.request(
             Request(Operation.NOTIFY, "CAdmin", "last", "4", "/id-in", pc={"m2m:sgn": {}}), 10
         )
@@ -123,6 +121,23 @@ class TurnWriterTests(TestCase):
         yield closed
         sent = b"".join(wire)
         self.assertLess(sent.index(b'"last"'), sent.index(b"\x88"))
+
+
+class _Recording:
+    """A socket that keeps a copy of everything sent on it (whoever sends: the turn writer or
+    the transport)."""
+
+    def __init__(self, socket: Any, wire: list[bytes]) -> None:
+        self._socket = socket
+        self._wire = wire
+
+    def send(self, data: bytes) -> int:
+        sent: int = self._socket.send(data)
+        self._wire.append(bytes(data[:sent]))
+        return sent
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._socket, name)
 
 
 def _protocols(service: Any) -> list[OneM2MServerProtocol]:
