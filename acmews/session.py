@@ -50,7 +50,8 @@ Then = Callable[[Any], object]
 
 #: one request we sent: what waits for its response (a Deferred, or a callable), and the
 #: seconds it was given
-_Entry = tuple["Deferred[Response] | Then", float]
+#: what waits for a request's response, its timeout, and the sequence number of its deadline
+_Entry = tuple["Deferred[Response] | Then", float, int]
 
 #: a heap of timeouts holds the entries already answered until they reach its top, or until
 #: it holds this many more than are pending (then it is rebuilt)
@@ -208,8 +209,7 @@ class Session:
             until = self._deadlines.until(request.rqet, now)
             if until is not None:
                 delay = max(0.0, min(delay, until))
-        entry = pending[rqi] = (waiter, delay)
-        self._deadlines.add(now + delay, self, rqi, entry)
+        pending[rqi] = (waiter, delay, self._deadlines.add(now + delay, self, rqi))
         self._send(data, self._binary)
         return None
 
@@ -267,14 +267,14 @@ class Session:
         return d
 
     def _cancel_request(self, d: Deferred[Response]) -> None:
-        for rqi, (waiter, _) in self._pending.items():
+        for rqi, (waiter, _, _) in self._pending.items():
             if waiter is d:
                 del self._pending[rqi]  # its deadline goes when it reaches the top
                 self._deadlines.done(1)
                 return
 
     def _request_timed_out(self, rqi: str, entry: _Entry) -> None:
-        waiter, delay = entry
+        waiter, delay, _ = entry
         self._log_peer_event(
             self.log.info,
             "no response to {rqi} from {peer} within {delay}s",
@@ -297,7 +297,7 @@ class Session:
         self.connected = False
         pending, self._pending = self._pending, {}
         self._deadlines.done(len(pending))
-        for rqi, (waiter, _) in pending.items():
+        for rqi, (waiter, _, _) in pending.items():
             _settle(waiter, Failure(TargetNotReachable(f"{reason} before the response", rqi=rqi)))
         waiters, self._closed_waiters = self._closed_waiters, []
         waiters.extend(self._idle_waiters)
@@ -564,9 +564,12 @@ def _settle(waiter: Deferred[Response] | Then, result: Response | Failure) -> No
 class Deadlines:
     """The timeouts of the requests that sessions send, on one timer.
 
-    A deadline is ``(time, sequence, session, rqi, entry)`` in a heap, the timer at the
-    earliest. An answered request's deadline is not looked for: it stays until it reaches the
-    top (the entry's identity tells it from a later request with the same rqi), and the heap
+    A deadline is ``(time, sequence, session, rqi)`` in a heap, the timer at the earliest. An
+    answered request's deadline is not looked for: it stays until it reaches the top (the
+    sequence number in the session's entry tells it from a later request with the same rqi).
+    It holds nothing of the request: what waited for the response (and the request it holds)
+    goes as the response comes, not with the deadline, long after, when the caches have
+    forgotten it. The heap
     is rebuilt once it holds :data:`_HEAP_SLACK` more than are pending. Once nothing is pending
     in any of its sessions the timer is cancelled and the heap emptied, so that nothing is
     left scheduled. A fan-out of a thousand notifications thus costs a heap push per
@@ -577,7 +580,7 @@ class Deadlines:
 
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
-        self._heap: list[tuple[float, int, Session, str, _Entry]] = []
+        self._heap: list[tuple[float, int, Session, str]] = []
         #: requests pending in all the sessions
         self._live = 0
         self._timer: IDelayedCall | None = None
@@ -601,14 +604,16 @@ class Deadlines:
         """Deadlines kept (those of answered requests included)."""
         return len(self._heap)
 
-    def add(self, when: float, session: Session, rqi: str, entry: _Entry) -> None:
-        """``session`` sent request ``rqi`` (its ``entry``), which times out at ``when``."""
+    def add(self, when: float, session: Session, rqi: str) -> int:
+        """``session`` sends request ``rqi``, which times out at ``when``; the deadline's
+        sequence number, which the session keeps in the request's entry."""
         heap = self._heap
         self._live += 1
         if len(heap) > self._live + _HEAP_SLACK:
-            heap[:] = [d for d in heap if d[2]._pending.get(d[3]) is d[4]]
+            heap[:] = [d for d in heap if _current(d)]
             heapify(heap)
-        heappush(heap, (when, next(_sequence), session, rqi, entry))
+        sequence = next(_sequence)
+        heappush(heap, (when, sequence, session, rqi))
         timer = self._timer
         if timer is None:
             self._at = when
@@ -616,6 +621,7 @@ class Deadlines:
         elif when < self._at:
             self._at = when
             timer.reset(max(0.0, when - self._clock.seconds()))
+        return sequence
 
     def done(self, count: int) -> None:
         """``count`` requests left their sessions' pending (answered, cancelled, lost)."""
@@ -636,9 +642,10 @@ class Deadlines:
         heap = self._heap
         expired: list[tuple[Session, str, _Entry]] = []
         while heap:
-            when, _, session, rqi, entry = heap[0]
+            when, sequence, session, rqi = heap[0]
             pending = session._pending
-            if pending.get(rqi) is not entry:
+            entry = pending.get(rqi)
+            if entry is None or entry[2] != sequence:
                 heappop(heap)  # answered (or cancelled) already
                 continue
             if when > now:
@@ -652,3 +659,10 @@ class Deadlines:
         # told last: what they do (send again) finds the timer as it should be
         for session, rqi, entry in expired:
             session._request_timed_out(rqi, entry)
+
+
+def _current(deadline: tuple[float, int, Session, str]) -> bool:
+    """Is ``deadline`` that of a request still pending?"""
+    _, sequence, session, rqi = deadline
+    entry = session._pending.get(rqi)
+    return entry is not None and entry[2] == sequence

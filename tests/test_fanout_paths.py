@@ -220,6 +220,18 @@ class SharedDeadlinesTests(SynchronousTestCase):
         self.clock.advance(20)
         self.assertEqual(b.errors(), [RequestTimeout])
 
+    def test_the_deadline_does_not_hold_what_waited(self) -> None:
+        """What waited for a response (and what it holds: the request) goes as the response
+        comes, while the deadline stays in the heap."""
+        self.sessions[1].request_then(notify("long"), Outcomes(), 30)  # keeps the heap
+        then = Outcomes()
+        gone = weakref.ref(then)
+        self.sessions[0].request_then(notify("n"), then, 10)
+        del then
+        self.wires[0].answer(self.sessions[0], 0)
+        self.assertEqual(len(self.deadlines), 2)
+        self.assertIsNone(gone())
+
     def test_an_absolute_rqet_is_read_once(self) -> None:
         """The notifications of a fan-out share their rqet (one string): it is read once. A
         relative rqet counts from each request's own time, and what is unreadable sets no
