@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import re
 from typing import Any
 
 import cbor2
@@ -51,8 +50,12 @@ MAX_CONTAINERS = 100_000
 
 # orjson reads integers beyond 64 bits as floats; a run of 19+ digits (below -2**63 needs only
 # 19) sends the message through the stdlib parser, which keeps them exact (rare, so the fast
-# path stays fast).
-_LONG_DIGITS = re.compile(rb"\d{19}")
+# path stays fast). The run is looked for in a copy with every ASCII digit made "1" and every
+# other byte " ": a substring search for nineteen "1"s. (The regular expression \d{19} took
+# 0.4-0.8 us for a 50 to 100-byte message, every NOTIFY's answer among them, and 58 us for
+# 4.6 kB; this 0.2 and 4.)
+_DIGITS_AS_ONES = bytes(0x31 if 0x30 <= i <= 0x39 else 0x20 for i in range(256))
+_NINETEEN_DIGITS = b"1" * 19
 
 
 def _reject_constant(name: str) -> Any:
@@ -137,7 +140,7 @@ class JsonCodec:
 
     def loads(self, data: bytes) -> Any:
         try:
-            if _LONG_DIGITS.search(data) is None:
+            if _NINETEEN_DIGITS not in data.translate(_DIGITS_AS_ONES):
                 obj = orjson.loads(data)
                 # orjson checks the text and the numbers itself; the nesting only needs a
                 # walk when there are enough brackets to nest that deep

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 from typing import Any
 
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from acmews import codec as codec_module
 from acmews.codec import CBOR, CODECS, JSON, MAX_CONTAINERS, MAX_NESTING, get_codec
 from acmews.codes import RSC
 from acmews.errors import PrimitiveError
@@ -233,6 +235,41 @@ class CodecTests(SynchronousTestCase):
 
     def test_json_19_digit_negatives_stay_exact(self) -> None:
         self.assertEqual(JSON.loads(b"[-9223372036854775809]"), [-(2**63) - 1])
+
+    @settings(max_examples=500, deadline=None)
+    @given(
+        st.lists(
+            st.one_of(
+                # digit runs of every length around 19, between the bytes next to the digits
+                st.tuples(st.sampled_from(b"0123456789"), st.integers(0, 24)).map(
+                    lambda run: bytes([run[0]]) * run[1]
+                ),
+                st.sampled_from([b"/", b":", b"-", b".", b" ", b"\xb9", b"\xd9"]),
+                st.binary(max_size=8),
+            ),
+            max_size=12,
+        )
+    )
+    def test_long_digit_runs_are_found_as_a_regular_expression_finds_them(
+        self, parts: list[bytes]
+    ) -> None:
+        """A message is parsed by the stdlib (exact integers) exactly when it holds a run of
+        19 ASCII digits, as ``\\d{19}`` on bytes would find it."""
+        data = b"".join(parts)
+        found = codec_module._NINETEEN_DIGITS in data.translate(codec_module._DIGITS_AS_ONES)
+        self.assertEqual(found, re.search(rb"\d{19}", data) is not None)
+
+    def test_long_digit_runs_at_the_boundaries(self) -> None:
+        """18 digits are not a long run, 19 are; the bytes next to the digits ("/" and ":")
+        break a run."""
+        for data, long in (
+            (b"1" * 18, False),
+            (b"x" + b"0" * 19 + b"x", True),
+            (b"9" * 9 + b":" + b"9" * 9, False),
+            (b"0" * 9 + b"/" + b"0" * 9, False),
+        ):
+            found = codec_module._NINETEEN_DIGITS in data.translate(codec_module._DIGITS_AS_ONES)
+            self.assertEqual(found, long, data)
 
     def test_json_long_integers_exact(self) -> None:
         m = {"rsc": 2000, "rqi": "a", "pc": {"v": 10**30, "w": -(10**25), "s": "1" * 25}}
