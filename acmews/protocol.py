@@ -741,8 +741,14 @@ class _AutobahnFastPath:
             return
         self.message_data = None
 
-    def _write_server_frame(self, data: bytes, binary: bool) -> bool:
-        """Write one unmasked frame directly; False when Autobahn's path must be taken."""
+    def _send_unmasked(self, data: bytes, binary: bool) -> None:
+        """Send one whole message as a server does (unmasked): the frame written here, to the
+        turn writer, skipping Autobahn's per-send bookkeeping and its eagerly formatted debug
+        log arguments; through Autobahn's ``sendMessage`` only when compression or its own
+        send queue is in the way. A closed connection drops it (the session knows). The
+        server's ``_send_message`` is this method itself: a call less per message."""
+        if self.state != _STATE_OPEN:
+            return
         if self._perMessageCompress is None and not self.send_queue:
             frame = frame_header(2 if binary else 1, len(data), masked=False) + data
             if self._behind is not None:
@@ -756,8 +762,8 @@ class _AutobahnFastPath:
                     writer.add(self, frame)
                 else:
                     writer.append(index, frame)
-            return True
-        return False
+            return
+        self.sendMessage(data, binary)  # type: ignore[attr-defined]
 
     def _forget_handshake_text(self) -> None:
         """Drop what only the opening handshake reads and rebuild the instance dict: a dict
@@ -1049,14 +1055,8 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
         if call is not None and call.active():
             call.cancel()
 
-    @override
-    def _send_message(self, data: bytes, binary: bool) -> None:
-        # server frames are not masked: write the frame ourselves, skipping Autobahn's
-        # per-send bookkeeping and eagerly formatted debug log arguments
-        if self.state != _STATE_OPEN:
-            return
-        if not self._write_server_frame(data, binary):
-            self.sendMessage(data, binary)
+    # server frames are not masked: written by the fast path itself
+    _send_message = _AutobahnFastPath._send_unmasked
 
     @override
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
