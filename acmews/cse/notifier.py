@@ -256,7 +256,7 @@ class Notifier:
         if known is not None and reader is not None:
             # what nu named last time, if it is still that resource, at that version
             resource, attrs, target = known
-            if resource.attrs is attrs and reader.get(resource.ri) is resource:
+            if resource.attrs is attrs and reader.get(attrs["ri"]) is resource:
                 return target
             del self._registrants[nu]
         addressing = self._addressing

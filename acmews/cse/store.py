@@ -224,12 +224,14 @@ class Batch:
         return resource
 
     def get(self, ri: str) -> Resource | None:
-        found = self._kept(self._store.get(ri))
-        if found is None:
-            for resource in self.added:
-                if resource.ri == ri:
-                    return resource
-        return found
+        # (_kept written out: a fan-out's notifier asks this once per subscriber)
+        found = self._store.get(ri)
+        if found is not None and self._state.get(found) != _REMOVED:
+            return found
+        for resource in self.added:
+            if resource.ri == ri:
+                return resource
+        return None
 
     def child(self, pi: str, rn: str) -> Resource | None:
         found = self._kept(self._store.child(pi, rn))
