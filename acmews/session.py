@@ -48,9 +48,8 @@ BoundCallback = Callable[["Session", str], None]
 #: what :meth:`Session.request_then` calls once with the response, or a Failure
 Then = Callable[[Any], object]
 
-#: one request we sent: what waits for its response (a Deferred, or a callable), and the
-#: seconds it was given
-#: what waits for a request's response, its timeout, and the sequence number of its deadline
+#: one request we sent: what waits for its response (a Deferred, or a callable), the seconds
+#: it was given, and the sequence number of its deadline (see :class:`Deadlines`)
 _Entry = tuple["Deferred[Response] | Then", float, int]
 
 #: a heap of timeouts holds the entries already answered until they reach its top, or until
@@ -568,12 +567,11 @@ class Deadlines:
     answered request's deadline is not looked for: it stays until it reaches the top (the
     sequence number in the session's entry tells it from a later request with the same rqi).
     It holds nothing of the request: what waited for the response (and the request it holds)
-    goes as the response comes, not with the deadline, long after, when the caches have
-    forgotten it. The heap
-    is rebuilt once it holds :data:`_HEAP_SLACK` more than are pending. Once nothing is pending
-    in any of its sessions the timer is cancelled and the heap emptied, so that nothing is
-    left scheduled. A fan-out of a thousand notifications thus costs a heap push per
-    notification instead of a timer made and cancelled for each.
+    goes as the response comes, not with the deadline. The heap is rebuilt once it holds
+    :data:`_HEAP_SLACK` more than are pending. Once nothing is pending in any of its sessions
+    the timer is cancelled and the heap emptied, so that nothing is left scheduled. A fan-out
+    of a thousand notifications thus costs a heap push per notification instead of a timer
+    made and cancelled for each.
     """
 
     __slots__ = ("_at", "_clock", "_expiry", "_heap", "_live", "_timer")
@@ -610,7 +608,7 @@ class Deadlines:
         heap = self._heap
         self._live += 1
         if len(heap) > self._live + _HEAP_SLACK:
-            heap[:] = [d for d in heap if _current(d)]
+            heap[:] = [d for d in heap if _pending_entry(d) is not None]
             heapify(heap)
         sequence = next(_sequence)
         heappush(heap, (when, sequence, session, rqi))
@@ -642,10 +640,10 @@ class Deadlines:
         heap = self._heap
         expired: list[tuple[Session, str, _Entry]] = []
         while heap:
-            when, sequence, session, rqi = heap[0]
-            pending = session._pending
-            entry = pending.get(rqi)
-            if entry is None or entry[2] != sequence:
+            deadline = heap[0]
+            when, _, session, rqi = deadline
+            entry = _pending_entry(deadline)
+            if entry is None:
                 heappop(heap)  # answered (or cancelled) already
                 continue
             if when > now:
@@ -653,7 +651,7 @@ class Deadlines:
                 self._timer = self._clock.callLater(when - now, self._time_out)
                 break
             heappop(heap)
-            del pending[rqi]
+            del session._pending[rqi]
             expired.append((session, rqi, entry))
         self._live = max(0, self._live - len(expired)) if heap else 0
         # told last: what they do (send again) finds the timer as it should be
@@ -661,8 +659,9 @@ class Deadlines:
             session._request_timed_out(rqi, entry)
 
 
-def _current(deadline: tuple[float, int, Session, str]) -> bool:
-    """Is ``deadline`` that of a request still pending?"""
+def _pending_entry(deadline: tuple[float, int, Session, str]) -> _Entry | None:
+    """The entry of the request ``deadline`` is for, if it is still pending (not a later
+    request with the same rqi: its deadline has another sequence number)."""
     _, sequence, session, rqi = deadline
     entry = session._pending.get(rqi)
-    return entry is not None and entry[2] == sequence
+    return entry if entry is not None and entry[2] == sequence else None
