@@ -332,6 +332,17 @@ class LedgerTests(SynchronousTestCase):
         )
         self.assertNotIn("notification_per_request_ratio", report(opts, opts.url, good, {}))
 
+    def test_server_cpu_with_the_kernels_part(self) -> None:
+        """The server's system time is given as its share of the server's CPU (what the
+        kernel's sends, receives and polls cost), when it is known."""
+        opts = parse_options(["ws://127.0.0.1:1", "--scenario", "fanout"])
+        good = Result(sent=1, answered=100, started=1, ended=2, latencies=[0.1])
+        good.extra["rounds"] = 1
+        text = format_report(report(opts, opts.url, good, {"cpu_s": 0.004, "system_s": 0.001}))
+        self.assertIn("server CPU        40.0 us/notification (0.00 s, 25 % in the kernel)", text)
+        text = format_report(report(opts, opts.url, good, {"cpu_s": 0.004}))
+        self.assertIn("server CPU        40.0 us/notification (0.00 s)\n", text + "\n")
+
 
 class StatisticsTests(SynchronousTestCase):
     def test_percentile(self) -> None:
@@ -380,6 +391,7 @@ class StatisticsTests(SynchronousTestCase):
         status = b"Name:\tx\nVmRSS:\t  2048 kB\nThreads:\t1\n"
         s = parse_proc(stat, status, 100)
         self.assertAlmostEqual(s.cpu, 0.29)
+        self.assertAlmostEqual(s.system, 0.15)
         self.assertEqual(s.rss_kib, 2048)
 
 
@@ -856,13 +868,17 @@ class LoopbackRunTests(TestCase):
             from .helpers import start_cse
 
             self.patch(scenarios, "REFERENCE_REQUESTS", 300)
-            # the CPU the server used, in steps finer than /proc's ticks
+            # the CPU the server used, in steps finer than /proc's ticks; a quarter of it
+            # system time
             cpu = iter(range(1, 100))
-            self.patch(
-                scenarios,
-                "sample_server",
-                lambda pid: scenarios.ServerSample(next(cpu) / 100, 1000) if pid else None,
-            )
+
+            def sample(pid: int | None) -> scenarios.ServerSample | None:
+                if not pid:
+                    return None
+                used = next(cpu) / 100
+                return scenarios.ServerSample(used, 1000, used / 4)
+
+            self.patch(scenarios, "sample_server", sample)
             _, url = await start_cse(self)
             argv = ["--scenario", "fanout", "--connections", "3", "--requests", "3"]
             argv += ["--server-pid", str(os.getpid())]
@@ -871,6 +887,7 @@ class LoopbackRunTests(TestCase):
             self.assertEqual(code, 0, out.getvalue())
             self.assertIn("pipelined RETRIEVE on the same server:", out.getvalue())
             self.assertRegex(out.getvalue(), r"a notification costs \d+\.\d\d x a request")
+            self.assertIn(" s, 25 % in the kernel)", out.getvalue())
 
         return Deferred.fromCoroutine(go())
 

@@ -108,9 +108,13 @@ def format_report(d: dict[str, Any]) -> str:
             f" ({d['client_cpu']:.2f} s)"
         )
     if "server_cpu_us_per_request" in d:
+        server = d["server"]
+        kernel = ""
+        if server.get("system_s") is not None and server["cpu_s"] > 0:
+            kernel = f", {100 * server['system_s'] / server['cpu_s']:.0f} % in the kernel"
         lines.append(
             f"  server CPU        {d['server_cpu_us_per_request']:.1f} us/{unit}"
-            f" ({d['server']['cpu_s']:.2f} s)"
+            f" ({server['cpu_s']:.2f} s{kernel})"
         )
     if "notification_per_request_ratio" in d:
         lines.append(

@@ -70,6 +70,7 @@ __all__ = [
 class ServerSample:
     cpu: float  # seconds, utime + stime
     rss_kib: int
+    system: float = 0.0  # seconds, stime: the kernel's part of ``cpu``
 
 
 def sample_server(pid: int | None) -> ServerSample | None:
@@ -93,7 +94,16 @@ def parse_proc(stat: bytes, status: bytes, ticks: int) -> ServerSample:
     for line in status.splitlines():
         if line.startswith(b"VmRSS:"):
             rss = int(line.split()[1])
-    return ServerSample((utime + stime) / ticks, rss)
+    return ServerSample((utime + stime) / ticks, rss, stime / ticks)
+
+
+def _server_cpu(before: ServerSample, after: ServerSample) -> dict[str, Any]:
+    """The server's CPU between two samples, the kernel's part of it, and its RSS after."""
+    return {
+        "cpu_s": after.cpu - before.cpu,
+        "system_s": after.system - before.system,
+        "rss_kib": after.rss_kib,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,7 +289,7 @@ async def run_requests(
                 out.write(f"  warning: could not delete the AE {aei}: {e}\n")
     server: dict[str, Any] = {}
     if before is not None and after is not None:
-        server = {"cpu_s": after.cpu - before.cpu, "rss_kib": after.rss_kib}
+        server = _server_cpu(before, after)
     return result, server
 
 
@@ -607,7 +617,7 @@ async def run_fanout(reactor: Any, opts: BenchOptions, run: Run) -> tuple[Result
     result.connections = opts.connections
     server: dict[str, Any] = {}
     if before is not None and after is not None:
-        server = {"cpu_s": after.cpu - before.cpu, "rss_kib": after.rss_kib}
+        server = _server_cpu(before, after)
         if result.answered:
             progress.update("pipelined RETRIEVE for reference")
             reference = await reference_retrieve(reactor, opts, url, pid, tag)
