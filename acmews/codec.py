@@ -20,6 +20,7 @@ from acmews.errors import InternalServerError, PrimitiveError
 from acmews.interfaces import ICodec
 from acmews.primitive import (
     OPTIONAL_REQUEST_PARAMETERS,
+    Notification,
     Primitive,
     Request,
     Shared,
@@ -178,7 +179,17 @@ class JsonCodec:
     def decode(self, data: bytes) -> Primitive:
         return primitive_from_object(self.loads(data))
 
-    def encode(self, primitive: Primitive) -> bytes:
+    def encode(self, primitive: Primitive | Notification) -> bytes:
+        if isinstance(primitive, Notification):
+            return self._spliced(
+                primitive.event,
+                primitive.fr,
+                primitive.rvi,
+                primitive.rqet,
+                primitive.to,
+                primitive.rqi,
+                primitive.sur,
+            )
         if type(primitive) is Request:
             pc = primitive.pc
             if type(pc) is dict and len(pc) == 1:
@@ -206,25 +217,8 @@ class JsonCodec:
             and not request.extra
             and optional_request_values(request).count(None) == _PLAIN_NOTIFICATION_NONES
         ):
-            # the common case (nothing but the event and sur; no ec, no creator): the
-            # message put together as to_dict's encoding would have it, key for key, from
-            # the parts its targets share (made again when fr, rvi or rqet differ)
-            key = (request.fr, request.rvi, rqet)
-            parts = nev.parts
-            if parts is None or parts[0] != key:
-                parts = nev.parts = (key, *_notification_parts(*key, data))
-            dumps = orjson.dumps
-            return b"".join(
-                (
-                    parts[1],
-                    dumps(request.to),
-                    parts[2],
-                    dumps(request.rqi),
-                    parts[3],
-                    dumps(sur),
-                    parts[4],
-                )
-            )
+            # the common case (nothing but the event and sur; no ec, no creator)
+            return self._spliced(nev, request.fr, request.rvi, rqet, request.to, request.rqi, sur)
         if len(data) < SHARED_MIN:  # encoding it again costs less than splicing it in
             return self.dumps(request.to_dict())
         d = request.to_dict()
@@ -233,6 +227,24 @@ class JsonCodec:
             return orjson.dumps(d, option=orjson.OPT_NON_STR_KEYS)
         except orjson.JSONEncodeError:  # integers beyond 64 bits elsewhere: the plain way
             return self.dumps(request.to_dict())
+
+    def _spliced(
+        self, nev: Shared, fr: str, rvi: str, rqet: str, to: str, rqi: str, sur: str
+    ) -> bytes:
+        """A plain notification of ``nev`` (nothing but the event and ``sur``), put together
+        as ``to_dict``'s encoding would have it, key for key, from the parts its targets share
+        (made again when ``fr``, ``rvi`` or ``rqet`` differ)."""
+        key = (fr, rvi, rqet)
+        parts = nev.parts
+        if parts is None or parts[0] != key:
+            data = nev.json
+            if data is None:
+                data = nev.json = self.dumps(dict(nev))
+            parts = nev.parts = (key, *_notification_parts(fr, rvi, rqet, data))
+        dumps = orjson.dumps
+        return b"".join(
+            (parts[1], dumps(to), parts[2], dumps(rqi), parts[3], dumps(sur), parts[4])
+        )
 
 
 @implementer(ICodec)
@@ -269,7 +281,9 @@ class CborCodec:
     def decode(self, data: bytes) -> Primitive:
         return primitive_from_object(self.loads(data))
 
-    def encode(self, primitive: Primitive) -> bytes:
+    def encode(self, primitive: Primitive | Notification) -> bytes:
+        if isinstance(primitive, Notification):
+            primitive = primitive.request()
         return self.dumps(primitive.to_dict())
 
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
     from acmews.handshake import Authorization, Handshake
-    from acmews.primitive import Primitive, Request, Response
+    from acmews.primitive import Notification, Primitive, Request, Response
 
 
 class ICodec(Interface):
@@ -29,8 +29,9 @@ class ICodec(Interface):
     def decode(data: bytes) -> Primitive:
         """Bytes to a validated primitive; raises PrimitiveError and nothing else."""
 
-    def encode(primitive: Primitive) -> bytes:
-        """A primitive to bytes."""
+    def encode(primitive: Primitive | Notification) -> bytes:
+        """A primitive to bytes (a :class:`~acmews.primitive.Notification` as the request it
+        stands for)."""
 
     def loads(data: bytes) -> Any:
         """Bytes to a plain value; raises PrimitiveError and nothing else."""
@@ -179,7 +180,12 @@ class IRequestSender(Interface):
         """Deliver ``request`` as :meth:`send` does, but call ``then`` once with the
         response or a Failure instead of returning a Deferred (a sender may deliver to a
         live connection with no Deferred at all). ``then`` may be called before this
-        returns."""
+        returns.
+
+        A sender whose ``takes_notifications`` attribute is true also takes a
+        :class:`~acmews.primitive.Notification` (the parts of a fan-out's plain
+        notification) as ``request``; any other sender gets the
+        :class:`~acmews.primitive.Request` it stands for."""
 
 
 class IClusterRelay(Interface):

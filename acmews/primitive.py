@@ -406,6 +406,56 @@ class Response:
         return response
 
 
+class Notification:
+    """A plain notification of a fan-out's event to one target, kept as the parts that make
+    it: the event (a :class:`Shared` ``nev``, the same for every target), the subscription
+    reference ``sur``, ``to`` and ``rqi``, and ``fr``, ``rvi`` and ``rqet``; nothing else (no
+    ``ec``, no creator). A connection that takes it as it is (:meth:`IConnection
+    <acmews.interfaces.IConnection>` ``notify_then``) encodes it from these parts; every other
+    way it goes as the :class:`Request` :meth:`request` makes. A fan-out of a thousand thus
+    keeps a small object per target while it waits for the answers, not a request of 26
+    parameters and the two dicts of its ``pc``."""
+
+    __slots__ = ("event", "fr", "rqet", "rqi", "rvi", "sur", "to")
+
+    #: what a request's ``op`` says (read as a request's is)
+    op = Operation.NOTIFY
+
+    def __init__(
+        self, event: Shared, sur: str, to: str, rqi: str, fr: str, rvi: str, rqet: str
+    ) -> None:
+        self.event = event
+        self.sur = sur
+        self.to = to
+        self.rqi = rqi
+        self.fr = fr
+        self.rvi = rvi
+        self.rqet = rqet
+
+    def request(self) -> Request:
+        """The same notification as a :class:`Request`."""
+        return Request(
+            Operation.NOTIFY,
+            self.to,
+            self.rqi,
+            self.rvi,
+            self.fr,
+            None,  # ty
+            {"m2m:sgn": {"nev": self.event, "sur": self.sur}},
+            None,  # rcn
+            None,  # rt
+            self.rqet,
+        )
+
+    def __repr__(self) -> str:
+        return f"Notification(to={self.to!r}, rqi={self.rqi!r}, sur={self.sur!r})"
+
+
+def as_request(request: Request | Notification) -> Request:
+    """``request`` as a :class:`Request` (a :class:`Notification` made into one)."""
+    return request.request() if type(request) is Notification else request  # type: ignore[return-value]
+
+
 #: the parameters of a response that needs no more than its constructor's first four
 _PLAIN_RESPONSE_KEYS = frozenset(("rsc", "rqi", "rvi", "pc"))
 

@@ -37,7 +37,7 @@ from acmews.interfaces import ICodec, IConnection, IRequestHandler
 from acmews.logs import Budget, Logger
 from acmews.metrics import BindingMetrics
 from acmews.options import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_REQUEST_TIMEOUT
-from acmews.primitive import Request, Response, error_response
+from acmews.primitive import Notification, Request, Response, error_response
 from acmews.timestamps import expiry_delay
 
 __all__ = ["DEFAULT_REQUEST_TIMEOUT", "Deadlines", "Session", "fr_allowed"]
@@ -182,8 +182,20 @@ class Session:
         if error is not None:
             then(Failure(error))
 
+    def notify_then(
+        self, notification: Notification, then: Then, timeout: float | None = None
+    ) -> None:
+        """:meth:`request_then` for the plain notification of a fan-out, as its parts: it is
+        encoded from them (see :class:`~acmews.primitive.Notification`)."""
+        error = self._send_request(notification, timeout, then)
+        if error is not None:
+            then(Failure(error))
+
     def _send_request(
-        self, request: Request, timeout: float | None, waiter: Deferred[Response] | Then
+        self,
+        request: Request | Notification,
+        timeout: float | None,
+        waiter: Deferred[Response] | Then,
     ) -> OneM2MError | None:
         """Send ``request`` and keep ``waiter`` for its response; or why it cannot be."""
         if not self.connected:

@@ -20,17 +20,31 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from acmews import session as session_module
-from acmews.codec import JSON
+from acmews.codec import CBOR, JSON
 from acmews.codes import RSC, Operation
+from acmews.cse import CSE, CSEConfig
 from acmews.errors import BadRequest, RequestTimeout, TargetNotReachable
 from acmews.originators import OriginatorMap
 from acmews.poa import PoaChain
-from acmews.primitive import Request, Response
+from acmews.primitive import (
+    OPTIONAL_REQUEST_PARAMETERS,
+    Notification,
+    Request,
+    Response,
+    Shared,
+    as_request,
+    optional_request_values,
+)
 from acmews.protocol import TurnWriter, _AutobahnFastPath
 from acmews.server import PYTHON_GC_THRESHOLDS, SERVER_GC_THRESHOLDS, tune_collector
 from acmews.session import Deadlines, Session
 from acmews.testing import (
+    START,
+    URL,
+    FakeConnection,
     FakeOriginatorMap,
+    FakeSender,
+    MemoryCSE,
     Pair,
     RecordingHandler,
     connected_pair,
@@ -1040,3 +1054,227 @@ class PlainSubscriptionTests(SynchronousTestCase):
         self.sent(Operation.UPDATE, "cse-in/c/s", pc={"m2m:sub": {"enc": {"net": [1]}}})
         sent = self.sent(Operation.CREATE, "cse-in/c", ty=4, pc={"m2m:cin": {"con": "w"}})
         self.assertEqual(sent, {})
+
+
+def plain(rqi: str = "n1", to: str = AE, sur: str = "/id-in/sub1", **rep: Any) -> Notification:
+    """A plain notification of a CIN's creation, as the notifier makes one."""
+    event = Shared(rep={"m2m:cin": {"con": "v", **rep}}, net=3)
+    return Notification(event, sur, to, rqi, "/id-in", "4", "20270101T000000,001000")
+
+
+class NotificationTests(SynchronousTestCase):
+    """A fan-out's plain notification kept as its parts (:class:`Notification`): encoded,
+    and wherever it goes other than a live session, the request it stands for (TS-0004
+    7.5.1.2.2: ``m2m:sgn`` with ``nev`` and ``sur``, sent with ``rqet``)."""
+
+    def test_the_request_it_stands_for(self) -> None:
+        n = plain()
+        request = n.request()
+        self.assertIs(type(request), Request)
+        self.assertEqual(request.op, Operation.NOTIFY)
+        self.assertEqual(n.op, Operation.NOTIFY)
+        self.assertEqual(
+            (request.to, request.rqi, request.fr, request.rvi, request.rqet),
+            (AE, "n1", "/id-in", "4", "20270101T000000,001000"),
+        )
+        self.assertEqual(request.pc, {"m2m:sgn": {"nev": n.event, "sur": "/id-in/sub1"}})
+        self.assertIs(request.pc["m2m:sgn"]["nev"], n.event)
+        self.assertEqual(
+            optional_request_values(request).count(None), len(OPTIONAL_REQUEST_PARAMETERS) - 2
+        )
+        self.assertEqual(request.extra, {})
+        self.assertIs(as_request(request), request)
+        self.assertEqual(as_request(n), request)
+
+    @hypothesis_settings(max_examples=200, deadline=None, database=None)
+    @given(
+        to=st.text(max_size=12),
+        fr=st.text(max_size=12),
+        rqi=st.text(min_size=1, max_size=12),
+        rvi=st.sampled_from(["2a", "3", "4", "5"]),
+        rqet=st.text(max_size=24),
+        sur=st.text(max_size=12),
+        rep=st.dictionaries(st.text(max_size=6), st.integers() | st.text(max_size=8)),
+    )
+    def test_encoded_as_that_request(self, **kw: Any) -> None:
+        """Byte for byte in JSON and CBOR; the parts the event keeps are those of its
+        (fr, rvi, rqet), whichever way it was encoded last."""
+        event = Shared(rep={"m2m:cin": kw["rep"]}, net=3)
+        n = Notification(event, kw["sur"], kw["to"], kw["rqi"], kw["fr"], kw["rvi"], kw["rqet"])
+        whole = JSON.dumps(
+            Request(
+                Operation.NOTIFY,
+                kw["to"],
+                kw["rqi"],
+                kw["rvi"],
+                kw["fr"],
+                pc={"m2m:sgn": {"nev": dict(event), "sur": kw["sur"]}},
+                rqet=kw["rqet"],
+            ).to_dict()
+        )
+        for _ in range(2):  # made once, then from the parts kept
+            self.assertEqual(JSON.encode(n), whole)
+            self.assertEqual(JSON.encode(n.request()), whole)
+        self.assertEqual(CBOR.encode(n), CBOR.encode(n.request()))
+        other = Notification(event, kw["sur"], kw["to"], kw["rqi"], kw["fr"], kw["rvi"], "x")
+        self.assertEqual(orjson.loads(JSON.encode(other))["rqet"], "x")
+        self.assertEqual(JSON.encode(n), whole)
+
+
+class NotificationSendTests(SynchronousTestCase):
+    """The poa chain sends a :class:`Notification` on a live session as it is; every other
+    way, and after a failure, as its request."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.map = FakeOriginatorMap()
+        self.chain = PoaChain(self.map, self.clock, timeout=10)
+        self.wire = Wire()
+        self.session = Session(self.wire, JSON, self.clock, None, originator=AE)
+        self.map.bind(AE, self.session)
+
+    def tearDown(self) -> None:
+        self.chain.stop()
+
+    def test_a_live_session_sends_it_as_it_is(self) -> None:
+        self.assertTrue(self.chain.takes_notifications)
+        then = Outcomes()
+        n = plain()
+        self.chain.send_then(AE, n, then, (), True)
+        # what waits for the answer holds the parts, not a request made of them
+        self.assertEqual([live.request for live in self.chain._live], [n])
+        self.assertEqual([self.wire.sent[0]], [orjson.loads(JSON.encode(n.request()))])
+        self.wire.answer(self.session, 0)
+        self.assertEqual(then.rsc(), [RSC.OK])
+        self.assertEqual(self.chain.counts.delivered, 1)
+        self.assertEqual(self.chain._live, set())
+
+    def test_a_connection_without_notify_then_gets_the_request(self) -> None:
+        connection = FakeConnection(AE)
+        self.map.unbind(AE, self.session)
+        self.map.bind(AE, connection)
+        then = Outcomes()
+        n = plain()
+        self.chain.send_then(AE, n, then, (), True)
+        [(request, _, _)] = connection.sent
+        self.assertIs(type(request), Request)
+        self.assertEqual(request, n.request())
+        connection.answer()
+        self.assertEqual(then.rsc(), [RSC.OK])
+
+    def test_a_lost_connection_queues_the_request(self) -> None:
+        then = Outcomes()
+        n = plain()
+        self.chain.send_then(AE, n, then, (), True)
+        self.map.unbind(AE, self.session)
+        self.session.connection_lost()
+        self.assertEqual(then.rsc(), [RSC.ACCEPTED])
+        [queued] = self.chain.queued(AE)
+        self.assertIs(type(queued), Request)
+        self.assertEqual(queued, n.request())
+
+    def test_no_live_connection_queues_the_request(self) -> None:
+        self.map.unbind(AE, self.session)
+        then = Outcomes()
+        n = plain()
+        self.chain.send_then(AE, n, then, (), True)
+        self.assertEqual(then.rsc(), [RSC.ACCEPTED])
+        self.assertEqual(self.chain.queued(AE), [n.request()])
+        self.assertIs(type(self.chain.queued(AE)[0]), Request)
+
+
+class NotificationPoaTests(SynchronousTestCase):
+    """A poa step gets the request a :class:`Notification` stands for: with no live
+    connection, and after the live connection failed."""
+
+    def setUp(self) -> None:
+        from .test_poa import FakeConnector
+
+        self.clock = Clock()
+        self.map = FakeOriginatorMap()
+        self.http = FakeConnector("http")
+        self.chain = PoaChain(self.map, self.clock, [self.http], timeout=10)
+
+    def tearDown(self) -> None:
+        self.chain.stop()
+
+    def the_request_reaches_the_poa(self, n: Notification, then: Outcomes) -> None:
+        [(url, request, _, d)] = self.http.calls
+        self.assertEqual(url, "http://127.0.0.1:9/n")
+        self.assertIs(type(request), Request)
+        self.assertEqual(request, n.request())
+        d.callback(Response(RSC.OK, request.rqi))
+        self.assertEqual(then.rsc(), [RSC.OK])
+
+    def test_with_no_live_connection(self) -> None:
+        then, n = Outcomes(), plain()
+        self.chain.send_then(AE, n, then, ("http://127.0.0.1:9/n",), True)
+        self.the_request_reaches_the_poa(n, then)
+
+    def test_after_the_live_connection_is_lost(self) -> None:
+        session = Session(Wire(), JSON, self.clock, None, originator=AE)
+        self.map.bind(AE, session)
+        then, n = Outcomes(), plain()
+        self.chain.send_then(AE, n, then, ("http://127.0.0.1:9/n",), True)
+        self.assertEqual(self.http.calls, [])
+        self.map.unbind(AE, session)
+        session.connection_lost()
+        self.the_request_reaches_the_poa(n, then)
+
+
+class _TakesNotifications(FakeSender):
+    """A sender that takes a :class:`Notification` (and records it as it is)."""
+
+    takes_notifications = True
+
+
+class NotifierNotificationTests(SynchronousTestCase):
+    """The notifier hands a plain subscription's notification to a sender that takes one as
+    a :class:`Notification`, and the request to any other; a subscription that is not plain
+    (``exc`` counts down) goes as a request either way."""
+
+    def fan_out(self, sender: FakeSender) -> dict[str, Any]:
+        """What each subscription (``plain``, ``counted``) is sent for a CIN's creation."""
+        clock = Clock()
+        clock.advance(START)
+        m = MemoryCSE(CSE(CSEConfig(poa=(URL,)), sender, clock), clock, sender, FakeConnection())
+        ae = {"rn": "Cae1", "api": "Nx", "rr": True, "srv": ["4"]}
+        created = m.request(Operation.CREATE, "cse-in", fr=AE, ty=2, pc={"m2m:ae": ae})
+        self.assertEqual(self.successResultOf(created).rsc, RSC.CREATED)
+        cnt = m.request(Operation.CREATE, "cse-in", ty=3, pc={"m2m:cnt": {"rn": "c"}})
+        self.assertEqual(self.successResultOf(cnt).rsc, RSC.CREATED)
+        for rn, extra in (("plain", {}), ("counted", {"exc": 10})):
+            sub = {"rn": rn, "nu": [AE], "enc": {"net": [3]}, **extra}
+            d = m.request(Operation.CREATE, "cse-in/c", ty=23, pc={"m2m:sub": sub})
+            for verification in sender.take():
+                verification.answer()
+            self.assertEqual(self.successResultOf(d).rsc, RSC.CREATED)
+        cin = m.request(Operation.CREATE, "cse-in/c", ty=4, pc={"m2m:cin": {"con": "v"}})
+        self.assertEqual(self.successResultOf(cin).rsc, RSC.CREATED)
+        clock.advance(0)
+        out = {}
+        for sent in sender.take():
+            sur = as_request(sent.request).pc["m2m:sgn"]["sur"]
+            ri = self.successResultOf(m.request(Operation.RETRIEVE, "cse-in/c/plain"))
+            out["plain" if sur.endswith(ri.pc["m2m:sub"]["ri"]) else "counted"] = sent
+            sent.answer()
+        return out
+
+    def test_to_a_sender_that_takes_one(self) -> None:
+        sent = self.fan_out(_TakesNotifications())
+        plain, counted = sent["plain"], sent["counted"]
+        self.assertIs(type(plain.request), Notification)
+        self.assertIs(type(counted.request), Request)
+        n = plain.request
+        self.assertEqual((plain.target, n.to, n.fr, n.rvi), (AE, AE, "/id-in", "4"))
+        self.assertEqual(n.rqet, counted.request.rqet)
+        self.assertEqual((plain.poa, plain.store), (counted.poa, counted.store))
+        self.assertEqual(dict(n.event), dict(counted.request.pc["m2m:sgn"]["nev"]))
+        self.assertEqual(set(n.request().pc["m2m:sgn"]), {"nev", "sur"})
+
+    def test_to_any_other_sender_the_request(self) -> None:
+        sent = self.fan_out(FakeSender())
+        plain = sent["plain"].request
+        self.assertIs(type(plain), Request)
+        self.assertEqual(set(plain.pc["m2m:sgn"]), {"nev", "sur"})
+        self.assertEqual(plain.rqet, sent["counted"].request.rqet)

@@ -44,7 +44,7 @@ from acmews.errors import (
 from acmews.interfaces import IRequestSender
 from acmews.logs import Logger, Throttle
 from acmews.poa.steps import scheme_of, split_ct, target_key
-from acmews.primitive import Request, Response, Shared
+from acmews.primitive import Notification, Request, Response, Shared
 from acmews.timestamps import Timestamps, parse_duration, parse_timestamp
 
 #: notifications sent per reactor turn in a fan-out
@@ -138,6 +138,8 @@ class Notifier:
         self._route = route
         self._cse_id = config.cse_id
         self._sender = sender
+        #: whether ``sender`` takes a plain notification as its parts (see _send_plain)
+        self._takes_notifications = bool(getattr(sender, "takes_notifications", False))
         self._clock = clock
         self._ts = timestamps
         self._addressing = addressing
@@ -177,16 +179,19 @@ class Notifier:
         """A request identifier for a request the CSE originates."""
         return f"{self._rqi_prefix}{next(self._rqis)}"
 
+    def _rqet_now(self) -> str:
+        """The ``rqet`` of a notification sent now."""
+        now = self._clock.seconds()
+        made, rqet = self._rqet
+        if not made <= now < made + 0.001:
+            # one string for the notifications of a millisecond (a fan-out's): formatted and
+            # parsed again (by the session, for its timeout) once
+            rqet = self._ts.format(now + self._config.notification_expiry)
+            self._rqet = (now, rqet)
+        return rqet
+
     def notification(self, target: str, pc: dict[str, Any], expires: bool = True) -> Request:
-        rqet = None
-        if expires:
-            now = self._clock.seconds()
-            made, rqet = self._rqet
-            if not made <= now < made + 0.001:
-                # one string for the notifications of a millisecond (a fan-out's): formatted
-                # and parsed again (by the session, for its timeout) once
-                rqet = self._ts.format(now + self._config.notification_expiry)
-                self._rqet = (now, rqet)
+        rqet = self._rqet_now() if expires else None
         # (positional: a third cheaper than by keyword, and a fan-out makes thousands)
         return Request(
             _NOTIFY,
@@ -324,13 +329,11 @@ class Notifier:
                     continue
                 sur = entry[2]
                 if sur is not None:
-                    # the common case (a fan-out): what the rest of the loop does for it
+                    # the common case (a fan-out): what the rest of the loop does for it; the
+                    # delivery is the event, its tag the sur (see _send_range)
                     if whole is None:
                         whole = Shared(rep=rep.pc, net=int(net))
-                    batch.notify_one(
-                        self.resolve_target(entry[3], batch),
-                        {"m2m:sgn": {"nev": whole, "sur": sur}},
-                    )
+                    batch.notify_one(self.resolve_target(entry[3], batch), whole, sur)
                     continue
             elif policy.om is None:
                 continue
@@ -463,7 +466,9 @@ class Notifier:
 
     def _send_range(self, deliveries: list[Delivery], start: int, end: int) -> None:
         for target, pc, tag in deliveries[start:end]:
-            if tag is None:
+            if type(tag) is str:  # a plain subscription's event (pc) and sur (tag)
+                self._send_plain(target, pc, tag)  # type: ignore[arg-type]
+            elif tag is None:
                 self._send(target, pc)
             elif isinstance(tag, _Tag):
                 self._send_tagged(target, pc, tag)
@@ -501,6 +506,38 @@ class Notifier:
                 outcome = self._outcome_of[hop] = partial(self._outcome, hop)
         try:
             self._sender.send_then(hop, request, outcome, poa, registered)
+        except Exception:
+            self.log.failure("could not send a notification to {target}", target=hop)
+
+    def _send_plain(self, target: Target, event: Shared, sur: str) -> None:
+        """:meth:`_send` for a plain subscription: ``{"m2m:sgn": {"nev": event, "sur": sur}}``
+        and nothing else, as a :class:`~acmews.primitive.Notification` to a sender that
+        takes one."""
+        if not self._takes_notifications:
+            self._send(target, {"m2m:sgn": {"nev": event, "sur": sur}})
+            return
+        hop, poa, registered, to = target
+        try:
+            notification = Notification(
+                event,
+                sur,
+                to,
+                f"{self._rqi_prefix}{next(self._rqis)}",
+                self._cse_id,
+                self._config.release,
+                self._rqet_now(),
+            )
+        except Exception:
+            self.log.failure("could not send a notification to {target}", target=hop)
+            return
+        outcome = self._outcome_of.get(hop)
+        if outcome is None:
+            if len(self._outcome_of) >= MAX_KNOWN_TARGETS:
+                self._outcome_of.clear()
+            outcome = self._outcome_of[hop] = partial(self._outcome, hop)
+        try:
+            # (a Notification: this sender takes one, see IRequestSender.send_then)
+            self._sender.send_then(hop, notification, outcome, poa, registered)  # type: ignore[arg-type]
         except Exception:
             self.log.failure("could not send a notification to {target}", target=hop)
 

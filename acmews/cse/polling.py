@@ -47,7 +47,7 @@ from acmews.errors import (
     TargetNotReachable,
 )
 from acmews.interfaces import IRequestSender
-from acmews.primitive import Request, Response
+from acmews.primitive import Notification, Request, Response, as_request
 from acmews.timestamps import expiry_delay
 
 if TYPE_CHECKING:
@@ -142,6 +142,8 @@ class Polling:
 
     def __init__(self, sender: IRequestSender, clock: IReactorTime, store: IResourceStore) -> None:
         self._sender = sender
+        #: whether :meth:`send_then` takes a Notification: as the sender it wraps does
+        self.takes_notifications = bool(getattr(sender, "takes_notifications", False))
         self._clock = clock
         self._store = store
         #: AE ri -> its channel (only AEs that have one: one dict lookup per send)
@@ -194,15 +196,18 @@ class Polling:
     def send_then(
         self,
         target: str,
-        request: Request,
+        request: Request | Notification,
         then: Callable[[Any], object],
         poa: Sequence[str] = (),
         store: bool = False,
     ) -> None:
+        """See :class:`IRequestSender`; a :class:`~acmews.primitive.Notification` only if
+        the sender it wraps takes one (:attr:`takes_notifications`)."""
         if target in self._channels:
-            self.send(target, request, poa, store).addBoth(then)
+            self.send(target, as_request(request), poa, store).addBoth(then)
         else:
-            self._sender.send_then(target, request, then, poa, store)
+            # (a Notification only if that sender takes one: see takes_notifications)
+            self._sender.send_then(target, request, then, poa, store)  # type: ignore[arg-type]
 
     def _queue(self, channel: _Channel, target: str, request: Request) -> Deferred[Response]:
         if len(channel) >= self.max_waiting:

@@ -208,13 +208,13 @@ class Batch:
         if urgent:
             self.urgent = len(notifications)
 
-    def notify_one(self, target: Target, pc: dict[str, Any]) -> None:
-        """:meth:`notify` of one target, neither tagged nor urgent (a fan-out's: cheaper)."""
+    def notify_one(self, target: Target, pc: dict[str, Any], tag: object = None) -> None:
+        """:meth:`notify` of one target, not urgent (a fan-out's: cheaper)."""
         notifications = self.notifications
         if notifications is None:
-            self.notifications = [(target, pc, None)]
+            self.notifications = [(target, pc, tag)]
         else:
-            notifications.append((target, pc, None))
+            notifications.append((target, pc, tag))
 
     # --- reads (IResourceReader) --------------------------------------------------------------
 

@@ -76,7 +76,7 @@ from acmews.poa.steps import (
     target_key,
     unwrap_timeout,
 )
-from acmews.primitive import Request, Response
+from acmews.primitive import Notification, Request, Response, as_request
 from acmews.timestamps import parse_expiry
 
 _R = TypeVar("_R")
@@ -251,20 +251,28 @@ class PoaChain(Service):
         )
         return self._track(live)
 
+    #: :meth:`send_then` takes a :class:`~acmews.primitive.Notification` too
+    takes_notifications = True
+
     def send_then(
         self,
         target: str,
-        request: Request,
+        request: Request | Notification,
         then: Callable[[Any], object],
         poa: Sequence[str] = (),
         store: bool = False,
     ) -> None:
         """:meth:`send`, calling ``then`` with the outcome: to a live connection without a
-        Deferred (the fan-out's common case); any other way as :meth:`send` goes."""
+        Deferred (the fan-out's common case); any other way as :meth:`send` goes.
+
+        ``request`` may be a :class:`~acmews.primitive.Notification`: a connection that
+        has ``notify_then`` (a :class:`~acmews.session.Session`) sends it as it is; every
+        other way, and after a failure, it goes as the request it stands for."""
         if type(poa) is not tuple:
             poa = tuple(poa)
         connection = self._live_connection(target, request, store)
         if connection is None:
+            request = as_request(request)
             if self._relayable(target, request, store):
                 self._track(self._send_relayed(target, request, poa, store)).addBoth(then)
                 return
@@ -273,9 +281,17 @@ class PoaChain(Service):
             return
         live = _LiveSend(self, target, request, poa, store, connection, then)
         self._live.add(live)
+        if isinstance(request, Notification):
+            notify = getattr(connection, "notify_then", None)
+            if notify is not None:
+                notify(request, live, self.timeout)
+                return
+            request = live.request = request.request()
         connection.request_then(request, live, self.timeout)
 
-    def _live_connection(self, target: str, request: Request, store: bool) -> IConnection | None:
+    def _live_connection(
+        self, target: str, request: Request | Notification, store: bool
+    ) -> IConnection | None:
         """The live connection here that ``request`` goes on at once, if any: not for a
         URL, nor for a stored notification that must wait behind queued ones."""
         if is_url(target) or self._waits_behind(target, request, store):
@@ -296,7 +312,7 @@ class PoaChain(Service):
             return await self._send_relayed(target, request, poa, store)
         return await self._send_poa(target, request, poa, store, ["no live connection"])
 
-    def _waits_behind(self, target: str, request: Request, store: bool) -> bool:
+    def _waits_behind(self, target: str, request: Request | Notification, store: bool) -> bool:
         """Whether ``request`` is a stored notification (``store``) for ``target`` that has
         to wait behind others: some queued here, or its queue being delivered here (a shared
         queue's entries that other processes queued). In a cluster on a shared queue, for an
@@ -829,7 +845,7 @@ class _LiveSend:
         self,
         chain: PoaChain,
         target: str,
-        request: Request,
+        request: Request | Notification,
         poa: tuple[str, ...],
         store: bool,
         connection: IConnection,
@@ -856,7 +872,7 @@ class _LiveSend:
             then(result)
             return
         outcome = chain._live_failed(
-            result, self.target, self.request, self.poa, self.store, self.connection
+            result, self.target, as_request(self.request), self.poa, self.store, self.connection
         )
         if isinstance(outcome, Deferred):
             chain._track(outcome).addBoth(then)
