@@ -27,10 +27,12 @@ from acmews.errors import OneM2MError, PrimitiveError
 from acmews.timestamps import parse_duration, parse_timestamp
 
 __all__ = [
+    "Notification",
     "Primitive",
     "Request",
     "Response",
     "Shared",
+    "as_request",
     "error_response",
     "primitive_from_object",
 ]
@@ -410,11 +412,11 @@ class Notification:
     """A plain notification of a fan-out's event to one target, kept as the parts that make
     it: the event (a :class:`Shared` ``nev``, the same for every target), the subscription
     reference ``sur``, ``to`` and ``rqi``, and ``fr``, ``rvi`` and ``rqet``; nothing else (no
-    ``ec``, no creator). A connection that takes it as it is (:meth:`IConnection
-    <acmews.interfaces.IConnection>` ``notify_then``) encodes it from these parts; every other
-    way it goes as the :class:`Request` :meth:`request` makes. A fan-out of a thousand thus
-    keeps a small object per target while it waits for the answers, not a request of 26
-    parameters and the two dicts of its ``pc``."""
+    ``ec``, no creator). A session (:meth:`acmews.session.Session.notify_then`) encodes it
+    from these parts; every other way it goes as the :class:`Request` :meth:`request` makes
+    (:func:`as_request`). A fan-out of a thousand thus keeps a small object per target while
+    it waits for the answers, not a request of 26 parameters and the two dicts of its
+    ``pc``."""
 
     __slots__ = ("event", "fr", "rqet", "rqi", "rvi", "sur", "to")
 
