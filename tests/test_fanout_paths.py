@@ -1278,3 +1278,27 @@ class NotifierNotificationTests(SynchronousTestCase):
         self.assertIs(type(plain), Request)
         self.assertEqual(set(plain.pc["m2m:sgn"]), {"nev", "sur"})
         self.assertEqual(plain.rqet, sent["counted"].request.rqet)
+
+
+class DeliveryRangeTests(SynchronousTestCase):
+    """A fan-out's deliveries are sent a range at a time (a reactor turn each); what a range
+    has sent is not kept until the last range is (freed while still in the cache)."""
+
+    def test_a_sent_range_is_not_kept(self) -> None:
+        from acmews.testing import memory_cse
+
+        m = memory_cse()
+        event = Shared(rep={"m2m:cin": {"con": 1}}, net=3)
+        deliveries: list[Any] = [
+            ((f"Cae{i}", (), True, f"Cae{i}"), event, f"/id-in/sub{i}") for i in range(3)
+        ]
+        m.cse.notifier._send_range(deliveries, 0, 2)
+        self.assertEqual(deliveries[:2], [None, None])
+        self.assertEqual(deliveries[2][2], "/id-in/sub2")
+        sent = m.sender.take()
+        self.assertEqual([s.target for s in sent], ["Cae0", "Cae1"])
+        m.cse.notifier._send_range(deliveries, 2, 10)  # the last range: past the end
+        self.assertEqual(deliveries, [None, None, None])
+        self.assertEqual([s.target for s in m.sender.take()], ["Cae2"])
+        for s in sent:
+            s.answer()

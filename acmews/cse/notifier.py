@@ -465,7 +465,11 @@ class Notifier:
         self._send_range(deliveries, start, end)
 
     def _send_range(self, deliveries: list[Delivery], start: int, end: int) -> None:
-        for target, pc, tag in deliveries[start:end]:
+        chunk = deliveries[start:end]
+        # what is sent is not kept to the end of the fan-out: freed with this chunk, while it
+        # is still in the cache, rather than a thousand at once when the last is sent
+        deliveries[start : start + len(chunk)] = [None] * len(chunk)  # type: ignore[list-item]
+        for target, pc, tag in chunk:
             if type(tag) is str:  # a plain subscription's event (pc) and sur (tag)
                 self._send_plain(target, pc, tag)  # type: ignore[arg-type]
             elif tag is None:
