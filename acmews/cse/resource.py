@@ -287,7 +287,8 @@ class ResourceReader(Protocol):
 #: the hop is the target itself except for an ``nu`` on another CSE
 Target = tuple[str, tuple[str, ...], bool, str]
 #: one notification a request causes: where it goes, its content, and a tag that only the
-#: notifier reads (None: send it as it is; else which subscription's policy applies)
+#: notifier reads (None: send it as it is; a str: the ``sur`` of a plain subscription, whose
+#: content is the event alone; else which subscription's policy applies)
 Delivery = tuple[Target, dict[str, Any], object]
 
 
