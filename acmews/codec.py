@@ -203,9 +203,7 @@ class JsonCodec:
     def _notification(self, request: Request, sgn: dict[str, Any], nev: Shared) -> bytes:
         """A notification whose event is shared by a fan-out's targets: the event encoded
         once, its bytes spliced into each target's message."""
-        data = nev.json
-        if data is None:
-            data = nev.json = self.dumps(dict(nev))
+        data = self._event_json(nev)
         sur = sgn.get("sur")
         rqet = request.rqet
         if (
@@ -228,6 +226,13 @@ class JsonCodec:
         except orjson.JSONEncodeError:  # integers beyond 64 bits elsewhere: the plain way
             return self.dumps(request.to_dict())
 
+    def _event_json(self, nev: Shared) -> bytes:
+        """The JSON of ``nev``, made once."""
+        data = nev.json
+        if data is None:
+            data = nev.json = self.dumps(dict(nev))
+        return data
+
     def _spliced(
         self, nev: Shared, fr: str, rvi: str, rqet: str, to: str, rqi: str, sur: str
     ) -> bytes:
@@ -237,10 +242,7 @@ class JsonCodec:
         key = (fr, rvi, rqet)
         parts = nev.parts
         if parts is None or parts[0] != key:
-            data = nev.json
-            if data is None:
-                data = nev.json = self.dumps(dict(nev))
-            parts = nev.parts = (key, *_notification_parts(fr, rvi, rqet, data))
+            parts = nev.parts = (key, *_notification_parts(fr, rvi, rqet, self._event_json(nev)))
         dumps = orjson.dumps
         return b"".join(
             (parts[1], dumps(to), parts[2], dumps(rqi), parts[3], dumps(sur), parts[4])

@@ -175,21 +175,18 @@ class Session:
         error = self._send_request(request, timeout, d)
         return d if error is None else fail(error)
 
-    def request_then(self, request: Request, then: Then, timeout: float | None = None) -> None:
+    def request_then(
+        self, request: Request | Notification, then: Then, timeout: float | None = None
+    ) -> None:
         """Send ``request``; call ``then`` once, with the response or a Failure (see
-        IConnection). No Deferred: the fan-out of notifications sends many."""
+        IConnection). No Deferred: the fan-out of notifications sends many. A session also
+        takes a :class:`~acmews.primitive.Notification`, encoded from its parts."""
         error = self._send_request(request, timeout, then)
         if error is not None:
             then(Failure(error))
 
-    def notify_then(
-        self, notification: Notification, then: Then, timeout: float | None = None
-    ) -> None:
-        """:meth:`request_then` for the plain notification of a fan-out, as its parts: it is
-        encoded from them (see :class:`~acmews.primitive.Notification`)."""
-        error = self._send_request(notification, timeout, then)
-        if error is not None:
-            then(Failure(error))
+    #: the name the poa chain looks for on a connection that takes a Notification as it is
+    notify_then = request_then
 
     def _send_request(
         self,

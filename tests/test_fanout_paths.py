@@ -289,7 +289,9 @@ class SharedDeadlinesTests(SynchronousTestCase):
         self.assertEqual(len(self.deadlines), 0)
 
 
-class SendThenTests(SynchronousTestCase):
+class _LiveChainTestCase(SynchronousTestCase):
+    """A poa chain with a live session bound to the AE."""
+
     def setUp(self) -> None:
         self.clock = Clock()
         self.map = FakeOriginatorMap()
@@ -301,6 +303,8 @@ class SendThenTests(SynchronousTestCase):
     def tearDown(self) -> None:
         self.chain.stop()
 
+
+class SendThenTests(_LiveChainTestCase):
     def test_live_delivery_counts_and_calls_then(self) -> None:
         then = Outcomes()
         self.chain.send_then(AE, notify("n1"), then, (), True)
@@ -1121,20 +1125,9 @@ class NotificationTests(SynchronousTestCase):
         self.assertEqual(JSON.encode(n), whole)
 
 
-class NotificationSendTests(SynchronousTestCase):
+class NotificationSendTests(_LiveChainTestCase):
     """The poa chain sends a :class:`Notification` on a live session as it is; every other
     way, and after a failure, as its request."""
-
-    def setUp(self) -> None:
-        self.clock = Clock()
-        self.map = FakeOriginatorMap()
-        self.chain = PoaChain(self.map, self.clock, timeout=10)
-        self.wire = Wire()
-        self.session = Session(self.wire, JSON, self.clock, None, originator=AE)
-        self.map.bind(AE, self.session)
-
-    def tearDown(self) -> None:
-        self.chain.stop()
 
     def test_a_live_session_sends_it_as_it_is(self) -> None:
         self.assertTrue(self.chain.takes_notifications)

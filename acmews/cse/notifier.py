@@ -497,19 +497,33 @@ class Notifier:
         except Exception:
             self.log.failure("could not send a notification to {target}", target=hop)
             return
-        outcome: Callable[[Any], None] | None
+        outcome: Callable[[Any], None] | None = None
         if counted is not None:
             self._count(counted.ri, counted.nu, _RQS, count)
             outcome = partial(self._counted_outcome, hop, counted, count)
-        else:
-            # one per target, made once: a fan-out sends to the same targets at every event
+        self._hand_over(hop, request, poa, registered, outcome)
+
+    def _hand_over(
+        self,
+        hop: str,
+        request: Request | Notification,
+        poa: tuple[str, ...],
+        registered: bool,
+        outcome: Callable[[Any], None] | None = None,
+    ) -> None:
+        """Give ``request`` to the sender for ``hop``; its outcome goes to ``outcome``, by
+        default the target's own :meth:`_outcome` (made once per target: a fan-out sends to
+        the same targets at every event)."""
+        if outcome is None:
             outcome = self._outcome_of.get(hop)
             if outcome is None:
                 if len(self._outcome_of) >= MAX_KNOWN_TARGETS:
                     self._outcome_of.clear()
                 outcome = self._outcome_of[hop] = partial(self._outcome, hop)
         try:
-            self._sender.send_then(hop, request, outcome, poa, registered)
+            # (a Notification only from _send_plain, to a sender that takes one: see
+            # IRequestSender.send_then)
+            self._sender.send_then(hop, request, outcome, poa, registered)  # type: ignore[arg-type]
         except Exception:
             self.log.failure("could not send a notification to {target}", target=hop)
 
@@ -534,16 +548,7 @@ class Notifier:
         except Exception:
             self.log.failure("could not send a notification to {target}", target=hop)
             return
-        outcome = self._outcome_of.get(hop)
-        if outcome is None:
-            if len(self._outcome_of) >= MAX_KNOWN_TARGETS:
-                self._outcome_of.clear()
-            outcome = self._outcome_of[hop] = partial(self._outcome, hop)
-        try:
-            # (a Notification: this sender takes one, see IRequestSender.send_then)
-            self._sender.send_then(hop, notification, outcome, poa, registered)  # type: ignore[arg-type]
-        except Exception:
-            self.log.failure("could not send a notification to {target}", target=hop)
+        self._hand_over(hop, notification, poa, registered)
 
     def _outcome(self, target: str, result: Response | Failure) -> None:
         """How a notification went: only what went wrong is logged."""
