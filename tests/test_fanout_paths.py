@@ -8,7 +8,7 @@ import errno
 import gc
 import os
 import weakref
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from hypothesis import given
@@ -23,6 +23,9 @@ from acmews import session as session_module
 from acmews.codec import CBOR, JSON
 from acmews.codes import RSC, Operation
 from acmews.cse import CSE, CSEConfig
+from acmews.cse.notifier import _Compiled, _Member
+from acmews.cse.store import Batch
+from acmews.cse.subscription import compile_policy
 from acmews.errors import BadRequest, RequestTimeout, TargetNotReachable
 from acmews.originators import OriginatorMap
 from acmews.poa import PoaChain
@@ -738,6 +741,216 @@ class KnownTargetTests(SynchronousTestCase):
         self.assertEqual(target, ("Cae1", (), False, "Cae1"))
 
 
+class PlanTests(SynchronousTestCase):
+    """A subscribed-to resource's plan keeps its subscriptions compiled and where their nu
+    went (a fan-out resolves each subscriber once), and is made anew as soon as that may no
+    longer hold: a subscription or a registrant created, updated or deleted, here or on
+    another CSE node, or put back by a store that could not write the change."""
+
+    def setUp(self) -> None:
+        from acmews.testing import memory_cse
+
+        self.m = memory_cse()
+        self.register("http://a.example/")
+        self.ok(Operation.CREATE, "cse-in", fr="CAdmin", ty=3, pc={"m2m:cnt": {"rn": "c"}})
+        for rn, nu in (("s", "Cae1"), ("u", "http://u.example/n")):
+            sub = {"rn": rn, "nu": [nu], "enc": {"net": [3], "chty": [4]}}
+            d = self.m.request(
+                Operation.CREATE, "cse-in/c", fr="CAdmin", ty=23, pc={"m2m:sub": sub}
+            )
+            self.m.clock.advance(0)
+            for verification in self.m.sender.take():
+                verification.answer()
+            self.assertEqual(self.successResultOf(d).rsc, RSC.CREATED)
+        self.resolved: list[str] = []
+        resolve = self.m.cse.notifier.resolve_target
+
+        def counting(nu: str, reader: Any = None) -> Any:
+            self.resolved.append(nu)
+            return resolve(nu, reader)
+
+        self.patch(self.m.cse.notifier, "resolve_target", counting)
+
+    def register(self, poa: str) -> None:
+        ae = {"rn": "Cae1", "api": "Nx", "rr": True, "srv": ["4"], "poa": [poa]}
+        self.ok(Operation.CREATE, "cse-in", fr="Cae1", ty=2, pc={"m2m:ae": ae})
+
+    def ok(self, op: Operation, to: str, **kw: Any) -> Response:
+        response = self.successResultOf(self.m.request(op, to, **kw))
+        self.assertLess(response.rsc, 3000, response)
+        return response
+
+    def notified(self) -> list[tuple[str, tuple[str, ...], bool]]:
+        self.ok(Operation.CREATE, "cse-in/c", fr="CAdmin", ty=4, pc={"m2m:cin": {"con": 1}})
+        self.m.clock.advance(0)
+        sent = self.m.sender.take()
+        for s in sent:
+            s.answer()
+        return sorted((s.target, s.poa, s.store) for s in sent)
+
+    def test_each_subscriber_is_resolved_once(self) -> None:
+        expected = [("Cae1", ("http://a.example/",), True), ("http://u.example/n", (), False)]
+        for _ in range(3):
+            self.assertEqual(self.notified(), expected)
+        self.assertEqual(sorted(self.resolved), ["Cae1", "http://u.example/n"])
+
+    def test_the_registrant_updated(self) -> None:
+        self.notified()
+        self.ok(
+            Operation.UPDATE,
+            "cse-in/Cae1",
+            fr="Cae1",
+            pc={"m2m:ae": {"poa": ["http://b.example/"]}},
+        )
+        self.assertIn(("Cae1", ("http://b.example/",), True), self.notified())
+        self.assertEqual(self.resolved.count("Cae1"), 2)
+
+    def test_the_registrant_deleted_then_registered_anew(self) -> None:
+        self.notified()
+        self.ok(Operation.DELETE, "cse-in/Cae1", fr="Cae1")
+        self.m.sender.take()
+        self.assertIn(("Cae1", (), False), self.notified())
+        self.register("http://c.example/")
+        self.assertIn(("Cae1", ("http://c.example/",), True), self.notified())
+
+    def test_a_subscription_created_updated_deleted(self) -> None:
+        self.notified()
+        sub = {"rn": "v", "nu": ["http://v.example/"], "enc": {"net": [3], "chty": [4]}}
+        d = self.m.request(Operation.CREATE, "cse-in/c", fr="CAdmin", ty=23, pc={"m2m:sub": sub})
+        self.m.clock.advance(0)
+        for verification in self.m.sender.take():
+            verification.answer()
+        self.successResultOf(d)
+        self.assertIn(("http://v.example/", (), False), self.notified())
+        d = self.m.request(
+            Operation.UPDATE,
+            "cse-in/c/v",
+            fr="CAdmin",
+            pc={"m2m:sub": {"nu": ["http://w.example/"]}},
+        )
+        self.m.clock.advance(0)
+        for verification in self.m.sender.take():
+            verification.answer()
+        self.assertEqual(self.successResultOf(d).rsc, RSC.UPDATED)
+        targets = [t for t, _, _ in self.notified()]
+        self.assertIn("http://w.example/", targets)
+        self.assertNotIn("http://v.example/", targets)
+        self.ok(Operation.DELETE, "cse-in/c/v", fr="CAdmin")
+        self.m.sender.take()
+        self.assertEqual([t for t, _, _ in self.notified()], ["Cae1", "http://u.example/n"])
+
+    def changed_behind(self, how: str) -> None:
+        """The AE's poa changed without a request here: ``how`` the CSE hears of it."""
+        ae = self.m.cse.store.get("Cae1")
+        assert ae is not None
+        ae.restore({**ae.attrs, "poa": ["http://e.example/"]})
+        batch = Batch(self.m.cse.store)
+        batch.update(ae)
+        if how == "elsewhere":
+            self.m.cse._changed_elsewhere(batch)
+        else:
+            self.m.cse._undone(Failure(ValueError("not written")), batch)
+
+    def test_what_another_node_changed(self) -> None:
+        self.notified()
+        self.changed_behind("elsewhere")
+        self.assertIn(("Cae1", ("http://e.example/",), True), self.notified())
+
+    def test_what_a_store_put_back(self) -> None:
+        self.notified()
+        self.changed_behind("undone")
+        self.assertIn(("Cae1", ("http://e.example/",), True), self.notified())
+
+    def test_a_subscription_changed_outside_a_batch(self) -> None:
+        """Attributes replaced without a batch the notifier hears of (the statistics, a
+        hook) are compiled again when a plan finds them."""
+        self.notified()
+        sub = self.m.cse.store.child(self.container(), "u")
+        assert sub is not None
+        sub.replace({"enc": {"net": [1]}})
+        self.assertEqual([t for t, _, _ in self.notified()], ["Cae1"])
+
+    def container(self) -> str:
+        c = self.m.cse.store.child(self.m.cse.base.ri, "c")
+        assert c is not None
+        return c.ri
+
+    def test_a_batch_that_changes_subscriptions_leaves_no_plan(self) -> None:
+        """A plan made while a batch adds a subscription (not stored yet: the batch may
+        still fail) is not kept."""
+        self.notified()
+        store = self.m.cse.store
+        container = store.get(self.container())
+        assert container is not None
+        phantom = Batch(store)
+        [model] = [s for s in store.children(container.ri, 23) if s.rn == "u"]
+        attrs = {**model.attrs, "ri": "sub-phantom", "rn": "phantom", "nu": ["http://x.example/"]}
+        phantom.add(type(model)(model.kind, attrs, "cse-in/c/phantom", None))
+        members = self.m.cse.notifier._plan(container, phantom)
+        self.assertIn("http://x.example/", [m.nu for m in members])
+        self.assertNotIn("http://x.example/", [t for t, _, _ in self.notified()])
+
+    def test_a_subscription_deleted_hears_nothing_of_it(self) -> None:
+        """The batch that deletes a subscription does not notify it (a plan kept from before
+        that batch would)."""
+        sub = {"rn": "d", "nu": ["http://d.example/"], "enc": {"net": [4]}}
+        d = self.m.request(Operation.CREATE, "cse-in/c", fr="CAdmin", ty=23, pc={"m2m:sub": sub})
+        self.m.clock.advance(0)
+        for verification in self.m.sender.take():
+            verification.answer()
+        self.successResultOf(d)
+        self.notified()
+        self.ok(Operation.DELETE, "cse-in/c/d", fr="CAdmin")
+        self.m.clock.advance(0)
+        self.assertEqual([s.target for s in self.m.sender.take()], [])
+
+    def test_the_outcome_handler_kept_is_the_targets(self) -> None:
+        """What takes a notification's outcome is the handler of the target it went to,
+        also after the subscriber's target changed."""
+        thens: dict[str, set[int]] = {}
+        sender = self.m.cse.notifier._sender
+        send_then = sender.send_then
+
+        def recording(target: str, request: Any, then: Any, *args: Any) -> None:
+            thens.setdefault(target, set()).add(id(then))
+            self.assertEqual(then.args, (target,))
+            send_then(target, request, then, *args)
+
+        self.patch(sender, "send_then", recording)
+        self.notified()
+        self.ok(Operation.DELETE, "cse-in/Cae1", fr="Cae1")
+        self.m.sender.take()
+        self.notified()
+        self.notified()
+        self.assertEqual(
+            {t: len(ids) for t, ids in thens.items()}, {"Cae1": 1, "http://u.example/n": 1}
+        )
+
+    def test_a_delivery_made_before_its_subscriber_moved(self) -> None:
+        """A notification made for one target and sent after its subscription came to keep
+        another (its nu registered anew in between) goes with its own target's outcome
+        handler."""
+        self.notified()
+        notifier = self.m.cse.notifier
+        [member] = [m for _, plan in notifier._plans.values() for m in plan if m.nu == "Cae1"]
+        assert member.target is not None
+        self.assertEqual(member.target[0], "Cae1")
+        thens: list[tuple[str, Any]] = []
+        sender = notifier._sender
+        send_then = sender.send_then
+
+        def recording(target: str, request: Any, then: Any, *args: Any) -> None:
+            thens.append((target, then.args))
+            send_then(target, request, then, *args)
+
+        self.patch(sender, "send_then", recording)
+        self.patch(notifier, "_takes_notifications", True)  # (as a PoaChain does)
+        event = Shared(rep={"m2m:cin": {"con": 1}}, net=3)
+        before = ("Cae0", (), True, "Cae0")
+        notifier._send_range([(before, event, member), (member.target, event, member)], 0, 2)
+        self.assertEqual(thens, [("Cae0", ("Cae0",)), ("Cae1", ("Cae1",))])
+
+
 class FrameStreamPropertyTests(SynchronousTestCase):
     """Any stream of frames, valid or not, cut anywhere: the server's own reading of whole
     frames and Autobahn's alone deliver the same messages and close with the same code, and
@@ -1282,12 +1495,18 @@ class DeliveryRangeTests(SynchronousTestCase):
 
         m = memory_cse()
         event = Shared(rep={"m2m:cin": {"con": 1}}, net=3)
+        plain = [
+            _Member(
+                cast(Any, None), _Compiled({}, compile_policy({}), f"/id-in/sub{i}", f"Cae{i}")
+            )
+            for i in range(3)
+        ]
         deliveries: list[Any] = [
-            ((f"Cae{i}", (), True, f"Cae{i}"), event, f"/id-in/sub{i}") for i in range(3)
+            ((f"Cae{i}", (), True, f"Cae{i}"), event, plain[i]) for i in range(3)
         ]
         m.cse.notifier._send_range(deliveries, 0, 2)
         self.assertEqual(deliveries[:2], [None, None])
-        self.assertEqual(deliveries[2][2], "/id-in/sub2")
+        self.assertIs(deliveries[2][2], plain[2])
         sent = m.sender.take()
         self.assertEqual([s.target for s in sent], ["Cae0", "Cae1"])
         m.cse.notifier._send_range(deliveries, 2, 10)  # the last range: past the end

@@ -931,6 +931,7 @@ class CSE:
         else:
             done = self.store.apply(batch)
             self.expiry.track(batch)
+            self.notifier.track(batch)
             if self.timeseries.running:
                 self.timeseries.track(batch)
             if done is not None:
@@ -954,12 +955,14 @@ class CSE:
                 # (another node's CSEBase, this start's was not stored: see _base_not_created)
                 self._use_base(resource)
         self.expiry.track(batch)
+        self.notifier.track(batch)
         if self.timeseries.running:
             self.timeseries.track(batch)
 
     def _undone(self, failure: Failure, batch: Batch) -> Failure:
         """The store could not make ``batch`` durable and put back what it changed: index
-        the ``et`` of what is back."""
+        the ``et`` of what is back, and have the notifier's plans made anew."""
+        self.notifier.track(batch)
         get = self.store.get
         for resource in (*batch.removed, *batch.updated):
             if get(resource.ri) is resource:

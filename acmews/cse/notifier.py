@@ -73,9 +73,53 @@ _RQS, _RSR, _NOEC = 0, 1, 2
 #: the target of a delivery that goes nowhere itself (a flush)
 _NOWHERE: Target = ("", (), False, "")
 
-#: a subscription's compiled attributes: the attrs, their policy, and its sur and nu if it is
-#: plain (else None and ""): one tuple, as the fan-out reads it for every subscription
-_Compiled = tuple[Mapping[str, Any], Policy, str | None, str]
+
+class _Compiled:
+    """A subscription's compiled attributes: the attrs they were compiled from, their
+    policy, and for a plain subscription (its notification carries the whole resource to its
+    one ``nu`` and nothing else) its ``sur`` and ``nu`` (else None and "")."""
+
+    __slots__ = ("attrs", "nu", "policy", "sur")
+
+    def __init__(self, attrs: Mapping[str, Any], policy: Policy, sur: str | None, nu: str) -> None:
+        self.attrs = attrs
+        self.policy = policy
+        self.sur = sur
+        self.nu = nu
+
+
+class _Member:
+    """A subscription in the plan of its subscribed-to resource (:meth:`Notifier._plan`):
+    the subscription, and of its compiled entry the attrs it was compiled from, the policy,
+    ``sur`` and ``nu`` (one object read per subscriber); for a plain one its ``nu``'s target
+    and that target's outcome handler where they can be kept (a registrant, a URL; else None,
+    looked up at each event). A plain member is also its notifications' tag (see
+    :meth:`Notifier._send_range`)."""
+
+    __slots__ = ("attrs", "nu", "outcome", "policy", "sub", "sur", "target")
+
+    def __init__(
+        self,
+        sub: Resource,
+        entry: _Compiled,
+        target: Target | None = None,
+        outcome: Callable[[Any], None] | None = None,
+    ) -> None:
+        self.sub = sub
+        self.attrs = entry.attrs
+        self.policy = entry.policy
+        self.sur = entry.sur
+        self.nu = entry.nu
+        self.target = target
+        self.outcome = outcome
+
+
+def _followed(resource: Resource) -> bool:
+    """Whether a change of ``resource`` may change a plan (:meth:`Notifier._plan`): a
+    subscription's, or a registrant's (a target)."""
+    kind = resource.kind
+    return kind.ty == _SUB or kind.registrant
+
 
 #: the next hop towards a CSE: (originator, poa), or None (see CSE.route)
 Route = Callable[[str], "tuple[str, tuple[str, ...]] | None"]
@@ -154,6 +198,10 @@ class Notifier:
         #: subscription ri -> (the attrs it was compiled from, its policy, and for a plain
         #: subscription its sur and nu: None and "" for another)
         self._policies: dict[str, _Compiled] = {}
+        #: subscribed-to resource ri -> (the generation it was made in, its plan): see _plan
+        self._plans: dict[str, tuple[int, list[_Member]]] = {}
+        #: counts the applied changes of subscriptions and registrants (see track)
+        self._generation = 0
         #: subscription ri -> target -> its batch collecting notifications
         self._pending: dict[str, dict[str, _Pending]] = {}
         #: subscription ri -> nu -> counters not written yet, and the call that writes them
@@ -210,9 +258,9 @@ class Notifier:
         """The policy of ``sub`` as its attributes are now (compiled once per version)."""
         attrs = sub.attrs
         entry = self._policies.get(sub.ri)
-        if entry is not None and entry[0] is attrs:
-            return entry[1]
-        return self._compile(sub)[1]
+        if entry is not None and entry.attrs is attrs:
+            return entry.policy
+        return self._compile(sub).policy
 
     def _compile(self, sub: Resource) -> _Compiled:
         """Compile ``sub``'s policy for its attributes as they are now, and whether it is
@@ -234,8 +282,59 @@ class Notifier:
             and isinstance(nus[0], str)
         ):
             sur, nu = self.sur(sub), nus[0]
-        entry = self._policies[sub.ri] = (attrs, policy, sur, nu)
+        entry = self._policies[sub.ri] = _Compiled(attrs, policy, sur, nu)
         return entry
+
+    def _member(self, sub: Resource, reader: Changes) -> _Member:
+        """``sub`` as its resource's plan keeps it: compiled, and for a plain subscription
+        the target of its ``nu`` if that depends only on what :meth:`track` follows (a
+        registrant: until a registrant or a subscription changes; a URL)."""
+        attrs = sub.attrs
+        entry = self._policies.get(attrs["ri"])
+        if entry is None or entry.attrs is not attrs:
+            entry = self._compile(sub)
+        nu = entry.nu
+        if entry.sur is None or "?" in nu:
+            return _Member(sub, entry)
+        target = self.resolve_target(nu, reader)
+        if "://" not in nu:
+            known = self._registrants.get(nu)
+            if known is None or known[2] is not target:
+                return _Member(sub, entry)  # (not a registrant here: looked up each time)
+        return _Member(sub, entry, target, self._outcome_for(target[0]))
+
+    def _plan(self, subject: Resource, batch: Changes) -> list[_Member]:
+        """The subscriptions of ``subject`` (children, in creation order) as :class:`_Member`
+        objects: made once and kept while no subscription or registrant has changed since
+        (:meth:`track`), so that a fan-out reads one object per subscriber instead of
+        looking up its subscription's compiled policy and its ``nu``'s registrant again
+        (each look-up a few lines of memory that a thousand subscribers have long since
+        pushed out of the cache). A plan is not kept from a batch that itself changes a
+        subscription or a registrant: it sees changes not applied yet."""
+        ri = subject.ri
+        clean = not any(_followed(r) for r in batch.changed())
+        kept = self._plans.get(ri)
+        if clean and kept is not None and kept[0] == self._generation:
+            return kept[1]
+        members = [self._member(sub, batch) for sub in batch.children(ri, _SUB)]
+        if clean:
+            if len(self._plans) >= MAX_KNOWN_TARGETS:
+                self._plans.clear()
+            self._plans[ri] = (self._generation, members)
+        return members
+
+    def track(self, batch: Batch) -> None:
+        """``batch`` was applied, put back (a durable store could not write it) or brought
+        in from another CSE node: the plans are made anew if it changed a subscription or a
+        registrant, and a removed resource's plan is dropped."""
+        for resource in batch.changed():
+            if _followed(resource):
+                self._generation += 1
+                break
+        plans = self._plans
+        if plans:
+            for resource in batch.removed:
+                plans.pop(resource.ri, None)
 
     def resolve_target(self, nu: str, reader: ResourceReader | None = None) -> Target:
         """Where a notification for ``nu`` goes: a URL as is; an AE (or remote CSE)
@@ -306,16 +405,14 @@ class Notifier:
         expired: list[Resource] | None = None
         #: the event with the whole resource, shared by the subscriptions that get it
         whole: Shared | None = None
-        policies = self._policies
         rep_ty = rep.ty
-        for sub in batch.children(subject.ri, _SUB):
+        for member in self._plan(subject, batch):
+            sub = member.sub
             if sub is exclude:
                 continue
-            attrs = sub.attrs
-            entry = policies.get(attrs["ri"])
-            if entry is None or entry[0] is not attrs:
-                entry = self._compile(sub)
-            policy = entry[1]
+            if sub.attrs is not member.attrs:  # (changed by this batch, before this event)
+                member = self._member(sub, batch)
+            policy = member.policy
             monitored: dict[str, Any] | None = None
             if net is not None and net in policy.net:
                 if net == 3 or net == 4:
@@ -327,13 +424,15 @@ class Notifier:
                     and (modified is None or policy.atr.isdisjoint(modified))
                 ):
                     continue
-                sur = entry[2]
-                if sur is not None:
+                if member.sur is not None:
                     # the common case (a fan-out): what the rest of the loop does for it; the
-                    # delivery is the event, its tag the sur (see _send_range)
+                    # delivery is the event, its tag the member (see _send_range)
                     if whole is None:
                         whole = Shared(rep=rep.pc, net=int(net))
-                    batch.notify_one(self.resolve_target(entry[3], batch), whole, sur)
+                    target = member.target
+                    if target is None:
+                        target = self.resolve_target(member.nu, batch)
+                    batch.notify_one(target, whole, member)
                     continue
             elif policy.om is None:
                 continue
@@ -470,7 +569,7 @@ class Notifier:
         # is still in the cache, rather than a thousand at once when the last is sent
         deliveries[start : start + len(chunk)] = [None] * len(chunk)  # type: ignore[list-item]
         for target, pc, tag in chunk:
-            if type(tag) is str:  # a plain subscription's event (pc) and sur (tag)
+            if type(tag) is _Member:  # a plain subscription's event (pc)
                 self._send_plain(target, pc, tag)  # type: ignore[arg-type]
             elif tag is None:
                 self._send(target, pc)
@@ -515,11 +614,7 @@ class Notifier:
         default the target's own :meth:`_outcome` (made once per target: a fan-out sends to
         the same targets at every event)."""
         if outcome is None:
-            outcome = self._outcome_of.get(hop)
-            if outcome is None:
-                if len(self._outcome_of) >= MAX_KNOWN_TARGETS:
-                    self._outcome_of.clear()
-                outcome = self._outcome_of[hop] = partial(self._outcome, hop)
+            outcome = self._outcome_for(hop)
         try:
             # (a Notification only from _send_plain, to a sender that takes one: see
             # IRequestSender.send_then)
@@ -527,14 +622,27 @@ class Notifier:
         except Exception:
             self.log.failure("could not send a notification to {target}", target=hop)
 
-    def _send_plain(self, target: Target, event: Shared, sur: str) -> None:
-        """:meth:`_send` for a plain subscription: ``{"m2m:sgn": {"nev": event, "sur": sur}}``
-        and nothing else, as a :class:`~acmews.primitive.Notification` to a sender that
-        takes one."""
+    def _outcome_for(self, hop: str) -> Callable[[Any], None]:
+        """The target's own :meth:`_outcome` (made once per target)."""
+        outcome = self._outcome_of.get(hop)
+        if outcome is None:
+            if len(self._outcome_of) >= MAX_KNOWN_TARGETS:
+                self._outcome_of.clear()
+            outcome = self._outcome_of[hop] = partial(self._outcome, hop)
+        return outcome
+
+    def _send_plain(self, target: Target, event: Shared, member: _Member) -> None:
+        """:meth:`_send` for a plain subscription (``member``):
+        ``{"m2m:sgn": {"nev": event, "sur": sur}}`` and nothing else, as a
+        :class:`~acmews.primitive.Notification` to a sender that takes one."""
+        sur = member.sur
+        assert sur is not None
         if not self._takes_notifications:
             self._send(target, {"m2m:sgn": {"nev": event, "sur": sur}})
             return
         hop, poa, registered, to = target
+        # the target's outcome handler, kept with its member (else looked up by hop)
+        outcome = member.outcome if member.target is target else None
         try:
             notification = Notification(
                 event,
@@ -548,7 +656,7 @@ class Notifier:
         except Exception:
             self.log.failure("could not send a notification to {target}", target=hop)
             return
-        self._hand_over(hop, notification, poa, registered)
+        self._hand_over(hop, notification, poa, registered, outcome)
 
     def _outcome(self, target: str, result: Response | Failure) -> None:
         """How a notification went: only what went wrong is logged."""
@@ -692,10 +800,12 @@ class Notifier:
             batch.update(sub)
         if batch:
             done = store.apply(batch)
+            self.track(batch)
             if done is not None:
-                done.addErrback(self._stats_not_written)
+                done.addErrback(self._stats_not_written, batch)
 
-    def _stats_not_written(self, failure: Failure) -> None:
+    def _stats_not_written(self, failure: Failure, batch: Batch) -> None:
+        self.track(batch)  # (put back)
         self.log.failure("could not store notification statistics", failure)
 
     # --- blocking update (net 7) --------------------------------------------------------------

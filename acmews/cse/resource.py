@@ -287,8 +287,8 @@ class ResourceReader(Protocol):
 #: the hop is the target itself except for an ``nu`` on another CSE
 Target = tuple[str, tuple[str, ...], bool, str]
 #: one notification a request causes: where it goes, its content, and a tag that only the
-#: notifier reads (None: send it as it is; a str: the ``sur`` of a plain subscription, whose
-#: content is the event alone; else which subscription's policy applies)
+#: notifier reads (None: send it as it is; else a plain subscription, whose content is the
+#: event alone, or which subscription's policy applies)
 Delivery = tuple[Target, dict[str, Any], object]
 
 
@@ -307,6 +307,8 @@ class Changes(ResourceReader, Protocol):
     def remove(self, resource: Resource) -> None: ...
 
     def gone(self, resource: Resource) -> bool: ...
+
+    def changed(self) -> Iterable[Resource]: ...
 
     def notify(
         self,

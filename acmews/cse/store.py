@@ -192,6 +192,10 @@ class Batch:
         """True if the batch removes ``resource`` (or cancels its addition)."""
         return self._state.get(resource, 0) >= _REMOVED
 
+    def changed(self) -> Iterable[Resource]:
+        """Every resource the batch adds, updates or removes (or added, then removed)."""
+        return self._state.keys()
+
     def notify(
         self,
         targets: Iterable[Target],
