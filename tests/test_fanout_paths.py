@@ -8,6 +8,7 @@ import errno
 import gc
 import os
 import weakref
+from dataclasses import replace
 from typing import Any, cast
 
 import orjson
@@ -887,7 +888,7 @@ class PlanTests(SynchronousTestCase):
         attrs = {**model.attrs, "ri": "sub-phantom", "rn": "phantom", "nu": ["http://x.example/"]}
         phantom.add(type(model)(model.kind, attrs, "cse-in/c/phantom", None))
         members = self.m.cse.notifier._plan(container, phantom)
-        self.assertIn("http://x.example/", [m.nu for m in members])
+        self.assertIn(["http://x.example/"], [m.sub.attrs["nu"] for m in members])
         self.assertNotIn("http://x.example/", [t for t, _, _ in self.notified()])
 
     def test_a_subscription_deleted_hears_nothing_of_it(self) -> None:
@@ -903,6 +904,38 @@ class PlanTests(SynchronousTestCase):
         self.ok(Operation.DELETE, "cse-in/c/d", fr="CAdmin")
         self.m.clock.advance(0)
         self.assertEqual([s.target for s in self.m.sender.take()], [])
+
+    def test_a_route_registered(self) -> None:
+        """An nu on another CSE goes to the next hop towards it: a remoteCSE registered
+        afterwards is that hop from then on."""
+        sub = {"rn": "f", "nu": ["/id-mn/Cae9"], "enc": {"net": [3], "chty": [4]}}
+        d = self.m.request(Operation.CREATE, "cse-in/c", fr="CAdmin", ty=23, pc={"m2m:sub": sub})
+        self.m.clock.advance(0)
+        for verification in self.m.sender.take():
+            verification.answer()
+        self.assertEqual(self.successResultOf(d).rsc, RSC.CREATED)
+        self.assertIn(("/id-mn/Cae9", (), False), self.notified())
+        self.m.cse.config = replace(self.m.cse.config, allowed_csr_originators=("/id-mn",))
+        csr = {
+            "rn": "cse-mn",
+            "csi": "/id-mn",
+            "cb": "/id-mn/cse-mn",
+            "rr": True,
+            "cst": 2,
+            "srv": ["4"],
+            "poa": ["http://mn.example/"],
+        }
+        self.ok(Operation.CREATE, "cse-in", fr="/id-mn", ty=16, pc={"m2m:csr": csr})
+        self.m.sender.take()
+        self.assertIn(("/id-mn", ("http://mn.example/",), True), self.notified())
+
+    def test_a_deleted_resource_leaves_no_plan(self) -> None:
+        self.notified()
+        container = self.container()
+        self.assertIn(container, self.m.cse.notifier._plans)
+        self.ok(Operation.DELETE, "cse-in/c", fr="CAdmin")
+        self.m.sender.take()
+        self.assertNotIn(container, self.m.cse.notifier._plans)
 
     def test_the_outcome_handler_kept_is_the_targets(self) -> None:
         """What takes a notification's outcome is the handler of the target it went to,
@@ -932,7 +965,12 @@ class PlanTests(SynchronousTestCase):
         handler."""
         self.notified()
         notifier = self.m.cse.notifier
-        [member] = [m for _, plan in notifier._plans.values() for m in plan if m.nu == "Cae1"]
+        [member] = [
+            m
+            for _, plan in notifier._plans.values()
+            for m in plan
+            if m.sub.attrs["nu"] == ["Cae1"]
+        ]
         assert member.target is not None
         self.assertEqual(member.target[0], "Cae1")
         thens: list[tuple[str, Any]] = []

@@ -90,13 +90,12 @@ class _Compiled:
 
 class _Member:
     """A subscription in the plan of its subscribed-to resource (:meth:`Notifier._plan`):
-    the subscription, and of its compiled entry the attrs it was compiled from, the policy,
-    ``sur`` and ``nu`` (one object read per subscriber); for a plain one its ``nu``'s target
-    and that target's outcome handler where they can be kept (a registrant, a URL; else None,
-    looked up at each event). A plain member is also its notifications' tag (see
-    :meth:`Notifier._send_range`)."""
+    the subscription, and of its compiled entry the attrs it was compiled from, the policy
+    and ``sur`` (one object read per subscriber); for a plain one its ``nu``'s target
+    and that target's outcome handler (else None). A plain member is also its
+    notifications' tag (see :meth:`Notifier._send_range`)."""
 
-    __slots__ = ("attrs", "nu", "outcome", "policy", "sub", "sur", "target")
+    __slots__ = ("attrs", "outcome", "policy", "sub", "sur", "target")
 
     def __init__(
         self,
@@ -109,7 +108,6 @@ class _Member:
         self.attrs = entry.attrs
         self.policy = entry.policy
         self.sur = entry.sur
-        self.nu = entry.nu
         self.target = target
         self.outcome = outcome
 
@@ -287,20 +285,17 @@ class Notifier:
 
     def _member(self, sub: Resource, reader: Changes) -> _Member:
         """``sub`` as its resource's plan keeps it: compiled, and for a plain subscription
-        the target of its ``nu`` if that depends only on what :meth:`track` follows (a
-        registrant: until a registrant or a subscription changes; a URL)."""
+        the target of its ``nu``. What :meth:`resolve_target` finds depends only on the
+        registrants (an AE, a remote CSE: its originator and poa, and the routes through
+        it) and on the configuration, so a plan keeps it until :meth:`track` hears of a
+        change."""
         attrs = sub.attrs
         entry = self._policies.get(attrs["ri"])
         if entry is None or entry.attrs is not attrs:
             entry = self._compile(sub)
-        nu = entry.nu
-        if entry.sur is None or "?" in nu:
+        if entry.sur is None:
             return _Member(sub, entry)
-        target = self.resolve_target(nu, reader)
-        if "://" not in nu:
-            known = self._registrants.get(nu)
-            if known is None or known[2] is not target:
-                return _Member(sub, entry)  # (not a registrant here: looked up each time)
+        target = self.resolve_target(entry.nu, reader)
         return _Member(sub, entry, target, self._outcome_for(target[0]))
 
     def _plan(self, subject: Resource, batch: Changes) -> list[_Member]:
@@ -429,10 +424,8 @@ class Notifier:
                     # delivery is the event, its tag the member (see _send_range)
                     if whole is None:
                         whole = Shared(rep=rep.pc, net=int(net))
-                    target = member.target
-                    if target is None:
-                        target = self.resolve_target(member.nu, batch)
-                    batch.notify_one(target, whole, member)
+                    # (a plain member has its target)
+                    batch.notify_one(member.target, whole, member)  # type: ignore[arg-type]
                     continue
             elif policy.om is None:
                 continue
