@@ -68,6 +68,13 @@ def resource(ri: str, pi: str = "id-in", ty: int = 3, **attrs: Any) -> Resource:
     return Resource(KINDS[ty], {"ri": ri, "rn": ri, "pi": pi, "ty": ty, **attrs}, ri, None)
 
 
+def _added(store: MemoryResourceStore, *resources: Resource) -> Batch:
+    batch = Batch(store)
+    for r in resources:
+        batch.add(r)
+    return batch
+
+
 class BatchTests(CSETestCase):
     def setUp(self) -> None:
         super().setUp()
@@ -122,6 +129,20 @@ class BatchTests(CSETestCase):
         self.assertEqual((self.store.get("a"), self.store.get("c")), (None, None))
         self.assertEqual(len(self.store), 1)  # b
         self.assertIs(self.store.get("b"), self.b)
+
+    def test_the_types_of_what_it_changes(self) -> None:
+        """Kept as the batch changes (a notifier asks at every event of a batch that may
+        remove thousands), an addition cancelled included."""
+        self.assertEqual(set(self.batch.types()), set())
+        self.batch.update(self.a)
+        self.assertEqual(set(self.batch.types()), {3})
+        sub = resource("s", ty=23)
+        self.batch.add(sub)
+        self.batch.remove(sub)
+        ae = resource("Cae", ty=2)
+        self.store.apply(_added(self.store, ae))
+        self.batch.remove(ae)
+        self.assertEqual(set(self.batch.types()), {2, 3, 23})
 
     def test_empty_and_double_add(self) -> None:
         self.assertFalse(self.batch)

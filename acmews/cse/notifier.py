@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import secrets
 from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from functools import partial
 from typing import Any
 
@@ -30,7 +31,7 @@ from twisted.python.failure import Failure
 from acmews.codes import RSC, EventCategory, NotificationEventType, Operation, ResourceType
 from acmews.cse.addressing import Addressing
 from acmews.cse.config import CSEConfig
-from acmews.cse.resource import Changes, Delivery, Resource, ResourceReader, Target
+from acmews.cse.resource import KINDS, Changes, Delivery, Resource, ResourceReader, Target
 from acmews.cse.store import Batch, IResourceStore
 from acmews.cse.subscription import Policy, compile_policy
 from acmews.errors import (
@@ -112,11 +113,16 @@ class _Member:
         self.outcome = outcome
 
 
-def _followed(resource: Resource) -> bool:
-    """Whether a change of ``resource`` may change a plan (:meth:`Notifier._plan`): a
-    subscription's, or a registrant's (a target)."""
-    kind = resource.kind
-    return kind.ty == _SUB or kind.registrant
+def _followed(types: AbstractSet[int]) -> bool:
+    """Whether changes of resources of ``types`` may change a plan (:meth:`Notifier._plan`):
+    a subscription's, or a registrant's (a target)."""
+    for ty in types:
+        if ty == _SUB:
+            return True
+        kind = KINDS.get(ty)
+        if kind is not None and kind.registrant:
+            return True
+    return False
 
 
 #: the next hop towards a CSE: (originator, poa), or None (see CSE.route)
@@ -307,7 +313,7 @@ class Notifier:
         pushed out of the cache). A plan is not kept from a batch that itself changes a
         subscription or a registrant: it sees changes not applied yet."""
         ri = subject.ri
-        clean = not any(_followed(r) for r in batch.changed())
+        clean = not _followed(batch.types())
         kept = self._plans.get(ri)
         if clean and kept is not None and kept[0] == self._generation:
             return kept[1]
@@ -322,10 +328,8 @@ class Notifier:
         """``batch`` was applied, put back (a durable store could not write it) or brought
         in from another CSE node: the plans are made anew if it changed a subscription or a
         registrant, and a removed resource's plan is dropped."""
-        for resource in batch.changed():
-            if _followed(resource):
-                self._generation += 1
-                break
+        if _followed(batch.types()):
+            self._generation += 1
         plans = self._plans
         if plans:
             for resource in batch.removed:

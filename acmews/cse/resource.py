@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -308,7 +309,7 @@ class Changes(ResourceReader, Protocol):
 
     def gone(self, resource: Resource) -> bool: ...
 
-    def changed(self) -> Iterable[Resource]: ...
+    def types(self) -> AbstractSet[int]: ...
 
     def notify(
         self,

@@ -4,6 +4,7 @@ request's changes (and of the notifications they cause), and the in-memory store
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any
 
 from zope.interface import Interface, implementer
@@ -114,6 +115,7 @@ class Batch:
         "_parents",
         "_state",
         "_store",
+        "_types",
         "added",
         "notifications",
         "removed",
@@ -133,6 +135,8 @@ class Batch:
         self.removed: list[Resource] = []
         #: resource (by identity) -> _ADDED, _UPDATED, _REMOVED or _CANCELLED
         self._state: dict[Resource, int] = {}
+        #: the resource types of what is in _state
+        self._types: set[int] = set()
         #: the parents of the removed resources (children() filters only theirs)
         self._parents: set[str] | None = None
         #: made by the first notification: most requests cause none
@@ -158,6 +162,7 @@ class Batch:
         if resource in self._state:
             raise ValueError(f"{resource!r} is in the batch already")
         self._state[resource] = _ADDED
+        self._types.add(resource.kind.ty)
         self.added.append(resource)
 
     def update(self, resource: Resource) -> None:
@@ -165,6 +170,7 @@ class Batch:
         state = self._state
         if resource not in state:
             state[resource] = _UPDATED
+            self._types.add(resource.kind.ty)
             self.updated.append(resource)
 
     def remove(self, resource: Resource) -> None:
@@ -183,6 +189,7 @@ class Batch:
         else:
             return  # removed already
         state[resource] = _REMOVED
+        self._types.add(resource.kind.ty)
         parents = self._parents
         if parents is None:
             parents = self._parents = set()
@@ -192,9 +199,10 @@ class Batch:
         """True if the batch removes ``resource`` (or cancels its addition)."""
         return self._state.get(resource, 0) >= _REMOVED
 
-    def changed(self) -> Iterable[Resource]:
-        """Every resource the batch adds, updates or removes (or added, then removed)."""
-        return self._state.keys()
+    def types(self) -> AbstractSet[int]:
+        """The resource types of what the batch adds, updates or removes (or added, then
+        removed): kept as it changes, so that asking costs nothing however large it is."""
+        return self._types
 
     def notify(
         self,
