@@ -34,6 +34,7 @@ __all__ = [
     "Shared",
     "as_request",
     "error_response",
+    "plain_response",
     "primitive_from_object",
 ]
 
@@ -476,6 +477,25 @@ def copy_request(request: Request, **changes: Any) -> Request:
     for name, value in changes.items():
         setattr(copy, name, value)
     return copy
+
+
+def plain_response(m: dict[Any, Any]) -> Response | None:
+    """``m`` as a response if it is a valid ``rsc``, ``rqi`` and ``rvi`` and nothing else
+    (every NOTIFY's answer, mostly), else None: what :meth:`Response.from_mapping` makes of
+    it, with none of its checks that such a response does not need."""
+    if len(m) == 3:
+        rsc = m.get("rsc")
+        rqi = m.get("rqi")
+        rvi = m.get("rvi")
+        if (
+            type(rsc) is int
+            and 1000 <= rsc <= 6999
+            and type(rqi) is str
+            and type(rvi) is str
+            and rvi in SUPPORTED_RELEASES
+        ):
+            return Response(_RSCS.get(rsc) or rsc, rqi, rvi)
+    return None
 
 
 def primitive_from_object(obj: object) -> Primitive:

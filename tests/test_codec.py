@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import struct
 from typing import Any
@@ -17,7 +18,7 @@ from acmews.codec import CBOR, CODECS, JSON, MAX_CONTAINERS, MAX_NESTING, get_co
 from acmews.codes import RSC
 from acmews.errors import PrimitiveError
 from acmews.interfaces import ICodec
-from acmews.primitive import Request, Response
+from acmews.primitive import Request, Response, primitive_from_object
 
 NESTED = {
     "m2m:cin": {
@@ -313,3 +314,92 @@ class CodecTests(SynchronousTestCase):
                 self.assertIn(e.rsc, (RSC.BAD_REQUEST, RSC.RELEASE_VERSION_NOT_SUPPORTED))
             else:
                 self.assertEqual(codec.decode(codec.encode(p)), p)
+
+
+def _general(data: bytes) -> Any:
+    """What the JSON codec makes of ``data`` without its plain-response path."""
+    try:
+        return primitive_from_object(JSON.loads(data))
+    except PrimitiveError as e:
+        return ("error", e.reason, e.rqi)
+
+
+def _decoded(data: bytes) -> Any:
+    try:
+        return JSON.decode(data)
+    except PrimitiveError as e:
+        return ("error", e.reason, e.rqi)
+
+
+_VALUES = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.sampled_from([1000, 2000, 2001, 4004, 6999, 999, 7000, 2**64, 2**70]),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=8),
+    st.sampled_from(["1", "2", "2a", "3", "4", "5", "6"]),
+    st.just({"m2m:dbg": "x"}),
+)
+
+
+class PlainResponseTests(SynchronousTestCase):
+    """A JSON message that starts as a response is read at once as one when it is a valid
+    rsc, rqi and rvi alone (a NOTIFY's answer): whatever it holds, it comes out as the
+    general reading makes it, or refused with the same reason."""
+
+    @settings(max_examples=400, deadline=None)
+    @given(
+        rsc=st.one_of(st.sampled_from([2000, 2001, 4004, 999, 7000, 2**64]), _VALUES),
+        rqi=st.one_of(st.text(max_size=12), _VALUES),
+        rvi=st.one_of(st.sampled_from(["1", "2", "2a", "3", "4", "5", "6"]), _VALUES),
+        rest=st.lists(
+            st.tuples(st.sampled_from(["rqi", "rvi", "pc", "to", "rsc"]), _VALUES), max_size=2
+        ),
+        plain=st.booleans(),
+    )
+    def test_the_same_as_the_general_reading(
+        self, rsc: Any, rqi: Any, rvi: Any, rest: list[tuple[str, Any]], plain: bool
+    ) -> None:
+        # half of them three members: the answers the plain reading takes, or nearly
+        members = [("rsc", rsc), ("rqi", rqi), ("rvi", rvi), *([] if plain else rest)]
+        data = (
+            "{" + ",".join(f"{json.dumps(k)}:{json.dumps(v)}" for k, v in members) + "}"
+        ).encode()
+        general, decoded = _general(data), _decoded(data)
+        self.assertEqual(decoded, general)
+        if isinstance(general, Response):
+            self.assertIs(type(decoded.rsc), type(general.rsc))
+
+    def test_an_answer(self) -> None:
+        data = b'{"rsc":2000,"rqi":"acmews-1-7","rvi":"4"}'
+
+        def not_read_twice(data: bytes) -> Any:
+            raise AssertionError("read the general way")
+
+        patched = self.patch(JSON, "loads", not_read_twice)
+        response = JSON.decode(data)
+        patched.restore()
+        self.assertEqual(response, Response(RSC.OK, "acmews-1-7", "4"))
+        response = JSON.decode(data)
+        self.assertEqual(response, Response(RSC.OK, "acmews-1-7", "4"))
+        self.assertIs(response.rsc, RSC.OK)
+        # beyond 64 bits, orjson would read a float: the general reading refuses it as such
+        big = b'{"rsc":20000000000000000000,"rqi":"q","rvi":"4"}'
+        self.assertEqual(_decoded(big), _general(big))
+        self.assertEqual(_decoded(big)[0], "error")
+        # rsc out of range, an rqi that is not text, a release not supported: refused alike
+        for bad in (
+            b'{"rsc":999,"rqi":"q","rvi":"4"}',
+            b'{"rsc":7000,"rqi":"q","rvi":"4"}',
+            b'{"rsc":2000,"rqi":7,"rvi":"4"}',
+            b'{"rsc":2000,"rqi":"q","rvi":"9"}',
+            b'{"rsc":true,"rqi":"q","rvi":"4"}',
+        ):
+            self.assertEqual(_decoded(bad), _general(bad))
+            self.assertIsInstance(_decoded(bad), tuple)
+        # a fourth member: the general reading
+        for more in (b',"pc":{"n":20000000000000000000}', b',"to":"Cae1"'):
+            data = b'{"rsc":2000,"rqi":"q","rvi":"4"' + more + b"}"
+            self.assertEqual(_decoded(data), _general(data))
+            self.assertNotEqual(_decoded(data), Response(RSC.OK, "q", "4"))
