@@ -35,6 +35,7 @@ __all__ = [
     "JSON",
     "MAX_CONTAINERS",
     "MAX_NESTING",
+    "PLAIN_RESPONSE_SIZE",
     "CborCodec",
     "JsonCodec",
     "check_data_model",

@@ -937,6 +937,18 @@ class PlanTests(SynchronousTestCase):
         self.m.sender.take()
         self.assertNotIn(container, self.m.cse.notifier._plans)
 
+    def test_no_plan_without_subscriptions(self) -> None:
+        """Every change of a resource is an event on it or its parent: a resource without
+        subscriptions gets no plan (nor keeps the one it had)."""
+        self.notified()
+        plans = self.m.cse.notifier._plans
+        self.assertEqual(set(plans), {self.container()})
+        for rn in ("s", "u"):
+            self.ok(Operation.DELETE, f"cse-in/c/{rn}", fr="CAdmin")
+        self.m.sender.take()
+        self.notified()
+        self.assertEqual(plans, {})
+
     def test_the_outcome_handler_kept_is_the_targets(self) -> None:
         """What takes a notification's outcome is the handler of the target it went to,
         also after the subscriber's target changed."""

@@ -311,14 +311,18 @@ class Notifier:
         looking up its subscription's compiled policy and its ``nu``'s registrant again
         (each look-up a few lines of memory that a thousand subscribers have long since
         pushed out of the cache). A plan is not kept from a batch that itself changes a
-        subscription or a registrant: it sees changes not applied yet."""
+        subscription or a registrant (it sees changes not applied yet), nor for a resource
+        without subscriptions."""
         ri = subject.ri
         clean = not _followed(batch.types())
         kept = self._plans.get(ri)
         if clean and kept is not None and kept[0] == self._generation:
             return kept[1]
         members = [self._member(sub, batch) for sub in batch.children(ri, _SUB)]
-        if clean:
+        if not members:  # (most resources: nothing kept for them)
+            if kept is not None:
+                del self._plans[ri]
+        elif clean:
             if len(self._plans) >= MAX_KNOWN_TARGETS:
                 self._plans.clear()
             self._plans[ri] = (self._generation, members)
@@ -409,7 +413,7 @@ class Notifier:
             sub = member.sub
             if sub is exclude:
                 continue
-            if sub.attrs is not member.attrs:  # (changed by this batch, before this event)
+            if sub.attrs is not member.attrs:  # (replaced outside a batch track() heard of)
                 member = self._member(sub, batch)
             policy = member.policy
             monitored: dict[str, Any] | None = None
