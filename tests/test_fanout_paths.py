@@ -693,7 +693,32 @@ class NotificationExpiryTests(SynchronousTestCase):
         self.assertEqual(parse_timestamp("20261206T182013,5"), 1796581213.5)
 
 
-class KnownTargetTests(SynchronousTestCase):
+class _TargetsCase(SynchronousTestCase):
+    """A memory CSE whose contentInstances created under :attr:`parent` (by
+    :attr:`creator`) notify; what was notified, and where."""
+
+    parent = "cse-in/Cae1/c"
+    creator = "Cae1"
+    m: MemoryCSE
+
+    def ok(self, op: Operation, to: str, **kw: Any) -> Response:
+        response = self.successResultOf(self.m.request(op, to, **kw))
+        self.assertLess(response.rsc, 3000, response)
+        return response
+
+    def notified(self) -> list[tuple[str, tuple[str, ...], bool]]:
+        """Create a contentInstance; the (target, poa, store) of each notification sent,
+        sorted (each answered)."""
+        cin = {"m2m:cin": {"con": 1}}
+        self.ok(Operation.CREATE, self.parent, fr=self.creator, ty=4, pc=cin)
+        self.m.clock.advance(0)
+        sent = self.m.sender.take()
+        for s in sent:
+            s.answer()
+        return sorted((s.target, s.poa, s.store) for s in sent)
+
+
+class KnownTargetTests(_TargetsCase):
     """The notifier remembers which registrant an nu named, while that resource is stored
     with the same attributes."""
 
@@ -707,19 +732,6 @@ class KnownTargetTests(SynchronousTestCase):
         sub = {"rn": "s", "nu": ["Cae1"], "enc": {"net": [3]}}
         self.ok(Operation.CREATE, "cse-in/Cae1/c", fr="Cae1", ty=23, pc={"m2m:sub": sub})
         self.m.sender.take()
-
-    def ok(self, op: Operation, to: str, **kw: Any) -> Response:
-        response = self.successResultOf(self.m.request(op, to, **kw))
-        self.assertLess(response.rsc, 3000, response)
-        return response
-
-    def notified(self) -> list[tuple[str, tuple[str, ...], bool]]:
-        self.ok(Operation.CREATE, "cse-in/Cae1/c", fr="Cae1", ty=4, pc={"m2m:cin": {"con": 1}})
-        self.m.clock.advance(0)
-        sent = self.m.sender.take()
-        for s in sent:
-            s.answer()
-        return [(s.target, s.poa, s.store) for s in sent]
 
     def test_a_new_poa_is_used(self) -> None:
         self.assertEqual(self.notified(), [("Cae1", ("http://a.example/",), True)])
@@ -742,11 +754,14 @@ class KnownTargetTests(SynchronousTestCase):
         self.assertEqual(target, ("Cae1", (), False, "Cae1"))
 
 
-class PlanTests(SynchronousTestCase):
+class PlanTests(_TargetsCase):
     """A subscribed-to resource's plan keeps its subscriptions compiled and where their nu
     went (a fan-out resolves each subscriber once), and is made anew as soon as that may no
     longer hold: a subscription or a registrant created, updated or deleted, here or on
     another CSE node, or put back by a store that could not write the change."""
+
+    parent = "cse-in/c"
+    creator = "CAdmin"
 
     def setUp(self) -> None:
         from acmews.testing import memory_cse
@@ -756,13 +771,8 @@ class PlanTests(SynchronousTestCase):
         self.ok(Operation.CREATE, "cse-in", fr="CAdmin", ty=3, pc={"m2m:cnt": {"rn": "c"}})
         for rn, nu in (("s", "Cae1"), ("u", "http://u.example/n")):
             sub = {"rn": rn, "nu": [nu], "enc": {"net": [3], "chty": [4]}}
-            d = self.m.request(
-                Operation.CREATE, "cse-in/c", fr="CAdmin", ty=23, pc={"m2m:sub": sub}
-            )
-            self.m.clock.advance(0)
-            for verification in self.m.sender.take():
-                verification.answer()
-            self.assertEqual(self.successResultOf(d).rsc, RSC.CREATED)
+            created = self.verified(Operation.CREATE, ty=23, pc={"m2m:sub": sub})
+            self.assertEqual(created.rsc, RSC.CREATED)
         self.resolved: list[str] = []
         resolve = self.m.cse.notifier.resolve_target
 
@@ -776,18 +786,14 @@ class PlanTests(SynchronousTestCase):
         ae = {"rn": "Cae1", "api": "Nx", "rr": True, "srv": ["4"], "poa": [poa]}
         self.ok(Operation.CREATE, "cse-in", fr="Cae1", ty=2, pc={"m2m:ae": ae})
 
-    def ok(self, op: Operation, to: str, **kw: Any) -> Response:
-        response = self.successResultOf(self.m.request(op, to, **kw))
-        self.assertLess(response.rsc, 3000, response)
-        return response
-
-    def notified(self) -> list[tuple[str, tuple[str, ...], bool]]:
-        self.ok(Operation.CREATE, "cse-in/c", fr="CAdmin", ty=4, pc={"m2m:cin": {"con": 1}})
+    def verified(self, op: Operation, to: str = "cse-in/c", **kw: Any) -> Response:
+        """The response to CAdmin's request that makes the CSE verify a subscription's nu
+        (each verification answered 2000)."""
+        d = self.m.request(op, to, fr="CAdmin", **kw)
         self.m.clock.advance(0)
-        sent = self.m.sender.take()
-        for s in sent:
-            s.answer()
-        return sorted((s.target, s.poa, s.store) for s in sent)
+        for verification in self.m.sender.take():
+            verification.answer()
+        return self.successResultOf(d)
 
     def test_each_subscriber_is_resolved_once(self) -> None:
         expected = [("Cae1", ("http://a.example/",), True), ("http://u.example/n", (), False)]
@@ -817,22 +823,10 @@ class PlanTests(SynchronousTestCase):
     def test_a_subscription_created_updated_deleted(self) -> None:
         self.notified()
         sub = {"rn": "v", "nu": ["http://v.example/"], "enc": {"net": [3], "chty": [4]}}
-        d = self.m.request(Operation.CREATE, "cse-in/c", fr="CAdmin", ty=23, pc={"m2m:sub": sub})
-        self.m.clock.advance(0)
-        for verification in self.m.sender.take():
-            verification.answer()
-        self.successResultOf(d)
+        self.verified(Operation.CREATE, ty=23, pc={"m2m:sub": sub})
         self.assertIn(("http://v.example/", (), False), self.notified())
-        d = self.m.request(
-            Operation.UPDATE,
-            "cse-in/c/v",
-            fr="CAdmin",
-            pc={"m2m:sub": {"nu": ["http://w.example/"]}},
-        )
-        self.m.clock.advance(0)
-        for verification in self.m.sender.take():
-            verification.answer()
-        self.assertEqual(self.successResultOf(d).rsc, RSC.UPDATED)
+        nu = {"m2m:sub": {"nu": ["http://w.example/"]}}
+        self.assertEqual(self.verified(Operation.UPDATE, "cse-in/c/v", pc=nu).rsc, RSC.UPDATED)
         targets = [t for t, _, _ in self.notified()]
         self.assertIn("http://w.example/", targets)
         self.assertNotIn("http://v.example/", targets)
@@ -895,11 +889,7 @@ class PlanTests(SynchronousTestCase):
         """The batch that deletes a subscription does not notify it (a plan kept from before
         that batch would)."""
         sub = {"rn": "d", "nu": ["http://d.example/"], "enc": {"net": [4]}}
-        d = self.m.request(Operation.CREATE, "cse-in/c", fr="CAdmin", ty=23, pc={"m2m:sub": sub})
-        self.m.clock.advance(0)
-        for verification in self.m.sender.take():
-            verification.answer()
-        self.successResultOf(d)
+        self.verified(Operation.CREATE, ty=23, pc={"m2m:sub": sub})
         self.notified()
         self.ok(Operation.DELETE, "cse-in/c/d", fr="CAdmin")
         self.m.clock.advance(0)
@@ -909,11 +899,8 @@ class PlanTests(SynchronousTestCase):
         """An nu on another CSE goes to the next hop towards it: a remoteCSE registered
         afterwards is that hop from then on."""
         sub = {"rn": "f", "nu": ["/id-mn/Cae9"], "enc": {"net": [3], "chty": [4]}}
-        d = self.m.request(Operation.CREATE, "cse-in/c", fr="CAdmin", ty=23, pc={"m2m:sub": sub})
-        self.m.clock.advance(0)
-        for verification in self.m.sender.take():
-            verification.answer()
-        self.assertEqual(self.successResultOf(d).rsc, RSC.CREATED)
+        created = self.verified(Operation.CREATE, ty=23, pc={"m2m:sub": sub})
+        self.assertEqual(created.rsc, RSC.CREATED)
         self.assertIn(("/id-mn/Cae9", (), False), self.notified())
         self.m.cse.config = replace(self.m.cse.config, allowed_csr_originators=("/id-mn",))
         csr = {
