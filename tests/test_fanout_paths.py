@@ -945,7 +945,7 @@ class PlanTests(_TargetsCase):
 
         def recording(target: str, request: Any, then: Any, *args: Any) -> None:
             thens.setdefault(target, set()).add(id(then))
-            self.assertEqual(then.args, (target,))
+            self.assertEqual(then.__self__.hop, target)
             send_then(target, request, then, *args)
 
         self.patch(sender, "send_then", recording)
@@ -977,7 +977,7 @@ class PlanTests(_TargetsCase):
         send_then = sender.send_then
 
         def recording(target: str, request: Any, then: Any, *args: Any) -> None:
-            thens.append((target, then.args))
+            thens.append((target, then.__self__.hop))
             send_then(target, request, then, *args)
 
         self.patch(sender, "send_then", recording)
@@ -985,7 +985,7 @@ class PlanTests(_TargetsCase):
         event = Shared(rep={"m2m:cin": {"con": 1}}, net=3)
         before = ("Cae0", (), True, "Cae0")
         notifier._send_range([(before, event, member), (member.target, event, member)], 0, 2)
-        self.assertEqual(thens, [("Cae0", ("Cae0",)), ("Cae1", ("Cae1",))])
+        self.assertEqual(thens, [("Cae0", "Cae0"), ("Cae1", "Cae1")])
 
 
 class FrameStreamPropertyTests(SynchronousTestCase):

@@ -113,6 +113,25 @@ class _Member:
         self.outcome = outcome
 
 
+class _Outcome:
+    """A target's outcome handler (:meth:`Notifier._outcome` for ``hop``), kept as its bound
+    :meth:`settled`: calling it reads that one small object, and a successful answer
+    nothing more. A ``partial`` of the notifier's bound method reads three (itself, its
+    arguments, the bound method), each out of the processor's caches by the time the
+    answer comes in a fan-out to a thousand targets."""
+
+    __slots__ = ("hop", "notifier")
+
+    def __init__(self, notifier: Notifier, hop: str) -> None:
+        self.notifier = notifier
+        self.hop = hop
+
+    def settled(self, result: Response | Failure) -> None:
+        if type(result) is Response and result.ok:
+            return
+        self.notifier._outcome(self.hop, result)
+
+
 def _followed(types: AbstractSet[int]) -> bool:
     """Whether changes of resources of ``types`` may change a plan (:meth:`Notifier._plan`):
     a subscription's, or a registrant's (a target)."""
@@ -629,7 +648,7 @@ class Notifier:
         if outcome is None:
             if len(self._outcome_of) >= MAX_KNOWN_TARGETS:
                 self._outcome_of.clear()
-            outcome = self._outcome_of[hop] = partial(self._outcome, hop)
+            outcome = self._outcome_of[hop] = _Outcome(self, hop).settled
         return outcome
 
     def _send_plain(self, target: Target, event: Shared, member: _Member) -> None:
