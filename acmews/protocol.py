@@ -240,12 +240,15 @@ class TurnWriter:
             call.cancel()
         waiting, frames = self._waiting, self._frames
         self._waiting, self._frames = [], []
+        # (the function, not each protocol's bound method: looking a method up on an object
+        # with an instance dict reads that dict, out of the processor's caches here)
+        send = _AutobahnFastPath._send_turn
         for protocol, data in zip(waiting, frames, strict=True):
             protocol._turn_index = -1
             if isinstance(data, list):
-                protocol._send_now(b"".join(data))
+                send(protocol, b"".join(data))
             elif data:
-                protocol._send_now(data)
+                send(protocol, data)
 
 
 def _direct_writes(transport: Any) -> bool:
@@ -286,7 +289,6 @@ _HANDSHAKE_ONLY = frozenset(
         "websocket_extensions",
         "websocket_origin",
         "websocket_protocols",
-        "_head",
         "_head_size",
         "_head_tail",
         "_handshaking",
@@ -359,7 +361,9 @@ class _AutobahnFastPath:
         "_behind",
         "_turn_index",
         "_turn_writer",
+        "_socket",
         "transport",
+        "_head",
         "_traffic",
         # the rest, Autobahn's many, in the instance dict as before
         "__dict__",
@@ -376,6 +380,8 @@ class _AutobahnFastPath:
         self._fast_limit = 0
         self._turn_index = -1
         self._turn_writer = None
+        self._socket = None
+        self._head = None
         self._reads = 0
         self._in_octets = self._in_messages = 0
 
@@ -399,6 +405,8 @@ class _AutobahnFastPath:
         self._in_octets = self._in_messages = 0
 
     _traffic: Any
+    #: the server's opening request so far (None once seen; see ``_request_head``)
+    _head: list[bytes] | None
     _in_octets: int
     _in_messages: int
 
@@ -501,6 +509,7 @@ class _AutobahnFastPath:
     def _release(self) -> None:
         self._take_turn()  # dropped, as the transport would drop them
         self._turn_writer = None
+        self._socket = None
         for call in (self._stall_call, self._message_call, self._ping_call, self._pong_call):
             if call is not None and call.active():
                 call.cancel()
@@ -558,6 +567,7 @@ class _AutobahnFastPath:
         waiting = self._take_turn()
         if waiting:
             self._send_now(waiting)
+        self._socket = None  # the transport holds data now: frames go through it
         if self._behind is not None:
             self._count_behind(len(data))
         super().sendData(data, sync, chopsize)  # type: ignore[misc]
@@ -569,9 +579,31 @@ class _AutobahnFastPath:
         writer = self._turn_writer
         return writer.take(index) if index >= 0 and writer is not None else b""
 
+    def _send_turn(self, data: bytes) -> None:
+        """Send the frames written in this turn (the turn writer's flush): to the socket
+        kept in ``_socket`` while the connection is open and nothing has gone through the
+        transport since it was last found empty, without reading the transport at all (its
+        attributes are lines of memory a fan-out to a thousand connections finds out of
+        the processor's caches); else as :meth:`_send_now` does."""
+        socket = self._socket
+        if socket is None or self.state != _STATE_OPEN:
+            self._send_now(data)
+            return
+        try:
+            sent = socket.send(data)
+        except OSError:  # full, or failed: the transport finds out which as it writes
+            sent = 0
+        if sent != len(data):
+            self._socket = None
+            self.transport.write(data[sent:] if sent else data)
+
     def _send_now(self, data: bytes) -> None:
-        """Send the frames written in this turn: to the socket directly if the transport
-        holds nothing; what the socket does not take, through the transport."""
+        """Send ``data``: to the socket directly if the transport holds nothing; what the
+        socket does not take, through the transport. Once all of it went to the socket of
+        an open connection with a turn writer, the socket is kept for :meth:`_send_turn`
+        (until something goes through the transport: :meth:`sendData`, a short send, a
+        failure, the connection lost)."""
+        self._socket = None
         transport = self.transport
         if transport is None or not transport.connected or transport.disconnecting:
             return  # the connection is gone or going: as the transport would drop it
@@ -579,11 +611,14 @@ class _AutobahnFastPath:
             # the socket's own send, not the transport's writeSomeData (which wraps the data
             # in a memoryview and calls send through untilConcludes: five calls more per
             # notification of a fan-out)
+            socket = transport.socket
             try:
-                sent = transport.socket.send(data)
+                sent = socket.send(data)
             except OSError:  # full, or failed: the transport finds out which as it writes
                 sent = 0
             if sent == len(data):
+                if self._turn_writer is not None and self.state == _STATE_OPEN:
+                    self._socket = socket
                 return
             if sent:
                 data = data[sent:]
@@ -603,6 +638,7 @@ class _AutobahnFastPath:
         handshake ends. The close frame is still flushed; Autobahn's close handshake timeout
         aborts a peer that never reads it."""
         super()._fail_connection(code, reason)  # type: ignore[misc]
+        self._socket = None
         self.data = b""  # what is already buffered is not parsed either
         transport = self.transport
         if transport is not None:
@@ -670,7 +706,8 @@ class _AutobahnFastPath:
             and self.current_frame is None
             and not self.inside_message
         ):
-            data = self._read_frames(data)
+            # (the function: a method looked up on self reads its instance dict first)
+            data = _AutobahnFastPath._read_frames(self, data)
             if not data:
                 return
         self._dataReceived(data)  # type: ignore[attr-defined]
@@ -860,7 +897,6 @@ class OneM2MServerProtocol(_OneM2MProtocolMixin, WebSocketServerProtocol):  # ty
     _admitted: str | None = None
     _handshaking = False
     #: the opening request's reads, held until the end of its headers is seen (None: seen)
-    _head: list[bytes] | None = None
     _head_size = 0
     _head_tail = b""
     #: closes the connection if it is still unbound when it fires

@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any, cast
 
 import orjson
+from autobahn.websocket.protocol import WebSocketProtocol
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -414,6 +415,36 @@ class _SocketLike:
         self.sent.append(data)
 
 
+class _HoldingTransport(_SocketLike):
+    """A TCP transport as :class:`TurnWriter` finds it: what is written to it waits in its
+    buffer until :meth:`drain`; every read of what it holds is counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+        self._held: list[bytes] = []
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in ("connected", "disconnecting", "_tempDataBuffer", "dataBuffer", "socket"):
+            object.__setattr__(self, "reads", object.__getattribute__(self, "reads") + 1)
+        return object.__getattribute__(self, name)
+
+    @property  # type: ignore[override]
+    def _tempDataBuffer(self) -> list[bytes]:
+        return self._held
+
+    @_tempDataBuffer.setter
+    def _tempDataBuffer(self, value: list[bytes]) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        self._held.append(data)
+
+    def drain(self) -> None:
+        self.sent.extend(self._held)
+        self._held.clear()
+
+
 class TurnWriterTests(SynchronousTestCase):
     """The frames written to a connection during a reactor turn go out together at its end,
     in order, and after them whatever Autobahn writes; a connection that goes drops them."""
@@ -488,6 +519,82 @@ class TurnWriterTests(SynchronousTestCase):
         a._send_message(b"a1", False)
         self.clock.advance(0)
         self.assertEqual(socket.sent, [frame[3:]])
+
+    def holding(self) -> tuple[Any, _HoldingTransport]:
+        server = self.protocols[0]
+        server.transport = transport = _HoldingTransport()
+        return server, transport
+
+    def test_an_open_connection_keeps_its_socket(self) -> None:
+        """Once a turn's frames went to the socket whole, the next turns' go to it without
+        reading anything of the transport (its attributes are memory a fan-out finds out of
+        the processor's caches)."""
+        a, transport = self.holding()
+        a._send_message(b"a1", False)
+        self.clock.advance(0)
+        self.assertGreater(transport.reads, 0)
+        transport.reads = 0
+        for text in (b"a2", b"a3"):
+            a._send_message(text, False)
+            self.clock.advance(0)
+        self.assertEqual(transport.sent, [self.frame(b"a1"), self.frame(b"a2"), self.frame(b"a3")])
+        self.assertEqual(transport.reads, 0)
+        a._release()  # nothing of it is kept once the connection is gone
+        self.assertIsNone(a._socket)
+
+    def test_frames_wait_behind_what_the_transport_holds(self) -> None:
+        """A short send leaves the rest in the transport: the next turns' frames go behind
+        it, through the transport, until it is found empty; then to the socket again."""
+        a, transport = self.holding()
+        a._send_message(b"a1", False)
+        self.clock.advance(0)
+
+        def short(data: bytes) -> int:
+            transport.sent.append(data[:3])
+            return 3
+
+        transport.send = short  # type: ignore[method-assign]
+        a._send_message(b"a2", False)
+        self.clock.advance(0)
+        del transport.send  # (the class's again: it takes everything)
+        a._send_message(b"a3", False)
+        self.clock.advance(0)
+        self.assertEqual(transport.sent, [self.frame(b"a1"), self.frame(b"a2")[:3]])
+        transport.drain()
+        a._send_message(b"a4", False)
+        a._send_message(b"a5", False)
+        self.clock.advance(0)
+        a._send_message(b"a6", False)
+        self.clock.advance(0)
+        frames = [self.frame(t) for t in (b"a1", b"a2", b"a3", b"a4", b"a5", b"a6")]
+        self.assertEqual(b"".join(transport.sent), b"".join(frames))
+        self.assertEqual(transport.sent[-1], frames[-1])  # to the socket, whole
+
+    def test_frames_wait_behind_what_autobahn_wrote(self) -> None:
+        """Autobahn writes through the transport (a ping here): the next turn's frames go
+        behind it, though the socket had been kept."""
+        a, transport = self.holding()
+        a._send_message(b"a1", False)
+        self.clock.advance(0)
+        a.sendPing(b"p")
+        a._send_message(b"a2", False)
+        self.clock.advance(0)
+        self.assertEqual(transport.sent, [self.frame(b"a1")])
+        transport.drain()
+        self.assertEqual(transport.sent[1:], [encode_frame(9, b"p"), self.frame(b"a2")])
+
+    def test_a_closing_connection_does_not_use_the_kept_socket(self) -> None:
+        """Once the connection is no longer open, frames left for the end of the turn go as
+        the transport decides (a disconnecting one drops them)."""
+        a, transport = self.holding()
+        a._send_message(b"a1", False)
+        self.clock.advance(0)
+        a._send_message(b"a2", False)
+        a.state = WebSocketProtocol.STATE_CLOSING  # (as a close frame received sets it)
+        transport.disconnecting = True
+        self.clock.advance(0)
+        transport.drain()
+        self.assertEqual(transport.sent, [self.frame(b"a1")])
 
     def test_a_connection_that_goes_drops_its_frames_and_not_the_others(self) -> None:
         a, b = self.protocols

@@ -11,7 +11,7 @@ from twisted.trial.unittest import TestCase
 from acmews.client import connect
 from acmews.codes import Operation
 from acmews.primitive import Request, Response
-from acmews.protocol import OneM2MServerProtocol
+from acmews.protocol import OneM2MServerProtocol, _AutobahnFastPath
 
 from .helpers import NO_PING, start_cse
 
@@ -43,13 +43,13 @@ class TurnWriterTests(TestCase):
     def writes(self) -> list[int]:
         """Patch the server's direct writes: the frames in each, in order."""
         sizes: list[int] = []
-        original = OneM2MServerProtocol._send_now
+        original = _AutobahnFastPath._send_turn
 
         def counted(protocol: OneM2MServerProtocol, data: bytes) -> None:
             sizes.append(_frames_in(data))
             original(protocol, data)
 
-        self.patch(OneM2MServerProtocol, "_send_now", counted)
+        self.patch(_AutobahnFastPath, "_send_turn", counted)
         return sizes
 
     @inlineCallbacks
