@@ -343,7 +343,7 @@ class _AutobahnFastPath:
     #: a slot costs one cache line where a dict entry costs its table's lines too. Autobahn
     #: sets its own (``state`` ... ``send_queue``) as before: a slot takes the assignment.
     __slots__ = (  # noqa: RUF023 (in the order they are read: a message's are together)
-        "_reads",
+        "_spoke",
         "_handshake_pending",
         "_fast_mask",
         "state",
@@ -382,7 +382,7 @@ class _AutobahnFastPath:
         self._turn_writer = None
         self._socket = None
         self._head = None
-        self._reads = 0
+        self._spoke = False
         self._in_octets = self._in_messages = 0
 
     @property
@@ -446,9 +446,10 @@ class _AutobahnFastPath:
     #: each frame goes to the transport at once
     _turn_index: int
     _turn_writer: TurnWriter | None
-    #: keep-alive: reads so far, the reads seen at the last check, and its two timers
-    _reads: int
-    _reads_seen: int = -1
+    #: keep-alive: whether the peer sent anything since the last check (a constant stored
+    #: per read: a count would make an int per read and read the last one, out of the
+    #: processor's caches in a fan-out), and its two timers
+    _spoke: bool
     _ping_call: IDelayedCall | None = None
     _pong_call: IDelayedCall | None = None
 
@@ -456,7 +457,7 @@ class _AutobahnFastPath:
         """A ping after ``ping_interval`` of silence; no pong (nor any other traffic) within
         ``ping_timeout`` closes the connection with a close frame and a log line."""
         if self.factory.options.ping_interval > 0:
-            self._reads_seen = self._reads
+            self._spoke = False
             self._ping_call = self.factory.clock.callLater(
                 self.factory.options.ping_interval, self._keepalive
             )
@@ -467,8 +468,8 @@ class _AutobahnFastPath:
             return
         options = self.factory.options
         clock = self.factory.clock
-        if self._reads != self._reads_seen:  # the peer spoke meanwhile: a full interval more
-            self._reads_seen = self._reads
+        if self._spoke:  # the peer spoke meanwhile: a full interval more
+            self._spoke = False
             self._ping_call = clock.callLater(options.ping_interval, self._keepalive)
             return
         self.sendPing()  # type: ignore[attr-defined]
@@ -484,7 +485,7 @@ class _AutobahnFastPath:
 
     def _no_pong(self) -> None:
         self._pong_call = None
-        if self._reads != self._reads_seen:  # no pong, but it spoke: alive
+        if self._spoke:  # no pong, but it spoke: alive
             self._start_keepalive()
             return
         timeout = self.factory.options.ping_timeout
@@ -688,7 +689,7 @@ class _AutobahnFastPath:
             call.cancel()
 
     def dataReceived(self, data: bytes) -> None:
-        self._reads += 1  # traffic: the keep-alive counts reads instead of timing each one
+        self._spoke = True  # traffic: the keep-alive notes reads instead of timing each one
         if self._handshake_pending:
             self.data += data
             if len(self.data) > MAX_EARLY_DATA:

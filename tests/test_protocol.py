@@ -920,6 +920,27 @@ class KeepAliveTests(TestCase):
         self.clock.advance(30)
         p.flush()
 
+    def test_traffic_without_a_pong_keeps_it_open(self) -> None:
+        """A peer that answers no ping but sends something else before its timeout is
+        alive: a new interval starts, and it is closed only once a ping meets silence."""
+        p = self.connect(answer_pings=False)
+        for _ in range(21):  # silence: the ping goes out at 20 s
+            self.clock.advance(1)
+            p.flush()
+        for k in range(5):  # no pong, but requests
+            self.clock.advance(1)
+            d = p.client_session.request(Request(2, "cse-in", f"k{k}", "4", "Cping"))  # type: ignore[arg-type]
+            p.flush()
+            self.successResultOf(d)
+        for _ in range(20):  # the ping's timeout (40 s) passes: it spoke, so it stays
+            self.clock.advance(1)
+            p.flush()
+        self.assertTrue(p.server_session.connected)
+        for _ in range(40):  # then a ping at 60 s, silence, closed at 80 s
+            self.clock.advance(1)
+            p.flush()
+        self.assertFalse(p.server_session.connected)
+
     def test_pong_keeps_it_open(self) -> None:
         p = self.connect(answer_pings=True)
         for _ in range(100):
