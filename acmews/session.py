@@ -93,6 +93,9 @@ class Session:
     #: values are others (the rest, and anything set later, in the instance dict)
     __slots__ = (  # noqa: RUF023 (in the order they are read)
         "connected",
+        "_one_rqi",
+        "_one",
+        "_more",
         "_pending",
         "codec",
         "_binary",
@@ -157,6 +160,15 @@ class Session:
         #: created when the peer first makes us log something (most connections never do)
         self._log_budget: Budget | None = None
         #: rqi -> (what waits for the response, its timeout) for requests we sent
+        #: the first request in :attr:`_one_rqi` and :attr:`_one`, in the session itself; any
+        #: more (while that one is pending) in :attr:`_pending`, :attr:`_more` of them. A
+        #: fan-out sends a connection one request at a time, and its answer comes when the
+        #: thousand others have pushed a dict of this session's out of the processor's
+        #: caches: looking it up, adding to it and taking from it read four or five lines
+        #: of memory, the session's own slots one
+        self._one_rqi: str | None = None
+        self._one: _Entry | None = None
+        self._more = 0
         self._pending: dict[str, _Entry] = {}
         #: their timeouts
         self._deadlines = deadlines if deadlines is not None else Deadlines(clock)
@@ -198,8 +210,8 @@ class Session:
         if not self.connected:
             return TargetNotReachable(f"connection to {self.peer} is closed")
         rqi = request.rqi
-        pending = self._pending
-        if rqi in pending:
+        one = self._one_rqi
+        if rqi == one or (self._more and rqi in self._pending):
             return BadRequest(f"a request with rqi {rqi!r} is already pending", rqi=rqi)
         try:
             data = self.codec.encode(request)
@@ -217,7 +229,13 @@ class Session:
             until = self._deadlines.until(request.rqet, now)
             if until is not None:
                 delay = max(0.0, min(delay, until))
-        pending[rqi] = (waiter, delay, self._deadlines.add(now + delay, self, rqi))
+        entry = (waiter, delay, self._deadlines.add(now + delay, self, rqi))
+        if one is None:
+            self._one_rqi = rqi
+            self._one = entry
+        else:
+            self._pending[rqi] = entry
+            self._more += 1
         self._send(data, self._binary)
         return None
 
@@ -247,7 +265,7 @@ class Session:
     @property
     def pending_count(self) -> int:
         """How many requests we sent are still unanswered."""
-        return len(self._pending)
+        return self._more + (self._one_rqi is not None)
 
     def when_closed(self) -> Deferred[None]:
         """A Deferred that fires once the connection is gone."""
@@ -275,11 +293,38 @@ class Session:
         return d
 
     def _cancel_request(self, d: Deferred[Response]) -> None:
-        for rqi, (waiter, _, _) in self._pending.items():
+        for rqi, (waiter, _, _) in self._entries():
             if waiter is d:
-                del self._pending[rqi]  # its deadline goes when it reaches the top
+                self._take(rqi)  # its deadline goes when it reaches the top
                 self._deadlines.done(1)
                 return
+
+    def _entries(self) -> list[tuple[str, _Entry]]:
+        """The pending requests' rqis and entries."""
+        entries = list(self._pending.items())
+        if self._one_rqi is not None:
+            assert self._one is not None
+            entries.insert(0, (self._one_rqi, self._one))
+        return entries
+
+    def _entry(self, rqi: str) -> _Entry | None:
+        """The entry of pending request ``rqi``, if it is pending."""
+        if rqi == self._one_rqi:
+            return self._one
+        return self._pending.get(rqi) if self._more else None
+
+    def _take(self, rqi: str) -> _Entry | None:
+        """Take request ``rqi``'s entry: it is no longer pending (None: it was not)."""
+        if rqi == self._one_rqi:
+            entry = self._one
+            self._one_rqi = self._one = None
+            return entry
+        if not self._more:
+            return None
+        entry = self._pending.pop(rqi, None)
+        if entry is not None:
+            self._more -= 1
+        return entry
 
     def _request_timed_out(self, rqi: str, entry: _Entry) -> None:
         waiter, delay, _ = entry
@@ -303,9 +348,12 @@ class Session:
         if not self.connected:
             return
         self.connected = False
-        pending, self._pending = self._pending, {}
+        pending = self._entries()
+        self._one_rqi = self._one = None
+        self._pending = {}
+        self._more = 0
         self._deadlines.done(len(pending))
-        for rqi, (waiter, _, _) in pending.items():
+        for rqi, (waiter, _, _) in pending:
             _settle(waiter, Failure(TargetNotReachable(f"{reason} before the response", rqi=rqi)))
         waiters, self._closed_waiters = self._closed_waiters, []
         waiters.extend(self._idle_waiters)
@@ -384,7 +432,12 @@ class Session:
             self._request_received(primitive)
 
     def _response_received(self, response: Response) -> None:
-        entry = self._pending.pop(response.rqi, None)
+        rqi = response.rqi
+        if rqi == self._one_rqi:  # (what _take does, written out: every answer comes here)
+            entry = self._one
+            self._one_rqi = self._one = None
+        else:
+            entry = self._take(rqi)
         if entry is None:
             self._log_peer_event(
                 self.log.warn,
@@ -660,7 +713,7 @@ class Deadlines:
                 self._timer = self._clock.callLater(when - now, self._time_out)
                 break
             heappop(heap)
-            del session._pending[rqi]
+            session._take(rqi)
             expired.append((session, rqi, entry))
         self._live = max(0, self._live - len(expired)) if heap else 0
         # told last: what they do (send again) finds the timer as it should be
@@ -672,5 +725,5 @@ def _pending_entry(deadline: tuple[float, int, Session, str]) -> _Entry | None:
     """The entry of the request ``deadline`` is for, if it is still pending (not a later
     request with the same rqi: its deadline has another sequence number)."""
     _, sequence, session, rqi = deadline
-    entry = session._pending.get(rqi)
+    entry = session._entry(rqi)
     return entry if entry is not None and entry[2] == sequence else None

@@ -193,6 +193,76 @@ class RequestThenTests(SynchronousTestCase):
         self.assertEqual(self.session.pending_count, 0)
 
 
+class PendingModelTests(SynchronousTestCase):
+    """A session's pending requests (the first in the session itself, any more in a dict)
+    behave as one table: whatever the order of sends, answers, cancellations, timeouts and
+    the connection's loss, each request is settled once, as a plain table says."""
+
+    @hypothesis_settings(max_examples=300, deadline=None, database=None)
+    @given(
+        ops=st.lists(
+            st.one_of(
+                st.tuples(st.just("send"), st.integers(0, 5), st.sampled_from([5, 10, 20])),
+                st.tuples(st.just("answer"), st.integers(0, 5), st.just(0)),
+                st.tuples(st.just("cancel"), st.integers(0, 5), st.just(0)),
+                st.tuples(st.just("advance"), st.just(0), st.sampled_from([1, 4, 6])),
+            ),
+            max_size=40,
+        )
+    )
+    def test_like_one_table(self, ops: list[tuple[str, int, int]]) -> None:
+        clock = Clock()
+        wire = Wire()
+        session = Session(wire, JSON, clock, None, originator=AE)
+        #: the model: rqi -> (its Deferred's outcomes, its deadline)
+        pending: dict[str, tuple[list[Any], float]] = {}
+        settled: list[tuple[str, Any]] = []  # (rqi, what settled it), as they come
+        expected: list[tuple[str, Any]] = []
+        deferreds: dict[str, Any] = {}
+
+        def watch(rqi: str, d: Any) -> None:
+            def outcome(r: Any) -> None:
+                kind = str(int(r.rsc)) if isinstance(r, Response) else r.type.__name__
+                settled.append((rqi, kind))
+
+            d.addBoth(outcome)
+
+        for op, k, value in ops:
+            rqi = f"r{k}"
+            if op == "send":
+                d = session.request(Request(Operation.RETRIEVE, "cse-in", rqi, "4", AE), value)
+                if rqi in pending:
+                    expected.append((rqi, "BadRequest"))
+                    watch(rqi, d)
+                else:
+                    pending[rqi] = ([], clock.seconds() + value)
+                    deferreds[rqi] = d
+                    watch(rqi, d)
+            elif op == "answer":
+                session.message_received(orjson.dumps({"rsc": 2000, "rqi": rqi, "rvi": "4"}), True)
+                if pending.pop(rqi, None) is not None:
+                    expected.append((rqi, "2000"))
+            elif op == "cancel":
+                if rqi in pending:
+                    del pending[rqi]
+                    deferreds[rqi].cancel()
+                    expected.append((rqi, "CancelledError"))
+            else:
+                now = clock.seconds() + value
+                due = sorted((when, r) for r, (_, when) in pending.items() if when <= now)
+                for _, r in due:
+                    del pending[r]
+                    expected.append((r, "RequestTimeout"))
+                clock.advance(value)
+            self.assertEqual(session.pending_count, len(pending))
+            self.assertEqual(sorted(settled), sorted(expected))
+        session.connection_lost()
+        expected.extend((r, "TargetNotReachable") for r in pending)
+        self.assertEqual(sorted(settled), sorted(expected))
+        self.assertEqual(session.pending_count, 0)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
 class SharedDeadlinesTests(SynchronousTestCase):
     """The sessions of a server share one timer for their requests' timeouts."""
 
