@@ -94,7 +94,9 @@ class Session:
     __slots__ = (  # noqa: RUF023 (in the order they are read)
         "connected",
         "_one_rqi",
-        "_one",
+        "_one_waiter",
+        "_one_delay",
+        "_one_seq",
         "_more",
         "_pending",
         "codec",
@@ -160,14 +162,17 @@ class Session:
         #: created when the peer first makes us log something (most connections never do)
         self._log_budget: Budget | None = None
         #: rqi -> (what waits for the response, its timeout) for requests we sent
-        #: the first request in :attr:`_one_rqi` and :attr:`_one`, in the session itself; any
-        #: more (while that one is pending) in :attr:`_pending`, :attr:`_more` of them. A
+        #: the first request in ``_one_rqi``, ``_one_waiter``, ``_one_delay`` and ``_one_seq``
+        #: (its entry's parts), in the session itself; any more (while that one is pending)
+        #: in :attr:`_pending`, :attr:`_more` of them. A
         #: fan-out sends a connection one request at a time, and its answer comes when the
         #: thousand others have pushed a dict of this session's out of the processor's
         #: caches: looking it up, adding to it and taking from it read four or five lines
         #: of memory, the session's own slots one
         self._one_rqi: str | None = None
-        self._one: _Entry | None = None
+        self._one_waiter: Deferred[Response] | Then | None = None
+        self._one_delay = 0.0
+        self._one_seq = 0
         self._more = 0
         self._pending: dict[str, _Entry] = {}
         #: their timeouts
@@ -229,12 +234,14 @@ class Session:
             until = self._deadlines.until(request.rqet, now)
             if until is not None:
                 delay = max(0.0, min(delay, until))
-        entry = (waiter, delay, self._deadlines.add(now + delay, self, rqi))
-        if one is None:
+        sequence = self._deadlines.add(now + delay, self, rqi)
+        if one is None:  # (its parts: no tuple to make now and free when the answer comes)
             self._one_rqi = rqi
-            self._one = entry
+            self._one_waiter = waiter
+            self._one_delay = delay
+            self._one_seq = sequence
         else:
-            self._pending[rqi] = entry
+            self._pending[rqi] = (waiter, delay, sequence)
             self._more += 1
         self._send(data, self._binary)
         return None
@@ -303,28 +310,31 @@ class Session:
         """The pending requests' rqis and entries."""
         entries = list(self._pending.items())
         if self._one_rqi is not None:
-            assert self._one is not None
-            entries.insert(0, (self._one_rqi, self._one))
+            entries.insert(0, (self._one_rqi, self._one_entry()))
         return entries
+
+    def _one_entry(self) -> _Entry:
+        assert self._one_waiter is not None
+        return self._one_waiter, self._one_delay, self._one_seq
 
     def _entry(self, rqi: str) -> _Entry | None:
         """The entry of pending request ``rqi``, if it is pending."""
         if rqi == self._one_rqi:
-            return self._one
+            return self._one_entry()
         return self._pending.get(rqi) if self._more else None
 
     def _take(self, rqi: str) -> _Entry | None:
         """Take request ``rqi``'s entry: it is no longer pending (None: it was not)."""
         if rqi == self._one_rqi:
-            entry = self._one
-            self._one_rqi = self._one = None
+            entry = self._one_entry()
+            self._one_rqi = self._one_waiter = None
             return entry
         if not self._more:
             return None
-        entry = self._pending.pop(rqi, None)
-        if entry is not None:
+        taken = self._pending.pop(rqi, None)
+        if taken is not None:
             self._more -= 1
-        return entry
+        return taken
 
     def _request_timed_out(self, rqi: str, entry: _Entry) -> None:
         waiter, delay, _ = entry
@@ -349,7 +359,7 @@ class Session:
             return
         self.connected = False
         pending = self._entries()
-        self._one_rqi = self._one = None
+        self._one_rqi = self._one_waiter = None
         self._pending = {}
         self._more = 0
         self._deadlines.done(len(pending))
@@ -433,12 +443,14 @@ class Session:
 
     def _response_received(self, response: Response) -> None:
         rqi = response.rqi
+        waiter: Deferred[Response] | Then | None
         if rqi == self._one_rqi:  # (what _take does, written out: every answer comes here)
-            entry = self._one
-            self._one_rqi = self._one = None
+            waiter = self._one_waiter
+            self._one_rqi = self._one_waiter = None
         else:
             entry = self._take(rqi)
-        if entry is None:
+            waiter = None if entry is None else entry[0]
+        if waiter is None:
             self._log_peer_event(
                 self.log.warn,
                 "dropping a response with unknown rqi {rqi} (rsc {rsc}) from {peer}",
@@ -448,7 +460,6 @@ class Session:
             )
             return
         self._deadlines.done(1)
-        waiter = entry[0]
         # (the waiter is the Deferred :meth:`request` made, or a callable: no isinstance,
         # which costs an ABC check, as Deferred is an Awaitable)
         if type(waiter) is Deferred:
