@@ -444,12 +444,19 @@ class Session:
     def _response_received(self, response: Response) -> None:
         rqi = response.rqi
         waiter: Deferred[Response] | Then | None
-        if rqi == self._one_rqi:  # (what _take does, written out: every answer comes here)
+        # (what _take does, written out: every answer comes here)
+        if rqi == self._one_rqi:
             waiter = self._one_waiter
             self._one_rqi = self._one_waiter = None
+        elif self._more:
+            entry = self._pending.pop(rqi, None)
+            if entry is None:
+                waiter = None
+            else:
+                self._more -= 1
+                waiter = entry[0]
         else:
-            entry = self._take(rqi)
-            waiter = None if entry is None else entry[0]
+            waiter = None
         if waiter is None:
             self._log_peer_event(
                 self.log.warn,
