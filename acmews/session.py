@@ -161,11 +161,11 @@ class Session:
         self.connected = True
         #: created when the peer first makes us log something (most connections never do)
         self._log_budget: Budget | None = None
-        #: rqi -> (what waits for the response, its timeout) for requests we sent
-        #: the first request in ``_one_rqi``, ``_one_waiter``, ``_one_delay`` and ``_one_seq``
-        #: (its entry's parts), in the session itself; any more (while that one is pending)
-        #: in :attr:`_pending`, :attr:`_more` of them. A
-        #: fan-out sends a connection one request at a time, and its answer comes when the
+        #: the requests we sent that wait for their responses. The first one is kept in
+        #: the session itself, as its rqi and its entry's parts (what waits for the
+        #: response, its timeout, its deadline's sequence number); any more sent while it
+        #: waits go to :attr:`_pending` (rqi -> entry), :attr:`_more` of them. A fan-out
+        #: sends a connection one request at a time, and its answer comes when the
         #: thousand others have pushed a dict of this session's out of the processor's
         #: caches: looking it up, adding to it and taking from it read four or five lines
         #: of memory, the session's own slots one
