@@ -279,11 +279,15 @@ class Notifier:
 
     def policy(self, sub: Resource) -> Policy:
         """The policy of ``sub`` as its attributes are now (compiled once per version)."""
-        attrs = sub.attrs
+        return self._compiled(sub).policy
+
+    def _compiled(self, sub: Resource) -> _Compiled:
+        """``sub``'s compiled entry for its attributes as they are now: the one kept, or
+        compiled anew if its attributes were replaced since."""
         entry = self._policies.get(sub.ri)
-        if entry is not None and entry.attrs is attrs:
-            return entry.policy
-        return self._compile(sub).policy
+        if entry is None or entry.attrs is not sub.attrs:
+            entry = self._compile(sub)
+        return entry
 
     def _compile(self, sub: Resource) -> _Compiled:
         """Compile ``sub``'s policy for its attributes as they are now, and whether it is
@@ -314,10 +318,7 @@ class Notifier:
         registrants (an AE, a remote CSE: its originator and poa, and the routes through
         it) and on the configuration, so a plan keeps it until :meth:`track` hears of a
         change."""
-        attrs = sub.attrs
-        entry = self._policies.get(attrs["ri"])
-        if entry is None or entry.attrs is not attrs:
-            entry = self._compile(sub)
+        entry = self._compiled(sub)
         if entry.sur is None:
             return _Member(sub, entry)
         target = self.resolve_target(entry.nu, reader)
